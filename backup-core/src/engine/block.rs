@@ -1,0 +1,193 @@
+//! What the engine does with one block.
+
+use std::ops::Range;
+
+use crate::device::{BlockDevice, overlaps};
+use crate::error::{Error, Result};
+use crate::model::ContentId;
+use crate::vault::{Codec, DiskStats, VaultSink};
+
+/// A worker's reusable buffers.
+#[derive(Default)]
+pub(super) struct Buffers {
+    data: Vec<u8>,
+    compressed: Vec<u8>,
+    table: Option<lz4_flex::block::CompressTable>,
+}
+
+/// Everything a block needs to know about its segment.
+pub(super) struct BlockJob<'a> {
+    pub sink: &'a dyn VaultSink,
+    pub device: &'a dyn BlockDevice,
+    pub vm: &'a str,
+    pub disk: &'a str,
+    pub block_size: u32,
+    pub size: u64,
+    pub allocated: Option<&'a [Range<u64>]>,
+    pub changed: Option<&'a [Range<u64>]>,
+    pub prev: Option<&'a [Option<ContentId>]>,
+    pub audit_rate: f64,
+    pub seed: u64,
+}
+
+/// What happened to one block.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Outcome {
+    pub offset: u64,
+    pub len: u64,
+    pub entry: Option<ContentId>,
+    read: bool,
+    zero: bool,
+    unchanged: bool,
+    new: bool,
+    dedup: bool,
+    stored: u64,
+    audited: bool,
+    pub audit_mismatch: bool,
+}
+
+impl Outcome {
+    pub(super) fn add_to(&self, s: &mut DiskStats) {
+        let len = self.len;
+        if self.read {
+            s.bytes_read += len;
+        }
+        if self.zero {
+            s.bytes_zero += len;
+        }
+        if self.unchanged {
+            s.bytes_unchanged += len;
+        }
+        if self.new {
+            s.bytes_new += len;
+        }
+        if self.dedup {
+            s.bytes_deduplicated += len;
+        }
+        s.bytes_stored += self.stored;
+        s.audited_blocks += u64::from(self.audited);
+    }
+}
+
+/// Whether every byte is zero; vectorizes to wide compares.
+pub(super) fn is_zero(buf: &[u8]) -> bool {
+    let (head, body, tail) = {
+        // SAFETY: every bit pattern is a valid u64; align_to only splits
+        // the slice at aligned boundaries.
+        unsafe { buf.align_to::<u64>() }
+    };
+    head.iter().all(|&b| b == 0)
+        && tail.iter().all(|&b| b == 0)
+        && body.iter().fold(0u64, |a, &w| a | w) == 0
+}
+
+/// SplitMix64: a cheap, well-mixed hash of a block number for sampling.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl BlockJob<'_> {
+    /// Processes block `n` of the disk, which is entry `i` of its segment.
+    pub(super) fn run(&self, buf: &mut Buffers, n: u64, i: usize) -> Result<Outcome> {
+        let bs = u64::from(self.block_size);
+        let offset = n * bs;
+        let len = bs.min(self.size - offset);
+        let range = offset..offset + len;
+        let mut o = Outcome {
+            offset,
+            len,
+            ..Outcome::default()
+        };
+        if super::is_hole(self.allocated, &range) {
+            o.zero = true;
+            return Ok(o);
+        }
+        let prev = self.prev.and_then(|p| p.get(i)).copied();
+        let mut audit = false;
+        if let (Some(changed), Some(prev)) = (self.changed, prev) {
+            if !overlaps(changed, &range) {
+                audit = self.audit_rate > 0.0
+                    && (mix(self.seed ^ n) as f64 / u64::MAX as f64) < self.audit_rate;
+                if !audit {
+                    o.entry = prev;
+                    if prev.is_some() {
+                        o.unchanged = true;
+                    } else {
+                        o.zero = true;
+                    }
+                    return Ok(o);
+                }
+            }
+        }
+        let data = &mut buf.data;
+        data.resize(len as usize, 0);
+        self.device
+            .read_at(offset, data)
+            .map_err(|source| Error::DeviceRead {
+                vm: self.vm.to_string(),
+                disk: self.disk.to_string(),
+                offset,
+                source,
+            })?;
+        o.read = true;
+        let id = if is_zero(data) {
+            None
+        } else {
+            Some(self.sink.chunk_id(data))
+        };
+        if audit {
+            o.audited = true;
+            if Some(id) != prev {
+                o.audit_mismatch = true;
+                return Ok(o);
+            }
+        }
+        o.entry = id;
+        let Some(id) = id else {
+            o.zero = true;
+            return Ok(o);
+        };
+        if prev == Some(Some(id)) {
+            o.unchanged = true;
+            return Ok(o);
+        }
+        o.new = true;
+        if self.sink.has_chunk(&id) {
+            o.dedup = true;
+            return Ok(o);
+        }
+        let table = buf.table.get_or_insert_with(Default::default);
+        buf.compressed
+            .resize(lz4_flex::block::get_maximum_output_size(data.len()), 0);
+        let (codec, payload) =
+            match lz4_flex::block::compress_into_with_table(data, &mut buf.compressed, table) {
+                Ok(n) if n < data.len() => (Codec::Lz4, &buf.compressed[..n]),
+                _ => (Codec::Raw, &data[..]),
+            };
+        let added = self.sink.put_chunk(&id, codec, len as u32, payload)?;
+        if added == 0 {
+            o.dedup = true;
+        }
+        o.stored = added;
+        Ok(o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_zero;
+
+    #[test]
+    fn zero_check_sees_every_byte() {
+        let mut b = vec![0u8; 65536 + 3];
+        assert!(is_zero(&b[1..]));
+        for i in [0, 1, 7, 8, 4095, 65535, 65538] {
+            b[i] = 1;
+            assert!(!is_zero(&b), "byte {i}");
+            b[i] = 0;
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! The changed-block engine: one disk of a snapshot into the vault.
+//!
+//! The disk is cut into fixed blocks, a segment of
+//! [`ENTRIES_PER_SEGMENT`] blocks at a time. Within a segment, blocks run in
+//! parallel on rayon; each is
+//!
+//! 1. skipped as zero when it lies in a hole the device reports;
+//! 2. copied from the previous point when trusted change tracking says it is
+//!    clean (a random sample of those is re-read to audit the tracking);
+//! 3. otherwise read: all zeros is recorded as zero; its keyed BLAKE3 id
+//!    equal to the previous point's at that index is unchanged; an id the
+//!    vault already holds is deduplicated; anything else is compressed with
+//!    LZ4 (kept only when smaller) and stored.
+//!
+//! Memory holds one segment's ids and one block buffer per worker, never a
+//! whole disk's index.
+
+mod block;
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::device::{BlockDevice, overlaps};
+use crate::error::{Error, Result};
+use crate::model::{CancelToken, ContentId, Progress};
+use crate::snapshot::SnapshotDisk;
+use crate::vault::{
+    DiskRecord, DiskStats, ENTRIES_PER_SEGMENT, Entries, VaultSink, VaultSource, disk_root,
+};
+
+use block::{BlockJob, Buffers, Outcome};
+
+/// The default block size: 64 KiB, QEMU's dirty-bitmap granularity.
+pub const DEFAULT_BLOCK_SIZE: u32 = 64 << 10;
+/// The smallest block size.
+pub const MIN_BLOCK_SIZE: u32 = 16 << 10;
+/// The largest block size.
+pub const MAX_BLOCK_SIZE: u32 = 4 << 20;
+
+/// Checks a block size: a power of two from 16 KiB to 4 MiB.
+///
+/// # Errors
+/// [`Error::InvalidArgument`].
+///
+/// ```
+/// assert!(backup_core::check_block_size(65536).is_ok());
+/// assert!(backup_core::check_block_size(65537).is_err());
+/// ```
+pub fn check_block_size(block_size: u32) -> Result<()> {
+    if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
+        return Err(Error::invalid(
+            "block size",
+            format!("{block_size} is not a power of two from 16 KiB to 4 MiB"),
+        ));
+    }
+    Ok(())
+}
+
+/// How the engine runs for one disk.
+pub(crate) struct EngineParams<'a> {
+    pub vm: &'a str,
+    pub block_size: u32,
+    pub audit_rate: f64,
+    pub cancel: &'a CancelToken,
+    pub progress: &'a dyn Progress,
+}
+
+/// Why a pass over a disk stopped early without an error to report.
+enum PassEnd {
+    Done(DiskRecord),
+    /// The change-tracking audit found a block that changed although the
+    /// tracking called it clean.
+    Distrusted(String),
+}
+
+/// Backs up one disk of a snapshot against its previous point (if any).
+pub(crate) fn backup_disk(
+    sink: &dyn VaultSink,
+    source: &dyn VaultSource,
+    disk: &SnapshotDisk,
+    prev: Option<&DiskRecord>,
+    p: &EngineParams<'_>,
+) -> Result<DiskRecord> {
+    let started = Instant::now();
+    let size = disk.device.size();
+    let prev = prev.filter(|d| {
+        let same_chain = d.block_size == p.block_size && d.entries_per_segment == ENTRIES_PER_SEGMENT;
+        if !same_chain {
+            p.progress.warn(&format!(
+                "disk {} of vm {}: block size changed from {} to {}: a new chain starts (every block read)",
+                disk.name, p.vm, d.block_size, p.block_size
+            ));
+        }
+        same_chain
+    });
+    // Change tracking is trusted only when it chains from the previous
+    // point of this disk and nothing about the disk's geometry changed.
+    let token = prev
+        .filter(|d| d.size == size)
+        .and_then(|d| d.change_token.clone());
+    let mut record = match run_pass(sink, source, disk, prev, token.as_deref(), p)? {
+        PassEnd::Done(r) => r,
+        PassEnd::Distrusted(why) => {
+            p.progress.warn(&format!(
+                "disk {} of vm {}: change tracking distrusted ({why}); reading every block",
+                disk.name, p.vm
+            ));
+            match run_pass(sink, source, disk, prev, None, p)? {
+                PassEnd::Done(mut r) => {
+                    r.stats.change_detection = format!("cbt distrusted: {why}");
+                    r
+                }
+                PassEnd::Distrusted(why) => return Err(Error::invalid("change tracking", why)),
+            }
+        }
+    };
+    record.stats.seconds = started.elapsed().as_secs_f64();
+    Ok(record)
+}
+
+fn run_pass(
+    sink: &dyn VaultSink,
+    source: &dyn VaultSource,
+    disk: &SnapshotDisk,
+    prev: Option<&DiskRecord>,
+    token: Option<&str>,
+    p: &EngineParams<'_>,
+) -> Result<PassEnd> {
+    let device: &dyn BlockDevice = &*disk.device;
+    let size = device.size();
+    let bs = u64::from(p.block_size);
+    let seg_bytes = bs * u64::from(ENTRIES_PER_SEGMENT);
+    let segments = size.div_ceil(seg_bytes);
+    let mut stats = DiskStats {
+        bytes_scanned: size,
+        change_detection: match (prev, token) {
+            (None, _) => "none".into(),
+            (Some(_), None) => "compare".into(),
+            (Some(_), Some(_)) => "cbt".into(),
+        },
+        ..DiskStats::default()
+    };
+    let mut seed = [0u8; 8];
+    let _ = getrandom::fill(&mut seed);
+    let seed = u64::from_le_bytes(seed);
+    let mut segment_ids = Vec::with_capacity(segments as usize);
+    let mut prev_cache: Option<(ContentId, Arc<Entries>)> = None;
+    let read_err = |offset: u64, source: std::io::Error| Error::DeviceRead {
+        vm: p.vm.to_string(),
+        disk: disk.name.clone(),
+        offset,
+        source,
+    };
+
+    for s in 0..segments {
+        p.cancel.check(&format!("backup of vm {}", p.vm))?;
+        let window: Range<u64> = s * seg_bytes..((s + 1) * seg_bytes).min(size);
+        let allocated = device
+            .allocated(window.clone())
+            .map_err(|e| read_err(window.start, e))?;
+        let prev_entries = match prev.and_then(|d| d.segments.get(s as usize)) {
+            Some(id) => match &prev_cache {
+                Some((cid, e)) if cid == id => Some(e.clone()),
+                _ => {
+                    let e = Arc::new(source.segment(id)?);
+                    prev_cache = Some((*id, e.clone()));
+                    Some(e)
+                }
+            },
+            None => None,
+        };
+        let changed = match token {
+            Some(t) => device
+                .changed_since(t, window.clone())
+                .map_err(|e| read_err(window.start, e))?,
+            None => None,
+        };
+        if token.is_some() && changed.is_none() && stats.change_detection == "cbt" {
+            stats.change_detection = "compare (cbt unavailable for this token)".into();
+        }
+        let job = BlockJob {
+            sink,
+            device,
+            disk: &disk.name,
+            vm: p.vm,
+            block_size: p.block_size,
+            size,
+            allocated: allocated.as_deref(),
+            changed: changed.as_deref(),
+            prev: prev_entries.as_deref().map(Vec::as_slice),
+            audit_rate: p.audit_rate,
+            seed,
+        };
+        let first = window.start / bs;
+        let count = (window.end - window.start).div_ceil(bs);
+        let outcomes: Vec<Outcome> = (0..count)
+            .into_par_iter()
+            .map_init(Buffers::default, |buf, i| {
+                if p.cancel.is_cancelled() {
+                    return Err(Error::Cancelled {
+                        what: format!("backup of vm {}", p.vm),
+                    });
+                }
+                job.run(buf, first + i, i as usize)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut entries: Entries = Vec::with_capacity(outcomes.len());
+        for o in &outcomes {
+            if o.audit_mismatch {
+                return Ok(PassEnd::Distrusted(format!(
+                    "block at byte {} changed although change tracking called it clean",
+                    o.offset
+                )));
+            }
+            o.add_to(&mut stats);
+            entries.push(o.entry);
+        }
+        let (id, added) = sink.put_segment(&crate::vault::encode_segment(&entries))?;
+        stats.bytes_stored += added;
+        segment_ids.push(id);
+        p.progress.advance(window.end - window.start);
+    }
+    Ok(PassEnd::Done(DiskRecord {
+        name: disk.name.clone(),
+        size,
+        block_size: p.block_size,
+        entries_per_segment: ENTRIES_PER_SEGMENT,
+        root: disk_root(size, p.block_size, &segment_ids),
+        segments: segment_ids,
+        change_token: disk.change_token.clone(),
+        snapshot_method: disk.method.clone(),
+        stats,
+    }))
+}
+
+/// Whether a block lies wholly outside the allocated ranges (a hole).
+fn is_hole(allocated: Option<&[Range<u64>]>, block: &Range<u64>) -> bool {
+    allocated.is_some_and(|a| !overlaps(a, block))
+}

@@ -1,0 +1,216 @@
+//! Errors of the engine: one enum, each variant saying what failed and where.
+
+use std::ops::Range;
+use std::path::PathBuf;
+
+/// The result type of every fallible call in this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Whether retrying the same call may succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A condition that may pass: a lock held by another process, a host
+    /// callback reporting a transient failure, an interrupted read.
+    Retryable,
+    /// Retrying the same call fails the same way: bad input, corruption,
+    /// a missing object.
+    Permanent,
+    /// The caller asked the job to stop.
+    Cancelled,
+}
+
+/// Everything that can go wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file system call on a vault or image file failed.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        /// What was being done ("read", "create", "rename", ...).
+        action: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// Reading a disk through its block device failed.
+    #[error("cannot read disk {disk} of vm {vm} at byte {offset}: {source}")]
+    DeviceRead {
+        /// The VM.
+        vm: String,
+        /// The disk.
+        disk: String,
+        /// The byte offset of the failed read.
+        offset: u64,
+        /// The device's error.
+        source: std::io::Error,
+    },
+    /// Writing restored data to its target failed.
+    #[error("cannot write disk {disk} of vm {vm} to {target} at byte {offset}: {source}")]
+    RestoreWrite {
+        /// The VM.
+        vm: String,
+        /// The disk.
+        disk: String,
+        /// Where the disk was being written.
+        target: String,
+        /// The byte offset of the failed write.
+        offset: u64,
+        /// The target's error.
+        source: std::io::Error,
+    },
+    /// The path holds no vault.
+    #[error("{path} is not a vmbackup vault (no readable config file)")]
+    NotAVault {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A vault already exists where one was to be created.
+    #[error("{path} already holds a vault or other files; init needs an empty or new folder")]
+    AlreadyExists {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The vault was written by a format this build does not read.
+    #[error("vault {path} has format version {found}; this build reads version {supported}")]
+    UnsupportedVersion {
+        /// The vault.
+        path: PathBuf,
+        /// The version in its config.
+        found: u32,
+        /// The version this build reads and writes.
+        supported: u32,
+    },
+    /// Another process holds the vault's lock.
+    #[error(
+        "vault {path} is locked by another process ({mode} lock wanted; waited {waited_secs} s)"
+    )]
+    Locked {
+        /// The vault.
+        path: PathBuf,
+        /// "shared" or "exclusive".
+        mode: &'static str,
+        /// How long the call waited.
+        waited_secs: u64,
+    },
+    /// An object of the vault is damaged: wrong checksum, wrong hash,
+    /// truncated, or unparsable.
+    #[error("corrupt {object}: {detail}")]
+    Corrupt {
+        /// The object and where it is (file, offset).
+        object: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A restore met damaged data: the disk's byte range cannot be restored.
+    #[error("disk {disk} of vm {vm} point {point}: bytes {}..{} cannot be restored: {detail}", range.start, range.end)]
+    DamagedRange {
+        /// The VM.
+        vm: String,
+        /// The point.
+        point: String,
+        /// The disk.
+        disk: String,
+        /// The bytes of the disk that are lost.
+        range: Range<u64>,
+        /// Why.
+        detail: String,
+    },
+    /// Something named does not exist.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked for ("point 1234 of vm web", "disk data").
+        what: String,
+    },
+    /// An argument is out of range or malformed.
+    #[error("invalid {what}: {why}")]
+    InvalidArgument {
+        /// Which argument.
+        what: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The snapshot provider (built in or the host's) failed.
+    #[error("{step} of vm {vm} failed: {message}")]
+    Provider {
+        /// The VM.
+        vm: String,
+        /// "prepare", "snapshot", "release" or "check".
+        step: &'static str,
+        /// The provider's message.
+        message: String,
+        /// Whether the provider says that trying again may work.
+        retryable: bool,
+    },
+    /// A disk's source changed under a backup that could not freeze it.
+    #[error("disk {disk} of vm {vm} changed while it was backed up: {detail}")]
+    SourceChanged {
+        /// The VM.
+        vm: String,
+        /// The disk.
+        disk: String,
+        /// What changed.
+        detail: String,
+    },
+    /// The caller cancelled the job; nothing was committed.
+    #[error("{what} cancelled; nothing was committed")]
+    Cancelled {
+        /// The job that stopped.
+        what: String,
+    },
+}
+
+impl Error {
+    /// Whether the failed call may succeed if tried again.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Locked { .. } => ErrorKind::Retryable,
+            Error::Provider { retryable, .. } if *retryable => ErrorKind::Retryable,
+            Error::Io { source, .. }
+            | Error::DeviceRead { source, .. }
+            | Error::RestoreWrite { source, .. }
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::Interrupted
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::WouldBlock
+                ) =>
+            {
+                ErrorKind::Retryable
+            }
+            Error::Cancelled { .. } => ErrorKind::Cancelled,
+            _ => ErrorKind::Permanent,
+        }
+    }
+
+    /// Whether this error says that stored data is damaged.
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, Error::Corrupt { .. } | Error::DamagedRange { .. })
+    }
+
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(object: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Corrupt {
+            object: object.into(),
+            detail: detail.into(),
+        }
+    }
+
+    pub(crate) fn invalid(what: impl Into<String>, why: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            what: what.into(),
+            why: why.into(),
+        }
+    }
+}

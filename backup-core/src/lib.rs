@@ -1,0 +1,64 @@
+//! # backup-core: the vmbackup engine
+//!
+//! Backs up virtual machine disks the way a cloud backup service does: a
+//! [`SnapshotProvider`] freezes a VM and hands back one [`BlockDevice`] per
+//! disk; the changed-block engine moves only what changed since the last
+//! point, every disk in parallel, into a deduplicating [`Vault`]; the point
+//! is committed only once everything it names is durable. Points are
+//! listed, [restored](restore_disk_to_path) and [verified](verify).
+//!
+//! Data flows one way: provider -> device -> engine -> vault.
+//!
+//! ```
+//! use backup_core::*;
+//! let dir = tempfile::tempdir()?;
+//! let image = dir.path().join("root.img");
+//! let mut data = vec![0u8; 4 << 20];
+//! data[..11].copy_from_slice(b"boot sector");
+//! std::fs::write(&image, &data)?;
+//!
+//! let vault = Vault::init(dir.path().join("vault"))?;
+//! let vm = Vm::from_images("web", &[&image])?;
+//! let provider = ImageFileProvider::new();
+//! let first = backup(&vault, &provider, &vm, &BackupOptions::default())?;
+//!
+//! data[3 << 20] = 1; // one block changes
+//! std::fs::write(&image, &data)?;
+//! let second = backup(&vault, &provider, &vm, &BackupOptions::default())?;
+//! assert_eq!(second.point.stats.totals.bytes_new, 64 << 10);
+//! assert_eq!(second.point.parent.as_deref(), Some(first.point.id.as_str()));
+//!
+//! let out = dir.path().join("restored");
+//! restore_vm(&vault, &second.point, &out, &RestoreOptions::default())?;
+//! assert_eq!(std::fs::read(out.join("root.img"))?, data);
+//! assert!(verify(&vault, &VerifyOptions::default())?.ok());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod device;
+mod engine;
+mod error;
+mod job;
+mod model;
+mod restore;
+mod snapshot;
+mod vault;
+mod verify;
+
+pub use device::{BlockDevice, RawImage};
+pub use engine::{DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, check_block_size};
+pub use error::{Error, ErrorKind, Result};
+pub use job::{BackupOptions, BackupReport, backup};
+pub use model::{
+    CancelToken, Consistency, ContentId, NoProgress, OsType, Progress, Vm, VmDisk, validate_name,
+};
+pub use restore::{
+    FileTarget, RestoreOptions, RestoreStats, RestoreTarget, restore_disk, restore_disk_to_path,
+    restore_vm,
+};
+pub use snapshot::{ImageFileProvider, PrepareReport, Snapshot, SnapshotDisk, SnapshotProvider};
+pub use vault::{
+    BackupSession, Codec, DiskRecord, DiskStats, FORMAT_VERSION, LockMode, PointManifest,
+    PointStats, Vault, VaultLock, VaultOptions, VaultSink, VaultSource, VmRecord,
+};
+pub use verify::{Problem, VerifyOptions, VerifyReport, verify};

@@ -1,0 +1,99 @@
+//! Snapshots: the provider trait a host implements to prepare a VM, freeze
+//! it at a consistency level and hand back one read-only device per disk.
+
+mod image_files;
+
+use std::any::Any;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::BlockDevice;
+use crate::error::Result;
+use crate::model::{Consistency, Vm};
+
+pub use image_files::ImageFileProvider;
+
+/// What a provider's `prepare` did to a VM before its first backup (for a
+/// cloud service: installing its snapshot extension). Recorded in the
+/// vault's record of the VM.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrepareReport {
+    /// The provider's name and version; a new version prepares again.
+    pub provider_version: String,
+    /// What was changed on the VM, one line each; empty when nothing was.
+    pub changes: Vec<String>,
+}
+
+/// One disk of a snapshot.
+pub struct SnapshotDisk {
+    /// The disk's name, as in the VM.
+    pub name: String,
+    /// A read-only view of the disk at the snapshot's instant.
+    pub device: Arc<dyn BlockDevice>,
+    /// A token naming this state of the disk for change tracking: the next
+    /// backup passes it to [`BlockDevice::changed_since`]. None when the
+    /// provider tracks no changes.
+    pub change_token: Option<String>,
+    /// How the snapshot was taken ("reflink", "in-place", "host", ...).
+    pub method: String,
+}
+
+/// A snapshot of all of a VM's disks.
+pub struct Snapshot {
+    /// The disks, in the VM's order.
+    pub disks: Vec<SnapshotDisk>,
+    /// The consistency really achieved.
+    pub consistency: Consistency,
+    /// Things a user should know about how it was taken (a fallback, a
+    /// failed script).
+    pub warnings: Vec<String>,
+    /// Whatever the provider needs to release the snapshot.
+    pub provider_data: Option<Box<dyn Any + Send + Sync>>,
+}
+
+/// Takes snapshots of VMs. Implemented in the box for image files, and by
+/// hosts (in Rust, C or Python) for their own hypervisors.
+pub trait SnapshotProvider: Send + Sync {
+    /// Prepares a VM for its first backup; must be idempotent.
+    ///
+    /// # Errors
+    /// [`Error::Provider`](crate::Error::Provider) with step "prepare".
+    fn prepare(&self, vm: &Vm) -> Result<PrepareReport> {
+        let _ = vm;
+        Ok(PrepareReport::default())
+    }
+
+    /// The provider's name and version; when it differs from the one
+    /// recorded at the last `prepare`, the VM is prepared again.
+    fn version(&self) -> String {
+        String::new()
+    }
+
+    /// Takes a snapshot at the `wanted` consistency or the best the
+    /// provider can get; [`Snapshot::consistency`] says which.
+    ///
+    /// # Errors
+    /// [`Error::Provider`](crate::Error::Provider) with step "snapshot",
+    /// or an I/O error naming the disk.
+    fn snapshot(&self, vm: &Vm, wanted: Consistency) -> Result<Snapshot>;
+
+    /// Called after the transfer, before the point is committed: a provider
+    /// whose snapshot can be invalidated under it (an image read in place
+    /// that changed) refuses the point here.
+    ///
+    /// # Errors
+    /// [`Error::SourceChanged`](crate::Error::SourceChanged) or a provider
+    /// error; the job then commits nothing.
+    fn check_intact(&self, vm: &Vm, snapshot: &Snapshot) -> Result<()> {
+        let _ = (vm, snapshot);
+        Ok(())
+    }
+
+    /// Releases a snapshot. Called once for every snapshot taken, whether
+    /// the job succeeded or not.
+    ///
+    /// # Errors
+    /// [`Error::Provider`](crate::Error::Provider) with step "release".
+    fn release(&self, vm: &Vm, snapshot: Snapshot) -> Result<()>;
+}

@@ -1,0 +1,67 @@
+//! Small file-system helpers for durable writes: everything the vault
+//! publishes is written to a temporary name, flushed, renamed, and its
+//! folder flushed.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Flushes a folder so that a rename or a new file in it survives a crash.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io("flush folder", dir, e))
+}
+
+/// Writes `bytes` to `tmp`, flushes it, and renames it to `dest`
+/// (replacing it), then flushes `dest`'s folder.
+pub(crate) fn write_durable(tmp: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
+    write_flushed(tmp, bytes)?;
+    fs::rename(tmp, dest).map_err(|e| Error::io("rename into place", dest, e))?;
+    if let Some(parent) = dest.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Creates `path` (which must not exist), writes `bytes` and flushes it.
+pub(crate) fn write_flushed(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| Error::io("create", path, e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io("write", path, e))?;
+    f.sync_all().map_err(|e| Error::io("flush", path, e))
+}
+
+/// Creates a folder and its parents.
+pub(crate) fn mkdirs(path: &Path) -> Result<()> {
+    fs::create_dir_all(path).map_err(|e| Error::io("create folder", path, e))
+}
+
+/// Reads a whole file.
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(|e| Error::io("read", path, e))
+}
+
+/// The names of the entries of a folder, or none when it does not exist.
+pub(crate) fn list(dir: &Path) -> Result<Vec<String>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("list", dir, e)),
+    };
+    let mut names = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        if let Some(name) = entry.file_name().to_str() {
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}

@@ -1,0 +1,843 @@
+//! The vault: a folder of immutable objects holding recovery points.
+//!
+//! ```text
+//! VAULT/
+//!   config                      JSON: format version, vault id, keys (see `Config`)
+//!   lock                        the lock file (below)
+//!   packs/<pack id>.pack        chunks (see `pack`)
+//!   index/<pack id>.idx         a copy of each pack's trailer: the chunk index, rebuildable
+//!   segments/<ab>/<id>          index segments, by content id (see `segment`)
+//!   points/<vm>/<point id>      point manifests (see `manifest`)
+//!   vms/<vm>.json               what `prepare` did to each VM
+//!   tmp/                        staging of backups in flight; never read as vault data
+//! ```
+//!
+//! Nothing is rewritten in place. A backup stages its packs, chunk index
+//! files and segments under `tmp/`, and on commit moves them into place,
+//! flushes them, and writes the manifest last: a point exists only once
+//! everything it names is durable. A cancelled or failed backup removes its
+//! staging folder and leaves the vault as it was.
+//!
+//! ## Who locks what, when
+//!
+//! One lock file, `VAULT/lock`, taken with `flock` for the whole operation;
+//! a caller waits up to [`VaultOptions::lock_timeout`] and then gets
+//! [`Error::Locked`].
+//!
+//! | operation                    | lock      | why                                                     |
+//! |------------------------------|-----------|---------------------------------------------------------|
+//! | backup                       | shared    | only adds objects, under unique names; many at once     |
+//! | restore, verify, list        | shared    | only reads; must not see objects removed under them     |
+//! | prune, gc, repair            | exclusive | remove or rewrite objects others may be reading         |
+//! | init                         | none      | refuses a folder that is not empty                      |
+
+mod files;
+mod manifest;
+mod pack;
+mod segment;
+mod session;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::{ContentId, hex, unhex, validate_name};
+use crate::snapshot::PrepareReport;
+
+pub use manifest::{DiskRecord, DiskStats, MANIFEST_FORMAT, PointManifest, PointStats, disk_root};
+pub use pack::{Codec, PackEntry};
+pub(crate) use segment::encode as encode_segment;
+pub use segment::{ENTRIES_PER_SEGMENT, Entries};
+pub use session::BackupSession;
+
+/// The vault format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Where the engine writes a backup. Implemented by [`BackupSession`]; a
+/// host may implement it to route a backup elsewhere.
+pub trait VaultSink: Send + Sync {
+    /// The id of a chunk's plaintext (keyed BLAKE3).
+    fn chunk_id(&self, data: &[u8]) -> ContentId;
+    /// Whether the vault (or this backup) already holds the chunk.
+    fn has_chunk(&self, id: &ContentId) -> bool;
+    /// Stores an encoded chunk. Returns the bytes added to the vault: 0
+    /// when the chunk was already there.
+    ///
+    /// # Errors
+    /// Any failure to write it.
+    fn put_chunk(&self, id: &ContentId, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<u64>;
+    /// Stores an index segment. Returns its id and the bytes added.
+    ///
+    /// # Errors
+    /// Any failure to write it.
+    fn put_segment(&self, bytes: &[u8]) -> Result<(ContentId, u64)>;
+    /// Makes everything durable, then writes the manifest. Returns the
+    /// point as committed (its `stats.bytes_added` filled in).
+    ///
+    /// # Errors
+    /// Any failure to write; the point then does not exist.
+    fn commit_point(&self, manifest: PointManifest) -> Result<PointManifest>;
+}
+
+/// What restore, verify and incremental backups read.
+pub trait VaultSource: Send + Sync {
+    /// The decoded, hash-checked entries of an index segment.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] or an I/O error naming the object.
+    fn segment(&self, id: &ContentId) -> Result<Entries>;
+    /// A chunk's plaintext, crc-checked and re-hashed against its id.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`], [`Error::NotFound`] or an I/O error naming the
+    /// object.
+    fn chunk(&self, id: &ContentId) -> Result<Vec<u8>>;
+}
+
+/// How a vault is opened.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct VaultOptions {
+    /// How long an operation waits for the vault's lock.
+    pub lock_timeout: Duration,
+    /// The size at which a pack is closed and a new one started.
+    pub pack_target_size: u64,
+}
+
+impl Default for VaultOptions {
+    fn default() -> Self {
+        VaultOptions {
+            lock_timeout: Duration::from_secs(60),
+            pack_target_size: 32 << 20,
+        }
+    }
+}
+
+/// The vault's config file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Config {
+    format_version: u32,
+    vault_id: String,
+    created: jiff::Timestamp,
+    /// The key of chunk ids, hex. Segment and manifest keys derive from it.
+    chunk_key: String,
+}
+
+/// The keys of a vault.
+#[derive(Clone)]
+struct Keys {
+    chunk: [u8; 32],
+    segment: [u8; 32],
+    mac: [u8; 32],
+}
+
+impl Keys {
+    fn from_chunk_key(chunk: [u8; 32]) -> Keys {
+        Keys {
+            chunk,
+            segment: blake3::derive_key("vmbackup 2026-11-25 index segment id", &chunk),
+            mac: blake3::derive_key("vmbackup 2026-11-25 manifest mac", &chunk),
+        }
+    }
+}
+
+/// The chunk index: where every chunk of the vault's published packs is.
+#[derive(Default)]
+struct ChunkIndex {
+    packs: Vec<String>,
+    known: std::collections::HashSet<String>,
+    map: HashMap<ContentId, (u32, PackEntry)>,
+}
+
+/// What the vault records about a VM: what `prepare` did to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRecord {
+    /// The VM's name.
+    pub vm: String,
+    /// When it was last prepared.
+    pub prepared_at: jiff::Timestamp,
+    /// What the provider reported.
+    pub prepare: PrepareReport,
+    /// How many times it was prepared in this vault.
+    pub times_prepared: u32,
+}
+
+/// The two kinds of lock on a vault (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Many holders at once: backups, restores, verifies.
+    Shared,
+    /// One holder alone: prune, gc, repair.
+    Exclusive,
+}
+
+/// A held lock; released on drop.
+#[derive(Debug)]
+pub struct VaultLock {
+    _file: File,
+}
+
+/// An open vault.
+///
+/// ```
+/// use backup_core::Vault;
+/// let dir = tempfile::tempdir()?;
+/// let vault = Vault::init(dir.path().join("vault"))?;
+/// assert!(vault.points(None)?.is_empty());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Vault {
+    root: PathBuf,
+    config: Config,
+    keys: Keys,
+    options: VaultOptions,
+    index: RwLock<ChunkIndex>,
+    open_packs: Mutex<HashMap<u32, Arc<File>>>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("root", &self.root)
+            .field("id", &self.config.vault_id)
+            .finish()
+    }
+}
+
+const SUBDIRS: [&str; 6] = ["packs", "index", "segments", "points", "vms", "tmp"];
+
+impl Vault {
+    /// Creates a new vault in a folder that does not exist or is empty.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] for a folder with files in it; I/O errors.
+    pub fn init(path: impl AsRef<Path>) -> Result<Vault> {
+        Self::init_with(path, VaultOptions::default())
+    }
+
+    /// [`init`](Self::init) with options.
+    ///
+    /// # Errors
+    /// As [`init`](Self::init).
+    pub fn init_with(path: impl AsRef<Path>, options: VaultOptions) -> Result<Vault> {
+        let root = path.as_ref().to_path_buf();
+        if root.exists() {
+            let non_empty = std::fs::read_dir(&root)
+                .map_err(|e| Error::io("list", &root, e))?
+                .next()
+                .is_some();
+            if non_empty {
+                return Err(Error::AlreadyExists { path: root });
+            }
+        }
+        files::mkdirs(&root)?;
+        for d in SUBDIRS {
+            files::mkdirs(&root.join(d))?;
+        }
+        let mut key = [0u8; 32];
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut key)
+            .and_then(|()| getrandom::fill(&mut id))
+            .map_err(|e| {
+                Error::io(
+                    "get random bytes for the key of",
+                    &root,
+                    std::io::Error::other(e),
+                )
+            })?;
+        let config = Config {
+            format_version: FORMAT_VERSION,
+            vault_id: hex(&id),
+            created: crate::model::now(),
+            chunk_key: hex(&key),
+        };
+        let bytes = serde_json::to_vec_pretty(&config)
+            .map_err(|e| Error::invalid("config", e.to_string()))?;
+        files::write_durable(
+            &root.join("tmp").join("config.new"),
+            &root.join("config"),
+            &bytes,
+        )?;
+        files::write_flushed(&root.join("lock"), b"").or_else(|e| {
+            if root.join("lock").exists() {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+        files::sync_dir(&root)?;
+        Self::open_with(root, options)
+    }
+
+    /// Opens an existing vault.
+    ///
+    /// # Errors
+    /// [`Error::NotAVault`], [`Error::UnsupportedVersion`], or
+    /// [`Error::Corrupt`] for a damaged config.
+    pub fn open(path: impl AsRef<Path>) -> Result<Vault> {
+        Self::open_with(path, VaultOptions::default())
+    }
+
+    /// [`open`](Self::open) with options.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn open_with(path: impl AsRef<Path>, options: VaultOptions) -> Result<Vault> {
+        let root = path.as_ref().to_path_buf();
+        let config_path = root.join("config");
+        let bytes = match std::fs::read(&config_path) {
+            Ok(b) => b,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Err(Error::NotAVault { path: root });
+            }
+            Err(e) => return Err(Error::io("read", config_path, e)),
+        };
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::corrupt(
+                format!("vault config {}", config_path.display()),
+                e.to_string(),
+            )
+        })?;
+        let version = value.get("format_version").and_then(|v| v.as_u64());
+        match version {
+            None => return Err(Error::NotAVault { path: root }),
+            Some(v) if v != u64::from(FORMAT_VERSION) => {
+                return Err(Error::UnsupportedVersion {
+                    path: root,
+                    found: u32::try_from(v).unwrap_or(u32::MAX),
+                    supported: FORMAT_VERSION,
+                });
+            }
+            Some(_) => {}
+        }
+        let config: Config = serde_json::from_value(value).map_err(|e| {
+            Error::corrupt(
+                format!("vault config {}", config_path.display()),
+                e.to_string(),
+            )
+        })?;
+        let key = unhex(&config.chunk_key)
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .ok_or_else(|| {
+                Error::corrupt(
+                    format!("vault config {}", config_path.display()),
+                    "chunk_key is not 64 hex digits",
+                )
+            })?;
+        for d in SUBDIRS {
+            if !root.join(d).is_dir() {
+                return Err(Error::corrupt(
+                    format!("vault {}", root.display()),
+                    format!("folder {d}/ is missing"),
+                ));
+            }
+        }
+        Ok(Vault {
+            root,
+            config,
+            keys: Keys::from_chunk_key(key),
+            options,
+            index: RwLock::new(ChunkIndex::default()),
+            open_packs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The vault's folder.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// The vault's random id, made at init.
+    pub fn id(&self) -> &str {
+        &self.config.vault_id
+    }
+
+    /// The options it was opened with.
+    pub fn options(&self) -> &VaultOptions {
+        &self.options
+    }
+
+    /// Takes the vault's lock, waiting up to the lock timeout.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] after the timeout; I/O errors.
+    pub fn lock(&self, mode: LockMode) -> Result<VaultLock> {
+        let path = self.root.join("lock");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io("open", &path, e))?;
+        let start = Instant::now();
+        loop {
+            let r = match mode {
+                LockMode::Shared => file.try_lock_shared(),
+                LockMode::Exclusive => file.try_lock(),
+            };
+            match r {
+                Ok(()) => return Ok(VaultLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
+            }
+            if start.elapsed() >= self.options.lock_timeout {
+                return Err(Error::Locked {
+                    path: self.root.clone(),
+                    mode: match mode {
+                        LockMode::Shared => "shared",
+                        LockMode::Exclusive => "exclusive",
+                    },
+                    waited_secs: start.elapsed().as_secs(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub(crate) fn keys_chunk(&self) -> &[u8; 32] {
+        &self.keys.chunk
+    }
+
+    pub(crate) fn pack_path(&self, pack: &str) -> PathBuf {
+        self.root.join("packs").join(format!("{pack}.pack"))
+    }
+
+    pub(crate) fn idx_path(&self, pack: &str) -> PathBuf {
+        self.root.join("index").join(format!("{pack}.idx"))
+    }
+
+    pub(crate) fn segment_path(&self, id: &ContentId) -> PathBuf {
+        let h = id.to_hex();
+        self.root.join("segments").join(&h[..2]).join(h)
+    }
+
+    fn vm_points_dir(&self, vm: &str) -> PathBuf {
+        self.root.join("points").join(vm)
+    }
+
+    /// The packs the vault holds, by id.
+    ///
+    /// # Errors
+    /// I/O errors listing `packs/`.
+    pub fn pack_ids(&self) -> Result<Vec<String>> {
+        Ok(files::list(&self.root.join("packs"))?
+            .into_iter()
+            .filter_map(|n| n.strip_suffix(".pack").map(str::to_string))
+            .collect())
+    }
+
+    /// Loads the chunk index entries of packs published since the last
+    /// call (by this or another process). An index file that is missing or
+    /// damaged is rebuilt from its pack's trailer.
+    ///
+    /// # Errors
+    /// A pack whose index file and trailer are both unreadable.
+    pub fn refresh_index(&self) -> Result<()> {
+        let packs = self.pack_ids()?;
+        let new: Vec<String> = {
+            let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+            packs
+                .into_iter()
+                .filter(|p| !idx.known.contains(p))
+                .collect()
+        };
+        if new.is_empty() {
+            return Ok(());
+        }
+        let mut loaded = Vec::with_capacity(new.len());
+        for pack in new {
+            let entries = match self.read_idx(&pack) {
+                Ok(e) => e,
+                Err(_) => {
+                    // Rebuild from the pack; a pack whose trailer is also
+                    // gone is left out (verify and repair report it).
+                    match self.read_trailer(&pack) {
+                        Ok(e) => {
+                            let blob = pack::encode_trailer(&e, 0);
+                            let tmp = self.root.join("tmp").join(format!("{pack}.idx.rebuild"));
+                            let _ = std::fs::remove_file(&tmp);
+                            let _ = files::write_durable(
+                                &tmp,
+                                &self.idx_path(&pack),
+                                &pack::encode_idx(&blob),
+                            );
+                            e
+                        }
+                        Err(_) => Vec::new(),
+                    }
+                }
+            };
+            loaded.push((pack, entries));
+        }
+        let mut idx = self.index.write().unwrap_or_else(|p| p.into_inner());
+        for (pack, entries) in loaded {
+            if !idx.known.insert(pack.clone()) {
+                continue;
+            }
+            let n = idx.packs.len() as u32;
+            idx.packs.push(pack);
+            for e in entries {
+                idx.map.entry(e.id).or_insert((n, e));
+            }
+        }
+        Ok(())
+    }
+
+    /// The entries of a pack's chunk index file.
+    pub(crate) fn read_idx(&self, pack: &str) -> Result<Vec<PackEntry>> {
+        let path = self.idx_path(pack);
+        let bytes = files::read(&path)?;
+        pack::parse_idx(&bytes, &format!("chunk index file {}", path.display()))
+    }
+
+    /// The entries of a pack's trailer, read from the pack itself.
+    pub(crate) fn read_trailer(&self, pack: &str) -> Result<Vec<PackEntry>> {
+        let path = self.pack_path(pack);
+        let object = format!("pack {}", path.display());
+        let f = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+        let len = f.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
+        if len < (pack::PACK_HEADER_LEN + pack::FOOTER_LEN) as u64 {
+            return Err(Error::corrupt(
+                object,
+                format!("only {len} bytes: truncated"),
+            ));
+        }
+        let mut footer = [0u8; pack::FOOTER_LEN];
+        f.read_exact_at(&mut footer, len - pack::FOOTER_LEN as u64)
+            .map_err(|e| Error::io("read", &path, e))?;
+        let (toff, count, crc) = pack::parse_footer(&footer, &object)?;
+        let tlen = u64::from(count) * pack::ENTRY_LEN as u64;
+        if toff.checked_add(tlen) != Some(len - pack::FOOTER_LEN as u64) {
+            return Err(Error::corrupt(
+                object,
+                "footer's trailer offset does not match the pack's length",
+            ));
+        }
+        let mut t = vec![0u8; tlen as usize];
+        f.read_exact_at(&mut t, toff)
+            .map_err(|e| Error::io("read", &path, e))?;
+        pack::parse_entries(&t, count, crc, &object)
+    }
+
+    /// The frames of a pack: from its trailer when that is readable, else
+    /// by walking the frame headers from the start (a pack that lost its
+    /// trailer). The second value is the fault found on the way: a missing
+    /// trailer, or where the walk had to stop.
+    ///
+    /// # Errors
+    /// The pack cannot be opened, or has no pack header.
+    pub(crate) fn pack_frames(&self, pack: &str) -> Result<(Vec<PackEntry>, Option<Error>)> {
+        let path = self.pack_path(pack);
+        let object = format!("pack {}", path.display());
+        let f = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+        let len = f.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
+        let mut head = [0u8; pack::PACK_HEADER_LEN];
+        f.read_exact_at(&mut head, 0)
+            .map_err(|_| Error::corrupt(&object, "shorter than a pack header"))?;
+        pack::check_header(&head, &object)?;
+        let trailer_fault = match self.read_trailer(pack) {
+            Ok(entries) => return Ok((entries, None)),
+            Err(e) => e,
+        };
+        let mut entries = Vec::new();
+        let mut off = pack::PACK_HEADER_LEN as u64;
+        while off < len {
+            let mut h = [0u8; pack::FRAME_HEADER_LEN];
+            if f.read_exact_at(&mut h, off).is_err() {
+                break;
+            }
+            match pack::parse_frame_header(&h, off, &object) {
+                Ok(e) if off + e.frame_len() <= len => {
+                    entries.push(e);
+                    off += e.frame_len();
+                }
+                _ => break,
+            }
+        }
+        Ok((entries, Some(trailer_fault)))
+    }
+
+    /// Reads one frame of a pack, checks its crc, decodes it and re-hashes
+    /// the plaintext against its id.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming the pack and offset; I/O errors.
+    pub(crate) fn read_frame(&self, file: &File, pack: &str, entry: &PackEntry) -> Result<Vec<u8>> {
+        let path = self.pack_path(pack);
+        let object = format!("pack {}", path.display());
+        let mut frame = vec![0u8; entry.frame_len() as usize];
+        file.read_exact_at(&mut frame, entry.offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Error::corrupt(
+                    format!("{object} at byte {}", entry.offset),
+                    "pack ends inside this chunk (truncated)",
+                )
+            } else {
+                Error::io("read", &path, e)
+            }
+        })?;
+        let data = pack::decode_frame(&frame, entry, &object)?;
+        if ContentId(*blake3::keyed_hash(&self.keys.chunk, &data).as_bytes()) != entry.id {
+            return Err(Error::corrupt(
+                format!("{object} at byte {}", entry.offset),
+                format!("chunk {} does not hash to its id", entry.id),
+            ));
+        }
+        Ok(data)
+    }
+
+    /// Where the chunk index says a chunk is: (pack number, pack id, entry).
+    pub(crate) fn index_location(&self, id: &ContentId) -> Option<(String, u64)> {
+        self.locate(id).map(|(_, p, e)| (p, e.offset))
+    }
+
+    pub(crate) fn has_chunk(&self, id: &ContentId) -> bool {
+        self.index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .map
+            .contains_key(id)
+    }
+
+    fn locate(&self, id: &ContentId) -> Option<(u32, String, PackEntry)> {
+        let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+        idx.map
+            .get(id)
+            .map(|(p, e)| (*p, idx.packs[*p as usize].clone(), *e))
+    }
+
+    fn pack_file(&self, n: u32, pack: &str) -> Result<Arc<File>> {
+        let mut open = self.open_packs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = open.get(&n) {
+            return Ok(f.clone());
+        }
+        let path = self.pack_path(pack);
+        let f = Arc::new(File::open(&path).map_err(|e| Error::io("open", &path, e))?);
+        open.insert(n, f.clone());
+        Ok(f)
+    }
+
+    /// Where a chunk is: its pack's id and its entry.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when no pack holds it.
+    pub fn chunk_location(&self, id: &ContentId) -> Result<(String, PackEntry)> {
+        if self.locate(id).is_none() {
+            self.refresh_index()?;
+        }
+        self.locate(id)
+            .map(|(_, p, e)| (p, e))
+            .ok_or_else(|| Error::NotFound {
+                what: format!("chunk {id} in any pack"),
+            })
+    }
+
+    /// Reads the manifest of a point.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::Corrupt`], I/O errors.
+    pub fn read_point(&self, vm: &str, id: &str) -> Result<PointManifest> {
+        validate_name("vm name", vm)?;
+        validate_name("point id", id)?;
+        let path = self.vm_points_dir(vm).join(id);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound {
+                    what: format!("point {id} of vm {vm}"),
+                });
+            }
+            Err(e) => return Err(Error::io("read", path, e)),
+        };
+        let m = manifest::decode(
+            &bytes,
+            &self.keys.mac,
+            &format!("manifest {}", path.display()),
+        )?;
+        if m.vm != vm || m.id != id {
+            return Err(Error::corrupt(
+                format!("manifest {}", path.display()),
+                format!("it names point {} of vm {}", m.id, m.vm),
+            ));
+        }
+        Ok(m)
+    }
+
+    /// The VMs that have points.
+    ///
+    /// # Errors
+    /// I/O errors listing `points/`.
+    pub fn vms(&self) -> Result<Vec<String>> {
+        files::list(&self.root.join("points"))
+    }
+
+    /// The ids of a VM's points, without reading them.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn point_ids(&self, vm: &str) -> Result<Vec<String>> {
+        validate_name("vm name", vm)?;
+        Ok(files::list(&self.vm_points_dir(vm))?
+            .into_iter()
+            .filter(|n| !n.starts_with('.'))
+            .collect())
+    }
+
+    /// Every readable point of one VM (or of all), oldest first, and the
+    /// errors of the manifests that could not be read.
+    ///
+    /// # Errors
+    /// I/O errors listing the folders.
+    pub fn scan_points(&self, vm: Option<&str>) -> Result<(Vec<PointManifest>, Vec<Error>)> {
+        let vms = match vm {
+            Some(v) => vec![v.to_string()],
+            None => self.vms()?,
+        };
+        let mut points = Vec::new();
+        let mut bad = Vec::new();
+        for vm in vms {
+            for id in self.point_ids(&vm)? {
+                match self.read_point(&vm, &id) {
+                    Ok(m) => points.push(m),
+                    Err(e) => bad.push(e),
+                }
+            }
+        }
+        points.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
+        Ok((points, bad))
+    }
+
+    /// Every readable point of one VM (or of all), oldest first. Damaged
+    /// manifests are left out; [`scan_points`](Self::scan_points) and verify
+    /// report them.
+    ///
+    /// # Errors
+    /// I/O errors listing the folders.
+    pub fn points(&self, vm: Option<&str>) -> Result<Vec<PointManifest>> {
+        Ok(self.scan_points(vm)?.0)
+    }
+
+    /// A point of a VM by id, by a unique prefix of its id, or `latest`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when none or several match.
+    pub fn find_point(&self, vm: &str, id: &str) -> Result<PointManifest> {
+        let ids = self.point_ids(vm)?;
+        if id == "latest" {
+            let points = self.points(Some(vm))?;
+            return points.into_iter().last().ok_or_else(|| Error::NotFound {
+                what: format!("any point of vm {vm}"),
+            });
+        }
+        let matches: Vec<&String> = ids.iter().filter(|p| p.starts_with(id)).collect();
+        match matches.as_slice() {
+            [one] => self.read_point(vm, one),
+            [] => Err(Error::NotFound {
+                what: format!("point {id} of vm {vm}"),
+            }),
+            _ if ids.iter().any(|p| p == id) => self.read_point(vm, id),
+            many => Err(Error::NotFound {
+                what: format!(
+                    "a single point {id} of vm {vm} ({} points start so)",
+                    many.len()
+                ),
+            }),
+        }
+    }
+
+    /// What the vault records about a VM, if it was ever prepared here.
+    ///
+    /// # Errors
+    /// A damaged record; I/O errors.
+    pub fn vm_record(&self, vm: &str) -> Result<Option<VmRecord>> {
+        validate_name("vm name", vm)?;
+        let path = self.root.join("vms").join(format!("{vm}.json"));
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+                Error::corrupt(format!("vm record {}", path.display()), e.to_string())
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read", path, e)),
+        }
+    }
+
+    pub(crate) fn write_vm_record(&self, record: &VmRecord) -> Result<()> {
+        let path = self.root.join("vms").join(format!("{}.json", record.vm));
+        let bytes = serde_json::to_vec_pretty(record)
+            .map_err(|e| Error::invalid("vm record", e.to_string()))?;
+        let mut r = [0u8; 6];
+        let _ = getrandom::fill(&mut r);
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("vm-{}.{}", record.vm, hex(&r)));
+        files::write_durable(&tmp, &path, &bytes)
+    }
+
+    /// Starts a backup: a staging area whose objects become part of the
+    /// vault only on commit. Holds a shared lock until dropped.
+    ///
+    /// # Errors
+    /// [`Error::Locked`]; I/O errors.
+    pub fn begin_backup(&self) -> Result<BackupSession<'_>> {
+        BackupSession::new(self)
+    }
+
+    /// Reads and checks an index segment.
+    fn read_segment(&self, id: &ContentId) -> Result<Entries> {
+        let path = self.segment_path(id);
+        let object = format!("index segment {}", path.display());
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::corrupt(object, "missing"));
+            }
+            Err(e) => return Err(Error::io("read", path, e)),
+        };
+        if ContentId(*blake3::keyed_hash(&self.keys.segment, &bytes).as_bytes()) != *id {
+            return Err(Error::corrupt(object, "content does not match its id"));
+        }
+        segment::decode(&bytes, &object)
+    }
+
+    /// Reads, checks and decodes a chunk.
+    fn read_chunk(&self, id: &ContentId) -> Result<Vec<u8>> {
+        if self.locate(id).is_none() {
+            self.refresh_index()?;
+        }
+        let (n, pack, entry) = self
+            .locate(id)
+            .ok_or_else(|| Error::corrupt(format!("chunk {id}"), "missing: no pack holds it"))?;
+        let f = self.pack_file(n, &pack)?;
+        self.read_frame(&f, &pack, &entry)
+    }
+
+    pub(crate) fn segment_key(&self) -> &[u8; 32] {
+        &self.keys.segment
+    }
+
+    pub(crate) fn mac_key(&self) -> &[u8; 32] {
+        &self.keys.mac
+    }
+}
+
+impl VaultSource for Vault {
+    fn segment(&self, id: &ContentId) -> Result<Entries> {
+        self.read_segment(id)
+    }
+    fn chunk(&self, id: &ContentId) -> Result<Vec<u8>> {
+        self.read_chunk(id)
+    }
+}

@@ -1,0 +1,286 @@
+//! A backup in flight: the staging area where new packs, chunk index files
+//! and segments wait until the point is committed.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{
+    Codec, LockMode, PackEntry, PointManifest, Vault, VaultLock, VaultSink, files, manifest, pack,
+};
+use crate::error::{Error, Result};
+use crate::model::{ContentId, hex};
+
+/// The pack being filled.
+struct OpenPack {
+    id: String,
+    path: PathBuf,
+    out: BufWriter<File>,
+    offset: u64,
+    entries: Vec<PackEntry>,
+}
+
+#[derive(Default)]
+struct Staged {
+    /// Chunks put in this session (in open or finished packs).
+    chunks: HashSet<ContentId>,
+    /// Segments staged in this session.
+    segments: HashSet<ContentId>,
+    /// Finished packs, by id.
+    packs: Vec<String>,
+    open: Option<OpenPack>,
+}
+
+/// A backup's staging area; implements [`VaultSink`]. Dropping it without
+/// [`commit_point`](VaultSink::commit_point) removes everything it staged.
+pub struct BackupSession<'v> {
+    vault: &'v Vault,
+    dir: PathBuf,
+    staged: Mutex<Staged>,
+    bytes_added: AtomicU64,
+    committed: std::sync::atomic::AtomicBool,
+    _lock: VaultLock,
+}
+
+impl<'v> BackupSession<'v> {
+    pub(super) fn new(vault: &'v Vault) -> Result<Self> {
+        let lock = vault.lock(LockMode::Shared)?;
+        vault.refresh_index()?;
+        let mut r = [0u8; 8];
+        getrandom::fill(&mut r).map_err(|e| {
+            Error::io(
+                "get random bytes in",
+                vault.path(),
+                std::io::Error::other(e),
+            )
+        })?;
+        let dir =
+            vault
+                .path()
+                .join("tmp")
+                .join(format!("backup-{}-{}", std::process::id(), hex(&r)));
+        for sub in ["packs", "index", "segments"] {
+            files::mkdirs(&dir.join(sub))?;
+        }
+        Ok(BackupSession {
+            vault,
+            dir,
+            staged: Mutex::new(Staged::default()),
+            bytes_added: AtomicU64::new(0),
+            committed: std::sync::atomic::AtomicBool::new(false),
+            _lock: lock,
+        })
+    }
+
+    /// The vault this session writes to.
+    pub fn vault(&self) -> &Vault {
+        self.vault
+    }
+
+    fn staged(&self) -> std::sync::MutexGuard<'_, Staged> {
+        self.staged.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn new_pack(&self) -> Result<OpenPack> {
+        let mut r = [0u8; 16];
+        getrandom::fill(&mut r)
+            .map_err(|e| Error::io("get random bytes in", &self.dir, std::io::Error::other(e)))?;
+        let id = hex(&r);
+        let path = self.dir.join("packs").join(format!("{id}.pack"));
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io("create", &path, e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let header = pack::header();
+        out.write_all(&header)
+            .map_err(|e| Error::io("write", &path, e))?;
+        self.bytes_added
+            .fetch_add(header.len() as u64, Ordering::Relaxed);
+        Ok(OpenPack {
+            id,
+            path,
+            out,
+            offset: header.len() as u64,
+            entries: Vec::new(),
+        })
+    }
+
+    /// Writes the trailer, flushes the pack and stages its index file.
+    fn finish_pack(&self, p: OpenPack) -> Result<String> {
+        let OpenPack {
+            id,
+            path,
+            mut out,
+            offset,
+            entries,
+        } = p;
+        let trailer = pack::encode_trailer(&entries, offset);
+        out.write_all(&trailer)
+            .map_err(|e| Error::io("write", &path, e))?;
+        let file = out
+            .into_inner()
+            .map_err(|e| Error::io("write", &path, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io("flush", &path, e))?;
+        let idx = pack::encode_idx(&trailer);
+        files::write_flushed(&self.dir.join("index").join(format!("{id}.idx")), &idx)?;
+        self.bytes_added
+            .fetch_add((trailer.len() + idx.len()) as u64, Ordering::Relaxed);
+        Ok(id)
+    }
+
+    fn publish(&self) -> Result<()> {
+        let (packs, segments) = {
+            let mut st = self.staged();
+            if let Some(open) = st.open.take() {
+                let id = self.finish_pack(open)?;
+                st.packs.push(id);
+            }
+            (
+                st.packs.clone(),
+                st.segments.iter().copied().collect::<Vec<_>>(),
+            )
+        };
+        let vault = self.vault;
+        for id in &packs {
+            let from = self.dir.join("packs").join(format!("{id}.pack"));
+            let to = vault.pack_path(id);
+            fs::rename(&from, &to).map_err(|e| Error::io("move pack into place", &to, e))?;
+        }
+        files::sync_dir(&vault.path().join("packs"))?;
+        for id in &packs {
+            let from = self.dir.join("index").join(format!("{id}.idx"));
+            let to = vault.idx_path(id);
+            fs::rename(&from, &to).map_err(|e| Error::io("move chunk index into place", &to, e))?;
+        }
+        files::sync_dir(&vault.path().join("index"))?;
+        let mut dirs = HashSet::new();
+        for id in &segments {
+            let from = self.dir.join("segments").join(id.to_hex());
+            let to = vault.segment_path(id);
+            let parent = to.parent().map(PathBuf::from).unwrap_or_default();
+            if dirs.insert(parent.clone()) {
+                files::mkdirs(&parent)?;
+            }
+            fs::rename(&from, &to)
+                .map_err(|e| Error::io("move index segment into place", &to, e))?;
+        }
+        for d in &dirs {
+            files::sync_dir(d)?;
+        }
+        files::sync_dir(&vault.path().join("segments"))?;
+        Ok(())
+    }
+}
+
+impl VaultSink for BackupSession<'_> {
+    fn chunk_id(&self, data: &[u8]) -> ContentId {
+        ContentId(*blake3::keyed_hash(self.vault.keys_chunk(), data).as_bytes())
+    }
+
+    fn has_chunk(&self, id: &ContentId) -> bool {
+        self.vault.has_chunk(id) || self.staged().chunks.contains(id)
+    }
+
+    fn put_chunk(&self, id: &ContentId, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<u64> {
+        let header = pack::frame_header(id, codec, raw_len, payload);
+        let mut st = self.staged();
+        if self.vault.has_chunk(id) || !st.chunks.insert(*id) {
+            return Ok(0);
+        }
+        if st.open.is_none() {
+            st.open = Some(self.new_pack()?);
+        }
+        let Some(p) = st.open.as_mut() else {
+            return Err(Error::invalid("pack", "no open pack"));
+        };
+        let w = p
+            .out
+            .write_all(&header)
+            .and_then(|()| p.out.write_all(payload));
+        if let Err(e) = w {
+            let path = p.path.clone();
+            return Err(Error::io("write", path, e));
+        }
+        let entry = PackEntry {
+            id: *id,
+            offset: p.offset,
+            raw_len,
+            stored_len: payload.len() as u32,
+            codec,
+        };
+        p.entries.push(entry);
+        p.offset += entry.frame_len();
+        let full = p.offset >= self.vault.options().pack_target_size;
+        if full {
+            if let Some(done) = st.open.take() {
+                let id = self.finish_pack(done)?;
+                st.packs.push(id);
+            }
+        }
+        let added = entry.frame_len();
+        self.bytes_added.fetch_add(added, Ordering::Relaxed);
+        Ok(added)
+    }
+
+    fn put_segment(&self, bytes: &[u8]) -> Result<(ContentId, u64)> {
+        let id = ContentId(*blake3::keyed_hash(self.vault.segment_key(), bytes).as_bytes());
+        if self.staged().segments.contains(&id) || self.vault.segment_path(&id).exists() {
+            return Ok((id, 0));
+        }
+        let path = self.dir.join("segments").join(id.to_hex());
+        // Another thread of this session may stage the same segment at once.
+        match files::write_flushed(&path, bytes) {
+            Ok(()) => {}
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Ok((id, 0));
+            }
+            Err(e) => return Err(e),
+        }
+        self.staged().segments.insert(id);
+        self.bytes_added
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok((id, bytes.len() as u64))
+    }
+
+    fn commit_point(&self, mut m: PointManifest) -> Result<PointManifest> {
+        self.publish()?;
+        let dir = self.vault.path().join("points").join(&m.vm);
+        files::mkdirs(&dir)?;
+        // The manifest's own length counts as added; it is known only once
+        // encoded, and its digits change its length: settle in two passes.
+        let base = self.bytes_added.load(Ordering::Relaxed);
+        m.stats.bytes_added = base;
+        let mut bytes = manifest::encode(&m, self.vault.mac_key())?;
+        for _ in 0..3 {
+            m.stats.bytes_added = base + bytes.len() as u64;
+            bytes = manifest::encode(&m, self.vault.mac_key())?;
+        }
+        let tmp = self.dir.join("manifest");
+        files::write_flushed(&tmp, &bytes)?;
+        let dest = dir.join(&m.id);
+        // A hard link never replaces: two points can never share an id.
+        fs::hard_link(&tmp, &dest).map_err(|e| Error::io("publish manifest", &dest, e))?;
+        files::sync_dir(&dir)?;
+        files::sync_dir(&self.vault.path().join("points"))?;
+        self.committed.store(true, Ordering::SeqCst);
+        self.vault.refresh_index()?;
+        Ok(m)
+    }
+}
+
+impl Drop for BackupSession<'_> {
+    fn drop(&mut self) {
+        // Committed or not, the staging folder goes: after a commit it only
+        // holds the manifest's temporary link; without one, everything
+        // staged is abandoned and the vault stays as it was.
+        if let Some(open) = self.staged().open.take() {
+            drop(open);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

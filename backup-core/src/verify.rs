@@ -1,0 +1,334 @@
+//! Verify: every chunk a point names is re-read, crc-checked and re-hashed;
+//! every index segment re-hashed; every root digest recomputed. For the
+//! whole vault, every pack is also read frame by frame. Problems come back
+//! as VM, point, disk and byte range, never as an early error.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::model::{CancelToken, ContentId, NoProgress, Progress};
+use crate::vault::{DiskRecord, LockMode, PointManifest, Vault, VaultSource, disk_root};
+
+/// What to verify.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct VerifyOptions {
+    /// Only this VM's points (all VMs when None).
+    pub vm: Option<String>,
+    /// Only this point (id, unique prefix or `latest`; needs `vm`).
+    pub point: Option<String>,
+    /// Where progress goes (in bytes of disk checked).
+    pub progress: Arc<dyn Progress>,
+    /// Set it to stop.
+    pub cancel: CancelToken,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions {
+            vm: None,
+            point: None,
+            progress: Arc::new(NoProgress),
+            cancel: CancelToken::new(),
+        }
+    }
+}
+
+/// One thing found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// The VM it hurts, when known.
+    pub vm: Option<String>,
+    /// The point it hurts, when known.
+    pub point: Option<String>,
+    /// The disk it hurts, when known.
+    pub disk: Option<String>,
+    /// The disk's bytes that cannot be restored, when known.
+    pub range: Option<Range<u64>>,
+    /// What is wrong, naming the damaged object.
+    pub what: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(vm) = &self.vm {
+            write!(f, "vm {vm} ")?;
+        }
+        if let Some(p) = &self.point {
+            write!(f, "point {p} ")?;
+        }
+        if let Some(d) = &self.disk {
+            write!(f, "disk {d} ")?;
+        }
+        if let Some(r) = &self.range {
+            write!(f, "bytes {}..{} ", r.start, r.end)?;
+        }
+        if self.vm.is_some() || self.disk.is_some() || self.range.is_some() {
+            f.write_str(": ")?;
+        }
+        f.write_str(&self.what)
+    }
+}
+
+/// What verify found.
+#[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
+pub struct VerifyReport {
+    /// Points checked.
+    pub points: u64,
+    /// Distinct chunks checked.
+    pub chunks: u64,
+    /// Packs read whole (whole-vault verify only).
+    pub packs: u64,
+    /// Bytes of disk covered by the checked points.
+    pub bytes: u64,
+    /// Everything found wrong; empty when all is well.
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    /// Whether nothing was found wrong.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Verifies a point, a VM's points, or the whole vault.
+///
+/// # Errors
+/// Only what stops verify itself (the vault locked, an unknown VM or point,
+/// cancellation); damage is reported in the [`VerifyReport`].
+pub fn verify(vault: &Vault, options: &VerifyOptions) -> Result<VerifyReport> {
+    let _lock = vault.lock(LockMode::Shared)?;
+    vault.refresh_index()?;
+    let mut report = VerifyReport::default();
+    let (points, bad) = match (&options.vm, &options.point) {
+        (Some(vm), Some(p)) => (vec![vault.find_point(vm, p)?], Vec::new()),
+        (None, Some(_)) => return Err(Error::invalid("verify", "a point needs its vm")),
+        (vm, None) => vault.scan_points(vm.as_deref())?,
+    };
+    for e in bad {
+        report.problems.push(Problem {
+            vm: None,
+            point: None,
+            disk: None,
+            range: None,
+            what: e.to_string(),
+        });
+    }
+    // id -> None when good, Some(why) when bad.
+    let memo: Mutex<HashMap<ContentId, Option<String>>> = Mutex::new(HashMap::new());
+    let whole_vault = options.vm.is_none() && options.point.is_none();
+    if whole_vault {
+        check_packs(vault, &memo, &mut report, options)?;
+    }
+    options
+        .progress
+        .start(points.iter().flat_map(|p| &p.disks).map(|d| d.size).sum());
+    for point in &points {
+        report.points += 1;
+        for disk in &point.disks {
+            report.bytes += disk.size;
+            check_disk(vault, point, disk, &memo, &mut report, options)?;
+        }
+    }
+    options.progress.finish();
+    report.chunks = memo.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
+    Ok(report)
+}
+
+fn problem(point: &PointManifest, disk: &DiskRecord, range: Range<u64>, what: String) -> Problem {
+    Problem {
+        vm: Some(point.vm.clone()),
+        point: Some(point.id.clone()),
+        disk: Some(disk.name.clone()),
+        range: Some(range),
+        what,
+    }
+}
+
+fn check_disk(
+    vault: &Vault,
+    point: &PointManifest,
+    disk: &DiskRecord,
+    memo: &Mutex<HashMap<ContentId, Option<String>>>,
+    report: &mut VerifyReport,
+    options: &VerifyOptions,
+) -> Result<()> {
+    if disk_root(disk.size, disk.block_size, &disk.segments) != disk.root {
+        report.problems.push(problem(
+            point,
+            disk,
+            0..disk.size,
+            "root digest does not match the segment list".into(),
+        ));
+    }
+    let expected = disk
+        .blocks()
+        .div_ceil(u64::from(disk.entries_per_segment.max(1)));
+    if disk.segments.len() as u64 != expected || disk.entries_per_segment == 0 {
+        report.problems.push(problem(
+            point,
+            disk,
+            0..disk.size,
+            format!(
+                "the point lists {} index segments; its size needs {expected}",
+                disk.segments.len()
+            ),
+        ));
+        return Ok(());
+    }
+    let bs = u64::from(disk.block_size);
+    for (s, seg) in disk.segments.iter().enumerate() {
+        options.cancel.check("verify")?;
+        let window = disk.segment_range(s);
+        let entries = match vault.segment(seg) {
+            Ok(e) => e,
+            Err(e) => {
+                report
+                    .problems
+                    .push(problem(point, disk, window, e.to_string()));
+                continue;
+            }
+        };
+        let count = (window.end - window.start).div_ceil(bs) as usize;
+        if entries.len() != count {
+            report.problems.push(problem(
+                point,
+                disk,
+                window,
+                format!(
+                    "index segment {seg} holds {} blocks, expected {count}",
+                    entries.len()
+                ),
+            ));
+            continue;
+        }
+        let todo: Vec<ContentId> = {
+            let m = memo.lock().unwrap_or_else(|p| p.into_inner());
+            let mut ids: Vec<ContentId> = entries
+                .iter()
+                .flatten()
+                .filter(|id| !m.contains_key(id))
+                .copied()
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        let results: Vec<(ContentId, Option<String>)> = todo
+            .par_iter()
+            .map(|id| (*id, vault.chunk(id).err().map(|e| e.to_string())))
+            .collect();
+        let m = {
+            let mut m = memo.lock().unwrap_or_else(|p| p.into_inner());
+            m.extend(results);
+            entries
+                .iter()
+                .map(|e| e.and_then(|id| m.get(&id).cloned().flatten()))
+                .collect::<Vec<_>>()
+        };
+        // Coalesce consecutive bad blocks with the same cause.
+        let mut run: Option<(Range<u64>, String)> = None;
+        for (i, bad) in m.into_iter().enumerate() {
+            let off = window.start + i as u64 * bs;
+            let block = off..(off + bs).min(disk.size);
+            match (bad, run.take()) {
+                (Some(why), Some((r, w))) if r.end == block.start && w == why => {
+                    run = Some((r.start..block.end, w))
+                }
+                (Some(why), prev) => {
+                    if let Some((r, w)) = prev {
+                        report.problems.push(problem(point, disk, r, w));
+                    }
+                    run = Some((block, why));
+                }
+                (None, prev) => {
+                    if let Some((r, w)) = prev {
+                        report.problems.push(problem(point, disk, r, w));
+                    }
+                }
+            }
+        }
+        if let Some((r, w)) = run {
+            report.problems.push(problem(point, disk, r, w));
+        }
+        options.progress.advance(window.end - window.start);
+    }
+    Ok(())
+}
+
+/// Reads every pack whole; records the result of each frame the chunk index
+/// points at, so points' checks need not read it again.
+fn check_packs(
+    vault: &Vault,
+    memo: &Mutex<HashMap<ContentId, Option<String>>>,
+    report: &mut VerifyReport,
+    options: &VerifyOptions,
+) -> Result<()> {
+    let packs = vault.pack_ids()?;
+    report.packs = packs.len() as u64;
+    let found: Vec<Vec<String>> = packs
+        .par_iter()
+        .map(|pack| {
+            let mut problems = Vec::new();
+            if options.cancel.is_cancelled() {
+                return problems;
+            }
+            let (entries, fault) = match vault.pack_frames(pack) {
+                Ok(x) => x,
+                Err(e) => return vec![e.to_string()],
+            };
+            if let Some(f) = fault {
+                problems.push(f.to_string());
+            }
+            match vault.read_idx(pack) {
+                Ok(idx) if idx == entries => {}
+                Ok(_) => problems.push(format!(
+                    "chunk index file of pack {pack} differs from the pack (repair rebuilds it)"
+                )),
+                Err(e) => problems.push(format!("{e} (repair rebuilds it)")),
+            }
+            let path = vault.pack_path(pack);
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) => return vec![Error::io("open", path, e).to_string()],
+            };
+            for e in &entries {
+                let r = vault
+                    .read_frame(&file, pack, e)
+                    .err()
+                    .map(|e| e.to_string());
+                if let Some(why) = &r {
+                    problems.push(why.clone());
+                }
+                if vault
+                    .index_location(&e.id)
+                    .is_some_and(|(p, off)| p == *pack && off == e.offset)
+                {
+                    memo.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(e.id, r);
+                }
+            }
+            problems
+        })
+        .collect();
+    options.cancel.check("verify")?;
+    for what in found.into_iter().flatten() {
+        report.problems.push(Problem {
+            vm: None,
+            point: None,
+            disk: None,
+            range: None,
+            what,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! C ABI of vmbackup (see issue 3).

@@ -1,0 +1,1 @@
+//! Python bindings of vmbackup (see issue 4).
