@@ -27,28 +27,19 @@ impl Rng {
         self.0
     }
     fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n.div_ceil(8))
-            .flat_map(|_| self.next().to_le_bytes())
-            .take(n)
-            .collect()
+        (0..n.div_ceil(8)).flat_map(|_| self.next().to_le_bytes()).take(n).collect()
     }
 }
 
 const WORDS: [&str; 16] = [
-    "backup", "disk", "block", "vault", "snapshot", "restore", "chunk", "segment", "kernel",
-    "service", "request", "latency", "user", "session", "commit", "journal",
+    "backup", "disk", "block", "vault", "snapshot", "restore", "chunk", "segment", "kernel", "service", "request",
+    "latency", "user", "session", "commit", "journal",
 ];
 
 fn log_text(rng: &mut Rng, lines: usize, tag: &str) -> String {
     let mut s = String::new();
     for i in 0..lines {
-        let _ = write!(
-            s,
-            "2026-11-25T10:{:02}:{:02}Z {tag}[{}]:",
-            (i / 60) % 60,
-            i % 60,
-            1000 + rng.next() % 9000
-        );
+        let _ = write!(s, "2026-11-25T10:{:02}:{:02}Z {tag}[{}]:", (i / 60) % 60, i % 60, 1000 + rng.next() % 9000);
         for _ in 0..(6 + rng.next() % 10) {
             s.push(' ');
             s.push_str(WORDS[(rng.next() % 16) as usize]);
@@ -66,9 +57,10 @@ fn write(path: &Path, data: impl AsRef<[u8]>) -> Result<()> {
 }
 
 fn tool(name: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(name).args(args).output().with_context(|| {
-        format!("run {name} (install e2fsprogs: the README's first command does it)")
-    })?;
+    let out = Command::new(name)
+        .args(args)
+        .output()
+        .with_context(|| format!("run {name} (install e2fsprogs: the README's first command does it)"))?;
     if !out.status.success() {
         bail!(
             "{name} {} failed: {}{}",
@@ -89,19 +81,13 @@ fn make_system_tree(src: &Path, rng: &mut Rng) -> Result<()> {
         )?;
     }
     for i in 0..6 {
-        write(
-            &src.join(format!("var/log/app{i}.log")),
-            log_text(rng, 20_000, &format!("app{i}")),
-        )?;
+        write(&src.join(format!("var/log/app{i}.log")), log_text(rng, 20_000, &format!("app{i}")))?;
     }
     for i in 0..8 {
         write(&src.join(format!("usr/bin/tool{i}")), rng.bytes(1 << 20))?;
     }
     for i in 0..200 {
-        write(
-            &src.join(format!("home/user/notes/note{i:03}.txt")),
-            log_text(rng, 40, "note"),
-        )?;
+        write(&src.join(format!("home/user/notes/note{i:03}.txt")), log_text(rng, 40, "note"))?;
     }
     Ok(())
 }
@@ -125,37 +111,19 @@ fn make_data_tree(src: &Path, rng: &mut Rng) -> Result<()> {
         write(&src.join(format!("media/photo{i}.jpg")), rng.bytes(3 << 20))?;
     }
     for i in 0..50 {
-        write(
-            &src.join(format!("projects/p{i:02}/README")),
-            log_text(rng, 100, "readme"),
-        )?;
+        write(&src.join(format!("projects/p{i:02}/README")), log_text(rng, 100, "readme"))?;
     }
     Ok(())
 }
 
 fn mkfs(src: &Path, image: &Path, size_mib: u64) -> Result<()> {
     let size = format!("{size_mib}M");
-    tool(
-        "mke2fs",
-        &[
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-E",
-            "root_owner=0:0",
-            "-d",
-            path_str(src)?,
-            path_str(image)?,
-            &size,
-        ],
-    )?;
+    tool("mke2fs", &["-q", "-F", "-t", "ext4", "-E", "root_owner=0:0", "-d", path_str(src)?, path_str(image)?, &size])?;
     Ok(())
 }
 
 fn path_str(p: &Path) -> Result<&str> {
-    p.to_str()
-        .with_context(|| format!("{} is not UTF-8", p.display()))
+    p.to_str().with_context(|| format!("{} is not UTF-8", p.display()))
 }
 
 /// Changes files inside an ext4 image with debugfs: the guest at work.
@@ -169,20 +137,12 @@ fn churn(image: &Path, work: &Path, rng: &mut Rng, system: bool) -> Result<Strin
             let text = log_text(rng, 3_000, &format!("app{i}-new"));
             let f = work.join(format!("app{i}.log"));
             write(&f, &text)?;
-            let _ = writeln!(
-                cmds,
-                "rm /var/log/app{i}.log\nwrite {} /var/log/app{i}.log",
-                path_str(&f)?
-            );
+            let _ = writeln!(cmds, "rm /var/log/app{i}.log\nwrite {} /var/log/app{i}.log", path_str(&f)?);
         }
         // A tool is upgraded.
         let f = work.join("tool3");
         write(&f, rng.bytes(1 << 20))?;
-        let _ = writeln!(
-            cmds,
-            "rm /usr/bin/tool3\nwrite {} /usr/bin/tool3",
-            path_str(&f)?
-        );
+        let _ = writeln!(cmds, "rm /usr/bin/tool3\nwrite {} /usr/bin/tool3", path_str(&f)?);
         // Old notes are deleted.
         for i in 0..50 {
             let _ = writeln!(cmds, "rm /home/user/notes/note{i:03}.txt");
@@ -191,11 +151,7 @@ fn churn(image: &Path, work: &Path, rng: &mut Rng, system: bool) -> Result<Strin
     } else {
         let f = work.join("report.pdf");
         write(&f, rng.bytes(2 << 20))?;
-        let _ = writeln!(
-            cmds,
-            "mkdir /reports\nwrite {} /reports/q4.pdf",
-            path_str(&f)?
-        );
+        let _ = writeln!(cmds, "mkdir /reports\nwrite {} /reports/q4.pdf", path_str(&f)?);
         for i in 0..10 {
             let _ = writeln!(cmds, "rm /projects/p{i:02}/README\nrmdir /projects/p{i:02}");
         }
@@ -203,10 +159,7 @@ fn churn(image: &Path, work: &Path, rng: &mut Rng, system: bool) -> Result<Strin
     }
     let script = work.join("cmds");
     write(&script, &cmds)?;
-    tool(
-        "debugfs",
-        &["-w", "-f", path_str(&script)?, path_str(image)?],
-    )?;
+    tool("debugfs", &["-w", "-f", path_str(&script)?, path_str(image)?])?;
     Ok(said.join("; "))
 }
 
@@ -249,10 +202,7 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
     println!("vmbackup demo in {}", dir.display());
     let mut rng = Rng(0x5eed_0f_de30);
 
-    step(
-        1,
-        "make a sample VM: two disks holding ext4 file systems with real files (mke2fs -d)",
-    );
+    step(1, "make a sample VM: two disks holding ext4 file systems with real files (mke2fs -d)");
     let vmdir = dir.join("vm");
     let system = vmdir.join("system.img");
     let data = vmdir.join("data.img");
@@ -261,11 +211,7 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
     fs::create_dir_all(&vmdir)?;
     mkfs(&dir.join("src/system"), &system, 256)?;
     mkfs(&dir.join("src/data"), &data, 128)?;
-    println!(
-        "    {}: 256 MiB, {}: 128 MiB",
-        system.display(),
-        data.display()
-    );
+    println!("    {}: 256 MiB, {}: 128 MiB", system.display(), data.display());
 
     step(2, "create a vault");
     let vault = Vault::init(dir.join("vault"))?;
@@ -288,27 +234,15 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
         tool("cp", &["--sparse=always", path_str(img)?, path_str(&to)?])?;
     }
 
-    step(
-        4,
-        "the guest works: change files inside both disks (debugfs)",
-    );
-    println!(
-        "    {}",
-        churn(&system, &dir.join("work/system"), &mut rng, true)?
-    );
-    println!(
-        "    {}",
-        churn(&data, &dir.join("work/data"), &mut rng, false)?
-    );
+    step(4, "the guest works: change files inside both disks (debugfs)");
+    println!("    {}", churn(&system, &dir.join("work/system"), &mut rng, true)?);
+    println!("    {}", churn(&data, &dir.join("work/data"), &mut rng, false)?);
 
     step(5, "incremental backup: only changed blocks are stored");
     let second = backup_core::backup(&vault, &provider, &vm, &options)?;
     crate::print_point_summary(&second.point);
 
-    step(
-        6,
-        "restore both points and compare them bit for bit with the disks as they were",
-    );
+    step(6, "restore both points and compare them bit for bit with the disks as they were");
     for (point, source) in [(&first.point, &kept), (&second.point, &vmdir)] {
         let to = dir.join("restored").join(&point.id);
         let t = Instant::now();
@@ -334,16 +268,10 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
         );
     }
 
-    step(
-        7,
-        "verify the whole vault: every chunk re-read, crc-checked and re-hashed",
-    );
+    step(7, "verify the whole vault: every chunk re-read, crc-checked and re-hashed");
     let report = backup_core::verify(&vault, &VerifyOptions::default())?;
     ensure!(report.ok(), "verify found problems: {:?}", report.problems);
-    println!(
-        "    ok: {} points, {} chunks, {} packs",
-        report.points, report.chunks, report.packs
-    );
+    println!("    ok: {} points, {} chunks, {} packs", report.points, report.chunks, report.packs);
 
     let full = first.point.stats.bytes_added;
     let incr = second.point.stats.bytes_added;

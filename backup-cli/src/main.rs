@@ -11,8 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use backup_core::{
-    BackupOptions, Consistency, ImageFileProvider, PointManifest, RestoreOptions, Vault,
-    VerifyOptions, Vm, VmDisk,
+    BackupOptions, Consistency, ImageFileProvider, PointManifest, RestoreOptions, Vault, VerifyOptions, Vm, VmDisk,
 };
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -113,19 +112,13 @@ enum Command {
 /// Parses sizes like 65536, 64K, 64KiB, 1M.
 fn parse_size(s: &str) -> Result<u32, String> {
     let t = s.trim().to_ascii_uppercase();
-    let t = t
-        .strip_suffix("IB")
-        .or_else(|| t.strip_suffix('B'))
-        .unwrap_or(&t);
+    let t = t.strip_suffix("IB").or_else(|| t.strip_suffix('B')).unwrap_or(&t);
     let (num, mult) = match t.chars().last() {
         Some('K') => (&t[..t.len() - 1], 1u64 << 10),
         Some('M') => (&t[..t.len() - 1], 1u64 << 20),
         _ => (t, 1),
     };
-    let n: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like 65536, 64K or 1M"))?;
+    let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size like 65536, 64K or 1M"))?;
     u32::try_from(n * mult).map_err(|_| format!("{s:?} is too large"))
 }
 
@@ -134,11 +127,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
     match run(cli) {
@@ -159,14 +148,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let v = Vault::init(&vault)?;
             println!("initialized vault {} (id {})", vault.display(), v.id());
         }
-        Command::Backup {
-            vault,
-            vm,
-            disks,
-            block_size,
-            consistency,
-            json,
-        } => {
+        Command::Backup { vault, vm, disks, block_size, consistency, json } => {
             let vault = open(&vault)?;
             let vm = vm_from_args(&vm, &disks)?;
             let mut options = BackupOptions::default();
@@ -202,10 +184,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         o
                     })
                     .collect();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({ "points": records }))?
-                );
+                println!("{}", serde_json::to_string_pretty(&json!({ "points": records }))?);
             } else {
                 println!(
                     "{:<24} {:<16} {:<25} {:<11} {:>5} {:>12} {:>12}",
@@ -225,30 +204,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Restore {
-            vault,
-            vm,
-            point,
-            disk,
-            to,
-            json,
-        } => {
+        Command::Restore { vault, vm, point, disk, to, json } => {
             let vault = open(&vault)?;
             let point = vault.find_point(&vm, &point)?;
             let mut options = RestoreOptions::default();
             options.progress = progress::bar("restore");
             let stats = match &disk {
-                Some(d) => vec![backup_core::restore_disk_to_path(
-                    &vault, &point, d, &to, &options,
-                )?],
+                Some(d) => vec![backup_core::restore_disk_to_path(&vault, &point, d, &to, &options)?],
                 None => backup_core::restore_vm(&vault, &point, &to, &options)?,
             };
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(
-                        &json!({ "point": point.id, "vm": point.vm, "disks": stats })
-                    )?
+                    serde_json::to_string_pretty(&json!({ "point": point.id, "vm": point.vm, "disks": stats }))?
                 );
             } else {
                 for s in &stats {
@@ -263,12 +231,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Verify {
-            vault,
-            vm,
-            point,
-            json,
-        } => {
+        Command::Verify { vault, vm, point, json } => {
             let vault = open(&vault)?;
             let mut options = VerifyOptions::default();
             options.vm = vm;
@@ -276,10 +239,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             options.progress = progress::bar("verify");
             let report = backup_core::verify(&vault, &options)?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({ "ok": report.ok(), "report": report }))?
-                );
+                println!("{}", serde_json::to_string_pretty(&json!({ "ok": report.ok(), "report": report }))?);
             } else {
                 for p in &report.problems {
                     println!("BAD {p}");
@@ -321,19 +281,10 @@ fn vm_from_args(name: &str, disks: &[String]) -> Result<Vm> {
                 (n, p)
             }
         };
-        let location = path
-            .to_str()
-            .with_context(|| format!("disk path {} is not UTF-8", path.display()))?;
-        out.push(VmDisk {
-            name: disk_name,
-            location: location.to_string(),
-        });
+        let location = path.to_str().with_context(|| format!("disk path {} is not UTF-8", path.display()))?;
+        out.push(VmDisk { name: disk_name, location: location.to_string() });
     }
-    let vm = Vm {
-        name: name.to_string(),
-        os: backup_core::OsType::Other,
-        disks: out,
-    };
+    let vm = Vm { name: name.to_string(), os: backup_core::OsType::Other, disks: out };
     vm.validate()?;
     if vm.disks.is_empty() {
         bail!("a backup needs at least one --disk");
@@ -415,11 +366,7 @@ fn human(b: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
 #[cfg(test)]

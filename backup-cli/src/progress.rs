@@ -29,11 +29,9 @@ pub fn bar(what: &str) -> Arc<dyn Progress> {
         return Arc::new(NoProgress);
     }
     let pb = ProgressBar::new(0);
-    let style = ProgressStyle::with_template(
-        "{msg:8} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
-    .progress_chars("=> ");
+    let style = ProgressStyle::with_template("{msg:8} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
     pb.set_style(style);
     pb.set_message(what.to_string());
     Arc::new(Bar(pb))

@@ -82,9 +82,7 @@ pub enum Error {
         supported: u32,
     },
     /// Another process holds the vault's lock.
-    #[error(
-        "vault {path} is locked by another process ({mode} lock wanted; waited {waited_secs} s)"
-    )]
+    #[error("vault {path} is locked by another process ({mode} lock wanted; waited {waited_secs} s)")]
     Locked {
         /// The vault.
         path: PathBuf,
@@ -166,14 +164,10 @@ impl Error {
         match self {
             Error::Locked { .. } => ErrorKind::Retryable,
             Error::Provider { retryable, .. } if *retryable => ErrorKind::Retryable,
-            Error::Io { source, .. }
-            | Error::DeviceRead { source, .. }
-            | Error::RestoreWrite { source, .. }
+            Error::Io { source, .. } | Error::DeviceRead { source, .. } | Error::RestoreWrite { source, .. }
                 if matches!(
                     source.kind(),
-                    std::io::ErrorKind::Interrupted
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::WouldBlock
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
                 ) =>
             {
                 ErrorKind::Retryable
@@ -188,29 +182,15 @@ impl Error {
         matches!(self, Error::Corrupt { .. } | Error::DamagedRange { .. })
     }
 
-    pub(crate) fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-        source: std::io::Error,
-    ) -> Self {
-        Error::Io {
-            action,
-            path: path.into(),
-            source,
-        }
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { action, path: path.into(), source }
     }
 
     pub(crate) fn corrupt(object: impl Into<String>, detail: impl Into<String>) -> Self {
-        Error::Corrupt {
-            object: object.into(),
-            detail: detail.into(),
-        }
+        Error::Corrupt { object: object.into(), detail: detail.into() }
     }
 
     pub(crate) fn invalid(what: impl Into<String>, why: impl Into<String>) -> Self {
-        Error::InvalidArgument {
-            what: what.into(),
-            why: why.into(),
-        }
+        Error::InvalidArgument { what: what.into(), why: why.into() }
     }
 }

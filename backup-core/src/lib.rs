@@ -49,16 +49,13 @@ pub use device::{BlockDevice, RawImage};
 pub use engine::{DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, check_block_size};
 pub use error::{Error, ErrorKind, Result};
 pub use job::{BackupOptions, BackupReport, backup};
-pub use model::{
-    CancelToken, Consistency, ContentId, NoProgress, OsType, Progress, Vm, VmDisk, validate_name,
-};
+pub use model::{CancelToken, Consistency, ContentId, NoProgress, OsType, Progress, Vm, VmDisk, validate_name};
 pub use restore::{
-    FileTarget, RestoreOptions, RestoreStats, RestoreTarget, restore_disk, restore_disk_to_path,
-    restore_vm,
+    FileTarget, RestoreOptions, RestoreStats, RestoreTarget, restore_disk, restore_disk_to_path, restore_vm,
 };
 pub use snapshot::{ImageFileProvider, PrepareReport, Snapshot, SnapshotDisk, SnapshotProvider};
 pub use vault::{
-    BackupSession, Codec, DiskRecord, DiskStats, FORMAT_VERSION, LockMode, PointManifest,
-    PointStats, Vault, VaultLock, VaultOptions, VaultSink, VaultSource, VmRecord,
+    BackupSession, Codec, DiskRecord, DiskStats, FORMAT_VERSION, LockMode, PointManifest, PointStats, Vault, VaultLock,
+    VaultOptions, VaultSink, VaultSource, VmRecord,
 };
 pub use verify::{Problem, VerifyOptions, VerifyReport, verify};

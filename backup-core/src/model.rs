@@ -31,10 +31,7 @@ impl FromStr for OsType {
             "linux" => Ok(OsType::Linux),
             "windows" => Ok(OsType::Windows),
             "other" | "" => Ok(OsType::Other),
-            _ => Err(Error::invalid(
-                "os type",
-                format!("{s:?} is not linux, windows or other"),
-            )),
+            _ => Err(Error::invalid("os type", format!("{s:?} is not linux, windows or other"))),
         }
     }
 }
@@ -71,25 +68,15 @@ impl Vm {
         let mut disks = Vec::with_capacity(images.len());
         for image in images {
             let path = image.as_ref();
-            let disk_name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
-                Error::invalid(
-                    "disk path",
-                    format!("{} has no UTF-8 file name", path.display()),
-                )
-            })?;
-            let location = path.to_str().ok_or_else(|| {
-                Error::invalid("disk path", format!("{} is not UTF-8", path.display()))
-            })?;
-            disks.push(VmDisk {
-                name: disk_name.to_string(),
-                location: location.to_string(),
-            });
+            let disk_name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| Error::invalid("disk path", format!("{} has no UTF-8 file name", path.display())))?;
+            let location =
+                path.to_str().ok_or_else(|| Error::invalid("disk path", format!("{} is not UTF-8", path.display())))?;
+            disks.push(VmDisk { name: disk_name.to_string(), location: location.to_string() });
         }
-        let vm = Vm {
-            name: name.to_string(),
-            os: OsType::Other,
-            disks,
-        };
+        let vm = Vm { name: name.to_string(), os: OsType::Other, disks };
         vm.validate()?;
         Ok(vm)
     }
@@ -102,19 +89,13 @@ impl Vm {
     pub fn validate(&self) -> Result<()> {
         validate_name("vm name", &self.name)?;
         if self.disks.is_empty() {
-            return Err(Error::invalid(
-                "vm",
-                format!("vm {} has no disks", self.name),
-            ));
+            return Err(Error::invalid("vm", format!("vm {} has no disks", self.name)));
         }
         let mut seen = std::collections::HashSet::new();
         for d in &self.disks {
             validate_name("disk name", &d.name)?;
             if !seen.insert(d.name.as_str()) {
-                return Err(Error::invalid(
-                    "disk name",
-                    format!("vm {} has two disks named {}", self.name, d.name),
-                ));
+                return Err(Error::invalid("disk name", format!("vm {} has two disks named {}", self.name, d.name)));
             }
         }
         Ok(())
@@ -190,14 +171,9 @@ impl FromStr for Consistency {
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "crash" | "crash-consistent" => Ok(Consistency::Crash),
-            "fs" | "filesystem" | "file-system" | "file-system-consistent" => {
-                Ok(Consistency::FileSystem)
-            }
+            "fs" | "filesystem" | "file-system" | "file-system-consistent" => Ok(Consistency::FileSystem),
             "app" | "application" | "application-consistent" => Ok(Consistency::Application),
-            _ => Err(Error::invalid(
-                "consistency",
-                format!("{s:?} is not one of app, fs, crash"),
-            )),
+            _ => Err(Error::invalid("consistency", format!("{s:?} is not one of app, fs, crash"))),
         }
     }
 }
@@ -268,10 +244,7 @@ pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// A flag that a host sets to stop a running job. Cheap to clone; all
@@ -293,13 +266,7 @@ impl CancelToken {
         self.0.load(Ordering::SeqCst)
     }
     pub(crate) fn check(&self, what: &str) -> Result<()> {
-        if self.is_cancelled() {
-            Err(Error::Cancelled {
-                what: what.to_string(),
-            })
-        } else {
-            Ok(())
-        }
+        if self.is_cancelled() { Err(Error::Cancelled { what: what.to_string() }) } else { Ok(()) }
     }
 }
 

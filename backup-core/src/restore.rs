@@ -56,9 +56,7 @@ impl FileTarget {
     /// I/O errors; a device that is too small.
     pub fn create(path: impl AsRef<Path>, size: u64) -> Result<FileTarget> {
         let path = path.as_ref();
-        let is_device = fs::metadata(path)
-            .map(|m| m.file_type().is_block_device())
-            .unwrap_or(false);
+        let is_device = fs::metadata(path).map(|m| m.file_type().is_block_device()).unwrap_or(false);
         let file = OpenOptions::new()
             .write(true)
             .create(!is_device)
@@ -67,27 +65,17 @@ impl FileTarget {
             .map_err(|e| Error::io("create restore target", path, e))?;
         if is_device {
             use std::io::Seek;
-            let dev_size = (&file)
-                .seek(io::SeekFrom::End(0))
-                .map_err(|e| Error::io("find the size of", path, e))?;
+            let dev_size = (&file).seek(io::SeekFrom::End(0)).map_err(|e| Error::io("find the size of", path, e))?;
             if dev_size < size {
                 return Err(Error::invalid(
                     "restore target",
-                    format!(
-                        "{} holds {dev_size} bytes; the disk needs {size}",
-                        path.display()
-                    ),
+                    format!("{} holds {dev_size} bytes; the disk needs {size}", path.display()),
                 ));
             }
         } else {
-            file.set_len(size)
-                .map_err(|e| Error::io("size restore target", path, e))?;
+            file.set_len(size).map_err(|e| Error::io("size restore target", path, e))?;
         }
-        Ok(FileTarget {
-            file,
-            path: path.to_path_buf(),
-            sparse: !is_device,
-        })
+        Ok(FileTarget { file, path: path.to_path_buf(), sparse: !is_device })
     }
 }
 
@@ -122,10 +110,7 @@ pub struct RestoreOptions {
 
 impl Default for RestoreOptions {
     fn default() -> Self {
-        RestoreOptions {
-            progress: Arc::new(NoProgress),
-            cancel: CancelToken::new(),
-        }
+        RestoreOptions { progress: Arc::new(NoProgress), cancel: CancelToken::new() }
     }
 }
 
@@ -207,9 +192,7 @@ fn restore_record_to_path(
     to: &Path,
     options: &RestoreOptions,
 ) -> Result<RestoreStats> {
-    let is_device = fs::metadata(to)
-        .map(|m| m.file_type().is_block_device())
-        .unwrap_or(false);
+    let is_device = fs::metadata(to).map(|m| m.file_type().is_block_device()).unwrap_or(false);
     if is_device {
         let target = FileTarget::create(to, record.size)?;
         return restore_record(vault, point, record, &target, options);
@@ -219,8 +202,7 @@ fn restore_record_to_path(
     let target = FileTarget::create(&tmp, record.size)?;
     match restore_record(vault, point, record, &target, options) {
         Ok(stats) => {
-            fs::rename(&tmp, to)
-                .map_err(|e| Error::io("rename restored disk into place", to, e))?;
+            fs::rename(&tmp, to).map_err(|e| Error::io("rename restored disk into place", to, e))?;
             Ok(stats)
         }
         Err(e) => {
@@ -243,14 +225,9 @@ pub fn restore_vm(
 ) -> Result<Vec<RestoreStats>> {
     let _lock = vault.lock(LockMode::Shared)?;
     fs::create_dir_all(dir).map_err(|e| Error::io("create folder", dir, e))?;
-    options
-        .progress
-        .start(point.disks.iter().map(|d| d.size).sum());
-    let r = point
-        .disks
-        .par_iter()
-        .map(|d| restore_record_to_path(vault, point, d, &dir.join(&d.name), options))
-        .collect();
+    options.progress.start(point.disks.iter().map(|d| d.size).sum());
+    let r =
+        point.disks.par_iter().map(|d| restore_record_to_path(vault, point, d, &dir.join(&d.name), options)).collect();
     options.progress.finish();
     r
 }
@@ -264,21 +241,10 @@ fn restore_record(
 ) -> Result<RestoreStats> {
     let started = Instant::now();
     let bs = u64::from(record.block_size);
-    let mut stats = RestoreStats {
-        disk: record.name.clone(),
-        size: record.size,
-        ..RestoreStats::default()
-    };
-    let expected_segments = record
-        .blocks()
-        .div_ceil(u64::from(record.entries_per_segment));
+    let mut stats = RestoreStats { disk: record.name.clone(), size: record.size, ..RestoreStats::default() };
+    let expected_segments = record.blocks().div_ceil(u64::from(record.entries_per_segment));
     if record.segments.len() as u64 != expected_segments {
-        return Err(damaged(
-            point,
-            record,
-            0..record.size,
-            "the point lists the wrong number of index segments",
-        ));
+        return Err(damaged(point, record, 0..record.size, "the point lists the wrong number of index segments"));
     }
     let write_err = |offset: u64, source: io::Error| Error::RestoreWrite {
         vm: point.vm.clone(),
@@ -288,22 +254,12 @@ fn restore_record(
         source,
     };
     for (s, seg_id) in record.segments.iter().enumerate() {
-        options.cancel.check(&format!(
-            "restore of disk {} of vm {}",
-            record.name, point.vm
-        ))?;
+        options.cancel.check(&format!("restore of disk {} of vm {}", record.name, point.vm))?;
         let window = record.segment_range(s);
-        let entries = vault
-            .segment(seg_id)
-            .map_err(|e| damaged(point, record, window.clone(), &e.to_string()))?;
+        let entries = vault.segment(seg_id).map_err(|e| damaged(point, record, window.clone(), &e.to_string()))?;
         let count = (window.end - window.start).div_ceil(bs) as usize;
         if entries.len() != count {
-            return Err(damaged(
-                point,
-                record,
-                window,
-                "index segment has the wrong number of blocks",
-            ));
+            return Err(damaged(point, record, window, "index segment has the wrong number of blocks"));
         }
         let written: u64 = entries
             .par_iter()
@@ -313,26 +269,17 @@ fn restore_record(
                 let len = bs.min(record.size - offset);
                 match entry {
                     None => {
-                        target
-                            .write_zeros(offset, len)
-                            .map_err(|e| write_err(offset, e))?;
+                        target.write_zeros(offset, len).map_err(|e| write_err(offset, e))?;
                         Ok(0)
                     }
                     Some(id) => {
-                        let data = vault.chunk(id).map_err(|e| {
-                            damaged(point, record, offset..offset + len, &e.to_string())
-                        })?;
+                        let data = vault
+                            .chunk(id)
+                            .map_err(|e| damaged(point, record, offset..offset + len, &e.to_string()))?;
                         if data.len() as u64 != len {
-                            return Err(damaged(
-                                point,
-                                record,
-                                offset..offset + len,
-                                "chunk has the wrong length",
-                            ));
+                            return Err(damaged(point, record, offset..offset + len, "chunk has the wrong length"));
                         }
-                        target
-                            .write_at(offset, &data)
-                            .map_err(|e| write_err(offset, e))?;
+                        target.write_at(offset, &data).map_err(|e| write_err(offset, e))?;
                         Ok(len)
                     }
                 }
@@ -347,12 +294,7 @@ fn restore_record(
     Ok(stats)
 }
 
-fn damaged(
-    point: &PointManifest,
-    record: &DiskRecord,
-    range: std::ops::Range<u64>,
-    detail: &str,
-) -> Error {
+fn damaged(point: &PointManifest, record: &DiskRecord, range: std::ops::Range<u64>, detail: &str) -> Error {
     Error::DamagedRange {
         vm: point.vm.clone(),
         point: point.id.clone(),

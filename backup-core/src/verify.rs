@@ -31,12 +31,7 @@ pub struct VerifyOptions {
 
 impl Default for VerifyOptions {
     fn default() -> Self {
-        VerifyOptions {
-            vm: None,
-            point: None,
-            progress: Arc::new(NoProgress),
-            cancel: CancelToken::new(),
-        }
+        VerifyOptions { vm: None, point: None, progress: Arc::new(NoProgress), cancel: CancelToken::new() }
     }
 }
 
@@ -114,13 +109,7 @@ pub fn verify(vault: &Vault, options: &VerifyOptions) -> Result<VerifyReport> {
         (vm, None) => vault.scan_points(vm.as_deref())?,
     };
     for e in bad {
-        report.problems.push(Problem {
-            vm: None,
-            point: None,
-            disk: None,
-            range: None,
-            what: e.to_string(),
-        });
+        report.problems.push(Problem { vm: None, point: None, disk: None, range: None, what: e.to_string() });
     }
     // id -> None when good, Some(why) when bad.
     let memo: Mutex<HashMap<ContentId, Option<String>>> = Mutex::new(HashMap::new());
@@ -128,9 +117,7 @@ pub fn verify(vault: &Vault, options: &VerifyOptions) -> Result<VerifyReport> {
     if whole_vault {
         check_packs(vault, &memo, &mut report, options)?;
     }
-    options
-        .progress
-        .start(points.iter().flat_map(|p| &p.disks).map(|d| d.size).sum());
+    options.progress.start(points.iter().flat_map(|p| &p.disks).map(|d| d.size).sum());
     for point in &points {
         report.points += 1;
         for disk in &point.disks {
@@ -162,25 +149,15 @@ fn check_disk(
     options: &VerifyOptions,
 ) -> Result<()> {
     if disk_root(disk.size, disk.block_size, &disk.segments) != disk.root {
-        report.problems.push(problem(
-            point,
-            disk,
-            0..disk.size,
-            "root digest does not match the segment list".into(),
-        ));
+        report.problems.push(problem(point, disk, 0..disk.size, "root digest does not match the segment list".into()));
     }
-    let expected = disk
-        .blocks()
-        .div_ceil(u64::from(disk.entries_per_segment.max(1)));
+    let expected = disk.blocks().div_ceil(u64::from(disk.entries_per_segment.max(1)));
     if disk.segments.len() as u64 != expected || disk.entries_per_segment == 0 {
         report.problems.push(problem(
             point,
             disk,
             0..disk.size,
-            format!(
-                "the point lists {} index segments; its size needs {expected}",
-                disk.segments.len()
-            ),
+            format!("the point lists {} index segments; its size needs {expected}", disk.segments.len()),
         ));
         return Ok(());
     }
@@ -191,9 +168,7 @@ fn check_disk(
         let entries = match vault.segment(seg) {
             Ok(e) => e,
             Err(e) => {
-                report
-                    .problems
-                    .push(problem(point, disk, window, e.to_string()));
+                report.problems.push(problem(point, disk, window, e.to_string()));
                 continue;
             }
         };
@@ -203,36 +178,23 @@ fn check_disk(
                 point,
                 disk,
                 window,
-                format!(
-                    "index segment {seg} holds {} blocks, expected {count}",
-                    entries.len()
-                ),
+                format!("index segment {seg} holds {} blocks, expected {count}", entries.len()),
             ));
             continue;
         }
         let todo: Vec<ContentId> = {
             let m = memo.lock().unwrap_or_else(|p| p.into_inner());
-            let mut ids: Vec<ContentId> = entries
-                .iter()
-                .flatten()
-                .filter(|id| !m.contains_key(id))
-                .copied()
-                .collect();
+            let mut ids: Vec<ContentId> = entries.iter().flatten().filter(|id| !m.contains_key(id)).copied().collect();
             ids.sort_unstable();
             ids.dedup();
             ids
         };
-        let results: Vec<(ContentId, Option<String>)> = todo
-            .par_iter()
-            .map(|id| (*id, vault.chunk(id).err().map(|e| e.to_string())))
-            .collect();
+        let results: Vec<(ContentId, Option<String>)> =
+            todo.par_iter().map(|id| (*id, vault.chunk(id).err().map(|e| e.to_string()))).collect();
         let m = {
             let mut m = memo.lock().unwrap_or_else(|p| p.into_inner());
             m.extend(results);
-            entries
-                .iter()
-                .map(|e| e.and_then(|id| m.get(&id).cloned().flatten()))
-                .collect::<Vec<_>>()
+            entries.iter().map(|e| e.and_then(|id| m.get(&id).cloned().flatten())).collect::<Vec<_>>()
         };
         // Coalesce consecutive bad blocks with the same cause.
         let mut run: Option<(Range<u64>, String)> = None;
@@ -240,9 +202,7 @@ fn check_disk(
             let off = window.start + i as u64 * bs;
             let block = off..(off + bs).min(disk.size);
             match (bad, run.take()) {
-                (Some(why), Some((r, w))) if r.end == block.start && w == why => {
-                    run = Some((r.start..block.end, w))
-                }
+                (Some(why), Some((r, w))) if r.end == block.start && w == why => run = Some((r.start..block.end, w)),
                 (Some(why), prev) => {
                     if let Some((r, w)) = prev {
                         report.problems.push(problem(point, disk, r, w));
@@ -290,9 +250,9 @@ fn check_packs(
             }
             match vault.read_idx(pack) {
                 Ok(idx) if idx == entries => {}
-                Ok(_) => problems.push(format!(
-                    "chunk index file of pack {pack} differs from the pack (repair rebuilds it)"
-                )),
+                Ok(_) => {
+                    problems.push(format!("chunk index file of pack {pack} differs from the pack (repair rebuilds it)"))
+                }
                 Err(e) => problems.push(format!("{e} (repair rebuilds it)")),
             }
             let path = vault.pack_path(pack);
@@ -301,20 +261,12 @@ fn check_packs(
                 Err(e) => return vec![Error::io("open", path, e).to_string()],
             };
             for e in &entries {
-                let r = vault
-                    .read_frame(&file, pack, e)
-                    .err()
-                    .map(|e| e.to_string());
+                let r = vault.read_frame(&file, pack, e).err().map(|e| e.to_string());
                 if let Some(why) = &r {
                     problems.push(why.clone());
                 }
-                if vault
-                    .index_location(&e.id)
-                    .is_some_and(|(p, off)| p == *pack && off == e.offset)
-                {
-                    memo.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(e.id, r);
+                if vault.index_location(&e.id).is_some_and(|(p, off)| p == *pack && off == e.offset) {
+                    memo.lock().unwrap_or_else(|p| p.into_inner()).insert(e.id, r);
                 }
             }
             problems
@@ -322,13 +274,7 @@ fn check_packs(
         .collect();
     options.cancel.check("verify")?;
     for what in found.into_iter().flatten() {
-        report.problems.push(Problem {
-            vm: None,
-            point: None,
-            disk: None,
-            range: None,
-            what,
-        });
+        report.problems.push(Problem { vm: None, point: None, disk: None, range: None, what });
     }
     Ok(())
 }

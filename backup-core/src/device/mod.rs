@@ -47,11 +47,7 @@ pub trait BlockDevice: Send + Sync {
     ///
     /// # Errors
     /// Whatever the device reports.
-    fn changed_since(
-        &self,
-        token: &str,
-        window: Range<u64>,
-    ) -> io::Result<Option<Vec<Range<u64>>>> {
+    fn changed_since(&self, token: &str, window: Range<u64>) -> io::Result<Option<Vec<Range<u64>>>> {
         let _ = (token, window);
         Ok(None)
     }
@@ -67,11 +63,7 @@ impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
     fn allocated(&self, window: Range<u64>) -> io::Result<Option<Vec<Range<u64>>>> {
         (**self).allocated(window)
     }
-    fn changed_since(
-        &self,
-        token: &str,
-        window: Range<u64>,
-    ) -> io::Result<Option<Vec<Range<u64>>>> {
+    fn changed_since(&self, token: &str, window: Range<u64>) -> io::Result<Option<Vec<Range<u64>>>> {
         (**self).changed_since(token, window)
     }
 }

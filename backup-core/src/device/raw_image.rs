@@ -36,9 +36,7 @@ impl RawImage {
     pub fn open(path: impl AsRef<Path>) -> Result<RawImage> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| Error::io("open disk image", path, e))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| Error::io("stat disk image", path, e))?;
+        let meta = file.metadata().map_err(|e| Error::io("stat disk image", path, e))?;
         let size = if meta.is_file() {
             meta.len()
         } else {
@@ -46,22 +44,13 @@ impl RawImage {
             if !meta.file_type().is_block_device() {
                 return Err(Error::invalid(
                     "disk",
-                    format!(
-                        "{} is neither a regular file nor a block device",
-                        path.display()
-                    ),
+                    format!("{} is neither a regular file nor a block device", path.display()),
                 ));
             }
             use std::io::Seek;
-            (&file)
-                .seek(io::SeekFrom::End(0))
-                .map_err(|e| Error::io("find the size of", path, e))?
+            (&file).seek(io::SeekFrom::End(0)).map_err(|e| Error::io("find the size of", path, e))?
         };
-        Ok(RawImage {
-            file,
-            path: path.to_path_buf(),
-            size,
-        })
+        Ok(RawImage { file, path: path.to_path_buf(), size })
     }
 
     /// The file's path.
@@ -72,8 +61,7 @@ impl RawImage {
     /// `lseek(fd, offset, whence)`, or None when the file system says there
     /// is no such position (ENXIO: no data or hole past `offset`).
     fn seek(&self, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-        let off = libc::off_t::try_from(offset)
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let off = libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: lseek only reads its integer arguments; the descriptor is
         // owned by `self.file` and open for the duration of the call.
         let r = unsafe { libc::lseek(self.file.as_raw_fd(), off, whence) };
@@ -97,11 +85,7 @@ impl BlockDevice for RawImage {
         match self.file.read_exact_at(buf, offset) {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!(
-                    "{} ends before byte {} (was it truncated?)",
-                    self.path.display(),
-                    offset + buf.len() as u64
-                ),
+                format!("{} ends before byte {} (was it truncated?)", self.path.display(), offset + buf.len() as u64),
             )),
             other => other,
         }
@@ -123,10 +107,7 @@ impl BlockDevice for RawImage {
             if data >= end {
                 break;
             }
-            let hole = self
-                .seek(data, libc::SEEK_HOLE)?
-                .unwrap_or(self.size)
-                .min(end);
+            let hole = self.seek(data, libc::SEEK_HOLE)?.unwrap_or(self.size).min(end);
             ranges.push(data..hole);
             pos = hole;
         }

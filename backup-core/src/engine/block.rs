@@ -76,9 +76,7 @@ pub(super) fn is_zero(buf: &[u8]) -> bool {
         // the slice at aligned boundaries.
         unsafe { buf.align_to::<u64>() }
     };
-    head.iter().all(|&b| b == 0)
-        && tail.iter().all(|&b| b == 0)
-        && body.iter().fold(0u64, |a, &w| a | w) == 0
+    head.iter().all(|&b| b == 0) && tail.iter().all(|&b| b == 0) && body.iter().fold(0u64, |a, &w| a | w) == 0
 }
 
 /// SplitMix64: a cheap, well-mixed hash of a block number for sampling.
@@ -96,11 +94,7 @@ impl BlockJob<'_> {
         let offset = n * bs;
         let len = bs.min(self.size - offset);
         let range = offset..offset + len;
-        let mut o = Outcome {
-            offset,
-            len,
-            ..Outcome::default()
-        };
+        let mut o = Outcome { offset, len, ..Outcome::default() };
         if super::is_hole(self.allocated, &range) {
             o.zero = true;
             return Ok(o);
@@ -109,8 +103,7 @@ impl BlockJob<'_> {
         let mut audit = false;
         if let (Some(changed), Some(prev)) = (self.changed, prev) {
             if !overlaps(changed, &range) {
-                audit = self.audit_rate > 0.0
-                    && (mix(self.seed ^ n) as f64 / u64::MAX as f64) < self.audit_rate;
+                audit = self.audit_rate > 0.0 && (mix(self.seed ^ n) as f64 / u64::MAX as f64) < self.audit_rate;
                 if !audit {
                     o.entry = prev;
                     if prev.is_some() {
@@ -124,20 +117,14 @@ impl BlockJob<'_> {
         }
         let data = &mut buf.data;
         data.resize(len as usize, 0);
-        self.device
-            .read_at(offset, data)
-            .map_err(|source| Error::DeviceRead {
-                vm: self.vm.to_string(),
-                disk: self.disk.to_string(),
-                offset,
-                source,
-            })?;
+        self.device.read_at(offset, data).map_err(|source| Error::DeviceRead {
+            vm: self.vm.to_string(),
+            disk: self.disk.to_string(),
+            offset,
+            source,
+        })?;
         o.read = true;
-        let id = if is_zero(data) {
-            None
-        } else {
-            Some(self.sink.chunk_id(data))
-        };
+        let id = if is_zero(data) { None } else { Some(self.sink.chunk_id(data)) };
         if audit {
             o.audited = true;
             if Some(id) != prev {
@@ -160,13 +147,11 @@ impl BlockJob<'_> {
             return Ok(o);
         }
         let table = buf.table.get_or_insert_with(Default::default);
-        buf.compressed
-            .resize(lz4_flex::block::get_maximum_output_size(data.len()), 0);
-        let (codec, payload) =
-            match lz4_flex::block::compress_into_with_table(data, &mut buf.compressed, table) {
-                Ok(n) if n < data.len() => (Codec::Lz4, &buf.compressed[..n]),
-                _ => (Codec::Raw, &data[..]),
-            };
+        buf.compressed.resize(lz4_flex::block::get_maximum_output_size(data.len()), 0);
+        let (codec, payload) = match lz4_flex::block::compress_into_with_table(data, &mut buf.compressed, table) {
+            Ok(n) if n < data.len() => (Codec::Lz4, &buf.compressed[..n]),
+            _ => (Codec::Raw, &data[..]),
+        };
         let added = self.sink.put_chunk(&id, codec, len as u32, payload)?;
         if added == 0 {
             o.dedup = true;

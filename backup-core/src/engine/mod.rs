@@ -27,9 +27,7 @@ use crate::device::{BlockDevice, overlaps};
 use crate::error::{Error, Result};
 use crate::model::{CancelToken, ContentId, Progress};
 use crate::snapshot::SnapshotDisk;
-use crate::vault::{
-    DiskRecord, DiskStats, ENTRIES_PER_SEGMENT, Entries, VaultSink, VaultSource, disk_root,
-};
+use crate::vault::{DiskRecord, DiskStats, ENTRIES_PER_SEGMENT, Entries, VaultSink, VaultSource, disk_root};
 
 use block::{BlockJob, Buffers, Outcome};
 
@@ -51,10 +49,7 @@ pub const MAX_BLOCK_SIZE: u32 = 4 << 20;
 /// ```
 pub fn check_block_size(block_size: u32) -> Result<()> {
     if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
-        return Err(Error::invalid(
-            "block size",
-            format!("{block_size} is not a power of two from 16 KiB to 4 MiB"),
-        ));
+        return Err(Error::invalid("block size", format!("{block_size} is not a power of two from 16 KiB to 4 MiB")));
     }
     Ok(())
 }
@@ -98,9 +93,7 @@ pub(crate) fn backup_disk(
     });
     // Change tracking is trusted only when it chains from the previous
     // point of this disk and nothing about the disk's geometry changed.
-    let token = prev
-        .filter(|d| d.size == size)
-        .and_then(|d| d.change_token.clone());
+    let token = prev.filter(|d| d.size == size).and_then(|d| d.change_token.clone());
     let mut record = match run_pass(sink, source, disk, prev, token.as_deref(), p)? {
         PassEnd::Done(r) => r,
         PassEnd::Distrusted(why) => {
@@ -158,9 +151,7 @@ fn run_pass(
     for s in 0..segments {
         p.cancel.check(&format!("backup of vm {}", p.vm))?;
         let window: Range<u64> = s * seg_bytes..((s + 1) * seg_bytes).min(size);
-        let allocated = device
-            .allocated(window.clone())
-            .map_err(|e| read_err(window.start, e))?;
+        let allocated = device.allocated(window.clone()).map_err(|e| read_err(window.start, e))?;
         let prev_entries = match prev.and_then(|d| d.segments.get(s as usize)) {
             Some(id) => match &prev_cache {
                 Some((cid, e)) if cid == id => Some(e.clone()),
@@ -173,9 +164,7 @@ fn run_pass(
             None => None,
         };
         let changed = match token {
-            Some(t) => device
-                .changed_since(t, window.clone())
-                .map_err(|e| read_err(window.start, e))?,
+            Some(t) => device.changed_since(t, window.clone()).map_err(|e| read_err(window.start, e))?,
             None => None,
         };
         if token.is_some() && changed.is_none() && stats.change_detection == "cbt" {
@@ -200,9 +189,7 @@ fn run_pass(
             .into_par_iter()
             .map_init(Buffers::default, |buf, i| {
                 if p.cancel.is_cancelled() {
-                    return Err(Error::Cancelled {
-                        what: format!("backup of vm {}", p.vm),
-                    });
+                    return Err(Error::Cancelled { what: format!("backup of vm {}", p.vm) });
                 }
                 job.run(buf, first + i, i as usize)
             })

@@ -85,10 +85,7 @@ impl Progress for Collect<'_> {
         self.inner.advance(bytes);
     }
     fn warn(&self, message: &str) {
-        self.warnings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(message.to_string());
+        self.warnings.lock().unwrap_or_else(|p| p.into_inner()).push(message.to_string());
         self.inner.warn(message);
     }
     fn finish(&self) {
@@ -125,10 +122,7 @@ pub fn backup(
     vm.validate()?;
     engine::check_block_size(options.block_size)?;
     if !(0.0..=1.0).contains(&options.cbt_audit_rate) {
-        return Err(Error::invalid(
-            "cbt audit rate",
-            format!("{} is not between 0 and 1", options.cbt_audit_rate),
-        ));
+        return Err(Error::invalid("cbt audit rate", format!("{} is not between 0 and 1", options.cbt_audit_rate)));
     }
     let what = format!("backup of vm {}", vm.name);
     let session = vault.begin_backup()?;
@@ -137,10 +131,7 @@ pub fn backup(
     // Prepare before the first snapshot, and again when the provider changed.
     let record = vault.vm_record(&vm.name)?;
     let version = provider.version();
-    let prepared = if record
-        .as_ref()
-        .is_none_or(|r| r.prepare.provider_version != version)
-    {
+    let prepared = if record.as_ref().is_none_or(|r| r.prepare.provider_version != version) {
         options.cancel.check(&what)?;
         let report = provider.prepare(vm)?;
         vault.write_vm_record(&VmRecord {
@@ -157,39 +148,17 @@ pub fn backup(
     options.cancel.check(&what)?;
     let time = crate::model::now();
     let snapshot = provider.snapshot(vm, options.consistency)?;
-    let collect = Collect {
-        inner: &*options.progress,
-        warnings: std::sync::Mutex::new(snapshot.warnings.clone()),
-    };
-    let result = transfer_and_commit(
-        vault,
-        &session,
-        provider,
-        vm,
-        &snapshot,
-        parent.as_ref(),
-        time,
-        options,
-        &collect,
-    );
+    let collect = Collect { inner: &*options.progress, warnings: std::sync::Mutex::new(snapshot.warnings.clone()) };
+    let result =
+        transfer_and_commit(vault, &session, provider, vm, &snapshot, parent.as_ref(), time, options, &collect);
     collect.finish();
     let release = provider.release(vm, snapshot);
-    let mut warnings = collect
-        .warnings
-        .into_inner()
-        .unwrap_or_else(|p| p.into_inner());
+    let mut warnings = collect.warnings.into_inner().unwrap_or_else(|p| p.into_inner());
     let point = result?;
     if let Err(e) = release {
-        warnings.push(format!(
-            "the point was committed, but releasing its snapshot failed: {e}"
-        ));
+        warnings.push(format!("the point was committed, but releasing its snapshot failed: {e}"));
     }
-    Ok(BackupReport {
-        point,
-        prepared,
-        warnings,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok(BackupReport { point, prepared, warnings, seconds: started.elapsed().as_secs_f64() })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -239,10 +208,7 @@ fn transfer_and_commit(
             let prev = parent.and_then(|p| p.disks.iter().find(|pd| pd.name == d.name));
             // A disk keeps its chain's block size.
             let bs = prev.map_or(options.block_size, |p| p.block_size);
-            let params = EngineParams {
-                block_size: bs,
-                ..params
-            };
+            let params = EngineParams { block_size: bs, ..params };
             engine::backup_disk(session, vault, d, prev, &params)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -269,16 +235,9 @@ fn transfer_and_commit(
         parent: parent.map(|p| p.id.clone()),
         tiers: vec!["vault".into()],
         disks,
-        stats: PointStats {
-            totals,
-            bytes_added: 0,
-        },
+        stats: PointStats { totals, bytes_added: 0 },
         policy_rule: options.policy_rule.clone(),
-        warnings: progress
-            .warnings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone(),
+        warnings: progress.warnings.lock().unwrap_or_else(|p| p.into_inner()).clone(),
     };
     session.commit_point(manifest)
 }

@@ -60,9 +60,7 @@ fn reflink(src: &Path, dst: &Path) -> Result<bool> {
     drop(to);
     let _ = fs::remove_file(dst);
     match err.raw_os_error() {
-        Some(libc::EOPNOTSUPP | libc::EXDEV | libc::EINVAL | libc::ENOTTY | libc::ENOSYS) => {
-            Ok(false)
-        }
+        Some(libc::EOPNOTSUPP | libc::EXDEV | libc::EINVAL | libc::ENOTTY | libc::ENOSYS) => Ok(false),
         _ => Err(Error::io("clone (FICLONE)", src, err)),
     }
 }
@@ -81,10 +79,7 @@ fn stamp(path: &Path) -> Result<(u64, Option<SystemTime>)> {
 
 impl SnapshotProvider for ImageFileProvider {
     fn prepare(&self, _vm: &Vm) -> Result<PrepareReport> {
-        Ok(PrepareReport {
-            provider_version: self.version(),
-            changes: Vec::new(),
-        })
+        Ok(PrepareReport { provider_version: self.version(), changes: Vec::new() })
     }
 
     fn version(&self) -> String {
@@ -92,10 +87,7 @@ impl SnapshotProvider for ImageFileProvider {
     }
 
     fn snapshot(&self, vm: &Vm, _wanted: Consistency) -> Result<Snapshot> {
-        let mut taken = Taken {
-            clones: Vec::new(),
-            in_place: Vec::new(),
-        };
+        let mut taken = Taken { clones: Vec::new(), in_place: Vec::new() };
         let mut disks = Vec::new();
         let mut warnings = Vec::new();
         for d in &vm.disks {
@@ -126,9 +118,7 @@ impl SnapshotProvider for ImageFileProvider {
                             return Err(e);
                         }
                     };
-                    taken
-                        .in_place
-                        .push((d.name.clone(), image.to_path_buf(), len, mtime));
+                    taken.in_place.push((d.name.clone(), image.to_path_buf(), len, mtime));
                     (RawImage::open(image), "in-place")
                 }
             };
@@ -152,20 +142,11 @@ impl SnapshotProvider for ImageFileProvider {
                 method: method.to_string(),
             });
         }
-        Ok(Snapshot {
-            disks,
-            consistency: Consistency::Crash,
-            warnings,
-            provider_data: Some(Box::new(taken)),
-        })
+        Ok(Snapshot { disks, consistency: Consistency::Crash, warnings, provider_data: Some(Box::new(taken)) })
     }
 
     fn check_intact(&self, vm: &Vm, snapshot: &Snapshot) -> Result<()> {
-        let Some(taken) = snapshot
-            .provider_data
-            .as_ref()
-            .and_then(|d| d.downcast_ref::<Taken>())
-        else {
+        let Some(taken) = snapshot.provider_data.as_ref().and_then(|d| d.downcast_ref::<Taken>()) else {
             return Ok(());
         };
         for (disk, path, len, mtime) in &taken.in_place {
@@ -185,10 +166,7 @@ impl SnapshotProvider for ImageFileProvider {
     }
 
     fn release(&self, _vm: &Vm, snapshot: Snapshot) -> Result<()> {
-        if let Some(taken) = snapshot
-            .provider_data
-            .and_then(|d| d.downcast::<Taken>().ok())
-        {
+        if let Some(taken) = snapshot.provider_data.and_then(|d| d.downcast::<Taken>().ok()) {
             for clone in &taken.clones {
                 fs::remove_file(clone).map_err(|e| Error::io("remove snapshot clone", clone, e))?;
             }

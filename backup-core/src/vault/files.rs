@@ -10,9 +10,7 @@ use crate::error::{Error, Result};
 
 /// Flushes a folder so that a rename or a new file in it survives a crash.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io("flush folder", dir, e))
+    File::open(dir).and_then(|f| f.sync_all()).map_err(|e| Error::io("flush folder", dir, e))
 }
 
 /// Writes `bytes` to `tmp`, flushes it, and renames it to `dest`
@@ -28,13 +26,9 @@ pub(crate) fn write_durable(tmp: &Path, dest: &Path, bytes: &[u8]) -> Result<()>
 
 /// Creates `path` (which must not exist), writes `bytes` and flushes it.
 pub(crate) fn write_flushed(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| Error::io("create", path, e))?;
-    f.write_all(bytes)
-        .map_err(|e| Error::io("write", path, e))?;
+    let mut f =
+        fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| Error::io("create", path, e))?;
+    f.write_all(bytes).map_err(|e| Error::io("write", path, e))?;
     f.sync_all().map_err(|e| Error::io("flush", path, e))
 }
 

@@ -162,11 +162,7 @@ impl PointManifest {
                 "disk {name_or_index} in point {} of vm {} (it has: {})",
                 self.id,
                 self.vm,
-                self.disks
-                    .iter()
-                    .map(|d| d.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                self.disks.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
             ),
         })
     }
@@ -203,34 +199,24 @@ pub fn encode(m: &PointManifest, mac_key: &[u8; 32]) -> Result<Vec<u8>> {
 /// # Errors
 /// [`Error::Corrupt`] naming `object` for a damaged or forged manifest.
 pub fn decode(bytes: &[u8], mac_key: &[u8; 32], object: &str) -> Result<PointManifest> {
-    let text =
-        std::str::from_utf8(bytes).map_err(|_| Error::corrupt(object, "manifest is not UTF-8"))?;
+    let text = std::str::from_utf8(bytes).map_err(|_| Error::corrupt(object, "manifest is not UTF-8"))?;
     let text = text.strip_suffix('\n').unwrap_or(text);
-    let (json, mac_line) = text
-        .rsplit_once('\n')
-        .ok_or_else(|| Error::corrupt(object, "manifest has no mac line (truncated?)"))?;
-    let mac_hex = mac_line
-        .strip_prefix("mac ")
-        .ok_or_else(|| Error::corrupt(object, "manifest's last line is not its mac"))?;
+    let (json, mac_line) =
+        text.rsplit_once('\n').ok_or_else(|| Error::corrupt(object, "manifest has no mac line (truncated?)"))?;
+    let mac_hex =
+        mac_line.strip_prefix("mac ").ok_or_else(|| Error::corrupt(object, "manifest's last line is not its mac"))?;
     let expected = blake3::keyed_hash(mac_key, json.as_bytes());
-    let found = blake3::Hash::from_hex(mac_hex)
-        .map_err(|_| Error::corrupt(object, "manifest mac is not hex"))?;
+    let found = blake3::Hash::from_hex(mac_hex).map_err(|_| Error::corrupt(object, "manifest mac is not hex"))?;
     // blake3::Hash compares in constant time.
     if expected != found {
-        return Err(Error::corrupt(
-            object,
-            "manifest mac mismatch: it was changed, or it comes from another vault",
-        ));
+        return Err(Error::corrupt(object, "manifest mac mismatch: it was changed, or it comes from another vault"));
     }
-    let m: PointManifest = serde_json::from_str(json)
-        .map_err(|e| Error::corrupt(object, format!("manifest JSON: {e}")))?;
+    let m: PointManifest =
+        serde_json::from_str(json).map_err(|e| Error::corrupt(object, format!("manifest JSON: {e}")))?;
     if m.format != MANIFEST_FORMAT {
         return Err(Error::corrupt(
             object,
-            format!(
-                "manifest format {} (this build reads {MANIFEST_FORMAT})",
-                m.format
-            ),
+            format!("manifest format {} (this build reads {MANIFEST_FORMAT})", m.format),
         ));
     }
     Ok(m)

@@ -112,10 +112,7 @@ pub struct VaultOptions {
 
 impl Default for VaultOptions {
     fn default() -> Self {
-        VaultOptions {
-            lock_timeout: Duration::from_secs(60),
-            pack_target_size: 32 << 20,
-        }
+        VaultOptions { lock_timeout: Duration::from_secs(60), pack_target_size: 32 << 20 }
     }
 }
 
@@ -203,10 +200,7 @@ pub struct Vault {
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vault")
-            .field("root", &self.root)
-            .field("id", &self.config.vault_id)
-            .finish()
+        f.debug_struct("Vault").field("root", &self.root).field("id", &self.config.vault_id).finish()
     }
 }
 
@@ -228,10 +222,7 @@ impl Vault {
     pub fn init_with(path: impl AsRef<Path>, options: VaultOptions) -> Result<Vault> {
         let root = path.as_ref().to_path_buf();
         if root.exists() {
-            let non_empty = std::fs::read_dir(&root)
-                .map_err(|e| Error::io("list", &root, e))?
-                .next()
-                .is_some();
+            let non_empty = std::fs::read_dir(&root).map_err(|e| Error::io("list", &root, e))?.next().is_some();
             if non_empty {
                 return Err(Error::AlreadyExists { path: root });
             }
@@ -244,33 +235,17 @@ impl Vault {
         let mut id = [0u8; 8];
         getrandom::fill(&mut key)
             .and_then(|()| getrandom::fill(&mut id))
-            .map_err(|e| {
-                Error::io(
-                    "get random bytes for the key of",
-                    &root,
-                    std::io::Error::other(e),
-                )
-            })?;
+            .map_err(|e| Error::io("get random bytes for the key of", &root, std::io::Error::other(e)))?;
         let config = Config {
             format_version: FORMAT_VERSION,
             vault_id: hex(&id),
             created: crate::model::now(),
             chunk_key: hex(&key),
         };
-        let bytes = serde_json::to_vec_pretty(&config)
-            .map_err(|e| Error::invalid("config", e.to_string()))?;
-        files::write_durable(
-            &root.join("tmp").join("config.new"),
-            &root.join("config"),
-            &bytes,
-        )?;
-        files::write_flushed(&root.join("lock"), b"").or_else(|e| {
-            if root.join("lock").exists() {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })?;
+        let bytes = serde_json::to_vec_pretty(&config).map_err(|e| Error::invalid("config", e.to_string()))?;
+        files::write_durable(&root.join("tmp").join("config.new"), &root.join("config"), &bytes)?;
+        files::write_flushed(&root.join("lock"), b"")
+            .or_else(|e| if root.join("lock").exists() { Ok(()) } else { Err(e) })?;
         files::sync_dir(&root)?;
         Self::open_with(root, options)
     }
@@ -293,22 +268,13 @@ impl Vault {
         let config_path = root.join("config");
         let bytes = match std::fs::read(&config_path) {
             Ok(b) => b,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-                ) =>
-            {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
                 return Err(Error::NotAVault { path: root });
             }
             Err(e) => return Err(Error::io("read", config_path, e)),
         };
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::corrupt(
-                format!("vault config {}", config_path.display()),
-                e.to_string(),
-            )
-        })?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(format!("vault config {}", config_path.display()), e.to_string()))?;
         let version = value.get("format_version").and_then(|v| v.as_u64());
         match version {
             None => return Err(Error::NotAVault { path: root }),
@@ -321,26 +287,14 @@ impl Vault {
             }
             Some(_) => {}
         }
-        let config: Config = serde_json::from_value(value).map_err(|e| {
-            Error::corrupt(
-                format!("vault config {}", config_path.display()),
-                e.to_string(),
-            )
+        let config: Config = serde_json::from_value(value)
+            .map_err(|e| Error::corrupt(format!("vault config {}", config_path.display()), e.to_string()))?;
+        let key = unhex(&config.chunk_key).and_then(|k| <[u8; 32]>::try_from(k).ok()).ok_or_else(|| {
+            Error::corrupt(format!("vault config {}", config_path.display()), "chunk_key is not 64 hex digits")
         })?;
-        let key = unhex(&config.chunk_key)
-            .and_then(|k| <[u8; 32]>::try_from(k).ok())
-            .ok_or_else(|| {
-                Error::corrupt(
-                    format!("vault config {}", config_path.display()),
-                    "chunk_key is not 64 hex digits",
-                )
-            })?;
         for d in SUBDIRS {
             if !root.join(d).is_dir() {
-                return Err(Error::corrupt(
-                    format!("vault {}", root.display()),
-                    format!("folder {d}/ is missing"),
-                ));
+                return Err(Error::corrupt(format!("vault {}", root.display()), format!("folder {d}/ is missing")));
             }
         }
         Ok(Vault {
@@ -448,10 +402,7 @@ impl Vault {
         let packs = self.pack_ids()?;
         let new: Vec<String> = {
             let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
-            packs
-                .into_iter()
-                .filter(|p| !idx.known.contains(p))
-                .collect()
+            packs.into_iter().filter(|p| !idx.known.contains(p)).collect()
         };
         if new.is_empty() {
             return Ok(());
@@ -468,11 +419,7 @@ impl Vault {
                             let blob = pack::encode_trailer(&e, 0);
                             let tmp = self.root.join("tmp").join(format!("{pack}.idx.rebuild"));
                             let _ = std::fs::remove_file(&tmp);
-                            let _ = files::write_durable(
-                                &tmp,
-                                &self.idx_path(&pack),
-                                &pack::encode_idx(&blob),
-                            );
+                            let _ = files::write_durable(&tmp, &self.idx_path(&pack), &pack::encode_idx(&blob));
                             e
                         }
                         Err(_) => Vec::new(),
@@ -509,25 +456,17 @@ impl Vault {
         let f = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
         let len = f.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
         if len < (pack::PACK_HEADER_LEN + pack::FOOTER_LEN) as u64 {
-            return Err(Error::corrupt(
-                object,
-                format!("only {len} bytes: truncated"),
-            ));
+            return Err(Error::corrupt(object, format!("only {len} bytes: truncated")));
         }
         let mut footer = [0u8; pack::FOOTER_LEN];
-        f.read_exact_at(&mut footer, len - pack::FOOTER_LEN as u64)
-            .map_err(|e| Error::io("read", &path, e))?;
+        f.read_exact_at(&mut footer, len - pack::FOOTER_LEN as u64).map_err(|e| Error::io("read", &path, e))?;
         let (toff, count, crc) = pack::parse_footer(&footer, &object)?;
         let tlen = u64::from(count) * pack::ENTRY_LEN as u64;
         if toff.checked_add(tlen) != Some(len - pack::FOOTER_LEN as u64) {
-            return Err(Error::corrupt(
-                object,
-                "footer's trailer offset does not match the pack's length",
-            ));
+            return Err(Error::corrupt(object, "footer's trailer offset does not match the pack's length"));
         }
         let mut t = vec![0u8; tlen as usize];
-        f.read_exact_at(&mut t, toff)
-            .map_err(|e| Error::io("read", &path, e))?;
+        f.read_exact_at(&mut t, toff).map_err(|e| Error::io("read", &path, e))?;
         pack::parse_entries(&t, count, crc, &object)
     }
 
@@ -544,8 +483,7 @@ impl Vault {
         let f = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
         let len = f.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
         let mut head = [0u8; pack::PACK_HEADER_LEN];
-        f.read_exact_at(&mut head, 0)
-            .map_err(|_| Error::corrupt(&object, "shorter than a pack header"))?;
+        f.read_exact_at(&mut head, 0).map_err(|_| Error::corrupt(&object, "shorter than a pack header"))?;
         pack::check_header(&head, &object)?;
         let trailer_fault = match self.read_trailer(pack) {
             Ok(entries) => return Ok((entries, None)),
@@ -580,10 +518,7 @@ impl Vault {
         let mut frame = vec![0u8; entry.frame_len() as usize];
         file.read_exact_at(&mut frame, entry.offset).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Error::corrupt(
-                    format!("{object} at byte {}", entry.offset),
-                    "pack ends inside this chunk (truncated)",
-                )
+                Error::corrupt(format!("{object} at byte {}", entry.offset), "pack ends inside this chunk (truncated)")
             } else {
                 Error::io("read", &path, e)
             }
@@ -604,18 +539,12 @@ impl Vault {
     }
 
     pub(crate) fn has_chunk(&self, id: &ContentId) -> bool {
-        self.index
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .map
-            .contains_key(id)
+        self.index.read().unwrap_or_else(|p| p.into_inner()).map.contains_key(id)
     }
 
     fn locate(&self, id: &ContentId) -> Option<(u32, String, PackEntry)> {
         let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
-        idx.map
-            .get(id)
-            .map(|(p, e)| (*p, idx.packs[*p as usize].clone(), *e))
+        idx.map.get(id).map(|(p, e)| (*p, idx.packs[*p as usize].clone(), *e))
     }
 
     fn pack_file(&self, n: u32, pack: &str) -> Result<Arc<File>> {
@@ -639,9 +568,7 @@ impl Vault {
         }
         self.locate(id)
             .map(|(_, p, e)| (p, e))
-            .ok_or_else(|| Error::NotFound {
-                what: format!("chunk {id} in any pack"),
-            })
+            .ok_or_else(|| Error::NotFound { what: format!("chunk {id} in any pack") })
     }
 
     /// Reads the manifest of a point.
@@ -655,17 +582,11 @@ impl Vault {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotFound {
-                    what: format!("point {id} of vm {vm}"),
-                });
+                return Err(Error::NotFound { what: format!("point {id} of vm {vm}") });
             }
             Err(e) => return Err(Error::io("read", path, e)),
         };
-        let m = manifest::decode(
-            &bytes,
-            &self.keys.mac,
-            &format!("manifest {}", path.display()),
-        )?;
+        let m = manifest::decode(&bytes, &self.keys.mac, &format!("manifest {}", path.display()))?;
         if m.vm != vm || m.id != id {
             return Err(Error::corrupt(
                 format!("manifest {}", path.display()),
@@ -689,10 +610,7 @@ impl Vault {
     /// I/O errors.
     pub fn point_ids(&self, vm: &str) -> Result<Vec<String>> {
         validate_name("vm name", vm)?;
-        Ok(files::list(&self.vm_points_dir(vm))?
-            .into_iter()
-            .filter(|n| !n.starts_with('.'))
-            .collect())
+        Ok(files::list(&self.vm_points_dir(vm))?.into_iter().filter(|n| !n.starts_with('.')).collect())
     }
 
     /// Every readable point of one VM (or of all), oldest first, and the
@@ -737,22 +655,15 @@ impl Vault {
         let ids = self.point_ids(vm)?;
         if id == "latest" {
             let points = self.points(Some(vm))?;
-            return points.into_iter().last().ok_or_else(|| Error::NotFound {
-                what: format!("any point of vm {vm}"),
-            });
+            return points.into_iter().last().ok_or_else(|| Error::NotFound { what: format!("any point of vm {vm}") });
         }
         let matches: Vec<&String> = ids.iter().filter(|p| p.starts_with(id)).collect();
         match matches.as_slice() {
             [one] => self.read_point(vm, one),
-            [] => Err(Error::NotFound {
-                what: format!("point {id} of vm {vm}"),
-            }),
+            [] => Err(Error::NotFound { what: format!("point {id} of vm {vm}") }),
             _ if ids.iter().any(|p| p == id) => self.read_point(vm, id),
             many => Err(Error::NotFound {
-                what: format!(
-                    "a single point {id} of vm {vm} ({} points start so)",
-                    many.len()
-                ),
+                what: format!("a single point {id} of vm {vm} ({} points start so)", many.len()),
             }),
         }
     }
@@ -765,9 +676,9 @@ impl Vault {
         validate_name("vm name", vm)?;
         let path = self.root.join("vms").join(format!("{vm}.json"));
         match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-                Error::corrupt(format!("vm record {}", path.display()), e.to_string())
-            }),
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| Error::corrupt(format!("vm record {}", path.display()), e.to_string())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io("read", path, e)),
         }
@@ -775,14 +686,10 @@ impl Vault {
 
     pub(crate) fn write_vm_record(&self, record: &VmRecord) -> Result<()> {
         let path = self.root.join("vms").join(format!("{}.json", record.vm));
-        let bytes = serde_json::to_vec_pretty(record)
-            .map_err(|e| Error::invalid("vm record", e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(record).map_err(|e| Error::invalid("vm record", e.to_string()))?;
         let mut r = [0u8; 6];
         let _ = getrandom::fill(&mut r);
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("vm-{}.{}", record.vm, hex(&r)));
+        let tmp = self.root.join("tmp").join(format!("vm-{}.{}", record.vm, hex(&r)));
         files::write_durable(&tmp, &path, &bytes)
     }
 
@@ -817,9 +724,8 @@ impl Vault {
         if self.locate(id).is_none() {
             self.refresh_index()?;
         }
-        let (n, pack, entry) = self
-            .locate(id)
-            .ok_or_else(|| Error::corrupt(format!("chunk {id}"), "missing: no pack holds it"))?;
+        let (n, pack, entry) =
+            self.locate(id).ok_or_else(|| Error::corrupt(format!("chunk {id}"), "missing: no pack holds it"))?;
         let f = self.pack_file(n, &pack)?;
         self.read_frame(&f, &pack, &entry)
     }

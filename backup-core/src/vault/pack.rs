@@ -112,28 +112,17 @@ pub fn header() -> [u8; PACK_HEADER_LEN] {
 /// [`Error::Corrupt`] naming `object`.
 pub fn check_header(bytes: &[u8], object: &str) -> Result<()> {
     if bytes.len() < PACK_HEADER_LEN || bytes[..8] != PACK_MAGIC {
-        return Err(Error::corrupt(
-            object,
-            "no pack header (wrong magic or too short)",
-        ));
+        return Err(Error::corrupt(object, "no pack header (wrong magic or too short)"));
     }
     let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
     if version != PACK_VERSION {
-        return Err(Error::corrupt(
-            object,
-            format!("pack version {version}, expected {PACK_VERSION}"),
-        ));
+        return Err(Error::corrupt(object, format!("pack version {version}, expected {PACK_VERSION}")));
     }
     Ok(())
 }
 
 /// Encodes a frame header for a payload; the crc covers header and payload.
-pub fn frame_header(
-    id: &ContentId,
-    codec: Codec,
-    raw_len: u32,
-    payload: &[u8],
-) -> [u8; FRAME_HEADER_LEN] {
+pub fn frame_header(id: &ContentId, codec: Codec, raw_len: u32, payload: &[u8]) -> [u8; FRAME_HEADER_LEN] {
     let mut h = [0u8; FRAME_HEADER_LEN];
     h[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
     h[4] = codec as u8;
@@ -170,28 +159,15 @@ pub fn parse_frame_header(h: &[u8], offset: u64, object: &str) -> Result<PackEnt
     let codec = Codec::from_u8(h[4]).ok_or_else(|| bad(format!("unknown codec {}", h[4])))?;
     let raw_len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
     let stored_len = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
-    if raw_len == 0
-        || raw_len > MAX_CHUNK_LEN
-        || stored_len > MAX_CHUNK_LEN + MAX_CHUNK_LEN / 128 + 64
-    {
-        return Err(bad(format!(
-            "impossible lengths raw {raw_len}, stored {stored_len}"
-        )));
+    if raw_len == 0 || raw_len > MAX_CHUNK_LEN || stored_len > MAX_CHUNK_LEN + MAX_CHUNK_LEN / 128 + 64 {
+        return Err(bad(format!("impossible lengths raw {raw_len}, stored {stored_len}")));
     }
     if codec == Codec::Raw && raw_len != stored_len {
-        return Err(bad(format!(
-            "raw chunk with raw length {raw_len} but stored length {stored_len}"
-        )));
+        return Err(bad(format!("raw chunk with raw length {raw_len} but stored length {stored_len}")));
     }
     let mut id = [0u8; 32];
     id.copy_from_slice(&h[20..52]);
-    Ok(PackEntry {
-        id: ContentId(id),
-        offset,
-        raw_len,
-        stored_len,
-        codec,
-    })
+    Ok(PackEntry { id: ContentId(id), offset, raw_len, stored_len, codec })
 }
 
 /// Checks a whole frame (header and payload) against `expected` and
@@ -204,10 +180,7 @@ pub fn decode_frame(frame: &[u8], expected: &PackEntry, object: &str) -> Result<
     let at = format!("{object} at byte {}", expected.offset);
     let found = parse_frame_header(frame, expected.offset, object)?;
     if found != *expected {
-        return Err(Error::corrupt(
-            at,
-            "frame header differs from the pack index entry",
-        ));
+        return Err(Error::corrupt(at, "frame header differs from the pack index entry"));
     }
     let (h, payload) = frame.split_at(FRAME_HEADER_LEN);
     if payload.len() != expected.stored_len as usize {
@@ -226,10 +199,7 @@ pub fn decode_frame(frame: &[u8], expected: &PackEntry, object: &str) -> Result<
             let n = lz4_flex::block::decompress_into(payload, &mut out)
                 .map_err(|e| Error::corrupt(at.clone(), format!("lz4: {e}")))?;
             if n != out.len() {
-                return Err(Error::corrupt(
-                    at,
-                    format!("lz4 gave {n} bytes, expected {}", out.len()),
-                ));
+                return Err(Error::corrupt(at, format!("lz4 gave {n} bytes, expected {}", out.len())));
             }
             Ok(out)
         }
@@ -261,10 +231,7 @@ pub fn encode_trailer(entries: &[PackEntry], trailer_offset: u64) -> Vec<u8> {
 /// [`Error::Corrupt`] naming `object`.
 pub fn parse_footer(footer: &[u8], object: &str) -> Result<(u64, u32, u32)> {
     if footer.len() != FOOTER_LEN || footer[16..24] != PACK_END_MAGIC {
-        return Err(Error::corrupt(
-            object,
-            "no pack footer (truncated, or not a pack)",
-        ));
+        return Err(Error::corrupt(object, "no pack footer (truncated, or not a pack)"));
     }
     let mut o = [0u8; 8];
     o.copy_from_slice(&footer[0..8]);
@@ -279,10 +246,7 @@ pub fn parse_footer(footer: &[u8], object: &str) -> Result<(u64, u32, u32)> {
 /// [`Error::Corrupt`] naming `object`.
 pub fn parse_entries(bytes: &[u8], count: u32, crc: u32, object: &str) -> Result<Vec<PackEntry>> {
     if bytes.len() != count as usize * ENTRY_LEN {
-        return Err(Error::corrupt(
-            object,
-            "trailer length does not match its entry count",
-        ));
+        return Err(Error::corrupt(object, "trailer length does not match its entry count"));
     }
     if crc32fast::hash(bytes) != crc {
         return Err(Error::corrupt(object, "trailer crc32 mismatch"));
@@ -294,8 +258,8 @@ pub fn parse_entries(bytes: &[u8], count: u32, crc: u32, object: &str) -> Result
             id.copy_from_slice(&e[0..32]);
             let mut o = [0u8; 8];
             o.copy_from_slice(&e[32..40]);
-            let codec = Codec::from_u8(e[48])
-                .ok_or_else(|| Error::corrupt(object, format!("unknown codec {}", e[48])))?;
+            let codec =
+                Codec::from_u8(e[48]).ok_or_else(|| Error::corrupt(object, format!("unknown codec {}", e[48])))?;
             Ok(PackEntry {
                 id: ContentId(id),
                 offset: u64::from_le_bytes(o),
@@ -334,10 +298,7 @@ pub fn encode_idx(trailer_blob: &[u8]) -> Vec<u8> {
 /// [`Error::Corrupt`] naming `object`.
 pub fn parse_idx(bytes: &[u8], object: &str) -> Result<Vec<PackEntry>> {
     if bytes.len() < 8 || bytes[..8] != IDX_MAGIC {
-        return Err(Error::corrupt(
-            object,
-            "not a chunk index file (wrong magic)",
-        ));
+        return Err(Error::corrupt(object, "not a chunk index file (wrong magic)"));
     }
     parse_trailer(&bytes[8..], object)
 }
@@ -358,10 +319,7 @@ mod tests {
         for bit in [0usize, 5 * 8, 20 * 8 + 3, frame.len() * 8 - 1] {
             let mut f = frame.clone();
             f[bit / 8] ^= 1 << (bit % 8);
-            assert!(
-                decode_frame(&f, &e, "p").is_err(),
-                "flip at bit {bit} went unnoticed"
-            );
+            assert!(decode_frame(&f, &e, "p").is_err(), "flip at bit {bit} went unnoticed");
         }
     }
 

@@ -92,9 +92,7 @@ mod tests {
 
     #[test]
     fn segment_round_trip() {
-        let entries: Entries = (0..19u8)
-            .map(|i| (i % 3 == 0).then_some(ContentId([i; 32])))
-            .collect();
+        let entries: Entries = (0..19u8).map(|i| (i % 3 == 0).then_some(ContentId([i; 32]))).collect();
         let bytes = encode(&entries);
         assert_eq!(decode(&bytes, "s").expect("decodes"), entries);
         assert!(decode(&bytes[..bytes.len() - 1], "s").is_err());

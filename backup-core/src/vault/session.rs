@@ -8,9 +8,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{
-    Codec, LockMode, PackEntry, PointManifest, Vault, VaultLock, VaultSink, files, manifest, pack,
-};
+use super::{Codec, LockMode, PackEntry, PointManifest, Vault, VaultLock, VaultSink, files, manifest, pack};
 use crate::error::{Error, Result};
 use crate::model::{ContentId, hex};
 
@@ -50,18 +48,9 @@ impl<'v> BackupSession<'v> {
         let lock = vault.lock(LockMode::Shared)?;
         vault.refresh_index()?;
         let mut r = [0u8; 8];
-        getrandom::fill(&mut r).map_err(|e| {
-            Error::io(
-                "get random bytes in",
-                vault.path(),
-                std::io::Error::other(e),
-            )
-        })?;
-        let dir =
-            vault
-                .path()
-                .join("tmp")
-                .join(format!("backup-{}-{}", std::process::id(), hex(&r)));
+        getrandom::fill(&mut r)
+            .map_err(|e| Error::io("get random bytes in", vault.path(), std::io::Error::other(e)))?;
+        let dir = vault.path().join("tmp").join(format!("backup-{}-{}", std::process::id(), hex(&r)));
         for sub in ["packs", "index", "segments"] {
             files::mkdirs(&dir.join(sub))?;
         }
@@ -86,8 +75,7 @@ impl<'v> BackupSession<'v> {
 
     fn new_pack(&self) -> Result<OpenPack> {
         let mut r = [0u8; 16];
-        getrandom::fill(&mut r)
-            .map_err(|e| Error::io("get random bytes in", &self.dir, std::io::Error::other(e)))?;
+        getrandom::fill(&mut r).map_err(|e| Error::io("get random bytes in", &self.dir, std::io::Error::other(e)))?;
         let id = hex(&r);
         let path = self.dir.join("packs").join(format!("{id}.pack"));
         let file = fs::OpenOptions::new()
@@ -97,39 +85,21 @@ impl<'v> BackupSession<'v> {
             .map_err(|e| Error::io("create", &path, e))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let header = pack::header();
-        out.write_all(&header)
-            .map_err(|e| Error::io("write", &path, e))?;
-        self.bytes_added
-            .fetch_add(header.len() as u64, Ordering::Relaxed);
-        Ok(OpenPack {
-            id,
-            path,
-            out,
-            offset: header.len() as u64,
-            entries: Vec::new(),
-        })
+        out.write_all(&header).map_err(|e| Error::io("write", &path, e))?;
+        self.bytes_added.fetch_add(header.len() as u64, Ordering::Relaxed);
+        Ok(OpenPack { id, path, out, offset: header.len() as u64, entries: Vec::new() })
     }
 
     /// Writes the trailer, flushes the pack and stages its index file.
     fn finish_pack(&self, p: OpenPack) -> Result<String> {
-        let OpenPack {
-            id,
-            path,
-            mut out,
-            offset,
-            entries,
-        } = p;
+        let OpenPack { id, path, mut out, offset, entries } = p;
         let trailer = pack::encode_trailer(&entries, offset);
-        out.write_all(&trailer)
-            .map_err(|e| Error::io("write", &path, e))?;
-        let file = out
-            .into_inner()
-            .map_err(|e| Error::io("write", &path, e.into_error()))?;
+        out.write_all(&trailer).map_err(|e| Error::io("write", &path, e))?;
+        let file = out.into_inner().map_err(|e| Error::io("write", &path, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io("flush", &path, e))?;
         let idx = pack::encode_idx(&trailer);
         files::write_flushed(&self.dir.join("index").join(format!("{id}.idx")), &idx)?;
-        self.bytes_added
-            .fetch_add((trailer.len() + idx.len()) as u64, Ordering::Relaxed);
+        self.bytes_added.fetch_add((trailer.len() + idx.len()) as u64, Ordering::Relaxed);
         Ok(id)
     }
 
@@ -140,10 +110,7 @@ impl<'v> BackupSession<'v> {
                 let id = self.finish_pack(open)?;
                 st.packs.push(id);
             }
-            (
-                st.packs.clone(),
-                st.segments.iter().copied().collect::<Vec<_>>(),
-            )
+            (st.packs.clone(), st.segments.iter().copied().collect::<Vec<_>>())
         };
         let vault = self.vault;
         for id in &packs {
@@ -166,8 +133,7 @@ impl<'v> BackupSession<'v> {
             if dirs.insert(parent.clone()) {
                 files::mkdirs(&parent)?;
             }
-            fs::rename(&from, &to)
-                .map_err(|e| Error::io("move index segment into place", &to, e))?;
+            fs::rename(&from, &to).map_err(|e| Error::io("move index segment into place", &to, e))?;
         }
         for d in &dirs {
             files::sync_dir(d)?;
@@ -198,21 +164,12 @@ impl VaultSink for BackupSession<'_> {
         let Some(p) = st.open.as_mut() else {
             return Err(Error::invalid("pack", "no open pack"));
         };
-        let w = p
-            .out
-            .write_all(&header)
-            .and_then(|()| p.out.write_all(payload));
+        let w = p.out.write_all(&header).and_then(|()| p.out.write_all(payload));
         if let Err(e) = w {
             let path = p.path.clone();
             return Err(Error::io("write", path, e));
         }
-        let entry = PackEntry {
-            id: *id,
-            offset: p.offset,
-            raw_len,
-            stored_len: payload.len() as u32,
-            codec,
-        };
+        let entry = PackEntry { id: *id, offset: p.offset, raw_len, stored_len: payload.len() as u32, codec };
         p.entries.push(entry);
         p.offset += entry.frame_len();
         let full = p.offset >= self.vault.options().pack_target_size;
@@ -242,8 +199,7 @@ impl VaultSink for BackupSession<'_> {
             Err(e) => return Err(e),
         }
         self.staged().segments.insert(id);
-        self.bytes_added
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.bytes_added.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         Ok((id, bytes.len() as u64))
     }
 
