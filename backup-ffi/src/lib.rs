@@ -1,1 +1,56 @@
-//! C ABI of vmbackup (see issue 3).
+//! # vmbackup C ABI
+//!
+//! The C face of `backup-core`: a shared and a static library named
+//! `vmbackup` and the header `include/vmbackup.h`, generated from this crate
+//! by cbindgen (see `backup-ffi/README.md` for the rules, the build and the
+//! install step). This crate only converts between C and the engine; the
+//! logic stays in `backup-core`.
+//!
+//! Layout: [`status`] (codes, last error, the entry-point macro), [`job`]
+//! (options, progress, cancel), [`host`] (the host's disks, snapshots and
+//! restore targets as function-pointer tables), [`point`] (points, lists,
+//! verify reports), [`vault`] (the vault and its operations).
+
+// The C names are the API: `vmb_vault`, `vmb_status`, `VMB_OK`.
+#![allow(non_camel_case_types)]
+
+pub mod host;
+pub mod job;
+pub mod point;
+pub mod status;
+pub mod vault;
+
+use std::ffi::{c_char, c_int};
+
+pub use status::vmb_status;
+
+/// The library's version ("MAJOR.MINOR.PATCH"), a static string.
+#[unsafe(no_mangle)]
+pub extern "C" fn vmb_version() -> *const c_char {
+    const VERSION: &std::ffi::CStr =
+        match std::ffi::CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+            Ok(v) => v,
+            Err(_) => c"unknown",
+        };
+    VERSION.as_ptr()
+}
+
+/// A static description of a status code; "unknown status code" for a
+/// number that names none. Never NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn vmb_status_str(code: c_int) -> *const c_char {
+    match vmb_status::from_code(code) {
+        Some(s) => s.text().as_ptr(),
+        None => c"unknown status code".as_ptr(),
+    }
+}
+
+/// The detailed message of the last call on the calling thread that
+/// returned an error (what failed and where: path, VM, disk, byte offset);
+/// the empty string after a call that succeeded. Owned by the library and
+/// valid until the next call into the library on this thread; copy it to
+/// keep it. Never NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn vmb_last_error() -> *const c_char {
+    std::panic::catch_unwind(status::last_error_ptr).unwrap_or(c"".as_ptr())
+}

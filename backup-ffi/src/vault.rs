@@ -1,0 +1,381 @@
+//! The vault handle and the operations on it: backup, list, restore,
+//! verify.
+
+use std::ffi::c_char;
+use std::path::Path;
+
+use backup_core::{BackupOptions, ImageFileProvider, RestoreOptions, RestoreStats, Vault, VerifyOptions, Vm, VmDisk};
+
+use crate::host::{HostProvider, HostTarget, vmb_provider, vmb_write_target};
+use crate::job::{settings, vmb_job};
+use crate::point::{vmb_point, vmb_point_list, vmb_verify_report};
+use crate::status::{Failure, FfiResult, arg_out, arg_ref, arg_str, ffi, ffi_free, utf8, vmb_status, write_out};
+
+/// An open vault. Thread-safe: one handle may be used by several threads at
+/// once (backups of different VMs, restores, listings); the vault's own
+/// locks order what must be ordered, also between processes.
+pub struct vmb_vault {
+    vault: Vault,
+}
+
+/// What a restore of one disk did.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct vmb_restore_stats {
+    /// The disk's size.
+    pub size: u64,
+    /// Bytes of data written.
+    pub bytes_written: u64,
+    /// Bytes of zeros (holes in a sparse file, `write_zeros` for a host).
+    pub bytes_zero: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+impl From<RestoreStats> for vmb_restore_stats {
+    fn from(s: RestoreStats) -> Self {
+        vmb_restore_stats { size: s.size, bytes_written: s.bytes_written, bytes_zero: s.bytes_zero, seconds: s.seconds }
+    }
+}
+
+/// Creates a vault in `path` (a new or empty folder) and opens it.
+///
+/// # Safety
+/// `path` is NULL or NUL-terminated; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_init(path: *const c_char, out: *mut *mut vmb_vault) -> vmb_status {
+    ffi! {
+        let path = arg_str!(path, "path");
+        let out = arg_out!(out, "out");
+        let vault = Vault::init(path)?;
+        write_out!(out, Box::into_raw(Box::new(vmb_vault { vault })));
+        Ok(())
+    }
+}
+
+/// Opens the vault in `path`.
+///
+/// # Safety
+/// As `vmb_vault_init`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_open(path: *const c_char, out: *mut *mut vmb_vault) -> vmb_status {
+    ffi! {
+        let path = arg_str!(path, "path");
+        let out = arg_out!(out, "out");
+        let vault = Vault::open(path)?;
+        write_out!(out, Box::into_raw(Box::new(vmb_vault { vault })));
+        Ok(())
+    }
+}
+
+/// Closes a vault. NULL is ignored. No call may be using it.
+///
+/// # Safety
+/// `vault` is NULL or a vault from this library not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_free(vault: *mut vmb_vault) {
+    ffi_free! {
+        if !vault.is_null() {
+            // SAFETY: from `Box::into_raw`, freed once (the C contract).
+            drop(unsafe { Box::from_raw(vault) });
+        }
+    }
+}
+
+/// `count` UTF-8 strings from a C array.
+fn str_array<'a>(items: *const *const c_char, count: usize, what: &str) -> FfiResult<Vec<&'a str>> {
+    if count == 0 {
+        return Err(Failure::invalid(format!("{what}: the list is empty")));
+    }
+    if items.is_null() {
+        return Err(Failure::null(what));
+    }
+    // SAFETY: not NULL; the C contract is an array of `count` pointers that
+    // stays alive during the call.
+    let items = unsafe { std::slice::from_raw_parts(items, count) };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let what = format!("{what}[{i}]");
+            if p.is_null() {
+                return Err(Failure::null(&what));
+            }
+            // SAFETY: not NULL; a NUL-terminated string by contract.
+            utf8(unsafe { std::ffi::CStr::from_ptr(*p) }, &what)
+        })
+        .collect()
+}
+
+fn backup_options(job: *const vmb_job) -> BackupOptions {
+    let s = settings(job);
+    let mut o = BackupOptions::default();
+    o.consistency = s.consistency;
+    o.block_size = s.block_size;
+    o.progress = s.progress;
+    o.cancel = s.cancel;
+    o
+}
+
+fn hand_out_point(out: *mut *mut vmb_point, manifest: backup_core::PointManifest) -> FfiResult {
+    if !out.is_null() {
+        let p = vmb_point::new(manifest)?.into_raw();
+        // SAFETY: not NULL; writable by the C contract.
+        unsafe { out.write(p) };
+    }
+    Ok(())
+}
+
+/// Backs up a VM whose disks are raw image files (one disk per path, named
+/// after the file name). Where the files' file system has reflinks they are
+/// cloned for the snapshot; elsewhere they are read in place and the VM
+/// must stay stopped (a change during the backup fails it with
+/// `VMB_ERR_SOURCE_CHANGED`).
+///
+/// `job` may be NULL (default settings, no progress, no cancel). `out` may
+/// be NULL when the new point is not wanted; else it receives a point the
+/// caller frees with `vmb_point_free`.
+///
+/// # Safety
+/// `vault` is NULL or live; `images` is NULL or an array of `count`
+/// strings; `job` is NULL or live; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_backup_images(
+    vault: *const vmb_vault,
+    vm: *const c_char,
+    images: *const *const c_char,
+    count: usize,
+    job: *const vmb_job,
+    out: *mut *mut vmb_point,
+) -> vmb_status {
+    ffi! {
+        let v = arg_ref!(vault, "vault");
+        let name = arg_str!(vm, "vm name");
+        let paths = str_array(images, count, "images")?;
+        let vm = Vm::from_images(name, &paths.iter().map(Path::new).collect::<Vec<_>>())?;
+        let report = backup_core::backup(
+            &v.vault,
+            &ImageFileProvider::new(),
+            &vm,
+            &backup_options(job),
+        )?;
+        hand_out_point(out, report.point)
+    }
+}
+
+/// Backs up a VM whose snapshots the host takes through `provider` and whose
+/// disks it serves through `vmb_disk_ops` tables added in the provider's
+/// `snapshot` callback. `disks` names the VM's `count` disks; the snapshot
+/// must add each of them exactly once.
+///
+/// The provider's callbacks run on the calling thread; the disks' callbacks
+/// run on the library's worker threads, several at once. Everything is
+/// released (`release`, every disk's `destroy`) before this returns.
+///
+/// `job` and `out` as in `vmb_backup_images`.
+///
+/// # Safety
+/// `vault` is NULL or live; `disks` is NULL or an array of `count` strings;
+/// `provider` is NULL or a readable table following `vmb_provider`'s rules;
+/// `job` is NULL or live; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_backup_host(
+    vault: *const vmb_vault,
+    vm: *const c_char,
+    disks: *const *const c_char,
+    count: usize,
+    provider: *const vmb_provider,
+    job: *const vmb_job,
+    out: *mut *mut vmb_point,
+) -> vmb_status {
+    ffi! {
+        let v = arg_ref!(vault, "vault");
+        let name = arg_str!(vm, "vm name");
+        let names = str_array(disks, count, "disks")?;
+        let provider = HostProvider::new(arg_ref!(provider, "provider"))?;
+        let vm = Vm {
+            name: name.to_string(),
+            os: backup_core::OsType::Other,
+            disks: names
+                .iter()
+                .map(|n| VmDisk {
+                    name: n.to_string(),
+                    location: n.to_string(),
+                })
+                .collect(),
+        };
+        vm.validate()?;
+        let report = backup_core::backup(&v.vault, &provider, &vm, &backup_options(job))?;
+        hand_out_point(out, report.point)
+    }
+}
+
+/// Lists the points of a VM, oldest first (an empty list for a VM without
+/// points). Free the list with `vmb_point_list_free`.
+///
+/// # Safety
+/// `vault` is NULL or live; `vm` is NULL or NUL-terminated; `out` is NULL
+/// or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_list_points(
+    vault: *const vmb_vault,
+    vm: *const c_char,
+    out: *mut *mut vmb_point_list,
+) -> vmb_status {
+    ffi! {
+        let v = arg_ref!(vault, "vault");
+        let vm = arg_str!(vm, "vm name");
+        let out = arg_out!(out, "out");
+        backup_core::validate_name("vm name", vm)?;
+        let points = v.vault.points(Some(vm))?;
+        write_out!(out, Box::into_raw(Box::new(vmb_point_list { points })));
+        Ok(())
+    }
+}
+
+/// Finds a point of a VM by id, by a unique prefix of its id, or `latest`.
+/// Free it with `vmb_point_free`.
+///
+/// # Safety
+/// As `vmb_vault_list_points`; `id` is NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_find_point(
+    vault: *const vmb_vault,
+    vm: *const c_char,
+    id: *const c_char,
+    out: *mut *mut vmb_point,
+) -> vmb_status {
+    ffi! {
+        let v = arg_ref!(vault, "vault");
+        let vm = arg_str!(vm, "vm name");
+        let id = arg_str!(id, "point id");
+        let out = arg_out!(out, "out");
+        let m = v.vault.find_point(vm, id)?;
+        write_out!(out, vmb_point::new(m)?.into_raw());
+        Ok(())
+    }
+}
+
+fn restore_options(job: *const vmb_job) -> RestoreOptions {
+    let s = settings(job);
+    let mut o = RestoreOptions::default();
+    o.progress = s.progress;
+    o.cancel = s.cancel;
+    o
+}
+
+fn hand_out_stats(out: *mut vmb_restore_stats, stats: RestoreStats) {
+    if !out.is_null() {
+        // SAFETY: not NULL; writable by the C contract.
+        unsafe { out.write(stats.into()) };
+    }
+}
+
+/// Restores disk `disk` (its name, or its index written as a number) of a
+/// point to the file `path`: written sparse under a temporary name beside
+/// it and renamed into place when complete. A block device is written in
+/// place. `job` may be NULL; `stats` may be NULL.
+///
+/// # Safety
+/// Pointers are NULL or live/NUL-terminated/writable as their types say.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_restore_disk_to_file(
+    vault: *const vmb_vault,
+    point: *const vmb_point,
+    disk: *const c_char,
+    path: *const c_char,
+    job: *const vmb_job,
+    stats: *mut vmb_restore_stats,
+) -> vmb_status {
+    ffi! {
+        let v = arg_ref!(vault, "vault");
+        let p = arg_ref!(point, "point");
+        let disk = arg_str!(disk, "disk");
+        let path = arg_str!(path, "path");
+        let s = backup_core::restore_disk_to_path(
+            &v.vault,
+            &p.manifest,
+            disk,
+            Path::new(path),
+            &restore_options(job),
+        )?;
+        hand_out_stats(stats, s);
+        Ok(())
+    }
+}
+
+/// Restores disk `disk` of a point through the host's `target` callbacks
+/// (see `vmb_write_target` for the threads they come from). `job` may be
+/// NULL; `stats` may be NULL.
+///
+/// # Safety
+/// Pointers are NULL or live/NUL-terminated/writable as their types say;
+/// `target` follows `vmb_write_target`'s rules.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_restore_disk(
+    vault: *const vmb_vault,
+    point: *const vmb_point,
+    disk: *const c_char,
+    target: *const vmb_write_target,
+    job: *const vmb_job,
+    stats: *mut vmb_restore_stats,
+) -> vmb_status {
+    ffi! {
+        let v = arg_ref!(vault, "vault");
+        let p = arg_ref!(point, "point");
+        let disk = arg_str!(disk, "disk");
+        let target = HostTarget::new(arg_ref!(target, "target"))?;
+        let s = backup_core::restore_disk(
+            &v.vault,
+            &p.manifest,
+            disk,
+            &target,
+            &restore_options(job),
+        )?;
+        hand_out_stats(stats, s);
+        Ok(())
+    }
+}
+
+/// Verifies the whole vault (`vm` and `point_id` NULL), one VM's points
+/// (`point_id` NULL) or one point (id, unique prefix or `latest`). Damage
+/// does not fail the call: it is listed in the report, which the caller
+/// frees with `vmb_verify_report_free`.
+///
+/// # Safety
+/// Pointers are NULL or live/NUL-terminated/writable as their types say.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_verify(
+    vault: *const vmb_vault,
+    vm: *const c_char,
+    point_id: *const c_char,
+    job: *const vmb_job,
+    out: *mut *mut vmb_verify_report,
+) -> vmb_status {
+    ffi! {
+        let v = arg_ref!(vault, "vault");
+        let out = arg_out!(out, "out");
+        let mut o = VerifyOptions::default();
+        if !vm.is_null() {
+            o.vm = Some(arg_str!(vm, "vm name").to_string());
+        }
+        if !point_id.is_null() {
+            o.point = Some(arg_str!(point_id, "point id").to_string());
+        }
+        let s = settings(job);
+        o.progress = s.progress;
+        o.cancel = s.cancel;
+        let report = backup_core::verify(&v.vault, &o)?;
+        write_out!(out, Box::into_raw(Box::new(vmb_verify_report::new(report))));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_vault_handle_may_be_shared_between_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<super::vmb_vault>();
+    }
+}
