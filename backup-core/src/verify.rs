@@ -52,22 +52,20 @@ pub struct Problem {
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut place = Vec::new();
         if let Some(vm) = &self.vm {
-            write!(f, "vm {vm} ")?;
+            place.push(format!("vm {vm}"));
         }
         if let Some(p) = &self.point {
-            write!(f, "point {p} ")?;
+            place.push(format!("point {p}"));
         }
         if let Some(d) = &self.disk {
-            write!(f, "disk {d} ")?;
+            place.push(format!("disk {d}"));
         }
         if let Some(r) = &self.range {
-            write!(f, "bytes {}..{} ", r.start, r.end)?;
+            place.push(format!("bytes {}..{}", r.start, r.end));
         }
-        if self.vm.is_some() || self.disk.is_some() || self.range.is_some() {
-            f.write_str(": ")?;
-        }
-        f.write_str(&self.what)
+        if place.is_empty() { f.write_str(&self.what) } else { write!(f, "{}: {}", place.join(" "), self.what) }
     }
 }
 

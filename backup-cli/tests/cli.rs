@@ -1,0 +1,209 @@
+//! The `vmbackup` command as a user runs it: exit codes, JSON output,
+//! restore to a file and a folder, verify of a damaged vault, the demo, and
+//! a 1 TiB sparse image whose backup follows its data.
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vmbackup");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run vmbackup")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "vmbackup {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&ok(args)).expect("one JSON object")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn random(n: usize, mut seed: u64) -> Vec<u8> {
+    (0..n.div_ceil(8))
+        .flat_map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed.to_le_bytes()
+        })
+        .take(n)
+        .collect()
+}
+
+#[test]
+fn backup_list_restore_verify_round_trip_with_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let vault = d.join("vault");
+    let (a, b) = (d.join("root.img"), d.join("data.img"));
+    fs::write(&a, random(3 << 20, 1)).expect("a");
+    fs::write(&b, [b"x".repeat(1 << 20), vec![0; 1 << 20]].concat()).expect("b");
+    ok(&["init", s(&vault)]);
+    let first = json(&["backup", "--vault", s(&vault), "--vm", "web", "--disk", s(&a), "--disk", s(&b), "--json"]);
+    for key in ["point", "vm", "consistency", "bytes_read", "bytes_stored", "seconds", "disks"] {
+        assert!(first.get(key).is_some(), "backup JSON lacks {key}: {first}");
+    }
+    assert_eq!(first["vm"], "web");
+    assert_eq!(first["consistency"], "crash");
+    assert_eq!(first["disks"].as_array().map(Vec::len), Some(2));
+    for key in ["name", "size", "bytes_read", "bytes_stored", "seconds"] {
+        assert!(first["disks"][0].get(key).is_some(), "disk JSON lacks {key}");
+    }
+
+    let f = OpenOptions::new().write(true).open(&a).expect("open");
+    f.write_all_at(b"new data", 2 << 20).expect("change");
+    let second = json(&["backup", "--vault", s(&vault), "--vm", "web", "--disk", s(&a), "--disk", s(&b), "--json"]);
+    assert!(second["bytes_stored"].as_u64() < Some(200_000), "incremental stored {}", second["bytes_stored"]);
+
+    let list = json(&["list", "--vault", s(&vault), "--vm", "web", "--json"]);
+    let points = list["points"].as_array().expect("points");
+    assert_eq!(points.len(), 2);
+    assert_eq!(points[0]["point"], first["point"]);
+    assert!(ok(&["list", "--vault", s(&vault)]).contains("web"));
+
+    let p1 = first["point"].as_str().expect("id");
+    let one = d.join("one.img");
+    ok(&["restore", "--vault", s(&vault), "--vm", "web", "--point", p1, "--disk", "root.img", "--to", s(&one)]);
+    assert_eq!(fs::read(&one).expect("read"), random(3 << 20, 1));
+    let all = d.join("all");
+    ok(&["restore", "--vault", s(&vault), "--vm", "web", "--to", s(&all)]);
+    assert_eq!(fs::read(all.join("root.img")).expect("a"), fs::read(&a).expect("a"));
+    assert_eq!(fs::read(all.join("data.img")).expect("b"), fs::read(&b).expect("b"));
+    let by_index = d.join("idx.img");
+    ok(&["restore", "--vault", s(&vault), "--vm", "web", "--disk", "1", "--to", s(&by_index)]);
+    assert_eq!(fs::read(&by_index).expect("b"), fs::read(&b).expect("b"));
+
+    assert!(ok(&["verify", "--vault", s(&vault)]).starts_with("ok"));
+    ok(&["verify", "--vault", s(&vault), "--vm", "web", "--point", p1]);
+
+    // Damage a pack: verify exits 1 and names the disk and range.
+    let pack = fs::read_dir(vault.join("packs")).expect("packs").next().expect("a pack").expect("entry").path();
+    let mut bytes = fs::read(&pack).expect("pack");
+    bytes[200] ^= 1;
+    fs::write(&pack, bytes).expect("write");
+    let out = run(&["verify", "--vault", s(&vault)]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("vm web point ") && text.contains(" disk root.img bytes "), "{text}");
+    assert!(text.contains("crc32 mismatch"), "{text}");
+}
+
+#[test]
+fn bad_usage_exits_2_and_failures_exit_1_with_what_and_where() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    assert_eq!(run(&["backup", "--vault", s(d)]).status.code(), Some(2), "missing --vm and --disk");
+    assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
+    let out = run(&["list", "--vault", s(&d.join("nowhere"))]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere"), "{}", String::from_utf8_lossy(&out.stderr));
+    let vault = d.join("v");
+    ok(&["init", s(&vault)]);
+    let out = run(&["init", s(&vault)]);
+    assert_eq!(out.status.code(), Some(1), "init over a vault");
+    let img = d.join("x.img");
+    fs::write(&img, b"data").expect("img");
+    let out = run(&["backup", "--vault", s(&vault), "--vm", "w", "--disk", s(&img), "--block-size", "100K"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["backup", "--vault", s(&vault), "--vm", "../up", "--disk", s(&img)]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(&["backup", "--vault", s(&vault), "--vm", "w", "--disk", s(&d.join("missing.img"))]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.img"));
+    let out = run(&["restore", "--vault", s(&vault), "--vm", "w", "--to", s(&d.join("r"))]);
+    assert_eq!(out.status.code(), Some(1), "no points yet");
+}
+
+#[test]
+fn the_demo_runs_the_whole_job() {
+    if Command::new("mke2fs").arg("-V").stderr(Stdio::null()).status().is_err() {
+        eprintln!("SKIPPED the_demo_runs_the_whole_job: mke2fs is not installed (scripts/test installs e2fsprogs)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = ok(&["demo", s(&dir.path().join("demo"))]);
+    assert!(text.contains("identical to the source, e2fsck -fn clean"), "{text}");
+    assert!(text.contains("ok: 2 points"), "{text}");
+}
+
+/// Runs vmbackup; returns its output and peak resident memory in bytes.
+fn run_measured(args: &[&str]) -> (Output, u64) {
+    let child = Command::new(BIN).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let pid = child.id() as libc::pid_t;
+    child.wait_with_output_and_rusage(pid)
+}
+
+trait WaitRusage {
+    fn wait_with_output_and_rusage(self, pid: libc::pid_t) -> (Output, u64);
+}
+
+impl WaitRusage for std::process::Child {
+    fn wait_with_output_and_rusage(mut self, pid: libc::pid_t) -> (Output, u64) {
+        use std::io::Read;
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        if let Some(mut o) = self.stdout.take() {
+            o.read_to_end(&mut stdout).expect("stdout");
+        }
+        if let Some(mut e) = self.stderr.take() {
+            e.read_to_end(&mut stderr).expect("stderr");
+        }
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4 writes only into the two out-parameters, which live
+        // for the call; the pid is our own unwaited child.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+        let status = std::os::unix::process::ExitStatusExt::from_raw(status);
+        (Output { status, stdout, stderr }, usage.ru_maxrss as u64 * 1024)
+    }
+}
+
+#[test]
+fn a_1_tib_sparse_image_with_1_gib_of_data_backs_up_by_its_data_in_bounded_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let img = d.join("huge.img");
+    let f = OpenOptions::new().create(true).truncate(true).write(true).open(&img).expect("create");
+    f.set_len(1 << 40).expect("1 TiB");
+    // 1 GiB of data in 16 extents of 64 MiB spread over the whole TiB.
+    for i in 0..16u64 {
+        let chunk = random(64 << 20, i + 1);
+        f.write_all_at(&chunk, i * (1 << 36) + 12345 * 4096).expect("write");
+    }
+    drop(f);
+    let vault = d.join("vault");
+    ok(&["init", s(&vault)]);
+    let (out, peak) = run_measured(&["backup", "--vault", s(&vault), "--vm", "huge", "--disk", s(&img), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let read = j["bytes_read"].as_u64().expect("bytes_read");
+    assert_eq!(j["disks"][0]["size"].as_u64(), Some(1 << 40));
+    // Only the data (rounded out to blocks) is read: the holes never are.
+    assert!(read >= 1 << 30 && read <= (1 << 30) + 32 * 65536, "read {read} bytes");
+    assert!(peak < 256 << 20, "peak memory {} MiB", peak >> 20);
+    eprintln!("1 TiB sparse: read {} MiB, peak memory {} MiB, {} s", read >> 20, peak >> 20, j["seconds"]);
+
+    // An incremental of the unchanged image reads the data again, stores
+    // only metadata, in bounded memory too.
+    let (out, peak) = run_measured(&["backup", "--vault", s(&vault), "--vm", "huge", "--disk", s(&img), "--json"]);
+    assert!(out.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(j["bytes_new"].as_u64(), Some(0));
+    assert!(peak < 256 << 20, "peak memory {} MiB", peak >> 20);
+}
