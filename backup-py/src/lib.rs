@@ -1,1 +1,38 @@
-//! Python bindings of vmbackup (see issue 4).
+//! Python bindings of vmbackup: the private native module `vmbackup._native`
+//! inside the pure-Python package `vmbackup` (see `python/vmbackup`).
+//!
+//! This crate only converts between Python and `backup-core`; every decision
+//! about backups stays in the core. Three things are its own:
+//!
+//! - [`job::run`]: every engine call runs on a worker thread while the
+//!   calling thread, with the GIL released, waits on a channel; between
+//!   short waits it takes the GIL to call the progress callback (throttled)
+//!   and to check for Ctrl-C. A progress exception or KeyboardInterrupt
+//!   trips the core's `CancelToken` and is re-raised once the job stopped.
+//! - [`provider::MixedProvider`]: a VM whose disks are image files and
+//!   Python `BlockDevice` objects at once.
+//! - [`errors`]: core errors to the exception classes of
+//!   `vmbackup._errors`.
+
+use pyo3::prelude::*;
+
+mod errors;
+mod job;
+mod provider;
+mod types;
+mod vault;
+
+/// The native half of the `vmbackup` package; import `vmbackup` instead.
+#[pymodule]
+#[pyo3(name = "_native")]
+fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<vault::Vault>()?;
+    m.add_class::<types::RecoveryPoint>()?;
+    m.add_class::<types::DiskInfo>()?;
+    m.add_class::<types::BackupStats>()?;
+    m.add_class::<types::RestoreStats>()?;
+    m.add_class::<types::VerifyReport>()?;
+    m.add_class::<types::Problem>()?;
+    Ok(())
+}
