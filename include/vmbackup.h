@@ -263,7 +263,7 @@ typedef int (*vmb_progress_fn)(void *userdata, uint64_t done, uint64_t total);
 /**
  * What a backup did, summed over the point's disks.
  */
-typedef struct vmb_point_stats {
+typedef struct vmb_backup_stats {
   /**
    * Bytes of disk covered.
    */
@@ -301,7 +301,7 @@ typedef struct vmb_point_stats {
    * Wall-clock seconds of the transfer (the slowest disk).
    */
   double seconds;
-} vmb_point_stats;
+} vmb_backup_stats;
 
 /**
  * How a host takes snapshots of its VMs (this is how a Windows host plugs
@@ -642,9 +642,9 @@ enum vmb_status vmb_point_disk_size(const struct vmb_point *point, size_t index,
  * The statistics of the whole point.
  *
  * # Safety
- * As `vmb_point_id`; `out` points to a writable `vmb_point_stats`.
+ * As `vmb_point_id`; `out` points to a writable `vmb_backup_stats`.
  */
-enum vmb_status vmb_point_stats(const struct vmb_point *point, struct vmb_point_stats *out);
+enum vmb_status vmb_point_stats(const struct vmb_point *point, struct vmb_backup_stats *out);
 
 /**
  * The statistics of disk `index` (`bytes_added` is 0: it is counted per
@@ -655,7 +655,7 @@ enum vmb_status vmb_point_stats(const struct vmb_point *point, struct vmb_point_
  */
 enum vmb_status vmb_point_disk_stats(const struct vmb_point *point,
                                      size_t index,
-                                     struct vmb_point_stats *out);
+                                     struct vmb_backup_stats *out);
 
 /**
  * The number of warnings recorded in the point (fallbacks, in-place

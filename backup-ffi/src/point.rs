@@ -52,7 +52,7 @@ impl vmb_point {
 /// What a backup did, summed over the point's disks.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
-pub struct vmb_point_stats {
+pub struct vmb_backup_stats {
     /// Bytes of disk covered.
     pub bytes_scanned: u64,
     /// Bytes read from the disks (unchanged and unallocated areas are not
@@ -230,14 +230,14 @@ pub unsafe extern "C" fn vmb_point_disk_size(point: *const vmb_point, index: usi
 /// The statistics of the whole point.
 ///
 /// # Safety
-/// As `vmb_point_id`; `out` points to a writable `vmb_point_stats`.
+/// As `vmb_point_id`; `out` points to a writable `vmb_backup_stats`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn vmb_point_stats(point: *const vmb_point, out: *mut vmb_point_stats) -> vmb_status {
+pub unsafe extern "C" fn vmb_point_stats(point: *const vmb_point, out: *mut vmb_backup_stats) -> vmb_status {
     ffi! {
         let p = arg_ref!(point, "point");
         let out = arg_out!(out, "out");
         let t = &p.manifest.stats.totals;
-        write_out!(out, vmb_point_stats {
+        write_out!(out, vmb_backup_stats {
             bytes_scanned: t.bytes_scanned,
             bytes_read: t.bytes_read,
             bytes_zero: t.bytes_zero,
@@ -261,13 +261,13 @@ pub unsafe extern "C" fn vmb_point_stats(point: *const vmb_point, out: *mut vmb_
 pub unsafe extern "C" fn vmb_point_disk_stats(
     point: *const vmb_point,
     index: usize,
-    out: *mut vmb_point_stats,
+    out: *mut vmb_backup_stats,
 ) -> vmb_status {
     ffi! {
         let p = arg_ref!(point, "point");
         let out = arg_out!(out, "out");
         let t = &p.disk(index)?.stats;
-        write_out!(out, vmb_point_stats {
+        write_out!(out, vmb_backup_stats {
             bytes_scanned: t.bytes_scanned,
             bytes_read: t.bytes_read,
             bytes_zero: t.bytes_zero,

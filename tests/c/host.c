@@ -1,0 +1,599 @@
+/* A C host embedding vmbackup: image-file VMs, a VM whose snapshots and
+ * disks the host serves through callbacks (one disk from memory with
+ * allocation maps and changed block tracking, one from a file), two
+ * backups with a change in between, a cancelled job that leaves the vault
+ * as it was, restores compared with the source bytes, verify.
+ *
+ * Built with: cc -std=c11 -Wall -Wextra -Werror host.c $(pkg-config --cflags --libs vmbackup) */
+#define _XOPEN_SOURCE 700
+
+#include <stdatomic.h>
+
+#include "check.h"
+#include "util.h"
+
+#define MiB (1024u * 1024u)
+#define GRAIN (64u * 1024u) /* the host's change-tracking granularity */
+
+static char *g_dir;     /* the test's temporary folder */
+static vmb_vault *g_vault;
+
+/* ---------------------------------------------------------------- host VM */
+
+/* The live "memory" disk of the host VM, and what its tracking knows. */
+#define MEM_SIZE (4u * MiB)
+static uint8_t g_mem[MEM_SIZE];
+static uint8_t g_dirty[MEM_SIZE / GRAIN];  /* written since the last snapshot */
+static unsigned g_generation = 0;          /* snapshots taken */
+
+/* The live "file" disk: a file the host serves with pread. */
+static char *g_file_disk;
+#define FILE_SIZE (3u * MiB + 12345u)
+
+/* What the provider saw. */
+static atomic_int g_prepares, g_snapshots, g_releases, g_destroys;
+static atomic_int g_reads, g_changed_calls, g_allocated_calls;
+
+static void mem_write(size_t offset, const void *data, size_t len) {
+    memcpy(g_mem + offset, data, len);
+    for (size_t g = offset / GRAIN; g <= (offset + len - 1) / GRAIN; g++) g_dirty[g] = 1;
+}
+
+/* A frozen copy of the memory disk, owned by the library once added. */
+typedef struct {
+    uint8_t *data;
+    uint64_t size;
+    uint8_t changed[MEM_SIZE / GRAIN]; /* since the previous snapshot */
+    char prev_token[32];               /* the token those changes chain from */
+} mem_snap;
+
+static int mem_size(void *ud, uint64_t *size) {
+    *size = ((mem_snap *)ud)->size;
+    return 0;
+}
+
+static int mem_read(void *ud, uint64_t offset, uint8_t *buf, size_t len) {
+    mem_snap *s = (mem_snap *)ud;
+    atomic_fetch_add(&g_reads, 1);
+    if (offset + len > s->size) return EINVAL;
+    memcpy(buf, s->data + offset, len);
+    return 0;
+}
+
+/* Data lives only where a grain holds a non-zero byte; reported grain by
+ * grain, and deliberately out of order: the library sorts and merges. */
+static int mem_allocated(void *ud, uint64_t start, uint64_t end, vmb_ranges *ranges) {
+    mem_snap *s = (mem_snap *)ud;
+    atomic_fetch_add(&g_allocated_calls, 1);
+    for (uint64_t g = end / GRAIN + 1; g-- > start / GRAIN;) {
+        uint64_t at = g * GRAIN;
+        if (at >= s->size) continue;
+        uint64_t n = s->size - at < GRAIN ? s->size - at : GRAIN;
+        for (uint64_t i = 0; i < n; i++) {
+            if (s->data[at + i] != 0) {
+                if (vmb_ranges_add(ranges, at, n) != VMB_OK) return EINVAL;
+                break;
+            }
+        }
+    }
+    return 0;
+}
+
+static int mem_changed(void *ud, const char *token, uint64_t start, uint64_t end,
+                       vmb_ranges *ranges) {
+    mem_snap *s = (mem_snap *)ud;
+    atomic_fetch_add(&g_changed_calls, 1);
+    if (strcmp(token, s->prev_token) != 0) return VMB_MAP_UNKNOWN;
+    for (uint64_t g = start / GRAIN; g * GRAIN < end; g++)
+        if (s->changed[g] && vmb_ranges_add(ranges, g * GRAIN, GRAIN) != VMB_OK) return EINVAL;
+    return 0;
+}
+
+static void mem_destroy(void *ud) {
+    mem_snap *s = (mem_snap *)ud;
+    free(s->data);
+    free(s);
+    atomic_fetch_add(&g_destroys, 1);
+}
+
+/* The file disk: read in place (the test changes it only between jobs). */
+typedef struct {
+    int fd;
+} file_dev;
+
+static int file_size(void *ud, uint64_t *size) {
+    struct stat st;
+    if (fstat(((file_dev *)ud)->fd, &st) != 0) return errno;
+    *size = (uint64_t)st.st_size;
+    return 0;
+}
+
+static int file_read(void *ud, uint64_t offset, uint8_t *buf, size_t len) {
+    atomic_fetch_add(&g_reads, 1);
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = pread(((file_dev *)ud)->fd, buf + done, len - done, (off_t)(offset + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return errno;
+        if (n == 0) {
+            vmb_callback_error("short read: the file ended");
+            return EIO;
+        }
+        done += (size_t)n;
+    }
+    return 0;
+}
+
+static void file_destroy(void *ud) {
+    close(((file_dev *)ud)->fd);
+    free(ud);
+    atomic_fetch_add(&g_destroys, 1);
+}
+
+static int host_prepare(void *ud, const char *vm) {
+    (void)ud;
+    if (strcmp(vm, "hostvm") != 0) return EINVAL;
+    atomic_fetch_add(&g_prepares, 1);
+    return 0;
+}
+
+/* Freezes the VM: copies the memory disk with the changes since the last
+ * snapshot, opens the file disk. Asked for application consistency, it
+ * achieves file-system consistency and says why. */
+static int host_snapshot(void *ud, const char *vm, vmb_consistency wanted,
+                         vmb_consistency *achieved, vmb_snapshot *snap) {
+    (void)ud;
+    (void)vm;
+    mem_snap *m = (mem_snap *)calloc(1, sizeof *m);
+    file_dev *f = (file_dev *)malloc(sizeof *f);
+    if (m == NULL || f == NULL || (m->data = (uint8_t *)malloc(MEM_SIZE)) == NULL) {
+        free(m);
+        free(f);
+        return ENOMEM;
+    }
+    memcpy(m->data, g_mem, MEM_SIZE);
+    m->size = MEM_SIZE;
+    memcpy(m->changed, g_dirty, sizeof g_dirty);
+    memset(g_dirty, 0, sizeof g_dirty);
+    snprintf(m->prev_token, sizeof m->prev_token, "gen-%u", g_generation);
+    g_generation++;
+    char token[32];
+    snprintf(token, sizeof token, "gen-%u", g_generation);
+
+    vmb_disk_ops mem_ops = {m, mem_size, mem_read, mem_allocated, mem_changed, mem_destroy};
+    /* From here the library owns m, whatever the result. */
+    if (vmb_snapshot_add_disk(snap, "mem", &mem_ops, token) != VMB_OK) {
+        free(f);
+        return EINVAL;
+    }
+    f->fd = open(g_file_disk, O_RDONLY);
+    if (f->fd < 0) {
+        free(f);
+        return errno;
+    }
+    vmb_disk_ops file_ops = {f, file_size, file_read, NULL, NULL, file_destroy};
+    if (vmb_snapshot_add_disk(snap, "file", &file_ops, NULL) != VMB_OK) return EINVAL;
+
+    if (wanted == VMB_CONSISTENCY_APPLICATION) {
+        *achieved = VMB_CONSISTENCY_FILESYSTEM;
+        vmb_snapshot_warn(snap, "the application writer timed out: file-system-consistent");
+    } else {
+        *achieved = wanted;
+    }
+    atomic_fetch_add(&g_snapshots, 1);
+    return 0;
+}
+
+static int host_release(void *ud, const char *vm) {
+    (void)ud;
+    (void)vm;
+    atomic_fetch_add(&g_releases, 1);
+    return 0;
+}
+
+static const char *const HOST_DISKS[] = {"mem", "file"};
+
+static vmb_provider host_provider(void) {
+    vmb_provider p = {NULL, "c-host-test 1", host_prepare, host_snapshot, host_release};
+    return p;
+}
+
+/* Progress: several worker threads at once, so atomics only. */
+typedef struct {
+    atomic_ullong max_done, total, calls;
+    unsigned long long cancel_after; /* cancel once done > this; 0: never */
+} progress;
+
+static int on_progress(void *ud, uint64_t done, uint64_t total) {
+    progress *p = (progress *)ud;
+    atomic_fetch_add(&p->calls, 1);
+    atomic_store(&p->total, total);
+    unsigned long long m = atomic_load(&p->max_done);
+    while (done > m && !atomic_compare_exchange_weak(&p->max_done, &m, done)) {
+    }
+    return (p->cancel_after != 0 && done > p->cancel_after) ? 1 : 0;
+}
+
+/* A restore target in memory; worker threads write disjoint ranges. */
+typedef struct {
+    uint8_t *buf;
+    uint64_t size;
+    atomic_int finished;
+} mem_target;
+
+static int target_write(void *ud, uint64_t offset, const uint8_t *data, size_t len) {
+    mem_target *t = (mem_target *)ud;
+    if (offset + len > t->size) return EINVAL;
+    memcpy(t->buf + offset, data, len);
+    return 0;
+}
+
+static int target_zeros(void *ud, uint64_t offset, uint64_t len) {
+    mem_target *t = (mem_target *)ud;
+    if (offset + len > t->size) return EINVAL;
+    memset(t->buf + offset, 0, (size_t)len);
+    return 0;
+}
+
+static int target_finish(void *ud) {
+    atomic_fetch_add(&((mem_target *)ud)->finished, 1);
+    return 0;
+}
+
+/* Restores a disk of a point into a fresh buffer (0xAA everywhere first,
+ * so that zeros must really be written) and compares it with `want`. */
+static int restore_matches(const vmb_point *point, const char *disk, const uint8_t *want,
+                           uint64_t size) {
+    mem_target t;
+    t.size = size;
+    t.buf = (uint8_t *)malloc(size);
+    atomic_init(&t.finished, 0);
+    if (t.buf == NULL) return 0;
+    memset(t.buf, 0xAA, size);
+    vmb_write_target target = {&t, target_write, target_zeros, target_finish};
+    vmb_restore_stats stats;
+    memset(&stats, 0, sizeof stats);
+    vmb_status s = vmb_restore_disk(g_vault, point, disk, &target, NULL, &stats);
+    int ok = s == VMB_OK && memcmp(t.buf, want, size) == 0 && stats.size == size &&
+             atomic_load(&t.finished) == 1;
+    if (!ok)
+        fprintf(stderr, "restore of %s: status %d (%s), stats.size %llu, finished %d\n", disk,
+                (int)s, vmb_last_error(), (unsigned long long)stats.size,
+                atomic_load(&t.finished));
+    free(t.buf);
+    return ok;
+}
+
+static int file_restore_matches(const vmb_point *point, const char *disk, const uint8_t *want,
+                                size_t size) {
+    char *out = join(g_dir, "restored.img");
+    vmb_status s = vmb_restore_disk_to_file(g_vault, point, disk, out, NULL, NULL);
+    size_t len = 0;
+    uint8_t *got = s == VMB_OK ? read_file(out, &len) : NULL;
+    int ok = got != NULL && len == size && memcmp(got, want, size) == 0;
+    if (!ok) fprintf(stderr, "restore of %s to a file: %d (%s)\n", disk, (int)s, vmb_last_error());
+    free(got);
+    remove(out);
+    free(out);
+    return ok;
+}
+
+/* ------------------------------------------------------------------ cases */
+
+static void version_and_vault(void) {
+    const char *v = vmb_version();
+    CHECK(v != NULL && strlen(v) >= 5);
+    char *path = join(g_dir, "vault");
+    REQUIRE_OK(vmb_vault_init(path, &g_vault));
+    CHECK(strcmp(vmb_last_error(), "") == 0);
+    /* A second handle on the same vault opens and closes. */
+    vmb_vault *again = NULL;
+    REQUIRE_OK(vmb_vault_open(path, &again));
+    vmb_vault_free(again);
+    free(path);
+}
+
+/* A two-disk VM from image files, backed up twice with a change between. */
+static void image_vm_twice(void) {
+    REQUIRE(g_vault != NULL);
+    size_t a_len = 2 * MiB, b_len = 1 * MiB + 100;
+    uint8_t *a = (uint8_t *)calloc(1, a_len), *b = (uint8_t *)malloc(b_len);
+    uint8_t *a0 = (uint8_t *)malloc(a_len);
+    REQUIRE(a != NULL && b != NULL && a0 != NULL);
+    fill_pattern(a, MiB, 1); /* second MiB stays zero */
+    fill_pattern(b, b_len, 2);
+    char *pa = join(g_dir, "a.img"), *pb = join(g_dir, "b.img");
+    REQUIRE(write_file(pa, a, a_len) == 0 && write_file(pb, b, b_len) == 0);
+    memcpy(a0, a, a_len);
+    const char *images[] = {pa, pb};
+
+    vmb_point *p1 = NULL, *p2 = NULL;
+    REQUIRE_OK(vmb_backup_images(g_vault, "imagevm", images, 2, NULL, &p1));
+    a[1536 * 1024] = 42; /* one 64 KiB block changes */
+    REQUIRE(write_file(pa, a, a_len) == 0);
+    REQUIRE_OK(vmb_backup_images(g_vault, "imagevm", images, 2, NULL, &p2));
+
+    vmb_backup_stats st;
+    REQUIRE_OK(vmb_point_stats(p2, &st));
+    CHECK(st.bytes_new == 64 * 1024);
+    CHECK(st.bytes_scanned == a_len + b_len);
+    size_t n = 0;
+    const char *name = NULL;
+    REQUIRE_OK(vmb_point_disk_count(p2, &n));
+    CHECK(n == 2);
+    REQUIRE_OK(vmb_point_disk_name(p2, 1, &name));
+    CHECK(strcmp(name, "b.img") == 0);
+
+    CHECK(file_restore_matches(p2, "a.img", a, a_len));
+    CHECK(file_restore_matches(p2, "b.img", b, b_len));
+    CHECK(file_restore_matches(p1, "a.img", a0, a_len));
+    CHECK(restore_matches(p1, "0", a0, a_len)); /* a disk by its index */
+
+    vmb_point_free(p1);
+    vmb_point_free(p2);
+    free(a);
+    free(a0);
+    free(b);
+    free(pa);
+    free(pb);
+}
+
+static void host_vm_twice(void) {
+    REQUIRE(g_vault != NULL);
+    fill_pattern(g_mem, MiB, 3); /* 1 MiB of data, then zeros... */
+    fill_pattern(g_mem + 3 * MiB, 512 * 1024, 4); /* ...and data again */
+    memset(g_dirty, 0, sizeof g_dirty);
+    uint8_t *fbuf = (uint8_t *)malloc(FILE_SIZE);
+    REQUIRE(fbuf != NULL);
+    fill_pattern(fbuf, FILE_SIZE, 5);
+    g_file_disk = join(g_dir, "file-disk.raw");
+    REQUIRE(write_file(g_file_disk, fbuf, FILE_SIZE) == 0);
+    uint8_t *mem1 = (uint8_t *)malloc(MEM_SIZE);
+    REQUIRE(mem1 != NULL);
+    memcpy(mem1, g_mem, MEM_SIZE);
+
+    vmb_provider provider = host_provider();
+    vmb_job *job = NULL;
+    REQUIRE_OK(vmb_job_new(&job));
+    REQUIRE_OK(vmb_job_set_consistency(job, VMB_CONSISTENCY_APPLICATION));
+    progress prog;
+    memset(&prog, 0, sizeof prog);
+    REQUIRE_OK(vmb_job_set_progress(job, on_progress, &prog));
+
+    vmb_point *p1 = NULL, *p2 = NULL;
+    REQUIRE_OK(vmb_backup_host(g_vault, "hostvm", HOST_DISKS, 2, &provider, job, &p1));
+    CHECK(atomic_load(&g_prepares) == 1);
+    CHECK(atomic_load(&g_snapshots) == 1 && atomic_load(&g_releases) == 1);
+    CHECK(atomic_load(&g_destroys) == 2);
+    CHECK(atomic_load(&g_allocated_calls) > 0);
+    CHECK(atomic_load(&prog.total) == MEM_SIZE + FILE_SIZE);
+    CHECK(atomic_load(&prog.max_done) == MEM_SIZE + FILE_SIZE);
+    CHECK(atomic_load(&prog.calls) >= 2);
+
+    vmb_consistency got = 99, wanted = 99;
+    REQUIRE_OK(vmb_point_consistency(p1, &got));
+    REQUIRE_OK(vmb_point_wanted_consistency(p1, &wanted));
+    CHECK(got == VMB_CONSISTENCY_FILESYSTEM && wanted == VMB_CONSISTENCY_APPLICATION);
+    size_t warnings = 0;
+    const char *warning = NULL;
+    REQUIRE_OK(vmb_point_warning_count(p1, &warnings));
+    REQUIRE(warnings >= 1);
+    REQUIRE_OK(vmb_point_warning(p1, 0, &warning));
+    CHECK(strstr(warning, "application writer") != NULL);
+
+    /* The VM runs on: one grain of the memory disk and the file change. */
+    mem_write(2 * MiB + 100, "changed by the guest", 20);
+    fbuf[FILE_SIZE - 1] ^= 0xFF;
+    REQUIRE(write_file(g_file_disk, fbuf, FILE_SIZE) == 0);
+    int reads_before = atomic_load(&g_reads);
+
+    REQUIRE_OK(vmb_backup_host(g_vault, "hostvm", HOST_DISKS, 2, &provider, job, &p2));
+    CHECK(atomic_load(&g_prepares) == 1); /* prepared once only */
+    CHECK(atomic_load(&g_releases) == 2 && atomic_load(&g_destroys) == 4);
+    CHECK(atomic_load(&g_changed_calls) > 0);
+    (void)reads_before;
+
+    vmb_backup_stats mem_stats, total;
+    REQUIRE_OK(vmb_point_disk_stats(p2, 0, &mem_stats));
+    REQUIRE_OK(vmb_point_stats(p2, &total));
+    /* Change tracking: only the changed grain (and a small audit sample)
+     * of the memory disk is read. */
+    CHECK(mem_stats.bytes_read >= GRAIN && mem_stats.bytes_read <= 8 * GRAIN);
+    CHECK(total.bytes_new == GRAIN + FILE_SIZE % GRAIN); /* the file's last block is short */
+    CHECK(total.bytes_added > 0 && total.bytes_added < MiB);
+    CHECK(total.seconds >= 0.0);
+
+    /* Restores: point 1 gives the old bytes, point 2 the new ones. */
+    CHECK(restore_matches(p1, "mem", mem1, MEM_SIZE));
+    CHECK(restore_matches(p2, "mem", g_mem, MEM_SIZE));
+    CHECK(file_restore_matches(p2, "file", fbuf, FILE_SIZE));
+    uint64_t size = 0;
+    REQUIRE_OK(vmb_point_disk_size(p2, 1, &size));
+    CHECK(size == FILE_SIZE);
+
+    vmb_point_free(p1);
+    vmb_point_free(p2);
+    vmb_job_free(job);
+    free(mem1);
+    free(fbuf);
+}
+
+/* A job cancelled by its progress callback commits nothing: the same
+ * points, the same files; the snapshot is still released. */
+static void cancelled_job_leaves_vault_as_it_was(void) {
+    REQUIRE(g_vault != NULL && g_file_disk != NULL);
+    char *vault_dir = join(g_dir, "vault");
+    vmb_point_list *before = NULL, *after = NULL;
+    REQUIRE_OK(vmb_vault_list_points(g_vault, "hostvm", &before));
+    char *files_before = list_tree(vault_dir);
+    REQUIRE(files_before != NULL);
+
+    mem_write(0, "more changes", 12);
+    vmb_provider provider = host_provider();
+    vmb_job *job = NULL;
+    REQUIRE_OK(vmb_job_new(&job));
+    progress prog;
+    memset(&prog, 0, sizeof prog);
+    prog.cancel_after = 1; /* cancel at the first bytes done */
+    REQUIRE_OK(vmb_job_set_progress(job, on_progress, &prog));
+    int releases = atomic_load(&g_releases), destroys = atomic_load(&g_destroys);
+    vmb_point *sentinel = (vmb_point *)&prog; /* must stay untouched */
+    vmb_point *out = sentinel;
+    REQUIRE_STATUS(vmb_backup_host(g_vault, "hostvm", HOST_DISKS, 2, &provider, job, &out),
+                   VMB_ERR_CANCELLED);
+    CHECK(out == sentinel);
+    CHECK(LAST_ERROR_HAS("cancelled"));
+    bool cancelled = false;
+    REQUIRE_OK(vmb_job_is_cancelled(job, &cancelled));
+    CHECK(cancelled);
+    CHECK(atomic_load(&g_releases) == releases + 1);
+    CHECK(atomic_load(&g_destroys) == destroys + 2);
+
+    REQUIRE_OK(vmb_vault_list_points(g_vault, "hostvm", &after));
+    size_t nb = 0, na = 0;
+    REQUIRE_OK(vmb_point_list_len(before, &nb));
+    REQUIRE_OK(vmb_point_list_len(after, &na));
+    CHECK(nb == 2 && na == nb);
+    for (size_t i = 0; i < nb && i < na; i++) {
+        vmb_point *pb = NULL, *pa = NULL;
+        const char *ib = NULL, *ia = NULL;
+        REQUIRE_OK(vmb_point_list_get(before, i, &pb));
+        REQUIRE_OK(vmb_point_list_get(after, i, &pa));
+        CHECK(vmb_point_id(pb, &ib) == VMB_OK && vmb_point_id(pa, &ia) == VMB_OK);
+        CHECK(ib != NULL && ia != NULL && strcmp(ib, ia) == 0);
+        vmb_point_free(pb);
+        vmb_point_free(pa);
+    }
+    char *files_after = list_tree(vault_dir);
+    CHECK(files_after != NULL && strcmp(files_before, files_after) == 0);
+    if (files_after != NULL && strcmp(files_before, files_after) != 0)
+        fprintf(stderr, "before:\n%s\nafter:\n%s\n", files_before, files_after);
+
+    /* A cancelled job stays cancelled: the next call with it stops before
+     * its snapshot. */
+    CHECK(vmb_backup_images(g_vault, "imagevm", HOST_DISKS, 2, job, NULL) == VMB_ERR_CANCELLED);
+    free(files_before);
+    free(files_after);
+    free(vault_dir);
+    vmb_point_list_free(before);
+    vmb_point_list_free(after);
+    vmb_job_free(job);
+}
+
+/* Listing, finding and the point's accessors. */
+static void list_and_find_points(void) {
+    REQUIRE(g_vault != NULL);
+    vmb_point_list *list = NULL;
+    REQUIRE_OK(vmb_vault_list_points(g_vault, "hostvm", &list));
+    size_t n = 0;
+    REQUIRE_OK(vmb_point_list_len(list, &n));
+    CHECK(n == 2);
+    vmb_point *last = NULL, *found = NULL;
+    REQUIRE_OK(vmb_point_list_get(list, n - 1, &last));
+    vmb_point_list_free(list); /* points outlive their list */
+    REQUIRE_OK(vmb_vault_find_point(g_vault, "hostvm", "latest", &found));
+    const char *id1 = NULL, *id2 = NULL, *vm = NULL, *when = NULL;
+    int64_t t = 0;
+    REQUIRE_OK(vmb_point_id(last, &id1));
+    REQUIRE_OK(vmb_point_id(found, &id2));
+    CHECK(strcmp(id1, id2) == 0);
+    REQUIRE_OK(vmb_point_vm(last, &vm));
+    CHECK(strcmp(vm, "hostvm") == 0);
+    REQUIRE_OK(vmb_point_time(last, &t));
+    CHECK(t > 1700000000);
+    REQUIRE_OK(vmb_point_time_text(last, &when));
+    CHECK(strlen(when) >= 20 && when[4] == '-');
+    vmb_point_free(last);
+    vmb_point_free(found);
+
+    vmb_point_list *none = NULL;
+    REQUIRE_OK(vmb_vault_list_points(g_vault, "no-such-vm", &none));
+    REQUIRE_OK(vmb_point_list_len(none, &n));
+    CHECK(n == 0);
+    vmb_point_list_free(none);
+}
+
+static void verify_vault(void) {
+    REQUIRE(g_vault != NULL);
+    vmb_verify_report *r = NULL;
+    REQUIRE_OK(vmb_verify(g_vault, NULL, NULL, NULL, &r));
+    bool ok = false;
+    size_t problems = 99;
+    uint64_t points = 0;
+    REQUIRE_OK(vmb_verify_report_ok(r, &ok));
+    REQUIRE_OK(vmb_verify_report_problem_count(r, &problems));
+    REQUIRE_OK(vmb_verify_report_points(r, &points));
+    CHECK(ok && problems == 0 && points == 4);
+    vmb_verify_report_free(r);
+
+    REQUIRE_OK(vmb_verify(g_vault, "hostvm", "latest", NULL, &r));
+    REQUIRE_OK(vmb_verify_report_points(r, &points));
+    CHECK(points == 1);
+    vmb_verify_report_free(r);
+}
+
+/* Damage is reported by verify, with its place, not returned as data. */
+static void verify_reports_damage(void) {
+    REQUIRE(g_vault != NULL);
+    char *packs = join(g_dir, "vault/packs");
+    /* Flip a byte in the middle of every pack file. */
+    char *listing = list_tree(packs);
+    REQUIRE(listing != NULL);
+    int damaged = 0;
+    for (char *line = strtok(listing, "\n"); line != NULL; line = strtok(NULL, "\n")) {
+        char *space = strrchr(line, ' ');
+        if (space == NULL || strstr(line, ".pack") == NULL) continue;
+        *space = '\0';
+        long long size = atoll(space + 1);
+        char *path = (char *)malloc(strlen(packs) + strlen(line) + 1);
+        sprintf(path, "%s%s", packs, line);
+        FILE *f = fopen(path, "r+b");
+        if (f != NULL) {
+            fseek(f, (long)(size / 2), SEEK_SET);
+            int c = fgetc(f);
+            fseek(f, (long)(size / 2), SEEK_SET);
+            fputc(c ^ 0x5A, f);
+            fclose(f);
+            damaged++;
+        }
+        free(path);
+    }
+    free(listing);
+    free(packs);
+    REQUIRE(damaged > 0);
+    vmb_verify_report *r = NULL;
+    REQUIRE_OK(vmb_verify(g_vault, NULL, NULL, NULL, &r));
+    bool ok = true;
+    size_t problems = 0;
+    const char *text = NULL;
+    REQUIRE_OK(vmb_verify_report_ok(r, &ok));
+    REQUIRE_OK(vmb_verify_report_problem_count(r, &problems));
+    CHECK(!ok && problems > 0);
+    if (problems > 0) {
+        REQUIRE_OK(vmb_verify_report_problem(r, 0, &text));
+        CHECK(text != NULL && strlen(text) > 0);
+    }
+    CHECK(vmb_verify_report_problem(r, problems, &text) == VMB_ERR_INVALID_ARGUMENT);
+    vmb_verify_report_free(r);
+}
+
+int main(void) {
+    g_dir = make_temp_dir("host-c");
+    if (g_dir == NULL) {
+        perror("mkdtemp");
+        return 2;
+    }
+    atomic_init(&g_prepares, 0);
+    RUN(version_and_vault);
+    RUN(image_vm_twice);
+    RUN(host_vm_twice);
+    RUN(cancelled_job_leaves_vault_as_it_was);
+    RUN(list_and_find_points);
+    RUN(verify_vault);
+    RUN(verify_reports_damage);
+    vmb_vault_free(g_vault);
+    free(g_file_disk);
+    remove_tree(g_dir);
+    free(g_dir);
+    return SUMMARY("host.c");
+}
