@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Turns run.sh's results.tsv and meta.txt into Markdown tables.
+
+    report.py RESULTS.tsv META.txt
+
+results.tsv: tool, op, rep, wall seconds, peak RSS KiB, repository bytes
+after the op (or '-'). Medians over the repetitions are quoted.
+"""
+
+import statistics
+import sys
+from collections import defaultdict
+
+TOOLS = ["cat", "vmbackup", "borg", "restic"]
+OPS = ["full", "incremental", "restore"]
+
+
+def main(results, meta_path):
+    meta = {}
+    with open(meta_path) as f:
+        for line in f:
+            k, _, v = line.rstrip("\n").partition("=")
+            meta[k] = v
+    rows = defaultdict(list)
+    stored = defaultdict(dict)
+    with open(results) as f:
+        for line in f:
+            tool, op, rep, secs, rss, repo = line.rstrip("\n").split("\t")
+            rows[(tool, op)].append((float(secs), int(rss)))
+            if repo != "-":
+                stored[(tool, rep)][op] = int(repo)
+
+    image = int(meta["image_bytes"])
+
+    def med_secs(tool, op):
+        return statistics.median(s for s, _ in rows[(tool, op)])
+
+    def med_rss(tool, op):
+        return statistics.median(r for _, r in rows[(tool, op)])
+
+    def med_stored(tool, what):
+        vals = []
+        for (t, _rep), d in stored.items():
+            if t != tool or "full" not in d:
+                continue
+            if what == "full":
+                vals.append(d["full"])
+            elif "incremental" in d:
+                vals.append(d["incremental"] - d["full"])
+        return statistics.median(vals) if vals else None
+
+    def mb(n):
+        return "%.0f" % (n / 1e6)
+
+    def mib(kib):
+        return "%.0f" % (kib / 1024)
+
+    tools = [t for t in TOOLS if (t, "full") in rows]
+    print("Image: %.1f GiB ext4 (%.2f GiB allocated before churn, %.2f GiB after); "
+          "%d of its 64 KiB blocks differ after churn (%.0f MB)." % (
+              image / 2**30, int(meta["alloc_v1"]) / 2**30, int(meta["alloc_v2"]) / 2**30,
+              int(meta["changed_blocks"]), int(meta["changed_blocks"]) * 65536 / 1e6))
+    print()
+    print("Churn: " + meta.get("churn", "").removeprefix("churn: "))
+    print()
+    print("Medians of %s repetitions; throughput is the image's size (%.2f GB) over wall "
+          "time; peak RSS from /usr/bin/time; stored = `du -sb` of the repository." % (
+              meta["reps"], image / 1e9))
+    print()
+    print("| tool | full s | full MB/s | stored after full MB | incremental s "
+          "| incremental stored MB | restore s | restore MB/s "
+          "| peak RSS full / incr / restore MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for t in tools:
+        sf, si, sr = (med_secs(t, op) for op in OPS)
+        full_st = med_stored(t, "full")
+        inc_st = med_stored(t, "incremental")
+        print("| %s | %.2f | %.0f | %s | %.2f | %s | %.2f | %.0f | %s / %s / %s |" % (
+            t, sf, image / sf / 1e6, mb(full_st) if full_st is not None else "-",
+            si, mb(inc_st) if inc_st is not None else "-", sr, image / sr / 1e6,
+            mib(med_rss(t, "full")), mib(med_rss(t, "incremental")),
+            mib(med_rss(t, "restore"))))
+    print()
+    if "vmbackup" not in tools or "borg" not in tools:
+        return
+
+    def peak(tool):
+        return max(med_rss(tool, op) for op in OPS)
+
+    checks = [
+        ("full backup throughput, vmbackup / borg", med_secs("borg", "full") / med_secs("vmbackup", "full"), ">= 4", lambda r: r >= 4),
+        ("incremental speed-up, borg time / vmbackup time", med_secs("borg", "incremental") / med_secs("vmbackup", "incremental"), ">= 5", lambda r: r >= 5),
+        ("restore speed-up, borg time / vmbackup time", med_secs("borg", "restore") / med_secs("vmbackup", "restore"), ">= 3", lambda r: r >= 3),
+        ("incremental stored bytes, vmbackup / borg", med_stored("vmbackup", "incremental") / med_stored("borg", "incremental"), "<= 1", lambda r: r <= 1),
+        ("peak memory (largest of the three), vmbackup / borg", peak("vmbackup") / peak("borg"), "<= 1", lambda r: r <= 1),
+    ]
+    print("| target | ratio | wanted | met |")
+    print("|---|---:|---:|---|")
+    for name, r, want, ok in checks:
+        print("| %s | %.2f | %s | %s |" % (name, r, want, "yes" if ok(r) else "**no**"))
+    print()
+    print("Versions: vmbackup %s; %s; %s. Load average (1, 5, 15 min) at start and end: %s." % (
+        meta["vmbackup"], meta["borg"], meta["restic"], meta.get("load", "?")))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    main(sys.argv[1], sys.argv[2])
