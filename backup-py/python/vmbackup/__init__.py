@@ -1,0 +1,56 @@
+"""vmbackup: back up virtual machine disks into a deduplicating vault.
+
+A :class:`Vault` holds recovery points. :meth:`Vault.backup` takes a VM's
+disks (raw image files, or :class:`BlockDevice` objects written in Python),
+moves only the blocks that changed since the VM's previous point, in
+parallel and with the GIL released, and returns the committed
+:class:`RecoveryPoint`. Points are listed, restored and verified::
+
+    import vmbackup
+
+    with vmbackup.Vault.init("/backups/vault") as vault:
+        point = vault.backup("web", ["/vms/web/root.img"])
+        vault.restore(point, disk="root.img", to="/tmp/root.img")
+        assert vault.verify().ok
+
+Errors of the engine are :class:`VmBackupError` subclasses; bad arguments
+raise :class:`ValueError` or :class:`TypeError`.
+"""
+
+from ._device import BlockDevice
+from ._errors import (
+    CancelledError,
+    CorruptionError,
+    NotFoundError,
+    VaultLockedError,
+    VmBackupError,
+    VmBackupIOError,
+)
+from ._native import (
+    BackupStats,
+    DiskInfo,
+    Problem,
+    RecoveryPoint,
+    RestoreStats,
+    Vault,
+    VerifyReport,
+    __version__,
+)
+
+__all__ = [
+    "__version__",
+    "Vault",
+    "RecoveryPoint",
+    "DiskInfo",
+    "BackupStats",
+    "RestoreStats",
+    "VerifyReport",
+    "Problem",
+    "BlockDevice",
+    "VmBackupError",
+    "CorruptionError",
+    "VaultLockedError",
+    "NotFoundError",
+    "VmBackupIOError",
+    "CancelledError",
+]

@@ -1,0 +1,411 @@
+//! The read-only result objects: recovery points, their disks and
+//! statistics, restore statistics, verify reports and their problems.
+
+use backup_core::{DiskStats, PointManifest};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyType;
+
+use crate::errors::new_error;
+
+/// A recovery point: a VM's disks at one instant, as committed to a vault.
+///
+/// Points compare equal when they name the same point of the same VM.
+#[pyclass(module = "vmbackup", frozen)]
+pub(crate) struct RecoveryPoint {
+    pub(crate) manifest: PointManifest,
+}
+
+impl RecoveryPoint {
+    pub(crate) fn new(manifest: PointManifest) -> Self {
+        RecoveryPoint { manifest }
+    }
+}
+
+/// `datetime.datetime(...)` in UTC for a timestamp.
+fn utc_datetime<'py>(py: Python<'py>, ts: jiff::Timestamp) -> PyResult<Bound<'py, PyAny>> {
+    static DATETIME: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    static UTC: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let class = DATETIME.import(py, "datetime", "datetime")?;
+    let utc = UTC.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+        Ok(py.import("datetime")?.getattr("timezone")?.getattr("utc")?.unbind())
+    })?;
+    let t = ts.to_zoned(jiff::tz::TimeZone::UTC).datetime();
+    class.call1((
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.subsec_nanosecond() / 1000,
+        utc.bind(py),
+    ))
+}
+
+#[pymethods]
+impl RecoveryPoint {
+    /// The point's id: the snapshot's time and a random suffix.
+    #[getter]
+    fn id(&self) -> &str {
+        &self.manifest.id
+    }
+
+    /// The VM's name.
+    #[getter]
+    fn vm(&self) -> &str {
+        &self.manifest.vm
+    }
+
+    /// When the snapshot was taken, as a time-zone aware `datetime` in UTC.
+    #[getter]
+    fn time<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        utc_datetime(py, self.manifest.time)
+    }
+
+    /// The consistency achieved: "crash", "filesystem" or "application".
+    #[getter]
+    fn consistency(&self) -> &'static str {
+        self.manifest.consistency.as_str()
+    }
+
+    /// The consistency asked for.
+    #[getter]
+    fn wanted_consistency(&self) -> &'static str {
+        self.manifest.wanted_consistency.as_str()
+    }
+
+    /// The id of the VM's previous point this one was compared against, or
+    /// None for a VM's first point.
+    #[getter]
+    fn parent(&self) -> Option<&str> {
+        self.manifest.parent.as_deref()
+    }
+
+    /// The disks, in the VM's order.
+    #[getter]
+    fn disks(&self) -> Vec<DiskInfo> {
+        self.manifest
+            .disks
+            .iter()
+            .map(|d| DiskInfo {
+                name: d.name.clone(),
+                size: d.size,
+                block_size: d.block_size,
+                snapshot_method: d.snapshot_method.clone(),
+                stats: BackupStats::from_disk(&d.stats, d.stats.bytes_stored),
+            })
+            .collect()
+    }
+
+    /// What the backup did, all disks added up. `bytes_stored` is what the
+    /// point added to the vault in all (chunks, index segments, metadata).
+    #[getter]
+    fn stats(&self) -> BackupStats {
+        let s = &self.manifest.stats;
+        BackupStats::from_disk(&s.totals, s.bytes_added)
+    }
+
+    /// What a user should know about how the point was made.
+    #[getter]
+    fn warnings(&self) -> Vec<String> {
+        self.manifest.warnings.clone()
+    }
+
+    fn __eq__(&self, other: PyRef<'_, RecoveryPoint>) -> bool {
+        self.manifest.vm == other.manifest.vm && self.manifest.id == other.manifest.id
+    }
+
+    fn __hash__(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&self.manifest.vm, &self.manifest.id).hash(&mut h);
+        h.finish()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "RecoveryPoint(vm={:?}, id={:?}, consistency={:?}, disks={})",
+            self.manifest.vm,
+            self.manifest.id,
+            self.manifest.consistency.as_str(),
+            self.manifest.disks.len()
+        )
+    }
+}
+
+/// One disk of a recovery point.
+#[pyclass(module = "vmbackup", frozen, get_all)]
+pub(crate) struct DiskInfo {
+    /// The disk's name within its VM.
+    name: String,
+    /// Its size in bytes.
+    size: u64,
+    /// The block size of its chain, in bytes.
+    block_size: u32,
+    /// How its snapshot was taken: "reflink", "in-place" or "python".
+    snapshot_method: String,
+    /// What the backup did for this disk.
+    stats: BackupStats,
+}
+
+#[pymethods]
+impl DiskInfo {
+    fn __repr__(&self) -> String {
+        format!("DiskInfo(name={:?}, size={}, block_size={})", self.name, self.size, self.block_size)
+    }
+}
+
+/// What a backup did, for one disk or a whole point.
+#[pyclass(module = "vmbackup", frozen, get_all)]
+#[derive(Clone)]
+pub(crate) struct BackupStats {
+    /// Bytes of the disks covered (their sizes).
+    bytes_scanned: u64,
+    /// Bytes read from the disks.
+    bytes_read: u64,
+    /// Bytes in all-zero blocks and holes, never stored.
+    bytes_zero: u64,
+    /// Bytes in blocks equal to the previous point's.
+    bytes_unchanged: u64,
+    /// Bytes in blocks whose content was not in the previous point.
+    bytes_new: u64,
+    /// Of the new bytes, those the vault already held (deduplicated).
+    bytes_deduplicated: u64,
+    /// Bytes added to the vault.
+    bytes_stored: u64,
+    /// Wall-clock seconds (of the slowest disk, for a point).
+    seconds: f64,
+    /// How changes were found: "none" (first backup), "compare", "cbt", or
+    /// "cbt distrusted: why"; empty for a point's totals.
+    change_detection: String,
+    /// Blocks re-read to audit change tracking.
+    audited_blocks: u64,
+}
+
+impl BackupStats {
+    fn from_disk(s: &DiskStats, bytes_stored: u64) -> Self {
+        BackupStats {
+            bytes_scanned: s.bytes_scanned,
+            bytes_read: s.bytes_read,
+            bytes_zero: s.bytes_zero,
+            bytes_unchanged: s.bytes_unchanged,
+            bytes_new: s.bytes_new,
+            bytes_deduplicated: s.bytes_deduplicated,
+            bytes_stored,
+            seconds: s.seconds,
+            change_detection: s.change_detection.clone(),
+            audited_blocks: s.audited_blocks,
+        }
+    }
+}
+
+#[pymethods]
+impl BackupStats {
+    fn __repr__(&self) -> String {
+        format!(
+            "BackupStats(bytes_read={}, bytes_new={}, bytes_stored={}, seconds={:.3})",
+            self.bytes_read, self.bytes_new, self.bytes_stored, self.seconds
+        )
+    }
+}
+
+/// What the restore of one disk did.
+#[pyclass(module = "vmbackup", frozen, get_all)]
+pub(crate) struct RestoreStats {
+    /// The disk's name.
+    disk: String,
+    /// Its size in bytes.
+    size: u64,
+    /// Bytes written to the target.
+    bytes_written: u64,
+    /// Bytes left as zeros (holes in a sparse file).
+    bytes_zero: u64,
+    /// Wall-clock seconds.
+    seconds: f64,
+}
+
+impl From<backup_core::RestoreStats> for RestoreStats {
+    fn from(s: backup_core::RestoreStats) -> Self {
+        RestoreStats {
+            disk: s.disk,
+            size: s.size,
+            bytes_written: s.bytes_written,
+            bytes_zero: s.bytes_zero,
+            seconds: s.seconds,
+        }
+    }
+}
+
+#[pymethods]
+impl RestoreStats {
+    fn __repr__(&self) -> String {
+        format!("RestoreStats(disk={:?}, size={}, bytes_written={})", self.disk, self.size, self.bytes_written)
+    }
+}
+
+/// One thing verify found wrong.
+#[pyclass(module = "vmbackup", frozen)]
+pub(crate) struct Problem {
+    problem: backup_core::Problem,
+}
+
+#[pymethods]
+impl Problem {
+    /// The VM it hurts, when known.
+    #[getter]
+    fn vm(&self) -> Option<&str> {
+        self.problem.vm.as_deref()
+    }
+
+    /// The point it hurts, when known.
+    #[getter]
+    fn point(&self) -> Option<&str> {
+        self.problem.point.as_deref()
+    }
+
+    /// The disk it hurts, when known.
+    #[getter]
+    fn disk(&self) -> Option<&str> {
+        self.problem.disk.as_deref()
+    }
+
+    /// The disk's bytes that cannot be restored as `(start, end)`, end
+    /// exclusive; None when the damage is not tied to a disk (a damaged
+    /// pack frame no point uses).
+    #[getter]
+    fn range(&self) -> Option<(u64, u64)> {
+        self.problem.range.as_ref().map(|r| (r.start, r.end))
+    }
+
+    /// The first damaged byte, or None.
+    #[getter]
+    fn start(&self) -> Option<u64> {
+        self.problem.range.as_ref().map(|r| r.start)
+    }
+
+    /// One past the last damaged byte, or None.
+    #[getter]
+    fn end(&self) -> Option<u64> {
+        self.problem.range.as_ref().map(|r| r.end)
+    }
+
+    /// What is wrong, naming the damaged object.
+    #[getter]
+    fn what(&self) -> &str {
+        &self.problem.what
+    }
+
+    fn __str__(&self) -> String {
+        self.problem.to_string()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Problem(vm={:?}, disk={:?}, range={:?}, what={:?})",
+            self.problem.vm, self.problem.disk, self.problem.range, self.problem.what
+        )
+    }
+}
+
+impl Problem {
+    /// The problem as a `CorruptionError`.
+    fn to_error(&self, py: Python<'_>) -> PyErr {
+        let p = &self.problem;
+        let opt_str = |s: &Option<String>| -> Bound<'_, PyAny> {
+            match s {
+                Some(s) => pyo3::types::PyString::new(py, s).into_any(),
+                None => py.None().into_bound(py),
+            }
+        };
+        let opt_u64 = |v: Option<u64>| -> Bound<'_, PyAny> {
+            match v.map(|v| v.into_pyobject(py)) {
+                Some(Ok(v)) => v.into_any(),
+                _ => py.None().into_bound(py),
+            }
+        };
+        new_error(
+            py,
+            "CorruptionError",
+            (p.to_string(),),
+            &[
+                ("vm", opt_str(&p.vm)),
+                ("point", opt_str(&p.point)),
+                ("disk", opt_str(&p.disk)),
+                ("start", opt_u64(p.range.as_ref().map(|r| r.start))),
+                ("end", opt_u64(p.range.as_ref().map(|r| r.end))),
+            ],
+        )
+    }
+}
+
+/// What verify found.
+#[pyclass(module = "vmbackup", frozen)]
+pub(crate) struct VerifyReport {
+    report: backup_core::VerifyReport,
+}
+
+impl From<backup_core::VerifyReport> for VerifyReport {
+    fn from(report: backup_core::VerifyReport) -> Self {
+        VerifyReport { report }
+    }
+}
+
+#[pymethods]
+impl VerifyReport {
+    /// Whether nothing was found wrong.
+    #[getter]
+    fn ok(&self) -> bool {
+        self.report.ok()
+    }
+
+    /// Everything found wrong; empty when all is well.
+    #[getter]
+    fn problems(&self) -> Vec<Problem> {
+        self.report.problems.iter().map(|p| Problem { problem: p.clone() }).collect()
+    }
+
+    /// Points checked.
+    #[getter]
+    fn points(&self) -> u64 {
+        self.report.points
+    }
+
+    /// Distinct chunks checked.
+    #[getter]
+    fn chunks(&self) -> u64 {
+        self.report.chunks
+    }
+
+    /// Packs read whole (whole-vault verify only).
+    #[getter]
+    fn packs(&self) -> u64 {
+        self.report.packs
+    }
+
+    /// Bytes of disk covered by the checked points.
+    #[getter]
+    fn bytes(&self) -> u64 {
+        self.report.bytes
+    }
+
+    /// Raises `CorruptionError` for the first problem (preferring one with
+    /// a byte range); does nothing when all is well.
+    fn check(&self, py: Python<'_>) -> PyResult<()> {
+        let first = self.report.problems.iter().find(|p| p.range.is_some()).or(self.report.problems.first());
+        match first {
+            Some(p) => Err(Problem { problem: p.clone() }.to_error(py)),
+            None => Ok(()),
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "VerifyReport(ok={}, points={}, chunks={}, problems={})",
+            if self.report.ok() { "True" } else { "False" },
+            self.report.points,
+            self.report.chunks,
+            self.report.problems.len()
+        )
+    }
+}

@@ -1,0 +1,459 @@
+//! `vmbackup.Vault`: a vault opened from Python, and the operations on it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use backup_core::{
+    BackupOptions, Consistency, OsType, RestoreOptions, VaultOptions, VerifyOptions, Vm, VmDisk, validate_name,
+};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyMapping, PyString};
+
+use crate::errors::{callable_arg, int_arg, new_error, to_py, type_name};
+use crate::job;
+use crate::provider::{MixedProvider, PyDevice};
+use crate::types::{RecoveryPoint, RestoreStats, VerifyReport};
+
+/// A vault of recovery points in a local folder.
+///
+/// Open one with `Vault.init(path)` (a new vault) or `Vault.open(path)`.
+/// A vault is a context manager: leaving the `with` block closes it. It may
+/// be shared by several Python threads, and several backups may run into it
+/// at once (from threads or processes). Every operation releases the GIL
+/// while the engine works.
+#[pyclass(module = "vmbackup", frozen)]
+pub(crate) struct Vault {
+    inner: RwLock<Option<Arc<backup_core::Vault>>>,
+    path: PathBuf,
+}
+
+/// Vault options from the Python arguments.
+fn vault_options(lock_timeout: f64) -> PyResult<VaultOptions> {
+    if !lock_timeout.is_finite() || lock_timeout < 0.0 || lock_timeout > 1e9 {
+        return Err(PyValueError::new_err(format!(
+            "lock_timeout must be a number of seconds from 0 to 1e9, not {lock_timeout}"
+        )));
+    }
+    let mut o = VaultOptions::default();
+    o.lock_timeout = Duration::from_secs_f64(lock_timeout);
+    Ok(o)
+}
+
+impl Vault {
+    fn new(vault: backup_core::Vault) -> Self {
+        Vault { path: vault.path().to_path_buf(), inner: RwLock::new(Some(Arc::new(vault))) }
+    }
+
+    /// The open vault, or `ValueError` after `close()`.
+    fn get(&self) -> PyResult<Arc<backup_core::Vault>> {
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| PyValueError::new_err("operation on a closed vault"))
+    }
+}
+
+/// The disks of a backup: the core's VM and the Python devices by name.
+fn resolve_disks(py: Python<'_>, vm: &str, disks: &Bound<'_, PyAny>) -> PyResult<(Vm, HashMap<String, Arc<PyDevice>>)> {
+    let device_class = py.import("vmbackup._device")?.getattr("BlockDevice")?;
+    let os_pathlike = py.import("os")?.getattr("PathLike")?;
+    if disks.is_instance_of::<PyString>()
+        || disks.is_instance_of::<PyBytes>()
+        || disks.is_instance(&os_pathlike)?
+        || disks.is_instance(&device_class)?
+    {
+        return Err(PyTypeError::new_err(
+            "disks must be a list of disks (paths or BlockDevice objects), not a single disk",
+        ));
+    }
+    let items: Vec<(Option<String>, Bound<'_, PyAny>)> = if let Ok(map) = disks.cast::<PyMapping>() {
+        let mut items = Vec::new();
+        for pair in map.items()?.iter() {
+            let (k, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) = pair.extract()?;
+            let name = k
+                .extract::<String>()
+                .map_err(|_| PyTypeError::new_err(format!("disk names must be str, not {}", type_name(&k))))?;
+            items.push((Some(name), v));
+        }
+        items
+    } else {
+        let iter = disks.try_iter().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "disks must be a list of paths and BlockDevice objects, or a dict of them by name, not {}",
+                type_name(disks)
+            ))
+        })?;
+        iter.map(|i| i.map(|v| (None, v))).collect::<PyResult<Vec<_>>>()?
+    };
+    let mut vm_disks = Vec::with_capacity(items.len());
+    let mut devices = HashMap::new();
+    for (i, (name, item)) in items.into_iter().enumerate() {
+        if item.is_instance(&device_class)? {
+            let name = match name {
+                Some(n) => n,
+                None => {
+                    let n = item.getattr("name")?;
+                    if n.is_none() {
+                        format!("disk{i}")
+                    } else {
+                        n.extract::<String>().map_err(|_| {
+                            PyTypeError::new_err(format!(
+                                "disk {i}: BlockDevice.name must be a str or None, not {}",
+                                type_name(&n)
+                            ))
+                        })?
+                    }
+                }
+            };
+            let size = int_arg(&item.call_method0("size")?, "BlockDevice.size()")?;
+            let size = u64::try_from(size)
+                .map_err(|_| PyValueError::new_err(format!("disk {name}: size() returned {size} < 0")))?;
+            devices.insert(name.clone(), Arc::new(PyDevice::new(item.clone().unbind(), size)));
+            vm_disks.push(VmDisk { name: name.clone(), location: format!("python:{name}") });
+        } else {
+            let path: PathBuf = item.extract().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "disk {i} must be a path (str or os.PathLike) or a vmbackup.BlockDevice, not {}",
+                    type_name(&item)
+                ))
+            })?;
+            let location = path.to_str().filter(|s| !s.is_empty()).ok_or_else(|| {
+                PyValueError::new_err(format!("disk {i}: path {} is empty or not UTF-8", path.display()))
+            })?;
+            let name = match name {
+                Some(n) => n,
+                None => path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| {
+                        PyValueError::new_err(format!(
+                            "disk {i}: path {} has no UTF-8 file name to name the disk by",
+                            path.display()
+                        ))
+                    })?
+                    .to_string(),
+            };
+            vm_disks.push(VmDisk { name, location: location.to_string() });
+        }
+    }
+    let vm = Vm { name: vm.to_string(), os: OsType::Other, disks: vm_disks };
+    vm.validate().map_err(|e| to_py(py, e))?;
+    Ok((vm, devices))
+}
+
+/// The index of a disk given by position (an int, negative from the end)
+/// or by name (a str).
+fn disk_name(point: &RecoveryPoint, disk: &Bound<'_, PyAny>) -> PyResult<String> {
+    let m = &point.manifest;
+    let not_found = |what: String| {
+        new_error(
+            disk.py(),
+            "NotFoundError",
+            (format!(
+                "disk {what} not found in point {} of vm {} (it has: {})",
+                m.id,
+                m.vm,
+                m.disks.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),),
+            &[],
+        )
+    };
+    if let Ok(name) = disk.cast::<PyString>() {
+        let name = name.to_cow()?;
+        return m
+            .disks
+            .iter()
+            .find(|d| d.name == name)
+            .map(|d| d.name.clone())
+            .ok_or_else(|| not_found(format!("{name:?}")));
+    }
+    let i = int_arg(disk, "disk (an index or a name)")?;
+    let n = m.disks.len() as i64;
+    let index = if i < 0 { i + n } else { i };
+    usize::try_from(index)
+        .ok()
+        .and_then(|i| m.disks.get(i))
+        .map(|d| d.name.clone())
+        .ok_or_else(|| not_found(format!("index {i}")))
+}
+
+#[pymethods]
+impl Vault {
+    /// Creates a new vault in a folder that does not exist or is empty.
+    ///
+    /// `lock_timeout` is how many seconds an operation waits for a lock
+    /// held by another process before it raises `VaultLockedError`.
+    #[staticmethod]
+    #[pyo3(signature = (path, *, lock_timeout = 60.0))]
+    fn init(py: Python<'_>, path: PathBuf, lock_timeout: f64) -> PyResult<Vault> {
+        let options = vault_options(lock_timeout)?;
+        py.detach(|| backup_core::Vault::init_with(&path, options)).map(Vault::new).map_err(|e| to_py(py, e))
+    }
+
+    /// Opens an existing vault; `NotFoundError` when `path` holds none.
+    #[staticmethod]
+    #[pyo3(signature = (path, *, lock_timeout = 60.0))]
+    fn open(py: Python<'_>, path: PathBuf, lock_timeout: f64) -> PyResult<Vault> {
+        let options = vault_options(lock_timeout)?;
+        py.detach(|| backup_core::Vault::open_with(&path, options)).map(Vault::new).map_err(|e| to_py(py, e))
+    }
+
+    /// The vault's folder.
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    /// The vault's random id, made at init.
+    #[getter]
+    fn id(&self) -> PyResult<String> {
+        Ok(self.get()?.id().to_string())
+    }
+
+    /// Whether `close()` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).is_none()
+    }
+
+    /// Closes the vault: later calls raise `ValueError`. Operations still
+    /// running in other threads finish first. Closing twice is allowed.
+    fn close(&self) {
+        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
+        slf.get().get()?;
+        Ok(slf)
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, _exc: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        self.close();
+        false
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Vault({:?}{})", self.path.display().to_string(), if self.closed() { ", closed" } else { "" })
+    }
+
+    /// Backs up a VM and returns its new recovery point.
+    ///
+    /// `disks` is a list whose items are paths of raw image files (`str` or
+    /// `os.PathLike`, named after their file names) or `vmbackup.BlockDevice`
+    /// objects; or a dict of them by disk name. Only blocks that changed
+    /// since the VM's previous point are stored.
+    ///
+    /// `consistency` is the level asked for ("crash", "filesystem" or
+    /// "application"); image files and Python disks give "crash", and the
+    /// point records what was achieved. `block_size` is a power of two from
+    /// 16384 to 4194304, used for a disk's first point (a disk keeps its
+    /// chain's block size).
+    ///
+    /// `progress(done_bytes, total_bytes)` is called from the calling
+    /// thread, at most ten times a second and once with `done == total`
+    /// before the point is committed. An exception it raises cancels the
+    /// backup, which commits nothing, and is re-raised as it is; so is
+    /// `KeyboardInterrupt` (Ctrl-C) while a backup runs.
+    #[pyo3(
+        signature = (vm, disks, *, consistency = None, block_size = None, progress = None),
+        text_signature = "(self, vm, disks, *, consistency='crash', block_size=65536, progress=None)"
+    )]
+    fn backup(
+        &self,
+        py: Python<'_>,
+        vm: &Bound<'_, PyAny>,
+        disks: &Bound<'_, PyAny>,
+        consistency: Option<&Bound<'_, PyAny>>,
+        block_size: Option<&Bound<'_, PyAny>>,
+        progress: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<RecoveryPoint> {
+        let vault = self.get()?;
+        let vm = str_arg(vm, "vm")?;
+        validate_name("vm name", &vm).map_err(|e| to_py(py, e))?;
+        let consistency: Consistency = match consistency {
+            None => Consistency::Crash,
+            Some(c) => str_arg(c, "consistency")?.parse().map_err(|e| to_py(py, e))?,
+        };
+        let block_size = match block_size {
+            None => backup_core::DEFAULT_BLOCK_SIZE,
+            Some(b) => {
+                let b = int_arg(b, "block_size")?;
+                let b = u32::try_from(b).map_err(|_| {
+                    PyValueError::new_err(format!(
+                        "block_size {b} is not a power of two from {} to {}",
+                        backup_core::MIN_BLOCK_SIZE,
+                        backup_core::MAX_BLOCK_SIZE
+                    ))
+                })?;
+                backup_core::check_block_size(b).map_err(|e| to_py(py, e))?;
+                b
+            }
+        };
+        let progress = callable_arg(progress, "progress")?;
+        let (vm, devices) = resolve_disks(py, &vm, disks)?;
+        // Borrowed by the job, so that the Python devices are dropped here,
+        // with the GIL held.
+        let provider = MixedProvider::new(devices);
+        let provider = &provider;
+        let report = job::run(py, progress, move |p, cancel| {
+            let mut o = BackupOptions::default();
+            o.consistency = consistency;
+            o.block_size = block_size;
+            o.progress = p;
+            o.cancel = cancel;
+            backup_core::backup(&vault, provider, &vm, &o)
+        })?;
+        Ok(RecoveryPoint::new(report.point))
+    }
+
+    /// The recovery points of one VM (or of all VMs), oldest first.
+    #[pyo3(signature = (vm = None))]
+    fn points(&self, py: Python<'_>, vm: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<RecoveryPoint>> {
+        let vault = self.get()?;
+        let vm = match vm {
+            Some(v) if !v.is_none() => Some(str_arg(v, "vm")?),
+            _ => None,
+        };
+        if let Some(v) = &vm {
+            validate_name("vm name", v).map_err(|e| to_py(py, e))?;
+        }
+        let points = job::run(py, None, |_, _| {
+            match &vm {
+                // A VM without points has none, rather than an error.
+                Some(v) if !vault.vms()?.contains(v) => Ok(Vec::new()),
+                _ => vault.points(vm.as_deref()),
+            }
+        })?;
+        Ok(points.into_iter().map(RecoveryPoint::new).collect())
+    }
+
+    /// A point of a VM by id, by a unique prefix of its id, or "latest".
+    /// `NotFoundError` when none (or several) match.
+    #[pyo3(signature = (vm, id = None), text_signature = "(self, vm, id='latest')")]
+    fn point(&self, py: Python<'_>, vm: &Bound<'_, PyAny>, id: Option<&Bound<'_, PyAny>>) -> PyResult<RecoveryPoint> {
+        let vault = self.get()?;
+        let vm = str_arg(vm, "vm")?;
+        let id = match id {
+            None => "latest".to_string(),
+            Some(i) => str_arg(i, "id")?,
+        };
+        job::run(py, None, |_, _| vault.find_point(&vm, &id)).map(RecoveryPoint::new)
+    }
+
+    /// The names of the VMs that have points, sorted.
+    fn vms(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        let vault = self.get()?;
+        let mut vms = job::run(py, None, |_, _| vault.vms())?;
+        vms.sort();
+        Ok(vms)
+    }
+
+    /// Restores one disk of a point to the file `to` (created sparse, or
+    /// replaced; written under a temporary name and renamed when complete)
+    /// or to a block device. `disk` is the disk's index in `point.disks`
+    /// (negative from the end) or its name.
+    ///
+    /// `progress` works as for `backup()`; an exception it raises stops
+    /// the restore and is re-raised.
+    #[pyo3(signature = (point, *, disk, to, progress = None))]
+    fn restore(
+        &self,
+        py: Python<'_>,
+        point: PyRef<'_, RecoveryPoint>,
+        disk: &Bound<'_, PyAny>,
+        to: PathBuf,
+        progress: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<RestoreStats> {
+        let vault = self.get()?;
+        let name = disk_name(&point, disk)?;
+        let progress = callable_arg(progress, "progress")?;
+        let (vm, id) = (point.manifest.vm.clone(), point.manifest.id.clone());
+        job::run(py, progress, move |p, cancel| {
+            // Read the point again: it must be this vault's.
+            let m = vault.read_point(&vm, &id)?;
+            let mut o = RestoreOptions::default();
+            o.progress = p;
+            o.cancel = cancel;
+            backup_core::restore_disk_to_path(&vault, &m, &name, &to, &o)
+        })
+        .map(RestoreStats::from)
+    }
+
+    /// Restores every disk of a point into the folder `to_dir` (created if
+    /// needed), each as a file named after the disk, in parallel.
+    #[pyo3(signature = (point, to_dir, *, progress = None))]
+    fn restore_vm(
+        &self,
+        py: Python<'_>,
+        point: PyRef<'_, RecoveryPoint>,
+        to_dir: PathBuf,
+        progress: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<RestoreStats>> {
+        let vault = self.get()?;
+        let progress = callable_arg(progress, "progress")?;
+        let (vm, id) = (point.manifest.vm.clone(), point.manifest.id.clone());
+        let stats = job::run(py, progress, move |p, cancel| {
+            let m = vault.read_point(&vm, &id)?;
+            let mut o = RestoreOptions::default();
+            o.progress = p;
+            o.cancel = cancel;
+            backup_core::restore_vm(&vault, &m, &to_dir, &o)
+        })?;
+        Ok(stats.into_iter().map(RestoreStats::from).collect())
+    }
+
+    /// Verifies one point, one VM's points (`vm=`), or the whole vault
+    /// (every pack read frame by frame, then every point). Damage is
+    /// reported in the returned report, with the disk's byte ranges it
+    /// hurts, not raised; call `report.check()` to raise it.
+    #[pyo3(signature = (point = None, *, vm = None, progress = None))]
+    fn verify(
+        &self,
+        py: Python<'_>,
+        point: Option<&Bound<'_, PyAny>>,
+        vm: Option<&Bound<'_, PyAny>>,
+        progress: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<VerifyReport> {
+        let vault = self.get()?;
+        let mut o = VerifyOptions::default();
+        if let Some(v) = vm.filter(|v| !v.is_none()) {
+            o.vm = Some(str_arg(v, "vm")?);
+        }
+        if let Some(p) = point.filter(|p| !p.is_none()) {
+            let p = p.cast::<RecoveryPoint>().map_err(|_| {
+                PyTypeError::new_err(format!("point must be a RecoveryPoint or None, not {}", type_name(p)))
+            })?;
+            let m = &p.get().manifest;
+            if o.vm.as_ref().is_some_and(|v| *v != m.vm) {
+                return Err(PyValueError::new_err(format!(
+                    "point {} is of vm {}, not {}",
+                    m.id,
+                    m.vm,
+                    o.vm.as_deref().unwrap_or_default()
+                )));
+            }
+            o.vm = Some(m.vm.clone());
+            o.point = Some(m.id.clone());
+        }
+        let progress = callable_arg(progress, "progress")?;
+        job::run(py, progress, move |p, cancel| {
+            o.progress = p;
+            o.cancel = cancel;
+            backup_core::verify(&vault, &o)
+        })
+        .map(VerifyReport::from)
+    }
+}
+
+/// A `str` argument: `TypeError` for anything else.
+fn str_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
+    obj.cast::<PyString>()
+        .map_err(|_| PyTypeError::new_err(format!("{what} must be a str, not {}", type_name(obj))))?
+        .to_cow()
+        .map(|s| s.into_owned())
+}
