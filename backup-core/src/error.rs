@@ -150,6 +150,47 @@ pub enum Error {
         /// What changed.
         detail: String,
     },
+    /// A pre/post scripts configuration file is malformed or has a value
+    /// out of range.
+    #[error("invalid {field} in scripts config {path}: {why}")]
+    ScriptsConfig {
+        /// The configuration file (or "<inline>" for one given as text).
+        path: PathBuf,
+        /// The JSON field at fault, or "file" for the file as a whole.
+        field: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A configuration file or script that the backup would trust is owned
+    /// by another user or writable by group or others.
+    #[error(
+        "refusing {path}: it is owned by {owner} with mode {mode:04o}; it must be owned by {expected} (the user running the backup) and not writable by group or others"
+    )]
+    UnsafeFile {
+        /// The file.
+        path: PathBuf,
+        /// Its owner ("uid 1000 (alice)").
+        owner: String,
+        /// Its permission bits.
+        mode: u32,
+        /// The user running the backup.
+        expected: String,
+    },
+    /// A pre or post script failed on every attempt, and the configuration
+    /// says not to continue.
+    #[error("{stage}-script {path} of vm {vm} failed after {attempts} attempt(s): {detail}")]
+    Script {
+        /// The VM.
+        vm: String,
+        /// "pre" or "post".
+        stage: &'static str,
+        /// The script.
+        path: PathBuf,
+        /// How many times it ran.
+        attempts: u32,
+        /// How the last attempt ended, and the tail of its output.
+        detail: String,
+    },
     /// The caller cancelled the job; nothing was committed.
     #[error("{what} cancelled; nothing was committed")]
     Cancelled {

@@ -53,7 +53,11 @@ pub use model::{CancelToken, Consistency, ContentId, NoProgress, OsType, Progres
 pub use restore::{
     FileTarget, RestoreOptions, RestoreStats, RestoreTarget, restore_disk, restore_disk_to_path, restore_vm,
 };
-pub use snapshot::{ImageFileProvider, PrepareReport, Snapshot, SnapshotDisk, SnapshotProvider};
+pub use snapshot::{
+    ConsistentProvider, DEFAULT_FREEZE_TIMEOUT, DEFAULT_SCRIPT_TIMEOUT, FreezeGuard, ImageFileProvider,
+    MAX_SCRIPT_RETRIES, MAX_SCRIPT_TIMEOUT_SECS, OUTPUT_LIMIT, PrepareReport, ScriptsConfig, Snapshot, SnapshotDisk,
+    SnapshotProvider, ThawReport,
+};
 pub use vault::{
     BackupSession, Codec, DiskRecord, DiskStats, FORMAT_VERSION, LockMode, PointManifest, PointStats, Vault, VaultLock,
     VaultOptions, VaultSink, VaultSource, VmRecord,

@@ -1,7 +1,13 @@
 //! Snapshots: the provider trait a host implements to prepare a VM, freeze
-//! it at a consistency level and hand back one read-only device per disk.
+//! it at a consistency level and hand back one read-only device per disk;
+//! the image-file provider; pre/post scripts (`scripts`), file-system
+//! freeze (`freeze`) and the provider that wraps them around another one
+//! with the fallback rules (`consistent`).
 
+mod consistent;
+mod freeze;
 mod image_files;
+mod scripts;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -12,7 +18,10 @@ use crate::device::BlockDevice;
 use crate::error::Result;
 use crate::model::{Consistency, Vm};
 
+pub use consistent::ConsistentProvider;
+pub use freeze::{DEFAULT_FREEZE_TIMEOUT, FreezeGuard, ThawReport};
 pub use image_files::ImageFileProvider;
+pub use scripts::{DEFAULT_SCRIPT_TIMEOUT, MAX_SCRIPT_RETRIES, MAX_SCRIPT_TIMEOUT_SECS, OUTPUT_LIMIT, ScriptsConfig};
 
 /// What a provider's `prepare` did to a VM before its first backup (for a
 /// cloud service: installing its snapshot extension). Recorded in the
