@@ -40,6 +40,7 @@ mod engine;
 mod error;
 mod job;
 mod model;
+mod policy;
 mod restore;
 mod snapshot;
 mod vault;
@@ -50,6 +51,10 @@ pub use engine::{DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, check_block
 pub use error::{Error, ErrorKind, Result};
 pub use job::{BackupOptions, BackupReport, backup};
 pub use model::{CancelToken, Consistency, ContentId, NoProgress, OsType, Progress, Vm, VmDisk, validate_name};
+pub use policy::{
+    DayOfMonth, DaySelector, KeepReason, MonthlyRule, PointRef, Policy, Retained, Retention, Schedule, WeekOfMonth,
+    WeeklyRule, YearlyRule,
+};
 pub use restore::{
     FileTarget, RestoreOptions, RestoreStats, RestoreTarget, restore_disk, restore_disk_to_path, restore_vm,
 };
