@@ -1,0 +1,252 @@
+"""The native half of the ``vmbackup`` package; import ``vmbackup`` instead."""
+
+import datetime
+import os
+import pathlib
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union, final
+
+from ._device import BlockDevice
+
+__all__ = [
+    "__version__",
+    "Vault",
+    "RecoveryPoint",
+    "DiskInfo",
+    "BackupStats",
+    "RestoreStats",
+    "VerifyReport",
+    "Problem",
+]
+
+__version__: str
+
+#: A disk given to :meth:`Vault.backup`: a raw image file or a Python device.
+_Disk = Union[str, "os.PathLike[str]", BlockDevice]
+#: A progress callback: ``progress(done_bytes, total_bytes)``.
+_Progress = Callable[[int, int], object]
+_StrPath = Union[str, "os.PathLike[str]"]
+
+@final
+class Vault:
+    """A vault of recovery points in a local folder; a context manager."""
+
+    @staticmethod
+    def init(path: _StrPath, *, lock_timeout: float = 60.0) -> "Vault":
+        """Creates a new vault in a folder that does not exist or is empty."""
+    @staticmethod
+    def open(path: _StrPath, *, lock_timeout: float = 60.0) -> "Vault":
+        """Opens an existing vault; ``NotFoundError`` when ``path`` holds none."""
+    @property
+    def path(self) -> pathlib.Path:
+        """The vault's folder (a :class:`pathlib.Path`)."""
+    @property
+    def id(self) -> str:
+        """The vault's random id, made at init."""
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+    def close(self) -> None:
+        """Closes the vault: later calls raise ``ValueError``."""
+    def __enter__(self) -> "Vault": ...
+    def __exit__(self, *_exc: object) -> bool: ...
+    def backup(
+        self,
+        vm: str,
+        disks: Union[Sequence[_Disk], Mapping[str, _Disk]],
+        *,
+        consistency: str = "crash",
+        block_size: int = 65536,
+        progress: Optional[_Progress] = None,
+    ) -> "RecoveryPoint":
+        """Backs up a VM and returns its new recovery point."""
+    def points(self, vm: Optional[str] = None) -> List["RecoveryPoint"]:
+        """The recovery points of one VM (or of all VMs), oldest first."""
+    def point(self, vm: str, id: str = "latest") -> "RecoveryPoint":
+        """A point of a VM by id, by a unique prefix of its id, or "latest"."""
+    def vms(self) -> List[str]:
+        """The names of the VMs that have points, sorted."""
+    def restore(
+        self,
+        point: "RecoveryPoint",
+        *,
+        disk: Union[int, str],
+        to: _StrPath,
+        progress: Optional[_Progress] = None,
+    ) -> "RestoreStats":
+        """Restores one disk of a point (by index or name) to a file or device."""
+    def restore_vm(
+        self,
+        point: "RecoveryPoint",
+        to_dir: _StrPath,
+        *,
+        progress: Optional[_Progress] = None,
+    ) -> List["RestoreStats"]:
+        """Restores every disk of a point into a folder, one file per disk."""
+    def verify(
+        self,
+        point: Optional["RecoveryPoint"] = None,
+        *,
+        vm: Optional[str] = None,
+        progress: Optional[_Progress] = None,
+    ) -> "VerifyReport":
+        """Verifies a point, a VM's points, or the whole vault."""
+
+@final
+class RecoveryPoint:
+    """A recovery point: a VM's disks at one instant."""
+
+    @property
+    def id(self) -> str:
+        """The point's id."""
+    @property
+    def vm(self) -> str:
+        """The VM's name."""
+    @property
+    def time(self) -> datetime.datetime:
+        """When the snapshot was taken, time-zone aware, in UTC."""
+    @property
+    def consistency(self) -> str:
+        """The consistency achieved: "crash", "filesystem" or "application"."""
+    @property
+    def wanted_consistency(self) -> str:
+        """The consistency asked for."""
+    @property
+    def parent(self) -> Optional[str]:
+        """The id of the previous point it was compared against, if any."""
+    @property
+    def disks(self) -> List["DiskInfo"]:
+        """The disks, in the VM's order."""
+    @property
+    def stats(self) -> "BackupStats":
+        """What the backup did, all disks added up."""
+    @property
+    def warnings(self) -> List[str]:
+        """What a user should know about how the point was made."""
+    def __eq__(self, value: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+
+@final
+class DiskInfo:
+    """One disk of a recovery point."""
+
+    @property
+    def name(self) -> str:
+        """The disk's name within its VM."""
+    @property
+    def size(self) -> int:
+        """Its size in bytes."""
+    @property
+    def block_size(self) -> int:
+        """The block size of its chain, in bytes."""
+    @property
+    def snapshot_method(self) -> str:
+        """How its snapshot was taken: "reflink", "in-place" or "python"."""
+    @property
+    def stats(self) -> "BackupStats":
+        """What the backup did for this disk."""
+
+@final
+class BackupStats:
+    """What a backup did, for one disk or a whole point."""
+
+    @property
+    def bytes_scanned(self) -> int:
+        """Bytes of the disks covered (their sizes)."""
+    @property
+    def bytes_read(self) -> int:
+        """Bytes read from the disks."""
+    @property
+    def bytes_zero(self) -> int:
+        """Bytes in all-zero blocks and holes, never stored."""
+    @property
+    def bytes_unchanged(self) -> int:
+        """Bytes in blocks equal to the previous point's."""
+    @property
+    def bytes_new(self) -> int:
+        """Bytes in blocks whose content was not in the previous point."""
+    @property
+    def bytes_deduplicated(self) -> int:
+        """Of the new bytes, those the vault already held."""
+    @property
+    def bytes_stored(self) -> int:
+        """Bytes added to the vault."""
+    @property
+    def seconds(self) -> float:
+        """Wall-clock seconds."""
+    @property
+    def change_detection(self) -> str:
+        """How changes were found."""
+    @property
+    def audited_blocks(self) -> int:
+        """Blocks re-read to audit change tracking."""
+
+@final
+class RestoreStats:
+    """What the restore of one disk did."""
+
+    @property
+    def disk(self) -> str:
+        """The disk's name."""
+    @property
+    def size(self) -> int:
+        """Its size in bytes."""
+    @property
+    def bytes_written(self) -> int:
+        """Bytes written to the target."""
+    @property
+    def bytes_zero(self) -> int:
+        """Bytes left as zeros."""
+    @property
+    def seconds(self) -> float:
+        """Wall-clock seconds."""
+
+@final
+class Problem:
+    """One thing verify found wrong."""
+
+    @property
+    def vm(self) -> Optional[str]:
+        """The VM it hurts, when known."""
+    @property
+    def point(self) -> Optional[str]:
+        """The point it hurts, when known."""
+    @property
+    def disk(self) -> Optional[str]:
+        """The disk it hurts, when known."""
+    @property
+    def range(self) -> Optional[Tuple[int, int]]:
+        """The disk's damaged bytes as ``(start, end)``, or ``None``."""
+    @property
+    def start(self) -> Optional[int]:
+        """The first damaged byte, or ``None``."""
+    @property
+    def end(self) -> Optional[int]:
+        """One past the last damaged byte, or ``None``."""
+    @property
+    def what(self) -> str:
+        """What is wrong, naming the damaged object."""
+
+@final
+class VerifyReport:
+    """What verify found."""
+
+    @property
+    def ok(self) -> bool:
+        """Whether nothing was found wrong."""
+    @property
+    def problems(self) -> List[Problem]:
+        """Everything found wrong; empty when all is well."""
+    @property
+    def points(self) -> int:
+        """Points checked."""
+    @property
+    def chunks(self) -> int:
+        """Distinct chunks checked."""
+    @property
+    def packs(self) -> int:
+        """Packs read whole."""
+    @property
+    def bytes(self) -> int:
+        """Bytes of disk covered by the checked points."""
+    def check(self) -> None:
+        """Raises ``CorruptionError`` for the first problem, if any."""
