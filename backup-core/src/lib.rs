@@ -38,9 +38,11 @@
 mod device;
 mod engine;
 mod error;
+mod gc;
 mod job;
 mod model;
 mod policy;
+mod prune;
 mod restore;
 mod snapshot;
 mod vault;
@@ -49,12 +51,14 @@ mod verify;
 pub use device::{BlockDevice, RawImage};
 pub use engine::{DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, check_block_size};
 pub use error::{Error, ErrorKind, Result};
+pub use gc::{GcOptions, GcReport, gc};
 pub use job::{BackupOptions, BackupReport, backup};
 pub use model::{CancelToken, Consistency, ContentId, NoProgress, OsType, Progress, Vm, VmDisk, validate_name};
 pub use policy::{
     DayOfMonth, DaySelector, KeepReason, MonthlyRule, PointRef, Policy, Retained, Retention, Schedule, WeekOfMonth,
     WeeklyRule, YearlyRule,
 };
+pub use prune::{PlannedPoint, PruneOptions, PrunePlan, PruneReport, prune, prune_plan};
 pub use restore::{
     FileTarget, RestoreOptions, RestoreStats, RestoreTarget, restore_disk, restore_disk_to_path, restore_vm,
 };

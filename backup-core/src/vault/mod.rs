@@ -56,6 +56,14 @@ pub(crate) use segment::encode as encode_segment;
 pub use segment::{ENTRIES_PER_SEGMENT, Entries};
 pub use session::BackupSession;
 
+/// What prune and gc need of the vault's insides: the pack format's writer
+/// and the durable-write helpers, so that a repacked pack is written exactly
+/// as a backup writes one.
+pub(crate) mod internals {
+    pub(crate) use super::files::{list, mkdirs, sync_dir, write_flushed};
+    pub(crate) use super::pack::{encode_idx, encode_trailer, header as pack_header};
+}
+
 /// The vault format version this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -728,6 +736,19 @@ impl Vault {
             self.locate(id).ok_or_else(|| Error::corrupt(format!("chunk {id}"), "missing: no pack holds it"))?;
         let f = self.pack_file(n, &pack)?;
         self.read_frame(&f, &pack, &entry)
+    }
+
+    /// The file of a point's manifest.
+    pub(crate) fn point_path(&self, vm: &str, id: &str) -> PathBuf {
+        self.vm_points_dir(vm).join(id)
+    }
+
+    /// Forgets the loaded chunk index and open pack files, so that the next
+    /// read loads them again: gc calls it after it removed or replaced packs.
+    pub(crate) fn reload_index(&self) -> Result<()> {
+        *self.index.write().unwrap_or_else(|p| p.into_inner()) = ChunkIndex::default();
+        self.open_packs.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.refresh_index()
     }
 
     pub(crate) fn segment_key(&self) -> &[u8; 32] {

@@ -1,0 +1,195 @@
+//! Prune: remove recovery points by retention rules, in two steps:
+//! [`prune_plan`] judges every point (under a shared lock, changing
+//! nothing), [`prune`] removes the manifests the plan condemns (under the
+//! exclusive lock). Prune removes only manifests; the data only they used
+//! is reclaimed by [`gc`](crate::gc) afterwards.
+//!
+//! Guarantees: the newest point of every VM is kept (checked again when
+//! the plan is carried out, so a stale plan cannot remove it); a point
+//! being restored, verified or exported is never removed under its reader,
+//! since those hold the shared lock that prune waits for; a damaged
+//! manifest is never judged and never removed, only reported.
+
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::policy::{KeepReason, PointRef, Retention};
+use crate::vault::{LockMode, Vault, internals};
+
+/// How a prune runs.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct PruneOptions {
+    /// Only this VM's points (every VM when None).
+    pub vm: Option<String>,
+    /// Plan only: [`prune`] then removes nothing and reports what it would.
+    pub dry_run: bool,
+}
+
+/// The verdict on one point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedPoint {
+    /// The VM.
+    pub vm: String,
+    /// The point's id.
+    pub id: String,
+    /// When its snapshot was taken.
+    pub time: Timestamp,
+    /// Why it is kept; empty when it is to be removed.
+    pub reasons: Vec<KeepReason>,
+    /// Bytes its backup added to the vault (an upper bound of what removing
+    /// it frees: later points may share them).
+    pub bytes_added: u64,
+}
+
+impl PlannedPoint {
+    /// Whether the plan keeps it.
+    pub fn keep(&self) -> bool {
+        !self.reasons.is_empty()
+    }
+}
+
+/// What [`prune_plan`] decided: every point judged, by VM then time.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct PrunePlan {
+    /// The "now" the rules were applied at.
+    pub now: Timestamp,
+    /// Whether [`prune`] is to remove nothing.
+    pub dry_run: bool,
+    /// Every point judged.
+    pub points: Vec<PlannedPoint>,
+    /// Manifests that could not be read: never judged, never removed.
+    pub unreadable: Vec<String>,
+}
+
+impl PrunePlan {
+    /// The points the plan removes.
+    pub fn to_remove(&self) -> impl Iterator<Item = &PlannedPoint> {
+        self.points.iter().filter(|p| !p.keep())
+    }
+
+    /// The points the plan keeps.
+    pub fn to_keep(&self) -> impl Iterator<Item = &PlannedPoint> {
+        self.points.iter().filter(|p| p.keep())
+    }
+}
+
+/// What [`prune`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
+pub struct PruneReport {
+    /// Whether it was a dry run (nothing removed).
+    pub dry_run: bool,
+    /// The points removed (or, in a dry run, that would be).
+    pub removed: Vec<PlannedPoint>,
+    /// Points the plan condemned that were kept after all, and why.
+    pub spared: Vec<String>,
+    /// Bytes of manifests removed.
+    pub manifest_bytes_removed: u64,
+}
+
+/// Judges every point of the vault (or of one VM) by `retention` at `now`.
+/// Changes nothing.
+///
+/// # Errors
+/// The vault locked; an unknown or invalid VM name; I/O errors listing
+/// points.
+///
+/// ```
+/// use backup_core::*;
+/// let dir = tempfile::tempdir()?;
+/// let image = dir.path().join("root.img");
+/// std::fs::write(&image, vec![1u8; 1 << 20])?;
+/// let vault = Vault::init(dir.path().join("vault"))?;
+/// let vm = Vm::from_images("web", &[&image])?;
+/// for _ in 0..3 {
+///     backup(&vault, &ImageFileProvider::new(), &vm, &BackupOptions::default())?;
+/// }
+/// let policy = Policy::from_toml_str(r#"
+///     timezone = "UTC"
+///     [schedule]
+///     frequency = "daily"
+///     times = ["02:00"]
+///     [retention]
+///     keep_last = 2
+/// "#)?;
+/// let plan = prune_plan(&vault, &policy.retention, jiff::Timestamp::now(), &PruneOptions::default())?;
+/// assert_eq!(plan.to_remove().count(), 1);
+/// let report = prune(&vault, &plan)?;
+/// assert_eq!(report.removed.len(), 1);
+/// assert_eq!(vault.points(Some("web"))?.len(), 2);
+/// gc(&vault, &GcOptions::default())?; // reclaims what only the removed point used
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn prune_plan(vault: &Vault, retention: &Retention, now: Timestamp, options: &PruneOptions) -> Result<PrunePlan> {
+    let _lock = vault.lock(LockMode::Shared)?;
+    let vms = match &options.vm {
+        Some(vm) => {
+            crate::model::validate_name("vm name", vm)?;
+            if vault.point_ids(vm)?.is_empty() {
+                return Err(Error::NotFound { what: format!("any point of vm {vm}") });
+            }
+            vec![vm.clone()]
+        }
+        None => vault.vms()?,
+    };
+    let mut plan = PrunePlan { now, dry_run: options.dry_run, points: Vec::new(), unreadable: Vec::new() };
+    for vm in vms {
+        let (points, bad) = vault.scan_points(Some(&vm))?;
+        plan.unreadable.extend(bad.iter().map(ToString::to_string));
+        let refs: Vec<PointRef> = points.iter().map(|p| PointRef::new(p.id.clone(), p.time)).collect();
+        for r in retention.apply(&refs, now) {
+            let bytes_added = points.iter().find(|p| p.id == r.id).map_or(0, |p| p.stats.bytes_added);
+            plan.points.push(PlannedPoint { vm: vm.clone(), id: r.id, time: r.time, reasons: r.reasons, bytes_added });
+        }
+    }
+    Ok(plan)
+}
+
+/// Carries out a plan: removes the manifests of the points it condemns,
+/// under the exclusive lock. A point that is by now its VM's newest, or
+/// that is already gone, is spared and reported.
+///
+/// # Errors
+/// The vault locked (a backup, restore or verify running past the lock
+/// timeout); I/O errors removing a manifest (the points removed before it
+/// stay removed).
+pub fn prune(vault: &Vault, plan: &PrunePlan) -> Result<PruneReport> {
+    let _lock = vault.lock(LockMode::Exclusive)?;
+    let mut report = PruneReport { dry_run: plan.dry_run, ..PruneReport::default() };
+    let mut newest: std::collections::HashMap<&str, Option<String>> = std::collections::HashMap::new();
+    let mut touched = std::collections::BTreeSet::new();
+    for p in plan.to_remove() {
+        if !newest.contains_key(p.vm.as_str()) {
+            // Read again now: a backup may have committed since the plan.
+            newest.insert(&p.vm, vault.points(Some(&p.vm))?.last().map(|n| n.id.clone()));
+        }
+        if newest.get(p.vm.as_str()).and_then(|n| n.as_deref()) == Some(p.id.as_str()) {
+            report.spared.push(format!("point {} of vm {}: it is the vm's newest point", p.id, p.vm));
+            continue;
+        }
+        let path = vault.point_path(&p.vm, &p.id);
+        let len = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                report.spared.push(format!("point {} of vm {}: already gone", p.id, p.vm));
+                continue;
+            }
+            Err(e) => return Err(Error::io("stat", path, e)),
+        };
+        if !plan.dry_run {
+            std::fs::remove_file(&path).map_err(|e| Error::io("remove point manifest", &path, e))?;
+            if let Some(dir) = path.parent() {
+                touched.insert(dir.to_path_buf());
+            }
+        }
+        report.manifest_bytes_removed += len;
+        report.removed.push(p.clone());
+    }
+    for dir in touched {
+        internals::sync_dir(&dir)?;
+    }
+    Ok(report)
+}
