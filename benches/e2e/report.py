@@ -4,14 +4,14 @@
     report.py RESULTS.tsv META.txt
 
 results.tsv: tool, op, rep, wall seconds, peak RSS KiB, repository bytes
-after the op (or '-'). Medians over the repetitions are quoted.
+after the op (or '-'), CPU seconds (user + system). Medians over the
+repetitions are quoted.
 """
 
 import statistics
 import sys
 from collections import defaultdict
 
-TOOLS = ["cat", "vmbackup", "borg", "restic"]
 OPS = ["full", "incremental", "restore"]
 
 
@@ -22,11 +22,17 @@ def main(results, meta_path):
             k, _, v = line.rstrip("\n").partition("=")
             meta[k] = v
     rows = defaultdict(list)
+    cpu = defaultdict(list)
     stored = defaultdict(dict)
+    seen = []
     with open(results) as f:
         for line in f:
-            tool, op, rep, secs, rss, repo = line.rstrip("\n").split("\t")
+            tool, op, rep, secs, rss, repo, *rest = line.rstrip("\n").split("\t")
+            if tool not in seen:
+                seen.append(tool)
             rows[(tool, op)].append((float(secs), int(rss)))
+            if rest:
+                cpu[(tool, op)].append(float(rest[0]))
             if repo != "-":
                 stored[(tool, rep)][op] = int(repo)
 
@@ -55,7 +61,7 @@ def main(results, meta_path):
     def mib(kib):
         return "%.0f" % (kib / 1024)
 
-    tools = [t for t in TOOLS if (t, "full") in rows]
+    tools = [t for t in seen if (t, "full") in rows]
     print("Image: %.1f GiB ext4 (%.2f GiB allocated before churn, %.2f GiB after); "
           "%d of its 64 KiB blocks differ after churn (%.0f MB)." % (
               image / 2**30, int(meta["alloc_v1"]) / 2**30, int(meta["alloc_v2"]) / 2**30,
@@ -67,40 +73,49 @@ def main(results, meta_path):
           "time; peak RSS from /usr/bin/time; stored = `du -sb` of the repository." % (
               meta["reps"], image / 1e9))
     print()
+    def med_cpu(tool, op):
+        return "%.1f" % statistics.median(cpu[(tool, op)]) if cpu[(tool, op)] else "-"
+
     print("| tool | full s | full MB/s | stored after full MB | incremental s "
           "| incremental stored MB | restore s | restore MB/s "
-          "| peak RSS full / incr / restore MiB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| peak RSS full / incr / restore MiB | CPU s full / incr / restore |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for t in tools:
         sf, si, sr = (med_secs(t, op) for op in OPS)
         full_st = med_stored(t, "full")
         inc_st = med_stored(t, "incremental")
         print("| %s | %.2f | %.0f | %s | %.2f | %s | %.2f | %.0f | %s / %s / %s |" % (
             t, sf, image / sf / 1e6, mb(full_st) if full_st is not None else "-",
-            si, mb(inc_st) if inc_st is not None else "-", sr, image / sr / 1e6,
+            si, "%.1f" % (inc_st / 1e6) if inc_st is not None else "-", sr, image / sr / 1e6,
             mib(med_rss(t, "full")), mib(med_rss(t, "incremental")),
-            mib(med_rss(t, "restore"))))
+            mib(med_rss(t, "restore")))
+            + " %s / %s / %s |" % tuple(med_cpu(t, op) for op in OPS))
     print()
-    if "vmbackup" not in tools or "borg" not in tools:
+    if "borg" not in tools:
         return
 
     def peak(tool):
         return max(med_rss(tool, op) for op in OPS)
 
-    checks = [
-        ("full backup throughput, vmbackup / borg", med_secs("borg", "full") / med_secs("vmbackup", "full"), ">= 4", lambda r: r >= 4),
-        ("incremental speed-up, borg time / vmbackup time", med_secs("borg", "incremental") / med_secs("vmbackup", "incremental"), ">= 5", lambda r: r >= 5),
-        ("restore speed-up, borg time / vmbackup time", med_secs("borg", "restore") / med_secs("vmbackup", "restore"), ">= 3", lambda r: r >= 3),
-        ("incremental stored bytes, vmbackup / borg", med_stored("vmbackup", "incremental") / med_stored("borg", "incremental"), "<= 1", lambda r: r <= 1),
-        ("peak memory (largest of the three), vmbackup / borg", peak("vmbackup") / peak("borg"), "<= 1", lambda r: r <= 1),
-    ]
-    print("| target | ratio | wanted | met |")
-    print("|---|---:|---:|---|")
-    for name, r, want, ok in checks:
-        print("| %s | %.2f | %s | %s |" % (name, r, want, "yes" if ok(r) else "**no**"))
-    print()
-    print("Versions: vmbackup %s; %s; %s. Load average (1, 5, 15 min) at start and end: %s." % (
-        meta["vmbackup"], meta["borg"], meta["restic"], meta.get("load", "?")))
+    def checks(v):
+        return [
+            ("full backup throughput, %s / borg" % v, med_secs("borg", "full") / med_secs(v, "full"), ">= 4", lambda r: r >= 4),
+            ("incremental speed-up, borg time / %s time" % v, med_secs("borg", "incremental") / med_secs(v, "incremental"), ">= 5", lambda r: r >= 5),
+            ("restore speed-up, borg time / %s time" % v, med_secs("borg", "restore") / med_secs(v, "restore"), ">= 3", lambda r: r >= 3),
+            ("incremental stored bytes, %s / borg" % v, med_stored(v, "incremental") / med_stored("borg", "incremental"), "<= 1", lambda r: r <= 1),
+            ("peak memory (largest of the three), %s / borg" % v, peak(v) / peak("borg"), "<= 1", lambda r: r <= 1),
+        ]
+
+    for v in (t for t in tools if t.startswith("vmbackup")):
+        print("| target | ratio | wanted | met |")
+        print("|---|---:|---:|---|")
+        for name, r, want, ok in checks(v):
+            print("| %s | %.2f | %s | %s |" % (name, r, want, "yes" if ok(r) else "**no**"))
+        print()
+    print("Versions: vmbackup %s; %s; %s. Repositories and restored images in %s. "
+          "Load average (1, 5, 15 min) at start and end: %s." % (
+              meta["vmbackup"], meta["borg"], meta["restic"], meta.get("store", "the work folder"),
+              meta.get("load", "?")))
 
 
 if __name__ == "__main__":
