@@ -11,7 +11,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use backup_core::{
-    BackupOptions, Consistency, ImageFileProvider, PointManifest, RestoreOptions, Vault, VerifyOptions, Vm, VmDisk,
+    BackupOptions, Consistency, ConsistentProvider, ImageFileProvider, PointManifest, RestoreOptions, ScriptsConfig,
+    Vault, VerifyOptions, Vm, VmDisk,
 };
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -45,9 +46,27 @@ enum Command {
         /// Block size of a disk's first point: 16K to 4M, a power of two.
         #[arg(long, default_value = "64K", value_parser = parse_size)]
         block_size: u32,
-        /// The consistency to ask for: app, fs or crash.
+        /// The consistency to ask for: app, fs or crash (default: app with
+        /// --scripts, fs with --freeze, crash otherwise).
+        #[arg(long)]
+        consistency: Option<String>,
+        /// A VMSnapshotScriptPluginConfig.json whose pre/post scripts run
+        /// around the snapshot (for app consistency). It and its scripts must
+        /// be owned by you and not writable by group or others.
+        #[arg(long, value_name = "CONFIG")]
+        scripts: Option<PathBuf>,
+        /// The guest's file systems, mounted on this host, to freeze around
+        /// the snapshot (for fs or app consistency); thawed in reverse order.
+        #[arg(long = "freeze", value_name = "MOUNT", num_args = 1..)]
+        freeze: Vec<PathBuf>,
+        /// Seconds a freeze may last before the watchdog thaws it (the point
+        /// is then not file-system-consistent).
+        #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+        freeze_timeout: f64,
+        /// The weakest consistency to accept: a fallback below it fails the
+        /// backup instead (app, fs or crash).
         #[arg(long, default_value = "crash")]
-        consistency: String,
+        min_consistency: String,
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -148,14 +167,40 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let v = Vault::init(&vault)?;
             println!("initialized vault {} (id {})", vault.display(), v.id());
         }
-        Command::Backup { vault, vm, disks, block_size, consistency, json } => {
+        Command::Backup {
+            vault,
+            vm,
+            disks,
+            block_size,
+            consistency,
+            scripts,
+            freeze,
+            freeze_timeout,
+            min_consistency,
+            json,
+        } => {
             let vault = open(&vault)?;
             let vm = vm_from_args(&vm, &disks)?;
             let mut options = BackupOptions::default();
             options.block_size = block_size;
-            options.consistency = consistency.parse::<Consistency>()?;
+            options.consistency = match consistency {
+                Some(c) => c.parse::<Consistency>()?,
+                None if scripts.is_some() => Consistency::Application,
+                None if !freeze.is_empty() => Consistency::FileSystem,
+                None => Consistency::Crash,
+            };
+            if !(freeze_timeout.is_finite() && freeze_timeout > 0.0 && freeze_timeout <= 3600.0) {
+                bail!("--freeze-timeout {freeze_timeout} is not between 0 and 3600 seconds");
+            }
+            let mut provider = ConsistentProvider::new(ImageFileProvider::new())
+                .with_freeze(freeze)
+                .with_freeze_timeout(std::time::Duration::from_secs_f64(freeze_timeout))
+                .with_min_consistency(min_consistency.parse::<Consistency>()?);
+            if let Some(config) = &scripts {
+                provider = provider.with_scripts(ScriptsConfig::load(config)?);
+            }
             options.progress = progress::bar("backup");
-            let report = backup_core::backup(&vault, &ImageFileProvider::new(), &vm, &options)?;
+            let report = backup_core::backup(&vault, &provider, &vm, &options)?;
             let p = &report.point;
             if json {
                 let mut out = point_json(p);
@@ -187,20 +232,46 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&json!({ "points": records }))?);
             } else {
                 println!(
-                    "{:<24} {:<16} {:<25} {:<11} {:>5} {:>12} {:>12}",
+                    "{:<24} {:<16} {:<25} {:<28} {:>5} {:>12} {:>12}",
                     "POINT", "VM", "TIME", "CONSISTENCY", "DISKS", "SIZE", "ADDED"
                 );
                 for p in &points {
+                    // The level achieved, and the one asked for when the
+                    // snapshot fell back.
+                    let consistency = if p.consistency == p.wanted_consistency {
+                        p.consistency.to_string()
+                    } else {
+                        format!("{} (asked {})", p.consistency, p.wanted_consistency)
+                    };
                     println!(
-                        "{:<24} {:<16} {:<25} {:<11} {:>5} {:>12} {:>12}",
+                        "{:<24} {:<16} {:<25} {:<28} {:>5} {:>12} {:>12}",
                         p.id,
                         p.vm,
                         p.time.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),
-                        p.consistency.as_str(),
+                        consistency,
                         p.disks.len(),
                         human(p.disks.iter().map(|d| d.size).sum()),
                         human(p.stats.bytes_added)
                     );
+                }
+                // What the first backup's prepare did to each VM listed.
+                let mut vms: Vec<&str> = points.iter().map(|p| p.vm.as_str()).collect();
+                vms.sort_unstable();
+                vms.dedup();
+                for name in vms {
+                    if let Ok(Some(r)) = vault.vm_record(name) {
+                        let by = if r.prepare.provider_version.is_empty() { "?" } else { &r.prepare.provider_version };
+                        let changes = if r.prepare.changes.is_empty() {
+                            "nothing changed".to_string()
+                        } else {
+                            r.prepare.changes.join("; ")
+                        };
+                        println!(
+                            "vm {name}: prepared by {by} at {} ({} time(s)): {changes}",
+                            r.prepared_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                            r.times_prepared
+                        );
+                    }
                 }
             }
         }

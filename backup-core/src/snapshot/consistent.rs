@@ -286,8 +286,8 @@ impl<P: SnapshotProvider> SnapshotProvider for ConsistentProvider<P> {
                     vm: vm.name.clone(),
                     step: "snapshot",
                     message: format!(
-                        "only a {level}-consistent snapshot was possible ({}) and at least {} is required",
-                        why.as_deref().unwrap_or("as asked"),
+                        "the snapshot would only be {level}-consistent ({}), and at least {} consistency is required",
+                        why.as_deref().map_or_else(|| format!("{wanted} was asked for"), str::to_string),
                         self.min_consistency
                     ),
                     retryable: true,
@@ -295,10 +295,7 @@ impl<P: SnapshotProvider> SnapshotProvider for ConsistentProvider<P> {
             );
         }
         if level < wanted {
-            log.push(format!(
-                "asked for a {wanted}-consistent snapshot, got {level}-consistent: {}",
-                why.as_deref().unwrap_or("fallback")
-            ));
+            log.push(format!("asked for {wanted} consistency, got {level}: {}", why.as_deref().unwrap_or("fallback")));
         }
         snap.consistency = snap.consistency.max(level);
         log.append(&mut snap.warnings);

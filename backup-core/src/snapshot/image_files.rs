@@ -166,12 +166,18 @@ impl SnapshotProvider for ImageFileProvider {
     }
 
     fn release(&self, _vm: &Vm, snapshot: Snapshot) -> Result<()> {
+        // Remove every clone even when one fails; report the first failure.
+        let mut first = Ok(());
         if let Some(taken) = snapshot.provider_data.and_then(|d| d.downcast::<Taken>().ok()) {
             for clone in &taken.clones {
-                fs::remove_file(clone).map_err(|e| Error::io("remove snapshot clone", clone, e))?;
+                if let Err(e) = fs::remove_file(clone)
+                    && first.is_ok()
+                {
+                    first = Err(Error::io("remove snapshot clone", clone, e));
+                }
             }
         }
-        Ok(())
+        first
     }
 }
 
