@@ -81,16 +81,19 @@ pub struct vmb_ranges {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_ranges_add(ranges: *mut vmb_ranges, offset: u64, length: u64) -> vmb_status {
     ffi! {
-        let r = arg_ref!(ranges.cast_const(), "ranges");
+        if ranges.is_null() {
+            return Err(Failure::null("ranges"));
+        }
+        // SAFETY: not NULL; the C contract is the pointer passed to the
+        // running map callback, which only that callback's thread uses.
+        let r = unsafe { &mut *ranges };
         let end = offset.checked_add(length).ok_or_else(|| {
             Failure::invalid(format!("range at {offset} of {length} bytes ends past 2^64"))
         })?;
         let start = offset.max(r.window.start);
         let end = end.min(r.window.end);
         if start < end {
-            // SAFETY: the callback owns the only reference to these ranges
-            // for its duration (the C contract), so this write is unshared.
-            unsafe { (*ranges).ranges.push(start..end) };
+            r.ranges.push(start..end);
         }
         Ok(())
     }

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# The C ABI's whole test: builds backup-ffi, installs it into a temporary
+# prefix with scripts/install-c.sh, checks that the installed header
+# compiles as C and C++, builds the C and C++ hosts of tests/c against the
+# installed header and pkg-config file (and one against the static
+# library), runs them, then runs them again under valgrind memcheck (no
+# leak, no invalid read or write). Ends with "C tests: N passed, M failed".
+#
+# usage: scripts/test-c.sh            (debug build; PROFILE=release for release)
+# env:   VMB_SKIP_CARGO_TEST=1 skips `cargo test -p backup-ffi` (header check)
+#        VMB_SKIP_VALGRIND=1 skips the valgrind runs
+set -uo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+profile="${PROFILE:-debug}"
+
+# Tools, installed when missing.
+need=()
+command -v cc >/dev/null || need+=(gcc)
+command -v c++ >/dev/null || need+=(g++)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+[ -n "${VMB_SKIP_VALGRIND:-}" ] || command -v valgrind >/dev/null || need+=(valgrind)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "test-c.sh: installing ${need[*]}" >&2
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null || {
+        echo "test-c.sh: cannot install ${need[*]}" >&2
+        exit 1
+    }
+fi
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/vmbackup-test-c.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+prefix="$work/prefix"
+bin="$work/bin"
+mkdir -p "$bin"
+passed=0
+failed=0
+
+pass() { passed=$((passed + 1)); echo "ok - $1 (${SECONDS}s)"; }
+fail() { failed=$((failed + 1)); echo "FAIL - $1 (${SECONDS}s)"; }
+
+if ! scripts/install-c.sh "--$profile" "$prefix"; then
+    echo "test-c.sh: the build or install failed" >&2
+    echo "C tests: $passed passed, $((failed + 1)) failed"
+    exit 1
+fi
+export PKG_CONFIG_PATH="$prefix/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+export LD_LIBRARY_PATH="$prefix/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+if [ -z "${VMB_SKIP_CARGO_TEST:-}" ]; then
+    if cargo test -q -p backup-ffi >"$work/cargo-test.log" 2>&1; then
+        pass "cargo test -p backup-ffi (unit tests, header up to date)"
+    else
+        cat "$work/cargo-test.log"
+        fail "cargo test -p backup-ffi (regenerate a stale header: VMB_BLESS=1 cargo test -p backup-ffi --test header)"
+    fi
+fi
+
+# The installed header on its own, strictly, as C and as C++.
+cflags="$(pkg-config --cflags vmbackup)"
+libs="$(pkg-config --libs vmbackup)"
+# shellcheck disable=SC2086
+if echo '#include <vmbackup.h>' | cc -std=c11 -Wall -Wextra -Werror -pedantic $cflags -x c -fsyntax-only -; then
+    pass "header compiles as C11"
+else
+    fail "header compiles as C11"
+fi
+# shellcheck disable=SC2086
+if echo '#include <vmbackup.h>' | c++ -std=c++17 -Wall -Wextra -Werror -pedantic $cflags -x c++ -fsyntax-only -; then
+    pass "header compiles as C++17"
+else
+    fail "header compiles as C++17"
+fi
+
+# The hosts, built as a user would: pkg-config and the installed header.
+programs=()
+build() { # name, compiler command...
+    local name="$1"
+    shift
+    if "$@" -o "$bin/$name"; then
+        pass "build $name"
+        programs+=("$name")
+    else
+        fail "build $name"
+    fi
+}
+# shellcheck disable=SC2086
+build host-c cc -std=c11 -Wall -Wextra -Werror -g tests/c/host.c $cflags $libs
+# shellcheck disable=SC2086
+build errors-c cc -std=c11 -Wall -Wextra -Werror -g tests/c/errors.c $cflags $libs
+# shellcheck disable=SC2086
+build host-cpp c++ -std=c++17 -Wall -Wextra -Werror -g tests/c/host.cpp $cflags $libs -pthread
+# The static library, with the system libraries pkg-config lists for it.
+static_libs="$(pkg-config --static --libs-only-l vmbackup | sed 's/-lvmbackup//')"
+# shellcheck disable=SC2086
+build errors-c-static cc -std=c11 -Wall -Wextra -Werror -g tests/c/errors.c $cflags \
+    "$prefix/lib/libvmbackup.a" $static_libs
+
+# Runs a program; its "ok - " and "FAIL - " lines are the cases.
+run() { # label, command...
+    local label="$1"
+    shift
+    local out="$work/out.txt"
+    "$@" >"$out" 2>"$work/err.txt"
+    local rc=$?
+    local ok bad
+    ok=$(grep -c '^ok - ' "$out")
+    bad=$(grep -c '^FAIL - ' "$out")
+    sed "s/^/[$label] /" "$out"
+    passed=$((passed + ok))
+    failed=$((failed + bad))
+    if [ "$rc" -ne 0 ] && [ "$bad" -eq 0 ]; then
+        cat "$work/err.txt" >&2
+        fail "$label exited with status $rc"
+    elif [ "$rc" -ne 0 ]; then
+        cat "$work/err.txt" >&2
+    fi
+    return $rc
+}
+
+for p in "${programs[@]}"; do
+    run "$p" timeout 120 "$bin/$p"
+done
+
+if [ -z "${VMB_SKIP_VALGRIND:-}" ]; then
+    for p in "${programs[@]}"; do
+        [ "$p" = errors-c-static ] && continue
+        # Only definite and indirect leaks count: the thread-local storage of
+        # rayon's worker threads, alive at exit, is "possibly lost".
+        if run "valgrind $p" timeout 300 valgrind -q --leak-check=full \
+            --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
+            --error-exitcode=1 "$bin/$p"; then
+            pass "valgrind memcheck clean: $p"
+        else
+            fail "valgrind memcheck clean: $p"
+        fi
+    done
+fi
+
+echo "C tests: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
