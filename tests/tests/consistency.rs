@@ -191,7 +191,7 @@ impl Writer {
             while !st.load(Ordering::Relaxed) {
                 let body = format!("record {n}\n").repeat(200 + n % 700);
                 let _ = fs::write(dir.join(format!("f{}", n % 60)), body);
-                if n % 7 == 0 {
+                if n.is_multiple_of(7) {
                     let _ = fs::remove_file(dir.join(format!("f{}", (n + 30) % 60)));
                 }
                 n += 1;
