@@ -99,6 +99,11 @@ static_libs="$(pkg-config --static --libs-only-l vmbackup | sed 's/-lvmbackup//'
 build errors-c-static cc -std=c11 -Wall -Wextra -Werror -g tests/c/errors.c $cflags \
     "$prefix/lib/libvmbackup.a" $static_libs
 
+# The README's example compiles and links as written.
+sed -n '/^```c$/,/^```$/p' backup-ffi/README.md | sed '1d;$d' >"$work/readme.c"
+# shellcheck disable=SC2086
+build readme-example cc -std=c11 -Wall -Wextra -Werror "$work/readme.c" $cflags $libs
+
 # Runs a program; its "ok - " and "FAIL - " lines are the cases.
 run() { # label, command...
     local label="$1"
@@ -122,12 +127,13 @@ run() { # label, command...
 }
 
 for p in "${programs[@]}"; do
+    [ "$p" = readme-example ] && continue # it needs a real vault
     run "$p" timeout 120 "$bin/$p"
 done
 
 if [ -z "${VMB_SKIP_VALGRIND:-}" ]; then
     for p in "${programs[@]}"; do
-        [ "$p" = errors-c-static ] && continue
+        case "$p" in errors-c-static | readme-example) continue ;; esac
         # Only definite and indirect leaks count: the thread-local storage of
         # rayon's worker threads, alive at exit, is "possibly lost".
         if run "valgrind $p" timeout 300 valgrind -q --leak-check=full \

@@ -36,3 +36,36 @@ fn header_is_up_to_date() {
         );
     }
 }
+
+/// The README's table of status codes is a copy of the enum: keep them equal.
+#[test]
+fn readme_lists_every_status_code() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("backup-ffi/README.md");
+    let mut rows = Vec::new();
+    for line in readme.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if let [_, code, name, ..] = cells.as_slice()
+            && let Ok(code) = code.parse::<i32>()
+        {
+            rows.push((code, name.to_string()));
+        }
+    }
+    let mut expected = Vec::new();
+    for code in 0.. {
+        let name = vmbackup::vmb_status_str(code);
+        // SAFETY: vmb_status_str returns a static NUL-terminated string.
+        let text = unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy().into_owned();
+        if text == "unknown status code" {
+            break;
+        }
+        expected.push(code);
+    }
+    let codes: Vec<i32> = rows.iter().map(|r| r.0).collect();
+    assert_eq!(codes, expected, "README.md status table and vmb_status differ");
+    for (code, name) in &rows {
+        let header = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../include/vmbackup.h"))
+            .expect("include/vmbackup.h");
+        assert!(header.contains(&format!("{name} = {code},")), "README.md says {name} is {code}; the header does not");
+    }
+}
