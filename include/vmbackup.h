@@ -38,7 +38,7 @@
  *   restore writes (`vmb_write_target`) and progress (`vmb_progress_fn`)
  *   come from the library's worker threads (a rayon pool), SEVERAL AT ONCE,
  *   and must be thread-safe. Provider callbacks (`vmb_provider`) come one
- *   at a time from the thread that called `vmb_backup_host`. Buffers passed
+ *   at a time from the thread that called `vmb_vault_backup_host`. Buffers passed
  *   to a callback are owned by the library and valid only during that
  *   call. A callback may explain a failure with `vmb_callback_error()`.
  *   Callbacks must not throw C++ exceptions or `longjmp` out.
@@ -309,7 +309,7 @@ typedef struct vmb_backup_stats {
  *
  * Every callback gets `userdata` first and returns 0 on success, any other
  * value on failure (explained with `vmb_callback_error`). They are called
- * on the thread that called `vmb_backup_host`, one at a time, and must not
+ * on the thread that called `vmb_vault_backup_host`, one at a time, and must not
  * throw or `longjmp`.
  */
 typedef struct vmb_provider {
@@ -784,12 +784,12 @@ void vmb_vault_free(struct vmb_vault *vault);
  * `vault` is NULL or live; `images` is NULL or an array of `count`
  * strings; `job` is NULL or live; `out` is NULL or writable.
  */
-enum vmb_status vmb_backup_images(const struct vmb_vault *vault,
-                                  const char *vm,
-                                  const char *const *images,
-                                  size_t count,
-                                  const struct vmb_job *job,
-                                  struct vmb_point **out);
+enum vmb_status vmb_vault_backup_images(const struct vmb_vault *vault,
+                                        const char *vm,
+                                        const char *const *images,
+                                        size_t count,
+                                        const struct vmb_job *job,
+                                        struct vmb_point **out);
 
 /**
  * Backs up a VM whose snapshots the host takes through `provider` and whose
@@ -801,20 +801,20 @@ enum vmb_status vmb_backup_images(const struct vmb_vault *vault,
  * run on the library's worker threads, several at once. Everything is
  * released (`release`, every disk's `destroy`) before this returns.
  *
- * `job` and `out` as in `vmb_backup_images`.
+ * `job` and `out` as in `vmb_vault_backup_images`.
  *
  * # Safety
  * `vault` is NULL or live; `disks` is NULL or an array of `count` strings;
  * `provider` is NULL or a readable table following `vmb_provider`'s rules;
  * `job` is NULL or live; `out` is NULL or writable.
  */
-enum vmb_status vmb_backup_host(const struct vmb_vault *vault,
-                                const char *vm,
-                                const char *const *disks,
-                                size_t count,
-                                const struct vmb_provider *provider,
-                                const struct vmb_job *job,
-                                struct vmb_point **out);
+enum vmb_status vmb_vault_backup_host(const struct vmb_vault *vault,
+                                      const char *vm,
+                                      const char *const *disks,
+                                      size_t count,
+                                      const struct vmb_provider *provider,
+                                      const struct vmb_job *job,
+                                      struct vmb_point **out);
 
 /**
  * Lists the points of a VM, oldest first (an empty list for a VM without
@@ -849,12 +849,12 @@ enum vmb_status vmb_vault_find_point(const struct vmb_vault *vault,
  * # Safety
  * Pointers are NULL or live/NUL-terminated/writable as their types say.
  */
-enum vmb_status vmb_restore_disk_to_file(const struct vmb_vault *vault,
-                                         const struct vmb_point *point,
-                                         const char *disk,
-                                         const char *path,
-                                         const struct vmb_job *job,
-                                         struct vmb_restore_stats *stats);
+enum vmb_status vmb_vault_restore_disk_to_file(const struct vmb_vault *vault,
+                                               const struct vmb_point *point,
+                                               const char *disk,
+                                               const char *path,
+                                               const struct vmb_job *job,
+                                               struct vmb_restore_stats *stats);
 
 /**
  * Restores disk `disk` of a point through the host's `target` callbacks
@@ -865,12 +865,12 @@ enum vmb_status vmb_restore_disk_to_file(const struct vmb_vault *vault,
  * Pointers are NULL or live/NUL-terminated/writable as their types say;
  * `target` follows `vmb_write_target`'s rules.
  */
-enum vmb_status vmb_restore_disk(const struct vmb_vault *vault,
-                                 const struct vmb_point *point,
-                                 const char *disk,
-                                 const struct vmb_write_target *target,
-                                 const struct vmb_job *job,
-                                 struct vmb_restore_stats *stats);
+enum vmb_status vmb_vault_restore_disk(const struct vmb_vault *vault,
+                                       const struct vmb_point *point,
+                                       const char *disk,
+                                       const struct vmb_write_target *target,
+                                       const struct vmb_job *job,
+                                       struct vmb_restore_stats *stats);
 
 /**
  * Verifies the whole vault (`vm` and `point_id` NULL), one VM's points
@@ -881,11 +881,11 @@ enum vmb_status vmb_restore_disk(const struct vmb_vault *vault,
  * # Safety
  * Pointers are NULL or live/NUL-terminated/writable as their types say.
  */
-enum vmb_status vmb_verify(const struct vmb_vault *vault,
-                           const char *vm,
-                           const char *point_id,
-                           const struct vmb_job *job,
-                           struct vmb_verify_report **out);
+enum vmb_status vmb_vault_verify(const struct vmb_vault *vault,
+                                 const char *vm,
+                                 const char *point_id,
+                                 const struct vmb_job *job,
+                                 struct vmb_verify_report **out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -367,7 +367,7 @@ fn checked_opt_str(p: *const c_char, what: &str) -> Result<Option<String>, Failu
 ///
 /// Every callback gets `userdata` first and returns 0 on success, any other
 /// value on failure (explained with `vmb_callback_error`). They are called
-/// on the thread that called `vmb_backup_host`, one at a time, and must not
+/// on the thread that called `vmb_vault_backup_host`, one at a time, and must not
 /// throw or `longjmp`.
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -140,7 +140,7 @@ fn hand_out_point(out: *mut *mut vmb_point, manifest: backup_core::PointManifest
 /// `vault` is NULL or live; `images` is NULL or an array of `count`
 /// strings; `job` is NULL or live; `out` is NULL or writable.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn vmb_backup_images(
+pub unsafe extern "C" fn vmb_vault_backup_images(
     vault: *const vmb_vault,
     vm: *const c_char,
     images: *const *const c_char,
@@ -172,14 +172,14 @@ pub unsafe extern "C" fn vmb_backup_images(
 /// run on the library's worker threads, several at once. Everything is
 /// released (`release`, every disk's `destroy`) before this returns.
 ///
-/// `job` and `out` as in `vmb_backup_images`.
+/// `job` and `out` as in `vmb_vault_backup_images`.
 ///
 /// # Safety
 /// `vault` is NULL or live; `disks` is NULL or an array of `count` strings;
 /// `provider` is NULL or a readable table following `vmb_provider`'s rules;
 /// `job` is NULL or live; `out` is NULL or writable.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn vmb_backup_host(
+pub unsafe extern "C" fn vmb_vault_backup_host(
     vault: *const vmb_vault,
     vm: *const c_char,
     disks: *const *const c_char,
@@ -279,7 +279,7 @@ fn hand_out_stats(out: *mut vmb_restore_stats, stats: RestoreStats) {
 /// # Safety
 /// Pointers are NULL or live/NUL-terminated/writable as their types say.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn vmb_restore_disk_to_file(
+pub unsafe extern "C" fn vmb_vault_restore_disk_to_file(
     vault: *const vmb_vault,
     point: *const vmb_point,
     disk: *const c_char,
@@ -312,7 +312,7 @@ pub unsafe extern "C" fn vmb_restore_disk_to_file(
 /// Pointers are NULL or live/NUL-terminated/writable as their types say;
 /// `target` follows `vmb_write_target`'s rules.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn vmb_restore_disk(
+pub unsafe extern "C" fn vmb_vault_restore_disk(
     vault: *const vmb_vault,
     point: *const vmb_point,
     disk: *const c_char,
@@ -345,7 +345,7 @@ pub unsafe extern "C" fn vmb_restore_disk(
 /// # Safety
 /// Pointers are NULL or live/NUL-terminated/writable as their types say.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn vmb_verify(
+pub unsafe extern "C" fn vmb_vault_verify(
     vault: *const vmb_vault,
     vm: *const c_char,
     point_id: *const c_char,

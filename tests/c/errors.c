@@ -156,23 +156,23 @@ static void null_pointers(void) {
 
     const char *images[] = {"/nonexistent/x.img", NULL};
     vmb_point *pt = NULL;
-    REQUIRE_STATUS(vmb_backup_images(NULL, "vm", images, 1, NULL, &pt), VMB_ERR_NULL_ARGUMENT);
-    REQUIRE_STATUS(vmb_backup_images(g_vault, NULL, images, 1, NULL, &pt), VMB_ERR_NULL_ARGUMENT);
-    REQUIRE_STATUS(vmb_backup_images(g_vault, "vm", NULL, 1, NULL, &pt), VMB_ERR_NULL_ARGUMENT);
-    REQUIRE_STATUS(vmb_backup_images(g_vault, "vm", images, 2, NULL, &pt), VMB_ERR_NULL_ARGUMENT);
+    REQUIRE_STATUS(vmb_vault_backup_images(NULL, "vm", images, 1, NULL, &pt), VMB_ERR_NULL_ARGUMENT);
+    REQUIRE_STATUS(vmb_vault_backup_images(g_vault, NULL, images, 1, NULL, &pt), VMB_ERR_NULL_ARGUMENT);
+    REQUIRE_STATUS(vmb_vault_backup_images(g_vault, "vm", NULL, 1, NULL, &pt), VMB_ERR_NULL_ARGUMENT);
+    REQUIRE_STATUS(vmb_vault_backup_images(g_vault, "vm", images, 2, NULL, &pt), VMB_ERR_NULL_ARGUMENT);
     CHECK(LAST_ERROR_HAS("images[1]"));
-    REQUIRE_STATUS(vmb_backup_images(g_vault, "vm", images, 0, NULL, &pt),
+    REQUIRE_STATUS(vmb_vault_backup_images(g_vault, "vm", images, 0, NULL, &pt),
                    VMB_ERR_INVALID_ARGUMENT);
     CHECK(pt == NULL);
-    REQUIRE_STATUS(vmb_backup_host(g_vault, "vm", images, 1, NULL, NULL, NULL),
+    REQUIRE_STATUS(vmb_vault_backup_host(g_vault, "vm", images, 1, NULL, NULL, NULL),
                    VMB_ERR_NULL_ARGUMENT);
     REQUIRE_STATUS(vmb_vault_list_points(g_vault, NULL, NULL), VMB_ERR_NULL_ARGUMENT);
     REQUIRE_STATUS(vmb_vault_find_point(g_vault, "vm", NULL, &pt), VMB_ERR_NULL_ARGUMENT);
-    REQUIRE_STATUS(vmb_restore_disk_to_file(g_vault, NULL, "d", "/tmp/x", NULL, NULL),
+    REQUIRE_STATUS(vmb_vault_restore_disk_to_file(g_vault, NULL, "d", "/tmp/x", NULL, NULL),
                    VMB_ERR_NULL_ARGUMENT);
-    REQUIRE_STATUS(vmb_restore_disk(g_vault, NULL, "d", NULL, NULL, NULL), VMB_ERR_NULL_ARGUMENT);
-    REQUIRE_STATUS(vmb_verify(NULL, NULL, NULL, NULL, NULL), VMB_ERR_NULL_ARGUMENT);
-    REQUIRE_STATUS(vmb_verify(g_vault, NULL, NULL, NULL, NULL), VMB_ERR_NULL_ARGUMENT);
+    REQUIRE_STATUS(vmb_vault_restore_disk(g_vault, NULL, "d", NULL, NULL, NULL), VMB_ERR_NULL_ARGUMENT);
+    REQUIRE_STATUS(vmb_vault_verify(NULL, NULL, NULL, NULL, NULL), VMB_ERR_NULL_ARGUMENT);
+    REQUIRE_STATUS(vmb_vault_verify(g_vault, NULL, NULL, NULL, NULL), VMB_ERR_NULL_ARGUMENT);
 
     const char *s = NULL;
     size_t n = 0;
@@ -221,10 +221,10 @@ static void bad_paths(void) {
     CHECK(v == NULL);
 
     const char *missing[] = {"/nonexistent/disk.img"};
-    REQUIRE_STATUS(vmb_backup_images(g_vault, "vm", missing, 1, NULL, NULL), VMB_ERR_IO);
+    REQUIRE_STATUS(vmb_vault_backup_images(g_vault, "vm", missing, 1, NULL, NULL), VMB_ERR_IO);
     CHECK(LAST_ERROR_HAS("/nonexistent/disk.img"));
     const char *dir_only[] = {"/"};
-    CHECK(vmb_backup_images(g_vault, "vm", dir_only, 1, NULL, NULL) != VMB_OK);
+    CHECK(vmb_vault_backup_images(g_vault, "vm", dir_only, 1, NULL, NULL) != VMB_OK);
 
     /* A real point, then restores to impossible places. */
     uint8_t data[100000];
@@ -233,12 +233,12 @@ static void bad_paths(void) {
     REQUIRE(write_file(img, data, sizeof data) == 0);
     const char *images[] = {img};
     vmb_point *p = NULL;
-    REQUIRE_OK(vmb_backup_images(g_vault, "small", images, 1, NULL, &p));
-    REQUIRE_STATUS(vmb_restore_disk_to_file(g_vault, p, "small.img", "/nonexistent/dir/out.img",
+    REQUIRE_OK(vmb_vault_backup_images(g_vault, "small", images, 1, NULL, &p));
+    REQUIRE_STATUS(vmb_vault_restore_disk_to_file(g_vault, p, "small.img", "/nonexistent/dir/out.img",
                                             NULL, NULL),
                    VMB_ERR_IO);
     CHECK(LAST_ERROR_HAS("/nonexistent/dir"));
-    REQUIRE_STATUS(vmb_restore_disk_to_file(g_vault, p, "nope", "/tmp/never", NULL, NULL),
+    REQUIRE_STATUS(vmb_vault_restore_disk_to_file(g_vault, p, "nope", "/tmp/never", NULL, NULL),
                    VMB_ERR_NOT_FOUND);
     CHECK(LAST_ERROR_HAS("disk nope"));
     vmb_point *q = NULL;
@@ -254,18 +254,18 @@ static void non_utf8_strings(void) {
     REQUIRE_STATUS(vmb_vault_open("/tmp/\xff\xfe", &v), VMB_ERR_INVALID_UTF8);
     CHECK(LAST_ERROR_HAS("UTF-8"));
     const char *images[] = {"/tmp/a.img"};
-    REQUIRE_STATUS(vmb_backup_images(g_vault, "web\xc3\x28", images, 1, NULL, NULL),
+    REQUIRE_STATUS(vmb_vault_backup_images(g_vault, "web\xc3\x28", images, 1, NULL, NULL),
                    VMB_ERR_INVALID_UTF8);
     CHECK(LAST_ERROR_HAS("vm name"));
     const char *bad_images[] = {"/tmp/\x80.img"};
-    REQUIRE_STATUS(vmb_backup_images(g_vault, "web", bad_images, 1, NULL, NULL),
+    REQUIRE_STATUS(vmb_vault_backup_images(g_vault, "web", bad_images, 1, NULL, NULL),
                    VMB_ERR_INVALID_UTF8);
     CHECK(LAST_ERROR_HAS("images[0]"));
     const char *bad_disks[] = {"disk\xe2\x82"};
     prov p;
     memset(&p, 0, sizeof p);
     vmb_provider t = provider_of(&p);
-    REQUIRE_STATUS(vmb_backup_host(g_vault, "web", bad_disks, 1, &t, NULL, NULL),
+    REQUIRE_STATUS(vmb_vault_backup_host(g_vault, "web", bad_disks, 1, &t, NULL, NULL),
                    VMB_ERR_INVALID_UTF8);
     REQUIRE_STATUS(vmb_callback_error("\xff"), VMB_ERR_INVALID_UTF8);
     vmb_point_list *l = NULL;
@@ -279,26 +279,26 @@ static void non_utf8_strings(void) {
     p.disk_name = "d\xff";
     REQUIRE(p.disk != NULL);
     int destroys = atomic_load(&g_destroys);
-    REQUIRE_STATUS(vmb_backup_host(g_vault, "web", disks, 1, &t, NULL, NULL), VMB_ERR_PROVIDER);
+    REQUIRE_STATUS(vmb_vault_backup_host(g_vault, "web", disks, 1, &t, NULL, NULL), VMB_ERR_PROVIDER);
     CHECK(atomic_load(&g_destroys) == destroys + 1);
 }
 
 static void bad_names_and_values(void) {
     const char *images[] = {"/tmp/a.img"};
-    REQUIRE_STATUS(vmb_backup_images(g_vault, "../etc", images, 1, NULL, NULL),
+    REQUIRE_STATUS(vmb_vault_backup_images(g_vault, "../etc", images, 1, NULL, NULL),
                    VMB_ERR_INVALID_ARGUMENT);
     CHECK(LAST_ERROR_HAS("vm name"));
-    REQUIRE_STATUS(vmb_backup_images(g_vault, "", images, 1, NULL, NULL),
+    REQUIRE_STATUS(vmb_vault_backup_images(g_vault, "", images, 1, NULL, NULL),
                    VMB_ERR_INVALID_ARGUMENT);
     const char *twice[] = {"a", "a"};
     prov p;
     memset(&p, 0, sizeof p);
     vmb_provider t = provider_of(&p);
-    REQUIRE_STATUS(vmb_backup_host(g_vault, "vm", twice, 2, &t, NULL, NULL),
+    REQUIRE_STATUS(vmb_vault_backup_host(g_vault, "vm", twice, 2, &t, NULL, NULL),
                    VMB_ERR_INVALID_ARGUMENT);
     CHECK(p.snapshots == 0);
     vmb_provider no_snapshot = {NULL, NULL, NULL, NULL, NULL};
-    REQUIRE_STATUS(vmb_backup_host(g_vault, "vm", images, 1, &no_snapshot, NULL, NULL),
+    REQUIRE_STATUS(vmb_vault_backup_host(g_vault, "vm", images, 1, &no_snapshot, NULL, NULL),
                    VMB_ERR_INVALID_ARGUMENT);
     CHECK(LAST_ERROR_HAS("snapshot callback"));
 
@@ -326,7 +326,7 @@ static void bad_names_and_values(void) {
     CHECK(none == NULL);
     vmb_point_list_free(l);
     vmb_write_target no_write = {NULL, NULL, NULL, NULL};
-    REQUIRE_STATUS(vmb_restore_disk(g_vault, pt, "0", &no_write, NULL, NULL),
+    REQUIRE_STATUS(vmb_vault_restore_disk(g_vault, pt, "0", &no_write, NULL, NULL),
                    VMB_ERR_INVALID_ARGUMENT);
     vmb_point_free(pt);
 }
@@ -345,7 +345,7 @@ static void read_callback_error(void) {
     const char *disks[] = {"bad"};
     int releases = atomic_load(&g_releases), destroys = atomic_load(&g_destroys);
     vmb_point *out = NULL;
-    REQUIRE_STATUS(vmb_backup_host(g_vault, "failing", disks, 1, &t, NULL, &out),
+    REQUIRE_STATUS(vmb_vault_backup_host(g_vault, "failing", disks, 1, &t, NULL, &out),
                    VMB_ERR_DEVICE_READ);
     const char *m = vmb_last_error();
     CHECK(strstr(m, "disk bad") != NULL);
@@ -377,7 +377,7 @@ static void provider_errors(void) {
     p.disk = buf_disk_new(MiB, 5);
     p.disk_name = "d0";
     p.fail_snapshot = 1;
-    REQUIRE_STATUS(vmb_backup_host(g_vault, "pvm", disks, 1, &t, NULL, NULL), VMB_ERR_PROVIDER);
+    REQUIRE_STATUS(vmb_vault_backup_host(g_vault, "pvm", disks, 1, &t, NULL, NULL), VMB_ERR_PROVIDER);
     CHECK(LAST_ERROR_HAS("snapshot of vm pvm failed"));
     CHECK(LAST_ERROR_HAS("the hypervisor refused the snapshot"));
     CHECK(atomic_load(&g_releases) == releases);
@@ -385,14 +385,14 @@ static void provider_errors(void) {
 
     p.fail_snapshot = 0;
     p.skip_disk = 1;
-    REQUIRE_STATUS(vmb_backup_host(g_vault, "pvm", disks, 1, &t, NULL, NULL), VMB_ERR_PROVIDER);
+    REQUIRE_STATUS(vmb_vault_backup_host(g_vault, "pvm", disks, 1, &t, NULL, NULL), VMB_ERR_PROVIDER);
     CHECK(LAST_ERROR_HAS("no device for disk d0"));
     CHECK(atomic_load(&g_releases) == releases + 1);
 
     p.skip_disk = 0;
     p.bad_achieved = 1;
     p.disk = buf_disk_new(MiB, 5);
-    REQUIRE_STATUS(vmb_backup_host(g_vault, "pvm", disks, 1, &t, NULL, NULL), VMB_ERR_PROVIDER);
+    REQUIRE_STATUS(vmb_vault_backup_host(g_vault, "pvm", disks, 1, &t, NULL, NULL), VMB_ERR_PROVIDER);
     CHECK(LAST_ERROR_HAS("consistency 9"));
     CHECK(atomic_load(&g_releases) == releases + 2);
     CHECK(atomic_load(&g_destroys) == destroys + 2);
@@ -401,7 +401,7 @@ static void provider_errors(void) {
     p.bad_achieved = 0;
     p.disk = buf_disk_new(MiB, 5);
     p.disk_name = "other";
-    REQUIRE_STATUS(vmb_backup_host(g_vault, "pvm", disks, 1, &t, NULL, NULL), VMB_ERR_PROVIDER);
+    REQUIRE_STATUS(vmb_vault_backup_host(g_vault, "pvm", disks, 1, &t, NULL, NULL), VMB_ERR_PROVIDER);
     CHECK(atomic_load(&g_destroys) == destroys + 3);
 }
 
@@ -421,14 +421,14 @@ static void slow_callback_completes(void) {
     vmb_provider t = provider_of(&p);
     const char *disks[] = {"slow"};
     vmb_point *pt = NULL;
-    REQUIRE_OK(vmb_backup_host(g_vault, "slowvm", disks, 1, &t, NULL, &pt));
+    REQUIRE_OK(vmb_vault_backup_host(g_vault, "slowvm", disks, 1, &t, NULL, &pt));
     vmb_backup_stats st;
     REQUIRE_OK(vmb_point_stats(pt, &st));
     CHECK(st.bytes_scanned == 2 * MiB);
     /* Whole blocks outside every range read as zeros, as the map said. */
     memset(copy + 393216, 0, 589824 - 393216);
     char *out = join(g_dir, "slow.img");
-    REQUIRE_OK(vmb_restore_disk_to_file(g_vault, pt, "slow", out, NULL, NULL));
+    REQUIRE_OK(vmb_vault_restore_disk_to_file(g_vault, pt, "slow", out, NULL, NULL));
     size_t len = 0;
     uint8_t *got = read_file(out, &len);
     CHECK(got != NULL && len == 2 * MiB);
@@ -458,7 +458,7 @@ static void write_callback_error(void) {
     vmb_write_target t = {NULL, failing_write, NULL, NULL};
     vmb_restore_stats st;
     memset(&st, 0x55, sizeof st);
-    REQUIRE_STATUS(vmb_restore_disk(g_vault, pt, "small.img", &t, NULL, &st),
+    REQUIRE_STATUS(vmb_vault_restore_disk(g_vault, pt, "small.img", &t, NULL, &st),
                    VMB_ERR_RESTORE_WRITE);
     CHECK(LAST_ERROR_HAS("disk small.img"));
     CHECK(LAST_ERROR_HAS("at byte 65536"));

@@ -253,7 +253,7 @@ static int restore_matches(const vmb_point *point, const char *disk, const uint8
     vmb_write_target target = {&t, target_write, target_zeros, target_finish};
     vmb_restore_stats stats;
     memset(&stats, 0, sizeof stats);
-    vmb_status s = vmb_restore_disk(g_vault, point, disk, &target, NULL, &stats);
+    vmb_status s = vmb_vault_restore_disk(g_vault, point, disk, &target, NULL, &stats);
     int ok = s == VMB_OK && memcmp(t.buf, want, size) == 0 && stats.size == size &&
              atomic_load(&t.finished) == 1;
     if (!ok)
@@ -267,7 +267,7 @@ static int restore_matches(const vmb_point *point, const char *disk, const uint8
 static int file_restore_matches(const vmb_point *point, const char *disk, const uint8_t *want,
                                 size_t size) {
     char *out = join(g_dir, "restored.img");
-    vmb_status s = vmb_restore_disk_to_file(g_vault, point, disk, out, NULL, NULL);
+    vmb_status s = vmb_vault_restore_disk_to_file(g_vault, point, disk, out, NULL, NULL);
     size_t len = 0;
     uint8_t *got = s == VMB_OK ? read_file(out, &len) : NULL;
     int ok = got != NULL && len == size && memcmp(got, want, size) == 0;
@@ -308,10 +308,10 @@ static void image_vm_twice(void) {
     const char *images[] = {pa, pb};
 
     vmb_point *p1 = NULL, *p2 = NULL;
-    REQUIRE_OK(vmb_backup_images(g_vault, "imagevm", images, 2, NULL, &p1));
+    REQUIRE_OK(vmb_vault_backup_images(g_vault, "imagevm", images, 2, NULL, &p1));
     a[1536 * 1024] = 42; /* one 64 KiB block changes */
     REQUIRE(write_file(pa, a, a_len) == 0);
-    REQUIRE_OK(vmb_backup_images(g_vault, "imagevm", images, 2, NULL, &p2));
+    REQUIRE_OK(vmb_vault_backup_images(g_vault, "imagevm", images, 2, NULL, &p2));
 
     vmb_backup_stats st;
     REQUIRE_OK(vmb_point_stats(p2, &st));
@@ -361,7 +361,7 @@ static void host_vm_twice(void) {
     REQUIRE_OK(vmb_job_set_progress(job, on_progress, &prog));
 
     vmb_point *p1 = NULL, *p2 = NULL;
-    REQUIRE_OK(vmb_backup_host(g_vault, "hostvm", HOST_DISKS, 2, &provider, job, &p1));
+    REQUIRE_OK(vmb_vault_backup_host(g_vault, "hostvm", HOST_DISKS, 2, &provider, job, &p1));
     CHECK(atomic_load(&g_prepares) == 1);
     CHECK(atomic_load(&g_snapshots) == 1 && atomic_load(&g_releases) == 1);
     CHECK(atomic_load(&g_destroys) == 2);
@@ -387,7 +387,7 @@ static void host_vm_twice(void) {
     REQUIRE(write_file(g_file_disk, fbuf, FILE_SIZE) == 0);
     int reads_before = atomic_load(&g_reads);
 
-    REQUIRE_OK(vmb_backup_host(g_vault, "hostvm", HOST_DISKS, 2, &provider, job, &p2));
+    REQUIRE_OK(vmb_vault_backup_host(g_vault, "hostvm", HOST_DISKS, 2, &provider, job, &p2));
     CHECK(atomic_load(&g_prepares) == 1); /* prepared once only */
     CHECK(atomic_load(&g_releases) == 2 && atomic_load(&g_destroys) == 4);
     CHECK(atomic_load(&g_changed_calls) > 0);
@@ -439,7 +439,7 @@ static void cancelled_job_leaves_vault_as_it_was(void) {
     int releases = atomic_load(&g_releases), destroys = atomic_load(&g_destroys);
     vmb_point *sentinel = (vmb_point *)&prog; /* must stay untouched */
     vmb_point *out = sentinel;
-    REQUIRE_STATUS(vmb_backup_host(g_vault, "hostvm", HOST_DISKS, 2, &provider, job, &out),
+    REQUIRE_STATUS(vmb_vault_backup_host(g_vault, "hostvm", HOST_DISKS, 2, &provider, job, &out),
                    VMB_ERR_CANCELLED);
     CHECK(out == sentinel);
     CHECK(LAST_ERROR_HAS("cancelled"));
@@ -471,7 +471,7 @@ static void cancelled_job_leaves_vault_as_it_was(void) {
 
     /* A cancelled job stays cancelled: the next call with it stops before
      * its snapshot. */
-    CHECK(vmb_backup_images(g_vault, "imagevm", HOST_DISKS, 2, job, NULL) == VMB_ERR_CANCELLED);
+    CHECK(vmb_vault_backup_images(g_vault, "imagevm", HOST_DISKS, 2, job, NULL) == VMB_ERR_CANCELLED);
     free(files_before);
     free(files_after);
     free(vault_dir);
@@ -516,7 +516,7 @@ static void list_and_find_points(void) {
 static void verify_vault(void) {
     REQUIRE(g_vault != NULL);
     vmb_verify_report *r = NULL;
-    REQUIRE_OK(vmb_verify(g_vault, NULL, NULL, NULL, &r));
+    REQUIRE_OK(vmb_vault_verify(g_vault, NULL, NULL, NULL, &r));
     bool ok = false;
     size_t problems = 99;
     uint64_t points = 0;
@@ -526,10 +526,44 @@ static void verify_vault(void) {
     CHECK(ok && problems == 0 && points == 4);
     vmb_verify_report_free(r);
 
-    REQUIRE_OK(vmb_verify(g_vault, "hostvm", "latest", NULL, &r));
+    REQUIRE_OK(vmb_vault_verify(g_vault, "hostvm", "latest", NULL, &r));
     REQUIRE_OK(vmb_verify_report_points(r, &points));
     CHECK(points == 1);
     vmb_verify_report_free(r);
+}
+
+/* Restore and verify report progress through a job too, and a cancelled
+ * restore leaves no file behind. */
+static void restore_and_verify_progress(void) {
+    REQUIRE(g_vault != NULL);
+    vmb_point *p = NULL;
+    REQUIRE_OK(vmb_vault_find_point(g_vault, "hostvm", "latest", &p));
+    vmb_job *job = NULL;
+    REQUIRE_OK(vmb_job_new(&job));
+    progress prog;
+    memset(&prog, 0, sizeof prog);
+    REQUIRE_OK(vmb_job_set_progress(job, on_progress, &prog));
+    char *out = join(g_dir, "progress.img");
+    vmb_restore_stats st;
+    REQUIRE_OK(vmb_vault_restore_disk_to_file(g_vault, p, "file", out, job, &st));
+    CHECK(st.size == FILE_SIZE && st.bytes_written + st.bytes_zero == FILE_SIZE);
+    CHECK(atomic_load(&prog.total) == FILE_SIZE && atomic_load(&prog.max_done) == FILE_SIZE);
+    remove(out);
+
+    memset(&prog, 0, sizeof prog);
+    vmb_verify_report *r = NULL;
+    REQUIRE_OK(vmb_vault_verify(g_vault, "hostvm", NULL, job, &r));
+    CHECK(atomic_load(&prog.total) == 2 * ((uint64_t)MEM_SIZE + FILE_SIZE));
+    CHECK(atomic_load(&prog.max_done) == atomic_load(&prog.total));
+    vmb_verify_report_free(r);
+
+    REQUIRE_OK(vmb_job_cancel(job));
+    REQUIRE_STATUS(vmb_vault_restore_disk_to_file(g_vault, p, "file", out, job, NULL),
+                   VMB_ERR_CANCELLED);
+    CHECK(access(out, F_OK) != 0);
+    free(out);
+    vmb_job_free(job);
+    vmb_point_free(p);
 }
 
 /* Damage is reported by verify, with its place, not returned as data. */
@@ -562,7 +596,7 @@ static void verify_reports_damage(void) {
     free(packs);
     REQUIRE(damaged > 0);
     vmb_verify_report *r = NULL;
-    REQUIRE_OK(vmb_verify(g_vault, NULL, NULL, NULL, &r));
+    REQUIRE_OK(vmb_vault_verify(g_vault, NULL, NULL, NULL, &r));
     bool ok = true;
     size_t problems = 0;
     const char *text = NULL;
@@ -590,6 +624,7 @@ int main(void) {
     RUN(cancelled_job_leaves_vault_as_it_was);
     RUN(list_and_find_points);
     RUN(verify_vault);
+    RUN(restore_and_verify_progress);
     RUN(verify_reports_damage);
     vmb_vault_free(g_vault);
     free(g_file_disk);

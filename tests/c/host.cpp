@@ -137,7 +137,7 @@ bool restores_to(const vmb_point *p, const char *disk, const std::vector<uint8_t
     s.bytes.assign(want.size(), 0xEE);  // no write_zeros: zeros come through write_at
     vmb_write_target t{&s, sink_write, nullptr, nullptr};
     vmb_restore_stats st{};
-    if (vmb_restore_disk(g_vault.get(), p, disk, &t, nullptr, &st) != VMB_OK) {
+    if (vmb_vault_restore_disk(g_vault.get(), p, disk, &t, nullptr, &st) != VMB_OK) {
         fprintf(stderr, "restore of %s: %s\n", disk, vmb_last_error());
         return false;
     }
@@ -189,11 +189,11 @@ void host_vm_twice() {
     auto provider = provider_for(g_vm);
 
     vmb_point *raw1 = nullptr, *raw2 = nullptr;
-    REQUIRE_OK(vmb_backup_host(g_vault.get(), "cppvm", CPP_DISKS, 2, &provider, nullptr, &raw1));
+    REQUIRE_OK(vmb_vault_backup_host(g_vault.get(), "cppvm", CPP_DISKS, 2, &provider, nullptr, &raw1));
     Point p1(raw1);
     auto sys1 = g_vm.disks["sys"];
     g_vm.disks["sys"][3 * MiB + 7] ^= 1;  // one block changes
-    REQUIRE_OK(vmb_backup_host(g_vault.get(), "cppvm", CPP_DISKS, 2, &provider, nullptr, &raw2));
+    REQUIRE_OK(vmb_vault_backup_host(g_vault.get(), "cppvm", CPP_DISKS, 2, &provider, nullptr, &raw2));
     Point p2(raw2);
 
     vmb_backup_stats st{};
@@ -228,7 +228,7 @@ void cancel_from_another_thread() {
         canceller_status = vmb_job_cancel(job.get());
     });
     int releases = g_vm.releases;
-    vmb_status s = vmb_backup_host(g_vault.get(), "cppvm", CPP_DISKS, 2, &provider, job.get(),
+    vmb_status s = vmb_vault_backup_host(g_vault.get(), "cppvm", CPP_DISKS, 2, &provider, job.get(),
                                    nullptr);
     canceller.join();
     g_vm.read_delay = std::chrono::milliseconds(0);
@@ -264,7 +264,7 @@ void progress_and_cancel_by_callback() {
     REQUIRE_OK(vmb_job_new(&raw));
     Job job(raw);
     REQUIRE_OK(vmb_job_set_progress(job.get(), count_progress, &c));
-    REQUIRE_OK(vmb_backup_host(g_vault.get(), "cppvm", CPP_DISKS, 2, &provider, job.get(), nullptr));
+    REQUIRE_OK(vmb_vault_backup_host(g_vault.get(), "cppvm", CPP_DISKS, 2, &provider, job.get(), nullptr));
     CHECK(c.last_total == 6 * MiB + 4096);
     CHECK(c.max_done == 6 * MiB + 4096);
 
@@ -278,7 +278,7 @@ void progress_and_cancel_by_callback() {
     Job job2(raw2);
     REQUIRE_OK(vmb_job_set_progress(job2.get(), count_progress, &stop));
     REQUIRE_STATUS(
-        vmb_backup_host(g_vault.get(), "cppvm", CPP_DISKS, 2, &provider, job2.get(), nullptr),
+        vmb_vault_backup_host(g_vault.get(), "cppvm", CPP_DISKS, 2, &provider, job2.get(), nullptr),
         VMB_ERR_CANCELLED);
     CHECK(point_ids("cppvm") == ids);
     CHECK(vault_files() == files);
@@ -293,16 +293,16 @@ void image_vm_and_file_restore() {
     std::string path = img.string();
     const char *images[] = {path.c_str()};
     vmb_point *raw = nullptr;
-    REQUIRE_OK(vmb_backup_images(g_vault.get(), "imgvm", images, 1, nullptr, &raw));
+    REQUIRE_OK(vmb_vault_backup_images(g_vault.get(), "imgvm", images, 1, nullptr, &raw));
     Point p(raw);
     fs::path out = g_dir / "out.img";
-    REQUIRE_OK(vmb_restore_disk_to_file(g_vault.get(), p.get(), "root.img", out.c_str(), nullptr, nullptr));
+    REQUIRE_OK(vmb_vault_restore_disk_to_file(g_vault.get(), p.get(), "root.img", out.c_str(), nullptr, nullptr));
     std::ifstream in(out, std::ios::binary);
     std::vector<uint8_t> got((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     CHECK(got == bytes);
 
     vmb_verify_report *r = nullptr;
-    REQUIRE_OK(vmb_verify(g_vault.get(), nullptr, nullptr, nullptr, &r));
+    REQUIRE_OK(vmb_vault_verify(g_vault.get(), nullptr, nullptr, nullptr, &r));
     bool ok = false;
     REQUIRE_OK(vmb_verify_report_ok(r, &ok));
     CHECK(ok);
