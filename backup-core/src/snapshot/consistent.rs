@@ -321,3 +321,70 @@ fn script_error(vm: &Vm, run: &ScriptRun) -> Error {
         detail: run.last_detail(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::ImageFileProvider;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Image files, counting releases.
+    struct Counted(ImageFileProvider, AtomicUsize);
+    impl SnapshotProvider for Counted {
+        fn snapshot(&self, vm: &Vm, wanted: Consistency) -> Result<Snapshot> {
+            self.0.snapshot(vm, wanted)
+        }
+        fn release(&self, vm: &Vm, snapshot: Snapshot) -> Result<()> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            self.0.release(vm, snapshot)
+        }
+    }
+
+    fn setup(dir: &std::path::Path) -> (Vm, PathBuf, PathBuf) {
+        let image = dir.join("root.img");
+        std::fs::write(&image, [0u8; 4096]).expect("image");
+        let script = |name: &str, body: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("script");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+            p
+        };
+        (Vm::from_images("web", &[&image]).expect("vm"), script("ok.sh", "exit 0"), script("bad.sh", "exit 1"))
+    }
+
+    fn cfg(pre: &std::path::Path, continue_on_failure: bool) -> ScriptsConfig {
+        let mut c = ScriptsConfig::default();
+        c.pre_script = Some(pre.to_path_buf());
+        c.continue_on_failure = continue_on_failure;
+        c
+    }
+
+    #[test]
+    fn rows_that_need_no_mount() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (vm, ok, bad) = setup(dir.path());
+        let app = Consistency::Application;
+        let new = || ConsistentProvider::new(Counted(ImageFileProvider::new(), AtomicUsize::new(0)));
+
+        // Scripts succeed, freeze disabled (no mounts): application.
+        let p = new().with_scripts(cfg(&ok, true));
+        assert_eq!(p.snapshot(&vm, app).expect("snapshot").consistency, Consistency::Application);
+        // Scripts fail, continue, freeze disabled: crash, with the reason.
+        let s = new().with_scripts(cfg(&bad, true)).snapshot(&vm, app).expect("snapshot");
+        assert_eq!(s.consistency, Consistency::Crash);
+        assert!(s.warnings.iter().any(|w| w.contains("got crash")), "{:?}", s.warnings);
+        // ... unless crash is not allowed: the job fails and the snapshot is released.
+        let p = new().with_scripts(cfg(&bad, true)).with_min_consistency(Consistency::FileSystem);
+        assert!(matches!(p.snapshot(&vm, app), Err(Error::Provider { step: "snapshot", .. })));
+        assert_eq!(p.inner().1.load(Ordering::SeqCst), 1);
+        // Scripts fail, do not continue: the job fails before any snapshot.
+        let p = new().with_scripts(cfg(&bad, false));
+        assert!(matches!(p.snapshot(&vm, app), Err(Error::Script { attempts: 1, .. })));
+        assert_eq!(p.inner().1.load(Ordering::SeqCst), 0);
+        // None configured, nothing to freeze: crash.
+        assert_eq!(new().snapshot(&vm, app).expect("snapshot").consistency, Consistency::Crash);
+        // Crash asked: scripts do not run even when they would fail the job.
+        assert!(new().with_scripts(cfg(&bad, false)).snapshot(&vm, Consistency::Crash).is_ok());
+    }
+}
