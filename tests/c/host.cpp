@@ -77,8 +77,11 @@ extern "C" int frozen_size(void *ud, uint64_t *size) {
     return 0;
 }
 
+std::atomic<bool> g_reading{false};  // set by the first read of a disk
+
 extern "C" int frozen_read(void *ud, uint64_t offset, uint8_t *buf, size_t len) {
     auto *f = static_cast<Frozen *>(ud);
+    g_reading = true;
     if (f->delay.count() > 0) std::this_thread::sleep_for(f->delay);
     if (offset + len > f->data.size()) return EINVAL;
     std::copy_n(f->data.begin() + static_cast<std::ptrdiff_t>(offset), len, buf);
@@ -223,8 +226,13 @@ void cancel_from_another_thread() {
     REQUIRE_OK(vmb_job_new(&raw));
     Job job(raw);
     std::atomic<vmb_status> canceller_status{VMB_ERR_OTHER};
+    g_reading = false;
+    // Cancels once the worker threads are reading the disks.
     std::thread canceller([&] {
-        std::this_thread::sleep_for(std::chrono::milliseconds(60));
+        auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+        while (!g_reading && std::chrono::steady_clock::now() < deadline)
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
         canceller_status = vmb_job_cancel(job.get());
     });
     int releases = g_vm.releases;
