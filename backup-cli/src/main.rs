@@ -4,6 +4,7 @@
 //! 2 bad usage.
 
 mod demo;
+mod maintenance;
 mod progress;
 
 use std::path::PathBuf;
@@ -125,6 +126,62 @@ enum Command {
         /// Where to put the sample VM, vault and restores (a new temporary
         /// folder when not given).
         dir: Option<PathBuf>,
+    },
+    /// Remove recovery points by a policy's retention (the newest point of
+    /// each VM is always kept); then run `gc` to reclaim their space.
+    Prune {
+        /// The vault.
+        #[arg(long)]
+        vault: PathBuf,
+        /// The policy file (TOML) whose retention rules apply.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Only this VM's points.
+        #[arg(long)]
+        vm: Option<String>,
+        /// Show what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove what no point references: segments, dead packs, and the dead
+    /// part of mostly-dead packs (repacked).
+    Gc {
+        /// The vault.
+        #[arg(long)]
+        vault: PathBuf,
+        /// Leave alone anything modified in the last MINUTES.
+        #[arg(long, default_value_t = 60, value_name = "MINUTES")]
+        grace: u64,
+        /// Show what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Work with policy files.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+}
+
+/// What `vmbackup policy` does.
+#[derive(Subcommand)]
+enum PolicyAction {
+    /// Check a policy file; print its rules and its next runs.
+    Check {
+        /// The policy file (TOML).
+        file: PathBuf,
+        /// How many next runs to print.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -335,6 +392,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Demo { dir } => demo::run(dir)?,
+        Command::Prune { vault, policy, vm, dry_run, json } => {
+            return maintenance::prune(&vault, &policy, vm, dry_run, json);
+        }
+        Command::Gc { vault, grace, dry_run, json } => return maintenance::gc(&vault, grace, dry_run, json),
+        Command::Policy { action: PolicyAction::Check { file, runs, json } } => {
+            return maintenance::policy_check(&file, runs, json);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

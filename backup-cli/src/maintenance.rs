@@ -1,0 +1,141 @@
+//! `vmbackup prune`, `vmbackup gc` and `vmbackup policy check`.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use backup_core::{GcOptions, Policy, PruneOptions, Vault};
+use serde_json::json;
+
+/// `vmbackup prune`: judges every point by the policy's retention, then
+/// removes the condemned manifests (unless `dry_run`).
+pub fn prune(vault: &Path, policy: &Path, vm: Option<String>, dry_run: bool, as_json: bool) -> Result<ExitCode> {
+    let policy = Policy::from_file(policy)?;
+    let vault = Vault::open(vault)?;
+    let mut options = PruneOptions::default();
+    options.vm = vm;
+    options.dry_run = dry_run;
+    let plan = backup_core::prune_plan(&vault, &policy.retention, jiff::Timestamp::now(), &options)?;
+    let report = backup_core::prune(&vault, &plan)?;
+    if as_json {
+        let out = json!({
+            "dry_run": dry_run,
+            "now": plan.now.to_string(),
+            "points": plan.points,
+            "removed": report.removed.iter().map(|p| json!({"vm": p.vm, "point": p.id})).collect::<Vec<_>>(),
+            "spared": report.spared,
+            "unreadable": plan.unreadable,
+            "manifest_bytes_removed": report.manifest_bytes_removed,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        for e in &plan.unreadable {
+            eprintln!("warning: not judged: {e}");
+        }
+        for p in &plan.points {
+            let why: Vec<&str> = p.reasons.iter().map(|r| r.as_str()).collect();
+            let verdict = match (p.keep(), dry_run) {
+                (true, _) => "keep",
+                (false, true) => "would remove",
+                (false, false) => "remove",
+            };
+            println!(
+                "{:<13} {:<16} {:<24} {}  {}",
+                verdict,
+                p.vm,
+                p.id,
+                p.time.to_zoned(policy.time_zone.clone()).strftime("%Y-%m-%d %H:%M %Z"),
+                why.join(",")
+            );
+        }
+        for s in &report.spared {
+            eprintln!("spared: {s}");
+        }
+        let kept = plan.to_keep().count();
+        if dry_run {
+            println!("dry run: would remove {} points, keep {kept}", report.removed.len());
+        } else {
+            println!("removed {} points, kept {kept}; run `vmbackup gc` to reclaim their space", report.removed.len());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vmbackup gc`: removes what no point references.
+pub fn gc(vault: &Path, grace_minutes: u64, dry_run: bool, as_json: bool) -> Result<ExitCode> {
+    let vault = Vault::open(vault)?;
+    let mut options = GcOptions::default();
+    options.grace = Duration::from_secs(grace_minutes.saturating_mul(60));
+    options.dry_run = dry_run;
+    let r = backup_core::gc(&vault, &options)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        let would = if dry_run { "would remove" } else { "removed" };
+        println!("{} points keep {} chunks and {} segments", r.points, r.live_chunks, r.live_segments);
+        println!(
+            "{would} {} chunks ({}), {} segments ({}), {} whole packs; {} packs repacked into {}",
+            r.chunks_removed,
+            crate::human(r.chunk_bytes_removed),
+            r.segments_removed,
+            crate::human(r.segment_bytes_removed),
+            r.packs_removed,
+            r.packs_repacked,
+            r.packs_written
+        );
+        if r.staging_removed + r.orphan_index_files_removed > 0 {
+            println!(
+                "{would} {} abandoned staging entries and {} chunk index files without a pack",
+                r.staging_removed, r.orphan_index_files_removed
+            );
+        }
+        if r.protected > 0 {
+            println!("{} objects newer than the grace period ({grace_minutes} min) left alone", r.protected);
+        }
+        let freed = crate::human(r.bytes_freed.unsigned_abs());
+        println!(
+            "{} {freed}",
+            if r.bytes_freed < 0 {
+                "grew by"
+            } else if dry_run {
+                "would free"
+            } else {
+                "freed"
+            }
+        );
+        for p in &r.problems {
+            eprintln!("problem: {p}");
+        }
+    }
+    Ok(if r.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `vmbackup policy check`: the policy in words and its next runs.
+pub fn policy_check(file: &Path, runs: usize, as_json: bool) -> Result<ExitCode> {
+    let policy = Policy::from_file(file)?;
+    let next = policy.next_runs(jiff::Timestamp::now(), runs)?;
+    if as_json {
+        let out = json!({
+            "ok": true,
+            "time_zone": policy.time_zone_name,
+            "instant_restore_days": policy.instant_restore_days,
+            "summary": policy.summary(),
+            "next_runs": next.iter().map(|z| json!({
+                "local": z.to_string(),
+                "utc": z.timestamp().to_string(),
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("policy {} is valid", file.display());
+        for line in policy.summary() {
+            println!("  {line}");
+        }
+        println!("next runs:");
+        for z in &next {
+            println!("  {}  ({})", z.strftime("%a %Y-%m-%d %H:%M %Z (%:z)"), z.timestamp());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
