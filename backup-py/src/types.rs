@@ -22,6 +22,26 @@ impl RecoveryPoint {
     }
 }
 
+/// A string as Python's `repr` shows it (single quotes), for `__repr__`.
+pub(crate) fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("\\'"),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+fn quote_opt(s: &Option<String>) -> String {
+    s.as_deref().map_or_else(|| "None".to_string(), quote)
+}
+
 /// `datetime.datetime(...)` in UTC for a timestamp.
 fn utc_datetime<'py>(py: Python<'py>, ts: jiff::Timestamp) -> PyResult<Bound<'py, PyAny>> {
     static DATETIME: PyOnceLock<Py<PyType>> = PyOnceLock::new();
@@ -125,10 +145,10 @@ impl RecoveryPoint {
 
     fn __repr__(&self) -> String {
         format!(
-            "RecoveryPoint(vm={:?}, id={:?}, consistency={:?}, disks={})",
-            self.manifest.vm,
-            self.manifest.id,
-            self.manifest.consistency.as_str(),
+            "RecoveryPoint(vm={}, id={}, consistency={}, disks={})",
+            quote(&self.manifest.vm),
+            quote(&self.manifest.id),
+            quote(self.manifest.consistency.as_str()),
             self.manifest.disks.len()
         )
     }
@@ -302,8 +322,11 @@ impl Problem {
 
     fn __repr__(&self) -> String {
         format!(
-            "Problem(vm={:?}, disk={:?}, range={:?}, what={:?})",
-            self.problem.vm, self.problem.disk, self.problem.range, self.problem.what
+            "Problem(vm={}, disk={}, range={}, what={})",
+            quote_opt(&self.problem.vm),
+            quote_opt(&self.problem.disk),
+            self.problem.range.as_ref().map_or_else(|| "None".to_string(), |r| format!("({}, {})", r.start, r.end)),
+            quote(&self.problem.what)
         )
     }
 }

@@ -32,7 +32,7 @@ pub(crate) struct Vault {
 
 /// Vault options from the Python arguments.
 fn vault_options(lock_timeout: f64) -> PyResult<VaultOptions> {
-    if !lock_timeout.is_finite() || lock_timeout < 0.0 || lock_timeout > 1e9 {
+    if !(0.0..=1e9).contains(&lock_timeout) {
         return Err(PyValueError::new_err(format!(
             "lock_timeout must be a number of seconds from 0 to 1e9, not {lock_timeout}"
         )));
