@@ -579,6 +579,15 @@ enum vmb_status vmb_point_id(const struct vmb_point *point, const char **out);
 enum vmb_status vmb_point_vm(const struct vmb_point *point, const char **out);
 
 /**
+ * The id of the point this one was taken against (the VM's previous point),
+ * or NULL for a VM's first point (lives as long as the point).
+ *
+ * # Safety
+ * As `vmb_point_id`.
+ */
+enum vmb_status vmb_point_parent(const struct vmb_point *point, const char **out);
+
+/**
  * When the snapshot was taken, in seconds since the Unix epoch (UTC).
  *
  * # Safety

@@ -15,6 +15,7 @@ pub struct vmb_point {
     id: CString,
     vm: CString,
     time: CString,
+    parent: Option<CString>,
     disk_names: Vec<CString>,
     warnings: Vec<CString>,
 }
@@ -28,6 +29,7 @@ impl vmb_point {
             id: c_string(&manifest.id, "point id")?,
             vm: c_string(&manifest.vm, "vm name")?,
             time: c_string(&manifest.time.to_string(), "time")?,
+            parent: manifest.parent.as_deref().map(|p| c_string(p, "parent point id")).transpose()?,
             disk_names,
             warnings,
             manifest,
@@ -112,6 +114,21 @@ pub unsafe extern "C" fn vmb_point_vm(point: *const vmb_point, out: *mut *const 
         let p = arg_ref!(point, "point");
         let out = arg_out!(out, "out");
         write_out!(out, p.vm.as_ptr());
+        Ok(())
+    }
+}
+
+/// The id of the point this one was taken against (the VM's previous point),
+/// or NULL for a VM's first point (lives as long as the point).
+///
+/// # Safety
+/// As `vmb_point_id`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_point_parent(point: *const vmb_point, out: *mut *const c_char) -> vmb_status {
+    ffi! {
+        let p = arg_ref!(point, "point");
+        let out = arg_out!(out, "out");
+        write_out!(out, p.parent.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()));
         Ok(())
     }
 }

@@ -393,6 +393,13 @@ static void host_vm_twice(void) {
     CHECK(atomic_load(&g_changed_calls) > 0);
     (void)reads_before;
 
+    const char *id1 = NULL, *parent = NULL, *first_parent = "unset";
+    REQUIRE_OK(vmb_point_id(p1, &id1));
+    REQUIRE_OK(vmb_point_parent(p2, &parent));
+    REQUIRE_OK(vmb_point_parent(p1, &first_parent));
+    CHECK(parent != NULL && strcmp(parent, id1) == 0);
+    CHECK(first_parent == NULL);
+
     vmb_backup_stats mem_stats, total;
     REQUIRE_OK(vmb_point_disk_stats(p2, 0, &mem_stats));
     REQUIRE_OK(vmb_point_stats(p2, &total));
