@@ -218,6 +218,13 @@ pub fn gc(vault: &Vault, options: &GcOptions) -> Result<GcReport> {
         }
     }
 
+    let missing = live_chunks.len() - placed.len();
+    if missing > 0 {
+        report.problems.push(format!(
+            "{missing} chunk(s) that points reference are in no readable pack: run verify to see which points they hurt"
+        ));
+    }
+
     // Repack: read and check each candidate's live frames, copy them.
     let staging = root.join("tmp").join(format!("gc-{}-{}", std::process::id(), random_hex(8)?));
     let mut written: Vec<(String, u64)> = Vec::new();

@@ -144,6 +144,8 @@ pub fn restore_disk(
     options: &RestoreOptions,
 ) -> Result<RestoreStats> {
     let _lock = vault.lock(LockMode::Shared)?;
+    // Forgets packs that a gc (in any process) removed since the last read.
+    vault.refresh_index()?;
     let record = point.disk(disk)?;
     options.progress.start(record.size);
     let r = restore_record(vault, point, record, target, options);
@@ -178,6 +180,8 @@ pub fn restore_disk_to_path(
     options: &RestoreOptions,
 ) -> Result<RestoreStats> {
     let _lock = vault.lock(LockMode::Shared)?;
+    // Forgets packs that a gc (in any process) removed since the last read.
+    vault.refresh_index()?;
     let record = point.disk(disk)?;
     options.progress.start(record.size);
     let r = restore_record_to_path(vault, point, record, to, options);
@@ -224,6 +228,8 @@ pub fn restore_vm(
     options: &RestoreOptions,
 ) -> Result<Vec<RestoreStats>> {
     let _lock = vault.lock(LockMode::Shared)?;
+    // Forgets packs that a gc (in any process) removed since the last read.
+    vault.refresh_index()?;
     fs::create_dir_all(dir).map_err(|e| Error::io("create folder", dir, e))?;
     options.progress.start(point.disks.iter().map(|d| d.size).sum());
     let r =

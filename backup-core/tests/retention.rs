@@ -652,3 +652,44 @@ fn gc_refuses_to_run_with_a_damaged_manifest() {
     bad.repack_threshold = 1.5;
     assert!(matches!(gc(&vault, &bad), Err(Error::InvalidArgument { .. })));
 }
+
+/// A vault handle opened before another process's prune and gc must not
+/// deduplicate a new backup against chunks that gc removed.
+#[test]
+fn a_long_lived_handle_does_not_dedup_against_chunks_gc_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = dir.path().join("root.img");
+    let mut rng = Rng(77);
+    let first = rng.bytes(8 * BLOCK);
+    let second = rng.bytes(8 * BLOCK);
+    let host = Vault::init(dir.path().join("vault")).expect("init");
+    let vm = Vm::from_images("web", &[&image]).expect("vm");
+    fs::write(&image, &first).expect("image");
+    backup(&host, &ImageFileProvider::new(), &vm, &BackupOptions::default()).expect("backup 1");
+    fs::write(&image, &second).expect("image");
+    backup(&host, &ImageFileProvider::new(), &vm, &BackupOptions::default()).expect("backup 2");
+    // Another process removes the first point and its chunks.
+    let other = Vault::open(host.path()).expect("open");
+    let plan = prune_plan(&other, &keep_last(1), Timestamp::now(), &PruneOptions::default()).expect("plan");
+    prune(&other, &plan).expect("prune");
+    for f in files_under(other.path()) {
+        age(&f, Duration::from_secs(7200));
+    }
+    let report = gc(&other, &gc_now(0.0)).expect("gc");
+    assert_eq!(report.chunks_removed, 8);
+    // The host backs up the first content again through its old handle.
+    fs::write(&image, &first).expect("image");
+    let r = backup(&host, &ImageFileProvider::new(), &vm, &BackupOptions::default()).expect("backup 3");
+    let fresh = Vault::open(host.path()).expect("open");
+    let mut contents = HashMap::new();
+    contents.insert(r.point.id.clone(), first.clone());
+    let p = fresh.find_point("web", &r.point.id).expect("point");
+    let out = dir.path().join("restored");
+    restore_disk_to_path(&fresh, &p, "0", &out, &RestoreOptions::default()).expect("restore of the new point");
+    assert!(fs::read(&out).expect("read") == first);
+    // The old handle restores too: it forgets the packs gc removed.
+    fs::remove_file(&out).expect("clean");
+    restore_disk_to_path(&host, &p, "0", &out, &RestoreOptions::default()).expect("restore through the old handle");
+    assert!(fs::read(&out).expect("read") == first);
+    assert!(contents.contains_key(&p.id));
+}

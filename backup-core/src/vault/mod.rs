@@ -408,6 +408,18 @@ impl Vault {
     /// A pack whose index file and trailer are both unreadable.
     pub fn refresh_index(&self) -> Result<()> {
         let packs = self.pack_ids()?;
+        // A pack that is gone was removed or repacked by gc (in any
+        // process): forget the whole index, or a backup through this handle
+        // would deduplicate against chunks that no longer exist.
+        let gone = {
+            let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+            let now: std::collections::HashSet<&String> = packs.iter().collect();
+            idx.known.iter().any(|p| !now.contains(p))
+        };
+        if gone {
+            *self.index.write().unwrap_or_else(|p| p.into_inner()) = ChunkIndex::default();
+            self.open_packs.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
         let new: Vec<String> = {
             let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
             packs.into_iter().filter(|p| !idx.known.contains(p)).collect()
@@ -746,8 +758,7 @@ impl Vault {
     /// Forgets the loaded chunk index and open pack files, so that the next
     /// read loads them again: gc calls it after it removed or replaced packs.
     pub(crate) fn reload_index(&self) -> Result<()> {
-        *self.index.write().unwrap_or_else(|p| p.into_inner()) = ChunkIndex::default();
-        self.open_packs.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        // refresh_index notices the packs that are gone and starts afresh.
         self.refresh_index()
     }
 
