@@ -54,6 +54,9 @@ pub fn check_block_size(block_size: u32) -> Result<()> {
     Ok(())
 }
 
+/// Blocks between two progress reports and cancellation checks.
+const PROGRESS_BATCH: u64 = 256;
+
 /// How the engine runs for one disk.
 pub(crate) struct EngineParams<'a> {
     pub vm: &'a str,
@@ -185,15 +188,23 @@ fn run_pass(
         };
         let first = window.start / bs;
         let count = (window.end - window.start).div_ceil(bs);
-        let outcomes: Vec<Outcome> = (0..count)
-            .into_par_iter()
-            .map_init(Buffers::default, |buf, i| {
-                if p.cancel.is_cancelled() {
-                    return Err(Error::Cancelled { what: format!("backup of vm {}", p.vm) });
-                }
-                job.run(buf, first + i, i as usize)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // Batches keep progress and cancellation responsive (a segment is
+        // 128 MiB at the default block size) at no cost to parallelism.
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(count as usize);
+        for batch in (0..count).step_by(PROGRESS_BATCH as usize) {
+            let end = (batch + PROGRESS_BATCH).min(count);
+            let done = (0..end - batch)
+                .into_par_iter()
+                .map_init(Buffers::default, |buf, k| {
+                    if p.cancel.is_cancelled() {
+                        return Err(Error::Cancelled { what: format!("backup of vm {}", p.vm) });
+                    }
+                    job.run(buf, first + batch + k, (batch + k) as usize)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            p.progress.advance(done.iter().map(|o| o.len).sum());
+            outcomes.extend(done);
+        }
         let mut entries: Entries = Vec::with_capacity(outcomes.len());
         for o in &outcomes {
             if o.audit_mismatch {
@@ -208,7 +219,6 @@ fn run_pass(
         let (id, added) = sink.put_segment(&crate::vault::encode_segment(&entries))?;
         stats.bytes_stored += added;
         segment_ids.push(id);
-        p.progress.advance(window.end - window.start);
     }
     Ok(PassEnd::Done(DiskRecord {
         name: disk.name.clone(),
