@@ -45,6 +45,7 @@ mod policy;
 mod prune;
 mod restore;
 mod snapshot;
+mod throttle;
 mod vault;
 mod verify;
 
@@ -71,4 +72,5 @@ pub use vault::{
     BackupSession, Codec, DiskRecord, DiskStats, FORMAT_VERSION, LockMode, PointManifest, PointStats, Vault, VaultLock,
     VaultOptions, VaultSink, VaultSource, VmRecord,
 };
+pub use throttle::{Throttle, ThrottledDevice, ThrottledProvider};
 pub use verify::{Problem, VerifyOptions, VerifyReport, verify};

@@ -693,3 +693,28 @@ fn a_long_lived_handle_does_not_dedup_against_chunks_gc_removed() {
     assert!(fs::read(&out).expect("read") == first);
     assert!(contents.contains_key(&p.id));
 }
+
+/// The throttle's accuracy over a few seconds: a measurement rather than a
+/// test (timing on a shared machine), run with `--ignored`.
+#[test]
+#[ignore = "a measurement: takes ~4 s and depends on the machine's load"]
+fn throttle_holds_a_job_within_ten_percent_of_its_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = dir.path().join("root.img");
+    fs::write(&image, Rng(9).bytes(64 << 20)).expect("image");
+    let vault = Vault::init(dir.path().join("vault")).expect("init");
+    let vm = Vm::from_images("web", &[&image]).expect("vm");
+    let rate = 16u64 << 20;
+    let provider =
+        ThrottledProvider::new(ImageFileProvider::new(), std::sync::Arc::new(Throttle::new(rate).expect("rate")));
+    let start = std::time::Instant::now();
+    let r = backup(&vault, &provider, &vm, &BackupOptions::default()).expect("backup");
+    let secs = start.elapsed().as_secs_f64();
+    let achieved = r.point.stats.totals.bytes_read as f64 / secs;
+    eprintln!(
+        "read {} bytes in {secs:.2} s: {:.2} MiB/s for a limit of 16 MiB/s",
+        r.point.stats.totals.bytes_read,
+        achieved / (1 << 20) as f64
+    );
+    assert!((achieved / rate as f64 - 1.0).abs() < 0.10, "achieved {achieved} B/s for a limit of {rate}");
+}
