@@ -9,6 +9,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::io;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use backup_core::{
@@ -26,12 +27,21 @@ pub(crate) struct PyDevice {
     obj: Py<PyAny>,
     /// Asked once, before the job starts.
     size: u64,
+    /// Whether the class overrides `allocated`: when not, the engine is
+    /// told "not known" without a trip through the GIL.
+    has_allocated: bool,
 }
 
 impl PyDevice {
-    pub(crate) fn new(obj: Py<PyAny>, size: u64) -> Self {
-        PyDevice { obj, size }
+    pub(crate) fn new(obj: Py<PyAny>, size: u64, has_allocated: bool) -> Self {
+        PyDevice { obj, size, has_allocated }
     }
+}
+
+/// An `io::Error` carrying a Python `ValueError`, for a device that broke
+/// its contract.
+fn contract(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, pyo3::exceptions::PyValueError::new_err(msg))
 }
 
 impl BlockDevice for PyDevice {
@@ -46,6 +56,43 @@ impl BlockDevice for PyDevice {
             let data =
                 self.obj.call_method1(py, intern!(py, "read_at"), (offset, buf.len())).map_err(io::Error::other)?;
             copy_into(data.bind(py), offset, buf)
+        })
+    }
+
+    fn allocated(&self, window: Range<u64>) -> io::Result<Option<Vec<Range<u64>>>> {
+        if !self.has_allocated {
+            return Ok(None);
+        }
+        Python::attach(|py| {
+            let r = self
+                .obj
+                .call_method1(py, intern!(py, "allocated"), (window.start, window.end))
+                .map_err(io::Error::other)?;
+            if r.is_none(py) {
+                return Ok(None);
+            }
+            let list: Vec<(u64, u64)> = r.extract(py).map_err(|_| {
+                io::Error::other(PyTypeError::new_err(
+                    "BlockDevice.allocated must return a list of (start, end) int pairs or None",
+                ))
+            })?;
+            let mut ranges: Vec<Range<u64>> = Vec::with_capacity(list.len());
+            let mut last_end = 0;
+            for (start, end) in list {
+                if start > end || start < last_end {
+                    return Err(contract(format!(
+                        "BlockDevice.allocated({}, {}) returned ranges that are not sorted and disjoint",
+                        window.start, window.end
+                    )));
+                }
+                last_end = end;
+                // Clip to the window: the engine asks one window at a time.
+                let r = start.max(window.start)..end.min(window.end);
+                if r.start < r.end {
+                    ranges.push(r);
+                }
+            }
+            Ok(Some(ranges))
         })
     }
 }

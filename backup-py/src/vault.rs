@@ -112,7 +112,8 @@ fn resolve_disks(py: Python<'_>, vm: &str, disks: &Bound<'_, PyAny>) -> PyResult
             let size = int_arg(&item.call_method0("size")?, "BlockDevice.size()")?;
             let size = u64::try_from(size)
                 .map_err(|_| PyValueError::new_err(format!("disk {name}: size() returned {size} < 0")))?;
-            devices.insert(name.clone(), Arc::new(PyDevice::new(item.clone().unbind(), size)));
+            let has_allocated = !item.get_type().getattr("allocated")?.is(&device_class.getattr("allocated")?);
+            devices.insert(name.clone(), Arc::new(PyDevice::new(item.clone().unbind(), size, has_allocated)));
             vm_disks.push(VmDisk { name: name.clone(), location: format!("python:{name}") });
         } else {
             let path: PathBuf = item.extract().map_err(|_| {

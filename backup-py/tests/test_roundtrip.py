@@ -49,6 +49,8 @@ def test_full_and_incremental_round_trip(
     assert second.disks[1].stats.bytes_new == 0
 
     assert vault.points("web") == [first, second]
+    assert first != second and first != first.id and len({first, second, vault.point("web")}) == 2
+    assert repr(first).startswith("RecoveryPoint(vm='web', id=")
     assert vault.points() == [first, second]
     assert vault.points("nobody") == []
     assert vault.point("web") == second
@@ -152,3 +154,51 @@ def test_point_of_another_vault_is_not_found(
         foreign = other.backup("web", [image])
     with pytest.raises(vmbackup.NotFoundError):
         vault.restore(foreign, disk=0, to=tmp_path / "x")
+
+
+class SparseDisk(vmbackup.BlockDevice):
+    """A 64 MiB disk with data in two places; reading a hole is an error."""
+
+    name = "sparse"
+    data_ranges = [(MiB, MiB + 100), (40 * MiB, 41 * MiB)]
+
+    def __init__(self) -> None:
+        self.read_bytes = 0
+
+    def size(self) -> int:
+        return 64 * MiB
+
+    def allocated(self, start: int, end: int) -> list[tuple[int, int]] | None:
+        return [(s, e) for s, e in self.data_ranges if s < end and e > start]
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        if not any(s < offset + length and e > offset for s, e in self.data_ranges):
+            raise AssertionError(f"read a hole at {offset}")
+        self.read_bytes += length
+        return bytes(
+            0x5A if any(s <= i < e for s, e in self.data_ranges) else 0
+            for i in range(offset, offset + length)
+        )
+
+
+def test_block_device_allocated_skips_holes(vault: vmbackup.Vault, tmp_path: Path) -> None:
+    disk = SparseDisk()
+    point = vault.backup("sparse", [disk])
+    assert disk.read_bytes == 65536 + MiB
+    assert point.stats.bytes_read == 65536 + MiB
+    vault.restore(point, disk=0, to=tmp_path / "sparse.img")
+    restored = (tmp_path / "sparse.img").read_bytes()
+    assert len(restored) == 64 * MiB
+    assert restored[MiB : MiB + 100] == b"\x5a" * 100
+    assert restored[MiB + 100 : 40 * MiB].count(0) == 39 * MiB - 100
+
+    class Unsorted(SparseDisk):
+        data_ranges = [(40 * MiB, 41 * MiB), (MiB, MiB + 100)]
+
+        def allocated(self, start: int, end: int) -> list[tuple[int, int]] | None:
+            return list(self.data_ranges)
+
+    with pytest.raises(vmbackup.VmBackupIOError) as e:
+        vault.backup("sparse", [Unsorted()])
+    assert isinstance(e.value.__cause__, ValueError)
+    assert vault.points() == [point]

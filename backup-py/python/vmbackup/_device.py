@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Optional
+from typing import List, Optional, Tuple
 
 __all__ = ["BlockDevice"]
 
@@ -18,6 +18,9 @@ class BlockDevice(abc.ABC):
     :func:`os.pread` rather than ``seek`` and ``read``. An exception it
     raises fails the backup with a :class:`vmbackup.VmBackupIOError` whose
     ``__cause__`` is that exception; nothing is committed.
+
+    Override :meth:`allocated` to tell which parts of the disk may hold
+    data: the rest reads as zeros and is never read.
 
     Set ``name`` (a class or instance attribute) to name the disk in the
     vault; without it the disk is called ``disk<N>`` after its position.
@@ -34,3 +37,10 @@ class BlockDevice(abc.ABC):
     def read_at(self, offset: int, length: int) -> bytes:
         """Return exactly ``length`` bytes of the disk starting at byte
         ``offset`` (``bytes``, ``bytearray`` or ``memoryview``)."""
+
+    def allocated(self, start: int, end: int) -> Optional[List[Tuple[int, int]]]:
+        """The ranges ``(start, end)`` (end exclusive) within bytes
+        ``start`` to ``end`` that may hold data, sorted and not overlapping;
+        everything else reads as zeros and is not read. ``None`` (the
+        default) when not known: then every block is read."""
+        return None
