@@ -5,6 +5,7 @@
 
 mod demo;
 mod maintenance;
+mod schedule;
 mod progress;
 
 use std::path::PathBuf;
@@ -166,6 +167,31 @@ enum Command {
     Policy {
         #[command(subcommand)]
         action: PolicyAction,
+    },
+    /// Run in the foreground, backing up VMs when the policy says (stop
+    /// with SIGTERM or Ctrl-C: running jobs are cancelled, nothing half-made).
+    Schedule {
+        /// The vault.
+        #[arg(long)]
+        vault: PathBuf,
+        /// The policy file (TOML): schedule, time zone and retention.
+        #[arg(long)]
+        policy: PathBuf,
+        /// The VMs, as JSON: {"vms": [{"name": "web", "disks": ["root=/images/web.img"]}]}.
+        #[arg(long)]
+        vms: PathBuf,
+        /// How many VMs are backed up at once.
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
+        /// Limit the disk reads of all jobs together, in bytes per second (64M, 512K, ...).
+        #[arg(long, value_parser = parse_size)]
+        limit: Option<u32>,
+        /// Run what is due now (one catch-up run per VM), then exit.
+        #[arg(long)]
+        once: bool,
+        /// Pretend that now is this instant (RFC 3339): a fake clock for rehearsals and tests.
+        #[arg(long, hide = true)]
+        now: Option<jiff::Timestamp>,
     },
 }
 
@@ -398,6 +424,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Gc { vault, grace, dry_run, json } => return maintenance::gc(&vault, grace, dry_run, json),
         Command::Policy { action: PolicyAction::Check { file, runs, json } } => {
             return maintenance::policy_check(&file, runs, json);
+        }
+        Command::Schedule { vault, policy, vms, concurrency, limit, once, now } => {
+            return schedule::run(schedule::Args {
+                vault: &vault,
+                policy: &policy,
+                vms: &vms,
+                concurrency,
+                limit: limit.map(u64::from),
+                once,
+                now,
+            });
         }
     }
     Ok(ExitCode::SUCCESS)

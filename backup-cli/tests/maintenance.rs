@@ -88,3 +88,51 @@ fn prune_then_gc_keep_a_vault_that_verifies() {
     assert!(run(&["restore", "--vault", s(&vault), "--vm", "web", "--disk", "0", "--to", s(&out)]).status.success());
     assert!(fs::read(&out).expect("restored") == data);
 }
+
+#[test]
+fn schedule_catches_up_a_missed_run_once_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (vault, image, policy, vms) = (d.join("vault"), d.join("web.img"), d.join("policy.toml"), d.join("vms.json"));
+    fs::write(&image, vec![5u8; 1 << 20]).expect("image");
+    fs::write(
+        &policy,
+        "timezone = \"UTC\"\n[schedule]\nfrequency = \"daily\"\ntimes = [\"02:00\"]\n[retention]\nkeep_last = 2\n",
+    )
+    .expect("policy");
+    let vms_json = serde_json::json!({"vms": [{"name": "web", "disks": [format!("root={}", s(&image))]}]});
+    fs::write(&vms, vms_json.to_string()).expect("vms");
+    assert!(run(&["init", s(&vault)]).status.success());
+    json(&["backup", "--vault", s(&vault), "--vm", "web", "--disk", s(&image), "--json"]);
+    let points = |v: &Path| json(&["list", "--vault", s(v), "--json"])["points"].as_array().map_or(0, Vec::len);
+
+    // Three days later: three runs were missed, one is made up.
+    let later = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_hours(72)).expect("time").to_string();
+    let args = ["schedule", "--vault", s(&vault), "--policy", s(&policy), "--vms", s(&vms), "--once", "--now", &later];
+    let out = run(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("backup started").count(), 1, "{text}");
+    assert_eq!(points(&vault), 2);
+    // The same instant again: that run is served.
+    let out = run(&args);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("backup started"));
+    assert_eq!(points(&vault), 2);
+
+    // SIGTERM stops the daemon cleanly (sent once it says it started: its
+    // handler is installed by then).
+    let mut child = Command::new(BIN)
+        .args(["schedule", "--vault", s(&vault), "--policy", s(&policy), "--vms", s(&vms)])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().expect("stdout")));
+    let first = lines.next().expect("a line").expect("utf-8");
+    assert!(first.contains("schedule started"), "{first}");
+    // SAFETY: kill with a pid of our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let rest: Vec<String> = lines.map(|l| l.expect("utf-8")).collect();
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "exit {status:?}");
+    assert!(rest.last().is_some_and(|l| l.contains("schedule stopped")), "{rest:?}");
+}

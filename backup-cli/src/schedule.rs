@@ -1,0 +1,260 @@
+//! `vmbackup schedule`: a foreground daemon that backs up VMs by a policy.
+//!
+//! What has been served is read from the vault, not kept in a state file:
+//! every scheduled point records the run it served in its `policy_rule`
+//! ("schedule: daily at 02:00; run 2026-11-26T01:00:00Z"). At start, and
+//! after every job, a VM is due when a scheduled run lies after the last run
+//! it served (or after its newest point) and at or before now; after
+//! downtime only the latest missed run is made up, once. A VM without
+//! points waits for its first scheduled run. At most `--concurrency` jobs run
+//! at once; a job failing with a retryable error is tried again after 10,
+//! 30 and 90 seconds. After a job succeeds and no other job is running, the
+//! VM's points are pruned by the policy. SIGTERM or SIGINT cancels the jobs
+//! in flight (they commit nothing, their snapshots are released) and exits 0.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use backup_core::{
+    BackupOptions, CancelToken, Consistency, ErrorKind, ImageFileProvider, Policy, PruneOptions, SnapshotProvider,
+    Throttle, ThrottledProvider, Vault, Vm,
+};
+use jiff::{SignedDuration, Timestamp};
+use serde::Deserialize;
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only stores to an atomic, which is
+    // async-signal-safe; signal() has no other preconditions.
+    unsafe {
+        libc::signal(libc::SIGTERM, handler);
+        libc::signal(libc::SIGINT, handler);
+    }
+}
+
+/// The VMs file: `{"vms": [{"name": "web", "disks": ["root=/images/web.img"], "consistency": "crash"}]}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmsFile {
+    vms: Vec<VmEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmEntry {
+    name: String,
+    disks: Vec<String>,
+    consistency: Option<String>,
+}
+
+/// What the daemon was asked to do.
+pub struct Args<'a> {
+    pub vault: &'a Path,
+    pub policy: &'a Path,
+    pub vms: &'a Path,
+    pub concurrency: usize,
+    pub limit: Option<u64>,
+    pub once: bool,
+    pub now: Option<Timestamp>,
+}
+
+const RETRY_AFTER: [u64; 3] = [10, 30, 90];
+
+fn log(msg: impl AsRef<str>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ =
+        writeln!(out, "{} {}", Timestamp::now().round(jiff::Unit::Second).unwrap_or(Timestamp::now()), msg.as_ref());
+    let _ = out.flush();
+}
+
+/// The scheduled run a point served, from its policy rule.
+fn served_run(rule: Option<&str>) -> Option<Timestamp> {
+    rule?.rsplit_once("; run ")?.1.trim().parse().ok()
+}
+
+/// Runs the daemon until a signal (or, with `once`, until nothing is due).
+pub fn run(args: Args<'_>) -> Result<ExitCode> {
+    let policy = Policy::from_file(args.policy)?;
+    let text = std::fs::read_to_string(args.vms).with_context(|| format!("cannot read {}", args.vms.display()))?;
+    let file: VmsFile =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a VMs file", args.vms.display()))?;
+    let mut vms: Vec<(Vm, Consistency)> = Vec::new();
+    for e in &file.vms {
+        let vm = crate::vm_from_args(&e.name, &e.disks)
+            .with_context(|| format!("vm {} in {}", e.name, args.vms.display()))?;
+        let c = e.consistency.as_deref().unwrap_or("crash").parse::<Consistency>()?;
+        if vms.iter().any(|(v, _)| v.name == vm.name) {
+            anyhow::bail!("vm {} is listed twice in {}", vm.name, args.vms.display());
+        }
+        vms.push((vm, c));
+    }
+    if args.concurrency == 0 {
+        anyhow::bail!("--concurrency must be at least 1");
+    }
+    let vault = Vault::open(args.vault)?;
+    let provider: Box<dyn SnapshotProvider> = match args.limit {
+        Some(rate) => Box::new(ThrottledProvider::new(ImageFileProvider::new(), Arc::new(Throttle::new(rate)?))),
+        None => Box::new(ImageFileProvider::new()),
+    };
+    // A fake clock for tests and dry rehearsals: real time shifted.
+    let offset = args.now.map_or(SignedDuration::ZERO, |n| n.duration_since(Timestamp::now()));
+    let clock = || Timestamp::now().checked_add(offset).unwrap_or_else(|_| Timestamp::now());
+    let start = clock();
+    let mut served: HashMap<String, Timestamp> = HashMap::new();
+    for (vm, _) in &vms {
+        let last = vault.points(Some(&vm.name))?.into_iter().last();
+        let since = last.map_or(start, |p| served_run(p.policy_rule.as_deref()).map_or(p.time, |r| r.max(p.time)));
+        served.insert(vm.name.clone(), since);
+    }
+    install_signal_handlers();
+    log(format!(
+        "schedule started: {} vms, {}, at most {} at once{}",
+        vms.len(),
+        policy.schedule.describe(),
+        args.concurrency,
+        args.limit.map(|l| format!(", reads limited to {l} bytes/s")).unwrap_or_default()
+    ));
+    if let Some(next) = policy.next_runs(start, 1)?.first() {
+        log(format!("next run: {next}"));
+    }
+
+    let mut failures = 0u32;
+    std::thread::scope(|s| -> Result<()> {
+        let (tx, rx) = mpsc::channel::<(String, Result<String, String>)>();
+        let mut running: HashMap<String, CancelToken> = HashMap::new();
+        loop {
+            if STOP.load(Ordering::SeqCst) {
+                if !running.is_empty() {
+                    log(format!("stopping: cancelling {} running job(s)", running.len()));
+                }
+                for t in running.values() {
+                    t.cancel();
+                }
+                break;
+            }
+            let now = clock();
+            for (vm, consistency) in &vms {
+                if running.len() >= args.concurrency || running.contains_key(&vm.name) {
+                    continue;
+                }
+                let since = served.get(&vm.name).copied().unwrap_or(start);
+                let Some(due) = policy.schedule.due(&policy.time_zone, since, now)? else { continue };
+                served.insert(vm.name.clone(), due.timestamp());
+                let cancel = CancelToken::new();
+                running.insert(vm.name.clone(), cancel.clone());
+                let rule = format!("schedule: {}; run {}", policy.schedule.describe(), due.timestamp());
+                log(format!("{}: backup started for the run of {due}", vm.name));
+                let (tx, vault, provider) = (tx.clone(), &vault, &*provider);
+                let consistency = *consistency;
+                s.spawn(move || {
+                    let mut options = BackupOptions::default();
+                    options.consistency = consistency;
+                    options.cancel = cancel;
+                    options.policy_rule = Some(rule);
+                    let mut attempt = 0;
+                    let result = loop {
+                        match backup_core::backup(vault, provider, vm, &options) {
+                            Ok(r) => {
+                                break Ok(format!(
+                                    "committed point {} ({} read, {} added, {:.1} s)",
+                                    r.point.id,
+                                    crate::human(r.point.stats.totals.bytes_read),
+                                    crate::human(r.point.stats.bytes_added),
+                                    r.seconds
+                                ));
+                            }
+                            Err(e) if e.kind() == ErrorKind::Retryable && attempt < RETRY_AFTER.len() => {
+                                log(format!("{}: {e}; trying again in {} s", vm.name, RETRY_AFTER[attempt]));
+                                for _ in 0..RETRY_AFTER[attempt] * 10 {
+                                    if options.cancel.is_cancelled() {
+                                        break;
+                                    }
+                                    std::thread::sleep(Duration::from_millis(100));
+                                }
+                                attempt += 1;
+                            }
+                            Err(e) => break Err(e.to_string()),
+                        }
+                    };
+                    let _ = tx.send((vm.name.clone(), result));
+                });
+            }
+            if args.once && running.is_empty() {
+                break;
+            }
+            match rx.recv_timeout(Duration::from_millis(500)) {
+                Ok((name, result)) => {
+                    running.remove(&name);
+                    match result {
+                        Ok(msg) => {
+                            log(format!("{name}: {msg}"));
+                            if running.is_empty() {
+                                prune_vm(&vault, &policy, &name, clock());
+                            }
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            log(format!("{name}: backup failed: {e}"));
+                        }
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        while !running.is_empty() {
+            match rx.recv() {
+                Ok((name, result)) => {
+                    running.remove(&name);
+                    match result {
+                        Ok(msg) => log(format!("{name}: {msg}")),
+                        Err(e) => log(format!("{name}: {e}")),
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    })?;
+    log("schedule stopped");
+    Ok(if args.once && failures > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn prune_vm(vault: &Vault, policy: &Policy, vm: &str, now: Timestamp) {
+    let mut options = PruneOptions::default();
+    options.vm = Some(vm.to_string());
+    let r =
+        backup_core::prune_plan(vault, &policy.retention, now, &options).and_then(|p| backup_core::prune(vault, &p));
+    match r {
+        Ok(r) if !r.removed.is_empty() => log(format!("{vm}: pruned {} point(s)", r.removed.len())),
+        Ok(_) => {}
+        Err(e) => log(format!("{vm}: prune failed (tried again after the next job): {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn served_run_reads_the_policy_rule() {
+        let t = served_run(Some("schedule: daily at 02:00; run 2026-11-26T01:00:00Z"));
+        assert_eq!(t, Some("2026-11-26T01:00:00Z".parse().expect("ts")));
+        assert_eq!(served_run(Some("manual")), None);
+        assert_eq!(served_run(None), None);
+    }
+}
