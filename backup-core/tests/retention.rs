@@ -718,3 +718,51 @@ fn throttle_holds_a_job_within_ten_percent_of_its_limit() {
     );
     assert!((achieved / rate as f64 - 1.0).abs() < 0.10, "achieved {achieved} B/s for a limit of {rate}");
 }
+
+/// Backups and prune + gc at the same time through two handles (each takes
+/// the vault's flock as a separate process would), many times: no point
+/// loses a block.
+#[test]
+fn backups_and_gc_at_the_same_time_lose_no_block() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = VaultOptions::default();
+    options.pack_target_size = 128 << 10;
+    let root = dir.path().join("vault");
+    let host = Vault::init_with(&root, options.clone()).expect("init");
+    let image = dir.path().join("root.img");
+    let vm = Vm::from_images("web", &[&image]).expect("vm");
+    let contents = std::sync::Mutex::new(HashMap::new());
+    let rounds = 25;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut rng = Rng(4242);
+            let mut data = rng.bytes(16 * BLOCK);
+            for _ in 0..rounds {
+                for _ in 0..3 {
+                    let b = (rng.next() % 16) as usize;
+                    let fresh = rng.bytes(BLOCK);
+                    data[b * BLOCK..(b + 1) * BLOCK].copy_from_slice(&fresh);
+                }
+                fs::write(&image, &data).expect("image");
+                let r = backup(&host, &ImageFileProvider::new(), &vm, &BackupOptions::default()).expect("backup");
+                contents.lock().expect("lock").insert(r.point.id.clone(), data.clone());
+            }
+        });
+        s.spawn(|| {
+            let other = Vault::open_with(&root, options.clone()).expect("open");
+            let mut removed = 0;
+            for _ in 0..rounds {
+                let plan = prune_plan(&other, &keep_last(2), Timestamp::now(), &PruneOptions::default()).expect("plan");
+                prune(&other, &plan).expect("prune");
+                removed += gc(&other, &gc_now(0.0)).expect("gc").chunks_removed;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(removed > 0, "gc never ran between two backups");
+        });
+    });
+    let contents = contents.into_inner().expect("lock");
+    let fresh = Vault::open(&root).expect("open");
+    assert!(fresh.points(None).expect("points").len() >= 2);
+    assert_restores(&fresh, &contents, dir.path());
+    assert_restores(&host, &contents, dir.path());
+}
