@@ -766,3 +766,22 @@ fn backups_and_gc_at_the_same_time_lose_no_block() {
     assert_restores(&fresh, &contents, dir.path());
     assert_restores(&host, &contents, dir.path());
 }
+
+/// The policy examples in the README and in the policy module's doc parse.
+#[test]
+fn documented_policy_examples_parse() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = fs::read_to_string(root.join("../README.md")).expect("README");
+    let module = fs::read_to_string(root.join("src/policy/mod.rs")).expect("policy module");
+    let module_doc: String =
+        module.lines().filter_map(|l| l.strip_prefix("//!")).map(|l| format!("{}\n", l.trim_start())).collect();
+    for (name, text) in [("README.md", readme), ("src/policy/mod.rs", module_doc)] {
+        let block = text
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .unwrap_or_else(|| panic!("{name} has no toml example"));
+        let p = Policy::from_toml_str(block).unwrap_or_else(|e| panic!("the example in {name} does not parse: {e}"));
+        assert!(p.next_runs(Timestamp::now(), 3).expect("runs").len() == 3);
+    }
+}
