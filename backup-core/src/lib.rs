@@ -5,7 +5,10 @@
 //! disk; the changed-block engine moves only what changed since the last
 //! point, every disk in parallel, into a deduplicating [`Vault`]; the point
 //! is committed only once everything it names is durable. Points are
-//! listed, [restored](restore_disk_to_path) and [verified](verify).
+//! listed, [restored](restore_disk_to_path) and [verified](verify). A
+//! [`Policy`] says when backups run ([`Schedule`]) and how long points live
+//! ([`Retention`]); [`prune_plan`] and [`prune`] remove the points it no
+//! longer keeps, and [`gc`] reclaims what no point references.
 //!
 //! Data flows one way: provider -> device -> engine -> vault.
 //!
