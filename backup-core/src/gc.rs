@@ -1,29 +1,4 @@
-//! Garbage collection: removes what no point references, under the
-//! vault's exclusive lock.
-//!
-//! 1. Every manifest is read and every index segment it names is read and
-//!    hash-checked: together they give the live segments and live chunks.
-//!    gc refuses to run while a manifest or a live segment is unreadable,
-//!    since it could not know what that point still needs.
-//! 2. Packs are sorted: a pack with no live chunk is removed whole; a pack
-//!    whose dead share of chunk bytes reaches `repack_threshold` is
-//!    rewritten: its live frames are read, crc-checked and re-hashed, then
-//!    copied byte for byte into new packs (same pack format, same chunk
-//!    index files) staged under `tmp/gc-<pid>-<rand>/`.
-//! 3. The new packs are flushed and renamed into `packs/`, their index
-//!    files into `index/`, and both folders flushed. Only then are the old
-//!    packs and their index files removed. A crash at any step leaves a vault
-//!    that verifies: before the removal a chunk may be in two packs, never in
-//!    none.
-//! 4. Unreferenced segments, index files without a pack, and staging folders
-//!    under `tmp/` are removed.
-//!
-//! Grace period: nothing whose modification time is within
-//! [`GcOptions::grace`] of now is removed or rewritten (for a staging folder,
-//! its newest file counts). The lock already keeps backups out while gc
-//! runs; the grace period also protects objects written by a writer that
-//! does not take it, and staging folders of backups that may still be
-//! running on another host.
+//! Garbage collection: [`gc`] (its doc is the algorithm and its guarantees).
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -110,7 +85,32 @@ struct NewPack {
     entries: Vec<PackEntry>,
 }
 
-/// Removes what no point references (see the [module doc](self)).
+/// Garbage collection: removes what no point references, under the
+/// vault's exclusive lock.
+///
+/// 1. Every manifest is read and every index segment it names is read and
+///    hash-checked: together they give the live segments and live chunks.
+///    gc refuses to run while a manifest or a live segment is unreadable,
+///    since it could not know what that point still needs.
+/// 2. Packs are sorted: a pack with no live chunk is removed whole; a pack
+///    whose dead share of chunk bytes reaches `repack_threshold` is
+///    rewritten: its live frames are read, crc-checked and re-hashed, then
+///    copied byte for byte into new packs (same pack format, same chunk
+///    index files) staged under `tmp/gc-<pid>-<rand>/`.
+/// 3. The new packs are flushed and renamed into `packs/`, their index
+///    files into `index/`, and both folders flushed. Only then are the old
+///    packs and their index files removed. A crash at any step leaves a vault
+///    that verifies: before the removal a chunk may be in two packs, never in
+///    none.
+/// 4. Unreferenced segments, index files without a pack, and staging folders
+///    under `tmp/` are removed.
+///
+/// Grace period: nothing whose modification time is within
+/// [`GcOptions::grace`] of now is removed or rewritten (for a staging folder,
+/// its newest file counts). The lock already keeps backups out while gc
+/// runs; the grace period also protects objects written by a writer that
+/// does not take it, and staging folders of backups that may still be
+/// running on another host.
 ///
 /// # Errors
 /// The vault locked (a backup, restore or verify running past the lock

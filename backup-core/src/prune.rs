@@ -1,14 +1,4 @@
-//! Prune: remove recovery points by retention rules, in two steps:
-//! [`prune_plan`] judges every point (under a shared lock, changing
-//! nothing), [`prune`] removes the manifests the plan condemns (under the
-//! exclusive lock). Prune removes only manifests; the data only they used
-//! is reclaimed by [`gc`](crate::gc) afterwards.
-//!
-//! Guarantees: the newest point of every VM is kept (checked again when
-//! the plan is carried out, so a stale plan cannot remove it); a point
-//! being restored, verified or exported is never removed under its reader,
-//! since those hold the shared lock that prune waits for; a damaged
-//! manifest is never judged and never removed, only reported.
+//! Prune: [`prune_plan`] then [`prune`] (its doc states the guarantees).
 
 use jiff::Timestamp;
 use serde::Serialize;
@@ -151,6 +141,18 @@ pub fn prune_plan(vault: &Vault, retention: &Retention, now: Timestamp, options:
 /// Carries out a plan: removes the manifests of the points it condemns,
 /// under the exclusive lock. A point that is by now its VM's newest, or
 /// that is already gone, is spared and reported.
+///
+/// Prune: remove recovery points by retention rules, in two steps:
+/// [`prune_plan`] judges every point (under a shared lock, changing
+/// nothing), [`prune`] removes the manifests the plan condemns (under the
+/// exclusive lock). Prune removes only manifests; the data only they used
+/// is reclaimed by [`gc`](crate::gc) afterwards.
+///
+/// Guarantees: the newest point of every VM is kept (checked again when
+/// the plan is carried out, so a stale plan cannot remove it); a point
+/// being restored, verified or exported is never removed under its reader,
+/// since those hold the shared lock that prune waits for; a damaged
+/// manifest is never judged and never removed, only reported.
 ///
 /// # Errors
 /// The vault locked (a backup, restore or verify running past the lock

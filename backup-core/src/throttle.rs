@@ -1,20 +1,4 @@
-//! Throttling: a token bucket that holds a job's reads to a rate in bytes
-//! per second.
-//!
-//! The engine reads a disk one block at a time through its
-//! [`BlockDevice`]; a [`ThrottledDevice`] takes the block's bytes from a
-//! shared [`Throttle`] before each read, so every block of every disk of a
-//! job (or of several jobs sharing one throttle, e.g. all jobs on one host)
-//! counts against the same budget. [`ThrottledProvider`] wraps any snapshot
-//! provider so that the devices it hands out are throttled, which needs no
-//! change to the job or the engine. Blocks that change tracking or holes
-//! let the engine skip are never read, so they cost nothing.
-//!
-//! The bucket lets the balance go negative: a reader that takes more than
-//! is there sleeps until the debt is paid back at the rate. That keeps the
-//! average exact however large a block is and however many threads read at
-//! once; the burst (a tenth of a second of the rate, at least 64 KiB) only
-//! bounds how much passes unthrottled after an idle spell.
+//! Throttling: [`Throttle`], [`ThrottledDevice`], [`ThrottledProvider`].
 
 use std::io;
 use std::ops::Range;
@@ -27,6 +11,24 @@ use crate::model::{Consistency, Vm};
 use crate::snapshot::{PrepareReport, Snapshot, SnapshotDisk, SnapshotProvider};
 
 /// A token bucket of bytes per second, shared by every reader it throttles.
+///
+/// Throttling: a token bucket that holds a job's reads to a rate in bytes
+/// per second.
+///
+/// The engine reads a disk one block at a time through its
+/// [`BlockDevice`]; a [`ThrottledDevice`] takes the block's bytes from a
+/// shared [`Throttle`] before each read, so every block of every disk of a
+/// job (or of several jobs sharing one throttle, e.g. all jobs on one host)
+/// counts against the same budget. [`ThrottledProvider`] wraps any snapshot
+/// provider so that the devices it hands out are throttled, which needs no
+/// change to the job or the engine. Blocks that change tracking or holes
+/// let the engine skip are never read, so they cost nothing.
+///
+/// The bucket lets the balance go negative: a reader that takes more than
+/// is there sleeps until the debt is paid back at the rate. That keeps the
+/// average exact however large a block is and however many threads read at
+/// once; the burst (a tenth of a second of the rate, at least 64 KiB) only
+/// bounds how much passes unthrottled after an idle spell.
 ///
 /// ```
 /// use backup_core::Throttle;

@@ -773,8 +773,11 @@ fn documented_policy_examples_parse() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let readme = fs::read_to_string(root.join("../README.md")).expect("README");
     let module = fs::read_to_string(root.join("src/policy/mod.rs")).expect("policy module");
-    let module_doc: String =
-        module.lines().filter_map(|l| l.strip_prefix("//!")).map(|l| format!("{}\n", l.trim_start())).collect();
+    let module_doc: String = module
+        .lines()
+        .filter_map(|l| l.strip_prefix("///").or_else(|| l.strip_prefix("//!")))
+        .map(|l| format!("{}\n", l.trim_start()))
+        .collect();
     for (name, text) in [("README.md", readme), ("src/policy/mod.rs", module_doc)] {
         let block = text
             .split("```toml\n")

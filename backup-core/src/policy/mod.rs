@@ -1,62 +1,5 @@
-//! Policies: when a VM is backed up ([`Schedule`]) and how long its points
-//! live ([`Retention`]), in the vocabulary of cloud VM backup.
-//!
-//! A policy is a TOML file:
-//!
-//! ```toml
-//! timezone = "Europe/Berlin"         # IANA name; schedule and retention use its local time
-//! instant_restore_days = 2           # 1..=30, default 2: days a point's snapshot is kept
-//!
-//! [schedule]
-//! frequency = "daily"                # "daily", "weekly" or "hourly"
-//! times = ["02:00", "14:30"]         # daily and weekly: local times of day
-//! # days = ["sunday", "wednesday"]   # weekly only: the days
-//! # every_hours = 4                  # hourly only: 4, 6, 8 or 12
-//! # window_start = "08:00"           # hourly only: the first run of each day
-//! # window_hours = 12                # hourly only: 1..=24 (default 24); runs start inside it
-//!
-//! [retention]
-//! keep_last = 3                                            # 1..=9999: the newest points, whatever their day
-//! daily = { days = 30 }                                    # 7..=9999
-//! weekly = { weeks = 12, days = ["sunday"] }               # 1..=5163
-//! monthly = { months = 12, days_of_month = [1, "last"] }   # 1..=1188
-//! yearly = { years = 5, months_of_year = ["january"], weekdays = ["sunday"], weeks_of_month = ["first"] }  # 1..=99
-//! ```
-//!
-//! Monthly and yearly points are picked either by `days_of_month` (1 to 28,
-//! or `"last"`) or by `weekdays` and `weeks_of_month` (`"first"` to
-//! `"fourth"`, or `"last"`: the month's last seven days). Days and months
-//! may be written in full or by their first three letters.
-//!
-//! Refused, with an error naming the field: unknown fields, values out of
-//! range, duplicates in a list, a schedule field that does not belong to
-//! its frequency, a policy that keeps nothing, daily retention with a
-//! weekly schedule (it makes no daily points), weekday-based retention on a
-//! day the weekly schedule never runs (or day-of-month retention with a
-//! weekly schedule), monthly or yearly rules that give both or neither way
-//! of picking days, and instant restore longer than daily retention.
-//!
-//! Time is the policy zone's civil time: a run at 02:30 on the night the
-//! clocks skip 02:00..03:00 happens at 03:30, and on the night 02:00..03:00
-//! repeats it happens once, at the first 02:30. Retention buckets points by
-//! their local calendar date in the same zone.
-//!
-//! ```
-//! use backup_core::Policy;
-//! let policy = Policy::from_toml_str(r#"
-//!     timezone = "America/New_York"
-//!     [schedule]
-//!     frequency = "daily"
-//!     times = ["23:30"]
-//!     [retention]
-//!     daily = { days = 7 }
-//! "#)?;
-//! let after: jiff::Timestamp = "2025-03-08T12:00:00Z".parse()?;
-//! let runs = policy.next_runs(after, 2)?;
-//! assert_eq!(runs[0].to_string(), "2025-03-08T23:30:00-05:00[America/New_York]");
-//! assert_eq!(runs[1].to_string(), "2025-03-09T23:30:00-04:00[America/New_York]");
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
+//! Policies: when a VM is backed up and how long its points live; the file
+//! format is on [`Policy`].
 
 mod retention;
 mod schedule;
@@ -92,7 +35,67 @@ pub const KEEP_LAST: std::ops::RangeInclusive<u32> = 1..=9999;
 pub const EVERY_HOURS: [u8; 4] = [4, 6, 8, 12];
 
 /// A checked backup policy: schedule, time zone, instant restore and
-/// retention (see the [module doc](self) for the file format).
+/// retention.
+///
+/// Policies: when a VM is backed up ([`Schedule`]) and how long its points
+/// live ([`Retention`]), in the vocabulary of cloud VM backup.
+///
+/// A policy is a TOML file:
+///
+/// ```toml
+/// timezone = "Europe/Berlin"         # IANA name; schedule and retention use its local time
+/// instant_restore_days = 2           # 1..=30, default 2: days a point's snapshot is kept
+///
+/// [schedule]
+/// frequency = "daily"                # "daily", "weekly" or "hourly"
+/// times = ["02:00", "14:30"]         # daily and weekly: local times of day
+/// # days = ["sunday", "wednesday"]   # weekly only: the days
+/// # every_hours = 4                  # hourly only: 4, 6, 8 or 12
+/// # window_start = "08:00"           # hourly only: the first run of each day
+/// # window_hours = 12                # hourly only: 1..=24 (default 24); runs start inside it
+///
+/// [retention]
+/// keep_last = 3                                            # 1..=9999: the newest points, whatever their day
+/// daily = { days = 30 }                                    # 7..=9999
+/// weekly = { weeks = 12, days = ["sunday"] }               # 1..=5163
+/// monthly = { months = 12, days_of_month = [1, "last"] }   # 1..=1188
+/// yearly = { years = 5, months_of_year = ["january"], weekdays = ["sunday"], weeks_of_month = ["first"] }  # 1..=99
+/// ```
+///
+/// Monthly and yearly points are picked either by `days_of_month` (1 to 28,
+/// or `"last"`) or by `weekdays` and `weeks_of_month` (`"first"` to
+/// `"fourth"`, or `"last"`: the month's last seven days). Days and months
+/// may be written in full or by their first three letters.
+///
+/// Refused, with an error naming the field: unknown fields, values out of
+/// range, duplicates in a list, a schedule field that does not belong to
+/// its frequency, a policy that keeps nothing, daily retention with a
+/// weekly schedule (it makes no daily points), weekday-based retention on a
+/// day the weekly schedule never runs (or day-of-month retention with a
+/// weekly schedule), monthly or yearly rules that give both or neither way
+/// of picking days, and instant restore longer than daily retention.
+///
+/// Time is the policy zone's civil time: a run at 02:30 on the night the
+/// clocks skip 02:00..03:00 happens at 03:30, and on the night 02:00..03:00
+/// repeats it happens once, at the first 02:30. Retention buckets points by
+/// their local calendar date in the same zone.
+///
+/// ```
+/// use backup_core::Policy;
+/// let policy = Policy::from_toml_str(r#"
+///     timezone = "America/New_York"
+///     [schedule]
+///     frequency = "daily"
+///     times = ["23:30"]
+///     [retention]
+///     daily = { days = 7 }
+/// "#)?;
+/// let after: jiff::Timestamp = "2025-03-08T12:00:00Z".parse()?;
+/// let runs = policy.next_runs(after, 2)?;
+/// assert_eq!(runs[0].to_string(), "2025-03-08T23:30:00-05:00[America/New_York]");
+/// assert_eq!(runs[1].to_string(), "2025-03-09T23:30:00-04:00[America/New_York]");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Policy {

@@ -1,20 +1,4 @@
-//! Which points to keep: a pure function of the points, the rules and now.
-//!
-//! Points are bucketed by their local calendar date in the policy's zone.
-//! Each rule keeps the newest point of each date it selects:
-//!
-//! - daily (D days): every date from today back to today - (D - 1) days;
-//! - weekly (W weeks, days): dates on those weekdays after today - W weeks;
-//! - monthly (M months, selector): dates the selector picks after today - M
-//!   months (a month back from the 31st is the month's last day);
-//! - yearly (Y years, months, selector): dates in those months that the
-//!   selector picks, after today - Y years.
-//!
-//! A rule selects dates, not points: a date whose backup failed keeps
-//! nothing and is not replaced by a neighbour (as cloud backup services do).
-//! Besides the rules, keep-last keeps the newest N points whatever their
-//! date, the newest point is always kept, and points after `now` (a clock
-//! that moved back) are kept.
+//! Which points to keep: [`Retention::apply`], a pure function (the rules are on [`Retention`]).
 
 use std::collections::BTreeMap;
 
@@ -221,6 +205,24 @@ pub struct YearlyRule {
 /// Retention rules and the zone whose calendar they count in. Build one
 /// with [`Retention::new`] and set the rules, or take a
 /// [`Policy`](super::Policy)'s.
+///
+/// Which points to keep: a pure function of the points, the rules and now.
+///
+/// Points are bucketed by their local calendar date in the policy's zone.
+/// Each rule keeps the newest point of each date it selects:
+///
+/// - daily (D days): every date from today back to today - (D - 1) days;
+/// - weekly (W weeks, days): dates on those weekdays after today - W weeks;
+/// - monthly (M months, selector): dates the selector picks after today - M
+///   months (a month back from the 31st is the month's last day);
+/// - yearly (Y years, months, selector): dates in those months that the
+///   selector picks, after today - Y years.
+///
+/// A rule selects dates, not points: a date whose backup failed keeps
+/// nothing and is not replaced by a neighbour (as cloud backup services do).
+/// Besides the rules, keep-last keeps the newest N points whatever their
+/// date, the newest point is always kept, and points after `now` (a clock
+/// that moved back) are kept.
 ///
 /// ```
 /// use backup_core::{PointRef, Retention};
