@@ -5,8 +5,8 @@
 
 mod demo;
 mod maintenance;
-mod schedule;
 mod progress;
+mod schedule;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -186,6 +186,9 @@ enum Command {
         /// Limit the disk reads of all jobs together, in bytes per second (64M, 512K, ...).
         #[arg(long, value_parser = parse_size)]
         limit: Option<u32>,
+        /// Limit the disk reads of all jobs together to this many at once.
+        #[arg(long)]
+        max_reads: Option<usize>,
         /// Run what is due now (one catch-up run per VM), then exit.
         #[arg(long)]
         once: bool,
@@ -425,13 +428,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Policy { action: PolicyAction::Check { file, runs, json } } => {
             return maintenance::policy_check(&file, runs, json);
         }
-        Command::Schedule { vault, policy, vms, concurrency, limit, once, now } => {
+        Command::Schedule { vault, policy, vms, concurrency, limit, max_reads, once, now } => {
             return schedule::run(schedule::Args {
                 vault: &vault,
                 policy: &policy,
                 vms: &vms,
                 concurrency,
                 limit: limit.map(u64::from),
+                max_reads,
                 once,
                 now,
             });

@@ -67,6 +67,7 @@ pub struct Args<'a> {
     pub vms: &'a Path,
     pub concurrency: usize,
     pub limit: Option<u64>,
+    pub max_reads: Option<usize>,
     pub once: bool,
     pub now: Option<Timestamp>,
 }
@@ -106,9 +107,15 @@ pub fn run(args: Args<'_>) -> Result<ExitCode> {
         anyhow::bail!("--concurrency must be at least 1");
     }
     let vault = Vault::open(args.vault)?;
-    let provider: Box<dyn SnapshotProvider> = match args.limit {
-        Some(rate) => Box::new(ThrottledProvider::new(ImageFileProvider::new(), Arc::new(Throttle::new(rate)?))),
-        None => Box::new(ImageFileProvider::new()),
+    let provider: Box<dyn SnapshotProvider> = match (args.limit, args.max_reads) {
+        (None, None) => Box::new(ImageFileProvider::new()),
+        (rate, reads) => {
+            let mut t = Throttle::new(rate.unwrap_or(u64::MAX))?;
+            if let Some(n) = reads {
+                t = t.with_concurrent_reads(n)?;
+            }
+            Box::new(ThrottledProvider::new(ImageFileProvider::new(), Arc::new(t)))
+        }
     };
     // A fake clock for tests and dry rehearsals: real time shifted.
     let offset = args.now.map_or(SignedDuration::ZERO, |n| n.duration_since(Timestamp::now()));
@@ -127,6 +134,7 @@ pub fn run(args: Args<'_>) -> Result<ExitCode> {
         policy.schedule.describe(),
         args.concurrency,
         args.limit.map(|l| format!(", reads limited to {l} bytes/s")).unwrap_or_default()
+            + &args.max_reads.map(|n| format!(", at most {n} reads at once")).unwrap_or_default()
     ));
     if let Some(next) = policy.next_runs(start, 1)?.first() {
         log(format!("next run: {next}"));

@@ -2,7 +2,7 @@
 
 use std::io;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::device::BlockDevice;
@@ -10,10 +10,8 @@ use crate::error::{Error, Result};
 use crate::model::{Consistency, Vm};
 use crate::snapshot::{PrepareReport, Snapshot, SnapshotDisk, SnapshotProvider};
 
-/// A token bucket of bytes per second, shared by every reader it throttles.
-///
-/// Throttling: a token bucket that holds a job's reads to a rate in bytes
-/// per second.
+/// A token bucket of bytes per second, and optionally a limit on reads at
+/// once, shared by every reader it throttles.
 ///
 /// The engine reads a disk one block at a time through its
 /// [`BlockDevice`]; a [`ThrottledDevice`] takes the block's bytes from a
@@ -30,11 +28,18 @@ use crate::snapshot::{PrepareReport, Snapshot, SnapshotDisk, SnapshotProvider};
 /// once; the burst (a tenth of a second of the rate, at least 64 KiB) only
 /// bounds how much passes unthrottled after an idle spell.
 ///
+/// [`with_concurrent_reads`](Self::with_concurrent_reads) also caps how
+/// many reads run at once across everything sharing the throttle (say, all
+/// jobs on one host whose storage suffers from deep queues), whatever the
+/// engine's thread count.
+///
 /// ```
 /// use backup_core::Throttle;
 /// let t = Throttle::new(64 << 20)?; // 64 MiB/s
 /// t.take(1 << 20); // returns at once: within the burst
 /// assert_eq!(t.bytes_per_second(), 64 << 20);
+/// let per_host = Throttle::new(200 << 20)?.with_concurrent_reads(4)?;
+/// assert_eq!(per_host.concurrent_reads(), Some(4));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
@@ -42,6 +47,20 @@ pub struct Throttle {
     rate: u64,
     burst: f64,
     state: Mutex<Bucket>,
+    /// (limit, reads in flight) and the wait for a free slot.
+    slots: Option<(usize, Mutex<usize>, Condvar)>,
+}
+
+/// A read slot, given back on drop.
+struct Slot<'a>(&'a Throttle);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Some((_, busy, freed)) = &self.0.slots {
+            *busy.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+            freed.notify_one();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -64,7 +83,37 @@ impl Throttle {
             rate: bytes_per_second,
             burst,
             state: Mutex::new(Bucket { tokens: burst, last: Instant::now() }),
+            slots: None,
         })
+    }
+
+    /// The same throttle, also letting at most `reads` reads run at once.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for 0 reads.
+    pub fn with_concurrent_reads(mut self, reads: usize) -> Result<Throttle> {
+        if reads == 0 {
+            return Err(Error::invalid("concurrent reads", "0 reads at once would never finish"));
+        }
+        self.slots = Some((reads, Mutex::new(0), Condvar::new()));
+        Ok(self)
+    }
+
+    /// The limit of reads at once, if any.
+    pub fn concurrent_reads(&self) -> Option<usize> {
+        self.slots.as_ref().map(|(n, _, _)| *n)
+    }
+
+    /// Waits for a free read slot.
+    fn slot(&self) -> Slot<'_> {
+        if let Some((limit, busy, freed)) = &self.slots {
+            let mut n = busy.lock().unwrap_or_else(|p| p.into_inner());
+            while *n >= *limit {
+                n = freed.wait(n).unwrap_or_else(|p| p.into_inner());
+            }
+            *n += 1;
+        }
+        Slot(self)
     }
 
     /// The rate.
@@ -107,6 +156,7 @@ impl BlockDevice for ThrottledDevice {
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.throttle.take(buf.len() as u64);
+        let _slot = self.throttle.slot();
         self.inner.read_at(offset, buf)
     }
     fn allocated(&self, window: Range<u64>) -> io::Result<Option<Vec<Range<u64>>>> {
@@ -203,5 +253,41 @@ mod tests {
         let total = 2 * 32 * (64u64 << 10);
         let floor = (total as f64 - t.burst) / rate as f64;
         assert!(start.elapsed().as_secs_f64() >= floor * 0.99, "{:?} < {floor} s", start.elapsed());
+    }
+
+    #[test]
+    fn concurrent_reads_are_capped() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Slow {
+            now: AtomicUsize,
+            most: AtomicUsize,
+        }
+        impl BlockDevice for Slow {
+            fn size(&self) -> u64 {
+                1 << 30
+            }
+            fn read_at(&self, _offset: u64, _buf: &mut [u8]) -> io::Result<()> {
+                let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+                self.most.fetch_max(n, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(5));
+                self.now.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            }
+        }
+        assert!(Throttle::new(1).and_then(|t| t.with_concurrent_reads(0)).is_err());
+        let slow = Arc::new(Slow { now: AtomicUsize::new(0), most: AtomicUsize::new(0) });
+        let t = Arc::new(Throttle::new(u64::MAX).and_then(|t| t.with_concurrent_reads(2)).expect("throttle"));
+        let dev = ThrottledDevice::new(slow.clone(), t);
+        std::thread::scope(|s| {
+            for _ in 0..6 {
+                s.spawn(|| {
+                    let mut buf = [0u8; 16];
+                    for _ in 0..5 {
+                        dev.read_at(0, &mut buf).expect("read");
+                    }
+                });
+            }
+        });
+        assert_eq!(slow.most.load(Ordering::SeqCst), 2);
     }
 }
