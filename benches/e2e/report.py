@@ -110,7 +110,7 @@ def main(results, meta_path):
         print("| target | ratio | wanted | met |")
         print("|---|---:|---:|---|")
         for name, r, want, ok in checks(v):
-            print("| %s | %.2f | %s | %s |" % (name, r, want, "yes" if ok(r) else "**no**"))
+            print("| %s | %.3f | %s | %s |" % (name, r, want, "yes" if ok(r) else "**no**"))
         print()
     print("Versions: vmbackup %s; %s; %s. Repositories and restored images in %s. "
           "Load average (1, 5, 15 min) at start and end: %s." % (
