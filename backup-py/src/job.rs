@@ -137,7 +137,10 @@ where
         rendezvous: progress.is_some(),
         events: Mutex::new(tx),
     });
-    let outcome = py.detach(move || {
+    // The callback is only borrowed, so that it is dropped here, with the
+    // GIL held; the receiver moves in (it is not `Sync`).
+    let outcome = py.detach(|| {
+        let rx = rx;
         std::thread::scope(|s| {
             let handle = {
                 let reporter: Arc<dyn Progress> = reporter.clone();
