@@ -26,10 +26,16 @@ pub(crate) fn write_durable(tmp: &Path, dest: &Path, bytes: &[u8]) -> Result<()>
 
 /// Creates `path` (which must not exist), writes `bytes` and flushes it.
 pub(crate) fn write_flushed(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_new(path, bytes)?.sync_all().map_err(|e| Error::io("flush", path, e))
+}
+
+/// Creates `path` (which must not exist) and writes `bytes`, without
+/// flushing: the caller flushes it before anything names it.
+pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> Result<File> {
     let mut f =
         fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| Error::io("create", path, e))?;
     f.write_all(bytes).map_err(|e| Error::io("write", path, e))?;
-    f.sync_all().map_err(|e| Error::io("flush", path, e))
+    Ok(f)
 }
 
 /// Creates a folder and its parents.

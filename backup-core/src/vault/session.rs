@@ -7,6 +7,7 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
 
 use super::{Codec, LockMode, PackEntry, PointManifest, Vault, VaultLock, VaultSink, files, manifest, pack};
 use crate::error::{Error, Result};
@@ -29,7 +30,28 @@ struct Staged {
     segments: HashSet<ContentId>,
     /// Finished packs, by id.
     packs: Vec<String>,
+    /// Full packs being finished (trailer, fsync, index file) on threads
+    /// of their own, oldest first: the workers keep hashing and
+    /// compressing while the disk catches up.
+    finishing: std::collections::VecDeque<JoinHandle<Result<(String, u64)>>>,
     open: Option<OpenPack>,
+}
+
+/// Full packs finished at once, at most; one more waits for the oldest, so
+/// memory and dirty pages stay bounded when the disk is the bottleneck.
+const MAX_FINISHING: usize = 2;
+
+/// Writes the trailer, flushes the pack and stages its index file.
+/// Returns the pack's id and the bytes it added past its frames.
+fn finish_pack(dir: &std::path::Path, p: OpenPack) -> Result<(String, u64)> {
+    let OpenPack { id, path, mut out, offset, entries } = p;
+    let trailer = pack::encode_trailer(&entries, offset);
+    out.write_all(&trailer).map_err(|e| Error::io("write", &path, e))?;
+    let file = out.into_inner().map_err(|e| Error::io("write", &path, e.into_error()))?;
+    file.sync_all().map_err(|e| Error::io("flush", &path, e))?;
+    let idx = pack::encode_idx(&trailer);
+    files::write_flushed(&dir.join("index").join(format!("{id}.idx")), &idx)?;
+    Ok((id, (trailer.len() + idx.len()) as u64))
 }
 
 /// A backup's staging area; implements [`VaultSink`]. Dropping it without
@@ -90,26 +112,29 @@ impl<'v> BackupSession<'v> {
         Ok(OpenPack { id, path, out, offset: header.len() as u64, entries: Vec::new() })
     }
 
-    /// Writes the trailer, flushes the pack and stages its index file.
-    fn finish_pack(&self, p: OpenPack) -> Result<String> {
-        let OpenPack { id, path, mut out, offset, entries } = p;
-        let trailer = pack::encode_trailer(&entries, offset);
-        out.write_all(&trailer).map_err(|e| Error::io("write", &path, e))?;
-        let file = out.into_inner().map_err(|e| Error::io("write", &path, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io("flush", &path, e))?;
-        let idx = pack::encode_idx(&trailer);
-        files::write_flushed(&self.dir.join("index").join(format!("{id}.idx")), &idx)?;
-        self.bytes_added.fetch_add((trailer.len() + idx.len()) as u64, Ordering::Relaxed);
-        Ok(id)
+    /// Waits for a pack finishing on its own thread and records it.
+    fn join_finishing(&self, h: JoinHandle<Result<(String, u64)>>) -> Result<()> {
+        let (id, added) = h.join().map_err(|_| Error::invalid("pack", "the thread finishing a pack panicked"))??;
+        self.bytes_added.fetch_add(added, Ordering::Relaxed);
+        self.staged().packs.push(id);
+        Ok(())
     }
 
     fn publish(&self) -> Result<()> {
-        let (packs, segments) = {
+        let (open, finishing) = {
             let mut st = self.staged();
-            if let Some(open) = st.open.take() {
-                let id = self.finish_pack(open)?;
-                st.packs.push(id);
-            }
+            (st.open.take(), std::mem::take(&mut st.finishing))
+        };
+        for h in finishing {
+            self.join_finishing(h)?;
+        }
+        if let Some(open) = open {
+            let (id, added) = finish_pack(&self.dir, open)?;
+            self.bytes_added.fetch_add(added, Ordering::Relaxed);
+            self.staged().packs.push(id);
+        }
+        let (packs, segments) = {
+            let st = self.staged();
             (st.packs.clone(), st.segments.iter().copied().collect::<Vec<_>>())
         };
         let vault = self.vault;
@@ -125,6 +150,10 @@ impl<'v> BackupSession<'v> {
             fs::rename(&from, &to).map_err(|e| Error::io("move chunk index into place", &to, e))?;
         }
         files::sync_dir(&vault.path().join("index"))?;
+        for id in &segments {
+            let path = self.dir.join("segments").join(id.to_hex());
+            File::open(&path).and_then(|f| f.sync_all()).map_err(|e| Error::io("flush", &path, e))?;
+        }
         let mut dirs = HashSet::new();
         for id in &segments {
             let from = self.dir.join("segments").join(id.to_hex());
@@ -173,14 +202,23 @@ impl VaultSink for BackupSession<'_> {
         p.entries.push(entry);
         p.offset += entry.frame_len();
         let full = p.offset >= self.vault.options().pack_target_size;
-        if full {
-            if let Some(done) = st.open.take() {
-                let id = self.finish_pack(done)?;
-                st.packs.push(id);
-            }
-        }
         let added = entry.frame_len();
         self.bytes_added.fetch_add(added, Ordering::Relaxed);
+        if full && let Some(done) = st.open.take() {
+            // The fsync of a full pack runs on a thread of its own, outside
+            // this lock: under it, every worker would wait for the disk.
+            let dir = self.dir.clone();
+            let h = std::thread::Builder::new()
+                .name("vmbackup-pack".into())
+                .spawn(move || finish_pack(&dir, done))
+                .map_err(|e| Error::io("start a thread to finish a pack in", &self.dir, e))?;
+            st.finishing.push_back(h);
+            let oldest = if st.finishing.len() > MAX_FINISHING { st.finishing.pop_front() } else { None };
+            drop(st);
+            if let Some(h) = oldest {
+                self.join_finishing(h)?;
+            }
+        }
         Ok(added)
     }
 
@@ -191,8 +229,10 @@ impl VaultSink for BackupSession<'_> {
         }
         let path = self.dir.join("segments").join(id.to_hex());
         // Another thread of this session may stage the same segment at once.
-        match files::write_flushed(&path, bytes) {
-            Ok(()) => {}
+        // It is flushed in `publish`: an fsync here would stall every
+        // worker between two segments of a disk.
+        match files::write_new(&path, bytes) {
+            Ok(_) => {}
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Ok((id, 0));
             }
@@ -234,8 +274,13 @@ impl Drop for BackupSession<'_> {
         // Committed or not, the staging folder goes: after a commit it only
         // holds the manifest's temporary link; without one, everything
         // staged is abandoned and the vault stays as it was.
-        if let Some(open) = self.staged().open.take() {
-            drop(open);
+        let (open, finishing) = {
+            let mut st = self.staged();
+            (st.open.take(), std::mem::take(&mut st.finishing))
+        };
+        drop(open);
+        for h in finishing {
+            let _ = h.join();
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
