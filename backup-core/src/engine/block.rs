@@ -27,8 +27,16 @@ pub(super) struct BlockJob<'a> {
     pub changed: Option<&'a [Range<u64>]>,
     pub prev: Option<&'a [Option<ContentId>]>,
     pub audit_rate: f64,
+    pub read_retries: u32,
+    pub cancel: &'a crate::model::CancelToken,
     pub seed: u64,
 }
+
+/// The wait before the first retry of a failed read; it doubles with each
+/// retry, up to `MAX_READ_BACKOFF`. Short: a flaky path (a network disk, a
+/// busy NBD server) recovers in milliseconds or not at all within a job.
+const READ_BACKOFF: std::time::Duration = std::time::Duration::from_millis(20);
+const MAX_READ_BACKOFF: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What happened to one block.
 #[derive(Debug, Clone, Copy, Default)]
@@ -117,12 +125,7 @@ impl BlockJob<'_> {
         }
         let data = &mut buf.data;
         data.resize(len as usize, 0);
-        self.device.read_at(offset, data).map_err(|source| Error::DeviceRead {
-            vm: self.vm.to_string(),
-            disk: self.disk.to_string(),
-            offset,
-            source,
-        })?;
+        self.read_block(offset, data)?;
         o.read = true;
         let id = if is_zero(data) { None } else { Some(self.sink.chunk_id(data)) };
         if audit {
@@ -158,6 +161,37 @@ impl BlockJob<'_> {
         }
         o.stored = added;
         Ok(o)
+    }
+}
+
+impl BlockJob<'_> {
+    /// Reads a block, trying a failed read again `read_retries` times with
+    /// a doubling backoff; the last error names the disk and offset.
+    fn read_block(&self, offset: u64, data: &mut [u8]) -> Result<()> {
+        let mut attempt = 0u32;
+        loop {
+            match self.device.read_at(offset, data) {
+                Ok(()) => return Ok(()),
+                Err(source) if attempt >= self.read_retries || self.cancel.is_cancelled() => {
+                    let source = if attempt == 0 {
+                        source
+                    } else {
+                        std::io::Error::new(source.kind(), format!("{source} (after {} attempts)", attempt + 1))
+                    };
+                    return Err(Error::DeviceRead {
+                        vm: self.vm.to_string(),
+                        disk: self.disk.to_string(),
+                        offset,
+                        source,
+                    });
+                }
+                Err(_) => {
+                    let wait = READ_BACKOFF.saturating_mul(1 << attempt.min(16)).min(MAX_READ_BACKOFF);
+                    std::thread::sleep(wait);
+                    attempt += 1;
+                }
+            }
+        }
     }
 }
 

@@ -62,6 +62,9 @@ pub(crate) struct EngineParams<'a> {
     pub vm: &'a str,
     pub block_size: u32,
     pub audit_rate: f64,
+    /// How many times a failed block read is tried again (see
+    /// `BackupOptions::read_retries`).
+    pub read_retries: u32,
     pub cancel: &'a CancelToken,
     pub progress: &'a dyn Progress,
 }
@@ -184,6 +187,8 @@ fn run_pass(
             changed: changed.as_deref(),
             prev: prev_entries.as_deref().map(Vec::as_slice),
             audit_rate: p.audit_rate,
+            read_retries: p.read_retries,
+            cancel: p.cancel,
             seed,
         };
         let first = window.start / bs;
