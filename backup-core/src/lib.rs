@@ -56,6 +56,11 @@ pub use device::{BlockDevice, RawImage};
 pub use engine::{DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, check_block_size};
 pub use error::{Error, ErrorKind, Result};
 pub use gc::{GcOptions, GcReport, gc};
+pub use job::log::{JobEvent, JobRecord, JobResult, Phase, PhaseRecord, job_history, read_job};
+pub use job::tiers::{
+    KeptFile, KeptSnapshot, ReleaseReport, kept_snapshot, kept_snapshots, point_tiers, release_expired,
+    restore_disk_from_snapshot,
+};
 pub use job::{BackupOptions, BackupReport, backup};
 pub use model::{CancelToken, Consistency, ContentId, NoProgress, OsType, Progress, Vm, VmDisk, validate_name};
 pub use policy::{
@@ -67,7 +72,7 @@ pub use restore::{
     FileTarget, RestoreOptions, RestoreStats, RestoreTarget, restore_disk, restore_disk_to_path, restore_vm,
 };
 pub use snapshot::{
-    ConsistentProvider, DEFAULT_FREEZE_TIMEOUT, DEFAULT_SCRIPT_TIMEOUT, FreezeGuard, ImageFileProvider,
+    ConsistentProvider, DEFAULT_FREEZE_TIMEOUT, DEFAULT_SCRIPT_TIMEOUT, FreezeGuard, ImageFileProvider, KeptDisk,
     MAX_SCRIPT_RETRIES, MAX_SCRIPT_TIMEOUT_SECS, OUTPUT_LIMIT, PrepareReport, ScriptsConfig, Snapshot, SnapshotDisk,
     SnapshotProvider, ThawReport,
 };

@@ -219,6 +219,9 @@ impl<P: SnapshotProvider> SnapshotProvider for ThrottledProvider<P> {
     fn check_intact(&self, vm: &Vm, snapshot: &Snapshot) -> Result<()> {
         self.inner.check_intact(vm, snapshot)
     }
+    fn keepable(&self, snapshot: &Snapshot) -> Option<Vec<crate::snapshot::KeptDisk>> {
+        self.inner.keepable(snapshot)
+    }
     fn release(&self, vm: &Vm, snapshot: Snapshot) -> Result<()> {
         self.inner.release(vm, snapshot)
     }

@@ -307,6 +307,9 @@ impl<P: SnapshotProvider> SnapshotProvider for ConsistentProvider<P> {
         self.inner.check_intact(vm, snapshot)
     }
 
+    fn keepable(&self, snapshot: &Snapshot) -> Option<Vec<crate::snapshot::KeptDisk>> {
+        self.inner.keepable(snapshot)
+    }
     fn release(&self, vm: &Vm, snapshot: Snapshot) -> Result<()> {
         self.inner.release(vm, snapshot)
     }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::{PrepareReport, Snapshot, SnapshotDisk, SnapshotProvider};
+use super::{KeptDisk, PrepareReport, Snapshot, SnapshotDisk, SnapshotProvider};
 use crate::device::RawImage;
 use crate::error::{Error, Result};
 use crate::model::{Consistency, Vm};
@@ -163,6 +163,22 @@ impl SnapshotProvider for ImageFileProvider {
             }
         }
         Ok(())
+    }
+
+    fn keepable(&self, snapshot: &Snapshot) -> Option<Vec<KeptDisk>> {
+        let taken = snapshot.provider_data.as_ref()?.downcast_ref::<Taken>()?;
+        // Only clones outlive the job; an image read in place is the live disk.
+        if !taken.in_place.is_empty() || taken.clones.len() != snapshot.disks.len() {
+            return None;
+        }
+        Some(
+            snapshot
+                .disks
+                .iter()
+                .zip(&taken.clones)
+                .map(|(d, c)| KeptDisk { name: d.name.clone(), path: c.clone() })
+                .collect(),
+        )
     }
 
     fn release(&self, _vm: &Vm, snapshot: Snapshot) -> Result<()> {

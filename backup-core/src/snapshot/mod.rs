@@ -61,6 +61,18 @@ pub struct Snapshot {
     pub provider_data: Option<Box<dyn Any + Send + Sync>>,
 }
 
+/// A disk of a snapshot that can outlive its job: a file that holds the
+/// disk as it was at the snapshot's instant, owned by vmbackup (a reflink
+/// clone of an image). A job that keeps a snapshot for instant restore
+/// records these files and releases the snapshot later by removing them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptDisk {
+    /// The disk's name, as in the VM.
+    pub name: String,
+    /// The file holding the snapshot of the disk.
+    pub path: std::path::PathBuf,
+}
+
 /// Takes snapshots of VMs. Implemented in the box for image files, and by
 /// hosts (in Rust, C or Python) for their own hypervisors.
 pub trait SnapshotProvider: Send + Sync {
@@ -99,8 +111,20 @@ pub trait SnapshotProvider: Send + Sync {
         Ok(())
     }
 
+    /// The files that hold this snapshot's disks when the snapshot can
+    /// outlive its job (every disk a reflink clone); None otherwise (the
+    /// default). When a job keeps a snapshot for instant restore, it drops
+    /// the [`Snapshot`] without calling [`release`](Self::release) and later
+    /// releases it by removing these files: return Some only when that is
+    /// all releasing takes.
+    fn keepable(&self, snapshot: &Snapshot) -> Option<Vec<KeptDisk>> {
+        let _ = snapshot;
+        None
+    }
+
     /// Releases a snapshot. Called once for every snapshot taken, whether
-    /// the job succeeded or not.
+    /// the job succeeded or not, unless the job keeps it (see
+    /// [`keepable`](Self::keepable)).
     ///
     /// # Errors
     /// [`Error::Provider`](crate::Error::Provider) with step "release".

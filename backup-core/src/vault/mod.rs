@@ -9,6 +9,8 @@
 //!   segments/<ab>/<id>          index segments, by content id (see `segment`)
 //!   points/<vm>/<point id>      point manifests (see `manifest`)
 //!   vms/<vm>.json               what `prepare` did to each VM
+//!   jobs/<vm>/<job id>.jsonl    backup job logs, append-only (see `job::log`); made on first use
+//!   snapshots/<vm>/<point>.json snapshots kept for instant restore (see `job::tiers`); made on first use
 //!   tmp/                        staging of backups in flight; never read as vault data
 //! ```
 //!
@@ -60,7 +62,7 @@ pub use session::BackupSession;
 /// and the durable-write helpers, so that a repacked pack is written exactly
 /// as a backup writes one.
 pub(crate) mod internals {
-    pub(crate) use super::files::{list, mkdirs, sync_dir, write_flushed};
+    pub(crate) use super::files::{list, mkdirs, sync_dir, write_durable, write_flushed};
     pub(crate) use super::pack::{encode_idx, encode_trailer, header as pack_header};
 }
 

@@ -1,0 +1,365 @@
+//! Instant-restore tiers: snapshots kept after their job, and where a point
+//! can be restored from.
+//!
+//! ```text
+//! VAULT/snapshots/<vm>/<point id>.json
+//! ```
+//!
+//! A [`KeptSnapshot`] record (JSON) is written when a job's snapshot phase
+//! ends with a snapshot the job means to keep (the policy's instant-restore
+//! days, a provider whose snapshot outlives the job: reflink clones of
+//! image files). It names the point the job will commit, the job, the
+//! expiry, and each disk's file with the size and modification time it had
+//! when kept. A point's tiers are computed, never stored (manifests are
+//! immutable): "snapshot" while its record exists and every file is there
+//! unchanged, "vault" once its manifest exists. A point is thus
+//! ["snapshot"] while its job transfers, ["snapshot", "vault"] once
+//! committed, and ["vault"] once the snapshot is released.
+//!
+//! [`release_expired`] releases (removes the files, then the record) every
+//! kept snapshot past its expiry, and every one whose job ended without
+//! committing its point or whose point was pruned. Backup jobs run it for
+//! their VM at the end; `vmbackup release-expired` and `vmbackup schedule`
+//! run it for the whole vault.
+
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::{hex, validate_name};
+use crate::restore::RestoreStats;
+use crate::snapshot::KeptDisk;
+use crate::vault::{PointManifest, Vault};
+
+/// A disk file of a kept snapshot, with what it looked like when kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct KeptFile {
+    /// The disk's name.
+    pub name: String,
+    /// The file holding the snapshot of the disk.
+    pub path: PathBuf,
+    /// Its size when kept.
+    pub size: u64,
+    /// Its modification time when kept, in nanoseconds since the epoch.
+    pub modified_ns: Option<i128>,
+}
+
+/// A snapshot kept after its job for instant restore (the record in
+/// `VAULT/snapshots/<vm>/<point>.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct KeptSnapshot {
+    /// The VM.
+    pub vm: String,
+    /// The point it belongs to.
+    pub point: String,
+    /// The job that took it.
+    pub job: String,
+    /// The provider's name and version.
+    pub provider: String,
+    /// When it was taken.
+    pub taken: Timestamp,
+    /// When it is released.
+    pub expires: Timestamp,
+    /// Its disks.
+    pub disks: Vec<KeptFile>,
+}
+
+fn modified_ns(m: &std::fs::Metadata) -> Option<i128> {
+    let t = m.modified().ok()?;
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => Some(d.as_nanos() as i128),
+        Err(e) => Some(-(e.duration().as_nanos() as i128)),
+    }
+}
+
+impl KeptSnapshot {
+    /// Whether every disk file is there, as it was when kept.
+    pub fn usable(&self) -> bool {
+        self.disks.iter().all(|d| match std::fs::metadata(&d.path) {
+            Ok(m) => m.is_file() && m.len() == d.size && modified_ns(&m) == d.modified_ns,
+            Err(_) => false,
+        })
+    }
+}
+
+fn snapshots_dir(vault: &Vault, vm: &str) -> PathBuf {
+    vault.path().join("snapshots").join(vm)
+}
+
+fn record_path(vault: &Vault, vm: &str, point: &str) -> PathBuf {
+    snapshots_dir(vault, vm).join(format!("{point}.json"))
+}
+
+/// Writes the record of a snapshot about to be kept.
+pub(crate) fn write_kept(
+    vault: &Vault,
+    vm: &str,
+    point: &str,
+    job: &str,
+    provider: String,
+    taken: Timestamp,
+    expires: Timestamp,
+    disks: &[KeptDisk],
+) -> Result<KeptSnapshot> {
+    let mut files = Vec::new();
+    for d in disks {
+        let m = std::fs::metadata(&d.path).map_err(|e| Error::io("stat snapshot clone", &d.path, e))?;
+        files.push(KeptFile {
+            name: d.name.clone(),
+            path: d.path.clone(),
+            size: m.len(),
+            modified_ns: modified_ns(&m),
+        });
+    }
+    let record = KeptSnapshot {
+        vm: vm.to_string(),
+        point: point.to_string(),
+        job: job.to_string(),
+        provider,
+        taken,
+        expires,
+        disks: files,
+    };
+    let dir = snapshots_dir(vault, vm);
+    crate::vault::internals::mkdirs(&dir)?;
+    let bytes =
+        serde_json::to_vec_pretty(&record).map_err(|e| Error::invalid("kept snapshot record", e.to_string()))?;
+    let mut r = [0u8; 6];
+    let _ = getrandom::fill(&mut r);
+    let tmp = vault.path().join("tmp").join(format!("snapshot-{vm}-{point}.{}", hex(&r)));
+    crate::vault::internals::write_durable(&tmp, &record_path(vault, vm, point), &bytes)?;
+    Ok(record)
+}
+
+/// Removes a kept snapshot's record (after its files, or when they are gone).
+pub(crate) fn remove_kept(vault: &Vault, vm: &str, point: &str) -> Result<()> {
+    let path = record_path(vault, vm, point);
+    match std::fs::remove_file(&path) {
+        Ok(()) => crate::vault::internals::sync_dir(&snapshots_dir(vault, vm)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove kept snapshot record", path, e)),
+    }
+}
+
+/// The snapshots kept for instant restore, of one VM or of all, with the
+/// errors of records that could not be read.
+///
+/// # Errors
+/// A bad VM name; I/O errors listing the folders.
+pub fn kept_snapshots(vault: &Vault, vm: Option<&str>) -> Result<(Vec<KeptSnapshot>, Vec<Error>)> {
+    let root = vault.path().join("snapshots");
+    let vms = match vm {
+        Some(v) => {
+            validate_name("vm name", v)?;
+            vec![v.to_string()]
+        }
+        None => crate::vault::internals::list(&root)?,
+    };
+    let mut out = Vec::new();
+    let mut bad = Vec::new();
+    for vm in vms {
+        for name in crate::vault::internals::list(&root.join(&vm))? {
+            if !name.ends_with(".json") {
+                continue;
+            }
+            let path = root.join(&vm).join(&name);
+            match std::fs::read(&path) {
+                Ok(b) => match serde_json::from_slice::<KeptSnapshot>(&b) {
+                    Ok(k) => out.push(k),
+                    Err(e) => {
+                        bad.push(Error::corrupt(format!("kept snapshot record {}", path.display()), e.to_string()))
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => bad.push(Error::io("read kept snapshot record", path, e)),
+            }
+        }
+    }
+    out.sort_by(|a, b| (a.taken, &a.point).cmp(&(b.taken, &b.point)));
+    Ok((out, bad))
+}
+
+/// The kept snapshot of a point, when there is a usable one.
+///
+/// # Errors
+/// A bad name; a damaged record.
+pub fn kept_snapshot(vault: &Vault, vm: &str, point: &str) -> Result<Option<KeptSnapshot>> {
+    validate_name("vm name", vm)?;
+    validate_name("point id", point)?;
+    let path = record_path(vault, vm, point);
+    let k: KeptSnapshot = match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| Error::corrupt(format!("kept snapshot record {}", path.display()), e.to_string()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read kept snapshot record", path, e)),
+    };
+    Ok(k.usable().then_some(k))
+}
+
+/// Where a point can be restored from now: "snapshot" (its kept snapshot,
+/// there and unchanged) and "vault" (it is committed), in that order.
+///
+/// # Errors
+/// A damaged kept-snapshot record.
+pub fn point_tiers(vault: &Vault, point: &PointManifest) -> Result<Vec<String>> {
+    let mut tiers = Vec::new();
+    if kept_snapshot(vault, &point.vm, &point.id)?.is_some() {
+        tiers.push("snapshot".to_string());
+    }
+    tiers.push("vault".to_string());
+    Ok(tiers)
+}
+
+/// What [`release_expired`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
+pub struct ReleaseReport {
+    /// The snapshots released, with why ("expired", "job ended without its
+    /// point", "point pruned").
+    pub released: Vec<(KeptSnapshot, String)>,
+    /// The snapshots still kept.
+    pub kept: Vec<KeptSnapshot>,
+    /// Snapshots that could not be released (they are tried again next
+    /// time), and damaged records.
+    pub problems: Vec<String>,
+}
+
+/// Releases kept snapshots that are past their expiry at `now`, whose job
+/// ended without committing their point, or whose point is gone (pruned):
+/// removes their files, then their record. Of one VM or of all.
+///
+/// # Errors
+/// A bad VM name; I/O errors listing the folders. A snapshot that cannot be
+/// released is reported in [`ReleaseReport::problems`].
+pub fn release_expired(vault: &Vault, vm: Option<&str>, now: Timestamp) -> Result<ReleaseReport> {
+    let (records, bad) = kept_snapshots(vault, vm)?;
+    let mut report = ReleaseReport { problems: bad.iter().map(ToString::to_string).collect(), ..Default::default() };
+    for k in records {
+        // A running job's snapshot is its own to keep or release.
+        if super::log::job_running(vault, &k.vm, &k.job) {
+            report.kept.push(k);
+            continue;
+        }
+        let why = if k.expires <= now {
+            "expired"
+        } else if vault.point_path(&k.vm, &k.point).exists() {
+            report.kept.push(k);
+            continue;
+        } else if job_committed(vault, &k) {
+            "point pruned"
+        } else {
+            "job ended without its point"
+        };
+        match release_files(&k) {
+            Ok(()) => match remove_kept(vault, &k.vm, &k.point) {
+                Ok(()) => report.released.push((k, why.to_string())),
+                Err(e) => report.problems.push(e.to_string()),
+            },
+            Err(e) => report.problems.push(format!("snapshot of point {} of vm {}: {e}", k.point, k.vm)),
+        }
+    }
+    Ok(report)
+}
+
+/// Whether the job's log says it committed the point (so a missing
+/// manifest means the point was pruned since).
+fn job_committed(vault: &Vault, k: &KeptSnapshot) -> bool {
+    let path = vault.path().join("jobs").join(&k.vm).join(format!("{}.jsonl", k.job));
+    super::log::read_job(&path).is_ok_and(|j| j.point.as_deref() == Some(k.point.as_str()))
+}
+
+fn release_files(k: &KeptSnapshot) -> Result<()> {
+    let mut first = Ok(());
+    for d in &k.disks {
+        match std::fs::remove_file(&d.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if first.is_ok() => first = Err(Error::io("remove kept snapshot clone", &d.path, e)),
+            Err(_) => {}
+        }
+    }
+    first
+}
+
+/// Restores one disk of a point from its kept snapshot, when it has a
+/// usable one: a reflink copy where the file system allows, else a sparse
+/// copy of the clone. Returns None when the point has no snapshot tier
+/// (restore it from the vault then).
+///
+/// # Errors
+/// An unknown disk; I/O errors naming the file.
+pub fn restore_disk_from_snapshot(
+    vault: &Vault,
+    point: &PointManifest,
+    disk: &str,
+    to: &Path,
+) -> Result<Option<RestoreStats>> {
+    let Some(k) = kept_snapshot(vault, &point.vm, &point.id)? else { return Ok(None) };
+    let started = Instant::now();
+    let d = point
+        .disks
+        .iter()
+        .enumerate()
+        .find(|(i, d)| d.name == disk || disk.parse::<usize>().ok() == Some(*i))
+        .map(|(_, d)| d)
+        .ok_or_else(|| Error::NotFound { what: format!("disk {disk} of point {} of vm {}", point.id, point.vm) })?;
+    let Some(file) = k.disks.iter().find(|f| f.name == d.name) else { return Ok(None) };
+    if file.size != d.size {
+        return Ok(None);
+    }
+    let written = copy_file(&file.path, to)?;
+    // The copy is of a file that was unchanged when the copy began; it must
+    // still be so, or the copy may mix two states.
+    if !k.usable() {
+        let _ = std::fs::remove_file(to);
+        return Ok(None);
+    }
+    let mut stats = RestoreStats::default();
+    stats.disk = d.name.clone();
+    stats.size = d.size;
+    stats.bytes_written = written;
+    stats.bytes_zero = d.size.saturating_sub(written);
+    stats.seconds = started.elapsed().as_secs_f64();
+    Ok(Some(stats))
+}
+
+/// Copies a file to a new one: a reflink clone when possible, else a
+/// sparse copy (data extents only). Returns the bytes of data copied.
+fn copy_file(from: &Path, to: &Path) -> Result<u64> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let src = std::fs::File::open(from).map_err(|e| Error::io("open kept snapshot", from, e))?;
+    let dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(to)
+        .map_err(|e| Error::io("create", to, e))?;
+    let len = src.metadata().map_err(|e| Error::io("stat", from, e))?.len();
+    // `_IOW(0x94, 9, int)`: FICLONE, as the image-file provider uses it.
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    // SAFETY: both descriptors are owned by live `File`s for the call.
+    if unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) } == 0 {
+        return dst.sync_all().map(|()| len).map_err(|e| Error::io("flush", to, e));
+    }
+    dst.set_len(len).map_err(|e| Error::io("set length of", to, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut written = 0u64;
+    let mut off = 0u64;
+    while off < len {
+        let n = usize::try_from((len - off).min(buf.len() as u64)).unwrap_or(buf.len());
+        src.read_exact_at(&mut buf[..n], off).map_err(|e| Error::io("read kept snapshot", from, e))?;
+        if buf[..n].iter().any(|b| *b != 0) {
+            dst.write_all_at(&buf[..n], off).map_err(|e| Error::io("write", to, e))?;
+            written += n as u64;
+        }
+        off += n as u64;
+    }
+    dst.sync_all().map_err(|e| Error::io("flush", to, e))?;
+    Ok(written)
+}
