@@ -191,6 +191,15 @@ pub enum Error {
         /// How the last attempt ended, and the tail of its output.
         detail: String,
     },
+    /// An NBD server could not be reached, refused, or broke the protocol.
+    #[error("nbd server {peer}: {source}")]
+    Nbd {
+        /// The server's URI.
+        peer: String,
+        /// What went wrong (`TimedOut` for a stalled server,
+        /// `InvalidData` for a protocol violation).
+        source: std::io::Error,
+    },
     /// The caller cancelled the job; nothing was committed.
     #[error("{what} cancelled; nothing was committed")]
     Cancelled {
@@ -205,7 +214,10 @@ impl Error {
         match self {
             Error::Locked { .. } => ErrorKind::Retryable,
             Error::Provider { retryable, .. } if *retryable => ErrorKind::Retryable,
-            Error::Io { source, .. } | Error::DeviceRead { source, .. } | Error::RestoreWrite { source, .. }
+            Error::Io { source, .. }
+            | Error::DeviceRead { source, .. }
+            | Error::RestoreWrite { source, .. }
+            | Error::Nbd { source, .. }
                 if matches!(
                     source.kind(),
                     std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock

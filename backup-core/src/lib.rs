@@ -44,6 +44,7 @@ mod error;
 mod gc;
 mod job;
 mod model;
+mod nbd;
 mod policy;
 mod prune;
 mod restore;
@@ -63,6 +64,10 @@ pub use job::tiers::{
 };
 pub use job::{BackupOptions, BackupReport, backup};
 pub use model::{CancelToken, Consistency, ContentId, NoProgress, OsType, Progress, Vm, VmDisk, validate_name};
+pub use nbd::{
+    ExportAddress, ExportOptions, NBD_DEFAULT_PORT, NbdAddress, NbdDevice, NbdOptions, NbdProvider, NbdServer,
+    bitmap_token,
+};
 pub use policy::{
     DayOfMonth, DaySelector, KeepReason, MonthlyRule, PointRef, Policy, Retained, Retention, Schedule, WeekOfMonth,
     WeeklyRule, YearlyRule,

@@ -1,0 +1,519 @@
+//! Real QEMU tools against the NBD client and the export server:
+//! `qemu-img`, `qemu-io` and `qemu-nbd` on qcow2 images with persistent
+//! dirty bitmaps; and hostile fake NBD servers. Skipped, with the reason
+//! printed, when a tool is missing.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backup_core::*;
+
+fn have(tool: &str) -> bool {
+    Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
+/// Prints why the test is skipped and returns from it when a tool is missing.
+macro_rules! need {
+    ($($tool:expr),+) => {
+        for t in [$($tool),+] {
+            if !have(t) {
+                eprintln!("SKIPPED: {t} is not installed");
+                return;
+            }
+        }
+    };
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// A `qemu-nbd` process, killed on drop.
+struct QemuNbd {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl QemuNbd {
+    /// Exports `image` read-only on a new unix socket, with `bitmap`.
+    fn start(image: &Path, bitmap: Option<&str>, socket: &Path) -> QemuNbd {
+        let _ = fs::remove_file(socket);
+        let mut args = vec!["-r", "-t", "-e", "4", "-f", "qcow2", "--socket", p(socket)];
+        if let Some(b) = bitmap {
+            args.extend(["-B", b]);
+        }
+        args.push(p(image));
+        let child = Command::new("qemu-nbd").args(&args).spawn().expect("qemu-nbd runs");
+        let started = Instant::now();
+        while UnixStream::connect(socket).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "qemu-nbd did not listen on {}", socket.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        QemuNbd { child, socket: socket.to_path_buf() }
+    }
+    fn uri(&self) -> String {
+        format!("nbd+unix:///?socket={}", self.socket.display())
+    }
+}
+
+impl Drop for QemuNbd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.socket);
+    }
+}
+
+fn qcow2(dir: &Path, size: &str) -> PathBuf {
+    let image = dir.join("disk.qcow2");
+    run("qemu-img", &["create", "-q", "-f", "qcow2", p(&image), size]);
+    image
+}
+
+fn write(image: &Path, pattern: u8, offset: u64, len: u64) {
+    run("qemu-io", &["-f", "qcow2", "-c", &format!("write -P {pattern:#x} {offset} {len}"), p(image)]);
+}
+
+fn raw_copy(image: &Path, to: &Path) -> Vec<u8> {
+    run("qemu-img", &["convert", "-f", "qcow2", "-O", "raw", p(image), p(to)]);
+    fs::read(to).expect("raw copy")
+}
+
+fn nbd_backup(vault: &Vault, uri: &str, bitmap: Option<&str>, audit: f64) -> PointManifest {
+    let mut nbd = NbdOptions::default().with_timeout(Duration::from_secs(10));
+    if let Some(b) = bitmap {
+        nbd = nbd.with_bitmap(b);
+    }
+    let vm =
+        Vm { name: "qvm".into(), os: OsType::Linux, disks: vec![VmDisk { name: "sda".into(), location: uri.into() }] };
+    let mut o = BackupOptions::default();
+    o.cbt_audit_rate = audit;
+    backup(vault, &NbdProvider::new(nbd), &vm, &o).expect("backup over nbd").point
+}
+
+fn restored(vault: &Vault, point: &PointManifest, dir: &Path) -> Vec<u8> {
+    let out = dir.join(format!("restore-{}", point.id));
+    restore_disk_to_path(vault, point, "sda", &out, &RestoreOptions::default()).expect("restore");
+    fs::read(out).expect("restored file")
+}
+
+#[test]
+fn bitmap_incremental_reads_only_what_changed_and_every_point_restores() {
+    need!("qemu-img", "qemu-io", "qemu-nbd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = qcow2(dir.path(), "64M");
+    write(&image, 0x11, 0, 8 << 20);
+    write(&image, 0x22, 32 << 20, 4 << 20);
+    run("qemu-img", &["bitmap", "--add", p(&image), "b0"]);
+    let vault = Vault::init(dir.path().join("vault")).expect("vault");
+    let sock = dir.path().join("nbd.sock");
+
+    let want1 = raw_copy(&image, &dir.path().join("t1.raw"));
+    let p1 = {
+        let nbd = QemuNbd::start(&image, Some("b0"), &sock);
+        nbd_backup(&vault, &nbd.uri(), Some("b0"), 0.0)
+    };
+    assert_eq!(p1.disks[0].change_token.as_deref(), Some("nbd-bitmap:b0"));
+    // Holes come from base:allocation: only the 12 MiB written are read.
+    assert_eq!(p1.disks[0].stats.bytes_read, 12 << 20, "first point reads only allocated data");
+    // The point is committed: start the next checkpoint (the disk has not
+    // been written since the snapshot).
+    run("qemu-img", &["bitmap", "--clear", p(&image), "b0"]);
+
+    let changes = [(0x55u8, 1u64 << 20, 128u64 << 10), (0x55, 40 << 20, 64 << 10), (0x66, (60 << 20) + 4096, 4096)];
+    for (pat, off, len) in changes {
+        write(&image, pat, off, len);
+    }
+    let changed: u64 = changes.iter().map(|c| c.2).sum();
+    let want2 = raw_copy(&image, &dir.path().join("t2.raw"));
+    let p2 = {
+        let nbd = QemuNbd::start(&image, Some("b0"), &sock);
+        nbd_backup(&vault, &nbd.uri(), Some("b0"), 0.0)
+    };
+    let s = &p2.disks[0].stats;
+    assert_eq!(s.change_detection, "cbt");
+    assert!(s.bytes_read <= 2 * changed, "read {} for {changed} changed bytes", s.bytes_read);
+    assert!(s.bytes_read >= changed);
+
+    // A third point with the default 1% audit stays on the bitmap.
+    run("qemu-img", &["bitmap", "--clear", p(&image), "b0"]);
+    write(&image, 0x77, 50 << 20, 64 << 10);
+    let want3 = raw_copy(&image, &dir.path().join("t3.raw"));
+    let p3 = {
+        let nbd = QemuNbd::start(&image, Some("b0"), &sock);
+        nbd_backup(&vault, &nbd.uri(), Some("b0"), 0.01)
+    };
+    assert_eq!(p3.disks[0].stats.change_detection, "cbt");
+
+    assert!(restored(&vault, &p1, dir.path()) == want1, "point 1 restores to the image at its time");
+    assert!(restored(&vault, &p2, dir.path()) == want2, "point 2 restores to the image at its time");
+    assert!(restored(&vault, &p3, dir.path()) == want3, "point 3 restores to the image at its time");
+    assert!(verify(&vault, &VerifyOptions::default()).expect("verify").ok());
+}
+
+#[test]
+fn a_bitmap_cleared_behind_the_engines_back_is_caught_by_the_audit() {
+    need!("qemu-img", "qemu-io", "qemu-nbd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = qcow2(dir.path(), "16M");
+    write(&image, 0x11, 0, 16 << 20);
+    run("qemu-img", &["bitmap", "--add", p(&image), "b0"]);
+    let vault = Vault::init(dir.path().join("vault")).expect("vault");
+    let sock = dir.path().join("nbd.sock");
+    {
+        let nbd = QemuNbd::start(&image, Some("b0"), &sock);
+        nbd_backup(&vault, &nbd.uri(), Some("b0"), 1.0);
+    }
+    write(&image, 0x99, 5 << 20, 64 << 10);
+    // Someone clears the bitmap: it now says nothing changed.
+    run("qemu-img", &["bitmap", "--clear", p(&image), "b0"]);
+    let want = raw_copy(&image, &dir.path().join("t.raw"));
+    let p2 = {
+        let nbd = QemuNbd::start(&image, Some("b0"), &sock);
+        nbd_backup(&vault, &nbd.uri(), Some("b0"), 1.0)
+    };
+    let cd = &p2.disks[0].stats.change_detection;
+    assert!(cd.starts_with("cbt distrusted"), "{cd}");
+    assert!(restored(&vault, &p2, dir.path()) == want, "the point holds the change the bitmap lost");
+}
+
+#[test]
+fn a_missing_bitmap_is_a_clear_error_and_no_bitmap_means_compare() {
+    need!("qemu-img", "qemu-nbd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = qcow2(dir.path(), "4M");
+    let nbd = QemuNbd::start(&image, None, &dir.path().join("nbd.sock"));
+    let addr = NbdAddress::parse(&nbd.uri()).expect("uri");
+    let e = NbdDevice::open(&addr, &NbdOptions::default().with_bitmap("nope")).expect_err("no such bitmap");
+    assert!(e.to_string().contains("bitmap \"nope\" unavailable"), "{e}");
+    let vault = Vault::init(dir.path().join("vault")).expect("vault");
+    nbd_backup(&vault, &nbd.uri(), None, 0.01);
+    let p2 = nbd_backup(&vault, &nbd.uri(), None, 0.01);
+    assert_eq!(p2.disks[0].stats.change_detection, "compare");
+}
+
+/// Serves `point`'s disk until the returned token is cancelled.
+fn export(
+    vault: Arc<Vault>,
+    point: PointManifest,
+    at: ExportAddress,
+) -> (CancelToken, String, std::thread::JoinHandle<()>) {
+    let cancel = CancelToken::new();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let c = cancel.clone();
+    let h = std::thread::spawn(move || {
+        let server = NbdServer::bind(&vault, &point, "0", &at, ExportOptions::default()).expect("bind");
+        tx.send(server.uri()).expect("send uri");
+        server.serve(&c).expect("serve");
+    });
+    let uri = rx.recv().expect("server started");
+    (cancel, uri, h)
+}
+
+#[test]
+fn an_exported_point_compares_identical_and_converts_sparse() {
+    need!("qemu-img", "qemu-io");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src.raw");
+    let mut data = vec![0u8; 32 << 20];
+    for (i, b) in data[..(3 << 20)].iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    data[(20 << 20)..(20 << 20) + 70_000].fill(0xab);
+    fs::write(&src, &data).expect("write image");
+    let vault = Arc::new(Vault::init(dir.path().join("vault")).expect("vault"));
+    let vm = Vm::from_images("exp", &[&src]).expect("vm");
+    let point = backup(&vault, &ImageFileProvider::new(), &vm, &BackupOptions::default()).expect("backup").point;
+
+    let sock = dir.path().join("export.sock");
+    let (cancel, uri, h) = export(vault.clone(), point.clone(), ExportAddress::Unix(sock.clone()));
+    let out = run("qemu-img", &["compare", "-f", "raw", p(&src), &uri]);
+    assert!(out.contains("identical"), "{out}");
+    let copy = dir.path().join("copy.raw");
+    run("qemu-img", &["convert", "-O", "raw", &uri, p(&copy)]);
+    assert!(fs::read(&copy).expect("copy") == data);
+    let allocated = fs::metadata(&copy).expect("stat").blocks() * 512;
+    assert!(allocated < 8 << 20, "the copy is sparse: {allocated} bytes allocated of 32 MiB");
+    // Writes are refused.
+    let w = Command::new("qemu-io").args(["-f", "raw", "-c", "write 0 4k", &uri]).output().expect("qemu-io");
+    let said = String::from_utf8_lossy(&w.stdout).to_string() + &String::from_utf8_lossy(&w.stderr);
+    assert!(
+        !w.status.success() || said.contains("ermission") || said.contains("read-only") || said.contains("read only"),
+        "{said}"
+    );
+    // Our own client reads it back, with holes from base:allocation,
+    // several connections at once.
+    let dev = Arc::new(NbdDevice::open(&NbdAddress::parse(&uri).expect("uri"), &NbdOptions::default()).expect("open"));
+    assert_eq!(dev.size(), data.len() as u64);
+    let alloc = dev.allocated(0..dev.size()).expect("map").expect("has a map");
+    assert_eq!(alloc.first(), Some(&(0..(3 << 20))));
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let dev = dev.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 20];
+                let mut all = Vec::new();
+                for k in 0..8u64 {
+                    dev.read_at((t * 8 + k) << 20, &mut buf).expect("read");
+                    all.extend_from_slice(&buf);
+                }
+                all
+            })
+        })
+        .collect();
+    for (t, th) in threads.into_iter().enumerate() {
+        assert!(th.join().expect("thread") == data[(t * 8) << 20..((t + 1) * 8) << 20]);
+    }
+    drop(dev);
+    // While the export runs, gc and prune cannot lock the vault.
+    let mut vo = VaultOptions::default();
+    vo.lock_timeout = Duration::from_millis(200);
+    let other = Vault::open_with(vault.path(), vo).expect("open");
+    assert!(matches!(other.lock(LockMode::Exclusive), Err(Error::Locked { .. })));
+    cancel.cancel();
+    h.join().expect("server thread");
+    assert!(!sock.exists(), "the socket is removed when the server stops");
+    assert!(other.lock(LockMode::Exclusive).is_ok(), "the lock is released when the server stops");
+
+    // TCP on loopback; a remote address is refused without allow_remote.
+    let any: std::net::SocketAddr = "0.0.0.0:0".parse().expect("addr");
+    let e =
+        NbdServer::bind(&vault, &point, "0", &ExportAddress::Tcp(any), ExportOptions::default()).expect_err("remote");
+    assert!(e.to_string().contains("not loopback"), "{e}");
+    let lo: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let (cancel, uri, h) = export(vault.clone(), point, ExportAddress::Tcp(lo));
+    let out = run("qemu-img", &["compare", "-f", "raw", p(&src), &uri]);
+    assert!(out.contains("identical"), "{out}");
+    cancel.cancel();
+    h.join().expect("server thread");
+}
+
+// ---------------------------------------------------------------------------
+// Hostile peers: a fake server answers the client with garbage. Every case
+// must end in a clear error within the client's timeout (1 s here).
+
+/// What the fake server does with a connection.
+type Script = fn(UnixStream);
+
+fn fake_server(dir: &Path, name: &str, script: Script) -> (PathBuf, std::thread::JoinHandle<()>) {
+    let sock = dir.join(name);
+    let l = UnixListener::bind(&sock).expect("bind");
+    let h = std::thread::spawn(move || {
+        if let Ok((s, _)) = l.accept() {
+            script(s);
+        }
+    });
+    (sock, h)
+}
+
+fn read_n(s: &mut UnixStream, n: usize) -> Vec<u8> {
+    let mut b = vec![0u8; n];
+    let _ = s.read_exact(&mut b);
+    b
+}
+
+fn greet(s: &mut UnixStream) {
+    let mut g = b"NBDMAGICIHAVEOPT".to_vec();
+    g.extend_from_slice(&3u16.to_be_bytes());
+    let _ = s.write_all(&g);
+    read_n(s, 4);
+}
+
+fn opt_reply(opt: u32, kind: u32, data: &[u8]) -> Vec<u8> {
+    let mut v = 0x0003_e889_0455_65a9u64.to_be_bytes().to_vec();
+    v.extend_from_slice(&opt.to_be_bytes());
+    v.extend_from_slice(&kind.to_be_bytes());
+    v.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+/// A correct handshake up to transmission (1 MiB export, no contexts);
+/// returns the first request header.
+fn handshake(s: &mut UnixStream) -> Vec<u8> {
+    greet(s);
+    loop {
+        let h = read_n(s, 16);
+        let opt = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
+        let len = u32::from_be_bytes([h[12], h[13], h[14], h[15]]);
+        read_n(s, len as usize);
+        match opt {
+            7 => {
+                let mut info = 0u16.to_be_bytes().to_vec();
+                info.extend_from_slice(&(1u64 << 20).to_be_bytes());
+                info.extend_from_slice(&3u16.to_be_bytes());
+                let _ = s.write_all(&opt_reply(7, 3, &info));
+                let _ = s.write_all(&opt_reply(7, 1, &[]));
+                return read_n(s, 28);
+            }
+            o => {
+                let _ = s.write_all(&opt_reply(o, 1, &[]));
+            }
+        }
+    }
+}
+
+fn chunk(flags: u16, kind: u16, cookie: &[u8], len: u32) -> Vec<u8> {
+    let mut v = 0x668e_33efu32.to_be_bytes().to_vec();
+    v.extend_from_slice(&flags.to_be_bytes());
+    v.extend_from_slice(&kind.to_be_bytes());
+    v.extend_from_slice(cookie);
+    v.extend_from_slice(&len.to_be_bytes());
+    v
+}
+
+/// Keeps the connection open (silent) until the client hangs up, at most 3 s.
+fn hold(mut s: UnixStream) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+    let _ = std::io::copy(&mut s, &mut std::io::sink());
+}
+
+/// Opens a device on the fake server and reads 64 KiB: the error it gives.
+fn attempt(dir: &Path, name: &str, script: Script) -> String {
+    let (sock, h) = fake_server(dir, name, script);
+    let addr = NbdAddress::Unix { socket: sock, export: String::new() };
+    let started = Instant::now();
+    let opts = NbdOptions::default().with_timeout(Duration::from_secs(1)).with_connections(1);
+    let r = NbdDevice::open(&addr, &opts).map_err(|e| e.to_string()).and_then(|d| {
+        let mut buf = vec![0u8; 64 << 10];
+        d.read_at(0, &mut buf).map_err(|e| e.to_string())
+    });
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(2500), "{name}: took {took:?}, past its 1 s timeout");
+    let _ = h.join();
+    r.expect_err(name)
+}
+
+#[test]
+fn hostile_nbd_peers_get_clear_errors_within_the_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let cases: [(&str, Script, &str); 11] = [
+        (
+            "wrong-magic",
+            |mut s| {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\n");
+                hold(s)
+            },
+            "not an NBD server",
+        ),
+        (
+            "oldstyle",
+            |mut s| {
+                let _ = s.write_all(&[b"NBDMAGIC".as_slice(), &0x0000_4202_8186_1253u64.to_be_bytes()].concat());
+                hold(s)
+            },
+            "old-style",
+        ),
+        ("stall", hold, "within"),
+        (
+            "drip",
+            |mut s| {
+                // One byte at a time, each well inside the timeout: the
+                // deadline covers the whole greeting.
+                for b in b"NBDMAGICIHAVEOPT" {
+                    if s.write_all(&[*b]).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            },
+            "within",
+        ),
+        (
+            "truncated-greeting",
+            |mut s| {
+                let _ = s.write_all(b"NBDMAG");
+            },
+            "closed",
+        ),
+        (
+            "oversized-option-reply",
+            |mut s| {
+                greet(&mut s);
+                read_n(&mut s, 16);
+                let mut r = opt_reply(8, 1, &[]);
+                r[16..20].copy_from_slice(&u32::MAX.to_be_bytes());
+                let _ = s.write_all(&r);
+                hold(s)
+            },
+            "option reply of",
+        ),
+        (
+            "wrong-option-echo",
+            |mut s| {
+                greet(&mut s);
+                read_n(&mut s, 16);
+                let _ = s.write_all(&opt_reply(99, 1, &[]));
+                hold(s)
+            },
+            "reply to option 99",
+        ),
+        (
+            "oversized-read-chunk",
+            |mut s| {
+                let req = handshake(&mut s);
+                let _ = s.write_all(&chunk(1, 1, &req[8..16], 0xffff_0000));
+                hold(s)
+            },
+            "data chunk of",
+        ),
+        (
+            "wrong-cookie",
+            |mut s| {
+                let req = handshake(&mut s);
+                let mut c = req[8..16].to_vec();
+                c[7] ^= 0xff;
+                let _ = s.write_all(&chunk(1, 2, &c, 12));
+                hold(s)
+            },
+            "cookie",
+        ),
+        (
+            "hole-outside-request",
+            |mut s| {
+                let req = handshake(&mut s);
+                let mut v = chunk(1, 2, &req[8..16], 12);
+                v.extend_from_slice(&(900u64 << 10).to_be_bytes());
+                v.extend_from_slice(&4096u32.to_be_bytes());
+                let _ = s.write_all(&v);
+                hold(s)
+            },
+            "outside the read",
+        ),
+        (
+            "short-read-reply",
+            |mut s| {
+                let req = handshake(&mut s);
+                let mut v = chunk(1, 2, &req[8..16], 12);
+                v.extend_from_slice(&0u64.to_be_bytes());
+                v.extend_from_slice(&4096u32.to_be_bytes());
+                let _ = s.write_all(&v);
+                hold(s)
+            },
+            "covers 4096 of 65536",
+        ),
+    ];
+    for (name, script, want) in cases {
+        let e = attempt(d, name, script);
+        assert!(e.contains(want), "{name}: {e:?} does not say {want:?}");
+        eprintln!("{name}: {e}");
+    }
+}
