@@ -6,6 +6,7 @@
 mod demo;
 mod maintenance;
 mod progress;
+mod repair;
 mod schedule;
 
 use std::path::PathBuf;
@@ -25,6 +26,10 @@ use serde_json::json;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Seconds to wait for the vault's lock when another process holds it,
+    /// before failing with "vault is locked" (default 60).
+    #[arg(long, global = true, value_name = "SECONDS")]
+    lock_timeout: Option<f64>,
 }
 
 #[derive(Subcommand)]
@@ -103,6 +108,23 @@ enum Command {
         /// The file (with --disk) or folder (without) to write.
         #[arg(long)]
         to: PathBuf,
+        /// Write zeros where the stored data is damaged and list those byte
+        /// ranges, instead of failing (exit code 1 when any).
+        #[arg(long)]
+        allow_damaged: bool,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the chunk index files from the packs, then say what is lost:
+    /// the points' byte ranges that cannot be restored (exit code 1 then).
+    Repair {
+        /// The vault.
+        #[arg(long)]
+        vault: PathBuf,
+        /// Only say what would be rebuilt; write nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -248,6 +270,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    repair::set_lock_timeout(cli.lock_timeout)?;
     match cli.command {
         Command::Init { vault } => {
             let v = Vault::init(&vault)?;
@@ -367,10 +390,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Restore { vault, vm, point, disk, to, json } => {
+        Command::Repair { vault, dry_run, json } => return repair::run(&vault, dry_run, json),
+        Command::Restore { vault, vm, point, disk, to, allow_damaged, json } => {
             let vault = open(&vault)?;
             let point = vault.find_point(&vm, &point)?;
             let mut options = RestoreOptions::default();
+            options.allow_damaged = allow_damaged;
             options.progress = progress::bar("restore");
             let stats = match &disk {
                 Some(d) => vec![backup_core::restore_disk_to_path(&vault, &point, d, &to, &options)?],
@@ -391,7 +416,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         human(s.bytes_written),
                         s.seconds
                     );
+                    for d in &s.damaged {
+                        eprintln!(
+                            "DAMAGED disk {} bytes {}..{} written as zeros: {}",
+                            s.disk, d.range.start, d.range.end, d.detail
+                        );
+                    }
                 }
+            }
+            if stats.iter().any(|s| !s.damaged.is_empty()) {
+                return Ok(ExitCode::from(1));
             }
         }
         Command::Verify { vault, vm, point, json } => {
@@ -445,7 +479,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn open(path: &std::path::Path) -> Result<Vault> {
-    Ok(Vault::open(path)?)
+    repair::open(path)
 }
 
 fn vm_from_args(name: &str, disks: &[String]) -> Result<Vm> {

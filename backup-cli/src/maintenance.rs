@@ -5,14 +5,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
-use backup_core::{GcOptions, Policy, PruneOptions, Vault};
+use backup_core::{GcOptions, Policy, PruneOptions};
 use serde_json::json;
 
 /// `vmbackup prune`: judges every point by the policy's retention, then
 /// removes the condemned manifests (unless `dry_run`).
 pub fn prune(vault: &Path, policy: &Path, vm: Option<String>, dry_run: bool, as_json: bool) -> Result<ExitCode> {
     let policy = Policy::from_file(policy)?;
-    let vault = Vault::open(vault)?;
+    let vault = crate::repair::open(vault)?;
     let mut options = PruneOptions::default();
     options.vm = vm;
     options.dry_run = dry_run;
@@ -64,7 +64,7 @@ pub fn prune(vault: &Path, policy: &Path, vm: Option<String>, dry_run: bool, as_
 
 /// `vmbackup gc`: removes what no point references.
 pub fn gc(vault: &Path, grace_minutes: u64, dry_run: bool, as_json: bool) -> Result<ExitCode> {
-    let vault = Vault::open(vault)?;
+    let vault = crate::repair::open(vault)?;
     let mut options = GcOptions::default();
     options.grace = Duration::from_secs(grace_minutes.saturating_mul(60));
     options.dry_run = dry_run;

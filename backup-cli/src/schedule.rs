@@ -106,7 +106,7 @@ pub fn run(args: Args<'_>) -> Result<ExitCode> {
     if args.concurrency == 0 {
         anyhow::bail!("--concurrency must be at least 1");
     }
-    let vault = Vault::open(args.vault)?;
+    let vault = crate::repair::open(args.vault)?;
     let provider: Box<dyn SnapshotProvider> = match (args.limit, args.max_reads) {
         (None, None) => Box::new(ImageFileProvider::new()),
         (rate, reads) => {

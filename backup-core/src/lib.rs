@@ -47,6 +47,7 @@ mod model;
 mod nbd;
 mod policy;
 mod prune;
+mod repair;
 mod restore;
 mod snapshot;
 mod throttle;
@@ -73,8 +74,10 @@ pub use policy::{
     WeeklyRule, YearlyRule,
 };
 pub use prune::{PlannedPoint, PruneOptions, PrunePlan, PruneReport, prune, prune_plan};
+pub use repair::{RebuiltIndex, RepairOptions, RepairReport, repair};
 pub use restore::{
-    FileTarget, RestoreOptions, RestoreStats, RestoreTarget, restore_disk, restore_disk_to_path, restore_vm,
+    DamagedRange, FileTarget, RestoreOptions, RestoreStats, RestoreTarget, restore_disk, restore_disk_to_path,
+    restore_vm,
 };
 pub use snapshot::{
     ConsistentProvider, DEFAULT_FREEZE_TIMEOUT, DEFAULT_SCRIPT_TIMEOUT, FreezeGuard, ImageFileProvider, KeptDisk,

@@ -106,11 +106,15 @@ pub struct RestoreOptions {
     pub progress: Arc<dyn Progress>,
     /// Set it to stop the restore.
     pub cancel: CancelToken,
+    /// Write zeros where stored data is damaged or missing, and list those
+    /// byte ranges in [`RestoreStats::damaged`], instead of failing with
+    /// [`Error::DamagedRange`] (default false).
+    pub allow_damaged: bool,
 }
 
 impl Default for RestoreOptions {
     fn default() -> Self {
-        RestoreOptions { progress: Arc::new(NoProgress), cancel: CancelToken::new() }
+        RestoreOptions { progress: Arc::new(NoProgress), cancel: CancelToken::new(), allow_damaged: false }
     }
 }
 
@@ -128,6 +132,20 @@ pub struct RestoreStats {
     pub bytes_zero: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// The disk's byte ranges that could not be restored and were written
+    /// as zeros, with why, in disk order (only with
+    /// [`RestoreOptions::allow_damaged`]; empty otherwise).
+    pub damaged: Vec<DamagedRange>,
+}
+
+/// A byte range of a disk that a restore could not read from the vault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct DamagedRange {
+    /// The disk's bytes, written as zeros.
+    pub range: std::ops::Range<u64>,
+    /// Why they could not be restored (the damaged object).
+    pub detail: String,
 }
 
 /// Restores one disk of a point (by name, or index as a number) to a
@@ -262,11 +280,22 @@ fn restore_record(
     for (s, seg_id) in record.segments.iter().enumerate() {
         options.cancel.check(&format!("restore of disk {} of vm {}", record.name, point.vm))?;
         let window = record.segment_range(s);
-        let entries = vault.segment(seg_id).map_err(|e| damaged(point, record, window.clone(), &e.to_string()))?;
         let count = (window.end - window.start).div_ceil(bs) as usize;
-        if entries.len() != count {
-            return Err(damaged(point, record, window, "index segment has the wrong number of blocks"));
-        }
+        let entries = vault.segment(seg_id).map_err(|e| e.to_string()).and_then(|e| {
+            if e.len() == count { Ok(e) } else { Err("index segment has the wrong number of blocks".to_string()) }
+        });
+        let entries = match entries {
+            Ok(e) => e,
+            Err(why) if options.allow_damaged => {
+                target.write_zeros(window.start, window.end - window.start).map_err(|e| write_err(window.start, e))?;
+                stats.bytes_zero += window.end - window.start;
+                stats.damaged.push(DamagedRange { range: window.clone(), detail: why });
+                options.progress.advance(window.end - window.start);
+                continue;
+            }
+            Err(why) => return Err(damaged(point, record, window, &why)),
+        };
+        let lost: std::sync::Mutex<Vec<DamagedRange>> = std::sync::Mutex::new(Vec::new());
         let written: u64 = entries
             .par_iter()
             .enumerate()
@@ -279,23 +308,35 @@ fn restore_record(
                         Ok(0)
                     }
                     Some(id) => {
-                        let data = vault
-                            .chunk(id)
-                            .map_err(|e| damaged(point, record, offset..offset + len, &e.to_string()))?;
-                        if data.len() as u64 != len {
-                            return Err(damaged(point, record, offset..offset + len, "chunk has the wrong length"));
-                        }
+                        let data = vault.chunk(id).map_err(|e| e.to_string()).and_then(|d| {
+                            if d.len() as u64 == len { Ok(d) } else { Err("chunk has the wrong length".to_string()) }
+                        });
+                        let data = match data {
+                            Ok(d) => d,
+                            Err(why) if options.allow_damaged => {
+                                target.write_zeros(offset, len).map_err(|e| write_err(offset, e))?;
+                                lost.lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .push(DamagedRange { range: offset..offset + len, detail: why });
+                                return Ok(0);
+                            }
+                            Err(why) => return Err(damaged(point, record, offset..offset + len, &why)),
+                        };
                         target.write_at(offset, &data).map_err(|e| write_err(offset, e))?;
                         Ok(len)
                     }
                 }
             })
             .try_reduce(|| 0, |a, b| Ok(a + b))?;
+        let mut lost = lost.into_inner().unwrap_or_else(|p| p.into_inner());
+        lost.sort_by_key(|d| d.range.start);
+        stats.damaged.extend(lost);
         stats.bytes_written += written;
         stats.bytes_zero += (window.end - window.start) - written;
         options.progress.advance(window.end - window.start);
     }
     target.finish().map_err(|e| write_err(record.size, e))?;
+    stats.damaged = coalesce(std::mem::take(&mut stats.damaged));
     stats.seconds = started.elapsed().as_secs_f64();
     Ok(stats)
 }
@@ -308,4 +349,17 @@ fn damaged(point: &PointManifest, record: &DiskRecord, range: std::ops::Range<u6
         range,
         detail: detail.to_string(),
     }
+}
+
+/// Joins adjacent damaged ranges with the same cause, so that a lost pack
+/// reads as a few ranges rather than one per block.
+fn coalesce(ranges: Vec<DamagedRange>) -> Vec<DamagedRange> {
+    let mut out: Vec<DamagedRange> = Vec::with_capacity(ranges.len());
+    for d in ranges {
+        match out.last_mut() {
+            Some(last) if last.range.end == d.range.start && last.detail == d.detail => last.range.end = d.range.end,
+            _ => out.push(d),
+        }
+    }
+    out
 }

@@ -134,6 +134,21 @@ struct Config {
     created: jiff::Timestamp,
     /// The key of chunk ids, hex. Segment and manifest keys derive from it.
     chunk_key: String,
+    /// BLAKE3 of the vault id and the key (see `Config::check_value`), so
+    /// that a changed key is refused on open instead of making every
+    /// manifest look forged. Absent in vaults made before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_check: Option<String>,
+}
+
+impl Config {
+    fn check_value(&self) -> String {
+        let mut h = blake3::Hasher::new_derive_key("vmbackup 2026-11-25 config key check");
+        h.update(self.vault_id.as_bytes());
+        h.update(b"\0");
+        h.update(self.chunk_key.as_bytes());
+        h.finalize().to_hex().to_string()
+    }
 }
 
 /// The keys of a vault.
@@ -251,7 +266,9 @@ impl Vault {
             vault_id: hex(&id),
             created: crate::model::now(),
             chunk_key: hex(&key),
+            key_check: None,
         };
+        let config = Config { key_check: Some(config.check_value()), ..config };
         let bytes = serde_json::to_vec_pretty(&config).map_err(|e| Error::invalid("config", e.to_string()))?;
         files::write_durable(&root.join("tmp").join("config.new"), &root.join("config"), &bytes)?;
         files::write_flushed(&root.join("lock"), b"")
@@ -302,6 +319,13 @@ impl Vault {
         let key = unhex(&config.chunk_key).and_then(|k| <[u8; 32]>::try_from(k).ok()).ok_or_else(|| {
             Error::corrupt(format!("vault config {}", config_path.display()), "chunk_key is not 64 hex digits")
         })?;
+        if config.key_check.as_ref().is_some_and(|c| *c != config.check_value()) {
+            return Err(Error::corrupt(
+                format!("vault config {}", config_path.display()),
+                "the vault key or id does not match its check value: the config was changed, so this is the wrong key \
+                 for the vault's data (restore the config from a copy)",
+            ));
+        }
         for d in SUBDIRS {
             if !root.join(d).is_dir() {
                 return Err(Error::corrupt(format!("vault {}", root.display()), format!("folder {d}/ is missing")));
@@ -762,6 +786,13 @@ impl Vault {
     pub(crate) fn reload_index(&self) -> Result<()> {
         // refresh_index notices the packs that are gone and starts afresh.
         self.refresh_index()
+    }
+
+    /// Forgets the loaded chunk index and open pack files: repair calls it
+    /// after rewriting index files, so that the next read loads them anew.
+    pub(crate) fn forget_index(&self) {
+        *self.index.write().unwrap_or_else(|p| p.into_inner()) = ChunkIndex::default();
+        self.open_packs.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     pub(crate) fn segment_key(&self) -> &[u8; 32] {

@@ -1,0 +1,70 @@
+//! `vmbackup repair`, and the vault lock timeout every command honours.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use backup_core::{RepairOptions, Vault, VaultOptions};
+use serde_json::json;
+
+static LOCK_TIMEOUT: OnceLock<Duration> = OnceLock::new();
+
+/// Sets how long commands wait for the vault's lock (`--lock-timeout`).
+pub fn set_lock_timeout(seconds: Option<f64>) -> Result<()> {
+    if let Some(s) = seconds {
+        if !(s.is_finite() && (0.0..=86_400.0).contains(&s)) {
+            bail!("--lock-timeout {s} is not between 0 and 86400 seconds");
+        }
+        let _ = LOCK_TIMEOUT.set(Duration::from_secs_f64(s));
+    }
+    Ok(())
+}
+
+/// Opens a vault with the lock timeout asked for on the command line.
+pub fn open(path: &Path) -> Result<Vault> {
+    let mut options = VaultOptions::default();
+    if let Some(t) = LOCK_TIMEOUT.get() {
+        options.lock_timeout = *t;
+    }
+    Ok(Vault::open_with(path, options)?)
+}
+
+/// Rebuilds the chunk index files from the packs and says what is lost.
+/// Exit code 1 when a point lost data.
+pub fn run(vault: &Path, dry_run: bool, json: bool) -> Result<ExitCode> {
+    let vault = open(vault)?;
+    let mut options = RepairOptions::default();
+    options.dry_run = dry_run;
+    let report = backup_core::repair(&vault, &options)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "nothing_lost": report.nothing_lost(), "report": report }))?
+        );
+    } else {
+        let verb = if dry_run { "would rebuild" } else { "rebuilt" };
+        for r in &report.rebuilt {
+            let how = if r.from_frame_walk { "from a walk over its frames" } else { "from its trailer" };
+            println!("{verb} chunk index of pack {} ({} chunks, {how}): was {}", r.pack, r.chunks, r.why);
+        }
+        for p in &report.unreadable_packs {
+            println!("UNREADABLE pack {p}");
+        }
+        for p in &report.lost {
+            println!("LOST {p}");
+        }
+        for p in &report.other {
+            println!("DAMAGED {p}");
+        }
+        println!(
+            "{}: {} packs, {} chunk index files {verb}, {} damaged ranges of points lost",
+            if report.nothing_lost() { "nothing lost" } else { "DATA LOST" },
+            report.packs,
+            report.rebuilt.len(),
+            report.lost.len()
+        );
+    }
+    Ok(if report.nothing_lost() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

@@ -1,0 +1,152 @@
+//! `vmbackup backup` killed with SIGKILL at random moments. After every
+//! kill: verify passes, every earlier point restores bit for bit (verify
+//! re-hashes every chunk each time; the newest point and a random earlier
+//! one are restored each trial, every point at the end), and the next
+//! backup succeeds.
+//!
+//! The short form runs 50 trials; the long form (ignored; `KILL_TRIALS`,
+//! default 500) is run by `benches/reliability/kill.sh`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use backup_core::{RestoreOptions, Vault, VerifyOptions, restore_disk_to_path, verify};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vmbackup");
+const SIZE: usize = 4 << 20;
+const BLOCK: usize = 64 << 10;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+fn backup_cmd(vault: &Path, image: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(["backup", "--vault", path(vault), "--vm", "kv", "--disk", path(image), "--json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Changes a few random blocks of the image (some to zeros).
+fn churn(image: &Path, data: &mut [u8], rng: &mut Rng) {
+    let f = fs::OpenOptions::new().write(true).open(image).expect("open image");
+    for _ in 0..1 + rng.below(12) {
+        let b = rng.below((SIZE / BLOCK) as u64) as usize;
+        let block = &mut data[b * BLOCK..(b + 1) * BLOCK];
+        if rng.below(5) == 0 {
+            block.fill(0);
+        } else {
+            for w in block.chunks_mut(8) {
+                w.copy_from_slice(&rng.next().to_le_bytes());
+            }
+        }
+        f.write_all_at(block, (b * BLOCK) as u64).expect("write image");
+    }
+}
+
+fn restore_equals(vault: &Vault, id: &str, want: &[u8], out: &Path) {
+    let point = vault.read_point("kv", id).expect("point");
+    restore_disk_to_path(vault, &point, "disk.img", out, &RestoreOptions::default()).expect("restore");
+    assert!(fs::read(out).expect("read") == want, "point {id} does not restore bit for bit");
+    fs::remove_file(out).expect("clean");
+}
+
+fn trials(n: u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault_path = dir.path().join("vault");
+    let image = dir.path().join("disk.img");
+    let out = dir.path().join("restored.img");
+    let mut rng = Rng(0x9e37_79b9 ^ n);
+    let mut data: Vec<u8> = (0..SIZE / 8).flat_map(|_| rng.next().to_le_bytes()).collect();
+    fs::write(&image, &data).expect("image");
+    assert!(Command::new(BIN).args(["init", path(&vault_path)]).status().expect("init").success());
+    // Learn how long a backup takes, so that kills land all over it.
+    let started = Instant::now();
+    assert!(backup_cmd(&vault_path, &image).status().expect("run").success());
+    let full = started.elapsed().max(Duration::from_millis(5));
+    let vault = Vault::open(&vault_path).expect("open");
+    let mut expected: BTreeMap<String, Vec<u8>> =
+        vault.point_ids("kv").expect("ids").into_iter().map(|id| (id, data.clone())).collect();
+    let (mut killed, mut finished) = (0u64, 0u64);
+    for trial in 0..n {
+        churn(&image, &mut data, &mut rng);
+        let mut child = backup_cmd(&vault_path, &image).spawn().expect("spawn");
+        let delay = full.mul_f64(rng.below(1200) as f64 / 1000.0);
+        std::thread::sleep(delay);
+        let _ = child.kill(); // SIGKILL
+        let status = child.wait().expect("wait");
+        let ids = vault.point_ids("kv").expect("ids");
+        let new: Vec<&String> = ids.iter().filter(|id| !expected.contains_key(*id)).collect();
+        assert!(new.len() <= 1, "trial {trial}: {} new points", new.len());
+        if let Some(id) = new.first() {
+            expected.insert((*id).clone(), data.clone());
+            finished += 1;
+        } else {
+            killed += 1;
+            assert!(!status.success(), "trial {trial}: a backup that succeeded left no point");
+        }
+        assert_eq!(ids.len(), expected.len(), "trial {trial}: a point disappeared");
+        let report = verify(&vault, &VerifyOptions::default()).expect("verify");
+        assert!(report.ok(), "trial {trial} (killed after {delay:?}): {:?}", report.problems);
+        let newest = expected.keys().next_back().expect("a point").clone();
+        restore_equals(&vault, &newest, &expected[&newest], &out);
+        let other = expected.keys().nth(rng.below(expected.len() as u64) as usize).expect("a point").clone();
+        restore_equals(&vault, &other, &expected[&other], &out);
+        // The next backup succeeds (every third trial; the others are the
+        // next trial's killed backup, which must not be harmed either).
+        if trial % 3 == 2 {
+            assert!(backup_cmd(&vault_path, &image).status().expect("run").success(), "trial {trial}: next backup");
+            let ids = vault.point_ids("kv").expect("ids");
+            let new: Vec<String> = ids.into_iter().filter(|id| !expected.contains_key(id)).collect();
+            for id in new {
+                expected.insert(id, data.clone());
+            }
+        }
+    }
+    for (id, want) in &expected {
+        restore_equals(&vault, id, want, &out);
+    }
+    // What the killed backups staged is reclaimed by gc once past its grace.
+    let gc = Command::new(BIN).args(["gc", "--vault", path(&vault_path), "--grace", "0"]).output().expect("gc");
+    assert!(gc.status.success(), "gc: {}", String::from_utf8_lossy(&gc.stderr));
+    let left = fs::read_dir(vault_path.join("tmp")).expect("tmp").count();
+    assert_eq!(left, 0, "gc left staging folders of killed backups");
+    assert!(verify(&vault, &VerifyOptions::default()).expect("verify").ok());
+    for (id, want) in &expected {
+        restore_equals(&vault, id, want, &out);
+    }
+    eprintln!(
+        "kill: {n} trials, {killed} backups killed mid-flight, {finished} finished before the kill, {} points \
+         restored bit for bit, data lost: 0",
+        expected.len()
+    );
+}
+
+#[test]
+fn a_backup_killed_at_random_moments_leaves_the_vault_whole() {
+    trials(50);
+}
+
+#[test]
+#[ignore = "long form: benches/reliability/kill.sh"]
+fn a_backup_killed_at_random_moments_leaves_the_vault_whole_long() {
+    trials(std::env::var("KILL_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(500));
+}
