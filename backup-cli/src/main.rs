@@ -4,6 +4,7 @@
 //! 2 bad usage.
 
 mod demo;
+mod jobs;
 mod maintenance;
 mod progress;
 mod repair;
@@ -74,6 +75,15 @@ enum Command {
         /// backup instead (app, fs or crash).
         #[arg(long, default_value = "crash")]
         min_consistency: String,
+        /// Keep the snapshot for this many days (1 to 30) after the backup,
+        /// for instant restore: the point is then restorable from the
+        /// snapshot tier (images on a file system with reflinks only).
+        #[arg(long, value_name = "DAYS", default_value_t = 0)]
+        instant_restore_days: u32,
+        /// Try a snapshot step that fails with a transient error this many
+        /// more times, waiting 1, 2, 4, ... seconds.
+        #[arg(long, default_value_t = 3)]
+        retries: u32,
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -190,6 +200,34 @@ enum Command {
         #[command(subcommand)]
         action: PolicyAction,
     },
+    /// The history of backup jobs: phases with durations, result, point, error.
+    Jobs {
+        /// The vault.
+        #[arg(long)]
+        vault: PathBuf,
+        /// Only this VM's jobs.
+        #[arg(long)]
+        vm: Option<String>,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release snapshots kept for instant restore whose days are over (and
+    /// those of jobs that committed nothing, or of pruned points).
+    ReleaseExpired {
+        /// The vault.
+        #[arg(long)]
+        vault: PathBuf,
+        /// Only this VM's snapshots.
+        #[arg(long)]
+        vm: Option<String>,
+        /// Pretend that now is this instant (RFC 3339).
+        #[arg(long, hide = true)]
+        now: Option<jiff::Timestamp>,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run in the foreground, backing up VMs when the policy says (stop
     /// with SIGTERM or Ctrl-C: running jobs are cancelled, nothing half-made).
     Schedule {
@@ -286,6 +324,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             freeze,
             freeze_timeout,
             min_consistency,
+            instant_restore_days,
+            retries,
             json,
         } => {
             let vault = open(&vault)?;
@@ -308,6 +348,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(config) = &scripts {
                 provider = provider.with_scripts(ScriptsConfig::load(config)?);
             }
+            options.instant_restore_days = instant_restore_days;
+            options.retries = retries;
             options.progress = progress::bar("backup");
             let report = backup_core::backup(&vault, &provider, &vm, &options)?;
             let p = &report.point;
@@ -315,6 +357,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let mut out = point_json(p);
                 out["warnings"] = json!(report.warnings);
                 out["prepared"] = json!(report.prepared);
+                out["job"] = json!(report.job);
+                out["tiers"] = json!(jobs::tiers(&vault, p));
+                out["snapshot_kept_until"] = json!(report.snapshot_kept_until.map(|t| t.to_string()));
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 if let Some(prep) = &report.prepared {
@@ -327,6 +372,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     eprintln!("warning: {w}");
                 }
                 print_point_summary(p);
+                if let Some(until) = report.snapshot_kept_until {
+                    println!("  snapshot kept for instant restore until {until} (tiers: snapshot, vault)");
+                }
             }
         }
         Command::List { vault, vm, json } => {
@@ -340,6 +388,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .iter()
                     .map(|p| {
                         let mut o = point_json(p);
+                        o["tiers"] = json!(jobs::tiers(&vault, p));
                         o["prepare"] = json!(vault.vm_record(&p.vm).ok().flatten());
                         o
                     })
@@ -347,7 +396,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&json!({ "points": records }))?);
             } else {
                 println!(
-                    "{:<24} {:<16} {:<25} {:<28} {:>5} {:>12} {:>12}",
+                    "{:<24} {:<16} {:<25} {:<28} {:>5} {:>12} {:>12}  TIERS",
                     "POINT", "VM", "TIME", "CONSISTENCY", "DISKS", "SIZE", "ADDED"
                 );
                 for p in &points {
@@ -359,14 +408,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         format!("{} (asked {})", p.consistency, p.wanted_consistency)
                     };
                     println!(
-                        "{:<24} {:<16} {:<25} {:<28} {:>5} {:>12} {:>12}",
+                        "{:<24} {:<16} {:<25} {:<28} {:>5} {:>12} {:>12}  {}",
                         p.id,
                         p.vm,
                         p.time.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),
                         consistency,
                         p.disks.len(),
                         human(p.disks.iter().map(|d| d.size).sum()),
-                        human(p.stats.bytes_added)
+                        human(p.stats.bytes_added),
+                        jobs::tiers(&vault, p).join(",")
                     );
                 }
                 // What the first backup's prepare did to each VM listed.
@@ -398,7 +448,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             options.allow_damaged = allow_damaged;
             options.progress = progress::bar("restore");
             let stats = match &disk {
-                Some(d) => vec![backup_core::restore_disk_to_path(&vault, &point, d, &to, &options)?],
+                Some(d) => vec![jobs::restore_disk(&vault, &point, d, &to, &options)?],
                 None => backup_core::restore_vm(&vault, &point, &to, &options)?,
             };
             if json {
@@ -461,6 +511,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Gc { vault, grace, dry_run, json } => return maintenance::gc(&vault, grace, dry_run, json),
         Command::Policy { action: PolicyAction::Check { file, runs, json } } => {
             return maintenance::policy_check(&file, runs, json);
+        }
+        Command::Jobs { vault, vm, json } => return jobs::jobs(&vault, vm.as_deref(), json),
+        Command::ReleaseExpired { vault, vm, now, json } => {
+            return jobs::release_expired(&vault, vm.as_deref(), now, json);
         }
         Command::Schedule { vault, policy, vms, concurrency, limit, max_reads, once, now } => {
             return schedule::run(schedule::Args {

@@ -11,6 +11,8 @@
 //! 30 and 90 seconds. After a job succeeds and no other job is running, the
 //! VM's points are pruned by the policy. SIGTERM or SIGINT cancels the jobs
 //! in flight (they commit nothing, their snapshots are released) and exits 0.
+//! Snapshots are kept for the policy's instant-restore days where the
+//! images' file system has reflinks; expired ones are released after jobs.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -168,11 +170,13 @@ pub fn run(args: Args<'_>) -> Result<ExitCode> {
                 log(format!("{}: backup started for the run of {due}", vm.name));
                 let (tx, vault, provider) = (tx.clone(), &vault, &*provider);
                 let consistency = *consistency;
+                let days = policy.instant_restore_days;
                 s.spawn(move || {
                     let mut options = BackupOptions::default();
                     options.consistency = consistency;
                     options.cancel = cancel;
                     options.policy_rule = Some(rule);
+                    options.instant_restore_days = days;
                     let mut attempt = 0;
                     let result = loop {
                         match backup_core::backup(vault, provider, vm, &options) {
@@ -212,6 +216,7 @@ pub fn run(args: Args<'_>) -> Result<ExitCode> {
                             log(format!("{name}: {msg}"));
                             if running.is_empty() {
                                 prune_vm(&vault, &policy, &name, clock());
+                                release_expired(&vault, clock());
                             }
                         }
                         Err(e) => {
@@ -251,6 +256,21 @@ fn prune_vm(vault: &Vault, policy: &Policy, vm: &str, now: Timestamp) {
         Ok(r) if !r.removed.is_empty() => log(format!("{vm}: pruned {} point(s)", r.removed.len())),
         Ok(_) => {}
         Err(e) => log(format!("{vm}: prune failed (tried again after the next job): {e}")),
+    }
+}
+
+/// Releases the snapshots kept for instant restore whose days are over.
+fn release_expired(vault: &Vault, now: Timestamp) {
+    match backup_core::release_expired(vault, None, now) {
+        Ok(r) => {
+            for (k, why) in &r.released {
+                log(format!("{}: released the snapshot of point {} ({why})", k.vm, k.point));
+            }
+            for p in &r.problems {
+                log(format!("a kept snapshot could not be released (tried again after the next job): {p}"));
+            }
+        }
+        Err(e) => log(format!("kept snapshots could not be released (tried again after the next job): {e}")),
     }
 }
 

@@ -1,0 +1,143 @@
+//! `vmbackup jobs`, `release-expired` and the tiers `list` shows, as a user
+//! runs them.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vmbackup");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run vmbackup")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "vmbackup {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&ok(args)).expect("one JSON object")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn jobs_shows_the_history_with_phases_results_points_and_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = dir.path().join("vault");
+    let img = dir.path().join("root.img");
+    fs::write(&img, vec![5u8; 1 << 20]).expect("image");
+    ok(&["init", s(&vault)]);
+    let point = json(&["backup", "--vault", s(&vault), "--vm", "web", "--disk", s(&img), "--json"]);
+    let missing = dir.path().join("missing.img");
+    let failed = run(&["backup", "--vault", s(&vault), "--vm", "db", "--disk", s(&missing)]);
+    assert_eq!(failed.status.code(), Some(1));
+
+    let all = json(&["jobs", "--vault", s(&vault), "--json"]);
+    let jobs = all["jobs"].as_array().expect("jobs");
+    assert_eq!(jobs.len(), 2);
+    let web = jobs.iter().find(|j| j["vm"] == "web").expect("web");
+    assert_eq!(web["result"], "succeeded");
+    assert_eq!(web["point"], point["point"]);
+    assert_eq!(web["job"], point["job"]);
+    assert!(web["start"].is_string() && web["end"].is_string());
+    let phases: Vec<&str> =
+        web["phases"].as_array().expect("phases").iter().map(|p| p["phase"].as_str().expect("name")).collect();
+    assert_eq!(phases, ["prepare", "snapshot", "transfer", "commit", "release"]);
+    assert!(web["phases"].as_array().expect("phases").iter().all(|p| p["ok"] == true && p["seconds"].is_f64()));
+    let db = jobs.iter().find(|j| j["vm"] == "db").expect("db");
+    assert_eq!(db["result"], "failed");
+    assert!(db["point"].is_null());
+    assert!(db["error"].as_str().is_some_and(|e| e.contains("missing.img")), "{db}");
+
+    // --vm filters; the table has one line per job, and the error under it.
+    let only = json(&["jobs", "--vault", s(&vault), "--vm", "db", "--json"]);
+    assert_eq!(only["jobs"].as_array().expect("jobs").len(), 1);
+    let table = ok(&["jobs", "--vault", s(&vault)]);
+    assert!(table.starts_with("JOB"), "{table}");
+    assert!(table.lines().any(|l| l.contains("web") && l.contains("succeeded") && l.contains("transfer")), "{table}");
+    assert!(
+        table.lines().any(|l| l.contains("db") && l.contains("failed") && l.contains("snapshot FAILED")),
+        "{table}"
+    );
+    assert!(table.contains("error: ") && table.contains("missing.img"), "{table}");
+
+    // The log itself: JSON lines in the vault, the last one the end record.
+    let log = vault.join("jobs").join("web").join(format!("{}.jsonl", point["job"].as_str().expect("job")));
+    let text = fs::read_to_string(&log).expect("log");
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().expect("a line")).expect("json");
+    assert_eq!(last["event"], "end");
+}
+
+#[test]
+fn a_killed_job_shows_as_interrupted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = dir.path().join("vault");
+    let img = dir.path().join("root.img");
+    fs::write(&img, vec![5u8; 1 << 20]).expect("image");
+    ok(&["init", s(&vault)]);
+    let point = json(&["backup", "--vault", s(&vault), "--vm", "web", "--disk", s(&img), "--json"]);
+    // What a kill in the transfer leaves: the log up to there.
+    let log = vault.join("jobs").join("web").join(format!("{}.jsonl", point["job"].as_str().expect("job")));
+    let text = fs::read_to_string(&log).expect("log");
+    let kept: Vec<&str> = text.lines().take_while(|l| !l.contains("\"phase\":\"commit\"")).collect();
+    fs::write(vault.join("jobs").join("web").join("20000101T000000Z-aaaaaa.jsonl"), kept.join("\n") + "\n{\"ev")
+        .expect("write");
+    let all = json(&["jobs", "--vault", s(&vault), "--json"]);
+    let killed = &all["jobs"][0];
+    assert_eq!(killed["result"], "interrupted");
+    assert!(killed["end"].is_null());
+    assert_eq!(killed["damaged_lines"], 1);
+    let table = ok(&["jobs", "--vault", s(&vault)]);
+    assert!(table.lines().any(|l| l.contains("interrupted")), "{table}");
+}
+
+#[test]
+fn list_shows_tiers_and_release_expired_keeps_what_is_not_due() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = dir.path().join("vault");
+    let img = dir.path().join("root.img");
+    fs::write(&img, vec![5u8; 1 << 20]).expect("image");
+    ok(&["init", s(&vault)]);
+    // Without reflinks (the usual temp folder) the snapshot cannot be kept:
+    // the point says so, and has the vault tier only.
+    let out = run(&[
+        "backup",
+        "--vault",
+        s(&vault),
+        "--vm",
+        "web",
+        "--disk",
+        s(&img),
+        "--instant-restore-days",
+        "2",
+        "--json",
+    ]);
+    assert!(out.status.success());
+    let point: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let tiers = point["tiers"].as_array().expect("tiers").clone();
+    if point["snapshot_kept_until"].is_null() {
+        assert_eq!(tiers, ["vault"]);
+        assert!(point["warnings"].to_string().contains("cannot be kept for instant restore"), "{point}");
+    } else {
+        assert_eq!(tiers, ["snapshot", "vault"]);
+    }
+    let list = json(&["list", "--vault", s(&vault), "--json"]);
+    assert_eq!(list["points"][0]["tiers"].as_array().expect("tiers"), &tiers);
+    let table = ok(&["list", "--vault", s(&vault)]);
+    assert!(table.lines().next().is_some_and(|l| l.ends_with("TIERS")), "{table}");
+    let released = json(&["release-expired", "--vault", s(&vault), "--json"]);
+    assert!(released["released"].as_array().expect("released").is_empty());
+    assert!(released["problems"].as_array().expect("problems").is_empty());
+    let bad = run(&["backup", "--vault", s(&vault), "--vm", "web", "--disk", s(&img), "--instant-restore-days", "31"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+}
