@@ -6,6 +6,7 @@
 mod demo;
 mod jobs;
 mod maintenance;
+mod nbd;
 mod progress;
 mod repair;
 mod schedule;
@@ -40,7 +41,7 @@ enum Command {
         /// The vault's folder (must not exist, or be empty).
         vault: PathBuf,
     },
-    /// Back up a VM whose disks are raw image files.
+    /// Back up a VM whose disks are raw image files or NBD exports.
     Backup {
         /// The vault.
         #[arg(long)]
@@ -48,7 +49,9 @@ enum Command {
         /// The VM's name.
         #[arg(long)]
         vm: String,
-        /// A disk image, as PATH or NAME=PATH; repeat for each disk.
+        /// A disk image, as PATH or NAME=PATH, or an NBD export as a URI
+        /// (nbd+unix:///EXPORT?socket=PATH, nbd://HOST:PORT/EXPORT; read as
+        /// the server exports it, nothing frozen); repeat for each disk.
         #[arg(long = "disk", required = true)]
         disks: Vec<String>,
         /// Block size of a disk's first point: 16K to 4M, a power of two.
@@ -75,6 +78,12 @@ enum Command {
         /// backup instead (app, fs or crash).
         #[arg(long, default_value = "crash")]
         min_consistency: String,
+        /// Use this dirty bitmap of the NBD disks as change tracking (the
+        /// server must export it as qemu:dirty-bitmap:NAME, e.g. qemu-nbd -B
+        /// NAME). The bitmap must record since before the previous point's
+        /// snapshot; a sample of clean blocks is audited.
+        #[arg(long, value_name = "NAME")]
+        bitmap: Option<String>,
         /// Keep the snapshot for this many days (1 to 30) after the backup,
         /// for instant restore: the point is then restorable from the
         /// snapshot tier (images on a file system with reflinks only).
@@ -87,6 +96,33 @@ enum Command {
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
+    },
+    /// Serve a disk of a point read-only over NBD (qemu-img, qemu-nbd,
+    /// nbd-client read it; mount it to copy files out) until Ctrl-C. Prints
+    /// the NBD URI on stdout. The vault's shared lock is held meanwhile.
+    Export {
+        /// The vault.
+        #[arg(long)]
+        vault: PathBuf,
+        /// The VM.
+        #[arg(long)]
+        vm: String,
+        /// The point: an id, a unique prefix of one, or `latest`.
+        #[arg(long, default_value = "latest")]
+        point: String,
+        /// The disk, by name or index.
+        #[arg(long)]
+        disk: String,
+        /// Listen on this unix socket (created; it must not exist).
+        #[arg(long, value_name = "PATH", conflicts_with = "listen", required_unless_present = "listen")]
+        socket: Option<PathBuf>,
+        /// Listen on this TCP address (loopback unless --allow-remote).
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: Option<String>,
+        /// Allow a --listen address that is not loopback: the export has no
+        /// authentication and no encryption.
+        #[arg(long)]
+        allow_remote: bool,
     },
     /// List recovery points.
     List {
@@ -324,6 +360,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             freeze,
             freeze_timeout,
             min_consistency,
+            bitmap,
             instant_restore_days,
             retries,
             json,
@@ -341,6 +378,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if !(freeze_timeout.is_finite() && freeze_timeout > 0.0 && freeze_timeout <= 3600.0) {
                 bail!("--freeze-timeout {freeze_timeout} is not between 0 and 3600 seconds");
             }
+            let nbd_provider = nbd::provider(&vm.disks, bitmap, scripts.is_some() || !freeze.is_empty())?;
             let mut provider = ConsistentProvider::new(ImageFileProvider::new())
                 .with_freeze(freeze)
                 .with_freeze_timeout(std::time::Duration::from_secs_f64(freeze_timeout))
@@ -351,7 +389,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             options.instant_restore_days = instant_restore_days;
             options.retries = retries;
             options.progress = progress::bar("backup");
-            let report = backup_core::backup(&vault, &provider, &vm, &options)?;
+            let provider: &dyn backup_core::SnapshotProvider = match &nbd_provider {
+                Some(n) => n,
+                None => &provider,
+            };
+            let report = backup_core::backup(&vault, provider, &vm, &options)?;
             let p = &report.point;
             if json {
                 let mut out = point_json(p);
@@ -504,6 +546,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
+        Command::Export { vault, vm, point, disk, socket, listen, allow_remote } => {
+            return nbd::export(nbd::ExportArgs { vault, vm, point, disk, socket, listen, allow_remote });
+        }
         Command::Demo { dir } => demo::run(dir)?,
         Command::Prune { vault, policy, vm, dry_run, json } => {
             return maintenance::prune(&vault, &policy, vm, dry_run, json);
@@ -538,7 +583,12 @@ fn open(path: &std::path::Path) -> Result<Vault> {
 
 fn vm_from_args(name: &str, disks: &[String]) -> Result<Vm> {
     let mut out = Vec::new();
-    for d in disks {
+    for (i, d) in disks.iter().enumerate() {
+        if let Some(uri) = nbd::bare_uri_disk(d, i) {
+            let (name, location) = uri?;
+            out.push(VmDisk { name, location });
+            continue;
+        }
         let (disk_name, path) = match d.split_once('=') {
             Some((n, p)) if !n.contains('/') && !n.is_empty() => (n.to_string(), PathBuf::from(p)),
             _ => {

@@ -1,0 +1,114 @@
+//! NBD on the command line: backing up disks given as NBD URIs (with a
+//! dirty bitmap as change tracking), and `vmbackup export`, a read-only NBD
+//! server for a point.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use backup_core::{CancelToken, ExportAddress, ExportOptions, NbdAddress, NbdOptions, NbdProvider, NbdServer, VmDisk};
+
+/// The name and location of a `--disk` given as a bare NBD URI: the
+/// export's name, or `nbd<N>` for the default export. None for anything
+/// else (a path, or NAME=LOCATION).
+pub fn bare_uri_disk(arg: &str, index: usize) -> Option<Result<(String, String)>> {
+    if !NbdAddress::is_uri(arg) {
+        return None;
+    }
+    Some(NbdAddress::parse(arg).map_err(Into::into).map(|a| {
+        let name = if a.export().is_empty() || a.export().contains('/') {
+            format!("nbd{index}")
+        } else {
+            a.export().to_string()
+        };
+        (name, arg.to_string())
+    }))
+}
+
+/// The provider for a VM whose disks are NBD URIs; None when no disk is.
+/// The snapshot is whatever the server exports: nothing is frozen.
+pub fn provider(disks: &[VmDisk], bitmap: Option<String>, hooks: bool) -> Result<Option<NbdProvider>> {
+    let nbd = disks.iter().filter(|d| NbdAddress::is_uri(&d.location)).count();
+    if nbd == 0 {
+        if bitmap.is_some() {
+            bail!("--bitmap needs disks given as NBD URIs (nbd+unix:///EXPORT?socket=PATH or nbd://HOST:PORT/EXPORT)");
+        }
+        return Ok(None);
+    }
+    if nbd != disks.len() {
+        bail!("a VM's disks must be all image files or all NBD URIs");
+    }
+    if hooks {
+        bail!("--scripts and --freeze are not supported with NBD disks: the snapshot is whatever the server exports");
+    }
+    let mut options = NbdOptions::default();
+    options.bitmap = bitmap;
+    Ok(Some(NbdProvider::new(options)))
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// What `vmbackup export` was asked.
+pub struct ExportArgs {
+    pub vault: PathBuf,
+    pub vm: String,
+    pub point: String,
+    pub disk: String,
+    pub socket: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub allow_remote: bool,
+}
+
+/// Serves a point's disk read-only over NBD until SIGINT or SIGTERM.
+pub fn export(a: ExportArgs) -> Result<ExitCode> {
+    let vault = backup_core::Vault::open(&a.vault)?;
+    let point = vault.find_point(&a.vm, &a.point)?;
+    let at = match (&a.socket, &a.listen) {
+        (Some(s), None) => ExportAddress::Unix(s.clone()),
+        (None, Some(l)) => {
+            let addr: SocketAddr = l
+                .to_socket_addrs()
+                .with_context(|| format!("--listen {l:?} is not HOST:PORT"))?
+                .next()
+                .with_context(|| format!("--listen {l:?} resolves to no address"))?;
+            ExportAddress::Tcp(addr)
+        }
+        _ => bail!("give one of --socket PATH or --listen 127.0.0.1:PORT"),
+    };
+    let mut options = ExportOptions::default();
+    options.allow_remote = a.allow_remote;
+    let server = NbdServer::bind(&vault, &point, &a.disk, &at, options)?;
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only stores to an atomic, which is
+    // async-signal-safe; signal() has no other preconditions.
+    unsafe {
+        libc::signal(libc::SIGTERM, handler);
+        libc::signal(libc::SIGINT, handler);
+    }
+    let cancel = CancelToken::new();
+    let c = cancel.clone();
+    std::thread::spawn(move || {
+        while !STOP.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        c.cancel();
+    });
+    eprintln!(
+        "exporting disk {} of point {} of vm {} ({} bytes), read-only; stop with Ctrl-C",
+        a.disk,
+        point.id,
+        point.vm,
+        server.size()
+    );
+    // The URI alone on stdout, for scripts.
+    println!("{}", server.uri());
+    server.serve(&cancel)?;
+    Ok(ExitCode::SUCCESS)
+}

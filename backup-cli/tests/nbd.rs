@@ -1,0 +1,124 @@
+//! `vmbackup backup` of NBD disks with a dirty bitmap, and `vmbackup
+//! export`, against the real `qemu-img`, `qemu-io` and `qemu-nbd` (skipped,
+//! with the reason printed, when they are missing).
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vmbackup");
+
+fn have(tool: &str) -> bool {
+    Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A child process killed on drop.
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(sock: &Path) {
+    let t = Instant::now();
+    while UnixStream::connect(sock).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "nothing listens on {}", sock.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn backup_json(vault: &Path, disk: &str) -> serde_json::Value {
+    let out = run(BIN, &["backup", "--vault", s(vault), "--vm", "q", "--disk", disk, "--bitmap", "b0", "--json"]);
+    serde_json::from_str(&out).expect("json")
+}
+
+#[test]
+fn backup_of_an_nbd_disk_with_a_bitmap_then_export_the_point() {
+    for t in ["qemu-img", "qemu-io", "qemu-nbd"] {
+        if !have(t) {
+            eprintln!("SKIPPED: {t} is not installed");
+            return;
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let image = d.join("d.qcow2");
+    let vault = d.join("vault");
+    run("qemu-img", &["create", "-q", "-f", "qcow2", s(&image), "32M"]);
+    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x11 0 4M", s(&image)]);
+    run("qemu-img", &["bitmap", "--add", s(&image), "b0"]);
+    run(BIN, &["init", s(&vault)]);
+    let sock = d.join("q.sock");
+    let disk = format!("sda=nbd+unix:///?socket={}", sock.display());
+    let serve = || {
+        let c = Command::new("qemu-nbd")
+            .args(["-r", "-t", "-e", "4", "-f", "qcow2", "-B", "b0", "--socket", s(&sock), s(&image)])
+            .spawn()
+            .expect("qemu-nbd");
+        wait_for(&sock);
+        Kill(c)
+    };
+    {
+        let _nbd = serve();
+        let j = backup_json(&vault, &disk);
+        assert_eq!(j["disks"][0]["change_detection"], "none");
+        assert_eq!(j["consistency"], "crash");
+    }
+    run("qemu-img", &["bitmap", "--clear", s(&image), "b0"]);
+    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x55 8M 64k", s(&image)]);
+    {
+        let _nbd = serve();
+        let j = backup_json(&vault, &disk);
+        assert_eq!(j["disks"][0]["change_detection"], "cbt");
+        let read = j["disks"][0]["bytes_read"].as_u64().expect("bytes_read");
+        // The changed block, and the default 1% audit of clean blocks.
+        assert!((64 << 10..=512 << 10).contains(&read), "read {read} bytes for 64 KiB changed");
+    }
+    // --bitmap without NBD disks is bad usage.
+    let st = Command::new(BIN)
+        .args(["backup", "--vault", s(&vault), "--vm", "x", "--disk", s(&image), "--bitmap", "b0"])
+        .stderr(Stdio::null())
+        .status()
+        .expect("run");
+    assert_eq!(st.code(), Some(1));
+
+    let esock = d.join("export.sock");
+    let mut child = Command::new(BIN)
+        .args(["export", "--vault", s(&vault), "--vm", "q", "--disk", "sda", "--socket", s(&esock)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("export");
+    let mut uri = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut uri).expect("uri line");
+    let export = Kill(child);
+    let out = run("qemu-img", &["compare", "-f", "qcow2", s(&image), uri.trim()]);
+    assert!(out.contains("identical"), "{out}");
+    drop(export);
+    // A remote address needs --allow-remote.
+    let o = Command::new(BIN)
+        .args(["export", "--vault", s(&vault), "--vm", "q", "--disk", "0", "--listen", "0.0.0.0:0"])
+        .output()
+        .expect("run");
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not loopback"));
+}
