@@ -1,0 +1,225 @@
+//! Instant-restore tiers on a real reflink file system: an XFS image,
+//! loop-mounted, holds the VM's disk image, whose snapshot is a reflink
+//! clone. The clone is kept after the job for the instant-restore days (the
+//! point's tiers are then "snapshot" and "vault"), restores are copies of
+//! it, and once released the point has the vault tier only.
+//!
+//! Skips, with the reason printed, when not root or when mounting is
+//! impossible.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::mpsc;
+
+use backup_core::*;
+
+fn sh(cmd: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(cmd).args(args).output().map_err(|e| format!("{cmd}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("{cmd} {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// One XFS mount at a time in this binary: loop devices and two cores.
+static MOUNTS: Mutex<()> = Mutex::new(());
+
+/// A loop-mounted XFS with reflinks, unmounted on drop.
+struct Xfs {
+    at: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Xfs {
+    fn drop(&mut self) {
+        if sh("umount", &[s(&self.at)]).is_err() {
+            let _ = sh("umount", &["-l", s(&self.at)]);
+        }
+    }
+}
+
+fn xfs(test: &str) -> Option<Xfs> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED {test}: not running as root (loop mounts need it)");
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = dir.path().join("xfs.img");
+    let at = dir.path().join("mnt");
+    let build = || -> Result<(), String> {
+        // 300 MiB is the smallest XFS that mkfs.xfs makes; the file is sparse.
+        fs::File::create(&image).and_then(|f| f.set_len(300 << 20)).map_err(|e| e.to_string())?;
+        sh("mkfs.xfs", &["-q", "-f", "-m", "reflink=1", s(&image)])?;
+        fs::create_dir_all(&at).map_err(|e| e.to_string())?;
+        sh("mount", &["-o", "loop", s(&image), s(&at)])?;
+        Ok(())
+    };
+    match build() {
+        Ok(()) => Some(Xfs { at, _dir: dir }),
+        Err(why) => {
+            eprintln!("SKIPPED {test}: cannot mount a reflink XFS: {why}");
+            None
+        }
+    }
+}
+
+fn data(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed) | 1).collect()
+}
+
+fn clones(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .expect("read dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.contains("vmbackup-snap"))
+        .collect()
+}
+
+#[test]
+fn a_reflink_snapshot_is_kept_restored_from_and_released_after_its_days() {
+    let _serial = MOUNTS.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(fs_) = xfs("a_reflink_snapshot_is_kept_restored_from_and_released_after_its_days") else { return };
+    let img = fs_.at.join("root.img");
+    let first = data(1, 8 << 20);
+    fs::write(&img, &first).expect("image");
+    let vault = Vault::init(fs_.at.join("vault")).expect("init");
+    let vm = Vm::from_images("web", &[&img]).expect("vm");
+    let mut options = BackupOptions::default();
+    options.instant_restore_days = 2;
+    let report = backup(&vault, &ImageFileProvider::new(), &vm, &options).expect("backup");
+    assert_eq!(report.point.disks[0].snapshot_method, "reflink");
+    let until = report.snapshot_kept_until.expect("the clone is kept");
+    assert_eq!(point_tiers(&vault, &report.point).expect("tiers"), ["snapshot", "vault"]);
+    assert_eq!(clones(&fs_.at).len(), 1, "the clone stays beside the image");
+    let kept = kept_snapshot(&vault, "web", &report.point.id).expect("record").expect("usable");
+    assert_eq!(kept.expires, until);
+
+    // The VM goes on writing; the snapshot tier still restores the point.
+    fs::write(&img, data(2, 8 << 20)).expect("write");
+    let out = fs_.at.join("from-snapshot.img");
+    let stats = restore_disk_from_snapshot(&vault, &report.point, "root.img", &out).expect("restore").expect("tier");
+    assert_eq!(stats.size, 8 << 20);
+    assert_eq!(fs::read(&out).expect("read"), first);
+    let from_vault = fs_.at.join("from-vault.img");
+    restore_disk_to_path(&vault, &report.point, "root.img", &from_vault, &RestoreOptions::default()).expect("vault");
+    assert_eq!(fs::read(&from_vault).expect("read"), first);
+
+    // Not yet expired: a later job keeps it; at its expiry it is released.
+    assert!(release_expired(&vault, None, report.point.time).expect("release").released.is_empty());
+    let r = release_expired(&vault, None, until).expect("release");
+    assert_eq!(r.released.len(), 1);
+    assert!(clones(&fs_.at).is_empty());
+    assert_eq!(point_tiers(&vault, &report.point).expect("tiers"), ["vault"]);
+    assert!(restore_disk_from_snapshot(&vault, &report.point, "root.img", &out).expect("restore").is_none());
+}
+
+/// A device that waits for a signal before its first read.
+struct Gated {
+    inner: Arc<dyn BlockDevice>,
+    entered: Mutex<Option<mpsc::Sender<()>>>,
+    go: Mutex<Option<mpsc::Receiver<()>>>,
+}
+
+impl BlockDevice for Gated {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        if let Some(tx) = self.entered.lock().expect("lock").take() {
+            let _ = tx.send(());
+        }
+        if let Some(rx) = self.go.lock().expect("lock").take() {
+            let _ = rx.recv();
+        }
+        self.inner.read_at(offset, buf)
+    }
+}
+
+/// The image-file provider with its devices gated (and cancelling when told).
+struct GatedProvider {
+    inner: ImageFileProvider,
+    entered: Mutex<Option<mpsc::Sender<()>>>,
+    go: Mutex<Option<mpsc::Receiver<()>>>,
+}
+
+impl SnapshotProvider for GatedProvider {
+    fn snapshot(&self, vm: &Vm, wanted: Consistency) -> Result<Snapshot> {
+        let mut s = self.inner.snapshot(vm, wanted)?;
+        let d = &mut s.disks[0];
+        d.device = Arc::new(Gated {
+            inner: d.device.clone(),
+            entered: Mutex::new(self.entered.lock().expect("lock").take()),
+            go: Mutex::new(self.go.lock().expect("lock").take()),
+        });
+        Ok(s)
+    }
+    fn keepable(&self, snapshot: &Snapshot) -> Option<Vec<KeptDisk>> {
+        self.inner.keepable(snapshot)
+    }
+    fn release(&self, vm: &Vm, snapshot: Snapshot) -> Result<()> {
+        self.inner.release(vm, snapshot)
+    }
+}
+
+#[test]
+fn the_snapshot_tier_exists_from_the_snapshot_phase_and_a_cancel_releases_it() {
+    let _serial = MOUNTS.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(fs_) = xfs("the_snapshot_tier_exists_from_the_snapshot_phase_and_a_cancel_releases_it") else { return };
+    let img = fs_.at.join("root.img");
+    fs::write(&img, data(3, 4 << 20)).expect("image");
+    let vault = Vault::init(fs_.at.join("vault")).expect("init");
+    let vm = Vm::from_images("web", &[&img]).expect("vm");
+    for cancel in [false, true] {
+        let (entered_tx, entered) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel();
+        let provider = GatedProvider {
+            inner: ImageFileProvider::new(),
+            entered: Mutex::new(Some(entered_tx)),
+            go: Mutex::new(Some(go_rx)),
+        };
+        let mut options = BackupOptions::default();
+        options.instant_restore_days = 1;
+        let token = options.cancel.clone();
+        let before = vault.points(Some("web")).expect("points").len();
+        std::thread::scope(|s| {
+            let h = s.spawn(|| backup(&vault, &provider, &vm, &options));
+            entered.recv().expect("the transfer started");
+            // In the transfer: the snapshot is recorded and usable, the
+            // point not yet committed (its tiers: snapshot only).
+            let (kept, bad) = kept_snapshots(&vault, Some("web")).expect("kept");
+            assert!(bad.is_empty());
+            let pending: Vec<_> = kept.iter().filter(|k| vault.read_point("web", &k.point).is_err()).collect();
+            assert_eq!(pending.len(), 1);
+            assert!(kept_snapshot(&vault, "web", &pending[0].point).expect("read").is_some());
+            // A release run meanwhile leaves a running job's snapshot alone.
+            let r = release_expired(&vault, None, pending[0].taken).expect("release");
+            assert!(r.released.is_empty());
+            if cancel {
+                token.cancel();
+            }
+            go.send(()).expect("go");
+            let result = h.join().expect("join");
+            if cancel {
+                assert_eq!(result.expect_err("cancelled").kind(), ErrorKind::Cancelled);
+            } else {
+                let report = result.expect("backup");
+                assert_eq!(report.point.id, pending[0].point);
+                assert_eq!(point_tiers(&vault, &report.point).expect("tiers"), ["snapshot", "vault"]);
+            }
+        });
+        let after = vault.points(Some("web")).expect("points").len();
+        assert_eq!(after, before + usize::from(!cancel));
+    }
+    // The cancelled job's clone and record are gone; the committed one's stay.
+    assert_eq!(clones(&fs_.at).len(), 1);
+    assert_eq!(kept_snapshots(&vault, None).expect("kept").0.len(), 1);
+}
