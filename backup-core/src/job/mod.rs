@@ -351,6 +351,7 @@ fn run(job: &Job<'_>) -> Result<Done> {
 
     // Prepare before the first snapshot, and again when the provider changed.
     let (session, parent, prepared, record) = job.phase(Phase::Prepare, || {
+        // Not retried here: taking the lock already waits its timeout.
         let session = vault.begin_backup()?;
         let parent = vault.points(Some(&vm.name))?.into_iter().last();
         let record = vault.vm_record(&vm.name)?;

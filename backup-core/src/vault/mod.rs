@@ -32,6 +32,8 @@
 //! | restore, verify, list        | shared    | only reads; must not see objects removed under them     |
 //! | prune, gc, repair            | exclusive | remove or rewrite objects others may be reading         |
 //! | init                         | none      | refuses a folder that is not empty                      |
+//! | a job's log (`jobs/`)        | its own   | an exclusive `flock` on the log file while the job runs |
+//! | release of kept snapshots    | none      | removes only `snapshots/` records and their clones      |
 
 mod files;
 mod manifest;
