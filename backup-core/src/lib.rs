@@ -41,6 +41,8 @@
 mod device;
 mod engine;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gc;
 mod job;
 mod model;
@@ -84,9 +86,9 @@ pub use snapshot::{
     MAX_SCRIPT_RETRIES, MAX_SCRIPT_TIMEOUT_SECS, OUTPUT_LIMIT, PrepareReport, ScriptsConfig, Snapshot, SnapshotDisk,
     SnapshotProvider, ThawReport,
 };
+pub use throttle::{Throttle, ThrottledDevice, ThrottledProvider};
 pub use vault::{
     BackupSession, Codec, DiskRecord, DiskStats, FORMAT_VERSION, LockMode, PointManifest, PointStats, Vault, VaultLock,
     VaultOptions, VaultSink, VaultSource, VmRecord,
 };
-pub use throttle::{Throttle, ThrottledDevice, ThrottledProvider};
 pub use verify::{Problem, VerifyOptions, VerifyReport, verify};

@@ -32,7 +32,7 @@
 //! read.
 
 mod client;
-mod proto;
+pub(crate) mod proto;
 mod provider;
 mod server;
 

@@ -88,14 +88,16 @@ pub struct DiskRecord {
 impl DiskRecord {
     /// The number of blocks.
     pub fn blocks(&self) -> u64 {
-        self.size.div_ceil(u64::from(self.block_size))
+        // A decoded manifest never has block size 0 (`decode` refuses it);
+        // `max` keeps a hand-made record from dividing by zero.
+        self.size.div_ceil(u64::from(self.block_size.max(1)))
     }
 
     /// The byte range of the disk covered by segment `i`.
     pub fn segment_range(&self, i: usize) -> std::ops::Range<u64> {
         let seg_bytes = u64::from(self.block_size) * u64::from(self.entries_per_segment);
-        let start = i as u64 * seg_bytes;
-        start.min(self.size)..(start + seg_bytes).min(self.size)
+        let start = (i as u64).saturating_mul(seg_bytes);
+        start.min(self.size)..start.saturating_add(seg_bytes).min(self.size)
     }
 }
 
@@ -219,5 +221,28 @@ pub fn decode(bytes: &[u8], mac_key: &[u8; 32], object: &str) -> Result<PointMan
             format!("manifest format {} (this build reads {MANIFEST_FORMAT})", m.format),
         ));
     }
+    check_geometry(&m).map_err(|why| Error::corrupt(object, why))?;
     Ok(m)
+}
+
+/// Refuses what restore and verify could not work with: names that could
+/// leave a restore folder, a block size outside the engine's range, a
+/// segment list that does not cover the disk. Found by fuzzing (a block
+/// size of 0 divided by zero); a MAC-valid manifest is still checked, since
+/// the MAC says who wrote it, not that it is sane.
+fn check_geometry(m: &PointManifest) -> std::result::Result<(), String> {
+    crate::model::validate_name("vm name", &m.vm).map_err(|e| e.to_string())?;
+    crate::model::validate_name("point id", &m.id).map_err(|e| e.to_string())?;
+    for d in &m.disks {
+        crate::model::validate_name("disk name", &d.name).map_err(|e| e.to_string())?;
+        crate::engine::check_block_size(d.block_size).map_err(|e| format!("disk {}: {e}", d.name))?;
+        if d.entries_per_segment == 0 || d.entries_per_segment > 1 << 24 {
+            return Err(format!("disk {}: {} entries per segment", d.name, d.entries_per_segment));
+        }
+        let want = d.blocks().div_ceil(u64::from(d.entries_per_segment));
+        if d.segments.len() as u64 != want {
+            return Err(format!("disk {}: {} index segments listed, its size needs {want}", d.name, d.segments.len()));
+        }
+    }
+    Ok(())
 }

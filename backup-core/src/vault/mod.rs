@@ -36,9 +36,9 @@
 //! | release of kept snapshots    | none      | removes only `snapshots/` records and their clones      |
 
 mod files;
-mod manifest;
-mod pack;
-mod segment;
+pub(crate) mod manifest;
+pub(crate) mod pack;
+pub(crate) mod segment;
 mod session;
 
 use std::collections::HashMap;

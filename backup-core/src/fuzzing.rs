@@ -1,0 +1,123 @@
+//! Entry points for fuzzing the parsers of bytes that come from outside:
+//! vault objects (pack frames, pack trailers, chunk index files, index
+//! segments, manifests), policy files, scripts configs and NBD messages.
+//! Thin wrappers over the private parsers, used by the cargo-fuzz targets
+//! in `fuzz/` and by the stable smoke test `tests/fuzz_smoke.rs`. Not part
+//! of the API: it may change at any time.
+//!
+//! Every function takes arbitrary bytes and returns whether they parsed;
+//! none may panic, loop forever or allocate without bound.
+
+use std::path::Path;
+
+use crate::vault::{manifest, pack, segment};
+
+/// A frame header at offset 16 and, when it parses, the whole frame
+/// (crc check and decompression).
+pub fn pack_frame(data: &[u8]) -> bool {
+    match pack::parse_frame_header(data, 16, "fuzz pack") {
+        Ok(entry) => {
+            let end = data.len().min(pack::FRAME_HEADER_LEN + entry.stored_len as usize);
+            pack::decode_frame(&data[..end], &entry, "fuzz pack").is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+/// A pack's header, and its trailer and footer as found at the end of
+/// `data` (the checks `Vault::read_trailer` makes on a pack file).
+pub fn pack_trailer(data: &[u8]) -> bool {
+    let header_ok = pack::check_header(data, "fuzz pack").is_ok();
+    if data.len() < pack::FOOTER_LEN {
+        return false;
+    }
+    let (rest, footer) = data.split_at(data.len() - pack::FOOTER_LEN);
+    let Ok((offset, count, crc)) = pack::parse_footer(footer, "fuzz pack") else { return false };
+    let tlen = u64::from(count) * pack::ENTRY_LEN as u64;
+    if offset.checked_add(tlen) != Some(rest.len() as u64) {
+        return false;
+    }
+    header_ok && pack::parse_entries(&rest[offset as usize..], count, crc, "fuzz pack").is_ok()
+}
+
+/// A chunk index file (`index/<pack>.idx`).
+pub fn chunk_index(data: &[u8]) -> bool {
+    pack::parse_idx(data, "fuzz index").is_ok()
+}
+
+/// An index segment.
+pub fn index_segment(data: &[u8]) -> bool {
+    segment::decode(data, "fuzz segment").is_ok()
+}
+
+/// The fixed MAC key of [`manifest`] and [`manifest_json`].
+const FUZZ_MAC_KEY: [u8; 32] = [7; 32];
+
+/// A manifest file as stored (JSON line, MAC line), checked against a
+/// fixed key: exercises the MAC and line parsing.
+pub fn manifest(data: &[u8]) -> bool {
+    manifest::decode(data, &FUZZ_MAC_KEY, "fuzz manifest").is_ok()
+}
+
+/// A manifest's JSON line given a valid MAC, so that the JSON parser and
+/// the field checks behind the MAC are reached too.
+pub fn manifest_json(data: &[u8]) -> bool {
+    let Ok(json) = std::str::from_utf8(data) else { return false };
+    if json.contains('\n') {
+        return false;
+    }
+    let mac = blake3::keyed_hash(&FUZZ_MAC_KEY, json.as_bytes());
+    let file = format!("{json}\nmac {}\n", mac.to_hex());
+    match manifest::decode(file.as_bytes(), &FUZZ_MAC_KEY, "fuzz manifest") {
+        Ok(m) => {
+            // What restore and verify do with a point's disks next.
+            for d in &m.disks {
+                let _ = d.blocks();
+                if d.entries_per_segment > 0 {
+                    for s in 0..d.segments.len() {
+                        let _ = d.segment_range(s);
+                    }
+                }
+            }
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// A policy file (TOML).
+pub fn policy(data: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(data) else { return false };
+    match crate::Policy::from_toml_str(text) {
+        Ok(p) => {
+            // What the scheduler does with a policy next.
+            let _ = p.summary();
+            let _ = p.next_runs(jiff::Timestamp::UNIX_EPOCH, 3);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// A pre/post scripts config (VMSnapshotScriptPluginConfig.json).
+pub fn scripts_config(data: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(data) else { return false };
+    crate::ScriptsConfig::from_json(text, Path::new("<fuzz>")).is_ok()
+}
+
+/// NBD messages a client or server reads from the other side: a request
+/// header, a block-status payload, an error chunk payload; and an NBD URI.
+pub fn nbd(data: &[u8]) -> bool {
+    use crate::nbd::proto;
+    let mut ok = false;
+    if let Ok(b) = <&[u8; 28]>::try_from(data.get(..28).unwrap_or(&[])) {
+        ok |= proto::parse_request(b).is_ok();
+    }
+    let want = data.first().map_or(0, |b| u64::from(*b) << 20);
+    ok |= proto::parse_block_status(data, want).is_ok();
+    ok |= proto::parse_error_chunk(data).is_ok();
+    if let Ok(text) = std::str::from_utf8(data) {
+        ok |= crate::NbdAddress::parse(text).is_ok();
+    }
+    ok
+}
