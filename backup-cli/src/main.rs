@@ -491,7 +491,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             options.progress = progress::bar("restore");
             let stats = match &disk {
                 Some(d) => vec![jobs::restore_disk(&vault, &point, d, &to, &options)?],
-                None => backup_core::restore_vm(&vault, &point, &to, &options)?,
+                None => jobs::restore_vm(&vault, &point, &to, &options)?,
             };
             if json {
                 println!(

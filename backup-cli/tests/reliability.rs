@@ -1,0 +1,285 @@
+//! The command line under faults: a damaged vault restored with and without
+//! `--allow-damaged`, `repair`, names that could escape the vault, and
+//! several processes on one vault at once (backups of different VMs, a
+//! backup beside verify, prune and gc; "vault is locked" after
+//! `--lock-timeout`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use backup_core::{LockMode, Vault};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vmbackup");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).stdin(Stdio::null()).output().expect("run vmbackup")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(out.status.success(), "vmbackup {args:?} failed: {}", text(&out));
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn random(n: usize, mut seed: u64) -> Vec<u8> {
+    (0..n.div_ceil(8))
+        .flat_map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed.to_le_bytes()
+        })
+        .take(n)
+        .collect()
+}
+
+fn packs(vault: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(vault.join("packs")).expect("packs").map(|e| e.expect("e").path()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn allow_damaged_writes_zeros_and_lists_ranges_and_repair_rebuilds_index_files_and_says_what_is_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let vault = d.join("vault");
+    let img = d.join("disk.img");
+    let data = random(2 << 20, 3);
+    fs::write(&img, &data).expect("image");
+    ok(&["init", s(&vault)]);
+    ok(&["backup", "--vault", s(&vault), "--vm", "web", "--disk", s(&img)]);
+    // Flip a byte in the middle of the only pack: one chunk is damaged.
+    let pack = packs(&vault).remove(0);
+    let mut bytes = fs::read(&pack).expect("pack");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    fs::write(&pack, &bytes).expect("write");
+
+    let out = d.join("restored.img");
+    let failed = run(&["restore", "--vault", s(&vault), "--vm", "web", "--disk", "disk.img", "--to", s(&out)]);
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
+    let msg = text(&failed);
+    assert!(msg.contains("cannot be restored") && msg.contains("disk.img") && msg.contains("bytes"), "{msg}");
+    assert!(!out.exists(), "a failed restore left its file");
+
+    let allowed = run(&[
+        "restore",
+        "--vault",
+        s(&vault),
+        "--vm",
+        "web",
+        "--disk",
+        "disk.img",
+        "--to",
+        s(&out),
+        "--allow-damaged",
+        "--json",
+    ]);
+    assert_eq!(allowed.status.code(), Some(1), "damage is exit code 1: {}", text(&allowed));
+    let j: serde_json::Value = serde_json::from_slice(&allowed.stdout).expect("json");
+    let damaged = j["disks"][0]["damaged"].as_array().expect("damaged list").clone();
+    assert_eq!(damaged.len(), 1, "{j}");
+    let (start, end) = (
+        damaged[0]["range"]["start"].as_u64().expect("start") as usize,
+        damaged[0]["range"]["end"].as_u64().expect("end") as usize,
+    );
+    assert_eq!(end - start, 64 << 10, "one block");
+    let mut want = data.clone();
+    want[start..end].fill(0);
+    assert!(fs::read(&out).expect("read") == want, "outside the damaged range the disk must be intact");
+
+    // The index file is gone and a pack lost its trailer: repair rebuilds
+    // both index files and names the damaged range as lost.
+    ok(&["backup", "--vault", s(&vault), "--vm", "db", "--disk", s(&img)]);
+    fs::write(&img, random(2 << 20, 4)).expect("image");
+    ok(&["backup", "--vault", s(&vault), "--vm", "db", "--disk", s(&img)]);
+    let all = packs(&vault);
+    assert!(all.len() >= 2, "{all:?}");
+    let other = all.iter().find(|p| **p != pack).expect("a second pack").clone();
+    let id = other.file_stem().and_then(|n| n.to_str()).expect("id").to_string();
+    let b = fs::read(&other).expect("read");
+    fs::write(&other, &b[..b.len() - 10]).expect("truncate trailer");
+    fs::remove_file(vault.join("index").join(format!("{id}.idx"))).expect("rm idx");
+    let dry = run(&["repair", "--vault", s(&vault), "--dry-run"]);
+    assert!(text(&dry).contains("would rebuild chunk index of pack"), "{}", text(&dry));
+    let rep = run(&["repair", "--vault", s(&vault), "--json"]);
+    assert_eq!(rep.status.code(), Some(1), "data was lost: {}", text(&rep));
+    let j: serde_json::Value = serde_json::from_slice(&rep.stdout).expect("json");
+    let rebuilt = j["report"]["rebuilt"].as_array().expect("rebuilt");
+    assert!(rebuilt.iter().any(|r| r["pack"] == id.as_str() && r["from_frame_walk"] == true), "{j}");
+    let lost = j["report"]["lost"].as_array().expect("lost");
+    assert!(lost.iter().any(|p| p["vm"] == "web" && p["disk"] == "disk.img" && p["range"]["start"] == start), "{j}");
+    assert!(vault.join("index").join(format!("{id}.idx")).exists());
+    // After the repair the truncated pack's chunks restore.
+    let db_out = d.join("db");
+    ok(&["restore", "--vault", s(&vault), "--vm", "db", "--to", s(&db_out)]);
+    assert!(fs::read(db_out.join("disk.img")).expect("read") == fs::read(&img).expect("img"));
+}
+
+#[test]
+fn names_that_could_escape_the_vault_are_refused_by_the_cli() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = dir.path().join("vault");
+    let img = dir.path().join("d.img");
+    fs::write(&img, vec![1u8; 1 << 20]).expect("image");
+    ok(&["init", s(&vault)]);
+    let named = format!("..={}", s(&img));
+    for (vm, disk) in
+        [("..", s(&img)), ("a/b", s(&img)), ("../../etc", s(&img)), (".hidden", s(&img)), ("ok", named.as_str())]
+    {
+        let out = run(&["backup", "--vault", s(&vault), "--vm", vm, "--disk", disk]);
+        assert_eq!(out.status.code(), Some(2), "vm {vm:?} disk {disk:?}: {}", text(&out));
+        assert!(text(&out).contains("invalid"), "{}", text(&out));
+    }
+    for vm in ["..", "a/b"] {
+        let out = run(&["restore", "--vault", s(&vault), "--vm", vm, "--to", s(&dir.path().join("x"))]);
+        assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    assert!(fs::read_dir(vault.join("points")).expect("points").next().is_none(), "something was written");
+}
+
+#[test]
+fn a_held_lock_gives_vault_is_locked_after_the_lock_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault_path = dir.path().join("vault");
+    let img = dir.path().join("d.img");
+    fs::write(&img, random(1 << 20, 5)).expect("image");
+    ok(&["init", s(&vault_path)]);
+    let vault = Vault::open(&vault_path).expect("open");
+    {
+        // A backup (shared) is running: gc must wait, then say so.
+        let _shared = vault.lock(LockMode::Shared).expect("lock");
+        let started = Instant::now();
+        let out = run(&["gc", "--vault", s(&vault_path), "--grace", "0", "--lock-timeout", "1"]);
+        let waited = started.elapsed();
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(text(&out).contains("is locked"), "{}", text(&out));
+        assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(10), "{waited:?}");
+        // A second backup shares the lock.
+        ok(&["backup", "--vault", s(&vault_path), "--vm", "a", "--disk", s(&img), "--lock-timeout", "1"]);
+    }
+    {
+        // A gc or prune (exclusive) is running: backups wait, then say so.
+        let _exclusive = vault.lock(LockMode::Exclusive).expect("lock");
+        let out = run(&["backup", "--vault", s(&vault_path), "--vm", "a", "--disk", s(&img), "--lock-timeout", "0.3"]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(text(&out).contains("is locked"), "{}", text(&out));
+        let out = run(&["verify", "--vault", s(&vault_path), "--lock-timeout", "0.3"]);
+        assert!(text(&out).contains("is locked"), "{}", text(&out));
+    }
+    ok(&["backup", "--vault", s(&vault_path), "--vm", "a", "--disk", s(&img), "--lock-timeout", "1"]);
+    let bad = run(&["list", "--vault", s(&vault_path), "--lock-timeout", "-1"]);
+    assert_ne!(bad.status.code(), Some(0), "{}", text(&bad));
+}
+
+#[test]
+fn backups_of_two_vms_beside_verify_prune_and_gc_in_separate_processes_corrupt_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let vault = d.join("vault");
+    ok(&["init", s(&vault)]);
+    let policy = d.join("policy.toml");
+    fs::write(
+        &policy,
+        "timezone = \"UTC\"\n[schedule]\nfrequency = \"daily\"\ntimes = [\"02:00\"]\n\n[retention]\nkeep_last = 2\n",
+    )
+    .expect("policy");
+    let check = run(&["policy", "check", s(&policy)]);
+    assert!(check.status.success(), "policy: {}", text(&check));
+    let imgs: Vec<PathBuf> = ["one", "two"].iter().map(|n| d.join(format!("{n}.img"))).collect();
+    let mut latest: Vec<Vec<u8>> = Vec::new();
+    for (i, p) in imgs.iter().enumerate() {
+        let data = random(3 << 20, 10 + i as u64);
+        fs::write(p, &data).expect("image");
+        latest.push(data);
+    }
+    for round in 0..4u64 {
+        for (i, p) in imgs.iter().enumerate() {
+            let data = random(3 << 20, 100 * round + i as u64);
+            fs::write(p, &data).expect("image");
+            latest[i] = data;
+        }
+        let spawn = |args: Vec<String>| {
+            Command::new(BIN).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn")
+        };
+        let v = s(&vault).to_string();
+        let mut children = vec![
+            (
+                "backup one",
+                spawn(vec![
+                    "backup".into(),
+                    "--vault".into(),
+                    v.clone(),
+                    "--vm".into(),
+                    "one".into(),
+                    "--disk".into(),
+                    s(&imgs[0]).into(),
+                ]),
+            ),
+            (
+                "backup two",
+                spawn(vec![
+                    "backup".into(),
+                    "--vault".into(),
+                    v.clone(),
+                    "--vm".into(),
+                    "two".into(),
+                    "--disk".into(),
+                    s(&imgs[1]).into(),
+                ]),
+            ),
+            ("verify", spawn(vec!["verify".into(), "--vault".into(), v.clone()])),
+            ("prune", spawn(vec!["prune".into(), "--vault".into(), v.clone(), "--policy".into(), s(&policy).into()])),
+            ("gc", spawn(vec!["gc".into(), "--vault".into(), v.clone(), "--grace".into(), "0".into()])),
+        ];
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for (name, child) in &mut children {
+            loop {
+                if let Some(status) = child.try_wait().expect("wait") {
+                    let out = child.wait_with_output_ref();
+                    assert!(status.success(), "round {round}: {name} failed: {out}");
+                    break;
+                }
+                assert!(Instant::now() < deadline, "round {round}: {name} hangs (deadlock?)");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    ok(&["verify", "--vault", s(&vault)]);
+    for (i, vm) in ["one", "two"].iter().enumerate() {
+        let out = d.join(format!("r-{vm}"));
+        ok(&["restore", "--vault", s(&vault), "--vm", vm, "--to", s(&out)]);
+        let name = format!("{vm}.img");
+        assert!(fs::read(out.join(&name)).expect("read") == latest[i], "vm {vm}'s latest point differs");
+    }
+}
+
+/// Reads what a finished child wrote.
+trait OutputOf {
+    fn wait_with_output_ref(&mut self) -> String;
+}
+
+impl OutputOf for std::process::Child {
+    fn wait_with_output_ref(&mut self) -> String {
+        use std::io::Read;
+        let mut out = String::new();
+        if let Some(o) = self.stdout.as_mut() {
+            let _ = o.read_to_string(&mut out);
+        }
+        if let Some(e) = self.stderr.as_mut() {
+            let _ = e.read_to_string(&mut out);
+        }
+        out
+    }
+}
