@@ -137,3 +137,28 @@ pub fn restore_disk(
     }
     Ok(backup_core::restore_disk_to_path(vault, point, disk, to, options)?)
 }
+
+/// Restores every disk of a point into a folder: from its kept snapshot
+/// when it has one for every disk, else from the vault.
+pub fn restore_vm(
+    vault: &Vault,
+    point: &PointManifest,
+    to: &Path,
+    options: &RestoreOptions,
+) -> Result<Vec<RestoreStats>> {
+    if backup_core::kept_snapshot(vault, &point.vm, &point.id)?.is_some() {
+        std::fs::create_dir_all(to).map_err(|e| anyhow::anyhow!("cannot create folder {}: {e}", to.display()))?;
+        let mut all = Vec::new();
+        for d in &point.disks {
+            match backup_core::restore_disk_from_snapshot(vault, point, &d.name, &to.join(&d.name))? {
+                Some(s) => all.push(s),
+                None => break,
+            }
+        }
+        if all.len() == point.disks.len() {
+            eprintln!("restored from the snapshot tier (the snapshot kept for instant restore)");
+            return Ok(all);
+        }
+    }
+    Ok(backup_core::restore_vm(vault, point, to, options)?)
+}

@@ -141,3 +141,55 @@ fn list_shows_tiers_and_release_expired_keeps_what_is_not_due() {
     let bad = run(&["backup", "--vault", s(&vault), "--vm", "web", "--disk", s(&img), "--instant-restore-days", "31"]);
     assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
 }
+
+#[test]
+fn a_backup_killed_in_its_transfer_shows_as_interrupted_with_the_phase_it_died_in() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = dir.path().join("vault");
+    let img = dir.path().join("root.img");
+    // Incompressible data, so that the transfer lasts long enough to be killed in.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let data: Vec<u8> = (0..(384usize << 20) / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    fs::write(&img, &data).expect("image");
+    drop(data);
+    ok(&["init", s(&vault)]);
+    let mut child = Command::new(BIN)
+        .args(["backup", "--vault", s(&vault), "--vm", "web", "--disk", s(&img)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let logs = vault.join("jobs").join("web");
+    let started = std::time::Instant::now();
+    loop {
+        let in_transfer = fs::read_dir(&logs).ok().and_then(|mut d| d.next()).and_then(|e| {
+            let text = fs::read_to_string(e.ok()?.path()).ok()?;
+            Some(text.contains("\"phase\":\"transfer\""))
+        });
+        if in_transfer == Some(true) {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the transfer never started");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+
+    let all = json(&["jobs", "--vault", s(&vault), "--json"]);
+    let job = &all["jobs"][0];
+    assert_eq!(job["result"], "interrupted", "{job}");
+    assert!(job["end"].is_null() && job["point"].is_null());
+    let last = job["phases"].as_array().expect("phases").last().expect("a phase").clone();
+    assert_eq!(last["phase"], "transfer");
+    assert!(last["ok"].is_null() && last["end"].is_null(), "{last}");
+    // The killed job left no point.
+    let list = json(&["list", "--vault", s(&vault), "--json"]);
+    assert!(list["points"].as_array().expect("points").is_empty());
+}

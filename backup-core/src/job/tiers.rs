@@ -96,6 +96,7 @@ fn record_path(vault: &Vault, vm: &str, point: &str) -> PathBuf {
 }
 
 /// Writes the record of a snapshot about to be kept.
+#[allow(clippy::too_many_arguments)] // each is a field of the record; a struct would only rename them
 pub(crate) fn write_kept(
     vault: &Vault,
     vm: &str,
@@ -319,12 +320,14 @@ pub fn restore_disk_from_snapshot(
         let _ = std::fs::remove_file(to);
         return Ok(None);
     }
-    let mut stats = RestoreStats::default();
-    stats.disk = d.name.clone();
-    stats.size = d.size;
-    stats.bytes_written = written;
-    stats.bytes_zero = d.size.saturating_sub(written);
-    stats.seconds = started.elapsed().as_secs_f64();
+    let stats = RestoreStats {
+        disk: d.name.clone(),
+        size: d.size,
+        bytes_written: written,
+        bytes_zero: d.size.saturating_sub(written),
+        seconds: started.elapsed().as_secs_f64(),
+        ..Default::default()
+    };
     Ok(Some(stats))
 }
 
