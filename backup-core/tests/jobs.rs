@@ -546,3 +546,40 @@ fn a_snapshot_that_cannot_outlive_its_job_is_released_with_a_warning() {
     options.instant_restore_days = 31;
     assert!(matches!(backup(&vault, &provider, &vm, &options), Err(Error::InvalidArgument { .. })));
 }
+
+#[test]
+fn snapshots_of_pruned_points_and_of_killed_jobs_are_released_before_their_expiry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = image(dir.path(), "root.img", 13, 1 << 20);
+    let vault = Vault::init(dir.path().join("vault")).expect("init");
+    let vm = Vm::from_images("web", &[&img]).expect("vm");
+    let provider = CopyProvider { fail_transfer: false, taken: AtomicU32::new(0) };
+    let mut options = BackupOptions::default();
+    options.instant_restore_days = 30;
+    let pruned = backup(&vault, &provider, &vm, &options).expect("backup");
+    let killed = backup(&vault, &provider, &vm, &options).expect("backup");
+    let kept = backup(&vault, &provider, &vm, &options).expect("backup");
+    assert_eq!(leftover_clones(dir.path()).len(), 3);
+    let points = vault.path().join("points").join("web");
+    // Prune removes a manifest; a job killed before its commit has none, and
+    // its log no end record.
+    fs::remove_file(points.join(&pruned.point.id)).expect("prune");
+    fs::remove_file(points.join(&killed.point.id)).expect("remove");
+    let log = vault.path().join("jobs").join("web").join(format!("{}.jsonl", killed.job));
+    let text = fs::read_to_string(&log).expect("log");
+    let cut: Vec<&str> = text.lines().take_while(|l| !l.contains("\"phase\":\"commit\"")).collect();
+    fs::write(&log, cut.join("\n") + "\n").expect("write");
+
+    let report = release_expired(&vault, Some("web"), kept.point.time).expect("release");
+    let mut why: Vec<(String, String)> = report.released.iter().map(|(k, w)| (k.point.clone(), w.clone())).collect();
+    why.sort();
+    let mut want = vec![
+        (pruned.point.id.clone(), "point pruned".to_string()),
+        (killed.point.id.clone(), "job ended without its point".to_string()),
+    ];
+    want.sort();
+    assert_eq!(why, want);
+    assert_eq!(report.kept.len(), 1);
+    assert_eq!(leftover_clones(dir.path()).len(), 1);
+    assert_eq!(point_tiers(&vault, &kept.point).expect("tiers"), ["snapshot", "vault"]);
+}
