@@ -69,7 +69,7 @@ pub use job::{BackupOptions, BackupReport, backup};
 pub use model::{CancelToken, Consistency, ContentId, NoProgress, OsType, Progress, Vm, VmDisk, validate_name};
 pub use nbd::{
     ExportAddress, ExportOptions, NBD_DEFAULT_PORT, NbdAddress, NbdDevice, NbdOptions, NbdProvider, NbdServer,
-    bitmap_token,
+    QemuProvider, bitmap_token,
 };
 pub use policy::{
     DayOfMonth, DaySelector, KeepReason, MonthlyRule, PointRef, Policy, Retained, Retention, Schedule, WeekOfMonth,

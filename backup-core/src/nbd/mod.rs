@@ -34,6 +34,7 @@
 mod client;
 pub(crate) mod proto;
 mod provider;
+mod qemu;
 mod server;
 
 use std::io;
@@ -47,6 +48,7 @@ use crate::error::{Error, Result};
 use client::NbdClient;
 
 pub use provider::NbdProvider;
+pub use qemu::QemuProvider;
 pub use server::{ExportAddress, ExportOptions, NbdServer};
 
 /// The default NBD TCP port.
@@ -253,7 +255,9 @@ pub struct NbdDevice {
     max_request: u32,
     read_only: bool,
     alloc_ctx: Option<u32>,
-    bitmap_ctx: Option<u32>,
+    /// Checkpoints, oldest first: change token and bitmap context.
+    chain: Vec<(String, Option<u32>)>,
+    token: Option<String>,
     pool: Mutex<Pool>,
     freed: Condvar,
 }
@@ -271,23 +275,45 @@ impl NbdDevice {
     /// [`Error::Nbd`] when the server cannot be reached, misbehaves, lacks
     /// the export, or lacks the bitmap asked for.
     pub fn open(addr: &NbdAddress, options: &NbdOptions) -> Result<NbdDevice> {
-        let mut contexts = vec![BASE_ALLOCATION.to_string()];
-        if let Some(b) = &options.bitmap {
-            contexts.push(format!("qemu:dirty-bitmap:{b}"));
+        match &options.bitmap {
+            Some(b) => {
+                let token = bitmap_token(b);
+                let dev = Self::open_with_checkpoints(addr, options, &[(b.clone(), token.clone())], Some(token))?;
+                if dev.chain.first().is_some_and(|(_, ctx)| ctx.is_none()) {
+                    return Err(Error::Nbd {
+                        peer: addr.to_string(),
+                        source: io::Error::new(
+                            io::ErrorKind::NotFound,
+                            format!(
+                                "dirty bitmap {b:?} unavailable: the server does not export it (qemu-nbd needs -B {b})"
+                            ),
+                        ),
+                    });
+                }
+                Ok(dev)
+            }
+            None => Self::open_with_checkpoints(addr, options, &[], None),
         }
+    }
+
+    /// Opens with a chain of checkpoints, oldest first: (bitmap name, the
+    /// change token of the snapshot it started at). Changes since the
+    /// token of checkpoint `i` are the union of bitmaps `i..`; a checkpoint
+    /// whose bitmap the server lacks breaks the chain before it. `token` is
+    /// the change token of this snapshot.
+    pub(crate) fn open_with_checkpoints(
+        addr: &NbdAddress,
+        options: &NbdOptions,
+        checkpoints: &[(String, String)],
+        token: Option<String>,
+    ) -> Result<NbdDevice> {
+        let mut contexts = vec![BASE_ALLOCATION.to_string()];
+        contexts.extend(checkpoints.iter().map(|(b, _)| format!("qemu:dirty-bitmap:{b}")));
         let nbd_err = |source| Error::Nbd { peer: addr.to_string(), source };
         let first = NbdClient::connect(addr, &contexts, options.timeout).map_err(nbd_err)?;
         let ctx = |name: &str| first.neg.contexts.iter().find(|(_, n)| n == name).map(|(id, _)| *id);
         let alloc_ctx = ctx(BASE_ALLOCATION);
-        let bitmap_ctx = options.bitmap.as_ref().and_then(|b| ctx(&format!("qemu:dirty-bitmap:{b}")));
-        if let (Some(b), None) = (&options.bitmap, bitmap_ctx) {
-            let why = if first.neg.structured { "does not export it" } else { "has no structured replies" };
-            first.disconnect();
-            return Err(nbd_err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("dirty bitmap {b:?} unavailable: the server {why} (qemu-nbd needs -B {b})"),
-            )));
-        }
+        let chain = checkpoints.iter().map(|(b, t)| (t.clone(), ctx(&format!("qemu:dirty-bitmap:{b}")))).collect();
         let neg = first.neg.clone();
         Ok(NbdDevice {
             addr: addr.clone(),
@@ -297,7 +323,8 @@ impl NbdDevice {
             max_request: neg.max_block.clamp(512, proto::MAX_REQUEST_LEN),
             read_only: neg.flags & proto::TFLAG_READ_ONLY != 0,
             alloc_ctx,
-            bitmap_ctx,
+            chain,
+            token,
             pool: Mutex::new(Pool { idle: vec![first], open: 1, max: options.connections.max(1) }),
             freed: Condvar::new(),
         })
@@ -306,7 +333,13 @@ impl NbdDevice {
     /// The change token this device answers [`changed_since`](BlockDevice::changed_since)
     /// for: `nbd-bitmap:NAME` when opened with a bitmap the server exports.
     pub fn change_token(&self) -> Option<String> {
-        self.bitmap_ctx.and(self.options.bitmap.as_deref()).map(bitmap_token)
+        if self.chain.is_empty() || self.chain.last().is_some_and(|(_, c)| c.is_some()) {
+            self.token.clone()
+        } else {
+            // The newest checkpoint's bitmap is missing: the chain from
+            // this snapshot on could not be trusted either.
+            None
+        }
     }
 
     /// Whether the server says the export is read-only.
@@ -440,11 +473,23 @@ impl BlockDevice for NbdDevice {
     }
 
     fn changed_since(&self, token: &str, window: Range<u64>) -> io::Result<Option<Vec<Range<u64>>>> {
-        let (Some(ctx), Some(mine)) = (self.bitmap_ctx, self.change_token()) else { return Ok(None) };
-        if token != mine {
+        let Some(i) = self.chain.iter().position(|(t, _)| t == token) else { return Ok(None) };
+        let Some(ctxs) = self.chain[i..].iter().map(|(_, c)| *c).collect::<Option<Vec<u32>>>() else {
             return Ok(None);
+        };
+        let mut all: Vec<Range<u64>> = Vec::new();
+        for ctx in ctxs {
+            all.extend(ranges_where(self.extents(ctx, window.clone())?, |f| f & proto::STATE_DIRTY != 0));
         }
-        Ok(Some(ranges_where(self.extents(ctx, window)?, |f| f & proto::STATE_DIRTY != 0)))
+        all.sort_unstable_by_key(|r| r.start);
+        let mut out: Vec<Range<u64>> = Vec::new();
+        for r in all {
+            match out.last_mut() {
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => out.push(r),
+            }
+        }
+        Ok(Some(out))
     }
 }
 
