@@ -32,6 +32,9 @@ struct Cli {
     /// before failing with "vault is locked" (default 60).
     #[arg(long, global = true, value_name = "SECONDS")]
     lock_timeout: Option<f64>,
+    /// The size at which a backup closes a pack (tests use small packs).
+    #[arg(long, global = true, hide = true, value_parser = parse_size)]
+    pack_target_size: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -344,7 +347,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    repair::set_lock_timeout(cli.lock_timeout)?;
+    repair::set_vault_options(cli.lock_timeout, cli.pack_target_size)?;
     match cli.command {
         Command::Init { vault } => {
             let v = Vault::init(&vault)?;

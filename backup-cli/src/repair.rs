@@ -9,26 +9,28 @@ use anyhow::{Result, bail};
 use backup_core::{RepairOptions, Vault, VaultOptions};
 use serde_json::json;
 
-static LOCK_TIMEOUT: OnceLock<Duration> = OnceLock::new();
+static OPTIONS: OnceLock<VaultOptions> = OnceLock::new();
 
-/// Sets how long commands wait for the vault's lock (`--lock-timeout`).
-pub fn set_lock_timeout(seconds: Option<f64>) -> Result<()> {
-    if let Some(s) = seconds {
+/// Sets how long commands wait for the vault's lock (`--lock-timeout`) and
+/// the pack size of backups (hidden `--pack-target-size`).
+pub fn set_vault_options(lock_timeout: Option<f64>, pack_target_size: Option<u32>) -> Result<()> {
+    let mut options = VaultOptions::default();
+    if let Some(s) = lock_timeout {
         if !(s.is_finite() && (0.0..=86_400.0).contains(&s)) {
             bail!("--lock-timeout {s} is not between 0 and 86400 seconds");
         }
-        let _ = LOCK_TIMEOUT.set(Duration::from_secs_f64(s));
+        options.lock_timeout = Duration::from_secs_f64(s);
     }
+    if let Some(n) = pack_target_size {
+        options.pack_target_size = u64::from(n.max(4096));
+    }
+    let _ = OPTIONS.set(options);
     Ok(())
 }
 
-/// Opens a vault with the lock timeout asked for on the command line.
+/// Opens a vault with the options asked for on the command line.
 pub fn open(path: &Path) -> Result<Vault> {
-    let mut options = VaultOptions::default();
-    if let Some(t) = LOCK_TIMEOUT.get() {
-        options.lock_timeout = *t;
-    }
-    Ok(Vault::open_with(path, options)?)
+    Ok(Vault::open_with(path, OPTIONS.get().cloned().unwrap_or_default())?)
 }
 
 /// Rebuilds the chunk index files from the packs and says what is lost.

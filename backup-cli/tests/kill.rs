@@ -35,9 +35,21 @@ impl Rng {
 
 fn backup_cmd(vault: &Path, image: &Path) -> Command {
     let mut c = Command::new(BIN);
-    c.args(["backup", "--vault", path(vault), "--vm", "kv", "--disk", path(image), "--json"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    // Small packs, so that a killed backup leaves finished packs to adopt.
+    c.args([
+        "backup",
+        "--vault",
+        path(vault),
+        "--vm",
+        "kv",
+        "--disk",
+        path(image),
+        "--json",
+        "--pack-target-size",
+        "256K",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     c
 }
 
@@ -48,7 +60,7 @@ fn path(p: &Path) -> &str {
 /// Changes a few random blocks of the image (some to zeros).
 fn churn(image: &Path, data: &mut [u8], rng: &mut Rng) {
     let f = fs::OpenOptions::new().write(true).open(image).expect("open image");
-    for _ in 0..1 + rng.below(12) {
+    for _ in 0..1 + rng.below(40) {
         let b = rng.below((SIZE / BLOCK) as u64) as usize;
         let block = &mut data[b * BLOCK..(b + 1) * BLOCK];
         if rng.below(5) == 0 {
@@ -69,6 +81,18 @@ fn restore_equals(vault: &Vault, id: &str, want: &[u8], out: &Path) {
     fs::remove_file(out).expect("clean");
 }
 
+/// The ids of the finished packs (those with an index file) in staging
+/// folders of backups.
+fn finished_staged_packs(vault: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(vault.join("tmp")).expect("tmp").flatten() {
+        if let Ok(idx) = fs::read_dir(e.path().join("index")) {
+            out.extend(idx.flatten().filter_map(|f| f.file_name().to_str()?.strip_suffix(".idx").map(str::to_string)));
+        }
+    }
+    out
+}
+
 fn trials(n: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let vault_path = dir.path().join("vault");
@@ -86,10 +110,12 @@ fn trials(n: u64) {
     let mut expected: BTreeMap<String, Vec<u8>> =
         vault.point_ids("kv").expect("ids").into_iter().map(|id| (id, data.clone())).collect();
     let (mut killed, mut finished) = (0u64, 0u64);
+    // Packs that killed backups had finished: the next backup adopts them.
+    let mut staged = std::collections::BTreeSet::new();
     for trial in 0..n {
         churn(&image, &mut data, &mut rng);
         let mut child = backup_cmd(&vault_path, &image).spawn().expect("spawn");
-        let delay = full.mul_f64(rng.below(1200) as f64 / 1000.0);
+        let delay = full.mul_f64(rng.below(900) as f64 / 1000.0);
         std::thread::sleep(delay);
         let _ = child.kill(); // SIGKILL
         let status = child.wait().expect("wait");
@@ -104,6 +130,7 @@ fn trials(n: u64) {
             assert!(!status.success(), "trial {trial}: a backup that succeeded left no point");
         }
         assert_eq!(ids.len(), expected.len(), "trial {trial}: a point disappeared");
+        staged.extend(finished_staged_packs(&vault_path));
         let report = verify(&vault, &VerifyOptions::default()).expect("verify");
         assert!(report.ok(), "trial {trial} (killed after {delay:?}): {:?}", report.problems);
         let newest = expected.keys().next_back().expect("a point").clone();
@@ -121,6 +148,19 @@ fn trials(n: u64) {
             }
         }
     }
+    // A last backup adopts what the last killed one staged.
+    assert!(backup_cmd(&vault_path, &image).status().expect("run").success(), "last backup");
+    let new: Vec<String> =
+        vault.point_ids("kv").expect("ids").into_iter().filter(|id| !expected.contains_key(id)).collect();
+    for id in new {
+        expected.insert(id, data.clone());
+    }
+    let published: std::collections::BTreeSet<String> = fs::read_dir(vault_path.join("packs"))
+        .expect("packs")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".pack").map(str::to_string))
+        .collect();
+    let adopted = staged.iter().filter(|p| published.contains(*p)).count();
+    assert_eq!(adopted, staged.len(), "finished packs of killed backups were not adopted");
     for (id, want) in &expected {
         restore_equals(&vault, id, want, &out);
     }
@@ -135,7 +175,7 @@ fn trials(n: u64) {
     }
     eprintln!(
         "kill: {n} trials, {killed} backups killed mid-flight, {finished} finished before the kill, {} points \
-         restored bit for bit, data lost: 0",
+         restored bit for bit, {adopted} finished packs of killed backups adopted by the next backup, data lost: 0",
         expected.len()
     );
 }

@@ -250,3 +250,52 @@ fn a_full_vault_file_system_fails_the_backup_clearly_and_gc_reclaims_the_attempt
     drop(vault);
     drop(loopfs);
 }
+
+#[test]
+fn a_dead_backups_finished_packs_are_adopted_after_a_full_check_and_damaged_ones_are_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut vo = VaultOptions::default();
+    vo.pack_target_size = 128 << 10;
+    let vault = Vault::init_with(dir.path().join("vault"), vo.clone()).expect("init");
+    let img = dir.path().join("d.img");
+    let data = pseudo_random(2 * MIB as usize, 21);
+    fs::write(&img, &data).expect("write");
+    let vm = Vm::from_images("d", &[&img]).expect("vm");
+    let point = backup(&vault, &ImageFileProvider::new(), &vm, &BackupOptions::default()).expect("backup").point;
+    // Stage two of its packs as a dead backup would have left them: one
+    // intact, one with a flipped byte; both leave the published set.
+    let packs_dir = vault.path().join("packs");
+    let mut packs: Vec<PathBuf> = fs::read_dir(&packs_dir).expect("packs").map(|e| e.expect("e").path()).collect();
+    packs.sort();
+    let staging = vault.path().join("tmp").join("backup-4194303-0011223344556677");
+    fs::create_dir_all(staging.join("packs")).expect("mkdir");
+    fs::write(staging.join("lock"), b"").expect("lock file, held by no one");
+    let (good, bad) = (&packs[0], &packs[1]);
+    let stem = |p: &PathBuf| p.file_stem().and_then(|s| s.to_str()).expect("id").to_string();
+    for p in [good, bad] {
+        fs::rename(p, staging.join("packs").join(p.file_name().expect("name"))).expect("move");
+        fs::remove_file(vault.path().join("index").join(format!("{}.idx", stem(p)))).expect("rm idx");
+    }
+    let bad_staged = staging.join("packs").join(bad.file_name().expect("name"));
+    let mut b = fs::read(&bad_staged).expect("read");
+    b[100] ^= 1;
+    fs::write(&bad_staged, b).expect("write");
+    // A live session's folder (its lock held) is left alone.
+    let live = vault.begin_backup().expect("session");
+    drop(live);
+    let vault = Vault::open_with(vault.path(), vo).expect("reopen");
+    // Another VM with the same disk: no parent, so every block is looked
+    // up in the vault (the damaged pack's chunks are stored again).
+    let vm2 = Vm::from_images("e", &[&img]).expect("vm");
+    let report = backup(&vault, &ImageFileProvider::new(), &vm2, &BackupOptions::default()).expect("next backup");
+    assert!(good.exists(), "the intact staged pack was not adopted");
+    assert!(vault.path().join("index").join(format!("{}.idx", stem(good))).exists());
+    assert!(!bad.exists(), "a damaged staged pack was published");
+    assert!(!staging.exists(), "the dead session's folder remains");
+    // The intact pack's chunks were reused, not stored again.
+    assert!(report.point.stats.totals.bytes_deduplicated >= 64 << 10, "{:?}", report.point.stats);
+    let out = dir.path().join("r.img");
+    restore_disk_to_path(&vault, &report.point, "d.img", &out, &RestoreOptions::default()).expect("restore");
+    assert!(fs::read(&out).expect("read") == data);
+    let _ = point;
+}

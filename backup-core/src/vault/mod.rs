@@ -33,8 +33,10 @@
 //! | prune, gc, repair            | exclusive | remove or rewrite objects others may be reading         |
 //! | init                         | none      | refuses a folder that is not empty                      |
 //! | a job's log (`jobs/`)        | its own   | an exclusive `flock` on the log file while the job runs |
+//! | a backup's staging folder    | its own   | an exclusive `flock` on `tmp/backup-*/lock` while the backup lives; a free one is a dead backup's, whose finished packs the next backup adopts (see `adopt`) |
 //! | release of kept snapshots    | none      | removes only `snapshots/` records and their clones      |
 
+mod adopt;
 mod files;
 pub(crate) mod manifest;
 pub(crate) mod pack;

@@ -62,12 +62,18 @@ pub struct BackupSession<'v> {
     staged: Mutex<Staged>,
     bytes_added: AtomicU64,
     committed: std::sync::atomic::AtomicBool,
+    /// Held while the session lives: a staging folder whose lock is free
+    /// belongs to a dead session (see `adopt`).
+    _session_lock: File,
     _lock: VaultLock,
 }
 
 impl<'v> BackupSession<'v> {
     pub(super) fn new(vault: &'v Vault) -> Result<Self> {
         let lock = vault.lock(LockMode::Shared)?;
+        // Before the index is loaded, so that this backup deduplicates
+        // against what a killed one had already stored.
+        super::adopt::adopt_abandoned(vault, None);
         vault.refresh_index()?;
         let mut r = [0u8; 8];
         getrandom::fill(&mut r)
@@ -76,12 +82,14 @@ impl<'v> BackupSession<'v> {
         for sub in ["packs", "index", "segments"] {
             files::mkdirs(&dir.join(sub))?;
         }
+        let session_lock = super::adopt::lock_session(&dir)?;
         Ok(BackupSession {
             vault,
             dir,
             staged: Mutex::new(Staged::default()),
             bytes_added: AtomicU64::new(0),
             committed: std::sync::atomic::AtomicBool::new(false),
+            _session_lock: session_lock,
             _lock: lock,
         })
     }

@@ -1,0 +1,142 @@
+//! Adoption of what a dead backup staged: a backup killed mid-flight (a
+//! SIGKILL, a power cut) leaves its staging folder `tmp/backup-<pid>-<rand>/`
+//! behind, with the packs it had finished. The next backup publishes those
+//! packs, so that it deduplicates against them instead of reading and
+//! storing the same chunks again.
+//!
+//! A session holds an exclusive `flock` on `<staging>/lock` for as long as
+//! it lives (the file appears under that name already locked: it is locked
+//! under a temporary name and then renamed), and the kernel drops the lock
+//! when the process dies, however it dies. A new session tries the lock of
+//! every other staging folder without waiting: one it gets belongs to a
+//! dead session. Of that folder, only finished packs are taken, each after
+//! a full check (header, footer, trailer crc, and every frame's crc and
+//! keyed hash against its id); the pack being filled when the process died
+//! has no trailer and is dropped, as are segments (cheap to remake). The
+//! folder is then removed. A staging folder without a lock file (made by an
+//! older build) is left to gc. Adoption runs under the vault's shared lock,
+//! like any backup, so gc (exclusive) never sees it half done; two sessions
+//! adopting at once are kept apart by the folder's own lock.
+
+use std::fs::{self, File};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::{Vault, files, pack};
+use crate::error::{Error, Result};
+use crate::model::ContentId;
+
+/// The name of a session's lock file inside its staging folder.
+pub(super) const SESSION_LOCK: &str = "lock";
+
+/// What an adoption took over.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Adopted {
+    pub packs: u64,
+    pub bytes: u64,
+}
+
+/// Takes an exclusive flock without waiting: Ok(true) when taken.
+fn try_flock(f: &File) -> std::io::Result<bool> {
+    // SAFETY: flock on a file descriptor we own; no memory is passed.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(false) } else { Err(e) }
+}
+
+/// Creates `<dir>/lock` already locked: locked under a temporary name
+/// first, so that no other session can find it unlocked.
+pub(super) fn lock_session(dir: &Path) -> Result<File> {
+    let tmp = dir.join(".lock.new");
+    let f = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+    if !try_flock(&f).map_err(|e| Error::io("lock", &tmp, e))? {
+        return Err(Error::io("lock", &tmp, std::io::Error::from(std::io::ErrorKind::WouldBlock)));
+    }
+    let dest = dir.join(SESSION_LOCK);
+    fs::rename(&tmp, &dest).map_err(|e| Error::io("rename", &dest, e))?;
+    Ok(f)
+}
+
+/// Publishes the finished packs of every dead session's staging folder and
+/// removes the folder. Best effort: a folder that cannot be handled is left
+/// for gc, and never fails the backup that found it.
+pub(super) fn adopt_abandoned(vault: &Vault, own: Option<&Path>) -> Adopted {
+    let mut total = Adopted::default();
+    let tmp = vault.path().join("tmp");
+    let Ok(names) = files::list(&tmp) else { return total };
+    for name in names.into_iter().filter(|n| n.starts_with("backup-")) {
+        let dir = tmp.join(&name);
+        if Some(dir.as_path()) == own {
+            continue;
+        }
+        let Ok(lock) = File::open(dir.join(SESSION_LOCK)) else { continue };
+        if !matches!(try_flock(&lock), Ok(true)) {
+            continue; // alive
+        }
+        if let Ok(a) = adopt_folder(vault, &dir) {
+            total.packs += a.packs;
+            total.bytes += a.bytes;
+            let _ = fs::remove_dir_all(&dir);
+        }
+        drop(lock);
+    }
+    if total.packs > 0 {
+        let _ = files::sync_dir(&vault.path().join("packs"));
+        let _ = files::sync_dir(&vault.path().join("index"));
+    }
+    total
+}
+
+fn adopt_folder(vault: &Vault, dir: &Path) -> Result<Adopted> {
+    let mut a = Adopted::default();
+    let packs_dir = dir.join("packs");
+    let names = match files::list(&packs_dir) {
+        Ok(n) => n,
+        Err(_) => return Ok(a),
+    };
+    for name in names {
+        let Some(id) = name.strip_suffix(".pack") else { continue };
+        let path = packs_dir.join(&name);
+        let Ok(trailer) = check_pack(vault, &path) else { continue };
+        let dest = vault.pack_path(id);
+        if dest.exists() {
+            continue;
+        }
+        fs::rename(&path, &dest).map_err(|e| Error::io("move adopted pack into place", &dest, e))?;
+        let idx_tmp = dir.join(format!("{id}.idx.adopt"));
+        files::write_durable(&idx_tmp, &vault.idx_path(id), &pack::encode_idx(&trailer))?;
+        a.packs += 1;
+        a.bytes += fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
+    }
+    Ok(a)
+}
+
+/// Checks a staged pack whole; returns its trailer and footer bytes.
+fn check_pack(vault: &Vault, path: &PathBuf) -> Result<Vec<u8>> {
+    let object = format!("staged pack {}", path.display());
+    let bytes = fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    pack::check_header(&bytes, &object)?;
+    if bytes.len() < pack::PACK_HEADER_LEN + pack::FOOTER_LEN {
+        return Err(Error::corrupt(object, "truncated"));
+    }
+    let footer_at = bytes.len() - pack::FOOTER_LEN;
+    let (toff, count, crc) = pack::parse_footer(&bytes[footer_at..], &object)?;
+    let tlen = u64::from(count) * pack::ENTRY_LEN as u64;
+    if toff.checked_add(tlen) != Some(footer_at as u64) {
+        return Err(Error::corrupt(object, "trailer offset does not match the length"));
+    }
+    let entries = pack::parse_entries(&bytes[toff as usize..footer_at], count, crc, &object)?;
+    for e in &entries {
+        let start = usize::try_from(e.offset).unwrap_or(usize::MAX);
+        let end = start.saturating_add(e.frame_len() as usize);
+        let frame = bytes.get(start..end).ok_or_else(|| Error::corrupt(&object, "frame past the trailer"))?;
+        let data = pack::decode_frame(frame, e, &object)?;
+        if ContentId(*blake3::keyed_hash(vault.keys_chunk(), &data).as_bytes()) != e.id {
+            return Err(Error::corrupt(object, format!("chunk {} does not hash to its id", e.id)));
+        }
+    }
+    Ok(bytes[toff as usize..].to_vec())
+}
