@@ -300,13 +300,27 @@ pub fn backup(
             format!("{} is more than {MAX_INSTANT_RESTORE_DAYS}", options.instant_restore_days),
         ));
     }
-    let id = log::new_job_id(crate::model::now());
+    // Two jobs of one VM starting in the same second draw 24 random bits
+    // each; on the rare clash the log's exclusive create fails: draw again.
+    let (id, log) = {
+        let mut attempt = 0;
+        loop {
+            let id = log::new_job_id(crate::model::now());
+            match JobLog::create(vault, &vm.name, &id) {
+                Ok(log) => break (id, log),
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists && attempt < 3 => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
     let job = Job {
         vault,
         provider,
         vm,
         options,
-        log: JobLog::create(vault, &vm.name, &id)?,
+        log,
         id,
         phase: Mutex::new(Phase::Prepare),
         warnings: Mutex::new(Vec::new()),
