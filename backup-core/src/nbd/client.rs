@@ -24,6 +24,9 @@ pub(crate) struct Negotiated {
     pub contexts: Vec<(u32, String)>,
 }
 
+/// Block status extents of one context: (length, flags), in order.
+pub(crate) type Extents = Vec<(u64, u32)>;
+
 /// One NBD connection in transmission phase.
 #[derive(Debug)]
 pub(crate) struct NbdClient {
@@ -162,14 +165,14 @@ impl NbdClient {
     /// Asks block status for `len` bytes at `offset`: the extents of each
     /// selected context (id, extents of (length, flags)), each clipped to
     /// the request. The server may describe less than asked.
-    pub fn block_status(&mut self, offset: u64, len: u32) -> io::Result<Vec<(u32, Vec<(u64, u32)>)>> {
+    pub fn block_status(&mut self, offset: u64, len: u32) -> io::Result<Vec<(u32, Extents)>> {
         if !self.neg.structured || self.neg.contexts.is_empty() {
             return Err(io::Error::new(io::ErrorKind::Unsupported, "no metadata context negotiated"));
         }
         let cookie = self.next_cookie();
         self.wire.begin();
         self.wire.write_all(&request(0, CMD_BLOCK_STATUS, cookie, offset, len))?;
-        let mut out: Vec<(u32, Vec<(u64, u32)>)> = Vec::new();
+        let mut out: Vec<(u32, Extents)> = Vec::new();
         let mut error = None;
         loop {
             let magic = self.wire.u32()?;
@@ -301,10 +304,7 @@ fn option_refused(opt: &str, kind: u32, data: &[u8]) -> io::Error {
         0x8000_0007 => "server shutting down",
         _ => "refused",
     };
-    io::Error::new(
-        io::ErrorKind::Other,
-        format!("{opt}: {what} (reply {kind:#x}){}{msg}", if msg.is_empty() { "" } else { ": " }),
-    )
+    io::Error::other(format!("{opt}: {what} (reply {kind:#x}){}{msg}", if msg.is_empty() { "" } else { ": " }))
 }
 
 /// The fixed newstyle handshake, through `NBD_OPT_GO`.

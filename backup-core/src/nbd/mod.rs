@@ -208,7 +208,7 @@ impl Default for NbdOptions {
         NbdOptions {
             timeout: Duration::from_secs(30),
             connections: 4,
-            extra_connection_timeout: Duration::from_secs(2),
+            extra_connection_timeout: Duration::from_secs(1),
             bitmap: None,
         }
     }

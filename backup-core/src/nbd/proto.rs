@@ -485,7 +485,7 @@ pub fn simple_reply(error: u32, cookie: u64) -> [u8; 16] {
 /// Parses the payload of a block-status chunk: the context id and the
 /// extents, clipped to `want` bytes; every extent must be non-empty.
 pub fn parse_block_status(payload: &[u8], want: u64) -> io::Result<(u32, Vec<(u64, u32)>)> {
-    if payload.len() < 12 || (payload.len() - 4) % 8 != 0 {
+    if payload.len() < 12 || !(payload.len() - 4).is_multiple_of(8) {
         return Err(bad(format!("block status chunk of {} bytes (4 + 8n, n >= 1)", payload.len())));
     }
     let mut c = Cursor::new(payload, "block status chunk");

@@ -194,10 +194,10 @@ impl QemuProvider {
                     self.timeout,
                 );
             }
-            if let Some(node) = &f.fleece {
-                if let Err(e) = q.cmd("blockdev-del", json!({ "node-name": node })) {
-                    problems.push(e);
-                }
+            if let Some(node) = &f.fleece
+                && let Err(e) = q.cmd("blockdev-del", json!({ "node-name": node }))
+            {
+                problems.push(e);
             }
             if let Some(file) = &f.file {
                 let _ = std::fs::remove_file(file);
@@ -236,10 +236,11 @@ impl SnapshotProvider for QemuProvider {
     fn snapshot(&self, vm: &Vm, wanted: Consistency) -> Result<Snapshot> {
         let mut q = self.connect(vm, "snapshot")?;
         let nbd_sock = self.nbd_socket.to_string_lossy().into_owned();
-        if let Err(e) = q.cmd("nbd-server-start", json!({ "addr": { "type": "unix", "data": { "path": nbd_sock } } })) {
-            if !e.contains("already running") {
-                return Err(self.err(vm, "snapshot", e));
-            }
+        // An NBD server already running is taken to listen on nbd_socket.
+        if let Err(e) = q.cmd("nbd-server-start", json!({ "addr": { "type": "unix", "data": { "path": nbd_sock } } }))
+            && !e.contains("already running")
+        {
+            return Err(self.err(vm, "snapshot", e));
         }
         let nodes =
             q.cmd("query-named-block-nodes", json!({ "flat": true })).map_err(|e| self.err(vm, "snapshot", e))?;

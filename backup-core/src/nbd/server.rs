@@ -217,8 +217,13 @@ impl Drop for NbdServer<'_> {
     }
 }
 
+/// Part of a read reply: offset, length, and the bytes (None for zeros).
+type Piece = (u64, u64, Option<Vec<u8>>);
+
 const ALLOCATION_CTX_ID: u32 = 1;
 const ALLOCATION: &str = "base:allocation";
+/// Options a client may send before it must choose an export.
+const MAX_OPTIONS: usize = 64;
 /// Index segments a client keeps decoded.
 const SEGMENT_CACHE: usize = 4;
 
@@ -266,7 +271,7 @@ impl<'a, 'v> Session<'a, 'v> {
     fn options(&mut self, no_zeroes: bool) -> io::Result<Option<()>> {
         let disk = self.server.disk.name.clone();
         let size = self.server.disk.size;
-        loop {
+        for _ in 0..MAX_OPTIONS {
             self.wire.begin();
             if self.wire.u64()? != IHAVEOPT {
                 return Err(bad("option without IHAVEOPT"));
@@ -383,6 +388,7 @@ impl<'a, 'v> Session<'a, 'v> {
                 }
             }
         }
+        Err(bad(format!("more than {MAX_OPTIONS} options without entering transmission")))
     }
 
     fn transmission(&mut self, cancel: &CancelToken) -> io::Result<()> {
@@ -478,10 +484,10 @@ impl<'a, 'v> Session<'a, 'v> {
 
     /// The bytes of `offset..offset+len` as pieces: (offset, Some(data)) or
     /// (offset, None) for a run of `len` zeros, neighbours merged.
-    fn pieces(&mut self, offset: u64, len: u64) -> Result<Vec<(u64, u64, Option<Vec<u8>>)>> {
+    fn pieces(&mut self, offset: u64, len: u64) -> Result<Vec<Piece>> {
         let bs = u64::from(self.server.disk.block_size);
         let size = self.server.disk.size;
-        let mut out: Vec<(u64, u64, Option<Vec<u8>>)> = Vec::new();
+        let mut out: Vec<Piece> = Vec::new();
         let end = offset + len;
         let mut at = offset;
         while at < end {
