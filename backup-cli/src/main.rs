@@ -87,6 +87,16 @@ enum Command {
         /// snapshot; a sample of clean blocks is audited.
         #[arg(long, value_name = "NAME")]
         bitmap: Option<String>,
+        /// Take a live point-in-time snapshot through this QMP socket of a
+        /// QEMU or qemu-storage-daemon; each --disk is then NAME=NODE, a
+        /// block node name (qcow2, for the persistent checkpoint bitmaps
+        /// that track changes). Fleecing images go to the temporary folder.
+        #[arg(long, value_name = "SOCKET", conflicts_with = "bitmap")]
+        qmp: Option<PathBuf>,
+        /// The unix socket of QEMU's NBD server (started there when none
+        /// runs; default: the QMP socket's path with ".nbd" added).
+        #[arg(long, value_name = "PATH", requires = "qmp")]
+        qmp_nbd_socket: Option<PathBuf>,
         /// Keep the snapshot for this many days (1 to 30) after the backup,
         /// for instant restore: the point is then restorable from the
         /// snapshot tier (images on a file system with reflinks only).
@@ -364,6 +374,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             freeze_timeout,
             min_consistency,
             bitmap,
+            qmp,
+            qmp_nbd_socket,
             instant_restore_days,
             retries,
             json,
@@ -381,7 +393,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if !(freeze_timeout.is_finite() && freeze_timeout > 0.0 && freeze_timeout <= 3600.0) {
                 bail!("--freeze-timeout {freeze_timeout} is not between 0 and 3600 seconds");
             }
-            let nbd_provider = nbd::provider(&vm.disks, bitmap, scripts.is_some() || !freeze.is_empty())?;
+            let hooks = scripts.is_some() || !freeze.is_empty();
+            let qemu_provider = nbd::qemu_provider(qmp, qmp_nbd_socket, hooks)?;
+            let nbd_provider = nbd::provider(&vm.disks, bitmap, hooks)?;
             let mut provider = ConsistentProvider::new(ImageFileProvider::new())
                 .with_freeze(freeze)
                 .with_freeze_timeout(std::time::Duration::from_secs_f64(freeze_timeout))
@@ -392,9 +406,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             options.instant_restore_days = instant_restore_days;
             options.retries = retries;
             options.progress = progress::bar("backup");
-            let provider: &dyn backup_core::SnapshotProvider = match &nbd_provider {
-                Some(n) => n,
-                None => &provider,
+            let provider: &dyn backup_core::SnapshotProvider = match (&qemu_provider, &nbd_provider) {
+                (Some(q), _) => q,
+                (None, Some(n)) => n,
+                (None, None) => &provider,
             };
             let report = backup_core::backup(&vault, provider, &vm, &options)?;
             let p = &report.point;

@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
-use backup_core::{CancelToken, ExportAddress, ExportOptions, NbdAddress, NbdOptions, NbdProvider, NbdServer, VmDisk};
+use backup_core::{
+    CancelToken, ExportAddress, ExportOptions, NbdAddress, NbdOptions, NbdProvider, NbdServer, QemuProvider, VmDisk,
+};
 
 /// The name and location of a `--disk` given as a bare NBD URI: the
 /// export's name, or `nbd<N>` for the default export. None for anything
@@ -46,6 +48,20 @@ pub fn provider(disks: &[VmDisk], bitmap: Option<String>, hooks: bool) -> Result
     let mut options = NbdOptions::default();
     options.bitmap = bitmap;
     Ok(Some(NbdProvider::new(options)))
+}
+
+/// The QMP provider when `--qmp` is given.
+pub fn qemu_provider(qmp: Option<PathBuf>, nbd_socket: Option<PathBuf>, hooks: bool) -> Result<Option<QemuProvider>> {
+    let Some(qmp) = qmp else { return Ok(None) };
+    if hooks {
+        bail!("--scripts and --freeze are not supported with --qmp: the point is crash-consistent");
+    }
+    let nbd_socket = nbd_socket.unwrap_or_else(|| {
+        let mut s = qmp.clone().into_os_string();
+        s.push(".nbd");
+        s.into()
+    });
+    Ok(Some(QemuProvider::new(qmp, nbd_socket, std::env::temp_dir())))
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);

@@ -122,3 +122,45 @@ fn backup_of_an_nbd_disk_with_a_bitmap_then_export_the_point() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("not loopback"));
 }
+
+#[test]
+fn backup_through_qmp_of_a_qemu_storage_daemon_node() {
+    for t in ["qemu-img", "qemu-io", "qemu-storage-daemon"] {
+        if !have(t) {
+            eprintln!("SKIPPED: {t} is not installed");
+            return;
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let image = d.join("d.qcow2");
+    let vault = d.join("vault");
+    run("qemu-img", &["create", "-q", "-f", "qcow2", s(&image), "16M"]);
+    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x11 0 2M", s(&image)]);
+    run(BIN, &["init", s(&vault)]);
+    let qmp = d.join("qmp.sock");
+    let _qsd = Kill(
+        Command::new("qemu-storage-daemon")
+            .arg("--blockdev")
+            .arg(format!("driver=file,filename={},node-name=f0", s(&image)))
+            .args(["--blockdev", "driver=qcow2,file=f0,node-name=disk0"])
+            .arg("--chardev")
+            .arg(format!("socket,path={},server=on,wait=off,id=m", s(&qmp)))
+            .args(["--monitor", "chardev=m"])
+            .spawn()
+            .expect("qemu-storage-daemon"),
+    );
+    wait_for(&qmp);
+    let backup = || -> serde_json::Value {
+        let out = run(
+            BIN,
+            &["backup", "--vault", s(&vault), "--vm", "q", "--disk", "root=disk0", "--qmp", s(&qmp), "--json"],
+        );
+        serde_json::from_str(&out).expect("json")
+    };
+    let j = backup();
+    assert_eq!(j["disks"][0]["bytes_read"], 2 << 20);
+    let j = backup();
+    assert_eq!(j["disks"][0]["change_detection"], "cbt");
+    assert_eq!(j["disks"][0]["bytes_read"].as_u64().map(|r| r <= 256 << 10), Some(true), "{j}"); // the 1% audit may add a block
+}
