@@ -130,6 +130,8 @@ pub fn run(args: Args<'_>) -> Result<ExitCode> {
         served.insert(vm.name.clone(), since);
     }
     install_signal_handlers();
+    // Snapshots whose instant-restore days ran out while the daemon was down.
+    release_expired(&vault, start);
     log(format!(
         "schedule started: {} vms, {}, at most {} at once{}",
         vms.len(),
