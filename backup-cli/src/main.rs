@@ -97,6 +97,11 @@ enum Command {
         /// runs; default: the QMP socket's path with ".nbd" added).
         #[arg(long, value_name = "PATH", requires = "qmp")]
         qmp_nbd_socket: Option<PathBuf>,
+        /// The host end of the guest's qemu-guest-agent channel: with
+        /// --consistency fs, the guest's file systems are frozen for the
+        /// instant of the snapshot.
+        #[arg(long, value_name = "SOCKET", requires = "qmp")]
+        guest_agent: Option<PathBuf>,
         /// Keep the snapshot for this many days (1 to 30) after the backup,
         /// for instant restore: the point is then restorable from the
         /// snapshot tier (images on a file system with reflinks only).
@@ -376,6 +381,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             bitmap,
             qmp,
             qmp_nbd_socket,
+            guest_agent,
             instant_restore_days,
             retries,
             json,
@@ -394,7 +400,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 bail!("--freeze-timeout {freeze_timeout} is not between 0 and 3600 seconds");
             }
             let hooks = scripts.is_some() || !freeze.is_empty();
-            let qemu_provider = nbd::qemu_provider(qmp, qmp_nbd_socket, hooks)?;
+            let qemu_provider = nbd::qemu_provider(qmp, qmp_nbd_socket, guest_agent, hooks)?;
             let nbd_provider = nbd::provider(&vm.disks, bitmap, hooks)?;
             let mut provider = ConsistentProvider::new(ImageFileProvider::new())
                 .with_freeze(freeze)

@@ -51,17 +51,24 @@ pub fn provider(disks: &[VmDisk], bitmap: Option<String>, hooks: bool) -> Result
 }
 
 /// The QMP provider when `--qmp` is given.
-pub fn qemu_provider(qmp: Option<PathBuf>, nbd_socket: Option<PathBuf>, hooks: bool) -> Result<Option<QemuProvider>> {
+pub fn qemu_provider(
+    qmp: Option<PathBuf>,
+    nbd_socket: Option<PathBuf>,
+    guest_agent: Option<PathBuf>,
+    hooks: bool,
+) -> Result<Option<QemuProvider>> {
     let Some(qmp) = qmp else { return Ok(None) };
     if hooks {
-        bail!("--scripts and --freeze are not supported with --qmp: the point is crash-consistent");
+        bail!("--scripts and --freeze are not supported with --qmp (use --guest-agent for file-system consistency)");
     }
     let nbd_socket = nbd_socket.unwrap_or_else(|| {
         let mut s = qmp.clone().into_os_string();
         s.push(".nbd");
         s.into()
     });
-    Ok(Some(QemuProvider::new(qmp, nbd_socket, std::env::temp_dir())))
+    let mut provider = QemuProvider::new(qmp, nbd_socket, std::env::temp_dir());
+    provider.guest_agent = guest_agent;
+    Ok(Some(provider))
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);

@@ -716,3 +716,44 @@ fn bench_incremental_bitmap_versus_full_read() {
     }
     assert!(rows[0].2 < rows[1].2 / 10);
 }
+
+#[test]
+fn a_guest_agent_freezes_the_guest_for_the_snapshot_instant_only() {
+    need!("qemu-img", "qemu-storage-daemon");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = qcow2(dir.path(), "4M");
+    let qsd = Qsd::start(dir.path(), &image);
+    // A fake qemu-guest-agent that logs what it is asked.
+    let ga = dir.path().join("qga.sock");
+    let listener = UnixListener::bind(&ga).expect("bind");
+    let agent = std::thread::spawn(move || {
+        let mut log = Vec::new();
+        let Ok((s, _)) = listener.accept() else { return log };
+        let mut w = s.try_clone().expect("clone");
+        for line in std::io::BufRead::lines(std::io::BufReader::new(s)) {
+            let Ok(line) = line else { break };
+            let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+            let cmd = v["execute"].as_str().unwrap_or_default().to_string();
+            let ret = if cmd == "guest-sync" { v["arguments"]["id"].clone() } else { serde_json::json!(1) };
+            log.push(cmd);
+            let _ = w.write_all(format!("{}\n", serde_json::json!({ "return": ret })).as_bytes());
+        }
+        log
+    });
+    let work = dir.path().join("work");
+    fs::create_dir_all(&work).expect("work dir");
+    let mut provider = QemuProvider::new(&qsd.qmp, &qsd.nbd, &work);
+    provider.guest_agent = Some(ga);
+    let vault = Vault::init(dir.path().join("vault")).expect("vault");
+    let vm = Vm {
+        name: "fs".into(),
+        os: OsType::Linux,
+        disks: vec![VmDisk { name: "sda".into(), location: "disk0".into() }],
+    };
+    let mut o = BackupOptions::default();
+    o.consistency = Consistency::FileSystem;
+    let point = backup(&vault, &provider, &vm, &o).expect("backup").point;
+    assert_eq!(point.consistency, Consistency::FileSystem);
+    let log = agent.join().expect("agent");
+    assert_eq!(log, ["guest-sync", "guest-fsfreeze-freeze", "guest-fsfreeze-thaw"]);
+}

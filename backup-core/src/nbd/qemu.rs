@@ -22,7 +22,9 @@
 //! removes the export, the job, the fleecing node and its file, and all but
 //! the newest [`QemuProvider::keep_checkpoints`] old checkpoints.
 //!
-//! Nothing is frozen inside the guest: points are crash-consistent.
+//! Points are crash-consistent, or file-system-consistent when a
+//! [guest agent](QemuProvider::guest_agent) froze the guest for the instant
+//! of the transaction.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -62,6 +64,11 @@ pub struct QemuProvider {
     pub keep_checkpoints: usize,
     /// How long a QMP command may take.
     pub timeout: Duration,
+    /// The host end of the guest's qemu-guest-agent channel: with it, a
+    /// snapshot asked for file-system consistency freezes the guest's file
+    /// systems (`guest-fsfreeze-freeze`) for the instant of the QMP
+    /// transaction and thaws them right after.
+    pub guest_agent: Option<PathBuf>,
 }
 
 impl QemuProvider {
@@ -75,6 +82,7 @@ impl QemuProvider {
             nbd: NbdOptions::default(),
             keep_checkpoints: 3,
             timeout: Duration::from_secs(30),
+            guest_agent: None,
         }
     }
 }
@@ -125,6 +133,22 @@ impl Qmp {
         }
     }
 
+    /// Runs a command without arguments (the guest agent wants none given).
+    fn cmd_noargs(&mut self, name: &str) -> std::result::Result<Value, String> {
+        let msg = json!({ "execute": name }).to_string() + "\n";
+        self.writer.write_all(msg.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
+        loop {
+            let v = self.read().map_err(|e| format!("{name}: {e}"))?;
+            if let Some(r) = v.get("return") {
+                return Ok(r.clone());
+            }
+            if v.get("error").is_some() {
+                let desc = v.pointer("/error/desc").and_then(Value::as_str).unwrap_or("unknown error");
+                return Err(format!("{name}: {desc}"));
+            }
+        }
+    }
+
     /// Polls `query` until `gone` says the object disappeared.
     fn wait_gone(&mut self, query: &str, gone: impl Fn(&Value) -> bool, timeout: Duration) -> bool {
         let start = Instant::now();
@@ -137,6 +161,34 @@ impl Qmp {
         }
         false
     }
+}
+
+/// Connects to the guest agent, synchronizes, and freezes the guest's file
+/// systems.
+fn freeze(path: &Path, timeout: Duration) -> std::result::Result<Qmp, String> {
+    let s = UnixStream::connect(path).map_err(|e| format!("guest agent {}: {e}", path.display()))?;
+    let io = |e: io::Error| format!("guest agent {}: {e}", path.display());
+    s.set_read_timeout(Some(timeout)).map_err(io)?;
+    s.set_write_timeout(Some(timeout)).map_err(io)?;
+    let mut ga = Qmp { reader: BufReader::new(s.try_clone().map_err(io)?), writer: s };
+    // guest-sync with a fresh id skips any stale reply left in the channel.
+    let mut id = [0u8; 4];
+    let _ = getrandom::fill(&mut id);
+    let id = u64::from(u32::from_le_bytes(id) >> 1);
+    let msg = json!({ "execute": "guest-sync", "arguments": { "id": id } }).to_string() + "\n";
+    ga.writer.write_all(msg.as_bytes()).map_err(io)?;
+    let started = Instant::now();
+    loop {
+        let v = ga.read().map_err(io)?;
+        if v.get("return").and_then(Value::as_u64) == Some(id) {
+            break;
+        }
+        if started.elapsed() > timeout {
+            return Err("guest agent did not synchronize".into());
+        }
+    }
+    ga.cmd_noargs("guest-fsfreeze-freeze")?;
+    Ok(ga)
 }
 
 /// What a snapshot made, to undo at release.
@@ -299,7 +351,28 @@ impl SnapshotProvider for QemuProvider {
                 made.disks.push(f);
                 plan.push((d, old.into_iter().map(|(b, _)| b).collect::<Vec<_>>(), job));
             }
-            q.cmd("transaction", json!({ "actions": actions }))?;
+            // Frozen for the transaction only: milliseconds.
+            let mut agent = match (&self.guest_agent, wanted) {
+                (Some(path), Consistency::FileSystem | Consistency::Application) => Some(freeze(path, self.timeout)),
+                _ => None,
+            };
+            let tx = q.cmd("transaction", json!({ "actions": actions }));
+            let mut warnings = Vec::new();
+            let consistency = match agent.as_mut() {
+                Some(Ok(ga)) => match ga.cmd_noargs("guest-fsfreeze-thaw") {
+                    Ok(_) => Consistency::FileSystem,
+                    Err(e) => {
+                        warnings.push(format!("guest-fsfreeze-thaw failed ({e}): the guest may still be frozen"));
+                        Consistency::FileSystem
+                    }
+                },
+                Some(Err(e)) => {
+                    warnings.push(format!("guest file systems not frozen ({e}): the point is crash-consistent"));
+                    Consistency::Crash
+                }
+                None => Consistency::Crash,
+            };
+            tx?;
             let mut disks = Vec::new();
             for (i, (d, old, job)) in plan.into_iter().enumerate() {
                 made.disks[i].job = Some(job);
@@ -323,11 +396,13 @@ impl SnapshotProvider for QemuProvider {
                     method: "qemu fleecing (blockdev-backup sync=none), checkpoint bitmaps".into(),
                 });
             }
-            let mut warnings = Vec::new();
-            if wanted != Consistency::Crash {
+            if wanted != Consistency::Crash && self.guest_agent.is_none() {
                 warnings.push(format!("no guest agent: the point is crash-consistent (asked {wanted})"));
             }
-            Ok(Snapshot { disks, consistency: Consistency::Crash, warnings, provider_data: None })
+            if wanted == Consistency::Application && consistency == Consistency::FileSystem {
+                warnings.push("the guest agent freezes file systems only: the point is file-system-consistent".into());
+            }
+            Ok(Snapshot { disks, consistency, warnings, provider_data: None })
         })();
         match r {
             Ok(mut snap) => {
