@@ -757,3 +757,66 @@ fn a_guest_agent_freezes_the_guest_for_the_snapshot_instant_only() {
     let log = agent.join().expect("agent");
     assert_eq!(log, ["guest-sync", "guest-fsfreeze-freeze", "guest-fsfreeze-thaw"]);
 }
+
+/// Sends one QMP command to `qmp` and returns the reply line.
+fn qmp(qmp: &Path, cmd: serde_json::Value) -> String {
+    let s = UnixStream::connect(qmp).expect("qmp");
+    let mut w = s.try_clone().expect("clone");
+    let mut r = std::io::BufReader::new(s);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut r, &mut line).expect("greeting");
+    for c in [serde_json::json!({ "execute": "qmp_capabilities" }), cmd] {
+        w.write_all(format!("{c}\n").as_bytes()).expect("send");
+        loop {
+            line.clear();
+            std::io::BufRead::read_line(&mut r, &mut line).expect("reply");
+            if !line.contains("\"event\"") {
+                break;
+            }
+        }
+    }
+    line
+}
+
+#[test]
+fn a_lost_checkpoint_bitmap_means_a_full_read_never_a_wrong_point() {
+    need!("qemu-img", "qemu-io", "qemu-storage-daemon");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = qcow2(dir.path(), "8M");
+    write(&image, 0x11, 0, 8 << 20);
+    let qsd = Qsd::start(dir.path(), &image);
+    let work = dir.path().join("work");
+    fs::create_dir_all(&work).expect("work dir");
+    let provider = QemuProvider::new(&qsd.qmp, &qsd.nbd, &work);
+    let vault = Vault::init(dir.path().join("vault")).expect("vault");
+    qmp_backup(&vault, &provider, 0.0);
+    run("qemu-io", &["-f", "raw", "-c", "write -P 0x44 3M 64k", &qsd.rw()]);
+    // Someone removes the checkpoint bitmap the previous point started.
+    let nodes =
+        qmp(&qsd.qmp, serde_json::json!({ "execute": "query-named-block-nodes", "arguments": { "flat": true } }));
+    let v: serde_json::Value = serde_json::from_str(&nodes).expect("json");
+    let node = v["return"].as_array().and_then(|a| a.iter().find(|n| n["node-name"] == "disk0")).expect("disk0");
+    for b in node["dirty-bitmaps"].as_array().expect("bitmaps") {
+        let name = b["name"].as_str().expect("name");
+        let r = qmp(
+            &qsd.qmp,
+            serde_json::json!({ "execute": "block-dirty-bitmap-remove", "arguments": { "node": "disk0", "name": name } }),
+        );
+        assert!(r.contains("return"), "{r}");
+    }
+    let want = {
+        let out = dir.path().join("now.raw");
+        run("qemu-img", &["convert", "-f", "raw", "-O", "raw", &qsd.rw(), p(&out)]);
+        fs::read(out).expect("now")
+    };
+    let p2 = qmp_backup(&vault, &provider, 0.0);
+    let cd = &p2.disks[0].stats.change_detection;
+    assert!(cd.starts_with("compare"), "{cd}");
+    assert_eq!(p2.disks[0].stats.bytes_read, 8 << 20, "every block read");
+    assert!(restored(&vault, &p2, dir.path()) == want);
+    // And the chain starts again from this point.
+    run("qemu-io", &["-f", "raw", "-c", "write -P 0x45 5M 64k", &qsd.rw()]);
+    let p3 = qmp_backup(&vault, &provider, 0.0);
+    assert_eq!(p3.disks[0].stats.change_detection, "cbt");
+    assert_eq!(p3.disks[0].stats.bytes_read, 64 << 10);
+}
