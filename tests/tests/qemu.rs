@@ -820,3 +820,100 @@ fn a_lost_checkpoint_bitmap_means_a_full_read_never_a_wrong_point() {
     assert_eq!(p3.disks[0].stats.change_detection, "cbt");
     assert_eq!(p3.disks[0].stats.bytes_read, 64 << 10);
 }
+
+#[test]
+fn the_export_server_survives_hostile_clients_and_refuses_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src.raw");
+    let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 253) as u8).collect();
+    fs::write(&src, &data).expect("image");
+    let vault = Arc::new(Vault::init(dir.path().join("vault")).expect("vault"));
+    let vm = Vm::from_images("h", &[&src]).expect("vm");
+    let point = backup(&vault, &ImageFileProvider::new(), &vm, &BackupOptions::default()).expect("backup").point;
+    let sock = dir.path().join("export.sock");
+    let (cancel, uri, h) = export(vault, point, ExportAddress::Unix(sock.clone()));
+
+    let connect = || {
+        let mut s = UnixStream::connect(&sock).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let g = read_n(&mut s, 18);
+        assert_eq!(&g[..16], b"NBDMAGICIHAVEOPT");
+        s
+    };
+    let closed = |mut s: UnixStream| {
+        let mut b = [0u8; 64];
+        loop {
+            match s.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    };
+    // Garbage instead of client flags and options.
+    let mut s = connect();
+    s.write_all(&[0xff; 64]).expect("send");
+    assert!(closed(s), "garbage flags: connection closed");
+    // An option claiming 4 GiB of data.
+    let mut s = connect();
+    s.write_all(&1u32.to_be_bytes()).expect("flags");
+    let mut o = b"IHAVEOPT".to_vec();
+    o.extend_from_slice(&7u32.to_be_bytes());
+    o.extend_from_slice(&u32::MAX.to_be_bytes());
+    s.write_all(&o).expect("send");
+    assert!(closed(s), "oversized option: connection closed");
+    // A proper GO, then a write (payload and all), a read past the end
+    // and a read, with simple replies.
+    let mut s = connect();
+    s.write_all(&1u32.to_be_bytes()).expect("flags");
+    let mut o = b"IHAVEOPT".to_vec();
+    o.extend_from_slice(&7u32.to_be_bytes());
+    o.extend_from_slice(&6u32.to_be_bytes());
+    o.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    s.write_all(&o).expect("go");
+    loop {
+        let h = read_n(&mut s, 20);
+        let kind = u32::from_be_bytes([h[12], h[13], h[14], h[15]]);
+        let len = u32::from_be_bytes([h[16], h[17], h[18], h[19]]);
+        let d = read_n(&mut s, len as usize);
+        if kind == 3 && d[..2] == [0, 0] {
+            let flags = u16::from_be_bytes([d[10], d[11]]);
+            assert_eq!(flags & 0b11, 0b11, "flags say: has flags, read-only");
+        }
+        if kind == 1 {
+            break;
+        }
+    }
+    let req = |kind: u16, cookie: u64, offset: u64, len: u32| {
+        let mut r = 0x2560_9513u32.to_be_bytes().to_vec();
+        r.extend_from_slice(&0u16.to_be_bytes());
+        r.extend_from_slice(&kind.to_be_bytes());
+        r.extend_from_slice(&cookie.to_be_bytes());
+        r.extend_from_slice(&offset.to_be_bytes());
+        r.extend_from_slice(&len.to_be_bytes());
+        r
+    };
+    let mut w = req(1, 7, 0, 4096);
+    w.extend_from_slice(&[0x5a; 4096]);
+    s.write_all(&w).expect("write");
+    let r = read_n(&mut s, 16);
+    assert_eq!(u32::from_be_bytes([r[4], r[5], r[6], r[7]]), 1, "EPERM for a write");
+    assert_eq!(r[8..16], 7u64.to_be_bytes());
+    s.write_all(&req(0, 8, (1 << 20) - 10, 20)).expect("read past the end");
+    let r = read_n(&mut s, 16);
+    assert_eq!(u32::from_be_bytes([r[4], r[5], r[6], r[7]]), 22, "EINVAL past the end");
+    s.write_all(&req(0, 9, 1000, 100)).expect("read");
+    let r = read_n(&mut s, 16 + 100);
+    assert_eq!(u32::from_be_bytes([r[4], r[5], r[6], r[7]]), 0);
+    assert!(r[16..] == data[1000..1100]);
+    s.write_all(&req(2, 10, 0, 0)).expect("disc");
+    assert!(closed(s));
+    // The server still serves.
+    let dev = NbdDevice::open(&NbdAddress::parse(&uri).expect("uri"), &NbdOptions::default()).expect("open");
+    let mut buf = vec![0u8; 4096];
+    dev.read_at(4096, &mut buf).expect("read");
+    assert!(buf == data[4096..8192]);
+    drop(dev);
+    cancel.cancel();
+    h.join().expect("server");
+}
