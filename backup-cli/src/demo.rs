@@ -200,7 +200,7 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
     fs::create_dir_all(&dir)?;
     let started = Instant::now();
     println!("vmbackup demo in {}", dir.display());
-    let mut rng = Rng(0x5eed_0f_de30);
+    let mut rng = Rng(0x5eed_0fde);
 
     step(1, "make a sample VM: two disks holding ext4 file systems with real files (mke2fs -d)");
     let vmdir = dir.join("vm");

@@ -377,7 +377,10 @@ fn an_image_changed_while_read_in_place_is_refused() {
 
 // ---- bad input -------------------------------------------------------------
 
-fn vault_with_two_points(dir: &Path) -> (Vault, Vm, PathBuf, Vec<(PointManifest, BTreeMap<String, Vec<u8>>)>) {
+/// A point and the bytes of each of its disks when it was taken.
+type PointAndSource = (PointManifest, BTreeMap<String, Vec<u8>>);
+
+fn vault_with_two_points(dir: &Path) -> (Vault, Vm, PathBuf, Vec<PointAndSource>) {
     let img = dir.join("d.img");
     let mut rng = Rng(11);
     write_at(&img, 0, &rng.bytes(2 << 20));

@@ -63,10 +63,7 @@ fn cannot_mount(dir: &Path) -> Option<String> {
     if let Err(e) = sh("mkfs.ext4", &["-q", "-F", img.to_str().unwrap_or_default()]) {
         return Some(e);
     }
-    match Mount::new(&img, &dir.join("probe")) {
-        Ok(_m) => None,
-        Err(e) => Some(e),
-    }
+    Mount::new(&img, &dir.join("probe")).err()
 }
 
 /// 64 KiB blocks that differ between two images of one size.
@@ -128,7 +125,7 @@ fn real_ext4_churn_stores_at_most_one_and_a_half_times_the_changed_blocks() {
     let limit = changed * 65536 * 3 / 2;
     eprintln!(
         "real ext4 churn: {changed} changed 64 KiB blocks ({} MiB), incremental stored {} bytes ({:.2}x)",
-        changed * 65536 >> 20,
+        (changed * 65536) >> 20,
         stored,
         stored as f64 / (changed * 65536) as f64
     );

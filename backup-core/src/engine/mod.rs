@@ -71,7 +71,7 @@ pub(crate) struct EngineParams<'a> {
 
 /// Why a pass over a disk stopped early without an error to report.
 enum PassEnd {
-    Done(DiskRecord),
+    Done(Box<DiskRecord>),
     /// The change-tracking audit found a block that changed although the
     /// tracking called it clean.
     Distrusted(String),
@@ -101,7 +101,7 @@ pub(crate) fn backup_disk(
     // point of this disk and nothing about the disk's geometry changed.
     let token = prev.filter(|d| d.size == size).and_then(|d| d.change_token.clone());
     let mut record = match run_pass(sink, source, disk, prev, token.as_deref(), p)? {
-        PassEnd::Done(r) => r,
+        PassEnd::Done(r) => *r,
         PassEnd::Distrusted(why) => {
             p.progress.warn(&format!(
                 "disk {} of vm {}: change tracking distrusted ({why}); reading every block",
@@ -110,7 +110,7 @@ pub(crate) fn backup_disk(
             match run_pass(sink, source, disk, prev, None, p)? {
                 PassEnd::Done(mut r) => {
                     r.stats.change_detection = format!("cbt distrusted: {why}");
-                    r
+                    *r
                 }
                 PassEnd::Distrusted(why) => return Err(Error::invalid("change tracking", why)),
             }
@@ -225,7 +225,7 @@ fn run_pass(
         stats.bytes_stored += added;
         segment_ids.push(id);
     }
-    Ok(PassEnd::Done(DiskRecord {
+    Ok(PassEnd::Done(Box::new(DiskRecord {
         name: disk.name.clone(),
         size,
         block_size: p.block_size,
@@ -235,7 +235,7 @@ fn run_pass(
         change_token: disk.change_token.clone(),
         snapshot_method: disk.method.clone(),
         stats,
-    }))
+    })))
 }
 
 /// Whether a block lies wholly outside the allocated ranges (a hole).

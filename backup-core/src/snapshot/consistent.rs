@@ -357,10 +357,7 @@ mod tests {
     }
 
     fn cfg(pre: &std::path::Path, continue_on_failure: bool) -> ScriptsConfig {
-        let mut c = ScriptsConfig::default();
-        c.pre_script = Some(pre.to_path_buf());
-        c.continue_on_failure = continue_on_failure;
-        c
+        ScriptsConfig { pre_script: Some(pre.to_path_buf()), continue_on_failure, ..ScriptsConfig::default() }
     }
 
     #[test]

@@ -154,10 +154,8 @@ impl PointManifest {
         if let Some(d) = self.disks.iter().find(|d| d.name == name_or_index) {
             return Ok(d);
         }
-        if let Ok(i) = name_or_index.parse::<usize>() {
-            if let Some(d) = self.disks.get(i) {
-                return Ok(d);
-            }
+        if let Some(d) = name_or_index.parse::<usize>().ok().and_then(|i| self.disks.get(i)) {
+            return Ok(d);
         }
         Err(Error::NotFound {
             what: format!(
