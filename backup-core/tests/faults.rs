@@ -299,3 +299,27 @@ fn a_dead_backups_finished_packs_are_adopted_after_a_full_check_and_damaged_ones
     assert!(fs::read(&out).expect("read") == data);
     let _ = point;
 }
+
+#[test]
+fn a_chunk_the_vault_lost_is_stored_again_by_the_next_incremental_backup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut vo = VaultOptions::default();
+    vo.pack_target_size = 256 << 10;
+    let vault = Vault::init_with(dir.path().join("vault"), vo).expect("init");
+    let img = dir.path().join("d.img");
+    let data = pseudo_random(2 * MIB as usize, 31);
+    fs::write(&img, &data).expect("write");
+    let vm = Vm::from_images("heal", &[&img]).expect("vm");
+    let first = backup(&vault, &ImageFileProvider::new(), &vm, &BackupOptions::default()).expect("backup").point;
+    let pack = fs::read_dir(vault.path().join("packs")).expect("packs").next().expect("a pack").expect("e").path();
+    fs::remove_file(&pack).expect("lose a pack");
+    let second = backup(&vault, &ImageFileProvider::new(), &vm, &BackupOptions::default()).expect("backup").point;
+    assert_eq!(second.parent.as_deref(), Some(first.id.as_str()));
+    assert!(second.stats.totals.bytes_new > 0, "the lost chunks were not stored again: {:?}", second.stats);
+    let out = dir.path().join("r.img");
+    restore_disk_to_path(&vault, &second, "d.img", &out, &RestoreOptions::default()).expect("restore");
+    assert!(fs::read(&out).expect("read") == data);
+    // Both points share the healed chunks: the first restores too.
+    restore_disk_to_path(&vault, &first, "d.img", &out, &RestoreOptions::default()).expect("restore first");
+    assert!(fs::read(&out).expect("read") == data);
+}

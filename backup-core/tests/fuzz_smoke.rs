@@ -209,6 +209,27 @@ fn nbd_corpus() -> Vec<Vec<u8>> {
     ]
 }
 
+/// Regression: the first crash fuzzing found. A manifest with a valid MAC
+/// naming a disk of block size 0 made `DiskRecord::blocks` divide by zero;
+/// impossible geometry is now refused when the manifest is decoded.
+#[test]
+fn regression_a_manifest_with_block_size_0_or_impossible_geometry_is_refused_not_divided_by() {
+    let v = vault_corpus();
+    let json = String::from_utf8(v.manifest_json[0].clone()).expect("utf-8");
+    assert!(fuzzing::manifest_json(json.as_bytes()), "the real manifest must parse");
+    for (from, to) in [
+        ("\"block_size\":65536", "\"block_size\":0"),
+        ("\"block_size\":65536", "\"block_size\":3"),
+        ("\"entries_per_segment\":2048", "\"entries_per_segment\":0"),
+        ("\"size\":1048576", "\"size\":18446744073709551615"),
+        ("\"name\":\"d.img\"", "\"name\":\"../d.img\""),
+    ] {
+        assert!(json.contains(from), "{json}");
+        let bad = json.replacen(from, to, 1);
+        assert!(!fuzzing::manifest_json(bad.as_bytes()), "accepted {to}");
+    }
+}
+
 #[test]
 fn every_parser_of_outside_bytes_survives_random_and_mutated_input() {
     let v = vault_corpus();
@@ -230,4 +251,15 @@ fn every_parser_of_outside_bytes_survives_random_and_mutated_input() {
         total += runs;
     }
     eprintln!("fuzz smoke: {total} inputs over 9 targets, no panic");
+}
+
+/// Regression: a pack whose header's reserved bytes were flipped passed
+/// every check (the randomized corruption test can pick those bytes).
+#[test]
+fn regression_a_pack_header_with_nonzero_reserved_bytes_is_refused() {
+    let v = vault_corpus();
+    let mut pack = v.packs[0].clone();
+    assert!(fuzzing::pack_trailer(&pack));
+    pack[13] ^= 0x10;
+    assert!(!fuzzing::pack_trailer(&pack));
 }

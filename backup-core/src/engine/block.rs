@@ -112,7 +112,10 @@ impl BlockJob<'_> {
         if let (Some(changed), Some(prev)) = (self.changed, prev) {
             if !overlaps(changed, &range) {
                 audit = self.audit_rate > 0.0 && (mix(self.seed ^ n) as f64 / u64::MAX as f64) < self.audit_rate;
-                if !audit {
+                // A clean block whose chunk the vault lost (a pack deleted
+                // or dropped by repair) is read and stored again.
+                let lost = prev.is_some_and(|id| !self.sink.has_chunk(&id));
+                if !audit && !lost {
                     o.entry = prev;
                     if prev.is_some() {
                         o.unchanged = true;
@@ -140,7 +143,9 @@ impl BlockJob<'_> {
             o.zero = true;
             return Ok(o);
         };
-        if prev == Some(Some(id)) {
+        // Unchanged only while the vault still holds it: a lost chunk is
+        // stored again, so a later point heals what an earlier one lost.
+        if prev == Some(Some(id)) && self.sink.has_chunk(&id) {
             o.unchanged = true;
             return Ok(o);
         }

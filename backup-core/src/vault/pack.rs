@@ -118,6 +118,9 @@ pub fn check_header(bytes: &[u8], object: &str) -> Result<()> {
     if version != PACK_VERSION {
         return Err(Error::corrupt(object, format!("pack version {version}, expected {PACK_VERSION}")));
     }
+    if bytes[12..16] != [0; 4] {
+        return Err(Error::corrupt(object, "pack header's reserved bytes are not zero"));
+    }
     Ok(())
 }
 
