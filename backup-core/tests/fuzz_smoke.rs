@@ -230,11 +230,14 @@ fn regression_a_manifest_with_block_size_0_or_impossible_geometry_is_refused_not
     }
 }
 
+/// A target's name, entry point and corpus.
+type Target = (&'static str, fn(&[u8]) -> bool, Vec<Vec<u8>>);
+
 #[test]
 fn every_parser_of_outside_bytes_survives_random_and_mutated_input() {
     let v = vault_corpus();
     let mut total = 0;
-    let targets: Vec<(&str, fn(&[u8]) -> bool, Vec<Vec<u8>>)> = vec![
+    let targets: Vec<Target> = vec![
         ("pack_frame", fuzzing::pack_frame, v.frames),
         ("pack_trailer", fuzzing::pack_trailer, v.packs),
         ("chunk_index", fuzzing::chunk_index, v.idx),

@@ -109,21 +109,21 @@ impl BlockJob<'_> {
         }
         let prev = self.prev.and_then(|p| p.get(i)).copied();
         let mut audit = false;
-        if let (Some(changed), Some(prev)) = (self.changed, prev) {
-            if !overlaps(changed, &range) {
-                audit = self.audit_rate > 0.0 && (mix(self.seed ^ n) as f64 / u64::MAX as f64) < self.audit_rate;
-                // A clean block whose chunk the vault lost (a pack deleted
-                // or dropped by repair) is read and stored again.
-                let lost = prev.is_some_and(|id| !self.sink.has_chunk(&id));
-                if !audit && !lost {
-                    o.entry = prev;
-                    if prev.is_some() {
-                        o.unchanged = true;
-                    } else {
-                        o.zero = true;
-                    }
-                    return Ok(o);
+        if let (Some(changed), Some(prev)) = (self.changed, prev)
+            && !overlaps(changed, &range)
+        {
+            audit = self.audit_rate > 0.0 && (mix(self.seed ^ n) as f64 / u64::MAX as f64) < self.audit_rate;
+            // A clean block whose chunk the vault lost (a pack deleted or
+            // dropped by repair) is read and stored again.
+            let lost = prev.is_some_and(|id| !self.sink.has_chunk(&id));
+            if !audit && !lost {
+                o.entry = prev;
+                if prev.is_some() {
+                    o.unchanged = true;
+                } else {
+                    o.zero = true;
                 }
+                return Ok(o);
             }
         }
         let data = &mut buf.data;
