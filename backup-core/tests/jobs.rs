@@ -514,6 +514,114 @@ fn a_kept_snapshot_gives_the_snapshot_tier_until_it_is_released() {
     assert_eq!(point_tiers(&vault, &second.point).expect("tiers"), ["vault"]);
 }
 
+/// A device whose first read blocks until the test says go: the job holds
+/// in its transfer phase, after its snapshot phase kept the snapshot.
+struct HeldRead {
+    inner: Arc<dyn BlockDevice>,
+    gate: Arc<TransferGate>,
+}
+
+struct TransferGate {
+    entered: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    go: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl BlockDevice for HeldRead {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let first = self.gate.entered.lock().expect("lock").take();
+        if let Some(tx) = first {
+            let _ = tx.send(());
+            let _ = self.gate.go.lock().expect("lock").recv();
+        }
+        self.inner.read_at(offset, buf)
+    }
+}
+
+/// Copies whose transfer is held at its first read.
+struct HeldCopies {
+    inner: CopyProvider,
+    gate: Arc<TransferGate>,
+}
+
+impl SnapshotProvider for HeldCopies {
+    fn version(&self) -> String {
+        self.inner.version()
+    }
+    fn snapshot(&self, vm: &Vm, wanted: Consistency) -> Result<Snapshot> {
+        let mut snap = self.inner.snapshot(vm, wanted)?;
+        for d in &mut snap.disks {
+            d.device = Arc::new(HeldRead { inner: d.device.clone(), gate: self.gate.clone() });
+        }
+        Ok(snap)
+    }
+    fn keepable(&self, snapshot: &Snapshot) -> Option<Vec<KeptDisk>> {
+        self.inner.keepable(snapshot)
+    }
+    fn release(&self, vm: &Vm, snapshot: Snapshot) -> Result<()> {
+        self.inner.release(vm, snapshot)
+    }
+}
+
+#[test]
+fn a_point_restores_from_its_snapshot_tier_while_its_job_still_transfers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = image(dir.path(), "root.img", 14, 1 << 20);
+    let data = image(dir.path(), "data.img", 15, 3 << 19);
+    let originals = [fs::read(&root).expect("read"), fs::read(&data).expect("read")];
+    let vault = Vault::init(dir.path().join("vault")).expect("init");
+    let vm = Vm::from_images("web", &[&root, &data]).expect("vm");
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let gate = Arc::new(TransferGate { entered: Mutex::new(Some(entered_tx)), go: Mutex::new(go_rx) });
+    let provider = HeldCopies { inner: CopyProvider { fail_transfer: false, taken: AtomicU32::new(0) }, gate };
+    let mut options = BackupOptions::default();
+    options.instant_restore_days = 2;
+    let report = std::thread::scope(|s| {
+        let h = s.spawn(|| backup(&vault, &provider, &vm, &options));
+        entered.recv().expect("in the transfer phase");
+        // No manifest yet: the point is the kept snapshot alone.
+        assert!(vault.points(Some("web")).expect("points").is_empty());
+        let (only, bad) = snapshot_only_points(&vault, Some("web")).expect("in flight");
+        assert!(bad.is_empty());
+        assert_eq!(only.len(), 1);
+        let point = only[0].point.clone();
+        let names: Vec<(&str, u64)> = only[0].disks.iter().map(|d| (d.name.as_str(), d.size)).collect();
+        assert_eq!(names, [("root.img", 1 << 20), ("data.img", 3 << 19)]);
+        // The VM's disks change after the snapshot; the restore has the
+        // snapshot's bytes.
+        image(dir.path(), "root.img", 16, 1 << 20);
+        let one = dir.path().join("one.img");
+        let stats = restore_from_snapshot(&vault, "web", &point, Some("1"), &one).expect("restore").expect("tier");
+        assert_eq!((stats.len(), stats[0].disk.as_str(), stats[0].size), (1, "data.img", 3 << 19));
+        assert_eq!(fs::read(&one).expect("read"), originals[1]);
+        let all = dir.path().join("all");
+        let stats = restore_from_snapshot(&vault, "web", &point, None, &all).expect("restore").expect("tier");
+        assert_eq!(stats.len(), 2);
+        assert_eq!(fs::read(all.join("root.img")).expect("read"), originals[0]);
+        assert_eq!(fs::read(all.join("data.img")).expect("read"), originals[1]);
+        assert!(matches!(
+            restore_from_snapshot(&vault, "web", &point, Some("swap"), &one),
+            Err(Error::NotFound { .. })
+        ));
+        go.send(()).expect("go");
+        let report = h.join().expect("join").expect("backup");
+        assert_eq!(report.point.id, point);
+        report
+    });
+    assert!(snapshot_only_points(&vault, Some("web")).expect("in flight").0.is_empty());
+    assert_eq!(point_tiers(&vault, &report.point).expect("tiers"), ["snapshot", "vault"]);
+
+    // A clone changed since it was kept is no tier: nothing is restored.
+    let (kept, _) = kept_snapshots(&vault, Some("web")).expect("kept");
+    fs::write(&kept[0].disks[1].path, b"scribbled").expect("write");
+    let out = dir.path().join("late.img");
+    assert!(restore_from_snapshot(&vault, "web", &report.point.id, Some("data.img"), &out).expect("ok").is_none());
+    assert!(!out.exists());
+}
+
 #[test]
 fn a_failed_job_releases_the_snapshot_it_meant_to_keep() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -216,6 +216,18 @@ pub fn point_tiers(vault: &Vault, point: &PointManifest) -> Result<Vec<String>> 
     Ok(tiers)
 }
 
+/// The points that can be restored from their kept snapshot but are not
+/// committed yet (their job is in its transfer or commit phase): tier
+/// ["snapshot"], with the errors of records that could not be read.
+///
+/// # Errors
+/// A bad VM name; I/O errors listing the folders.
+pub fn snapshot_only_points(vault: &Vault, vm: Option<&str>) -> Result<(Vec<KeptSnapshot>, Vec<Error>)> {
+    let (records, bad) = kept_snapshots(vault, vm)?;
+    let only = records.into_iter().filter(|k| !vault.point_path(&k.vm, &k.point).exists() && k.usable()).collect();
+    Ok((only, bad))
+}
+
 /// What [`release_expired`] did.
 #[derive(Debug, Clone, Default, Serialize)]
 #[non_exhaustive]
@@ -329,6 +341,65 @@ pub fn restore_disk_from_snapshot(
         ..Default::default()
     };
     Ok(Some(stats))
+}
+
+/// Restores a point from its kept snapshot alone, without its manifest: a
+/// point in its transfer phase (tier ["snapshot"]) can be restored as soon
+/// as its snapshot phase ends. With `disk` (a name or index), that disk to
+/// the file `to`; without, every disk into the folder `to` (one file per
+/// disk name). Each clone's size and modification time are checked against
+/// the record before the copy and again after it. Returns None when the
+/// point has no usable kept snapshot.
+///
+/// # Errors
+/// A bad name; a damaged record; an unknown disk; I/O errors naming the file.
+pub fn restore_from_snapshot(
+    vault: &Vault,
+    vm: &str,
+    point: &str,
+    disk: Option<&str>,
+    to: &Path,
+) -> Result<Option<Vec<RestoreStats>>> {
+    let Some(k) = kept_snapshot(vault, vm, point)? else { return Ok(None) };
+    let targets: Vec<(&KeptFile, PathBuf)> = match disk {
+        Some(disk) => {
+            let f = k
+                .disks
+                .iter()
+                .enumerate()
+                .find(|(i, d)| d.name == disk || disk.parse::<usize>().ok() == Some(*i))
+                .map(|(_, d)| d)
+                .ok_or_else(|| Error::NotFound { what: format!("disk {disk} of point {point} of vm {vm}") })?;
+            vec![(f, to.to_path_buf())]
+        }
+        None => {
+            crate::vault::internals::mkdirs(to)?;
+            k.disks
+                .iter()
+                .map(|d| validate_name("disk name", &d.name).map(|()| (d, to.join(&d.name))))
+                .collect::<Result<_>>()?
+        }
+    };
+    let mut all = Vec::new();
+    for (file, out) in targets {
+        let started = Instant::now();
+        let written = copy_file(&file.path, &out)?;
+        // The copy is of a file that was unchanged when the copy began; it
+        // must still be so, or the copy may mix two states.
+        if !k.usable() {
+            let _ = std::fs::remove_file(&out);
+            return Ok(None);
+        }
+        all.push(RestoreStats {
+            disk: file.name.clone(),
+            size: file.size,
+            bytes_written: written,
+            bytes_zero: file.size.saturating_sub(written),
+            seconds: started.elapsed().as_secs_f64(),
+            ..Default::default()
+        });
+    }
+    Ok(Some(all))
 }
 
 /// Copies a file to a new one: a reflink clone when possible, else a
