@@ -162,3 +162,38 @@ pub fn restore_vm(
     }
     Ok(backup_core::restore_vm(vault, point, to, options)?)
 }
+
+/// Restores a point that has no manifest yet (its job is still
+/// transferring) from its kept snapshot: `point` is an id, a unique prefix
+/// of one, or `latest`, among the VM's points that are only in the snapshot
+/// tier. Returns None when there is no such point; the error of the vault
+/// lookup is then the one to report.
+pub fn restore_in_flight(
+    vault: &Vault,
+    vm: &str,
+    point: &str,
+    disk: Option<&str>,
+    to: &Path,
+) -> Result<Option<(String, Vec<RestoreStats>)>> {
+    let (only, _) = backup_core::snapshot_only_points(vault, Some(vm))?;
+    let found = if point == "latest" {
+        only.last()
+    } else {
+        match only.iter().filter(|k| k.point.starts_with(point)).collect::<Vec<_>>().as_slice() {
+            [one] => Some(*one),
+            [] => None,
+            many => many.iter().copied().find(|k| k.point == point),
+        }
+    };
+    let Some(k) = found else { return Ok(None) };
+    match backup_core::restore_from_snapshot(vault, vm, &k.point, disk, to)? {
+        Some(stats) => {
+            eprintln!(
+                "restored from the snapshot tier (point {} is not committed yet; its job {} is still running)",
+                k.point, k.job
+            );
+            Ok(Some((k.point.clone(), stats)))
+        }
+        None => Ok(None),
+    }
+}

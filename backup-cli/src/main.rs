@@ -449,6 +449,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for e in &bad {
                 eprintln!("warning: {e}");
             }
+            // Points whose job still transfers: restorable from their kept
+            // snapshot, not committed yet.
+            let in_flight =
+                backup_core::snapshot_only_points(&vault, vm.as_deref()).map(|(k, _)| k).unwrap_or_default();
             if json {
                 let records: Vec<_> = points
                     .iter()
@@ -459,7 +463,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         o
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&json!({ "points": records }))?);
+                let in_flight: Vec<_> = in_flight
+                    .iter()
+                    .map(|k| {
+                        let disks: Vec<_> = k.disks.iter().map(|d| json!({ "name": d.name, "size": d.size })).collect();
+                        json!({
+                            "id": k.point, "vm": k.vm, "time": k.taken.to_string(), "job": k.job,
+                            "tiers": ["snapshot"], "committed": false,
+                            "snapshot_kept_until": k.expires.to_string(), "disks": disks,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&json!({ "points": records, "in_flight": in_flight }))?);
             } else {
                 println!(
                     "{:<24} {:<16} {:<25} {:<28} {:>5} {:>12} {:>12}  TIERS",
@@ -483,6 +498,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         human(p.disks.iter().map(|d| d.size).sum()),
                         human(p.stats.bytes_added),
                         jobs::tiers(&vault, p).join(",")
+                    );
+                }
+                for k in &in_flight {
+                    println!(
+                        "{:<24} {:<16} {:<25} {:<28} {:>5} {:>12} {:>12}  snapshot",
+                        k.point,
+                        k.vm,
+                        k.taken.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                        format!("(job {} transferring)", k.job),
+                        k.disks.len(),
+                        human(k.disks.iter().map(|d| d.size).sum()),
+                        "-",
                     );
                 }
                 // What the first backup's prepare did to each VM listed.
@@ -509,25 +536,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Repair { vault, dry_run, json } => return repair::run(&vault, dry_run, json),
         Command::Restore { vault, vm, point, disk, to, allow_damaged, json } => {
             let vault = open(&vault)?;
-            let point = vault.find_point(&vm, &point)?;
-            let mut options = RestoreOptions::default();
-            options.allow_damaged = allow_damaged;
-            options.progress = progress::bar("restore");
-            let stats = match &disk {
-                Some(d) => vec![jobs::restore_disk(&vault, &point, d, &to, &options)?],
-                None => jobs::restore_vm(&vault, &point, &to, &options)?,
+            let (point_id, stats, tier) = match vault.find_point(&vm, &point) {
+                Ok(point) => {
+                    let mut options = RestoreOptions::default();
+                    options.allow_damaged = allow_damaged;
+                    options.progress = progress::bar("restore");
+                    let stats = match &disk {
+                        Some(d) => vec![jobs::restore_disk(&vault, &point, d, &to, &options)?],
+                        None => jobs::restore_vm(&vault, &point, &to, &options)?,
+                    };
+                    (point.id, stats, None)
+                }
+                // A point whose job still transfers has no manifest yet, but
+                // its kept snapshot restores it.
+                Err(e @ backup_core::Error::NotFound { .. }) => {
+                    match jobs::restore_in_flight(&vault, &vm, &point, disk.as_deref(), &to)? {
+                        Some((id, stats)) => (id, stats, Some("snapshot")),
+                        None => return Err(e.into()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
             };
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({ "point": point.id, "vm": point.vm, "disks": stats }))?
-                );
+                let mut out = json!({ "point": point_id, "vm": vm, "disks": stats });
+                if let Some(t) = tier {
+                    out["tier"] = json!(t);
+                }
+                println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 for s in &stats {
                     eprintln!(
                         "restored disk {} of point {} ({}, {} of data) in {:.2} s",
                         s.disk,
-                        point.id,
+                        point_id,
                         human(s.size),
                         human(s.bytes_written),
                         s.seconds

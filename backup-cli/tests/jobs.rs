@@ -193,3 +193,62 @@ fn a_backup_killed_in_its_transfer_shows_as_interrupted_with_the_phase_it_died_i
     let list = json(&["list", "--vault", s(&vault), "--json"]);
     assert!(list["points"].as_array().expect("points").is_empty());
 }
+
+#[test]
+fn a_point_whose_job_still_transfers_lists_as_snapshot_and_restores_from_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = dir.path().join("vault");
+    ok(&["init", s(&vault)]);
+    // What a job's snapshot phase leaves while it transfers: the kept clone
+    // and its record, no manifest yet.
+    let clone = dir.path().join(".root.img.clone");
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    fs::write(&clone, &data).expect("clone");
+    let meta = fs::metadata(&clone).expect("meta");
+    let mtime = meta.modified().expect("mtime").duration_since(std::time::UNIX_EPOCH).expect("after epoch");
+    let point = "20261125T144900Z-abcdef";
+    let record = serde_json::json!({
+        "vm": "web", "point": point, "job": "job-1", "provider": "test 1",
+        "taken": "2026-11-25T14:49:00Z", "expires": "2099-01-01T00:00:00Z",
+        "disks": [{ "name": "root.img", "path": s(&clone), "size": meta.len(), "modified_ns": mtime.as_nanos() }],
+    });
+    fs::create_dir_all(vault.join("snapshots").join("web")).expect("mkdir");
+    fs::write(vault.join("snapshots").join("web").join(format!("{point}.json")), record.to_string()).expect("record");
+
+    let list = json(&["list", "--vault", s(&vault), "--json"]);
+    assert!(list["points"].as_array().expect("points").is_empty());
+    let in_flight = &list["in_flight"][0];
+    assert_eq!(in_flight["id"], point);
+    assert_eq!(in_flight["tiers"], serde_json::json!(["snapshot"]));
+    let table = ok(&["list", "--vault", s(&vault)]);
+    assert!(table.lines().any(|l| l.starts_with(point) && l.ends_with("snapshot")), "{table}");
+
+    let out = dir.path().join("out.img");
+    let restored = run(&[
+        "restore",
+        "--vault",
+        s(&vault),
+        "--vm",
+        "web",
+        "--point",
+        "20261125T1449",
+        "--disk",
+        "root.img",
+        "--to",
+        s(&out),
+    ]);
+    assert!(restored.status.success(), "{}", String::from_utf8_lossy(&restored.stderr));
+    assert!(String::from_utf8_lossy(&restored.stderr).contains("restored from the snapshot tier"));
+    assert_eq!(fs::read(&out).expect("read"), data);
+    let folder = dir.path().join("all");
+    let all = json(&["restore", "--vault", s(&vault), "--vm", "web", "--point", point, "--to", s(&folder), "--json"]);
+    assert_eq!((all["point"].as_str(), all["tier"].as_str()), (Some(point), Some("snapshot")));
+    assert_eq!(fs::read(folder.join("root.img")).expect("read"), data);
+
+    // A changed clone is no tier: nothing to restore, and list drops it.
+    fs::write(&clone, b"scribbled").expect("write");
+    let gone = run(&["restore", "--vault", s(&vault), "--vm", "web", "--point", point, "--disk", "0", "--to", s(&out)]);
+    assert!(!gone.status.success());
+    let list = json(&["list", "--vault", s(&vault), "--json"]);
+    assert!(list["in_flight"].as_array().expect("in flight").is_empty());
+}
