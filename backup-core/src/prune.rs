@@ -162,7 +162,7 @@ pub fn prune(vault: &Vault, plan: &PrunePlan) -> Result<PruneReport> {
     let _lock = vault.lock(LockMode::Exclusive)?;
     let mut report = PruneReport { dry_run: plan.dry_run, ..PruneReport::default() };
     let mut newest: std::collections::HashMap<&str, Option<String>> = std::collections::HashMap::new();
-    let mut touched = std::collections::BTreeSet::new();
+    let mut doomed: Vec<(&PlannedPoint, std::path::PathBuf)> = Vec::new();
     for p in plan.to_remove() {
         if !newest.contains_key(p.vm.as_str()) {
             // Read again now: a backup may have committed since the plan.
@@ -181,17 +181,80 @@ pub fn prune(vault: &Vault, plan: &PrunePlan) -> Result<PruneReport> {
             }
             Err(e) => return Err(Error::io("stat", path, e)),
         };
-        if !plan.dry_run {
-            std::fs::remove_file(&path).map_err(|e| Error::io("remove point manifest", &path, e))?;
-            if let Some(dir) = path.parent() {
-                touched.insert(dir.to_path_buf());
-            }
-        }
         report.manifest_bytes_removed += len;
         report.removed.push(p.clone());
+        doomed.push((p, path));
+    }
+    if plan.dry_run {
+        return Ok(report);
+    }
+    // Say which points prune removes before removing them, so that verify
+    // can tell them from manifests lost otherwise.
+    let mut by_vm: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+    for (p, _) in &doomed {
+        by_vm.entry(p.vm.as_str()).or_default().push(p.id.as_str());
+    }
+    for (vm, ids) in by_vm {
+        record_pruned(vault, vm, &ids)?;
+    }
+    let mut touched = std::collections::BTreeSet::new();
+    for (_, path) in doomed {
+        std::fs::remove_file(&path).map_err(|e| Error::io("remove point manifest", &path, e))?;
+        if let Some(dir) = path.parent() {
+            touched.insert(dir.to_path_buf());
+        }
     }
     for dir in touched {
         internals::sync_dir(&dir)?;
     }
     Ok(report)
+}
+
+/// The file where prune records the points it removed from a VM, one JSON
+/// object a line (`{"time":...,"point":...}`), appended and flushed before
+/// the manifests go. Not a job log (those end in `.jsonl`).
+pub(crate) fn pruned_path(vault: &Vault, vm: &str) -> std::path::PathBuf {
+    vault.path().join("jobs").join(vm).join("pruned.log")
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct PrunedLine {
+    time: Timestamp,
+    point: String,
+}
+
+fn record_pruned(vault: &Vault, vm: &str, ids: &[&str]) -> Result<()> {
+    use std::io::Write;
+    let path = pruned_path(vault, vm);
+    if let Some(dir) = path.parent() {
+        internals::mkdirs(dir)?;
+    }
+    let time = Timestamp::now();
+    let mut bytes = Vec::new();
+    for id in ids {
+        let line = serde_json::to_vec(&PrunedLine { time, point: (*id).to_string() })
+            .map_err(|e| Error::invalid("prune", format!("cannot encode a pruned-point record: {e}")))?;
+        bytes.extend_from_slice(&line);
+        bytes.push(b'\n');
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .map_err(|e| Error::io("open pruned-point record", &path, e))?;
+    f.write_all(&bytes).map_err(|e| Error::io("write", &path, e))?;
+    f.sync_data().map_err(|e| Error::io("flush", &path, e))?;
+    if let Some(dir) = path.parent() {
+        internals::sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// The ids of the points prune removed from a VM (empty when none, or when
+/// the record cannot be read; a line cut short is skipped).
+pub(crate) fn pruned_points(vault: &Vault, vm: &str) -> std::collections::HashSet<String> {
+    let Ok(bytes) = std::fs::read(pruned_path(vault, vm)) else {
+        return std::collections::HashSet::new();
+    };
+    bytes.split(|b| *b == b'\n').filter_map(|l| serde_json::from_slice::<PrunedLine>(l).ok()).map(|l| l.point).collect()
 }

@@ -3,7 +3,10 @@
 //! The chunk index files (`index/<pack>.idx`) are a cache of the packs'
 //! trailers, so repair rewrites every one that is missing, damaged or
 //! different from its pack: from the pack's trailer, or, for a pack that
-//! lost its trailer (truncated), from a walk over its frame headers. Packs,
+//! lost its trailer (truncated), from a walk over its frame headers. Only
+//! frames that pass their crc and keyed-hash check are listed, so that the
+//! next backup stores a damaged chunk again instead of deduplicating
+//! against it (and the points that use it then restore again). Packs,
 //! segments and manifests hold the only copy of their data and cannot be
 //! rebuilt; repair then verifies the whole vault and lists the points that
 //! lost data, by VM, point, disk and byte range, and the manifests that
@@ -20,7 +23,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::vault::{LockMode, Vault};
+use crate::vault::{LockMode, PackEntry, Vault};
 use crate::verify::{Problem, VerifyOptions, verify};
 
 /// How a repair runs.
@@ -44,6 +47,9 @@ pub struct RebuiltIndex {
     /// Whether it came from a walk over the frames because the pack's
     /// trailer is damaged (the pack was truncated or overwritten at its end).
     pub from_frame_walk: bool,
+    /// Damaged frames (bad crc or hash) left out of it, so that the next
+    /// backup of a disk holding their chunks stores them again.
+    pub dropped: u64,
 }
 
 /// What a repair did and found.
@@ -100,8 +106,13 @@ pub fn repair(vault: &Vault, options: &RepairOptions) -> Result<RepairReport> {
                     continue;
                 }
             };
+            // Only frames that pass their crc and keyed-hash check stay
+            // listed: a damaged chunk left in the index would be
+            // deduplicated against by every later backup, never stored again.
+            let (entries, damaged) = good_frames(vault, &pack, entries)?;
             let why = match vault.read_idx(&pack) {
                 Ok(idx) if idx == entries => continue,
+                Ok(_) if damaged > 0 => format!("{damaged} damaged frames dropped so that backups store them again"),
                 Ok(_) => "it differs from the pack".to_string(),
                 Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => "missing".into(),
                 Err(e) => e.to_string(),
@@ -111,6 +122,7 @@ pub fn repair(vault: &Vault, options: &RepairOptions) -> Result<RepairReport> {
                 chunks: entries.len() as u64,
                 why,
                 from_frame_walk: trailer_fault.is_some(),
+                dropped: damaged,
             });
             if !options.dry_run {
                 let blob = crate::vault::internals::encode_trailer(&entries, 0);
@@ -144,6 +156,16 @@ pub fn repair(vault: &Vault, options: &RepairOptions) -> Result<RepairReport> {
         }
     }
     Ok(report)
+}
+
+/// The entries whose frames read back intact, and how many did not.
+pub(crate) fn good_frames(vault: &Vault, pack: &str, entries: Vec<PackEntry>) -> Result<(Vec<PackEntry>, u64)> {
+    let path = vault.pack_path(pack);
+    let file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+    let total = entries.len() as u64;
+    let good: Vec<PackEntry> = entries.into_iter().filter(|e| vault.read_frame(&file, pack, e).is_ok()).collect();
+    let dropped = total - good.len() as u64;
+    Ok((good, dropped))
 }
 
 fn write_durable(tmp: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {

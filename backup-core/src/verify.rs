@@ -109,6 +109,9 @@ pub fn verify(vault: &Vault, options: &VerifyOptions) -> Result<VerifyReport> {
     for e in bad {
         report.problems.push(Problem { vm: None, point: None, disk: None, range: None, what: e.to_string() });
     }
+    if options.point.is_none() {
+        check_lost_manifests(vault, options.vm.as_deref(), &points, &mut report)?;
+    }
     // id -> None when good, Some(why) when bad.
     let memo: Mutex<HashMap<ContentId, Option<String>>> = Mutex::new(HashMap::new());
     let whole_vault = options.vm.is_none() && options.point.is_none();
@@ -126,6 +129,59 @@ pub fn verify(vault: &Vault, options: &VerifyOptions) -> Result<VerifyReport> {
     options.progress.finish();
     report.chunks = memo.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
     Ok(report)
+}
+
+/// A manifest that is gone although a job log says its point was committed,
+/// and prune did not remove it. (A point whose parent is gone is no
+/// evidence by itself: prune removes parents; it is named as a hint.)
+fn check_lost_manifests(
+    vault: &Vault,
+    vm: Option<&str>,
+    points: &[PointManifest],
+    report: &mut VerifyReport,
+) -> Result<()> {
+    let vms = match vm {
+        Some(v) => vec![v.to_string()],
+        None => crate::vault::internals::list(&vault.path().join("jobs"))?,
+    };
+    for vm in vms {
+        if crate::model::validate_name("vm name", &vm).is_err() {
+            continue;
+        }
+        let dir = vault.path().join("jobs").join(&vm);
+        let mut pruned = None;
+        for name in crate::vault::internals::list(&dir)? {
+            if !name.ends_with(".jsonl") {
+                continue;
+            }
+            let Ok(job) = crate::job::log::read_job(&dir.join(&name)) else { continue };
+            let Some(id) = job.point.filter(|_| job.result == crate::job::log::JobResult::Succeeded) else {
+                continue;
+            };
+            if crate::model::validate_name("point id", &id).is_err() || vault.point_path(&vm, &id).exists() {
+                continue;
+            }
+            if pruned.get_or_insert_with(|| crate::prune::pruned_points(vault, &vm)).contains(&id) {
+                continue;
+            }
+            let children: Vec<&str> = points
+                .iter()
+                .filter(|p| p.vm == vm && p.parent.as_deref() == Some(id.as_str()))
+                .map(|p| p.id.as_str())
+                .collect();
+            let mut what = format!(
+                "manifest missing: the job log says it was committed (job {}), and prune did not remove it; \
+                 the point cannot be restored (manifest {} is gone)",
+                job.job,
+                vault.point_path(&vm, &id).display()
+            );
+            if !children.is_empty() {
+                what.push_str(&format!("; point {} names it as its parent", children.join(", ")));
+            }
+            report.problems.push(Problem { vm: Some(vm.clone()), point: Some(id), disk: None, range: None, what });
+        }
+    }
+    Ok(())
 }
 
 fn problem(point: &PointManifest, disk: &DiskRecord, range: Range<u64>, what: String) -> Problem {
@@ -246,20 +302,23 @@ fn check_packs(
             if let Some(f) = fault {
                 problems.push(f.to_string());
             }
-            match vault.read_idx(pack) {
-                Ok(idx) if idx == entries => {}
-                Ok(_) => {
-                    problems.push(format!("chunk index file of pack {pack} differs from the pack (repair rebuilds it)"))
-                }
-                Err(e) => problems.push(format!("{e} (repair rebuilds it)")),
-            }
+            // repair leaves damaged frames out of the index file.
             let path = vault.pack_path(pack);
             let file = match File::open(&path) {
                 Ok(f) => f,
                 Err(e) => return vec![Error::io("open", path, e).to_string()],
             };
-            for e in &entries {
-                let r = vault.read_frame(&file, pack, e).err().map(|e| e.to_string());
+            let read: Vec<Option<String>> =
+                entries.iter().map(|e| vault.read_frame(&file, pack, e).err().map(|e| e.to_string())).collect();
+            let good: Vec<_> = entries.iter().zip(&read).filter(|(_, r)| r.is_none()).map(|(e, _)| *e).collect();
+            match vault.read_idx(pack) {
+                Ok(idx) if idx == entries || idx == good => {}
+                Ok(_) => {
+                    problems.push(format!("chunk index file of pack {pack} differs from the pack (repair rebuilds it)"))
+                }
+                Err(e) => problems.push(format!("{e} (repair rebuilds it)")),
+            }
+            for (e, r) in entries.iter().zip(read) {
                 if let Some(why) = &r {
                     problems.push(why.clone());
                 }

@@ -30,7 +30,9 @@
 //! free means the job was killed ([`JobResult::Interrupted`]). A line cut
 //! short by a crash is skipped and counted ([`JobRecord::damaged_lines`]).
 //! Logs are never rewritten; nothing in the vault reads them to decide what
-//! a point holds.
+//! a point holds. Verify reads their `end` records to report a manifest that
+//! is gone although its point was committed (and prune, which records the
+//! points it removes in `jobs/<vm>/pruned.log`, did not remove it).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
