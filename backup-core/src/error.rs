@@ -34,7 +34,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Reading a disk through its block device failed.
-    #[error("cannot read disk {disk} of vm {vm} at byte {offset}: {source}")]
+    #[error("cannot read disk {disk} of vm {vm} at byte {offset}{}: {source}", after_attempts(*attempts))]
     DeviceRead {
         /// The VM.
         vm: String,
@@ -42,7 +42,10 @@ pub enum Error {
         disk: String,
         /// The byte offset of the failed read.
         offset: u64,
-        /// The device's error.
+        /// How many times the read was tried (1 when it was not retried).
+        attempts: u32,
+        /// The device's error, from the last attempt, as the device gave it
+        /// (a host's own error inside it stays reachable).
         source: std::io::Error,
     },
     /// Writing restored data to its target failed.
@@ -206,6 +209,11 @@ pub enum Error {
         /// The job that stopped.
         what: String,
     },
+}
+
+/// " (after N attempts)" for a retried read, nothing for a single one.
+fn after_attempts(attempts: u32) -> String {
+    if attempts > 1 { format!(" (after {attempts} attempts)") } else { String::new() }
 }
 
 impl Error {

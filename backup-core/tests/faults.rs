@@ -126,9 +126,10 @@ fn a_disk_failing_with_eio_fails_the_job_with_disk_and_offset_after_the_retries_
     opts.read_retries = 3;
     let err = backup(&vault, &OneDisk(disk.clone()), &flaky_vm(), &opts).expect_err("the read never succeeds");
     match &err {
-        Error::DeviceRead { vm, disk, offset, source } => {
+        Error::DeviceRead { vm, disk, offset, attempts, .. } => {
             assert_eq!((vm.as_str(), disk.as_str(), *offset), ("flaky", "disk0", 3 * MIB), "{err}");
-            assert!(source.to_string().contains("4 attempts"), "{err}");
+            assert_eq!(*attempts, 4, "{err}");
+            assert!(err.to_string().contains("(after 4 attempts)"), "{err}");
         }
         other => panic!("expected a device read error, got {other}"),
     }

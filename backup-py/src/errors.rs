@@ -57,7 +57,7 @@ pub(crate) fn to_py(py: Python<'_>, e: Error) -> PyErr {
             ],
         ),
         Error::Io { path, source, .. } => io_error(py, msg, source, &[("filename", obj(&path.display().to_string()))]),
-        Error::DeviceRead { vm, disk, offset, source } => {
+        Error::DeviceRead { vm, disk, offset, source, .. } => {
             io_error(py, msg, source, &[("vm", obj(vm)), ("disk", obj(disk)), ("offset", obj(offset))])
         }
         Error::RestoreWrite { vm, disk, target, offset, source } => io_error(

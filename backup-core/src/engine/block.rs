@@ -178,15 +178,11 @@ impl BlockJob<'_> {
             match self.device.read_at(offset, data) {
                 Ok(()) => return Ok(()),
                 Err(source) if attempt >= self.read_retries || self.cancel.is_cancelled() => {
-                    let source = if attempt == 0 {
-                        source
-                    } else {
-                        std::io::Error::new(source.kind(), format!("{source} (after {} attempts)", attempt + 1))
-                    };
                     return Err(Error::DeviceRead {
                         vm: self.vm.to_string(),
                         disk: self.disk.to_string(),
                         offset,
+                        attempts: attempt + 1,
                         source,
                     });
                 }

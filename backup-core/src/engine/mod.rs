@@ -151,6 +151,7 @@ fn run_pass(
         vm: p.vm.to_string(),
         disk: disk.name.clone(),
         offset,
+        attempts: 1,
         source,
     };
 
