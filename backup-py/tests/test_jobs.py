@@ -39,13 +39,13 @@ class SlowDisk(vmbackup.BlockDevice):
 
 
 def vault_files(vault: vmbackup.Vault) -> List[str]:
-    """Every file of the vault but its lock, its staging folder and its VM
-    records (what `prepare` did, written before the snapshot is taken)."""
+    """Every file of the vault but its lock, its staging folder, its VM
+    records and its job history (a cancelled job's log is kept on purpose)."""
     root = Path(vault.path)
     return sorted(
         str(p.relative_to(root))
         for p in root.rglob("*")
-        if p.is_file() and p.parts[len(root.parts)] not in ("tmp", "lock", "vms")
+        if p.is_file() and p.parts[len(root.parts)] not in ("tmp", "lock", "vms", "jobs")
     )
 
 

@@ -150,7 +150,8 @@ bool restores_to(const vmb_point *p, const char *disk, const std::vector<uint8_t
 std::string vault_files() {
     std::vector<std::string> lines;
     for (auto &e : fs::recursive_directory_iterator(g_dir / "vault"))
-        if (e.is_regular_file())
+        // The job history (jobs/) keeps a cancelled job's log on purpose.
+        if (e.is_regular_file() && e.path().lexically_relative(g_dir / "vault").begin()->string() != "jobs")
             lines.push_back(e.path().string() + " " + std::to_string(e.file_size()));
     std::sort(lines.begin(), lines.end());
     std::string out;

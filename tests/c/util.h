@@ -90,7 +90,9 @@ static inline void fill_pattern(uint8_t *buf, size_t len, uint32_t seed) {
 }
 
 /* A listing of every file under a folder (path and size), sorted, as one
- * string; folders are left out. Used to prove a vault did not change. */
+ * string; folders are left out. Used to prove a vault did not change: its
+ * job history (jobs/) is left out too, since a cancelled job's log is kept
+ * on purpose. */
 static char *g_listing = NULL;
 static size_t g_listing_len = 0, g_listing_cap = 0;
 static size_t g_root_len = 0;
@@ -98,6 +100,7 @@ static size_t g_root_len = 0;
 static inline int list_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
     (void)ftw;
     if (flag != FTW_F) return 0;
+    if (strncmp(path + g_root_len, "/jobs/", 6) == 0) return 0;
     char line[4096];
     int n = snprintf(line, sizeof line, "%s %lld\n", path + g_root_len, (long long)sb->st_size);
     if (n < 0) return 0;
