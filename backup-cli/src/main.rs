@@ -111,6 +111,13 @@ enum Command {
         /// more times, waiting 1, 2, 4, ... seconds.
         #[arg(long, default_value_t = 3)]
         retries: u32,
+        /// The share (0 to 1) of blocks that change tracking calls clean to
+        /// re-read and compare, auditing the tracking.
+        #[arg(long, value_name = "FRACTION", default_value_t = 0.01)]
+        audit_rate: f64,
+        /// Read a block this many more times when the disk fails to read it.
+        #[arg(long, default_value_t = 2)]
+        read_retries: u32,
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -384,12 +391,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             guest_agent,
             instant_restore_days,
             retries,
+            audit_rate,
+            read_retries,
             json,
         } => {
             let vault = open(&vault)?;
             let vm = vm_from_args(&vm, &disks)?;
             let mut options = BackupOptions::default();
             options.block_size = block_size;
+            options.cbt_audit_rate = audit_rate;
+            options.read_retries = read_retries;
             options.consistency = match consistency {
                 Some(c) => c.parse::<Consistency>()?,
                 None if scripts.is_some() => Consistency::Application,

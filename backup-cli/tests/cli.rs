@@ -123,6 +123,9 @@ fn bad_usage_exits_2_and_failures_exit_1_with_what_and_where() {
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     let out = run(&["backup", "--vault", s(&vault), "--vm", "../up", "--disk", s(&img)]);
     assert_eq!(out.status.code(), Some(2));
+    let out = run(&["backup", "--vault", s(&vault), "--vm", "w", "--disk", s(&img), "--audit-rate", "2"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("audit rate"));
     let out = run(&["backup", "--vault", s(&vault), "--vm", "w", "--disk", s(&d.join("missing.img"))]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.img"));
