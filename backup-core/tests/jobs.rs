@@ -580,8 +580,11 @@ fn a_point_restores_from_its_snapshot_tier_while_its_job_still_transfers() {
     let mut options = BackupOptions::default();
     options.instant_restore_days = 2;
     let report = std::thread::scope(|s| {
+        // Owned here, so a failed assertion below drops it while unwinding
+        // and the held job goes on: the test fails instead of hanging.
+        let go = go;
         let h = s.spawn(|| backup(&vault, &provider, &vm, &options));
-        entered.recv().expect("in the transfer phase");
+        entered.recv_timeout(std::time::Duration::from_secs(120)).expect("in the transfer phase");
         // No manifest yet: the point is the kept snapshot alone.
         assert!(vault.points(Some("web")).expect("points").is_empty());
         let (only, bad) = snapshot_only_points(&vault, Some("web")).expect("in flight");
