@@ -125,7 +125,7 @@ pub fn run(args: Args<'_>) -> Result<ExitCode> {
     let start = clock();
     let mut served: HashMap<String, Timestamp> = HashMap::new();
     for (vm, _) in &vms {
-        let last = vault.points(Some(&vm.name))?.into_iter().last();
+        let last = vault.latest_point(&vm.name)?;
         let since = last.map_or(start, |p| served_run(p.policy_rule.as_deref()).map_or(p.time, |r| r.max(p.time)));
         served.insert(vm.name.clone(), since);
     }

@@ -166,7 +166,7 @@ pub fn prune(vault: &Vault, plan: &PrunePlan) -> Result<PruneReport> {
     for p in plan.to_remove() {
         if !newest.contains_key(p.vm.as_str()) {
             // Read again now: a backup may have committed since the plan.
-            newest.insert(&p.vm, vault.points(Some(&p.vm))?.last().map(|n| n.id.clone()));
+            newest.insert(&p.vm, vault.latest_point(&p.vm)?.map(|n| n.id));
         }
         if newest.get(p.vm.as_str()).and_then(|n| n.as_deref()) == Some(p.id.as_str()) {
             report.spared.push(format!("point {} of vm {}: it is the vm's newest point", p.id, p.vm));

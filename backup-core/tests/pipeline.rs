@@ -537,3 +537,25 @@ fn block_sizes_outside_the_range_are_refused_and_a_chain_keeps_its_block_size() 
     assert_eq!(p2.disks[0].block_size, 1 << 20, "the chain keeps its block size");
     assert_eq!(p2.stats.totals.bytes_new, 0);
 }
+
+#[test]
+fn the_latest_point_is_the_newest_readable_one_even_within_one_second() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("l.img");
+    write_at(&img, 0, &Rng(5).bytes(200_000));
+    let vault = Vault::init(dir.path().join("vault")).expect("init");
+    let vm = Vm::from_images("late", &[&img]).expect("vm");
+    assert!(vault.latest_point("late").expect("latest").is_none());
+    for i in 0..4u8 {
+        write_at(&img, 0, &[i; 10]);
+        backup(&vault, &ImageFileProvider::new(), &vm, &BackupOptions::default()).expect("backup");
+    }
+    let all = vault.points(Some("late")).expect("points");
+    assert_eq!(vault.latest_point("late").expect("latest").as_ref(), all.last());
+    assert_eq!(all[3].parent.as_deref(), Some(all[2].id.as_str()), "a backup's parent is the newest point");
+    // The newest manifest damaged: the one before it is the latest readable.
+    let path = vault.path().join("points/late").join(&all[3].id);
+    fs::write(&path, b"not a manifest").expect("damage");
+    assert_eq!(vault.latest_point("late").expect("latest").as_ref(), Some(&all[2]));
+    assert_eq!(vault.find_point("late", "latest").expect("latest"), all[2]);
+}

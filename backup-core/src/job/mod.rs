@@ -367,7 +367,7 @@ fn run(job: &Job<'_>) -> Result<Done> {
     let (session, parent, prepared, record) = job.phase(Phase::Prepare, || {
         // Not retried here: taking the lock already waits its timeout.
         let session = vault.begin_backup()?;
-        let parent = vault.points(Some(&vm.name))?.into_iter().last();
+        let parent = vault.latest_point(&vm.name)?;
         let record = vault.vm_record(&vm.name)?;
         let version = provider.version();
         let prepared = if record.as_ref().is_none_or(|r| r.prepare.provider_version != version) {

@@ -176,7 +176,8 @@ impl Keys {
 /// The chunk index: where every chunk of the vault's published packs is.
 #[derive(Default)]
 struct ChunkIndex {
-    packs: Vec<String>,
+    /// Pack ids by number; shared, so a chunk lookup copies no string.
+    packs: Vec<Arc<str>>,
     known: std::collections::HashSet<String>,
     map: HashMap<ContentId, (u32, PackEntry)>,
 }
@@ -484,7 +485,7 @@ impl Vault {
                 continue;
             }
             let n = idx.packs.len() as u32;
-            idx.packs.push(pack);
+            idx.packs.push(Arc::from(pack));
             for e in entries {
                 idx.map.entry(e.id).or_insert((n, e));
             }
@@ -583,8 +584,8 @@ impl Vault {
         Ok(data)
     }
 
-    /// Where the chunk index says a chunk is: (pack number, pack id, entry).
-    pub(crate) fn index_location(&self, id: &ContentId) -> Option<(String, u64)> {
+    /// Where the chunk index says a chunk is: (pack id, frame offset).
+    pub(crate) fn index_location(&self, id: &ContentId) -> Option<(Arc<str>, u64)> {
         self.locate(id).map(|(_, p, e)| (p, e.offset))
     }
 
@@ -592,7 +593,7 @@ impl Vault {
         self.index.read().unwrap_or_else(|p| p.into_inner()).map.contains_key(id)
     }
 
-    fn locate(&self, id: &ContentId) -> Option<(u32, String, PackEntry)> {
+    fn locate(&self, id: &ContentId) -> Option<(u32, Arc<str>, PackEntry)> {
         let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
         idx.map.get(id).map(|(p, e)| (*p, idx.packs[*p as usize].clone(), *e))
     }
@@ -617,7 +618,7 @@ impl Vault {
             self.refresh_index()?;
         }
         self.locate(id)
-            .map(|(_, p, e)| (p, e))
+            .map(|(_, p, e)| (p.to_string(), e))
             .ok_or_else(|| Error::NotFound { what: format!("chunk {id} in any pack") })
     }
 
@@ -697,16 +698,44 @@ impl Vault {
         Ok(self.scan_points(vm)?.0)
     }
 
+    /// The newest readable point of a VM, or None when it has none.
+    ///
+    /// A point's id starts with its time in UTC to the second, so ids sort
+    /// by time: only the manifests of the newest second are read (and, when
+    /// all of those are damaged, of the second before). A backup asks this
+    /// for its parent; reading every manifest of a long chain each time
+    /// would cost I/O in proportion to the VM's history.
+    ///
+    /// # Errors
+    /// I/O errors listing the VM's points.
+    pub fn latest_point(&self, vm: &str) -> Result<Option<PointManifest>> {
+        let ids = self.point_ids(vm)?;
+        let second = |id: &str| id.split_once('-').map_or(id, |(t, _)| t).to_string();
+        let mut end = ids.len();
+        while end > 0 {
+            let newest = second(&ids[end - 1]);
+            let start = ids[..end].partition_point(|id| second(id) < newest);
+            let best = ids[start..end]
+                .iter()
+                .filter_map(|id| self.read_point(vm, id).ok())
+                .max_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
+            if best.is_some() {
+                return Ok(best);
+            }
+            end = start;
+        }
+        Ok(None)
+    }
+
     /// A point of a VM by id, by a unique prefix of its id, or `latest`.
     ///
     /// # Errors
     /// [`Error::NotFound`] when none or several match.
     pub fn find_point(&self, vm: &str, id: &str) -> Result<PointManifest> {
-        let ids = self.point_ids(vm)?;
         if id == "latest" {
-            let points = self.points(Some(vm))?;
-            return points.into_iter().last().ok_or_else(|| Error::NotFound { what: format!("any point of vm {vm}") });
+            return self.latest_point(vm)?.ok_or_else(|| Error::NotFound { what: format!("any point of vm {vm}") });
         }
+        let ids = self.point_ids(vm)?;
         let matches: Vec<&String> = ids.iter().filter(|p| p.starts_with(id)).collect();
         match matches.as_slice() {
             [one] => self.read_point(vm, one),
