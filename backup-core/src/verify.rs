@@ -322,7 +322,7 @@ fn check_packs(
                 if let Some(why) = &r {
                     problems.push(why.clone());
                 }
-                if vault.index_location(&e.id).is_some_and(|(p, off)| p == *pack && off == e.offset) {
+                if vault.index_location(&e.id).is_some_and(|(p, off)| *p == **pack && off == e.offset) {
                     memo.lock().unwrap_or_else(|p| p.into_inner()).insert(e.id, r);
                 }
             }
