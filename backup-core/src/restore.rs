@@ -161,12 +161,23 @@ pub fn restore_disk(
     target: &dyn RestoreTarget,
     options: &RestoreOptions,
 ) -> Result<RestoreStats> {
+    let record = point.disk(disk)?;
+    locked_with_progress(vault, options, record.size, || restore_record(vault, point, record, target, options))
+}
+
+/// Runs a restore of `total` bytes under the vault's shared lock, with a
+/// fresh chunk index and the progress bracketed.
+fn locked_with_progress<T>(
+    vault: &Vault,
+    options: &RestoreOptions,
+    total: u64,
+    restore: impl FnOnce() -> Result<T>,
+) -> Result<T> {
     let _lock = vault.lock(LockMode::Shared)?;
     // Forgets packs that a gc (in any process) removed since the last read.
     vault.refresh_index()?;
-    let record = point.disk(disk)?;
-    options.progress.start(record.size);
-    let r = restore_record(vault, point, record, target, options);
+    options.progress.start(total);
+    let r = restore();
     options.progress.finish();
     r
 }
@@ -197,14 +208,8 @@ pub fn restore_disk_to_path(
     to: &Path,
     options: &RestoreOptions,
 ) -> Result<RestoreStats> {
-    let _lock = vault.lock(LockMode::Shared)?;
-    // Forgets packs that a gc (in any process) removed since the last read.
-    vault.refresh_index()?;
     let record = point.disk(disk)?;
-    options.progress.start(record.size);
-    let r = restore_record_to_path(vault, point, record, to, options);
-    options.progress.finish();
-    r
+    locked_with_progress(vault, options, record.size, || restore_record_to_path(vault, point, record, to, options))
 }
 
 fn restore_record_to_path(
@@ -245,15 +250,10 @@ pub fn restore_vm(
     dir: &Path,
     options: &RestoreOptions,
 ) -> Result<Vec<RestoreStats>> {
-    let _lock = vault.lock(LockMode::Shared)?;
-    // Forgets packs that a gc (in any process) removed since the last read.
-    vault.refresh_index()?;
-    fs::create_dir_all(dir).map_err(|e| Error::io("create folder", dir, e))?;
-    options.progress.start(point.disks.iter().map(|d| d.size).sum());
-    let r =
-        point.disks.par_iter().map(|d| restore_record_to_path(vault, point, d, &dir.join(&d.name), options)).collect();
-    options.progress.finish();
-    r
+    locked_with_progress(vault, options, point.disks.iter().map(|d| d.size).sum(), || {
+        fs::create_dir_all(dir).map_err(|e| Error::io("create folder", dir, e))?;
+        point.disks.par_iter().map(|d| restore_record_to_path(vault, point, d, &dir.join(&d.name), options)).collect()
+    })
 }
 
 fn restore_record(
