@@ -4,44 +4,22 @@
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
+
+use testkit::{Rng, s};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmbackup");
 
 fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run vmbackup")
+    testkit::output(BIN, args)
 }
 
 fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "vmbackup {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
+    testkit::run(BIN, args)
 }
 
 fn json(args: &[&str]) -> serde_json::Value {
-    serde_json::from_str(&ok(args)).expect("one JSON object")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-fn random(n: usize, mut seed: u64) -> Vec<u8> {
-    (0..n.div_ceil(8))
-        .flat_map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed.to_le_bytes()
-        })
-        .take(n)
-        .collect()
+    testkit::json(BIN, args)
 }
 
 #[test]
@@ -50,7 +28,7 @@ fn backup_list_restore_verify_round_trip_with_json() {
     let d = dir.path();
     let vault = d.join("vault");
     let (a, b) = (d.join("root.img"), d.join("data.img"));
-    fs::write(&a, random(3 << 20, 1)).expect("a");
+    fs::write(&a, Rng(1).bytes(3 << 20)).expect("a");
     fs::write(&b, [b"x".repeat(1 << 20), vec![0; 1 << 20]].concat()).expect("b");
     ok(&["init", s(&vault)]);
     let first = json(&["backup", "--vault", s(&vault), "--vm", "web", "--disk", s(&a), "--disk", s(&b), "--json"]);
@@ -78,7 +56,7 @@ fn backup_list_restore_verify_round_trip_with_json() {
     let p1 = first["point"].as_str().expect("id");
     let one = d.join("one.img");
     ok(&["restore", "--vault", s(&vault), "--vm", "web", "--point", p1, "--disk", "root.img", "--to", s(&one)]);
-    assert_eq!(fs::read(&one).expect("read"), random(3 << 20, 1));
+    assert_eq!(fs::read(&one).expect("read"), Rng(1).bytes(3 << 20));
     let all = d.join("all");
     ok(&["restore", "--vault", s(&vault), "--vm", "web", "--to", s(&all)]);
     assert_eq!(fs::read(all.join("root.img")).expect("a"), fs::read(&a).expect("a"));
@@ -188,7 +166,7 @@ fn a_1_tib_sparse_image_with_1_gib_of_data_backs_up_by_its_data_in_bounded_memor
     f.set_len(1 << 40).expect("1 TiB");
     // 1 GiB of data in 16 extents of 64 MiB spread over the whole TiB.
     for i in 0..16u64 {
-        let chunk = random(64 << 20, i + 1);
+        let chunk = Rng(i + 1).bytes(64 << 20);
         f.write_all_at(&chunk, i * (1 << 36) + 12345 * 4096).expect("write");
     }
     drop(f);

@@ -2,32 +2,22 @@
 //! runs them.
 
 use std::fs;
-use std::path::Path;
 use std::process::{Command, Output};
+
+use testkit::s;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmbackup");
 
 fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run vmbackup")
+    testkit::output(BIN, args)
 }
 
 fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "vmbackup {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    testkit::run(BIN, args)
 }
 
 fn json(args: &[&str]) -> serde_json::Value {
-    serde_json::from_str(&ok(args)).expect("one JSON object")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
+    testkit::json(BIN, args)
 }
 
 #[test]

@@ -15,23 +15,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use backup_core::{RestoreOptions, Vault, VerifyOptions, restore_disk_to_path, verify};
+use testkit::Rng;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmbackup");
 const SIZE: usize = 4 << 20;
 const BLOCK: usize = 64 << 10;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 fn backup_cmd(vault: &Path, image: &Path) -> Command {
     let mut c = Command::new(BIN);

@@ -4,25 +4,16 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use testkit::s;
+
 const BIN: &str = env!("CARGO_BIN_EXE_vmbackup");
 
 fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run vmbackup")
+    testkit::output(BIN, args)
 }
 
 fn json(args: &[&str]) -> serde_json::Value {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "vmbackup {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON object")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
+    testkit::json(BIN, args)
 }
 
 const POLICY: &str = r#"

@@ -3,48 +3,12 @@
 //! with the reason printed, when they are missing).
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+
+use testkit::{Kill, have, run, s, wait_for_socket as wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmbackup");
-
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// A child process killed on drop.
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(sock: &Path) {
-    let t = Instant::now();
-    while UnixStream::connect(sock).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(10), "nothing listens on {}", sock.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn backup_json(vault: &Path, disk: &str) -> serde_json::Value {
     let out = run(BIN, &["backup", "--vault", s(vault), "--vm", "q", "--disk", disk, "--bitmap", "b0", "--json"]);

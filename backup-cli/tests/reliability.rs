@@ -10,37 +10,16 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use backup_core::{LockMode, Vault};
+use testkit::{Rng, s, text};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmbackup");
 
 fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).stdin(Stdio::null()).output().expect("run vmbackup")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    testkit::output(BIN, args)
 }
 
 fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(out.status.success(), "vmbackup {args:?} failed: {}", text(&out));
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-fn random(n: usize, mut seed: u64) -> Vec<u8> {
-    (0..n.div_ceil(8))
-        .flat_map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed.to_le_bytes()
-        })
-        .take(n)
-        .collect()
+    testkit::run(BIN, args)
 }
 
 fn packs(vault: &Path) -> Vec<PathBuf> {
@@ -55,7 +34,7 @@ fn allow_damaged_writes_zeros_and_lists_ranges_and_repair_rebuilds_index_files_a
     let d = dir.path();
     let vault = d.join("vault");
     let img = d.join("disk.img");
-    let data = random(2 << 20, 3);
+    let data = Rng(3).bytes(2 << 20);
     fs::write(&img, &data).expect("image");
     ok(&["init", s(&vault)]);
     ok(&["backup", "--vault", s(&vault), "--vm", "web", "--disk", s(&img)]);
@@ -102,7 +81,7 @@ fn allow_damaged_writes_zeros_and_lists_ranges_and_repair_rebuilds_index_files_a
     // The index file is gone and a pack lost its trailer: repair rebuilds
     // both index files and names the damaged range as lost.
     ok(&["backup", "--vault", s(&vault), "--vm", "db", "--disk", s(&img)]);
-    fs::write(&img, random(2 << 20, 4)).expect("image");
+    fs::write(&img, Rng(4).bytes(2 << 20)).expect("image");
     ok(&["backup", "--vault", s(&vault), "--vm", "db", "--disk", s(&img)]);
     let all = packs(&vault);
     assert!(all.len() >= 2, "{all:?}");
@@ -154,7 +133,7 @@ fn a_held_lock_gives_vault_is_locked_after_the_lock_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
     let vault_path = dir.path().join("vault");
     let img = dir.path().join("d.img");
-    fs::write(&img, random(1 << 20, 5)).expect("image");
+    fs::write(&img, Rng(5).bytes(1 << 20)).expect("image");
     ok(&["init", s(&vault_path)]);
     let vault = Vault::open(&vault_path).expect("open");
     {
@@ -200,13 +179,13 @@ fn backups_of_two_vms_beside_verify_prune_and_gc_in_separate_processes_corrupt_n
     let imgs: Vec<PathBuf> = ["one", "two"].iter().map(|n| d.join(format!("{n}.img"))).collect();
     let mut latest: Vec<Vec<u8>> = Vec::new();
     for (i, p) in imgs.iter().enumerate() {
-        let data = random(3 << 20, 10 + i as u64);
+        let data = Rng(10 + i as u64).bytes(3 << 20);
         fs::write(p, &data).expect("image");
         latest.push(data);
     }
     for round in 0..4u64 {
         for (i, p) in imgs.iter().enumerate() {
-            let data = random(3 << 20, 100 * round + i as u64);
+            let data = Rng(100 * round + i as u64).bytes(3 << 20);
             fs::write(p, &data).expect("image");
             latest[i] = data;
         }

@@ -12,25 +12,10 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use backup_core::*;
+use testkit::Rng;
 
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n.div_ceil(8)).flat_map(|_| self.next().to_le_bytes()).take(n).collect()
-    }
-}
 
 /// A disk's expected bytes, by (vm, point) then disk name.
 type Expected = BTreeMap<(String, String), BTreeMap<String, Vec<u8>>>;

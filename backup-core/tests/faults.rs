@@ -12,21 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use backup_core::*;
+use testkit::random as pseudo_random;
 
 const MIB: u64 = 1 << 20;
-
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n.div_ceil(8))
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .take(n)
-        .collect()
-}
 
 /// The vault's files and their sizes, without job logs (a failed job adds
 /// its log by design).

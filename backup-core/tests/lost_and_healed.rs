@@ -7,21 +7,9 @@ use std::fs;
 use std::path::Path;
 
 use backup_core::*;
+use testkit::random as pseudo_random;
 
 const MIB: usize = 1 << 20;
-
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n.div_ceil(8))
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .take(n)
-        .collect()
-}
 
 fn small_packs() -> VaultOptions {
     let mut o = VaultOptions::default();

@@ -13,19 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backup_core::*;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n.div_ceil(8)).flat_map(|_| self.next().to_le_bytes()).take(n).collect()
-    }
-}
+use testkit::Rng;
 
 /// Writes `data` at `offset` of an image, creating it.
 fn write_at(path: &Path, offset: u64, data: &[u8]) {

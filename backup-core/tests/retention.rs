@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use backup_core::*;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
+use testkit::Rng;
 
 fn ts(s: &str) -> Timestamp {
     s.parse().expect("timestamp")
@@ -316,19 +317,6 @@ fn schedule_next_runs_across_dst() {
 
 // ---------------------------------------------------------------------------
 // Prune and gc on a real vault.
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n.div_ceil(8)).flat_map(|_| self.next().to_le_bytes()).take(n).collect()
-    }
-}
 
 const BLOCK: usize = 64 << 10;
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use backup_core::*;
+use testkit::Rng;
 
 fn sh(cmd: &str, args: &[&str]) -> Result<(), String> {
     let out = Command::new(cmd).args(args).output().map_err(|e| format!("{cmd}: {e}"))?;
@@ -25,28 +26,6 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         let _ = sh("umount", &[self.0.to_str().unwrap_or_default()]);
-    }
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n.div_ceil(8)).flat_map(|_| self.next().to_le_bytes()).take(n).collect()
-    }
-    fn text(&mut self, lines: usize) -> String {
-        const W: [&str; 8] = ["alpha", "beta", "gamma", "delta", "request", "served", "in", "ms"];
-        (0..lines)
-            .map(|i| {
-                let words: Vec<&str> = (0..8).map(|_| W[(self.next() % 8) as usize]).collect();
-                format!("{i:08} {} {}\n", self.next() % 100_000, words.join(" "))
-            })
-            .collect()
     }
 }
 

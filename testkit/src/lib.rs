@@ -1,0 +1,126 @@
+//! Helpers shared by vmbackup's test binaries: deterministic data, running
+//! commands, child processes killed on drop.
+//!
+//! Dev-only: test targets take it as a dev-dependency; no shipped crate
+//! depends on it. It panics freely, as tests do: a helper that cannot do
+//! its job fails the test that called it, with the command and its output.
+//!
+//! ```
+//! let a = testkit::Rng(7).bytes(100);
+//! assert_eq!(a, testkit::Rng(7).bytes(100));
+//! assert_eq!(testkit::run("echo", &["hi"]), "hi\n");
+//! ```
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A small deterministic generator (xorshift64): the same seed gives the
+/// same bytes on every run, so a failing test fails again. A seed of 0
+/// yields only zeros.
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// `n` random bytes.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n.div_ceil(8)).flat_map(|_| self.next().to_le_bytes()).take(n).collect()
+    }
+
+    /// `lines` lines of log-like text: compressible, never repeating.
+    pub fn text(&mut self, lines: usize) -> String {
+        const W: [&str; 8] = ["alpha", "beta", "gamma", "delta", "request", "served", "in", "ms"];
+        (0..lines)
+            .map(|i| {
+                let words: Vec<&str> = (0..8).map(|_| W[(self.next() % 8) as usize]).collect();
+                format!("{i:08} {} {}\n", self.next() % 100_000, words.join(" "))
+            })
+            .collect()
+    }
+}
+
+/// `n` random bytes from `seed` (made odd, so no seed gives zeros).
+pub fn random(n: usize, seed: u64) -> Vec<u8> {
+    Rng(seed | 1).bytes(n)
+}
+
+/// A path as `&str`, for command arguments.
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Whether `tool --version` runs.
+pub fn have(tool: &str) -> bool {
+    Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
+/// Runs a command to its end, stdin empty (a test never waits on a
+/// prompt), and returns what it did, whatever its exit status.
+pub fn output(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd).args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"))
+}
+
+/// The stdout and stderr of a finished command, as text.
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Runs a command that must succeed; returns its stdout. Fails the test
+/// with the command and its whole output otherwise.
+pub fn run(cmd: &str, args: &[&str]) -> String {
+    let out = output(cmd, args);
+    assert!(out.status.success(), "{cmd} {args:?} failed ({}): {}", out.status, text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command that must succeed and print one JSON value.
+pub fn json(cmd: &str, args: &[&str]) -> serde_json::Value {
+    let out = run(cmd, args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{cmd} {args:?} printed no JSON ({e}): {out}"))
+}
+
+/// Runs a command; `Err` with its output when it fails, for set-up steps a
+/// test may skip on (mounting, say).
+pub fn sh(cmd: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(cmd).args(args).output().map_err(|e| format!("{cmd}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("{cmd} {args:?}: {}", text(&out)))
+    }
+}
+
+/// A child process, killed and reaped on drop (a failing test leaves no
+/// server behind).
+#[derive(Debug)]
+pub struct Kill(pub Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits up to 10 seconds for something to listen on a unix socket.
+pub fn wait_for_socket(sock: &Path) {
+    let t = Instant::now();
+    while UnixStream::connect(sock).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "nothing listens on {}", sock.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
