@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the C library of vmbackup and installs it into PREFIX:
-#   PREFIX/lib/libvmbackup.so, PREFIX/lib/libvmbackup.a,
+#   PREFIX/lib/libvmbackup.so.VERSION with the links libvmbackup.so.ABI (the
+#   SONAME, see backup-ffi/build.rs) and libvmbackup.so, PREFIX/lib/libvmbackup.a,
 #   PREFIX/include/vmbackup.h, PREFIX/lib/pkgconfig/vmbackup.pc
 #
 # usage: scripts/install-c.sh [--release|--debug] PREFIX
@@ -47,7 +48,13 @@ native_libs="$(cargo rustc "${cargo_flags[@]}" --crate-type staticlib -- --print
 [ -n "$native_libs" ] || native_libs="-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc"
 
 install -d "$prefix/lib/pkgconfig" "$prefix/include"
-install -m 0755 "$out/libvmbackup.so" "$prefix/lib/libvmbackup.so"
+# The file under its full version; the SONAME link (what a linked host
+# asks the loader for) and the development link (what -lvmbackup finds).
+soname="$(readelf -d "$out/libvmbackup.so" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')"
+[ -n "$soname" ] || { echo "install-c.sh: $out/libvmbackup.so has no SONAME" >&2; exit 1; }
+install -m 0755 "$out/libvmbackup.so" "$prefix/lib/libvmbackup.so.$version"
+ln -sfn "libvmbackup.so.$version" "$prefix/lib/$soname"
+ln -sfn "$soname" "$prefix/lib/libvmbackup.so"
 install -m 0644 "$out/libvmbackup.a" "$prefix/lib/libvmbackup.a"
 install -m 0644 include/vmbackup.h "$prefix/include/vmbackup.h"
 cat > "$prefix/lib/pkgconfig/vmbackup.pc" <<PC

@@ -126,6 +126,18 @@ run() { # label, command...
     return $rc
 }
 
+# A host linked against the library asks the loader for its SONAME (the
+# ABI version), not for the unversioned development link.
+if [ -x "$bin/host-c" ]; then
+    needed="$(readelf -d "$bin/host-c" | sed -n 's/.*(NEEDED).*\[\(libvmbackup[^]]*\)\]/\1/p')"
+    soname="$(readelf -d "$prefix/lib/libvmbackup.so" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')"
+    if [ -n "$soname" ] && [ "$needed" = "$soname" ] && [ "$soname" != libvmbackup.so ] && [ -e "$prefix/lib/$soname" ]; then
+        pass "host-c needs $needed, the installed library's SONAME"
+    else
+        fail "host-c needs '$needed', the library's SONAME is '$soname'"
+    fi
+fi
+
 for p in "${programs[@]}"; do
     [ "$p" = readme-example ] && continue # it needs a real vault
     run "$p" timeout 120 "$bin/$p"
