@@ -27,6 +27,7 @@ pub fn prune(vault: &Path, policy: &Path, vm: Option<String>, dry_run: bool, as_
             "spared": report.spared,
             "unreadable": plan.unreadable,
             "manifest_bytes_removed": report.manifest_bytes_removed,
+            "job_logs_removed": report.job_logs_removed,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -53,10 +54,17 @@ pub fn prune(vault: &Path, policy: &Path, vm: Option<String>, dry_run: bool, as_
             eprintln!("spared: {s}");
         }
         let kept = plan.to_keep().count();
+        let logs = match report.job_logs_removed.len() {
+            0 => String::new(),
+            n => format!(" and {n} job logs older than {} days", policy.retention.job_log_days),
+        };
         if dry_run {
-            println!("dry run: would remove {} points, keep {kept}", report.removed.len());
+            println!("dry run: would remove {} points{logs}, keep {kept}", report.removed.len());
         } else {
-            println!("removed {} points, kept {kept}; run `vmbackup gc` to reclaim their space", report.removed.len());
+            println!(
+                "removed {} points{logs}, kept {kept}; run `vmbackup gc` to reclaim their space",
+                report.removed.len()
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -72,10 +72,10 @@ pub use nbd::{
     QemuProvider, bitmap_token,
 };
 pub use policy::{
-    DayOfMonth, DaySelector, KeepReason, MonthlyRule, PointRef, Policy, Retained, Retention, Schedule, WeekOfMonth,
+    DEFAULT_JOB_LOG_DAYS, DayOfMonth, DaySelector, KeepReason, MonthlyRule, PointRef, Policy, Retained, Retention, Schedule, WeekOfMonth,
     WeeklyRule, YearlyRule,
 };
-pub use prune::{PlannedPoint, PruneOptions, PrunePlan, PruneReport, prune, prune_plan};
+pub use prune::{PlannedJobLog, PlannedPoint, PruneOptions, PrunePlan, PruneReport, prune, prune_plan};
 pub use repair::{RebuiltIndex, RepairOptions, RepairReport, repair};
 pub use restore::{
     DamagedRange, FileTarget, RestoreOptions, RestoreStats, RestoreTarget, restore_disk, restore_disk_to_path,

@@ -52,6 +52,23 @@ pub struct PrunePlan {
     pub points: Vec<PlannedPoint>,
     /// Manifests that could not be read: never judged, never removed.
     pub unreadable: Vec<String>,
+    /// Job logs to remove: finished jobs whose point is gone (or condemned
+    /// by this plan, or never committed), ended more than the retention's
+    /// `job_log_days` ago.
+    pub job_logs: Vec<PlannedJobLog>,
+}
+
+/// A job log the plan removes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedJobLog {
+    /// The VM.
+    pub vm: String,
+    /// The job's id.
+    pub job: String,
+    /// When the job ended (when it started, for a killed job).
+    pub time: Timestamp,
+    /// The point it committed, if any.
+    pub point: Option<String>,
 }
 
 impl PrunePlan {
@@ -78,6 +95,8 @@ pub struct PruneReport {
     pub spared: Vec<String>,
     /// Bytes of manifests removed.
     pub manifest_bytes_removed: u64,
+    /// Job logs removed (or, in a dry run, that would be), as `vm/job`.
+    pub job_logs_removed: Vec<String>,
 }
 
 /// Judges every point of the vault (or of one VM) by `retention` at `now`.
@@ -125,17 +144,50 @@ pub fn prune_plan(vault: &Vault, retention: &Retention, now: Timestamp, options:
         }
         None => vault.vms()?,
     };
-    let mut plan = PrunePlan { now, dry_run: options.dry_run, points: Vec::new(), unreadable: Vec::new() };
+    let mut plan =
+        PrunePlan { now, dry_run: options.dry_run, points: Vec::new(), unreadable: Vec::new(), job_logs: Vec::new() };
     for vm in vms {
         let (points, bad) = vault.scan_points(Some(&vm))?;
         plan.unreadable.extend(bad.iter().map(ToString::to_string));
         let refs: Vec<PointRef> = points.iter().map(|p| PointRef::new(p.id.clone(), p.time)).collect();
+        let mut kept = std::collections::HashSet::new();
         for r in retention.apply(&refs, now) {
             let bytes_added = points.iter().find(|p| p.id == r.id).map_or(0, |p| p.stats.bytes_added);
+            if r.keep() {
+                kept.insert(r.id.clone());
+            }
             plan.points.push(PlannedPoint { vm: vm.clone(), id: r.id, time: r.time, reasons: r.reasons, bytes_added });
         }
+        // A point whose manifest cannot be read is neither kept nor gone:
+        // its job's log stays, since it may be what tells what was lost.
+        let unreadable_vm = !bad.is_empty();
+        plan.job_logs.extend(expired_job_logs(vault, &vm, &kept, unreadable_vm, retention.job_log_days, now)?);
     }
     Ok(plan)
+}
+
+/// The logs of `vm`'s finished jobs that ended more than `days` before
+/// `now` and whose point is not among `kept` (a running job's log, and a
+/// log that cannot be read, are never chosen).
+fn expired_job_logs(
+    vault: &Vault,
+    vm: &str,
+    kept: &std::collections::HashSet<String>,
+    unreadable_points: bool,
+    days: u32,
+    now: Timestamp,
+) -> Result<Vec<PlannedJobLog>> {
+    let cutoff = now - jiff::SignedDuration::from_hours(24 * i64::from(days));
+    let mut out = Vec::new();
+    for job in crate::job::log::job_history(vault, Some(vm))? {
+        let Some(time) = job.ended.or(job.started) else { continue };
+        let finished = !matches!(job.result, crate::job::log::JobResult::Running);
+        let point_gone = job.point.as_ref().is_none_or(|p| !kept.contains(p));
+        if finished && time < cutoff && point_gone && !(unreadable_points && job.point.is_some()) {
+            out.push(PlannedJobLog { vm: vm.to_string(), job: job.job, time, point: job.point });
+        }
+    }
+    Ok(out)
 }
 
 /// Carries out a plan: removes the manifests of the points it condemns,
@@ -145,7 +197,9 @@ pub fn prune_plan(vault: &Vault, retention: &Retention, now: Timestamp, options:
 /// Prune: remove recovery points by retention rules, in two steps:
 /// [`prune_plan`] judges every point (under a shared lock, changing
 /// nothing), [`prune`] removes the manifests the plan condemns (under the
-/// exclusive lock). Prune removes only manifests; the data only they used
+/// exclusive lock). Prune removes manifests, and the logs of finished jobs
+/// whose point is gone (or that committed none) once they are older than
+/// the retention's `job_log_days`; the data only the removed points used
 /// is reclaimed by [`gc`](crate::gc) afterwards.
 ///
 /// Guarantees: the newest point of every VM is kept (checked again when
@@ -185,6 +239,7 @@ pub fn prune(vault: &Vault, plan: &PrunePlan) -> Result<PruneReport> {
         report.removed.push(p.clone());
         doomed.push((p, path));
     }
+    report.job_logs_removed = plan.job_logs.iter().map(|j| format!("{}/{}", j.vm, j.job)).collect();
     if plan.dry_run {
         return Ok(report);
     }
@@ -207,7 +262,52 @@ pub fn prune(vault: &Vault, plan: &PrunePlan) -> Result<PruneReport> {
     for dir in touched {
         internals::sync_dir(&dir)?;
     }
+    remove_job_logs(vault, &plan.job_logs)?;
     Ok(report)
+}
+
+/// Removes the planned job logs, then drops from each VM's `pruned.log`
+/// the points whose job log is gone: verify reads that file only to tell
+/// a pruned point from a lost manifest named by a job log.
+fn remove_job_logs(vault: &Vault, logs: &[PlannedJobLog]) -> Result<()> {
+    let mut by_vm: std::collections::BTreeMap<&str, Vec<&PlannedJobLog>> = std::collections::BTreeMap::new();
+    for j in logs {
+        by_vm.entry(j.vm.as_str()).or_default().push(j);
+    }
+    for (vm, jobs) in by_vm {
+        let dir = vault.path().join("jobs").join(vm);
+        for j in &jobs {
+            let path = dir.join(format!("{}.jsonl", j.job));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove job log", path, e)),
+            }
+        }
+        let gone: std::collections::HashSet<&str> = jobs.iter().filter_map(|j| j.point.as_deref()).collect();
+        let path = pruned_path(vault, vm);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io("read pruned-point record", path, e)),
+        };
+        let keep: Vec<&[u8]> = bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .filter(|l| serde_json::from_slice::<PrunedLine>(l).map_or(true, |p| !gone.contains(p.point.as_str())))
+            .collect();
+        if keep.len() < bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count() {
+            let mut out = keep.join(&b'\n');
+            if !out.is_empty() {
+                out.push(b'\n');
+            }
+            let tmp = dir.join("pruned.log.tmp");
+            let _ = std::fs::remove_file(&tmp); // left by a prune killed here
+            internals::write_durable(&tmp, &path, &out)?;
+        }
+        internals::sync_dir(&dir)?;
+    }
+    Ok(())
 }
 
 /// The file where prune records the points it removed from a VM, one JSON

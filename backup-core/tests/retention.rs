@@ -776,3 +776,69 @@ fn documented_policy_examples_parse() {
         assert!(p.next_runs(Timestamp::now(), 3).expect("runs").len() == 3);
     }
 }
+
+#[test]
+fn prune_removes_the_logs_of_finished_jobs_whose_points_are_gone_once_they_are_old_enough() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = Vault::init(dir.path().join("vault")).expect("init");
+    let image = dir.path().join("web.img");
+    let vm = Vm::from_images("web", &[&image]).expect("vm");
+    let mut rng = Rng(31);
+    let mut contents = HashMap::new();
+    for _ in 0..4 {
+        let data = rng.bytes(4 * BLOCK);
+        fs::write(&image, &data).expect("image");
+        let r = backup(&vault, &ImageFileProvider::new(), &vm, &BackupOptions::default()).expect("backup");
+        contents.insert(r.point.id, data);
+    }
+    // A job that commits nothing: its disk is gone.
+    let data = fs::read(&image).expect("read");
+    fs::remove_file(&image).expect("remove");
+    backup(&vault, &ImageFileProvider::new(), &vm, &BackupOptions::default()).expect_err("no disk");
+    fs::write(&image, data).expect("image back");
+    let jobs = job_history(&vault, Some("web")).expect("jobs");
+    assert_eq!(jobs.len(), 5);
+    assert_eq!(jobs.iter().filter(|j| j.result == JobResult::Failed).count(), 1);
+
+    let now = Timestamp::now();
+    let retention = keep_last(2);
+    assert_eq!(retention.job_log_days, DEFAULT_JOB_LOG_DAYS);
+    let plan = prune_plan(&vault, &retention, now, &PruneOptions::default()).expect("plan");
+    assert_eq!(plan.to_remove().count(), 2);
+    assert!(plan.job_logs.is_empty(), "logs younger than 90 days stay: {:?}", plan.job_logs);
+
+    // 100 days on: the logs of the two condemned points and of the failed
+    // job go; the logs of the two kept points stay, whatever their age.
+    let later = now + jiff::SignedDuration::from_hours(24 * 100);
+    let mut dry = PruneOptions::default();
+    dry.dry_run = true;
+    let plan = prune_plan(&vault, &retention, later, &dry).expect("plan");
+    let report = prune(&vault, &plan).expect("dry run");
+    assert_eq!(report.job_logs_removed.len(), 3, "{:?}", report.job_logs_removed);
+    assert_eq!(job_history(&vault, Some("web")).expect("jobs").len(), 5, "a dry run removes nothing");
+
+    let mut longer = retention.clone();
+    longer.job_log_days = 200;
+    let plan = prune_plan(&vault, &longer, later, &PruneOptions::default()).expect("plan");
+    assert!(plan.job_logs.is_empty(), "kept for 200 days: {:?}", plan.job_logs);
+
+    let plan = prune_plan(&vault, &retention, later, &PruneOptions::default()).expect("plan");
+    let report = prune(&vault, &plan).expect("prune");
+    assert_eq!(report.removed.len(), 2);
+    assert_eq!(report.job_logs_removed.len(), 3);
+    let kept: HashSet<String> = vault.points(Some("web")).expect("points").into_iter().map(|p| p.id).collect();
+    let left = job_history(&vault, Some("web")).expect("jobs");
+    assert_eq!(left.len(), 2);
+    assert!(left.iter().all(|j| j.point.as_ref().is_some_and(|p| kept.contains(p))), "{left:?}");
+    // The pruned-point record forgets the points whose logs are gone, and
+    // verify, which reads both, finds nothing amiss.
+    let pruned = fs::read_to_string(vault.path().join("jobs/web/pruned.log")).unwrap_or_default();
+    assert!(pruned.is_empty(), "pruned.log still names: {pruned}");
+    let report = verify(&vault, &VerifyOptions::default()).expect("verify");
+    assert!(report.ok(), "verify: {:?}", report.problems);
+    for p in vault.points(Some("web")).expect("points") {
+        let out = dir.path().join(format!("r-{}", p.id));
+        restore_disk_to_path(&vault, &p, "0", &out, &RestoreOptions::default()).expect("restore");
+        assert!(fs::read(&out).expect("read") == contents[&p.id]);
+    }
+}

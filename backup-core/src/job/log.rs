@@ -29,7 +29,10 @@
 //! `end` record tries a shared lock: still held means the job is running,
 //! free means the job was killed ([`JobResult::Interrupted`]). A line cut
 //! short by a crash is skipped and counted ([`JobRecord::damaged_lines`]).
-//! Logs are never rewritten; nothing in the vault reads them to decide what
+//! Logs are never rewritten; prune removes the log of a finished job whose
+//! point is gone once it is older than the retention's `job_log_days`
+//! (default 90), dropping that point from `pruned.log` at the same time.
+//! Nothing in the vault reads them to decide what
 //! a point holds. Verify reads their `end` records to report a manifest that
 //! is gone although its point was committed (and prune, which records the
 //! points it removes in `jobs/<vm>/pruned.log`, did not remove it).

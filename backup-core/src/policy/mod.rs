@@ -14,8 +14,8 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 
 pub use retention::{
-    DayOfMonth, DaySelector, KeepReason, MonthlyRule, PointRef, Retained, Retention, WeekOfMonth, WeeklyRule,
-    YearlyRule,
+    DEFAULT_JOB_LOG_DAYS, DayOfMonth, DaySelector, KeepReason, MonthlyRule, PointRef, Retained, Retention, WeekOfMonth,
+    WeeklyRule, YearlyRule,
 };
 pub use schedule::Schedule;
 
@@ -29,6 +29,8 @@ pub const WEEKLY_WEEKS: std::ops::RangeInclusive<u32> = 1..=5163;
 pub const MONTHLY_MONTHS: std::ops::RangeInclusive<u32> = 1..=1188;
 /// The allowed years of yearly retention.
 pub const YEARLY_YEARS: std::ops::RangeInclusive<u32> = 1..=99;
+/// The allowed days a finished job's log is kept after its point is gone.
+pub const JOB_LOG_DAYS: std::ops::RangeInclusive<u32> = 1..=9999;
 /// The allowed keep-last counts.
 pub const KEEP_LAST: std::ops::RangeInclusive<u32> = 1..=9999;
 /// The allowed intervals of an hourly schedule.
@@ -60,6 +62,7 @@ pub const EVERY_HOURS: [u8; 4] = [4, 6, 8, 12];
 /// weekly = { weeks = 12, days = ["sunday"] }               # 1..=5163
 /// monthly = { months = 12, days_of_month = [1, "last"] }   # 1..=1188
 /// yearly = { years = 5, months_of_year = ["january"], weekdays = ["sunday"], weeks_of_month = ["first"] }  # 1..=99
+/// job_logs = { days = 90 }                                 # 1..=9999, default 90: logs of jobs whose point is gone
 /// ```
 ///
 /// Monthly and yearly points are picked either by `days_of_month` (1 to 28,
@@ -139,6 +142,7 @@ struct RawRetention {
     weekly: Option<RawWeekly>,
     monthly: Option<RawMonthly>,
     yearly: Option<RawYearly>,
+    job_logs: Option<RawDaily>,
 }
 
 #[derive(Deserialize)]
@@ -539,6 +543,9 @@ fn check_retention(raw: RawRetention, time_zone: TimeZone, schedule: &Schedule) 
         selector_on_schedule("retention.yearly", &on)?;
         r.yearly = Some(YearlyRule { years, months, on });
     }
+    if let Some(j) = raw.job_logs {
+        r.job_log_days = in_range("retention.job_logs.days", j.days, JOB_LOG_DAYS)?;
+    }
     if r.keep_last.is_none()
         && r.daily_days.is_none()
         && r.weekly.is_none()
@@ -578,6 +585,7 @@ mod tests {
             weekly = { weeks = 12, days = ["sunday"] }
             monthly = { months = 12, weekdays = ["sunday"], weeks_of_month = ["first", "last"] }
             yearly = { years = 5, months_of_year = ["jan", "december"], weekdays = ["wed"], weeks_of_month = ["fourth"] }
+            job_logs = { days = 400 }
             "#,
         )
         .expect("valid");
@@ -590,6 +598,7 @@ mod tests {
             }
         );
         assert_eq!(p.retention.keep_last, Some(2));
+        assert_eq!(p.retention.job_log_days, 400);
         assert!(p.summary().len() >= 6);
     }
 
@@ -641,6 +650,8 @@ mod tests {
                 "months_of_year",
             ),
             ("daily = { days = 30 }", "keep_last = 0", "retention.keep_last"),
+            ("daily = { days = 30 }", "daily = { days = 30 }\njob_logs = { days = 0 }", "retention.job_logs.days"),
+            ("daily = { days = 30 }", "job_logs = { days = 90 }", "retention"),
             ("daily = { days = 30 }", "", "retention"),
             ("daily = { days = 30 }", "dayly = { days = 30 }", "dayly"),
             ("Europe/Berlin", "Europe/Atlantis", "timezone"),

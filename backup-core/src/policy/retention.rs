@@ -251,12 +251,28 @@ pub struct Retention {
     pub monthly: Option<MonthlyRule>,
     /// The yearly rule.
     pub yearly: Option<YearlyRule>,
+    /// How many days prune keeps the log of a finished job whose point is
+    /// gone (or that committed none); a job's log lives at least as long
+    /// as its point. Default 90.
+    pub job_log_days: u32,
 }
+
+/// The days a finished job's log is kept after its point is gone, unless a
+/// policy says otherwise.
+pub const DEFAULT_JOB_LOG_DAYS: u32 = 90;
 
 impl Retention {
     /// No rules yet (only the newest point would be kept).
     pub fn new(time_zone: TimeZone) -> Self {
-        Retention { time_zone, keep_last: None, daily_days: None, weekly: None, monthly: None, yearly: None }
+        Retention {
+            time_zone,
+            keep_last: None,
+            daily_days: None,
+            weekly: None,
+            monthly: None,
+            yearly: None,
+            job_log_days: DEFAULT_JOB_LOG_DAYS,
+        }
     }
 
     /// The verdict on every point, oldest first. Pure: the same points,
@@ -352,6 +368,7 @@ impl Retention {
                 y.years
             ));
         }
+        out.push(format!("job logs: kept with their point, then {} days", self.job_log_days));
         out
     }
 }
