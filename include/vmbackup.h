@@ -168,6 +168,12 @@ typedef struct vmb_point vmb_point;
 typedef struct vmb_point_list vmb_point_list;
 
 /**
+ * What a prune did (or, in a dry run, would do). Immutable: accessors are
+ * thread-safe.
+ */
+typedef struct vmb_prune_report vmb_prune_report;
+
+/**
  * Ranges a map callback hands back with `vmb_ranges_add`. Owned by the
  * library; valid only during the callback it was passed to.
  */
@@ -259,6 +265,44 @@ typedef uint32_t vmb_consistency;
  * the library with the same job, and must not throw or `longjmp`.
  */
 typedef int (*vmb_progress_fn)(void *userdata, uint64_t done, uint64_t total);
+
+/**
+ * What a garbage collection did (or, in a dry run, would do).
+ */
+typedef struct vmb_gc_stats {
+  /**
+   * Points whose objects were kept.
+   */
+  uint64_t points;
+  /**
+   * Packs removed whole (no live chunk).
+   */
+  uint64_t packs_removed;
+  /**
+   * Packs rewritten without their dead chunks.
+   */
+  uint64_t packs_repacked;
+  /**
+   * Unreferenced index segments removed.
+   */
+  uint64_t segments_removed;
+  /**
+   * Chunk copies no longer stored.
+   */
+  uint64_t chunks_removed;
+  /**
+   * Bytes freed: dead chunk frames and segments.
+   */
+  uint64_t bytes_removed;
+  /**
+   * Live chunk bytes copied into new packs by repacking.
+   */
+  uint64_t bytes_copied;
+  /**
+   * Objects spared because they are newer than the grace period.
+   */
+  uint64_t protected_;
+} vmb_gc_stats;
 
 /**
  * What a backup did, summed over the point's disks.
@@ -553,6 +597,87 @@ enum vmb_status vmb_job_cancel(const struct vmb_job *job);
  * `job` is NULL or a live job; `out` points to a writable bool.
  */
 enum vmb_status vmb_job_is_cancelled(const struct vmb_job *job, bool *out);
+
+/**
+ * Prunes the vault by the retention rules of a policy given as TOML text
+ * (the format of `vmbackup policy check`): removes the manifests of the
+ * points the rules do not keep (the newest point of a VM is always kept)
+ * and the logs of finished jobs whose point is gone once they are older
+ * than the policy's `job_logs` days. Only `vm`'s points when `vm` is not
+ * NULL. With `dry_run`, removes nothing and reports what it would remove.
+ * The space is reclaimed by `vmb_vault_gc` afterwards. The caller frees
+ * the report with `vmb_prune_report_free`.
+ *
+ * # Safety
+ * Pointers are NULL or live/NUL-terminated/writable as their types say;
+ * `vm` may be NULL.
+ */
+enum vmb_status vmb_vault_prune(const struct vmb_vault *vault,
+                                const char *policy_toml,
+                                const char *vm,
+                                bool dry_run,
+                                struct vmb_prune_report **out);
+
+/**
+ * The number of points removed (or that a dry run would remove).
+ *
+ * # Safety
+ * `report` is NULL or a live report; `out` is NULL or writable.
+ */
+enum vmb_status vmb_prune_report_removed_count(const struct vmb_prune_report *report, size_t *out);
+
+/**
+ * Removed point `index`: its VM and id (both live as long as the report).
+ *
+ * # Safety
+ * `report` is NULL or a live report; `vm` and `point_id` are NULL or
+ * writable.
+ */
+enum vmb_status vmb_prune_report_removed(const struct vmb_prune_report *report,
+                                         size_t index,
+                                         const char **vm,
+                                         const char **point_id);
+
+/**
+ * The number of points the rules keep.
+ *
+ * # Safety
+ * As `vmb_prune_report_removed_count`.
+ */
+enum vmb_status vmb_prune_report_kept_count(const struct vmb_prune_report *report, size_t *out);
+
+/**
+ * The number of job logs removed (or that a dry run would remove).
+ *
+ * # Safety
+ * As `vmb_prune_report_removed_count`.
+ */
+enum vmb_status vmb_prune_report_job_logs_removed(const struct vmb_prune_report *report,
+                                                  size_t *out);
+
+/**
+ * Frees a prune report. NULL is ignored.
+ *
+ * # Safety
+ * `report` is NULL or a report from this library not yet freed.
+ */
+void vmb_prune_report_free(struct vmb_prune_report *report);
+
+/**
+ * Removes what no point references: whole dead packs, packs mostly dead
+ * are rewritten without their dead chunks, unreferenced segments, and
+ * leftovers of killed backups. Objects younger than `grace_seconds` are
+ * spared (backups in flight may be about to name them; 3600 is the
+ * command line's default). With `dry_run`, removes nothing. `out` may be
+ * NULL.
+ *
+ * # Safety
+ * `vault` is NULL or live; `out` is NULL or writable.
+ */
+enum vmb_status vmb_vault_gc(const struct vmb_vault *vault,
+                             uint64_t grace_seconds,
+                             bool dry_run,
+                             struct vmb_gc_stats *out);
 
 /**
  * Frees a point. NULL is ignored.

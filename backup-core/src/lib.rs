@@ -72,8 +72,8 @@ pub use nbd::{
     QemuProvider, bitmap_token,
 };
 pub use policy::{
-    DEFAULT_JOB_LOG_DAYS, DayOfMonth, DaySelector, KeepReason, MonthlyRule, PointRef, Policy, Retained, Retention, Schedule, WeekOfMonth,
-    WeeklyRule, YearlyRule,
+    DEFAULT_JOB_LOG_DAYS, DayOfMonth, DaySelector, KeepReason, MonthlyRule, PointRef, Policy, Retained, Retention,
+    Schedule, WeekOfMonth, WeeklyRule, YearlyRule,
 };
 pub use prune::{PlannedJobLog, PlannedPoint, PruneOptions, PrunePlan, PruneReport, prune, prune_plan};
 pub use repair::{RebuiltIndex, RepairOptions, RepairReport, repair};

@@ -9,13 +9,15 @@
 //! Layout: [`status`] (codes, last error, the entry-point macro), [`job`]
 //! (options, progress, cancel), [`host`] (the host's disks, snapshots and
 //! restore targets as function-pointer tables), [`point`] (points, lists,
-//! verify reports), [`vault`] (the vault and its operations).
+//! verify reports), [`vault`] (the vault and its operations), [`maintenance`]
+//! (prune and gc).
 
 // The C names are the API: `vmb_vault`, `vmb_status`, `VMB_OK`.
 #![allow(non_camel_case_types)]
 
 pub mod host;
 pub mod job;
+pub mod maintenance;
 pub mod point;
 pub mod status;
 pub mod vault;

@@ -15,7 +15,7 @@ use crate::status::{Failure, FfiResult, arg_out, arg_ref, arg_str, ffi, ffi_free
 /// once (backups of different VMs, restores, listings); the vault's own
 /// locks order what must be ordered, also between processes.
 pub struct vmb_vault {
-    vault: Vault,
+    pub(crate) vault: Vault,
 }
 
 /// What a restore of one disk did.

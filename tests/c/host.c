@@ -618,6 +618,84 @@ static void verify_reports_damage(void) {
     vmb_verify_report_free(r);
 }
 
+/* Prune by a policy's retention rules, then gc, on a vault of its own. */
+static void prune_and_gc(void) {
+    char *path = join(g_dir, "prune-vault");
+    vmb_vault *v = NULL;
+    REQUIRE_OK(vmb_vault_init(path, &v));
+    size_t len = 512 * 1024;
+    uint8_t *data = (uint8_t *)malloc(len);
+    REQUIRE(data != NULL);
+    char *img = join(g_dir, "prune.img");
+    const char *images[] = {img};
+    for (unsigned round = 0; round < 3; round++) {
+        fill_pattern(data, len, 10 + round); /* every block new each round */
+        REQUIRE(write_file(img, data, len) == 0);
+        vmb_point *p = NULL;
+        REQUIRE_OK(vmb_vault_backup_images(v, "prunevm", images, 1, NULL, &p));
+        vmb_point_free(p);
+    }
+    const char *policy = "timezone = \"UTC\"\n"
+                         "[schedule]\nfrequency = \"daily\"\ntimes = [\"02:00\"]\n"
+                         "[retention]\nkeep_last = 1\n";
+
+    /* A dry run names what would go and removes nothing. */
+    vmb_prune_report *r = NULL;
+    size_t removed = 0, kept = 0, logs = 99;
+    REQUIRE_OK(vmb_vault_prune(v, policy, NULL, true, &r));
+    REQUIRE_OK(vmb_prune_report_removed_count(r, &removed));
+    REQUIRE_OK(vmb_prune_report_kept_count(r, &kept));
+    CHECK(removed == 2 && kept == 1);
+    vmb_prune_report_free(r);
+    vmb_point_list *list = NULL;
+    size_t n = 0;
+    REQUIRE_OK(vmb_vault_list_points(v, "prunevm", &list));
+    REQUIRE_OK(vmb_point_list_len(list, &n));
+    CHECK(n == 3);
+    vmb_point_list_free(list);
+
+    REQUIRE_OK(vmb_vault_prune(v, policy, "prunevm", false, &r));
+    REQUIRE_OK(vmb_prune_report_removed_count(r, &removed));
+    REQUIRE_OK(vmb_prune_report_job_logs_removed(r, &logs));
+    CHECK(removed == 2 && logs == 0); /* job logs outlive their points by 90 days */
+    const char *vm = NULL, *id = NULL;
+    REQUIRE_OK(vmb_prune_report_removed(r, 0, &vm, &id));
+    CHECK(vm != NULL && strcmp(vm, "prunevm") == 0 && id != NULL && strlen(id) > 16);
+    CHECK(vmb_prune_report_removed(r, 2, &vm, &id) == VMB_ERR_INVALID_ARGUMENT);
+    vmb_prune_report_free(r);
+    REQUIRE_OK(vmb_vault_list_points(v, "prunevm", &list));
+    REQUIRE_OK(vmb_point_list_len(list, &n));
+    CHECK(n == 1);
+    vmb_point_list_free(list);
+
+    /* gc with no grace reclaims the two removed points' data. */
+    vmb_gc_stats gc;
+    memset(&gc, 0, sizeof gc);
+    REQUIRE_OK(vmb_vault_gc(v, 0, false, &gc));
+    CHECK(gc.points == 1);
+    CHECK(gc.bytes_removed > len); /* two points' worth of blocks, hardly compressible */
+    vmb_verify_report *vr = NULL;
+    bool ok = false;
+    REQUIRE_OK(vmb_vault_verify(v, NULL, NULL, NULL, &vr));
+    REQUIRE_OK(vmb_verify_report_ok(vr, &ok));
+    CHECK(ok);
+    vmb_verify_report_free(vr);
+
+    /* A bad policy: an error naming the field, nothing removed. */
+    r = NULL;
+    char bad[256];
+    snprintf(bad, sizeof bad, "%.*skeep_last = 0\n", (int)(strlen(policy) - strlen("keep_last = 1\n")), policy);
+    CHECK(vmb_vault_prune(v, bad, NULL, false, &r) == VMB_ERR_INVALID_ARGUMENT);
+    CHECK(r == NULL && strstr(vmb_last_error(), "retention.keep_last") != NULL);
+    CHECK(vmb_vault_prune(v, NULL, NULL, false, &r) == VMB_ERR_NULL_ARGUMENT);
+    CHECK(vmb_vault_gc(NULL, 0, false, NULL) == VMB_ERR_NULL_ARGUMENT);
+
+    vmb_vault_free(v);
+    free(data);
+    free(img);
+    free(path);
+}
+
 int main(void) {
     g_dir = make_temp_dir("host-c");
     if (g_dir == NULL) {
@@ -632,6 +710,7 @@ int main(void) {
     RUN(list_and_find_points);
     RUN(verify_vault);
     RUN(restore_and_verify_progress);
+    RUN(prune_and_gc);
     RUN(verify_reports_damage);
     vmb_vault_free(g_vault);
     free(g_file_disk);

@@ -1,0 +1,215 @@
+//! Keeping a vault in shape: prune by a policy's retention rules, then
+//! garbage collection of what no point references.
+
+use std::ffi::{CString, c_char};
+use std::time::Duration;
+
+use backup_core::{GcOptions, GcReport, Policy, PruneOptions, PruneReport};
+
+use crate::status::{Failure, arg_out, arg_ref, arg_str, c_string, ffi, ffi_free, vmb_status, write_out};
+use crate::vault::vmb_vault;
+
+/// What a prune did (or, in a dry run, would do). Immutable: accessors are
+/// thread-safe.
+pub struct vmb_prune_report {
+    report: PruneReport,
+    kept: usize,
+    /// (vm, point id) of each removed point.
+    removed: Vec<(CString, CString)>,
+}
+
+/// Prunes the vault by the retention rules of a policy given as TOML text
+/// (the format of `vmbackup policy check`): removes the manifests of the
+/// points the rules do not keep (the newest point of a VM is always kept)
+/// and the logs of finished jobs whose point is gone once they are older
+/// than the policy's `job_logs` days. Only `vm`'s points when `vm` is not
+/// NULL. With `dry_run`, removes nothing and reports what it would remove.
+/// The space is reclaimed by `vmb_vault_gc` afterwards. The caller frees
+/// the report with `vmb_prune_report_free`.
+///
+/// # Safety
+/// Pointers are NULL or live/NUL-terminated/writable as their types say;
+/// `vm` may be NULL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_prune(
+    vault: *const vmb_vault,
+    policy_toml: *const c_char,
+    vm: *const c_char,
+    dry_run: bool,
+    out: *mut *mut vmb_prune_report,
+) -> vmb_status {
+    ffi! {
+        let v = arg_ref!(vault, "vault");
+        let text = arg_str!(policy_toml, "policy");
+        let out = arg_out!(out, "out");
+        let policy = Policy::from_toml_str(text)?;
+        let mut options = PruneOptions::default();
+        if !vm.is_null() {
+            options.vm = Some(arg_str!(vm, "vm name").to_string());
+        }
+        options.dry_run = dry_run;
+        let plan = backup_core::prune_plan(&v.vault, &policy.retention, jiff::Timestamp::now(), &options)?;
+        let report = backup_core::prune(&v.vault, &plan)?;
+        let removed = report
+            .removed
+            .iter()
+            .map(|p| Ok((c_string(&p.vm, "vm name")?, c_string(&p.id, "point id")?)))
+            .collect::<Result<Vec<_>, Failure>>()?;
+        let kept = plan.to_keep().count();
+        write_out!(out, Box::into_raw(Box::new(vmb_prune_report { report, kept, removed })));
+        Ok(())
+    }
+}
+
+/// The number of points removed (or that a dry run would remove).
+///
+/// # Safety
+/// `report` is NULL or a live report; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_prune_report_removed_count(
+    report: *const vmb_prune_report,
+    out: *mut usize,
+) -> vmb_status {
+    ffi! {
+        let r = arg_ref!(report, "report");
+        let out = arg_out!(out, "out");
+        write_out!(out, r.removed.len());
+        Ok(())
+    }
+}
+
+/// Removed point `index`: its VM and id (both live as long as the report).
+///
+/// # Safety
+/// `report` is NULL or a live report; `vm` and `point_id` are NULL or
+/// writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_prune_report_removed(
+    report: *const vmb_prune_report,
+    index: usize,
+    vm: *mut *const c_char,
+    point_id: *mut *const c_char,
+) -> vmb_status {
+    ffi! {
+        let r = arg_ref!(report, "report");
+        let vm = arg_out!(vm, "vm");
+        let point_id = arg_out!(point_id, "point_id");
+        let (v, p) = r.removed.get(index).ok_or_else(|| {
+            Failure::invalid(format!("removed point index {index}: the report has {}", r.removed.len()))
+        })?;
+        write_out!(vm, v.as_ptr());
+        write_out!(point_id, p.as_ptr());
+        Ok(())
+    }
+}
+
+/// The number of points the rules keep.
+///
+/// # Safety
+/// As `vmb_prune_report_removed_count`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_prune_report_kept_count(report: *const vmb_prune_report, out: *mut usize) -> vmb_status {
+    ffi! {
+        let r = arg_ref!(report, "report");
+        let out = arg_out!(out, "out");
+        write_out!(out, r.kept);
+        Ok(())
+    }
+}
+
+/// The number of job logs removed (or that a dry run would remove).
+///
+/// # Safety
+/// As `vmb_prune_report_removed_count`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_prune_report_job_logs_removed(
+    report: *const vmb_prune_report,
+    out: *mut usize,
+) -> vmb_status {
+    ffi! {
+        let r = arg_ref!(report, "report");
+        let out = arg_out!(out, "out");
+        write_out!(out, r.report.job_logs_removed.len());
+        Ok(())
+    }
+}
+
+/// Frees a prune report. NULL is ignored.
+///
+/// # Safety
+/// `report` is NULL or a report from this library not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_prune_report_free(report: *mut vmb_prune_report) {
+    ffi_free! {
+        if !report.is_null() {
+            // SAFETY: from `Box::into_raw`, freed once (the C contract).
+            drop(unsafe { Box::from_raw(report) });
+        }
+    }
+}
+
+/// What a garbage collection did (or, in a dry run, would do).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct vmb_gc_stats {
+    /// Points whose objects were kept.
+    pub points: u64,
+    /// Packs removed whole (no live chunk).
+    pub packs_removed: u64,
+    /// Packs rewritten without their dead chunks.
+    pub packs_repacked: u64,
+    /// Unreferenced index segments removed.
+    pub segments_removed: u64,
+    /// Chunk copies no longer stored.
+    pub chunks_removed: u64,
+    /// Bytes freed: dead chunk frames and segments.
+    pub bytes_removed: u64,
+    /// Live chunk bytes copied into new packs by repacking.
+    pub bytes_copied: u64,
+    /// Objects spared because they are newer than the grace period.
+    pub protected: u64,
+}
+
+impl From<&GcReport> for vmb_gc_stats {
+    fn from(r: &GcReport) -> Self {
+        vmb_gc_stats {
+            points: r.points,
+            packs_removed: r.packs_removed,
+            packs_repacked: r.packs_repacked,
+            segments_removed: r.segments_removed,
+            chunks_removed: r.chunks_removed,
+            bytes_removed: r.chunk_bytes_removed + r.segment_bytes_removed,
+            bytes_copied: r.chunk_bytes_copied,
+            protected: r.protected,
+        }
+    }
+}
+
+/// Removes what no point references: whole dead packs, packs mostly dead
+/// are rewritten without their dead chunks, unreferenced segments, and
+/// leftovers of killed backups. Objects younger than `grace_seconds` are
+/// spared (backups in flight may be about to name them; 3600 is the
+/// command line's default). With `dry_run`, removes nothing. `out` may be
+/// NULL.
+///
+/// # Safety
+/// `vault` is NULL or live; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_gc(
+    vault: *const vmb_vault,
+    grace_seconds: u64,
+    dry_run: bool,
+    out: *mut vmb_gc_stats,
+) -> vmb_status {
+    ffi! {
+        let v = arg_ref!(vault, "vault");
+        let mut options = GcOptions::default();
+        options.grace = Duration::from_secs(grace_seconds);
+        options.dry_run = dry_run;
+        let report = backup_core::gc(&v.vault, &options)?;
+        if !out.is_null() {
+            write_out!(out, vmb_gc_stats::from(&report));
+        }
+        Ok(())
+    }
+}
