@@ -18,6 +18,7 @@ use pyo3::prelude::*;
 
 mod errors;
 mod job;
+mod maintenance;
 mod provider;
 mod types;
 mod vault;
@@ -34,5 +35,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<types::RestoreStats>()?;
     m.add_class::<types::VerifyReport>()?;
     m.add_class::<types::Problem>()?;
+    m.add_class::<maintenance::PruneReport>()?;
+    m.add_class::<maintenance::GcReport>()?;
     Ok(())
 }

@@ -6,7 +6,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use backup_core::{
-    BackupOptions, Consistency, OsType, RestoreOptions, VaultOptions, VerifyOptions, Vm, VmDisk, validate_name,
+    BackupOptions, Consistency, GcOptions, OsType, Policy, PruneOptions, RestoreOptions, VaultOptions, VerifyOptions,
+    Vm, VmDisk, validate_name,
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -14,6 +15,7 @@ use pyo3::types::{PyBytes, PyMapping, PyString};
 
 use crate::errors::{callable_arg, int_arg, new_error, to_py, type_name};
 use crate::job;
+use crate::maintenance::{GcReport, PruneReport};
 use crate::provider::{MixedProvider, PyDevice};
 use crate::types::{RecoveryPoint, RestoreStats, VerifyReport};
 
@@ -448,6 +450,52 @@ impl Vault {
             backup_core::verify(&vault, &o)
         })
         .map(VerifyReport::from)
+    }
+
+    /// Prunes by the retention rules of a policy, given as TOML text (the
+    /// format `vmbackup policy check` reads): removes the points the rules
+    /// do not keep (a VM's newest point is always kept) and the logs of
+    /// finished jobs whose point is gone, once older than the policy's
+    /// `job_logs` days. `vm=` prunes one VM's points; `dry_run=True`
+    /// removes nothing and reports what it would. `gc()` then reclaims the
+    /// space. A bad policy raises `ValueError` naming the field.
+    #[pyo3(signature = (policy, *, vm = None, dry_run = false))]
+    fn prune(
+        &self,
+        py: Python<'_>,
+        policy: &Bound<'_, PyAny>,
+        vm: Option<&Bound<'_, PyAny>>,
+        dry_run: bool,
+    ) -> PyResult<PruneReport> {
+        let vault = self.get()?;
+        let text = str_arg(policy, "policy")?;
+        let mut o = PruneOptions::default();
+        if let Some(v) = vm.filter(|v| !v.is_none()) {
+            o.vm = Some(str_arg(v, "vm")?);
+        }
+        o.dry_run = dry_run;
+        job::run(py, None, move |_, _| {
+            let policy = Policy::from_toml_str(&text)?;
+            let plan = backup_core::prune_plan(&vault, &policy.retention, jiff::Timestamp::now(), &o)?;
+            let report = backup_core::prune(&vault, &plan)?;
+            Ok(PruneReport::new(&plan, report))
+        })
+    }
+
+    /// Removes what no point references (dead packs, or packs mostly dead
+    /// rewritten without their dead chunks; unreferenced segments; what
+    /// killed backups left). Objects younger than `grace` seconds are
+    /// spared: a backup in flight may be about to name them.
+    #[pyo3(signature = (*, grace = 3600.0, dry_run = false))]
+    fn gc(&self, py: Python<'_>, grace: f64, dry_run: bool) -> PyResult<GcReport> {
+        let vault = self.get()?;
+        if !(0.0..=1e9).contains(&grace) {
+            return Err(PyValueError::new_err(format!("grace must be a number of seconds from 0 to 1e9, not {grace}")));
+        }
+        let mut o = GcOptions::default();
+        o.grace = Duration::from_secs_f64(grace);
+        o.dry_run = dry_run;
+        job::run(py, None, move |_, _| backup_core::gc(&vault, &o)).map(GcReport::from)
     }
 }
 

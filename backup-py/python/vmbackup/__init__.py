@@ -29,7 +29,9 @@ from ._errors import (
 from ._native import (
     BackupStats,
     DiskInfo,
+    GcReport,
     Problem,
+    PruneReport,
     RecoveryPoint,
     RestoreStats,
     Vault,
@@ -46,6 +48,8 @@ __all__ = [
     "RestoreStats",
     "VerifyReport",
     "Problem",
+    "PruneReport",
+    "GcReport",
     "BlockDevice",
     "VmBackupError",
     "CorruptionError",

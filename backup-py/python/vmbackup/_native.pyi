@@ -16,6 +16,8 @@ __all__ = [
     "RestoreStats",
     "VerifyReport",
     "Problem",
+    "PruneReport",
+    "GcReport",
 ]
 
 __version__: str
@@ -90,6 +92,10 @@ class Vault:
         progress: Optional[_Progress] = None,
     ) -> "VerifyReport":
         """Verifies a point, a VM's points, or the whole vault."""
+    def prune(self, policy: str, *, vm: Optional[str] = None, dry_run: bool = False) -> "PruneReport":
+        """Removes the points a policy's retention rules (TOML text) do not keep."""
+    def gc(self, *, grace: float = 3600.0, dry_run: bool = False) -> "GcReport":
+        """Removes what no point references, sparing objects younger than ``grace`` seconds."""
 
 @final
 class RecoveryPoint:
@@ -250,3 +256,55 @@ class VerifyReport:
         """Bytes of disk covered by the checked points."""
     def check(self) -> None:
         """Raises ``CorruptionError`` for the first problem, if any."""
+
+@final
+class PruneReport:
+    """What :meth:`Vault.prune` did (or, in a dry run, would do)."""
+
+    @property
+    def dry_run(self) -> bool:
+        """Whether nothing was removed."""
+    @property
+    def removed(self) -> List[Tuple[str, str]]:
+        """The points removed (or that would be), as ``(vm, point id)``."""
+    @property
+    def kept(self) -> int:
+        """How many points the rules keep."""
+    @property
+    def spared(self) -> List[str]:
+        """Points the rules condemned that were kept after all, and why."""
+    @property
+    def job_logs_removed(self) -> List[str]:
+        """Job logs removed (or that would be), as ``vm/job id``."""
+
+@final
+class GcReport:
+    """What :meth:`Vault.gc` did (or, in a dry run, would do)."""
+
+    @property
+    def dry_run(self) -> bool:
+        """Whether nothing was removed."""
+    @property
+    def points(self) -> int:
+        """Points whose objects were kept."""
+    @property
+    def packs_removed(self) -> int:
+        """Packs removed whole."""
+    @property
+    def packs_repacked(self) -> int:
+        """Packs rewritten without their dead chunks."""
+    @property
+    def segments_removed(self) -> int:
+        """Unreferenced index segments removed."""
+    @property
+    def chunks_removed(self) -> int:
+        """Chunk copies no longer stored."""
+    @property
+    def bytes_removed(self) -> int:
+        """Bytes freed: dead chunk frames and segments."""
+    @property
+    def bytes_copied(self) -> int:
+        """Live chunk bytes copied into new packs by repacking."""
+    @property
+    def protected(self) -> int:
+        """Objects spared because they are newer than the grace period."""
