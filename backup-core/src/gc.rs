@@ -69,6 +69,11 @@ pub struct GcReport {
     pub staging_removed: u64,
     /// Objects spared because they are newer than the grace period.
     pub protected: u64,
+    /// On a remote vault: packs this run marked for removal by a later gc
+    /// (see `vault::remote`).
+    pub packs_marked: u64,
+    /// On a remote vault: segments this run marked for removal by a later gc.
+    pub segments_marked: u64,
     /// Bytes of files removed minus bytes of files written (in a dry run,
     /// estimated from the pack format).
     pub bytes_freed: i64,
@@ -134,6 +139,9 @@ pub fn gc(vault: &Vault, options: &GcOptions) -> Result<GcReport> {
             "gc repack threshold",
             format!("{} is not between 0 and 1", options.repack_threshold),
         ));
+    }
+    if let Some(r) = vault.remote() {
+        return crate::vault::remote::gc::gc(vault, r, options);
     }
     let _lock = vault.lock(LockMode::Exclusive)?;
     let cutoff = SystemTime::now().checked_sub(options.grace).unwrap_or(SystemTime::UNIX_EPOCH);
