@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Azurite (Microsoft's Azure Storage emulator) for the remote-vault tests.
 #
-#   scripts/azurite.sh start [PORT [LOCATION]]   prints shell exports (eval them)
+#   scripts/azurite.sh start [PORT|- [LOCATION]]   prints shell exports (eval them)
 #   scripts/azurite.sh stop PID
 #
 # start installs Azurite from npm into $VMB_AZURITE_HOME (default
 # /var/tmp/vmbackup-azurite, outside the clone; reused when present),
-# starts azurite-blob on 127.0.0.1 (a free port unless PORT is given) with
+# starts azurite-blob on 127.0.0.1 (a free port unless PORT is given; - for a free one) with
 # its data in LOCATION (a new temporary folder unless given), waits until it
 # answers, creates the container `vmbackup`, and prints:
 #   VMB_AZURITE=http://127.0.0.1:PORT   (the tests' switch)
@@ -32,7 +32,8 @@ free_port() {
 case "${1:-}" in
   start)
     install
-    port="${2:-$(free_port)}"
+    port="${2:--}"
+    [ "$port" != "-" ] || port="$(free_port)"
     location="${3:-$(mktemp -d /tmp/vmbackup-azurite.XXXXXX)}"
     mkdir -p "$location"
     "$bin" --blobHost 127.0.0.1 --blobPort "$port" --location "$location" \
