@@ -109,7 +109,7 @@ pub(crate) fn gc(vault: &Vault, remote: &Remote, options: &GcOptions) -> Result<
         .filter_map(|o| o.key.strip_prefix("index/")?.strip_suffix(".idx").map(|p| (p.to_string(), o.modified)))
         .collect();
     let swept: HashSet<&String> = ripe.iter().flat_map(|(_, m)| m.packs.iter()).collect();
-    let mut mark = Mark { created: jiff::Timestamp::now(), ..Mark::default() };
+    let mut mark = Mark { created: jiff::Timestamp::now(), grace_secs: options.grace.as_secs(), ..Mark::default() };
     for o in store.list("packs/")? {
         let Some(pack) = o.key.strip_prefix("packs/").and_then(|k| k.strip_suffix(".pack")) else { continue };
         let pack = pack.to_string();

@@ -61,10 +61,13 @@
 //! names it, so the sweep's fresh listing of manifests spares it. The grace
 //! period must therefore exceed the time from a backup's check to its
 //! manifest (a second or two) plus the clock skew between hosts; the
-//! default is an hour. Limitation: a segment is named by its content, so a
-//! backup whose point needs a segment that is marked fails until the
-//! sweep has removed it (a rare case: a segment is marked only when no
-//! remaining point names that exact block map).
+//! default is an hour. Segments are named by their content, so a new point
+//! may need a segment that is marked (the same block map as a pruned
+//! point's): the backup uses it while the mark is younger than half the
+//! grace period recorded in it (the sweep is then at least half a grace
+//! period away, and the manifest spares it); past that it fails, saying
+//! so, until a gc has swept the mark, after which a rerun stores the
+//! segment anew.
 
 #[cfg(feature = "object-store")]
 mod object;
@@ -185,6 +188,10 @@ fn remove(path: &Path) -> Result<()> {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Mark {
     pub created: jiff::Timestamp,
+    /// The grace period of the gc that wrote it, in seconds: no sweep
+    /// removes what it names before `created` plus this.
+    #[serde(default)]
+    pub grace_secs: u64,
     pub packs: Vec<String>,
     pub segments: Vec<String>,
 }
@@ -541,22 +548,47 @@ impl Remote {
                 std::io::Error::new(std::io::ErrorKind::Interrupted, format!("{why}; nothing was committed, run the backup again")),
             )
         };
-        vault.refresh_index()?;
-        // What the point depends on.
+        // What the point depends on: the chunk index as the backup used it
+        // (a refresh now would already leave out packs marked since), then,
+        // for this backup's own chunks, refreshed.
         let segments: BTreeSet<ContentId> = m.disks.iter().flat_map(|d| d.segments.iter().copied()).collect();
         let mut packs: BTreeSet<String> = BTreeSet::new();
+        let mut unplaced = Vec::new();
         for s in &segments {
             for id in vault.read_segment(s)?.into_iter().flatten() {
-                let (p, _) = vault.chunk_location(&id)?;
-                packs.insert(p);
+                match vault.locate(&id) {
+                    Some((_, p, _)) => {
+                        packs.insert(p.to_string());
+                    }
+                    None => unplaced.push(id),
+                }
             }
         }
-        // (1) Nothing condemned.
+        if !unplaced.is_empty() {
+            vault.refresh_index()?;
+            for id in unplaced {
+                let (_, p, _) = vault.locate(&id).ok_or_else(|| {
+                    refuse(format!(
+                        "chunk {id} of the point is in no pack this host may use (gc marked or removed its pack)"
+                    ))
+                })?;
+                packs.insert(p.to_string());
+            }
+        }
+        // (1) Nothing condemned. A segment's mark younger than half its grace
+        // period is no obstacle: no sweep acts on it before the manifest,
+        // written a moment from now, is there to spare the segment.
+        let now = jiff::Timestamp::now();
+        let young = |m: &Mark| {
+            let age = now.duration_since(m.created).as_secs_f64();
+            age < m.grace_secs as f64 / 2.0
+        };
         let condemned: HashMap<String, String> = self
             .marks(vault)?
             .into_iter()
             .flat_map(|(name, mark)| {
-                mark.packs.into_iter().chain(mark.segments).map(move |o| (o, name.clone())).collect::<Vec<_>>()
+                let segments = if young(&mark) { Vec::new() } else { mark.segments };
+                mark.packs.into_iter().chain(segments).map(move |o| (o, name.clone())).collect::<Vec<_>>()
             })
             .collect();
         for p in &packs {
@@ -566,7 +598,10 @@ impl Remote {
         }
         for s in &segments {
             if let Some(mark) = condemned.get(&s.to_hex()) {
-                return Err(refuse(format!("gc marked index segment {s} of the point for removal (gc/{mark})")));
+                return Err(refuse(format!(
+                    "gc marked index segment {s} of the point for removal (gc/{mark}); a segment is named by its \
+                     content, so a backup can commit it again once a gc has swept that mark"
+                )));
             }
         }
         // (2) What other backups wrote is still there.
