@@ -76,7 +76,8 @@ fn random(n: usize, mut seed: u64) -> Vec<u8> {
         .collect()
 }
 
-const KEEP_LAST_1: &str = "timezone = \"UTC\"\n[schedule]\nfrequency = \"daily\"\ntimes = [\"02:00\"]\n[retention]\nkeep_last = 1\n";
+const KEEP_LAST_1: &str =
+    "timezone = \"UTC\"\n[schedule]\nfrequency = \"daily\"\ntimes = [\"02:00\"]\n[retention]\nkeep_last = 1\n";
 
 #[test]
 fn init_full_incremental_restore_verify_prune_gc_round_trip() {
@@ -94,13 +95,21 @@ fn init_full_incremental_restore_verify_prune_gc_round_trip() {
     assert!(String::from_utf8_lossy(&again.stderr).contains(&url), "{}", String::from_utf8_lossy(&again.stderr));
 
     let small = ["--pack-target-size", "1M"];
-    let full = json(&ep, &host, &[&["backup", "--vault", &url, "--vm", "web", "--disk", s(&img), "--json"][..], &small].concat());
+    let full = json(
+        &ep,
+        &host,
+        &[&["backup", "--vault", &url, "--vm", "web", "--disk", s(&img), "--json"][..], &small].concat(),
+    );
     assert_eq!(full["bytes_new"], 6 << 20);
     // Incremental: one block changed, the rest found in the store's index.
     let mut second = first.clone();
     second[3 << 20] ^= 0xff;
     fs::write(&img, &second).expect("image");
-    let incr = json(&ep, &host, &[&["backup", "--vault", &url, "--vm", "web", "--disk", s(&img), "--json"][..], &small].concat());
+    let incr = json(
+        &ep,
+        &host,
+        &[&["backup", "--vault", &url, "--vm", "web", "--disk", s(&img), "--json"][..], &small].concat(),
+    );
     assert_eq!(incr["bytes_new"], 64 << 10);
 
     // Another host (a fresh cache) sees both points and restores each bit for bit.
@@ -111,7 +120,11 @@ fn init_full_incremental_restore_verify_prune_gc_round_trip() {
     for (p, want) in points.iter().zip([&first, &second]) {
         let out = d.join(format!("r-{}.img", p["point"].as_str().expect("point id")));
         let id = p["point"].as_str().expect("point id");
-        ok(&ep, &other, &["restore", "--vault", &url, "--vm", "web", "--point", id, "--disk", "root.img", "--to", s(&out)]);
+        ok(
+            &ep,
+            &other,
+            &["restore", "--vault", &url, "--vm", "web", "--point", id, "--disk", "root.img", "--to", s(&out)],
+        );
         assert!(fs::read(&out).expect("restored") == *want, "point {id} restored differently");
     }
     ok(&ep, &other, &["verify", "--vault", &url]);
@@ -159,10 +172,11 @@ fn two_hosts_back_up_different_vms_into_one_vault_at_once() {
         .iter()
         .enumerate()
         .map(|(i, (vm, path, _))| {
-            let args: Vec<String> = ["backup", "--vault", &url, "--vm", vm, "--disk", s(path), "--pack-target-size", "1M"]
-                .iter()
-                .map(|a| a.to_string())
-                .collect();
+            let args: Vec<String> =
+                ["backup", "--vault", &url, "--vm", vm, "--disk", s(path), "--pack-target-size", "1M"]
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect();
             let child = cmd(&ep, &d.join(format!("host{i}")), &args.iter().map(String::as_str).collect::<Vec<_>>())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -257,11 +271,7 @@ fn a_backup_survives_the_store_going_away_and_coming_back() {
     std::thread::sleep(Duration::from_secs(2));
     store = OwnAzurite::start(Path::new(&script), Some(&store.port.clone()), &store.location.clone());
     let out = child.wait_with_output().expect("wait");
-    eprintln!(
-        "backup through the fault: {}; stderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    eprintln!("backup through the fault: {}; stderr: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     if !out.status.success() {
         // Failed cleanly: a message naming the store, and a rerun commits.
         let err = String::from_utf8_lossy(&out.stderr);

@@ -104,7 +104,8 @@ fn a_backup_never_commits_against_a_pack_condemned_while_it_ran() {
     let img_b = d.join("b.img");
     std::fs::write(&img_b, &old).expect("image");
     let vm_b = Vm::from_images("b", &[&img_b]).expect("vm");
-    let midway = Arc::new(GcMidway { other: Mutex::new(Some(c)), done: AtomicBool::new(false), report: Mutex::new(None) });
+    let midway =
+        Arc::new(GcMidway { other: Mutex::new(Some(c)), done: AtomicBool::new(false), report: Mutex::new(None) });
     let mut o = BackupOptions::default();
     o.progress = midway.clone();
     o.retries = 0;

@@ -5,8 +5,8 @@ use std::ffi::c_char;
 use std::path::Path;
 
 use backup_core::{
-    BackupOptions, ImageFileProvider, RemoteOptions, RestoreOptions, RestoreStats, Vault, VaultOptions, VerifyOptions, Vm,
-    VmDisk,
+    BackupOptions, ImageFileProvider, RemoteOptions, RestoreOptions, RestoreStats, Vault, VaultOptions, VerifyOptions,
+    Vm, VmDisk,
 };
 
 use crate::host::{HostProvider, HostTarget, vmb_provider, vmb_write_target};

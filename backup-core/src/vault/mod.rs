@@ -38,9 +38,9 @@
 
 mod adopt;
 mod files;
-pub(crate) mod remote;
 pub(crate) mod manifest;
 pub(crate) mod pack;
+pub(crate) mod remote;
 pub(crate) mod segment;
 mod session;
 
@@ -59,9 +59,9 @@ use crate::snapshot::PrepareReport;
 
 pub use manifest::{DiskRecord, DiskStats, MANIFEST_FORMAT, PointManifest, PointStats, disk_root};
 pub use pack::{Codec, PackEntry};
+pub use remote::{RemoteOptions, UPLOAD_BUDGET, is_vault_url};
 pub(crate) use segment::encode as encode_segment;
 pub use segment::{ENTRIES_PER_SEGMENT, Entries};
-pub use remote::{RemoteOptions, UPLOAD_BUDGET, is_vault_url};
 pub use session::BackupSession;
 
 /// What prune and gc need of the vault's insides: the pack format's writer

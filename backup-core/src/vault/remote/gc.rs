@@ -59,8 +59,7 @@ pub(crate) fn gc(vault: &Vault, remote: &Remote, options: &GcOptions) -> Result<
 
     // Sweep: marks past the grace period, against a fresh look at the manifests.
     let marks = remote.marks(vault)?;
-    let ripe: Vec<&(String, Mark)> =
-        marks.iter().filter(|(_, m)| SystemTime::from(m.created) <= cutoff).collect();
+    let ripe: Vec<&(String, Mark)> = marks.iter().filter(|(_, m)| SystemTime::from(m.created) <= cutoff).collect();
     let (points, live_segments, live_chunks) = live(vault)?;
     report.points = points as u64;
     report.live_segments = live_segments.len() as u64;
@@ -101,8 +100,11 @@ pub(crate) fn gc(vault: &Vault, remote: &Remote, options: &GcOptions) -> Result<
     }
 
     // Mark: what no point needs now, written more than the grace period ago.
-    let marked: HashSet<&String> =
-        marks.iter().filter(|m| !ripe.iter().any(|r| r.0 == m.0)).flat_map(|(_, m)| m.packs.iter().chain(&m.segments)).collect();
+    let marked: HashSet<&String> = marks
+        .iter()
+        .filter(|m| !ripe.iter().any(|r| r.0 == m.0))
+        .flat_map(|(_, m)| m.packs.iter().chain(&m.segments))
+        .collect();
     let idx: HashMap<String, SystemTime> = store
         .list("index/")?
         .into_iter()
@@ -159,7 +161,8 @@ pub(crate) fn gc(vault: &Vault, remote: &Remote, options: &GcOptions) -> Result<
     }
     report.packs_marked = mark.packs.len() as u64;
     report.segments_marked = mark.segments.len() as u64;
-    if !options.dry_run && !(mark.packs.is_empty() && mark.segments.is_empty()) {
+    let empty = mark.packs.is_empty() && mark.segments.is_empty();
+    if !options.dry_run && !empty {
         let name = format!("{}-{}.json", mark.created.strftime("%Y%m%dT%H%M%SZ"), random_hex(6)?);
         let bytes = serde_json::to_vec(&mark).map_err(|e| Error::invalid("gc mark", e.to_string()))?;
         if !store.put_new(&format!("gc/{name}"), bytes)? {

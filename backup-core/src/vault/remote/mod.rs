@@ -69,9 +69,9 @@
 //! so, until a gc has swept the mark, after which a rerun stores the
 //! segment anew.
 
+pub(crate) mod gc;
 #[cfg(feature = "object-store")]
 mod object;
-pub(crate) mod gc;
 pub(crate) mod store;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -202,7 +202,11 @@ impl Vault {
     /// # Errors
     /// As [`open_with`](Self::open_with) and [`open_url`](Self::open_url).
     pub fn open_location(location: &str, options: VaultOptions, remote: &RemoteOptions) -> Result<Vault> {
-        if is_vault_url(location) { Self::open_url(location, options, remote) } else { Self::open_with(location, options) }
+        if is_vault_url(location) {
+            Self::open_url(location, options, remote)
+        } else {
+            Self::open_with(location, options)
+        }
     }
 
     /// Creates a vault at a path or a URL (see [`is_vault_url`]).
@@ -210,7 +214,11 @@ impl Vault {
     /// # Errors
     /// As [`init_with`](Self::init_with) and [`init_url`](Self::init_url).
     pub fn init_location(location: &str, options: VaultOptions, remote: &RemoteOptions) -> Result<Vault> {
-        if is_vault_url(location) { Self::init_url(location, options, remote) } else { Self::init_with(location, options) }
+        if is_vault_url(location) {
+            Self::init_url(location, options, remote)
+        } else {
+            Self::init_with(location, options)
+        }
     }
 
     /// Opens a vault on object storage (`az://CONTAINER/PREFIX`,
@@ -312,7 +320,8 @@ fn prepare_cache(cache: &Path, url: &str, config: &[u8]) -> Result<()> {
 
 fn random_hex(n: usize) -> Result<String> {
     let mut r = vec![0u8; n];
-    getrandom::fill(&mut r).map_err(|e| Error::io("get random bytes for", "a remote vault", std::io::Error::other(e)))?;
+    getrandom::fill(&mut r)
+        .map_err(|e| Error::io("get random bytes for", "a remote vault", std::io::Error::other(e)))?;
     Ok(hex(&r))
 }
 
@@ -365,8 +374,9 @@ impl Remote {
         for name in listed {
             let path = dir.join(&name);
             let Ok(bytes) = std::fs::read(&path) else { continue };
-            let mark: Mark = serde_json::from_slice(&bytes)
-                .map_err(|e| Error::corrupt(format!("gc mark {}", self.store.url(&format!("gc/{name}"))), e.to_string()))?;
+            let mark: Mark = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::corrupt(format!("gc mark {}", self.store.url(&format!("gc/{name}"))), e.to_string())
+            })?;
             out.push((name, mark));
         }
         Ok(out)
@@ -501,8 +511,15 @@ impl Remote {
     /// parallel, then the packs' index files (an index file in the store
     /// always names a pack that is there), then moves the index files and
     /// segments into the cache.
-    pub(crate) fn publish(&self, vault: &Vault, staging: &Path, packs: &[String], segments: &[ContentId]) -> Result<()> {
-        let concurrency = usize::try_from(UPLOAD_BUDGET / vault.options.pack_target_size.max(1)).unwrap_or(1).clamp(1, 16);
+    pub(crate) fn publish(
+        &self,
+        vault: &Vault,
+        staging: &Path,
+        packs: &[String],
+        segments: &[ContentId],
+    ) -> Result<()> {
+        let concurrency =
+            usize::try_from(UPLOAD_BUDGET / vault.options.pack_target_size.max(1)).unwrap_or(1).clamp(1, 16);
         let mut first: Vec<(String, PathBuf)> = packs
             .iter()
             .map(|id| (format!("packs/{id}.pack"), staging.join("packs").join(format!("{id}.pack"))))
@@ -545,7 +562,10 @@ impl Remote {
             Error::io(
                 "commit",
                 PathBuf::from(&what),
-                std::io::Error::new(std::io::ErrorKind::Interrupted, format!("{why}; nothing was committed, run the backup again")),
+                std::io::Error::new(
+                    std::io::ErrorKind::Interrupted,
+                    format!("{why}; nothing was committed, run the backup again"),
+                ),
             )
         };
         // What the point depends on: the chunk index as the backup used it
@@ -593,7 +613,9 @@ impl Remote {
             .collect();
         for p in &packs {
             if let Some(mark) = condemned.get(p) {
-                return Err(refuse(format!("gc marked pack {p}, which holds chunks of the point, for removal (gc/{mark})")));
+                return Err(refuse(format!(
+                    "gc marked pack {p}, which holds chunks of the point, for removal (gc/{mark})"
+                )));
             }
         }
         for s in &segments {
@@ -607,7 +629,8 @@ impl Remote {
         // (2) What other backups wrote is still there.
         let own_p: HashSet<&String> = own_packs.iter().collect();
         let own_s: HashSet<&ContentId> = own_segments.iter().collect();
-        let mut keys: Vec<String> = packs.iter().filter(|p| !own_p.contains(p)).map(|p| format!("packs/{p}.pack")).collect();
+        let mut keys: Vec<String> =
+            packs.iter().filter(|p| !own_p.contains(p)).map(|p| format!("packs/{p}.pack")).collect();
         keys.extend(segments.iter().filter(|s| !own_s.contains(s)).map(segment_key));
         let found = self.store.head_many(&keys)?;
         let missing: Vec<&String> = keys.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(k, _)| k).collect();

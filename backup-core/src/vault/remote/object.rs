@@ -45,7 +45,8 @@ pub(crate) struct Target {
 /// Splits `az://CONTAINER/PREFIX` or `s3://BUCKET/PREFIX`.
 pub(crate) fn parse_target(url: &str) -> Result<Target> {
     let bad = |why: &str| Error::invalid(format!("vault url {url}"), why.to_string());
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("expected az://CONTAINER/PREFIX or s3://BUCKET/PREFIX"))?;
+    let (scheme, rest) =
+        url.split_once("://").ok_or_else(|| bad("expected az://CONTAINER/PREFIX or s3://BUCKET/PREFIX"))?;
     if !matches!(scheme, "az" | "s3") {
         return Err(bad("the scheme must be az:// (Azure Blob) or s3:// (S3)"));
     }
@@ -161,7 +162,9 @@ impl ObjectBackend {
         F::Output: Send,
     {
         if tokio::runtime::Handle::try_current().is_ok() {
-            std::thread::scope(|s| s.spawn(|| self.rt.block_on(f)).join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            std::thread::scope(|s| {
+                s.spawn(|| self.rt.block_on(f)).join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+            })
         } else {
             self.rt.block_on(f)
         }
