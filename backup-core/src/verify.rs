@@ -109,7 +109,9 @@ pub fn verify(vault: &Vault, options: &VerifyOptions) -> Result<VerifyReport> {
     for e in bad {
         report.problems.push(Problem { vm: None, point: None, disk: None, range: None, what: e.to_string() });
     }
-    if options.point.is_none() {
+    // Job logs and prune records are per host on a remote vault (in its
+    // cache): another host's prune would look like a lost manifest here.
+    if options.point.is_none() && !vault.is_remote() {
         check_lost_manifests(vault, options.vm.as_deref(), &points, &mut report)?;
     }
     // id -> None when good, Some(why) when bad.
