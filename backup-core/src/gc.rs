@@ -110,6 +110,11 @@ struct NewPack {
 /// 4. Unreferenced segments, index files without a pack, and staging folders
 ///    under `tmp/` are removed.
 ///
+/// On a vault on object storage, gc runs in two phases across runs instead
+/// (sweep the marks older than the grace period, then mark what is dead
+/// now) and removes only wholly dead packs; the module doc of
+/// `vault::remote` is that protocol.
+///
 /// Grace period: nothing whose modification time is within
 /// [`GcOptions::grace`] of now is removed or rewritten (for a staging folder,
 /// its newest file counts). The lock already keeps backups out while gc
