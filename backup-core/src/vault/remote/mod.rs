@@ -671,3 +671,49 @@ impl Remote {
         self.store.put(&format!("vms/{vm}.json"), bytes.to_vec())
     }
 }
+
+#[cfg(all(test, feature = "object-store"))]
+mod tests {
+    use super::*;
+    use crate::{BackupOptions, ImageFileProvider, Vm, backup};
+
+    /// A mark on a segment a new point needs: no obstacle while younger than
+    /// half its grace period, a refusal past that. Against Azurite
+    /// (`VMB_AZURITE`, set by scripts/test).
+    #[test]
+    fn a_young_mark_on_a_segment_lets_the_point_commit_a_ripe_one_does_not() {
+        let Ok(endpoint) = std::env::var("VMB_AZURITE") else {
+            eprintln!("skipping: VMB_AZURITE is not set (scripts/test starts Azurite and sets it)");
+            return;
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let url = format!("az://vmbackup/young-mark-{}", random_hex(6).expect("random"));
+        let mut remote = RemoteOptions::default();
+        remote.cache = Some(d.join("cache"));
+        remote.endpoint = Some(endpoint.clone());
+        let vault = Vault::init_url(&url, VaultOptions::default(), &remote).expect("init");
+        let data: Vec<u8> = (0..1u32 << 18).flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()).collect();
+        let provider = ImageFileProvider::new();
+        let point = |vm: &str| {
+            let img = d.join(format!("{vm}.img"));
+            std::fs::write(&img, &data).expect("image");
+            backup(&vault, &provider, &Vm::from_images(vm, &[&img]).expect("vm"), &BackupOptions::default())
+        };
+        let first = point("a").expect("first backup").point;
+        let segment = first.disks[0].segments[0].to_hex();
+        let store = object::ObjectBackend::connect(&url, Some(&endpoint)).expect("store");
+        let mark = |created: jiff::Timestamp, name: &str| {
+            let m = Mark { created, grace_secs: 3600, packs: Vec::new(), segments: vec![segment.clone()] };
+            store.put(&format!("gc/{name}.json"), serde_json::to_vec(&m).expect("json")).expect("put mark");
+        };
+        mark(jiff::Timestamp::now(), "young");
+        point("b").expect("a young mark is no obstacle");
+        store.delete("gc/young.json").expect("delete");
+        let two_hours_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(2);
+        mark(two_hours_ago, "ripe");
+        let e = point("c").expect_err("a ripe mark on the point's segment");
+        assert!(e.to_string().contains("gc marked index segment") && e.to_string().contains(&url), "{e}");
+        assert!(vault.points(Some("c")).expect("points").is_empty());
+    }
+}
