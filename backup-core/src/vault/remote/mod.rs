@@ -689,9 +689,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         let url = format!("az://vmbackup/young-mark-{}", random_hex(6).expect("random"));
-        let mut remote = RemoteOptions::default();
-        remote.cache = Some(d.join("cache"));
-        remote.endpoint = Some(endpoint.clone());
+        let remote = RemoteOptions { cache: Some(d.join("cache")), endpoint: Some(endpoint.clone()) };
         let vault = Vault::init_url(&url, VaultOptions::default(), &remote).expect("init");
         let data: Vec<u8> = (0..1u32 << 18).flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()).collect();
         let provider = ImageFileProvider::new();
