@@ -601,6 +601,9 @@ impl Vault {
     }
 
     pub(crate) fn has_chunk(&self, id: &ContentId) -> bool {
+        if let Some(r) = &self.remote {
+            return self.locate(id).is_some_and(|(_, pack, _)| r.dedup_allowed(&pack));
+        }
         self.index.read().unwrap_or_else(|p| p.into_inner()).map.contains_key(id)
     }
 

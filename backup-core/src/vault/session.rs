@@ -271,11 +271,11 @@ impl VaultSink for BackupSession<'_> {
             bytes = manifest::encode(&m, self.vault.mac_key())?;
         }
         if let Some(r) = self.vault.remote() {
-            let (packs, segments) = {
+            let (packs, segments, chunks) = {
                 let st = self.staged();
-                (st.packs.clone(), st.segments.iter().copied().collect::<Vec<_>>())
+                (st.packs.clone(), st.segments.iter().copied().collect::<Vec<_>>(), st.chunks.clone())
             };
-            r.commit_manifest(self.vault, &m, &bytes, &packs, &segments)?;
+            r.commit_manifest(self.vault, &m, &bytes, &packs, &segments, &chunks)?;
             self.committed.store(true, Ordering::SeqCst);
             self.vault.refresh_index()?;
             return Ok(m);

@@ -48,8 +48,9 @@
 //! rewritten on a remote vault.
 //!
 //! A backup never relies on a condemned object: when its cache is
-//! refreshed, packs named by a mark leave the chunk index (their chunks are
-//! stored anew) and marked segments leave the cache. Just before writing
+//! refreshed, packs named by a mark are no longer deduplicated against
+//! (their chunks are stored anew; they stay readable until swept) and
+//! marked segments leave the cache. Just before writing
 //! its manifest it re-checks, against the store: (1) no pack holding a
 //! chunk of the point, and no segment it names, is in a mark, and (2) each
 //! of them that another backup wrote still exists. If either fails the
@@ -119,6 +120,10 @@ pub fn is_vault_url(location: &str) -> bool {
 pub(crate) struct Remote {
     store: Box<dyn Store>,
     url: String,
+    /// Packs a gc mark names, as of the last refresh: still read (a point
+    /// committed just before the mark may need them until the sweep spares
+    /// them), never deduplicated against.
+    condemned: std::sync::Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -238,7 +243,7 @@ impl Vault {
         };
         prepare_cache(&cache, url, &config)?;
         let mut vault = Vault::open_with(&cache, options)?;
-        vault.remote = Some(Arc::new(Remote { store, url: url.to_string() }));
+        vault.remote = Some(Arc::new(Remote { store, url: url.to_string(), condemned: Default::default() }));
         Ok(vault)
     }
 
@@ -331,6 +336,11 @@ fn segment_key(id: &ContentId) -> String {
 }
 
 impl Remote {
+    /// Whether a backup may deduplicate against a pack: no gc mark names it.
+    pub(crate) fn dedup_allowed(&self, pack: &str) -> bool {
+        !self.condemned.lock().unwrap_or_else(|p| p.into_inner()).contains(pack)
+    }
+
     /// The store's URL of an object.
     pub(crate) fn url_of(&self, key: &str) -> String {
         self.store.url(key)
@@ -384,23 +394,20 @@ impl Remote {
 
     /// Brings the cache's chunk index files in line with the store: fetches
     /// the index files of new packs, drops those whose pack gc removed, and
-    /// leaves out packs a gc mark condemns (with the cached segments it
+    /// notes the packs a gc mark condemns (dropping the cached segments it
     /// condemns), so that no backup deduplicates against them.
     pub(crate) fn sync_index(&self, vault: &Vault) -> Result<()> {
-        let condemned: HashSet<String> = self
-            .marks(vault)?
-            .into_iter()
-            .flat_map(|(_, m)| {
-                m.packs.into_iter().map(|p| format!("{p}.idx")).chain(m.segments.into_iter().map(|s| format!("s/{s}")))
-            })
-            .collect();
+        let marks = self.marks(vault)?;
+        *self.condemned.lock().unwrap_or_else(|p| p.into_inner()) =
+            marks.iter().flat_map(|(_, m)| m.packs.iter().cloned()).collect();
+        let condemned: HashSet<String> =
+            marks.into_iter().flat_map(|(_, m)| m.segments.into_iter().map(|s| format!("s/{s}"))).collect();
         let listed: BTreeSet<String> = self
             .store
             .list("index/")?
             .into_iter()
             .filter_map(|o| o.key.strip_prefix("index/").map(str::to_string))
             .filter(|n| n.ends_with(".idx") && validate_name("chunk index file", n).is_ok())
-            .filter(|n| !condemned.contains(n))
             .collect();
         let dir = vault.root.join("index");
         let have: HashSet<String> = files::list(&dir)?.into_iter().collect();
@@ -548,7 +555,8 @@ impl Remote {
 
     /// Checks that a point may be committed (see the module doc), then
     /// writes its manifest with a create-only put and into the cache.
-    /// `own_packs` and `own_segments` are those this backup uploaded.
+    /// `own_packs`, `own_segments` and `own_chunks` are those this backup
+    /// uploaded.
     pub(crate) fn commit_manifest(
         &self,
         vault: &Vault,
@@ -556,6 +564,7 @@ impl Remote {
         bytes: &[u8],
         own_packs: &[String],
         own_segments: &[ContentId],
+        own_chunks: &HashSet<ContentId>,
     ) -> Result<()> {
         let what = format!("point {} of vm {} in vault {}", m.id, m.vm, self.url);
         let refuse = |why: String| {
@@ -568,14 +577,14 @@ impl Remote {
                 ),
             )
         };
-        // What the point depends on: the chunk index as the backup used it
-        // (a refresh now would already leave out packs marked since), then,
-        // for this backup's own chunks, refreshed.
+        // What the point depends on besides what this backup uploaded: the
+        // packs of the other chunks, by the chunk index as the backup used
+        // it (refreshed only for a chunk it does not place).
         let segments: BTreeSet<ContentId> = m.disks.iter().flat_map(|d| d.segments.iter().copied()).collect();
         let mut packs: BTreeSet<String> = BTreeSet::new();
         let mut unplaced = Vec::new();
         for s in &segments {
-            for id in vault.read_segment(s)?.into_iter().flatten() {
+            for id in vault.read_segment(s)?.into_iter().flatten().filter(|id| !own_chunks.contains(id)) {
                 match vault.locate(&id) {
                     Some((_, p, _)) => {
                         packs.insert(p.to_string());
@@ -588,9 +597,7 @@ impl Remote {
             vault.refresh_index()?;
             for id in unplaced {
                 let (_, p, _) = vault.locate(&id).ok_or_else(|| {
-                    refuse(format!(
-                        "chunk {id} of the point is in no pack this host may use (gc marked or removed its pack)"
-                    ))
+                    refuse(format!("chunk {id} of the point is in no pack of the vault (gc removed its pack)"))
                 })?;
                 packs.insert(p.to_string());
             }
@@ -620,6 +627,9 @@ impl Remote {
         }
         for s in &segments {
             if let Some(mark) = condemned.get(&s.to_hex()) {
+                // The sweep will remove it from the store: the cache must
+                // not vouch for it then, or the rerun would not upload it.
+                remove(&vault.segment_path(s))?;
                 return Err(refuse(format!(
                     "gc marked index segment {s} of the point for removal (gc/{mark}); a segment is named by its \
                      content, so a backup can commit it again once a gc has swept that mark"
@@ -713,5 +723,51 @@ mod tests {
         let e = point("c").expect_err("a ripe mark on the point's segment");
         assert!(e.to_string().contains("gc marked index segment") && e.to_string().contains(&url), "{e}");
         assert!(vault.points(Some("c")).expect("points").is_empty());
+    }
+
+    /// A marked pack is still read (a point committed just before the mark
+    /// may need it until the sweep spares it), but never deduplicated
+    /// against.
+    #[test]
+    fn a_marked_pack_is_read_but_not_deduplicated_against() {
+        let Ok(endpoint) = std::env::var("VMB_AZURITE") else {
+            eprintln!("skipping: VMB_AZURITE is not set (scripts/test starts Azurite and sets it)");
+            return;
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let url = format!("az://vmbackup/marked-pack-{}", random_hex(6).expect("random"));
+        let remote = RemoteOptions { cache: Some(d.join("cache")), endpoint: Some(endpoint.clone()) };
+        let vault = Vault::init_url(&url, VaultOptions::default(), &remote).expect("init");
+        let data: Vec<u8> = (0..1u32 << 18).flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()).collect();
+        let img = d.join("a.img");
+        std::fs::write(&img, &data).expect("image");
+        let provider = ImageFileProvider::new();
+        let first = backup(&vault, &provider, &Vm::from_images("a", &[&img]).expect("vm"), &BackupOptions::default())
+            .expect("backup")
+            .point;
+        let store = object::ObjectBackend::connect(&url, Some(&endpoint)).expect("store");
+        let packs: Vec<String> = store
+            .list("packs/")
+            .expect("list")
+            .into_iter()
+            .filter_map(|o| o.key.strip_prefix("packs/")?.strip_suffix(".pack").map(str::to_string))
+            .collect();
+        let m = Mark { created: jiff::Timestamp::now(), grace_secs: 3600, packs, segments: Vec::new() };
+        store.put("gc/by-hand.json", serde_json::to_vec(&m).expect("json")).expect("put mark");
+        // Another host restores the point from the marked packs.
+        let other = RemoteOptions { cache: Some(d.join("other")), endpoint: Some(endpoint.clone()) };
+        let reader = Vault::open_url(&url, VaultOptions::default(), &other).expect("open");
+        let out = d.join("restored.img");
+        crate::restore_disk_to_path(&reader, &first, "a.img", &out, &crate::RestoreOptions::default())
+            .expect("restore from a marked pack");
+        assert!(std::fs::read(&out).expect("restored") == data);
+        // A backup of the same data stores it anew.
+        let img_b = d.join("b.img");
+        std::fs::write(&img_b, &data).expect("image");
+        let b = backup(&reader, &provider, &Vm::from_images("b", &[&img_b]).expect("vm"), &BackupOptions::default())
+            .expect("backup b");
+        assert_eq!(b.point.stats.totals.bytes_deduplicated, 0, "deduplicated against a marked pack");
+        assert!(b.point.stats.totals.bytes_new > 0);
     }
 }
