@@ -880,7 +880,11 @@ enum vmb_status vmb_verify_report_problem(const struct vmb_verify_report *report
 void vmb_verify_report_free(struct vmb_verify_report *report);
 
 /**
- * Creates a vault in `path` (a new or empty folder) and opens it.
+ * Creates a vault in `path` (a new or empty folder) and opens it. `path`
+ * may also be a URL, `az://CONTAINER/PREFIX` or `s3://BUCKET/PREFIX`
+ * (in a library built with the `object-store` feature, else
+ * `VMB_ERR_INVALID_ARGUMENT`), with the default cache folder and the
+ * endpoint and credentials of the environment (see `vmb_vault_init_url`).
  *
  * # Safety
  * `path` is NULL or NUL-terminated; `out` is NULL or writable.
@@ -888,12 +892,43 @@ void vmb_verify_report_free(struct vmb_verify_report *report);
 enum vmb_status vmb_vault_init(const char *path, struct vmb_vault **out);
 
 /**
- * Opens the vault in `path`.
+ * Opens the vault in `path`, or at a URL as `vmb_vault_init` takes.
  *
  * # Safety
  * As `vmb_vault_init`.
  */
 enum vmb_status vmb_vault_open(const char *path, struct vmb_vault **out);
+
+/**
+ * Creates a vault on object storage and opens it: `url` is
+ * `az://CONTAINER/PREFIX` (Azure Blob; credentials from
+ * `AZURE_STORAGE_ACCOUNT_NAME` and `AZURE_STORAGE_ACCOUNT_KEY`, or the
+ * emulator with `AZURE_STORAGE_USE_EMULATOR=true`) or `s3://BUCKET/PREFIX`
+ * (`AWS_*` variables). `cache` is the local cache folder, NULL for the
+ * default (under `$XDG_CACHE_HOME` or `~/.cache/vmbackup`); `endpoint` the
+ * store's endpoint (an emulator's `http://127.0.0.1:10000`), NULL for the
+ * cloud's or the environment's. A library built without the
+ * `object-store` feature answers `VMB_ERR_INVALID_ARGUMENT`.
+ *
+ * # Safety
+ * `url` is NULL or NUL-terminated; `cache` and `endpoint` are NULL or
+ * NUL-terminated; `out` is NULL or writable.
+ */
+enum vmb_status vmb_vault_init_url(const char *url,
+                                   const char *cache,
+                                   const char *endpoint,
+                                   struct vmb_vault **out);
+
+/**
+ * Opens a vault on object storage (as `vmb_vault_init_url` says).
+ *
+ * # Safety
+ * As `vmb_vault_init_url`.
+ */
+enum vmb_status vmb_vault_open_url(const char *url,
+                                   const char *cache,
+                                   const char *endpoint,
+                                   struct vmb_vault **out);
 
 /**
  * Closes a vault. NULL is ignored. No call may be using it.

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the demo and the tests need and this machine lacks.
+# Installs what the demo and the tests need and this machine lacks (node and
+# npm bring Azurite, installed by scripts/azurite.sh outside the clone).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 
@@ -7,7 +8,8 @@ need=()
 have_cmd() { command -v "$1" >/dev/null 2>&1; }
 # command the project needs -> Debian package that brings it
 for pair in mke2fs:e2fsprogs debugfs:e2fsprogs e2fsck:e2fsprogs mkfs.ext4:e2fsprogs \
-            pkg-config:pkg-config valgrind:valgrind cc:gcc c++:g++ qemu-img:qemu-utils mkfs.xfs:xfsprogs; do
+            pkg-config:pkg-config valgrind:valgrind cc:gcc c++:g++ qemu-img:qemu-utils mkfs.xfs:xfsprogs \
+            node:nodejs npm:npm; do
   have_cmd "${pair%%:*}" || need+=("${pair#*:}")
 done
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)

@@ -35,13 +35,23 @@ struct Cli {
     /// The size at which a backup closes a pack (tests use small packs).
     #[arg(long, global = true, hide = true, value_parser = parse_size)]
     pack_target_size: Option<u32>,
+    /// For a vault given as a URL (az://CONTAINER/PREFIX, s3://BUCKET/PREFIX):
+    /// the local cache folder (default under ~/.cache/vmbackup).
+    #[arg(long, global = true, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// For a vault given as a URL: the object store's endpoint, e.g. an
+    /// emulator's http://127.0.0.1:10000 (default: the cloud's, or the
+    /// environment's).
+    #[arg(long, global = true, value_name = "URL")]
+    endpoint: Option<String>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Create a new, empty vault.
     Init {
-        /// The vault's folder (must not exist, or be empty).
+        /// The vault's folder (must not exist, or be empty), or a URL:
+        /// az://CONTAINER/PREFIX or s3://BUCKET/PREFIX.
         vault: PathBuf,
     },
     /// Back up a VM whose disks are raw image files or NBD exports.
@@ -370,10 +380,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     repair::set_vault_options(cli.lock_timeout, cli.pack_target_size)?;
+    repair::set_remote_options(cli.cache, cli.endpoint);
     match cli.command {
         Command::Init { vault } => {
-            let v = Vault::init(&vault)?;
-            println!("initialized vault {} (id {})", vault.display(), v.id());
+            let v = repair::init(&vault)?;
+            println!("initialized vault {} (id {})", v.location(), v.id());
         }
         Command::Backup {
             vault,

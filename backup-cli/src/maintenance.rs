@@ -98,6 +98,14 @@ pub fn gc(vault: &Path, grace_minutes: u64, dry_run: bool, as_json: bool) -> Res
                 r.staging_removed, r.orphan_index_files_removed
             );
         }
+        if r.packs_marked + r.segments_marked > 0 {
+            println!(
+                "{} {} packs and {} segments for removal by a gc run after the grace period ({grace_minutes} min)",
+                if dry_run { "would mark" } else { "marked" },
+                r.packs_marked,
+                r.segments_marked
+            );
+        }
         if r.protected > 0 {
             println!("{} objects newer than the grace period ({grace_minutes} min) left alone", r.protected);
         }

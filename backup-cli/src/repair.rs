@@ -6,10 +6,24 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use backup_core::{RepairOptions, Vault, VaultOptions};
+use backup_core::{RemoteOptions, RepairOptions, Vault, VaultOptions};
 use serde_json::json;
 
 static OPTIONS: OnceLock<VaultOptions> = OnceLock::new();
+static REMOTE: OnceLock<RemoteOptions> = OnceLock::new();
+
+/// Sets how a vault given as a URL is cached and reached (`--cache`,
+/// `--endpoint`).
+pub fn set_remote_options(cache: Option<std::path::PathBuf>, endpoint: Option<String>) {
+    let mut remote = RemoteOptions::default();
+    remote.cache = cache;
+    remote.endpoint = endpoint;
+    let _ = REMOTE.set(remote);
+}
+
+fn remote_options() -> RemoteOptions {
+    REMOTE.get().cloned().unwrap_or_default()
+}
 
 /// Sets how long commands wait for the vault's lock (`--lock-timeout`) and
 /// the pack size of backups (hidden `--pack-target-size`).
@@ -29,8 +43,22 @@ pub fn set_vault_options(lock_timeout: Option<f64>, pack_target_size: Option<u32
 }
 
 /// Opens a vault with the options asked for on the command line.
+/// A path or a vault URL (`az://CONTAINER/PREFIX`, `s3://BUCKET/PREFIX`).
 pub fn open(path: &Path) -> Result<Vault> {
-    Ok(Vault::open_with(path, OPTIONS.get().cloned().unwrap_or_default())?)
+    let options = OPTIONS.get().cloned().unwrap_or_default();
+    match path.to_str() {
+        Some(location) => Ok(Vault::open_location(location, options, &remote_options())?),
+        None => Ok(Vault::open_with(path, options)?),
+    }
+}
+
+/// Creates a vault at a path or a vault URL.
+pub fn init(path: &Path) -> Result<Vault> {
+    let options = OPTIONS.get().cloned().unwrap_or_default();
+    match path.to_str() {
+        Some(location) => Ok(Vault::init_location(location, options, &remote_options())?),
+        None => Ok(Vault::init_with(path, options)?),
+    }
 }
 
 /// Rebuilds the chunk index files from the packs and says what is lost.

@@ -69,6 +69,11 @@ pub struct GcReport {
     pub staging_removed: u64,
     /// Objects spared because they are newer than the grace period.
     pub protected: u64,
+    /// On a remote vault: packs this run marked for removal by a later gc
+    /// (see `vault::remote`).
+    pub packs_marked: u64,
+    /// On a remote vault: segments this run marked for removal by a later gc.
+    pub segments_marked: u64,
     /// Bytes of files removed minus bytes of files written (in a dry run,
     /// estimated from the pack format).
     pub bytes_freed: i64,
@@ -105,6 +110,11 @@ struct NewPack {
 /// 4. Unreferenced segments, index files without a pack, and staging folders
 ///    under `tmp/` are removed.
 ///
+/// On a vault on object storage, gc runs in two phases across runs instead
+/// (sweep the marks older than the grace period, then mark what is dead
+/// now) and removes only wholly dead packs; the module doc of
+/// `vault::remote` is that protocol.
+///
 /// Grace period: nothing whose modification time is within
 /// [`GcOptions::grace`] of now is removed or rewritten (for a staging folder,
 /// its newest file counts). The lock already keeps backups out while gc
@@ -134,6 +144,9 @@ pub fn gc(vault: &Vault, options: &GcOptions) -> Result<GcReport> {
             "gc repack threshold",
             format!("{} is not between 0 and 1", options.repack_threshold),
         ));
+    }
+    if let Some(r) = vault.remote() {
+        return crate::vault::remote::gc::gc(vault, r, options);
     }
     let _lock = vault.lock(LockMode::Exclusive)?;
     let cutoff = SystemTime::now().checked_sub(options.grace).unwrap_or(SystemTime::UNIX_EPOCH);

@@ -88,7 +88,7 @@ pub use snapshot::{
 };
 pub use throttle::{Throttle, ThrottledDevice, ThrottledProvider};
 pub use vault::{
-    BackupSession, Codec, DiskRecord, DiskStats, FORMAT_VERSION, LockMode, PointManifest, PointStats, Vault, VaultLock,
-    VaultOptions, VaultSink, VaultSource, VmRecord,
+    BackupSession, Codec, DiskRecord, DiskStats, FORMAT_VERSION, LockMode, PointManifest, PointStats, RemoteOptions,
+    UPLOAD_BUDGET, Vault, VaultLock, VaultOptions, VaultSink, VaultSource, VmRecord, is_vault_url,
 };
 pub use verify::{Problem, VerifyOptions, VerifyReport, verify};

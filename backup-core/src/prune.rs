@@ -252,6 +252,11 @@ pub fn prune(vault: &Vault, plan: &PrunePlan) -> Result<PruneReport> {
     for (vm, ids) in by_vm {
         record_pruned(vault, vm, &ids)?;
     }
+    if let Some(r) = vault.remote() {
+        for (p, _) in &doomed {
+            r.delete_point(&p.vm, &p.id)?;
+        }
+    }
     let mut touched = std::collections::BTreeSet::new();
     for (_, path) in doomed {
         std::fs::remove_file(&path).map_err(|e| Error::io("remove point manifest", &path, e))?;

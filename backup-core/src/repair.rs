@@ -93,6 +93,12 @@ fn is_manifest_problem(p: &Problem) -> bool {
 /// [`Error::Locked`] when another process holds the vault; I/O errors
 /// writing an index file. Damage is reported, not returned.
 pub fn repair(vault: &Vault, options: &RepairOptions) -> Result<RepairReport> {
+    if vault.is_remote() {
+        return Err(Error::invalid(
+            format!("repair of vault {}", vault.location()),
+            "repair rewrites index files from whole packs and works on local vaults only",
+        ));
+    }
     let mut report = RepairReport { dry_run: options.dry_run, ..RepairReport::default() };
     {
         let _lock = vault.lock(LockMode::Exclusive)?;

@@ -4,7 +4,10 @@
 use std::ffi::c_char;
 use std::path::Path;
 
-use backup_core::{BackupOptions, ImageFileProvider, RestoreOptions, RestoreStats, Vault, VerifyOptions, Vm, VmDisk};
+use backup_core::{
+    BackupOptions, ImageFileProvider, RemoteOptions, RestoreOptions, RestoreStats, Vault, VaultOptions, VerifyOptions,
+    Vm, VmDisk,
+};
 
 use crate::host::{HostProvider, HostTarget, vmb_provider, vmb_write_target};
 use crate::job::{settings, vmb_job};
@@ -38,7 +41,11 @@ impl From<RestoreStats> for vmb_restore_stats {
     }
 }
 
-/// Creates a vault in `path` (a new or empty folder) and opens it.
+/// Creates a vault in `path` (a new or empty folder) and opens it. `path`
+/// may also be a URL, `az://CONTAINER/PREFIX` or `s3://BUCKET/PREFIX`
+/// (in a library built with the `object-store` feature, else
+/// `VMB_ERR_INVALID_ARGUMENT`), with the default cache folder and the
+/// endpoint and credentials of the environment (see `vmb_vault_init_url`).
 ///
 /// # Safety
 /// `path` is NULL or NUL-terminated; `out` is NULL or writable.
@@ -47,13 +54,13 @@ pub unsafe extern "C" fn vmb_vault_init(path: *const c_char, out: *mut *mut vmb_
     ffi! {
         let path = arg_str!(path, "path");
         let out = arg_out!(out, "out");
-        let vault = Vault::init(path)?;
+        let vault = Vault::init_location(path, VaultOptions::default(), &RemoteOptions::default())?;
         write_out!(out, Box::into_raw(Box::new(vmb_vault { vault })));
         Ok(())
     }
 }
 
-/// Opens the vault in `path`.
+/// Opens the vault in `path`, or at a URL as `vmb_vault_init` takes.
 ///
 /// # Safety
 /// As `vmb_vault_init`.
@@ -62,7 +69,70 @@ pub unsafe extern "C" fn vmb_vault_open(path: *const c_char, out: *mut *mut vmb_
     ffi! {
         let path = arg_str!(path, "path");
         let out = arg_out!(out, "out");
-        let vault = Vault::open(path)?;
+        let vault = Vault::open_location(path, VaultOptions::default(), &RemoteOptions::default())?;
+        write_out!(out, Box::into_raw(Box::new(vmb_vault { vault })));
+        Ok(())
+    }
+}
+
+/// The remote options of `vmb_vault_init_url` and `vmb_vault_open_url`.
+fn remote_options(cache: *const c_char, endpoint: *const c_char) -> FfiResult<RemoteOptions> {
+    let mut o = RemoteOptions::default();
+    if !cache.is_null() {
+        o.cache = Some(std::path::PathBuf::from(arg_str!(cache, "cache")));
+    }
+    if !endpoint.is_null() {
+        o.endpoint = Some(arg_str!(endpoint, "endpoint").to_string());
+    }
+    Ok(o)
+}
+
+/// Creates a vault on object storage and opens it: `url` is
+/// `az://CONTAINER/PREFIX` (Azure Blob; credentials from
+/// `AZURE_STORAGE_ACCOUNT_NAME` and `AZURE_STORAGE_ACCOUNT_KEY`, or the
+/// emulator with `AZURE_STORAGE_USE_EMULATOR=true`) or `s3://BUCKET/PREFIX`
+/// (`AWS_*` variables). `cache` is the local cache folder, NULL for the
+/// default (under `$XDG_CACHE_HOME` or `~/.cache/vmbackup`); `endpoint` the
+/// store's endpoint (an emulator's `http://127.0.0.1:10000`), NULL for the
+/// cloud's or the environment's. A library built without the
+/// `object-store` feature answers `VMB_ERR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `url` is NULL or NUL-terminated; `cache` and `endpoint` are NULL or
+/// NUL-terminated; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_init_url(
+    url: *const c_char,
+    cache: *const c_char,
+    endpoint: *const c_char,
+    out: *mut *mut vmb_vault,
+) -> vmb_status {
+    ffi! {
+        let url = arg_str!(url, "url");
+        let out = arg_out!(out, "out");
+        let remote = remote_options(cache, endpoint)?;
+        let vault = Vault::init_url(url, VaultOptions::default(), &remote)?;
+        write_out!(out, Box::into_raw(Box::new(vmb_vault { vault })));
+        Ok(())
+    }
+}
+
+/// Opens a vault on object storage (as `vmb_vault_init_url` says).
+///
+/// # Safety
+/// As `vmb_vault_init_url`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_open_url(
+    url: *const c_char,
+    cache: *const c_char,
+    endpoint: *const c_char,
+    out: *mut *mut vmb_vault,
+) -> vmb_status {
+    ffi! {
+        let url = arg_str!(url, "url");
+        let out = arg_out!(out, "out");
+        let remote = remote_options(cache, endpoint)?;
+        let vault = Vault::open_url(url, VaultOptions::default(), &remote)?;
         write_out!(out, Box::into_raw(Box::new(vmb_vault { vault })));
         Ok(())
     }

@@ -184,25 +184,66 @@ fn disk_name(point: &RecoveryPoint, disk: &Bound<'_, PyAny>) -> PyResult<String>
         .ok_or_else(|| not_found(format!("index {i}")))
 }
 
+fn remote_options(cache: Option<PathBuf>, endpoint: Option<String>) -> backup_core::RemoteOptions {
+    let mut o = backup_core::RemoteOptions::default();
+    o.cache = cache;
+    o.endpoint = endpoint;
+    o
+}
+
 #[pymethods]
 impl Vault {
-    /// Creates a new vault in a folder that does not exist or is empty.
+    /// Creates a new vault in a folder that does not exist or is empty, or
+    /// on object storage at a URL (`az://CONTAINER/PREFIX`,
+    /// `s3://BUCKET/PREFIX`; `cache` is then the local cache folder,
+    /// `endpoint` the store's endpoint, e.g. an emulator's).
     ///
     /// `lock_timeout` is how many seconds an operation waits for a lock
     /// held by another process before it raises `VaultLockedError`.
     #[staticmethod]
-    #[pyo3(signature = (path, *, lock_timeout = 60.0))]
-    fn init(py: Python<'_>, path: PathBuf, lock_timeout: f64) -> PyResult<Vault> {
+    #[pyo3(signature = (path, *, lock_timeout = 60.0, cache = None, endpoint = None))]
+    fn init(
+        py: Python<'_>,
+        path: PathBuf,
+        lock_timeout: f64,
+        cache: Option<PathBuf>,
+        endpoint: Option<String>,
+    ) -> PyResult<Vault> {
         let options = vault_options(lock_timeout)?;
-        py.detach(|| backup_core::Vault::init_with(&path, options)).map(Vault::new).map_err(|e| to_py(py, e))
+        let remote = remote_options(cache, endpoint);
+        py.detach(|| match path.to_str() {
+            Some(location) => backup_core::Vault::init_location(location, options, &remote),
+            None => backup_core::Vault::init_with(&path, options),
+        })
+        .map(Vault::new)
+        .map_err(|e| to_py(py, e))
     }
 
-    /// Opens an existing vault; `NotFoundError` when `path` holds none.
+    /// Opens an existing vault (a folder or a URL, as `init` takes);
+    /// `NotFoundError` when `path` holds none.
     #[staticmethod]
-    #[pyo3(signature = (path, *, lock_timeout = 60.0))]
-    fn open(py: Python<'_>, path: PathBuf, lock_timeout: f64) -> PyResult<Vault> {
+    #[pyo3(signature = (path, *, lock_timeout = 60.0, cache = None, endpoint = None))]
+    fn open(
+        py: Python<'_>,
+        path: PathBuf,
+        lock_timeout: f64,
+        cache: Option<PathBuf>,
+        endpoint: Option<String>,
+    ) -> PyResult<Vault> {
         let options = vault_options(lock_timeout)?;
-        py.detach(|| backup_core::Vault::open_with(&path, options)).map(Vault::new).map_err(|e| to_py(py, e))
+        let remote = remote_options(cache, endpoint);
+        py.detach(|| match path.to_str() {
+            Some(location) => backup_core::Vault::open_location(location, options, &remote),
+            None => backup_core::Vault::open_with(&path, options),
+        })
+        .map(Vault::new)
+        .map_err(|e| to_py(py, e))
+    }
+
+    /// Where the vault is: its URL, or its folder, as a string.
+    #[getter]
+    fn location(&self) -> PyResult<String> {
+        Ok(self.get()?.location())
     }
 
     /// The vault's folder.

@@ -40,6 +40,7 @@ mod adopt;
 mod files;
 pub(crate) mod manifest;
 pub(crate) mod pack;
+pub(crate) mod remote;
 pub(crate) mod segment;
 mod session;
 
@@ -58,6 +59,7 @@ use crate::snapshot::PrepareReport;
 
 pub use manifest::{DiskRecord, DiskStats, MANIFEST_FORMAT, PointManifest, PointStats, disk_root};
 pub use pack::{Codec, PackEntry};
+pub use remote::{RemoteOptions, UPLOAD_BUDGET, is_vault_url};
 pub(crate) use segment::encode as encode_segment;
 pub use segment::{ENTRIES_PER_SEGMENT, Entries};
 pub use session::BackupSession;
@@ -226,6 +228,8 @@ pub struct Vault {
     options: VaultOptions,
     index: RwLock<ChunkIndex>,
     open_packs: Mutex<HashMap<u32, Arc<File>>>,
+    /// The object store of a vault opened from a URL; `root` is then its cache.
+    remote: Option<Arc<remote::Remote>>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -343,6 +347,7 @@ impl Vault {
             options,
             index: RwLock::new(ChunkIndex::default()),
             open_packs: Mutex::new(HashMap::new()),
+            remote: None,
         })
     }
 
@@ -425,6 +430,9 @@ impl Vault {
     /// # Errors
     /// I/O errors listing `packs/`.
     pub fn pack_ids(&self) -> Result<Vec<String>> {
+        if let Some(r) = &self.remote {
+            return r.pack_ids(self);
+        }
         Ok(files::list(&self.root.join("packs"))?
             .into_iter()
             .filter_map(|n| n.strip_suffix(".pack").map(str::to_string))
@@ -438,6 +446,9 @@ impl Vault {
     /// # Errors
     /// A pack whose index file and trailer are both unreadable.
     pub fn refresh_index(&self) -> Result<()> {
+        if let Some(r) = &self.remote {
+            r.sync_index(self)?;
+        }
         let packs = self.pack_ids()?;
         // A pack that is gone was removed or repacked by gc (in any
         // process): forget the whole index, or a backup through this handle
@@ -590,6 +601,9 @@ impl Vault {
     }
 
     pub(crate) fn has_chunk(&self, id: &ContentId) -> bool {
+        if let Some(r) = &self.remote {
+            return self.locate(id).is_some_and(|(_, pack, _)| r.dedup_allowed(&pack));
+        }
         self.index.read().unwrap_or_else(|p| p.into_inner()).map.contains_key(id)
     }
 
@@ -652,6 +666,9 @@ impl Vault {
     /// # Errors
     /// I/O errors listing `points/`.
     pub fn vms(&self) -> Result<Vec<String>> {
+        if let Some(r) = &self.remote {
+            r.sync_points(self, None)?;
+        }
         files::list(&self.root.join("points"))
     }
 
@@ -661,6 +678,9 @@ impl Vault {
     /// I/O errors.
     pub fn point_ids(&self, vm: &str) -> Result<Vec<String>> {
         validate_name("vm name", vm)?;
+        if let Some(r) = &self.remote {
+            r.sync_points(self, Some(vm))?;
+        }
         Ok(files::list(&self.vm_points_dir(vm))?.into_iter().filter(|n| !n.starts_with('.')).collect())
     }
 
@@ -769,6 +789,9 @@ impl Vault {
         let mut r = [0u8; 6];
         let _ = getrandom::fill(&mut r);
         let tmp = self.root.join("tmp").join(format!("vm-{}.{}", record.vm, hex(&r)));
+        if let Some(remote) = &self.remote {
+            remote.put_vm_record(&record.vm, &bytes)?;
+        }
         files::write_durable(&tmp, &path, &bytes)
     }
 
@@ -783,6 +806,9 @@ impl Vault {
 
     /// Reads and checks an index segment.
     fn read_segment(&self, id: &ContentId) -> Result<Entries> {
+        if let Some(r) = &self.remote {
+            r.ensure_segment(self, id)?;
+        }
         let path = self.segment_path(id);
         let object = format!("index segment {}", path.display());
         let bytes = match std::fs::read(&path) {
@@ -805,6 +831,9 @@ impl Vault {
         }
         let (n, pack, entry) =
             self.locate(id).ok_or_else(|| Error::corrupt(format!("chunk {id}"), "missing: no pack holds it"))?;
+        if let Some(r) = &self.remote {
+            return r.read_chunk(self, &pack, &entry);
+        }
         let f = self.pack_file(n, &pack)?;
         self.read_frame(&f, &pack, &entry)
     }

@@ -73,7 +73,10 @@ impl<'v> BackupSession<'v> {
         let lock = vault.lock(LockMode::Shared)?;
         // Before the index is loaded, so that this backup deduplicates
         // against what a killed one had already stored.
-        super::adopt::adopt_abandoned(vault, None);
+        // (A remote vault's cache adopts nothing: its packs are not in the store.)
+        if !vault.is_remote() {
+            super::adopt::adopt_abandoned(vault, None);
+        }
         vault.refresh_index()?;
         let mut r = [0u8; 8];
         getrandom::fill(&mut r)
@@ -146,6 +149,9 @@ impl<'v> BackupSession<'v> {
             (st.packs.clone(), st.segments.iter().copied().collect::<Vec<_>>())
         };
         let vault = self.vault;
+        if let Some(r) = vault.remote() {
+            return r.publish(vault, &self.dir, &packs, &segments);
+        }
         for id in &packs {
             let from = self.dir.join("packs").join(format!("{id}.pack"));
             let to = vault.pack_path(id);
@@ -263,6 +269,16 @@ impl VaultSink for BackupSession<'_> {
         for _ in 0..3 {
             m.stats.bytes_added = base + bytes.len() as u64;
             bytes = manifest::encode(&m, self.vault.mac_key())?;
+        }
+        if let Some(r) = self.vault.remote() {
+            let (packs, segments, chunks) = {
+                let st = self.staged();
+                (st.packs.clone(), st.segments.iter().copied().collect::<Vec<_>>(), st.chunks.clone())
+            };
+            r.commit_manifest(self.vault, &m, &bytes, &packs, &segments, &chunks)?;
+            self.committed.store(true, Ordering::SeqCst);
+            self.vault.refresh_index()?;
+            return Ok(m);
         }
         let tmp = self.dir.join("manifest");
         files::write_flushed(&tmp, &bytes)?;

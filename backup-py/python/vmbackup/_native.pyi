@@ -33,11 +33,30 @@ class Vault:
     """A vault of recovery points in a local folder; a context manager."""
 
     @staticmethod
-    def init(path: _StrPath, *, lock_timeout: float = 60.0) -> "Vault":
-        """Creates a new vault in a folder that does not exist or is empty."""
+    def init(
+        path: _StrPath,
+        *,
+        lock_timeout: float = 60.0,
+        cache: Optional[_StrPath] = None,
+        endpoint: Optional[str] = None,
+    ) -> "Vault":
+        """Creates a new vault in a folder that does not exist or is empty, or
+        on object storage at a URL (``az://CONTAINER/PREFIX``,
+        ``s3://BUCKET/PREFIX``; ``cache`` is then the local cache folder,
+        ``endpoint`` the store's endpoint, e.g. an emulator's)."""
     @staticmethod
-    def open(path: _StrPath, *, lock_timeout: float = 60.0) -> "Vault":
-        """Opens an existing vault; ``NotFoundError`` when ``path`` holds none."""
+    def open(
+        path: _StrPath,
+        *,
+        lock_timeout: float = 60.0,
+        cache: Optional[_StrPath] = None,
+        endpoint: Optional[str] = None,
+    ) -> "Vault":
+        """Opens an existing vault (a folder or a URL, as ``init`` takes);
+        ``NotFoundError`` when ``path`` holds none."""
+    @property
+    def location(self) -> str:
+        """Where the vault is: its URL, or its folder, as a string."""
     @property
     def path(self) -> pathlib.Path:
         """The vault's folder (a :class:`pathlib.Path`)."""

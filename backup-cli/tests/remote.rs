@@ -1,0 +1,343 @@
+//! `vmbackup` against a vault on object storage: Azurite (Microsoft's Azure
+//! Storage emulator), which `scripts/test` installs, starts and names in
+//! `VMB_AZURITE` (see `scripts/azurite.sh`). Without it each test says why
+//! it is skipped. Every test uses its own prefix in the container
+//! `vmbackup`, and its own cache folders (one per simulated host).
+
+use std::fs;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vmbackup");
+
+/// The emulator's endpoint, or None (with the reason printed).
+fn azurite(test: &str) -> Option<String> {
+    if !cfg!(feature = "object-store") {
+        eprintln!("skipping {test}: built without the object-store feature");
+        return None;
+    }
+    match std::env::var("VMB_AZURITE") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("skipping {test}: VMB_AZURITE is not set (scripts/test starts Azurite and sets it)");
+            None
+        }
+    }
+}
+
+/// The S3-compatible server's endpoint (moto's, which `scripts/test`
+/// starts with `scripts/s3server.sh` and names in `VMB_S3`), or None with
+/// the reason printed.
+fn s3_server(test: &str) -> Option<String> {
+    if !cfg!(feature = "object-store") {
+        eprintln!("skipping {test}: built without the object-store feature");
+        return None;
+    }
+    match std::env::var("VMB_S3") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("skipping {test}: VMB_S3 is not set (scripts/test starts an S3 server and sets it)");
+            None
+        }
+    }
+}
+
+/// A vault URL of its own for a test, in Azurite's container `vmbackup`.
+fn vault_url(test: &str) -> String {
+    store_url("az", test)
+}
+
+/// A vault URL of its own for a test: `SCHEME://vmbackup/TEST-RANDOM`.
+fn store_url(scheme: &str, test: &str) -> String {
+    let mut r = [0u8; 6];
+    fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut r)).expect("random");
+    format!("{scheme}://vmbackup/{test}-{}", r.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// A `vmbackup` command for one simulated host (its cache folder) talking
+/// to the emulator at `endpoint`.
+fn cmd(endpoint: &str, cache: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args).arg("--cache").arg(cache).arg("--endpoint").arg(endpoint);
+    c
+}
+
+fn ok(endpoint: &str, cache: &Path, args: &[&str]) -> String {
+    check(cmd(endpoint, cache, args).output().expect("run vmbackup"), args)
+}
+
+fn check(out: Output, args: &[&str]) -> String {
+    assert!(
+        out.status.success(),
+        "vmbackup {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn json(endpoint: &str, cache: &Path, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&ok(endpoint, cache, args)).expect("one JSON object")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn random(n: usize, mut seed: u64) -> Vec<u8> {
+    (0..n.div_ceil(8))
+        .flat_map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed.to_le_bytes()
+        })
+        .take(n)
+        .collect()
+}
+
+const KEEP_LAST_1: &str =
+    "timezone = \"UTC\"\n[schedule]\nfrequency = \"daily\"\ntimes = [\"02:00\"]\n[retention]\nkeep_last = 1\n";
+
+#[test]
+fn init_full_incremental_restore_verify_prune_gc_round_trip() {
+    let Some(ep) = azurite("round trip") else { return };
+    round_trip(&ep, &vault_url("roundtrip"));
+}
+
+#[test]
+fn the_same_round_trip_on_s3() {
+    let Some(ep) = s3_server("s3 round trip") else { return };
+    round_trip(&ep, &store_url("s3", "roundtrip"));
+}
+
+/// init, a full and an incremental backup, restores of both points on
+/// another host, verify, prune, gc in its two phases, and a restore after.
+fn round_trip(ep: &str, url: &str) {
+    let (ep, url) = (ep.to_string(), url.to_string());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let host = d.join("cache");
+    let img = d.join("root.img");
+    let first = random(6 << 20, 1);
+    fs::write(&img, &first).expect("image");
+    ok(&ep, &host, &["init", &url]);
+    let again = cmd(&ep, &host, &["init", &url]).output().expect("run");
+    assert!(!again.status.success(), "a second init at the same URL must fail");
+    assert!(String::from_utf8_lossy(&again.stderr).contains(&url), "{}", String::from_utf8_lossy(&again.stderr));
+
+    let small = ["--pack-target-size", "1M"];
+    let full = json(
+        &ep,
+        &host,
+        &[&["backup", "--vault", &url, "--vm", "web", "--disk", s(&img), "--json"][..], &small].concat(),
+    );
+    assert_eq!(full["bytes_new"], 6 << 20);
+    // Incremental: one block changed, the rest found in the store's index.
+    let mut second = first.clone();
+    second[3 << 20] ^= 0xff;
+    fs::write(&img, &second).expect("image");
+    let incr = json(
+        &ep,
+        &host,
+        &[&["backup", "--vault", &url, "--vm", "web", "--disk", s(&img), "--json"][..], &small].concat(),
+    );
+    assert_eq!(incr["bytes_new"], 64 << 10);
+
+    // Another host (a fresh cache) sees both points and restores each bit for bit.
+    let other = d.join("other-cache");
+    let list = json(&ep, &other, &["list", "--vault", &url, "--vm", "web", "--json"]);
+    let points = list["points"].as_array().expect("points").clone();
+    assert_eq!(points.len(), 2, "{list}");
+    for (p, want) in points.iter().zip([&first, &second]) {
+        let out = d.join(format!("r-{}.img", p["point"].as_str().expect("point id")));
+        let id = p["point"].as_str().expect("point id");
+        ok(
+            &ep,
+            &other,
+            &["restore", "--vault", &url, "--vm", "web", "--point", id, "--disk", "root.img", "--to", s(&out)],
+        );
+        assert!(fs::read(&out).expect("restored") == *want, "point {id} restored differently");
+    }
+    ok(&ep, &other, &["verify", "--vault", &url]);
+
+    // A third backup of wholly new data makes the first two points' packs
+    // dead once they are pruned: gc marks them, a later gc removes them.
+    let third = random(6 << 20, 2);
+    fs::write(&img, &third).expect("image");
+    ok(&ep, &host, &[&["backup", "--vault", &url, "--vm", "web", "--disk", s(&img)][..], &small].concat());
+    let policy = d.join("policy.toml");
+    fs::write(&policy, KEEP_LAST_1).expect("policy");
+    ok(&ep, &host, &["prune", "--vault", &url, "--policy", s(&policy)]);
+    let mark = json(&ep, &host, &["gc", "--vault", &url, "--grace", "0", "--json"]);
+    assert!(mark["packs_marked"].as_u64().expect("packs_marked") >= 6, "{mark}");
+    assert_eq!(mark["packs_removed"], 0, "the first phase only marks: {mark}");
+    let sweep = json(&ep, &other, &["gc", "--vault", &url, "--grace", "0", "--json"]);
+    assert_eq!(sweep["packs_removed"], mark["packs_marked"], "{sweep}");
+    assert!(sweep["segments_removed"].as_u64().expect("segments_removed") >= 1, "{sweep}");
+    let report = json(&ep, &other, &["verify", "--vault", &url, "--json"]);
+    assert_eq!(report["report"]["problems"].as_array().map(Vec::len), Some(0), "{report}");
+    let out = d.join("final.img");
+    ok(&ep, &host, &["restore", "--vault", &url, "--vm", "web", "--disk", "root.img", "--to", s(&out)]);
+    assert!(fs::read(&out).expect("restored") == third, "the kept point restored differently after gc");
+}
+
+#[test]
+fn two_hosts_back_up_different_vms_into_one_vault_at_once() {
+    let Some(ep) = azurite("two hosts") else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let url = vault_url("twohosts");
+    ok(&ep, &d.join("init-cache"), &["init", &url]);
+    // Both images share their first half, so the hosts also deduplicate
+    // against each other's packs when one finishes first.
+    let shared = random(4 << 20, 7);
+    let images: Vec<(String, PathBuf, Vec<u8>)> = (0..2u64)
+        .map(|i| {
+            let data = [shared.clone(), random(4 << 20, 100 + i)].concat();
+            let path = d.join(format!("vm{i}.img"));
+            fs::write(&path, &data).expect("image");
+            (format!("vm{i}"), path, data)
+        })
+        .collect();
+    let children: Vec<(Child, Vec<String>)> = images
+        .iter()
+        .enumerate()
+        .map(|(i, (vm, path, _))| {
+            let args: Vec<String> =
+                ["backup", "--vault", &url, "--vm", vm, "--disk", s(path), "--pack-target-size", "1M"]
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect();
+            let child = cmd(&ep, &d.join(format!("host{i}")), &args.iter().map(String::as_str).collect::<Vec<_>>())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn backup");
+            (child, args)
+        })
+        .collect();
+    for (child, args) in children {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        check(child.wait_with_output().expect("wait"), &args);
+    }
+    let reader = d.join("reader");
+    for (vm, _, data) in &images {
+        let out = d.join(format!("{vm}.restored"));
+        ok(&ep, &reader, &["restore", "--vault", &url, "--vm", vm, "--disk", &format!("{vm}.img"), "--to", s(&out)]);
+        assert!(fs::read(&out).expect("restored") == *data, "vm {vm} restored differently");
+    }
+    let report = json(&ep, &reader, &["verify", "--vault", &url, "--json"]);
+    assert_eq!(report["report"]["problems"].as_array().map(Vec::len), Some(0), "{report}");
+}
+
+/// An Azurite of the test's own, so that stopping it disturbs no other test.
+struct OwnAzurite {
+    script: PathBuf,
+    port: String,
+    location: PathBuf,
+    pid: String,
+}
+
+impl OwnAzurite {
+    fn start(script: &Path, port: Option<&str>, location: &Path) -> OwnAzurite {
+        let mut c = Command::new(script);
+        c.arg("start");
+        c.arg(port.unwrap_or("-")).arg(location);
+        let out = c.output().expect("run azurite.sh");
+        assert!(out.status.success(), "azurite.sh start failed: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        let var = |name: &str| {
+            text.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("azurite.sh printed no {name}: {text}"))
+                .to_string()
+        };
+        OwnAzurite {
+            script: script.to_path_buf(),
+            port: var("VMB_AZURITE_PORT"),
+            location: location.to_path_buf(),
+            pid: var("VMB_AZURITE_PID"),
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&self) {
+        let _ = Command::new(&self.script).args(["stop", &self.pid]).status();
+    }
+}
+
+impl Drop for OwnAzurite {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn a_backup_survives_the_store_going_away_and_coming_back() {
+    let Some(_) = azurite("transient fault") else { return };
+    let Ok(script) = std::env::var("VMB_AZURITE_SCRIPT") else {
+        eprintln!("skipping transient fault: VMB_AZURITE_SCRIPT is not set (scripts/test sets it)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let location = d.join("azurite");
+    let mut store = OwnAzurite::start(Path::new(&script), None, &location);
+    let ep = store.endpoint();
+    let url = vault_url("fault");
+    let host = d.join("cache");
+    ok(&ep, &host, &["init", &url]);
+    let img = d.join("root.img");
+    let data = random(24 << 20, 11);
+    fs::write(&img, &data).expect("image");
+    let args = ["backup", "--vault", &url, "--vm", "web", "--disk", s(&img), "--pack-target-size", "1M"];
+    let mut child = cmd(&ep, &host, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    // Stop the store once the job commits (when its packs are uploaded),
+    // start it again on the same port and data folder a moment later.
+    wait_for_phase(&host.join("jobs").join("web"), "commit", &mut child);
+    store.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    store = OwnAzurite::start(Path::new(&script), Some(&store.port.clone()), &store.location.clone());
+    let out = child.wait_with_output().expect("wait");
+    eprintln!("backup through the fault: {}; stderr: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    if !out.status.success() {
+        // Failed cleanly: a message naming the store, and a rerun commits.
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("127.0.0.1") || err.contains(&url), "the error names no object: {err}");
+        check(cmd(&ep, &host, &args).output().expect("rerun"), &args);
+    }
+    let list = json(&ep, &host, &["list", "--vault", &url, "--vm", "web", "--json"]);
+    assert_eq!(list["points"].as_array().map(Vec::len), Some(1), "{list}");
+    let out = d.join("restored.img");
+    ok(&ep, &d.join("reader"), &["restore", "--vault", &url, "--vm", "web", "--disk", "root.img", "--to", s(&out)]);
+    assert!(fs::read(&out).expect("restored") == data, "restored differently after the fault");
+    drop(store);
+}
+
+/// Waits until a job log in `dir` records the start of `phase`, or the
+/// job's process ends.
+fn wait_for_phase(dir: &Path, phase: &str, child: &mut Child) {
+    let needle = format!("\"phase\":\"{phase}\"");
+    loop {
+        let found = fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
+            fs::File::open(e.path())
+                .map(|f| {
+                    std::io::BufReader::new(f)
+                        .lines()
+                        .map_while(Result::ok)
+                        .any(|l| l.contains("\"phase_start\"") && l.contains(&needle))
+                })
+                .unwrap_or(false)
+        });
+        if found || child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,773 @@
+//! A vault on object storage: `az://CONTAINER/PREFIX` (Azure Blob) or
+//! `s3://BUCKET/PREFIX` (S3), for fleets where many hosts back up into one
+//! store and deduplicate across all of them. Built with the cargo feature
+//! `object-store`; without it a URL is refused with a clear error.
+//!
+//! ## Layout
+//!
+//! The store holds exactly the local layout under PREFIX, object for file:
+//!
+//! ```text
+//! PREFIX/config                 as a local vault's
+//! PREFIX/packs/<pack id>.pack   chunks; the id is 128 random bits, so writers never collide
+//! PREFIX/index/<pack id>.idx    uploaded after its pack: an index file names a pack that exists
+//! PREFIX/segments/<ab>/<id>     index segments, by content id
+//! PREFIX/points/<vm>/<id>       manifests, written last with a create-only put
+//! PREFIX/vms/<vm>.json          what `prepare` did to each VM (written through)
+//! PREFIX/gc/<time>-<rand>.json  gc marks: packs and segments condemned (see below)
+//! ```
+//!
+//! A local cache folder (default `$XDG_CACHE_HOME/vmbackup/<digest of the
+//! URL>`, else `~/.cache/vmbackup/...`; [`RemoteOptions::cache`] overrides)
+//! is a local vault folder that mirrors what this host needs: `config`,
+//! every `index/*.idx` (fetched once; each refresh lists `index/` and
+//! fetches only the new ones, and drops those whose pack is gone),
+//! manifests (listed and fetched when points are listed), segments as they
+//! are read or written, plus what stays local: `lock`, `tmp/` (backup
+//! staging), `jobs/` and `snapshots/`. The cache's `flock` guards the cache
+//! only; hosts coordinate through the store alone, without a lock server.
+//!
+//! ## Writing
+//!
+//! A backup stages locally as on a local vault. On commit it uploads its
+//! packs and segments in parallel (at most [`UPLOAD_BUDGET`] bytes of files
+//! in memory at once), then their index files, then checks that the point
+//! may be committed (below), then writes the manifest with a create-only
+//! put, so two points never share a name. Restore and verify read each
+//! chunk with a ranged GET of its frame.
+//!
+//! ## Garbage collection across hosts: two phases and a grace period
+//!
+//! gc on a remote vault never deletes what it judges dead in the same run.
+//! Each run first *sweeps*: for every mark older than the grace period it
+//! lists the manifests anew and deletes the marked packs and segments that
+//! still no point references, then the mark. It then *marks*: the packs
+//! (with no chunk any point references) and segments (that no point names)
+//! last written more than the grace period ago, not yet marked, go into a
+//! new mark object `gc/<time>-<rand>.json`. Partly dead packs are not
+//! rewritten on a remote vault.
+//!
+//! A backup never relies on a condemned object: when its cache is
+//! refreshed, packs named by a mark are no longer deduplicated against
+//! (their chunks are stored anew; they stay readable until swept) and
+//! marked segments leave the cache. Just before writing
+//! its manifest it re-checks, against the store: (1) no pack holding a
+//! chunk of the point, and no segment it names, is in a mark, and (2) each
+//! of them that another backup wrote still exists. If either fails the
+//! point is not committed and the error says why; a rerun (whose refresh
+//! no longer trusts those objects) commits. Why that is enough: an object
+//! marked before the check is refused by (1), or, when its sweep already
+//! ran, by (2); one marked after the check is swept at the earliest a grace
+//! period later, and the manifest written a moment after the check then
+//! names it, so the sweep's fresh listing of manifests spares it. The grace
+//! period must therefore exceed the time from a backup's check to its
+//! manifest (a second or two) plus the clock skew between hosts; the
+//! default is an hour. Segments are named by their content, so a new point
+//! may need a segment that is marked (the same block map as a pruned
+//! point's): the backup uses it while the mark is younger than half the
+//! grace period recorded in it (the sweep is then at least half a grace
+//! period away, and the manifest spares it); past that it fails, saying
+//! so, until a gc has swept the mark, after which a rerun stores the
+//! segment anew.
+
+pub(crate) mod gc;
+#[cfg(feature = "object-store")]
+mod object;
+pub(crate) mod store;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::{PackEntry, PointManifest, SUBDIRS, Vault, VaultOptions, files, pack};
+use crate::error::{Error, Result};
+use crate::model::{ContentId, hex, validate_name};
+use store::Store;
+
+/// Bytes of files held in memory by a backup's parallel uploads, at most
+/// (each pack in flight is read whole; packs are 32 MiB by default, so 8 at
+/// once).
+pub const UPLOAD_BUDGET: u64 = 256 << 20;
+
+/// How a remote vault is reached and cached (see the module doc of
+/// `vault::remote`).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct RemoteOptions {
+    /// The local cache folder; None for the default under the user's cache
+    /// folder, named by a digest of the URL.
+    pub cache: Option<PathBuf>,
+    /// The store's endpoint (an emulator's `http://127.0.0.1:10000`, an
+    /// S3-compatible server); None for the cloud's own, or the one the
+    /// environment names.
+    pub endpoint: Option<String>,
+}
+
+/// Whether a vault location is a URL of a remote vault (`az://`, `s3://`)
+/// rather than a local path.
+///
+/// ```
+/// assert!(backup_core::is_vault_url("az://backups/fleet"));
+/// assert!(!backup_core::is_vault_url("/var/backups/vault"));
+/// ```
+pub fn is_vault_url(location: &str) -> bool {
+    location.starts_with("az://") || location.starts_with("s3://")
+}
+
+/// The remote side of a vault opened from a URL.
+pub(crate) struct Remote {
+    store: Box<dyn Store>,
+    url: String,
+    /// Packs a gc mark names, as of the last refresh: still read (a point
+    /// committed just before the mark may need them until the sweep spares
+    /// them), never deduplicated against.
+    condemned: std::sync::Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote").field("url", &self.url).finish()
+    }
+}
+
+#[cfg(feature = "object-store")]
+fn connect(url: &str, options: &RemoteOptions) -> Result<Box<dyn Store>> {
+    Ok(Box::new(object::ObjectBackend::connect(url, options.endpoint.as_deref())?))
+}
+
+#[cfg(not(feature = "object-store"))]
+fn connect(url: &str, _options: &RemoteOptions) -> Result<Box<dyn Store>> {
+    Err(Error::invalid(
+        format!("vault url {url}"),
+        "this build has no object storage support (build with the cargo feature object-store)",
+    ))
+}
+
+/// The default cache folder of a URL.
+fn default_cache(url: &str) -> Result<PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(h) => PathBuf::from(h).join(".cache"),
+            None => {
+                return Err(Error::invalid(
+                    format!("cache folder of vault {url}"),
+                    "neither XDG_CACHE_HOME nor HOME is set: name a cache folder",
+                ));
+            }
+        },
+    };
+    let digest = blake3::hash(url.trim_end_matches('/').as_bytes()).to_hex();
+    Ok(base.join("vmbackup").join(&digest[..24]))
+}
+
+/// The file in a cache folder naming the vault it caches.
+const CACHE_OF: &str = "cache-of";
+
+/// Writes a cache file: under a temporary name, then renamed, so that a
+/// reader never sees half of one. Cache files are not flushed: the cache is
+/// rebuilt from the store.
+fn write_cache(root: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(parent) = dest.parent() {
+        files::mkdirs(parent)?;
+    }
+    let mut r = [0u8; 8];
+    let _ = getrandom::fill(&mut r);
+    let tmp = root.join("tmp").join(format!("fetch-{}", hex(&r)));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io("write", &tmp, e))?;
+    std::fs::rename(&tmp, dest).map_err(|e| Error::io("rename into place", dest, e))
+}
+
+/// Removes a file; a missing one is no error.
+fn remove(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", path, e)),
+    }
+}
+
+/// A gc mark: what one gc run condemned, and when.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Mark {
+    pub created: jiff::Timestamp,
+    /// The grace period of the gc that wrote it, in seconds: no sweep
+    /// removes what it names before `created` plus this.
+    #[serde(default)]
+    pub grace_secs: u64,
+    pub packs: Vec<String>,
+    pub segments: Vec<String>,
+}
+
+impl Vault {
+    /// Opens the vault at a path or a URL (see [`is_vault_url`]).
+    ///
+    /// # Errors
+    /// As [`open_with`](Self::open_with) and [`open_url`](Self::open_url).
+    pub fn open_location(location: &str, options: VaultOptions, remote: &RemoteOptions) -> Result<Vault> {
+        if is_vault_url(location) {
+            Self::open_url(location, options, remote)
+        } else {
+            Self::open_with(location, options)
+        }
+    }
+
+    /// Creates a vault at a path or a URL (see [`is_vault_url`]).
+    ///
+    /// # Errors
+    /// As [`init_with`](Self::init_with) and [`init_url`](Self::init_url).
+    pub fn init_location(location: &str, options: VaultOptions, remote: &RemoteOptions) -> Result<Vault> {
+        if is_vault_url(location) {
+            Self::init_url(location, options, remote)
+        } else {
+            Self::init_with(location, options)
+        }
+    }
+
+    /// Opens a vault on object storage (`az://CONTAINER/PREFIX`,
+    /// `s3://BUCKET/PREFIX`), with its local cache folder.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a bad URL or a build without the
+    /// `object-store` feature; [`Error::NotAVault`] when the store holds no
+    /// config there; errors reaching the store, naming the object.
+    pub fn open_url(url: &str, options: VaultOptions, remote: &RemoteOptions) -> Result<Vault> {
+        let url = url.trim_end_matches('/');
+        let store = connect(url, remote)?;
+        let config = store.get("config")?.ok_or_else(|| Error::NotAVault { path: PathBuf::from(url) })?;
+        let cache = match &remote.cache {
+            Some(c) => c.clone(),
+            None => default_cache(url)?,
+        };
+        prepare_cache(&cache, url, &config)?;
+        let mut vault = Vault::open_with(&cache, options)?;
+        vault.remote = Some(Arc::new(Remote { store, url: url.to_string(), condemned: Default::default() }));
+        Ok(vault)
+    }
+
+    /// Creates a vault on object storage. The container or bucket must
+    /// exist; the prefix must hold no vault.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] when the prefix holds a vault config; as
+    /// [`open_url`](Self::open_url).
+    pub fn init_url(url: &str, options: VaultOptions, remote: &RemoteOptions) -> Result<Vault> {
+        let url = url.trim_end_matches('/');
+        let store = connect(url, remote)?;
+        if store.get("config")?.is_some() {
+            return Err(Error::AlreadyExists { path: PathBuf::from(url) });
+        }
+        // The config is made exactly as a local vault's, in a scratch folder.
+        let scratch = std::env::temp_dir().join(format!("vmbackup-init-{}-{}", std::process::id(), random_hex(8)?));
+        let made = Vault::init_with(&scratch, options.clone()).and_then(|_| files::read(&scratch.join("config")));
+        let _ = std::fs::remove_dir_all(&scratch);
+        if !store.put_new("config", made?)? {
+            return Err(Error::AlreadyExists { path: PathBuf::from(url) });
+        }
+        Self::open_url(url, options, remote)
+    }
+
+    /// Whether the vault is on object storage.
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// Where the vault is: its URL, or its folder.
+    pub fn location(&self) -> String {
+        match &self.remote {
+            Some(r) => r.url.clone(),
+            None => self.root.display().to_string(),
+        }
+    }
+
+    pub(crate) fn remote(&self) -> Option<&Remote> {
+        self.remote.as_deref()
+    }
+}
+
+/// Makes the cache folder ready for a vault's config: a folder made for
+/// another vault (or an older vault at the same URL) is emptied of what it
+/// cached, if it says it is a cache; any other non-empty folder is refused.
+fn prepare_cache(cache: &Path, url: &str, config: &[u8]) -> Result<()> {
+    let marker = cache.join(CACHE_OF);
+    let non_empty = std::fs::read_dir(cache).map(|mut d| d.next().is_some()).unwrap_or(false);
+    if non_empty && !marker.exists() {
+        return Err(Error::invalid(
+            format!("cache folder {} of vault {url}", cache.display()),
+            "it is not empty and is no vmbackup cache (no cache-of file): name an empty or new folder",
+        ));
+    }
+    files::mkdirs(cache)?;
+    for d in SUBDIRS {
+        files::mkdirs(&cache.join(d))?;
+    }
+    let current = std::fs::read(cache.join("config")).ok();
+    if current.as_deref() != Some(config) {
+        // Another vault's cache: what it cached does not belong to this one.
+        for d in ["index", "segments", "points", "vms", "gc"] {
+            let p = cache.join(d);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).map_err(|e| Error::io("clear cache folder", &p, e))?;
+            }
+            files::mkdirs(&p)?;
+        }
+        write_cache(cache, &cache.join("config"), config)?;
+    }
+    write_cache(cache, &marker, format!("{url}\n").as_bytes())?;
+    let lock = cache.join("lock");
+    if !lock.exists() {
+        std::fs::write(&lock, b"").map_err(|e| Error::io("create", &lock, e))?;
+    }
+    Ok(())
+}
+
+fn random_hex(n: usize) -> Result<String> {
+    let mut r = vec![0u8; n];
+    getrandom::fill(&mut r)
+        .map_err(|e| Error::io("get random bytes for", "a remote vault", std::io::Error::other(e)))?;
+    Ok(hex(&r))
+}
+
+fn segment_key(id: &ContentId) -> String {
+    let h = id.to_hex();
+    format!("segments/{}/{h}", &h[..2])
+}
+
+impl Remote {
+    /// Whether a backup may deduplicate against a pack: no gc mark names it.
+    pub(crate) fn dedup_allowed(&self, pack: &str) -> bool {
+        !self.condemned.lock().unwrap_or_else(|p| p.into_inner()).contains(pack)
+    }
+
+    /// The store's URL of an object.
+    pub(crate) fn url_of(&self, key: &str) -> String {
+        self.store.url(key)
+    }
+
+    pub(crate) fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// The packs the cache's chunk index knows: its `index/*.idx` files.
+    pub(crate) fn pack_ids(&self, vault: &Vault) -> Result<Vec<String>> {
+        Ok(files::list(&vault.root.join("index"))?
+            .into_iter()
+            .filter_map(|n| n.strip_suffix(".idx").map(str::to_string))
+            .collect())
+    }
+
+    /// Every gc mark in the store, fetched once into the cache's `gc/`;
+    /// cached marks gone from the store are dropped.
+    pub(crate) fn marks(&self, vault: &Vault) -> Result<Vec<(String, Mark)>> {
+        let dir = vault.root.join("gc");
+        files::mkdirs(&dir)?;
+        let listed: Vec<String> = self
+            .store
+            .list("gc/")?
+            .into_iter()
+            .filter_map(|o| o.key.strip_prefix("gc/").map(str::to_string))
+            .filter(|n| n.ends_with(".json") && validate_name("gc mark", n).is_ok())
+            .collect();
+        let have: HashSet<String> = files::list(&dir)?.into_iter().collect();
+        for name in have.iter().filter(|n| !listed.contains(n)) {
+            remove(&dir.join(name))?;
+        }
+        let new: Vec<String> = listed.iter().filter(|n| !have.contains(*n)).map(|n| format!("gc/{n}")).collect();
+        for (key, bytes) in new.iter().zip(self.store.get_many(&new)?) {
+            if let Some(bytes) = bytes {
+                write_cache(&vault.root, &vault.root.join(key), &bytes)?;
+            }
+        }
+        let mut out = Vec::new();
+        for name in listed {
+            let path = dir.join(&name);
+            let Ok(bytes) = std::fs::read(&path) else { continue };
+            let mark: Mark = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::corrupt(format!("gc mark {}", self.store.url(&format!("gc/{name}"))), e.to_string())
+            })?;
+            out.push((name, mark));
+        }
+        Ok(out)
+    }
+
+    /// Brings the cache's chunk index files in line with the store: fetches
+    /// the index files of new packs, drops those whose pack gc removed, and
+    /// notes the packs a gc mark condemns (dropping the cached segments it
+    /// condemns), so that no backup deduplicates against them.
+    pub(crate) fn sync_index(&self, vault: &Vault) -> Result<()> {
+        let marks = self.marks(vault)?;
+        *self.condemned.lock().unwrap_or_else(|p| p.into_inner()) =
+            marks.iter().flat_map(|(_, m)| m.packs.iter().cloned()).collect();
+        let condemned: HashSet<String> =
+            marks.into_iter().flat_map(|(_, m)| m.segments.into_iter().map(|s| format!("s/{s}"))).collect();
+        let listed: BTreeSet<String> = self
+            .store
+            .list("index/")?
+            .into_iter()
+            .filter_map(|o| o.key.strip_prefix("index/").map(str::to_string))
+            .filter(|n| n.ends_with(".idx") && validate_name("chunk index file", n).is_ok())
+            .collect();
+        let dir = vault.root.join("index");
+        let have: HashSet<String> = files::list(&dir)?.into_iter().collect();
+        for name in have.iter().filter(|n| !listed.contains(*n)) {
+            remove(&dir.join(name))?;
+        }
+        for s in condemned.iter().filter_map(|c| c.strip_prefix("s/")) {
+            if let Ok(id) = ContentId::from_hex(s) {
+                remove(&vault.segment_path(&id))?;
+            }
+        }
+        let new: Vec<String> = listed.iter().filter(|n| !have.contains(*n)).map(|n| format!("index/{n}")).collect();
+        for chunk in new.chunks(256) {
+            for (key, bytes) in chunk.iter().zip(self.store.get_many(chunk)?) {
+                // An index file deleted since the listing: its pack went with it.
+                if let Some(bytes) = bytes {
+                    write_cache(&vault.root, &vault.root.join(key), &bytes)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings the cache's manifests of one VM (or of all) in line with the
+    /// store: fetches new ones, drops those that prune removed.
+    pub(crate) fn sync_points(&self, vault: &Vault, vm: Option<&str>) -> Result<()> {
+        let prefix = match vm {
+            Some(vm) => format!("points/{vm}/"),
+            None => "points/".to_string(),
+        };
+        let listed: BTreeSet<String> = self
+            .store
+            .list(&prefix)?
+            .into_iter()
+            .map(|o| o.key)
+            .filter(|k| {
+                let mut parts = k.split('/').skip(1);
+                matches!((parts.next(), parts.next(), parts.next()), (Some(v), Some(id), None)
+                    if validate_name("vm name", v).is_ok() && validate_name("point id", id).is_ok())
+            })
+            .collect();
+        let root = vault.root.join("points");
+        let mut have = HashSet::new();
+        let vms = match vm {
+            Some(vm) => vec![vm.to_string()],
+            None => files::list(&root)?,
+        };
+        for v in vms {
+            for id in files::list(&root.join(&v))? {
+                have.insert(format!("points/{v}/{id}"));
+            }
+        }
+        for key in have.iter().filter(|k| !listed.contains(*k)) {
+            remove(&vault.root.join(key))?;
+        }
+        let new: Vec<String> = listed.iter().filter(|k| !have.contains(*k)).cloned().collect();
+        for chunk in new.chunks(256) {
+            for (key, bytes) in chunk.iter().zip(self.store.get_many(chunk)?) {
+                if let Some(bytes) = bytes {
+                    write_cache(&vault.root, &vault.root.join(key), &bytes)?;
+                }
+            }
+        }
+        for key in &listed {
+            if let Some(dir) = vault.root.join(key).parent() {
+                files::mkdirs(dir)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches an index segment into the cache unless it is there; a
+    /// segment missing from the store stays missing.
+    pub(crate) fn ensure_segment(&self, vault: &Vault, id: &ContentId) -> Result<()> {
+        let path = vault.segment_path(id);
+        if path.exists() {
+            return Ok(());
+        }
+        if let Some(bytes) = self.store.get(&segment_key(id))? {
+            write_cache(&vault.root, &path, &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Reads one chunk's frame with a ranged GET, then checks it as a local
+    /// read does (crc, decode, keyed hash against its id).
+    pub(crate) fn read_chunk(&self, vault: &Vault, pack_id: &str, entry: &PackEntry) -> Result<Vec<u8>> {
+        let key = format!("packs/{pack_id}.pack");
+        let object = format!("pack {}", self.store.url(&key));
+        let frame = self.store.get_range(&key, entry.offset..entry.offset + entry.frame_len())?;
+        if frame.len() as u64 != entry.frame_len() {
+            return Err(Error::corrupt(
+                format!("{object} at byte {}", entry.offset),
+                "pack ends inside this chunk (truncated)",
+            ));
+        }
+        let data = pack::decode_frame(&frame, entry, &object)?;
+        if ContentId(*blake3::keyed_hash(vault.keys_chunk(), &data).as_bytes()) != entry.id {
+            return Err(Error::corrupt(
+                format!("{object} at byte {}", entry.offset),
+                format!("chunk {} does not hash to its id", entry.id),
+            ));
+        }
+        Ok(data)
+    }
+
+    /// Publishes a backup's staged objects: packs and segments in
+    /// parallel, then the packs' index files (an index file in the store
+    /// always names a pack that is there), then moves the index files and
+    /// segments into the cache.
+    pub(crate) fn publish(
+        &self,
+        vault: &Vault,
+        staging: &Path,
+        packs: &[String],
+        segments: &[ContentId],
+    ) -> Result<()> {
+        let concurrency =
+            usize::try_from(UPLOAD_BUDGET / vault.options.pack_target_size.max(1)).unwrap_or(1).clamp(1, 16);
+        let mut first: Vec<(String, PathBuf)> = packs
+            .iter()
+            .map(|id| (format!("packs/{id}.pack"), staging.join("packs").join(format!("{id}.pack"))))
+            .collect();
+        first.extend(segments.iter().map(|id| (segment_key(id), staging.join("segments").join(id.to_hex()))));
+        self.store.put_files(&first, concurrency)?;
+        let idx: Vec<(String, PathBuf)> = packs
+            .iter()
+            .map(|id| (format!("index/{id}.idx"), staging.join("index").join(format!("{id}.idx"))))
+            .collect();
+        self.store.put_files(&idx, concurrency.max(8))?;
+        for (key, from) in idx {
+            let to = vault.root.join(&key);
+            std::fs::rename(&from, &to).map_err(|e| Error::io("move chunk index into the cache", &to, e))?;
+        }
+        for id in segments {
+            let from = staging.join("segments").join(id.to_hex());
+            let to = vault.segment_path(id);
+            if let Some(parent) = to.parent() {
+                files::mkdirs(parent)?;
+            }
+            std::fs::rename(&from, &to).map_err(|e| Error::io("move index segment into the cache", &to, e))?;
+        }
+        Ok(())
+    }
+
+    /// Checks that a point may be committed (see the module doc), then
+    /// writes its manifest with a create-only put and into the cache.
+    /// `own_packs`, `own_segments` and `own_chunks` are those this backup
+    /// uploaded.
+    pub(crate) fn commit_manifest(
+        &self,
+        vault: &Vault,
+        m: &PointManifest,
+        bytes: &[u8],
+        own_packs: &[String],
+        own_segments: &[ContentId],
+        own_chunks: &HashSet<ContentId>,
+    ) -> Result<()> {
+        let what = format!("point {} of vm {} in vault {}", m.id, m.vm, self.url);
+        let refuse = |why: String| {
+            Error::io(
+                "commit",
+                PathBuf::from(&what),
+                std::io::Error::new(
+                    std::io::ErrorKind::Interrupted,
+                    format!("{why}; nothing was committed, run the backup again"),
+                ),
+            )
+        };
+        // What the point depends on besides what this backup uploaded: the
+        // packs of the other chunks, by the chunk index as the backup used
+        // it (refreshed only for a chunk it does not place).
+        let segments: BTreeSet<ContentId> = m.disks.iter().flat_map(|d| d.segments.iter().copied()).collect();
+        let mut packs: BTreeSet<String> = BTreeSet::new();
+        let mut unplaced = Vec::new();
+        for s in &segments {
+            for id in vault.read_segment(s)?.into_iter().flatten().filter(|id| !own_chunks.contains(id)) {
+                match vault.locate(&id) {
+                    Some((_, p, _)) => {
+                        packs.insert(p.to_string());
+                    }
+                    None => unplaced.push(id),
+                }
+            }
+        }
+        if !unplaced.is_empty() {
+            vault.refresh_index()?;
+            for id in unplaced {
+                let (_, p, _) = vault.locate(&id).ok_or_else(|| {
+                    refuse(format!("chunk {id} of the point is in no pack of the vault (gc removed its pack)"))
+                })?;
+                packs.insert(p.to_string());
+            }
+        }
+        // (1) Nothing condemned. A segment's mark younger than half its grace
+        // period is no obstacle: no sweep acts on it before the manifest,
+        // written a moment from now, is there to spare the segment.
+        let now = jiff::Timestamp::now();
+        let young = |m: &Mark| {
+            let age = now.duration_since(m.created).as_secs_f64();
+            age < m.grace_secs as f64 / 2.0
+        };
+        let condemned: HashMap<String, String> = self
+            .marks(vault)?
+            .into_iter()
+            .flat_map(|(name, mark)| {
+                let segments = if young(&mark) { Vec::new() } else { mark.segments };
+                mark.packs.into_iter().chain(segments).map(move |o| (o, name.clone())).collect::<Vec<_>>()
+            })
+            .collect();
+        for p in &packs {
+            if let Some(mark) = condemned.get(p) {
+                return Err(refuse(format!(
+                    "gc marked pack {p}, which holds chunks of the point, for removal (gc/{mark})"
+                )));
+            }
+        }
+        for s in &segments {
+            if let Some(mark) = condemned.get(&s.to_hex()) {
+                // The sweep will remove it from the store: the cache must
+                // not vouch for it then, or the rerun would not upload it.
+                remove(&vault.segment_path(s))?;
+                return Err(refuse(format!(
+                    "gc marked index segment {s} of the point for removal (gc/{mark}); a segment is named by its \
+                     content, so a backup can commit it again once a gc has swept that mark"
+                )));
+            }
+        }
+        // (2) What other backups wrote is still there.
+        let own_p: HashSet<&String> = own_packs.iter().collect();
+        let own_s: HashSet<&ContentId> = own_segments.iter().collect();
+        let mut keys: Vec<String> =
+            packs.iter().filter(|p| !own_p.contains(p)).map(|p| format!("packs/{p}.pack")).collect();
+        keys.extend(segments.iter().filter(|s| !own_s.contains(s)).map(segment_key));
+        let found = self.store.head_many(&keys)?;
+        let missing: Vec<&String> = keys.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(k, _)| k).collect();
+        if !missing.is_empty() {
+            // The cache trusted them: forget them, so that the rerun does not.
+            for key in &missing {
+                if let Some(p) = key.strip_prefix("packs/").and_then(|k| k.strip_suffix(".pack")) {
+                    remove(&vault.idx_path(p))?;
+                } else {
+                    remove(&vault.root.join(key))?;
+                }
+            }
+            vault.forget_index();
+            return Err(refuse(format!(
+                "{} object(s) the point needs are gone from the store (removed by gc), first {}",
+                missing.len(),
+                self.store.url(missing[0])
+            )));
+        }
+        let key = format!("points/{}/{}", m.vm, m.id);
+        if !self.store.put_new(&key, bytes.to_vec())? {
+            return Err(Error::io(
+                "publish manifest",
+                self.store.url(&key),
+                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            ));
+        }
+        write_cache(&vault.root, &vault.root.join(&key), bytes)
+    }
+
+    /// Deletes a point's manifest from the store.
+    pub(crate) fn delete_point(&self, vm: &str, id: &str) -> Result<()> {
+        self.store.delete(&format!("points/{vm}/{id}"))
+    }
+
+    /// Writes a VM's record through to the store.
+    pub(crate) fn put_vm_record(&self, vm: &str, bytes: &[u8]) -> Result<()> {
+        self.store.put(&format!("vms/{vm}.json"), bytes.to_vec())
+    }
+}
+
+#[cfg(all(test, feature = "object-store"))]
+mod tests {
+    use super::*;
+    use crate::{BackupOptions, ImageFileProvider, Vm, backup};
+
+    /// A mark on a segment a new point needs: no obstacle while younger than
+    /// half its grace period, a refusal past that. Against Azurite
+    /// (`VMB_AZURITE`, set by scripts/test).
+    #[test]
+    fn a_young_mark_on_a_segment_lets_the_point_commit_a_ripe_one_does_not() {
+        let Ok(endpoint) = std::env::var("VMB_AZURITE") else {
+            eprintln!("skipping: VMB_AZURITE is not set (scripts/test starts Azurite and sets it)");
+            return;
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let url = format!("az://vmbackup/young-mark-{}", random_hex(6).expect("random"));
+        let remote = RemoteOptions { cache: Some(d.join("cache")), endpoint: Some(endpoint.clone()) };
+        let vault = Vault::init_url(&url, VaultOptions::default(), &remote).expect("init");
+        let data: Vec<u8> = (0..1u32 << 18).flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()).collect();
+        let provider = ImageFileProvider::new();
+        let point = |vm: &str| {
+            let img = d.join(format!("{vm}.img"));
+            std::fs::write(&img, &data).expect("image");
+            backup(&vault, &provider, &Vm::from_images(vm, &[&img]).expect("vm"), &BackupOptions::default())
+        };
+        let first = point("a").expect("first backup").point;
+        let segment = first.disks[0].segments[0].to_hex();
+        let store = object::ObjectBackend::connect(&url, Some(&endpoint)).expect("store");
+        let mark = |created: jiff::Timestamp, name: &str| {
+            let m = Mark { created, grace_secs: 3600, packs: Vec::new(), segments: vec![segment.clone()] };
+            store.put(&format!("gc/{name}.json"), serde_json::to_vec(&m).expect("json")).expect("put mark");
+        };
+        mark(jiff::Timestamp::now(), "young");
+        point("b").expect("a young mark is no obstacle");
+        store.delete("gc/young.json").expect("delete");
+        let two_hours_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(2);
+        mark(two_hours_ago, "ripe");
+        let e = point("c").expect_err("a ripe mark on the point's segment");
+        assert!(e.to_string().contains("gc marked index segment") && e.to_string().contains(&url), "{e}");
+        assert!(vault.points(Some("c")).expect("points").is_empty());
+    }
+
+    /// A marked pack is still read (a point committed just before the mark
+    /// may need it until the sweep spares it), but never deduplicated
+    /// against.
+    #[test]
+    fn a_marked_pack_is_read_but_not_deduplicated_against() {
+        let Ok(endpoint) = std::env::var("VMB_AZURITE") else {
+            eprintln!("skipping: VMB_AZURITE is not set (scripts/test starts Azurite and sets it)");
+            return;
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let url = format!("az://vmbackup/marked-pack-{}", random_hex(6).expect("random"));
+        let remote = RemoteOptions { cache: Some(d.join("cache")), endpoint: Some(endpoint.clone()) };
+        let vault = Vault::init_url(&url, VaultOptions::default(), &remote).expect("init");
+        let data: Vec<u8> = (0..1u32 << 18).flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()).collect();
+        let img = d.join("a.img");
+        std::fs::write(&img, &data).expect("image");
+        let provider = ImageFileProvider::new();
+        let first = backup(&vault, &provider, &Vm::from_images("a", &[&img]).expect("vm"), &BackupOptions::default())
+            .expect("backup")
+            .point;
+        let store = object::ObjectBackend::connect(&url, Some(&endpoint)).expect("store");
+        let packs: Vec<String> = store
+            .list("packs/")
+            .expect("list")
+            .into_iter()
+            .filter_map(|o| o.key.strip_prefix("packs/")?.strip_suffix(".pack").map(str::to_string))
+            .collect();
+        let m = Mark { created: jiff::Timestamp::now(), grace_secs: 3600, packs, segments: Vec::new() };
+        store.put("gc/by-hand.json", serde_json::to_vec(&m).expect("json")).expect("put mark");
+        // Another host restores the point from the marked packs.
+        let other = RemoteOptions { cache: Some(d.join("other")), endpoint: Some(endpoint.clone()) };
+        let reader = Vault::open_url(&url, VaultOptions::default(), &other).expect("open");
+        let out = d.join("restored.img");
+        crate::restore_disk_to_path(&reader, &first, "a.img", &out, &crate::RestoreOptions::default())
+            .expect("restore from a marked pack");
+        assert!(std::fs::read(&out).expect("restored") == data);
+        // A backup of the same data stores it anew.
+        let img_b = d.join("b.img");
+        std::fs::write(&img_b, &data).expect("image");
+        let b = backup(&reader, &provider, &Vm::from_images("b", &[&img_b]).expect("vm"), &BackupOptions::default())
+            .expect("backup b");
+        assert_eq!(b.point.stats.totals.bytes_deduplicated, 0, "deduplicated against a marked pack");
+        assert!(b.point.stats.totals.bytes_new > 0);
+    }
+}
