@@ -88,7 +88,8 @@ pub use snapshot::{
 };
 pub use throttle::{Throttle, ThrottledDevice, ThrottledProvider};
 pub use vault::{
-    BackupSession, Codec, DiskRecord, DiskStats, FORMAT_VERSION, LockMode, PointManifest, PointStats, Vault, VaultLock,
-    VaultOptions, VaultSink, VaultSource, VmRecord,
+    BackupSession, Codec, DiskRecord, DiskStats, FORMAT_VERSION, KdfParams, KeySlotInfo, KeySource, LockMode,
+    PointManifest, PointStats, SlotKind, Vault, VaultLock, VaultOptions, VaultSink, VaultSource, VmRecord,
+    generate_key_file,
 };
 pub use verify::{Problem, VerifyOptions, VerifyReport, verify};
