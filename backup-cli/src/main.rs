@@ -5,6 +5,7 @@
 
 mod demo;
 mod jobs;
+mod keys;
 mod maintenance;
 mod nbd;
 mod progress;
@@ -35,6 +36,8 @@ struct Cli {
     /// The size at which a backup closes a pack (tests use small packs).
     #[arg(long, global = true, hide = true, value_parser = parse_size)]
     pack_target_size: Option<u32>,
+    #[command(flatten)]
+    key: keys::KeyArgs,
 }
 
 #[derive(Subcommand)]
@@ -43,6 +46,17 @@ enum Command {
     Init {
         /// The vault's folder (must not exist, or be empty).
         vault: PathBuf,
+        /// Encrypt the vault: every chunk, index segment and manifest is
+        /// sealed (AES-256-GCM) with a key that the passphrase
+        /// ($VMBACKUP_PASSPHRASE, --passphrase-file, or a prompt) or
+        /// --key-file unlocks.
+        #[arg(long)]
+        encrypt: bool,
+    },
+    /// Manage the passphrases and key files of an encrypted vault.
+    Key {
+        #[command(subcommand)]
+        command: keys::KeyCommand,
     },
     /// Back up a VM whose disks are raw image files or NBD exports.
     Backup {
@@ -370,11 +384,14 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     repair::set_vault_options(cli.lock_timeout, cli.pack_target_size)?;
+    keys::set(cli.key.clone());
     match cli.command {
-        Command::Init { vault } => {
-            let v = Vault::init(&vault)?;
-            println!("initialized vault {} (id {})", vault.display(), v.id());
+        Command::Init { vault, encrypt } => {
+            let v = keys::init(&vault, encrypt, repair::options(), &cli.key)?;
+            let how = if v.is_encrypted() { "encrypted vault" } else { "vault" };
+            println!("initialized {how} {} (id {})", vault.display(), v.id());
         }
+        Command::Key { command } => return keys::run(command, repair::options(), &cli.key),
         Command::Backup {
             vault,
             vm,

@@ -91,7 +91,7 @@ pub struct ExportArgs {
 
 /// Serves a point's disk read-only over NBD until SIGINT or SIGTERM.
 pub fn export(a: ExportArgs) -> Result<ExitCode> {
-    let vault = backup_core::Vault::open(&a.vault)?;
+    let vault = crate::repair::open(&a.vault)?;
     let point = vault.find_point(&a.vm, &a.point)?;
     let at = match (&a.socket, &a.listen) {
         (Some(s), None) => ExportAddress::Unix(s.clone()),

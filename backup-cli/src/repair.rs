@@ -28,9 +28,14 @@ pub fn set_vault_options(lock_timeout: Option<f64>, pack_target_size: Option<u32
     Ok(())
 }
 
-/// Opens a vault with the options asked for on the command line.
+/// The vault options asked for on the command line.
+pub fn options() -> VaultOptions {
+    OPTIONS.get().cloned().unwrap_or_default()
+}
+
+/// Opens a vault with the options and key asked for on the command line.
 pub fn open(path: &Path) -> Result<Vault> {
-    Ok(Vault::open_with(path, OPTIONS.get().cloned().unwrap_or_default())?)
+    crate::keys::open(path, options(), &crate::keys::given_args())
 }
 
 /// Rebuilds the chunk index files from the packs and says what is lost.
