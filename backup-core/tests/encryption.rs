@@ -417,3 +417,25 @@ fn a_plain_vault_is_written_as_format_version_1_and_ignores_a_key_on_open() {
     let v = Vault::open_with(&path, with_passphrase("anything")).expect("open");
     assert!(!v.is_encrypted());
 }
+
+#[test]
+fn gc_repacks_sealed_chunks_unchanged_and_the_remaining_point_still_restores() {
+    let mut f = Fixture::new();
+    let vault = Vault::init_with(f.root.join("v"), with_passphrase(PASSPHRASE)).expect("init");
+    let first = f.backup(&vault);
+    // Half of the first point's blocks are no longer in the second.
+    for data in f.images.values_mut() {
+        let n = data.len() / 2;
+        data[..n].copy_from_slice(&disk_image(n, 77));
+    }
+    f.write_images();
+    let second = f.backup(&vault);
+    fs::remove_file(vault.path().join("points/web").join(&first.id)).expect("drop the first point");
+    let mut o = GcOptions::default();
+    o.grace = std::time::Duration::ZERO;
+    o.repack_threshold = 0.0;
+    let report = gc(&vault, &o).expect("gc");
+    assert!(report.packs_repacked > 0, "{report:?}");
+    f.assert_restores(&vault, &second, &f.images);
+    assert_eq!(holding(vault.path(), CANARY), Vec::<PathBuf>::new());
+}
