@@ -21,10 +21,14 @@ from ._device import BlockDevice
 from ._errors import (
     CancelledError,
     CorruptionError,
+    KeyRequiredError,
     NotFoundError,
+    TamperedError,
+    VaultKeyError,
     VaultLockedError,
     VmBackupError,
     VmBackupIOError,
+    WrongKeyError,
 )
 from ._native import (
     BackupStats,
@@ -53,4 +57,8 @@ __all__ = [
     "NotFoundError",
     "VmBackupIOError",
     "CancelledError",
+    "TamperedError",
+    "VaultKeyError",
+    "KeyRequiredError",
+    "WrongKeyError",
 ]

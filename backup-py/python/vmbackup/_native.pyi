@@ -31,17 +31,35 @@ class Vault:
     """A vault of recovery points in a local folder; a context manager."""
 
     @staticmethod
-    def init(path: _StrPath, *, lock_timeout: float = 60.0) -> "Vault":
-        """Creates a new vault in a folder that does not exist or is empty."""
+    def init(
+        path: _StrPath,
+        *,
+        lock_timeout: float = 60.0,
+        passphrase: Optional[str] = None,
+        key_file: Optional[_StrPath] = None,
+    ) -> "Vault":
+        """Creates a new vault in a folder that does not exist or is empty;
+        encrypted with ``passphrase`` or ``key_file``."""
     @staticmethod
-    def open(path: _StrPath, *, lock_timeout: float = 60.0) -> "Vault":
-        """Opens an existing vault; ``NotFoundError`` when ``path`` holds none."""
+    def open(
+        path: _StrPath,
+        *,
+        lock_timeout: float = 60.0,
+        passphrase: Optional[str] = None,
+        key_file: Optional[_StrPath] = None,
+    ) -> "Vault":
+        """Opens an existing vault; ``NotFoundError`` when ``path`` holds none,
+        ``KeyRequiredError``/``WrongKeyError`` for an encrypted vault without
+        its key."""
     @property
     def path(self) -> pathlib.Path:
         """The vault's folder (a :class:`pathlib.Path`)."""
     @property
     def id(self) -> str:
         """The vault's random id, made at init."""
+    @property
+    def encrypted(self) -> bool:
+        """Whether the vault is encrypted."""
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
@@ -225,6 +243,9 @@ class Problem:
     @property
     def what(self) -> str:
         """What is wrong, naming the damaged object."""
+    @property
+    def tampered(self) -> bool:
+        """Whether a sealed object failed authentication (encrypted vaults)."""
 
 @final
 class VerifyReport:
