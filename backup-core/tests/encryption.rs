@@ -405,7 +405,7 @@ fn key_slots_are_added_and_removed_without_touching_the_data_and_the_last_one_st
 }
 
 #[test]
-fn a_plain_vault_is_written_as_format_version_1_and_ignores_a_key_on_open() {
+fn a_plain_vault_is_written_as_format_version_1_and_refuses_a_key_so_a_swapped_config_cannot_downgrade() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("v");
     drop(Vault::init(&path).expect("init"));
@@ -414,8 +414,17 @@ fn a_plain_vault_is_written_as_format_version_1_and_ignores_a_key_on_open() {
     assert_eq!(config["format_version"], 1);
     assert!(config.get("encryption").is_none());
     assert!(config["chunk_key"].is_string());
-    let v = Vault::open_with(&path, with_passphrase("anything")).expect("open");
-    assert!(!v.is_encrypted());
+    assert!(!Vault::open(&path).expect("open").is_encrypted());
+    let err = Vault::open_with(&path, with_passphrase("anything")).expect_err("a key for a plain vault");
+    assert!(matches!(err, Error::WrongKey { .. }) && err.to_string().contains("not encrypted"), "{err}");
+
+    // An encrypted vault whose config was swapped for a plain one: a caller
+    // with the passphrase is refused instead of writing in clear.
+    let enc = dir.path().join("enc");
+    drop(Vault::init_with(&enc, with_passphrase(PASSPHRASE)).expect("init"));
+    fs::copy(path.join("config"), enc.join("config")).expect("swap the config");
+    let err = Vault::open_with(&enc, with_passphrase(PASSPHRASE)).expect_err("downgraded");
+    assert!(matches!(err, Error::WrongKey { .. }), "{err}");
 }
 
 #[test]

@@ -139,8 +139,10 @@ pub struct VaultOptions {
     /// The size at which a pack is closed and a new one started.
     pub pack_target_size: u64,
     /// The passphrase or key file: at open, what unlocks an encrypted vault
-    /// (ignored for a vault without encryption); at init, `Some` makes the
-    /// vault encrypted with it as the first key slot.
+    /// (a vault without encryption is refused with [`Error::WrongKey`], so
+    /// that a config swapped for a plain one cannot make a caller who
+    /// expects encryption write in clear); at init, `Some` makes the vault
+    /// encrypted with it as the first key slot.
     pub key: Option<KeySource>,
     /// The Argon2id cost of passphrase slots made by init and
     /// [`Vault::add_key`].
@@ -412,6 +414,17 @@ impl Vault {
         let config: Config = serde_json::from_value(value)
             .map_err(|e| Error::corrupt(format!("vault config {}", config_path.display()), e.to_string()))?;
         let keys = match (&config.encryption, &config.chunk_key, config.format_version) {
+            (None, Some(_), PLAIN_FORMAT_VERSION) if options.key.is_some() => {
+                // Whoever can write the config could swap an encrypted
+                // vault's for a plain one; a caller who brings a key expects
+                // encryption, so nothing is read or written in clear for it.
+                return Err(Error::WrongKey {
+                    path: root,
+                    detail: "the vault is not encrypted (format version 1), yet a key was given: refusing to use it \
+                             in clear (open it without a key if it was made without encryption)"
+                        .into(),
+                });
+            }
             (None, Some(chunk_key), PLAIN_FORMAT_VERSION) => {
                 let key = unhex(chunk_key).and_then(|k| <[u8; 32]>::try_from(k).ok()).ok_or_else(|| {
                     Error::corrupt(format!("vault config {}", config_path.display()), "chunk_key is not 64 hex digits")
