@@ -827,7 +827,8 @@ enum vmb_status vmb_vault_init_with_key(const char *path,
  * Opens the vault in `path` with a key: an encrypted vault needs one
  * (`VMB_ERR_KEY_REQUIRED` from `vmb_vault_open`, `VMB_ERR_WRONG_KEY` when
  * it opens no key slot; both before any other work). A vault without
- * encryption ignores it. `key` NULL is `vmb_vault_open`.
+ * encryption is refused with `VMB_ERR_WRONG_KEY` (a caller who brings a key
+ * expects encryption). `key` NULL is `vmb_vault_open`.
  *
  * # Safety
  * As `vmb_vault_init_with_key`.

@@ -7,7 +7,8 @@
 //! and XChaCha20-Poly1305 (AVX2). The vault uses the faster; BENCHMARKS.md
 //! has the figures.
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use chacha20poly1305::aead::{AeadInPlace as _, KeyInit as _};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const BLOCK: usize = 64 << 10;
@@ -32,21 +33,20 @@ fn aead(c: &mut Criterion) {
             let sub = h.finalize();
             let cipher = aes_gcm::Aes256Gcm::new_from_slice(sub.as_bytes()).expect("32-byte key");
             buf.copy_from_slice(&data);
-            let tag = cipher
-                .encrypt_in_place_detached(aes_gcm::Nonce::from_slice(&nonce[12..]), b"aad", &mut buf)
-                .expect("seals");
+            let n = aes_gcm::Nonce::try_from(&nonce[12..]).expect("12 bytes");
+            let tag = cipher.encrypt_inout_detached(&n, b"aad", buf.as_mut_slice().into()).expect("seals");
             std::hint::black_box(tag);
         })
     });
     g.bench_function("aes256gcm_open_64k", |b| {
         let cipher = aes_gcm::Aes256Gcm::new_from_slice(&key).expect("32-byte key");
-        let nonce = aes_gcm::Nonce::from_slice(&[1u8; 12]);
+        let nonce = aes_gcm::Nonce::try_from(&[1u8; 12][..]).expect("12 bytes");
         let mut sealed = data.clone();
-        let tag = cipher.encrypt_in_place_detached(nonce, b"aad", &mut sealed).expect("seals");
+        let tag = cipher.encrypt_inout_detached(&nonce, b"aad", sealed.as_mut_slice().into()).expect("seals");
         let mut buf = sealed.clone();
         b.iter(|| {
             buf.copy_from_slice(&sealed);
-            cipher.decrypt_in_place_detached(nonce, b"aad", &mut buf, &tag).expect("opens");
+            cipher.decrypt_inout_detached(&nonce, b"aad", buf.as_mut_slice().into(), &tag).expect("opens");
         })
     });
     g.bench_function("xchacha20poly1305_seal_64k", |b| {
