@@ -41,29 +41,110 @@ impl Rng {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
 }
 
-/// A block: a quarter zero, half text-like (compressible), a quarter random.
-fn fill(rng: &mut Rng, b: &mut [u8]) {
-    match rng.next() % 4 {
-        0 => b.fill(0),
-        1 | 2 => {
-            let line = format!("kernel: session {} started for user {}\n", rng.next() % 10_000, rng.next() % 100);
-            for (i, x) in b.iter_mut().enumerate() {
-                *x = line.as_bytes()[i % line.len()];
-            }
-            let n = (rng.next() % 64) as usize;
-            for _ in 0..n {
-                let at = (rng.next() as usize) % b.len();
-                b[at] = rng.next() as u8;
+// The same mix of blocks as the `engine` bench fixture (benches/engine.rs).
+
+const WORDS: &[&str] = &[
+    "kernel",
+    "systemd",
+    "started",
+    "session",
+    "user",
+    "root",
+    "eth0",
+    "link",
+    "up",
+    "down",
+    "error",
+    "warning",
+    "info",
+    "debug",
+    "disk",
+    "block",
+    "device",
+    "mounted",
+    "ext4",
+    "journal",
+    "request",
+    "GET",
+    "POST",
+    "/api/v1/items",
+    "200",
+    "404",
+    "500",
+    "latency",
+    "ms",
+    "bytes",
+    "the",
+    "a",
+    "of",
+    "to",
+    "and",
+    "in",
+    "for",
+    "on",
+    "with",
+    "from",
+    "connection",
+    "closed",
+    "accepted",
+    "timeout",
+    "retry",
+    "backup",
+    "snapshot",
+    "volume",
+    "config",
+    "loaded",
+];
+
+/// A text-like block: log lines made of common words and numbers; LZ4
+/// compresses it about 2 to 3 times, like real logs and source files.
+fn fill_text(rng: &mut Rng, out: &mut [u8]) {
+    let mut pos = 0;
+    while pos < out.len() {
+        let line = format!(
+            "2026-11-25T{:02}:{:02}:{:02}.{:06} host{} {}[{}]: ",
+            rng.below(24),
+            rng.below(60),
+            rng.below(60),
+            rng.below(1_000_000),
+            rng.below(8),
+            WORDS[rng.below(WORDS.len() as u64) as usize],
+            rng.below(65536)
+        );
+        let mut s = line;
+        for _ in 0..(4 + rng.below(10)) {
+            s.push_str(WORDS[rng.below(WORDS.len() as u64) as usize]);
+            s.push(' ');
+            if rng.below(4) == 0 {
+                s.push_str(&rng.below(100_000).to_string());
+                s.push(' ');
             }
         }
-        _ => {
-            for c in b.chunks_mut(8) {
-                let v = rng.next().to_le_bytes();
-                c.copy_from_slice(&v[..c.len()]);
-            }
-        }
+        s.push('\n');
+        let n = s.len().min(out.len() - pos);
+        out[pos..pos + n].copy_from_slice(&s.as_bytes()[..n]);
+        pos += n;
+    }
+}
+
+fn fill_random(rng: &mut Rng, out: &mut [u8]) {
+    for c in out.chunks_mut(8) {
+        let v = rng.next().to_le_bytes();
+        c.copy_from_slice(&v[..c.len()]);
+    }
+}
+
+/// One block of the mix: 25% zero, 45% text, 30% random.
+fn fill_block(rng: &mut Rng, out: &mut [u8]) {
+    match rng.below(100) {
+        0..25 => out.fill(0),
+        25..70 => fill_text(rng, out),
+        _ => fill_random(rng, out),
     }
 }
 
@@ -100,7 +181,7 @@ fn main() {
     let mut rng = Rng(0x5eed);
     let mut data = vec![0u8; mib << 20];
     for b in data.chunks_mut(BLOCK) {
-        fill(&mut rng, b);
+        fill_block(&mut rng, b);
     }
     let (base, churned) = (dir.path().join("base/disk.img"), dir.path().join("churned/disk.img"));
     for p in [&base, &churned] {
@@ -110,7 +191,7 @@ fn main() {
     let blocks = data.len() / BLOCK;
     for _ in 0..blocks * 3 / 100 {
         let b = (rng.next() as usize) % blocks;
-        fill(&mut rng, &mut data[b * BLOCK..(b + 1) * BLOCK]);
+        fill_block(&mut rng, &mut data[b * BLOCK..(b + 1) * BLOCK]);
     }
     std::fs::write(&churned, &data).expect("write");
 
