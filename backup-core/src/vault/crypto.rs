@@ -351,6 +351,11 @@ impl Encryption {
         source: &KeySource,
         kdf: KdfParams,
     ) -> Result<KeySlotInfo> {
+        if let KeySource::Passphrase(p) = source
+            && p.is_empty()
+        {
+            return Err(Error::invalid("passphrase", "it is empty"));
+        }
         let id = hex(&random::<4>("a key slot id")?);
         let slot_kdf = match source {
             KeySource::Passphrase(_) => Some(SlotKdf {
@@ -555,6 +560,10 @@ mod tests {
         enc.add_slot("v1", &master, &KeySource::key_file(&kf), cheap).expect("adds");
         assert_eq!(*enc.unlock("v1", &KeySource::passphrase("right"), dir.path()).expect("opens"), *master);
         assert_eq!(*enc.unlock("v1", &KeySource::key_file(&kf), dir.path()).expect("opens"), *master);
+        assert!(matches!(
+            enc.add_slot("v1", &master, &KeySource::passphrase(""), cheap),
+            Err(Error::InvalidArgument { .. })
+        ));
         let wrong = enc.unlock("v1", &KeySource::passphrase("wrong"), dir.path());
         assert!(matches!(wrong, Err(Error::WrongKey { .. })), "{wrong:?}");
         // The vault id is associated data: the slots do not open for another vault.
