@@ -144,6 +144,20 @@ typedef enum vmb_status {
    * An error of a kind this version of the C API does not name.
    */
   VMB_ERR_OTHER = 17,
+  /**
+   * A sealed object of an encrypted vault fails authentication (changed,
+   * swapped, moved from another vault, or forged); the message names the
+   * object and offset.
+   */
+  VMB_ERR_TAMPERED = 18,
+  /**
+   * The vault is encrypted and no passphrase or key file was given.
+   */
+  VMB_ERR_KEY_REQUIRED = 19,
+  /**
+   * The passphrase or key file opens none of the vault's key slots.
+   */
+  VMB_ERR_WRONG_KEY = 20,
 } vmb_status;
 
 /**
@@ -346,6 +360,32 @@ typedef struct vmb_backup_stats {
    */
   double seconds;
 } vmb_backup_stats;
+
+/**
+ * The key of an encrypted vault: a passphrase or a key file (set one, the
+ * other NULL), and the Argon2id cost of a passphrase slot that
+ * `vmb_vault_init_with_key` makes. Zero-initialize it for the defaults.
+ */
+typedef struct vmb_key {
+  /**
+   * The passphrase, NUL-terminated UTF-8, or NULL. The library keeps no
+   * copy of it after the call.
+   */
+  const char *passphrase;
+  /**
+   * The path of a key file (at least 32 bytes; its whole contents are the
+   * key), or NULL.
+   */
+  const char *key_file;
+  /**
+   * Argon2id memory in KiB for a new passphrase slot; 0: 65536 (64 MiB).
+   */
+  uint32_t kdf_memory_kib;
+  /**
+   * Argon2id passes for a new passphrase slot; 0: 3.
+   */
+  uint32_t kdf_iterations;
+} vmb_key;
 
 /**
  * How a host takes snapshots of its VMs (this is how a Windows host plugs
@@ -929,6 +969,34 @@ enum vmb_status vmb_vault_open_url(const char *url,
                                    const char *cache,
                                    const char *endpoint,
                                    struct vmb_vault **out);
+
+/**
+ * Creates an encrypted vault in `path` (a new or empty folder, or a vault
+ * URL as `vmb_vault_init` takes), with
+ * `key` as its first key slot, and opens it. Every chunk, index segment
+ * and manifest is sealed (AES-256-GCM) before it is written.
+ *
+ * # Safety
+ * `path` is NULL or NUL-terminated; `key` is NULL or readable, its strings
+ * NULL or NUL-terminated; `out` is NULL or writable.
+ */
+enum vmb_status vmb_vault_init_with_key(const char *path,
+                                        const struct vmb_key *key,
+                                        struct vmb_vault **out);
+
+/**
+ * Opens the vault in `path` with a key: an encrypted vault needs one
+ * (`VMB_ERR_KEY_REQUIRED` from `vmb_vault_open`, `VMB_ERR_WRONG_KEY` when
+ * it opens no key slot; both before any other work). A vault without
+ * encryption is refused with `VMB_ERR_WRONG_KEY` (a caller who brings a key
+ * expects encryption). `key` NULL is `vmb_vault_open`.
+ *
+ * # Safety
+ * As `vmb_vault_init_with_key`.
+ */
+enum vmb_status vmb_vault_open_with_key(const char *path,
+                                        const struct vmb_key *key,
+                                        struct vmb_vault **out);
 
 /**
  * Closes a vault. NULL is ignored. No call may be using it.

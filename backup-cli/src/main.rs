@@ -5,6 +5,7 @@
 
 mod demo;
 mod jobs;
+mod keys;
 mod maintenance;
 mod nbd;
 mod progress;
@@ -44,6 +45,8 @@ struct Cli {
     /// environment's).
     #[arg(long, global = true, value_name = "URL")]
     endpoint: Option<String>,
+    #[command(flatten)]
+    key: keys::KeyArgs,
 }
 
 #[derive(Subcommand)]
@@ -53,6 +56,17 @@ enum Command {
         /// The vault's folder (must not exist, or be empty), or a URL:
         /// az://CONTAINER/PREFIX or s3://BUCKET/PREFIX.
         vault: PathBuf,
+        /// Encrypt the vault: every chunk, index segment and manifest is
+        /// sealed (AES-256-GCM) with a key that the passphrase
+        /// ($VMBACKUP_PASSPHRASE, --passphrase-file, or a prompt) or
+        /// --key-file unlocks.
+        #[arg(long)]
+        encrypt: bool,
+    },
+    /// Manage the passphrases and key files of an encrypted vault.
+    Key {
+        #[command(subcommand)]
+        command: keys::KeyCommand,
     },
     /// Back up a VM whose disks are raw image files or NBD exports.
     Backup {
@@ -381,11 +395,14 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     repair::set_vault_options(cli.lock_timeout, cli.pack_target_size)?;
     repair::set_remote_options(cli.cache, cli.endpoint);
+    keys::set(cli.key.clone());
     match cli.command {
-        Command::Init { vault } => {
-            let v = repair::init(&vault)?;
-            println!("initialized vault {} (id {})", v.location(), v.id());
+        Command::Init { vault, encrypt } => {
+            let v = keys::init(&vault, encrypt, repair::options(), &cli.key)?;
+            let how = if v.is_encrypted() { "encrypted vault" } else { "vault" };
+            println!("initialized {how} {} (id {})", v.location(), v.id());
         }
+        Command::Key { command } => return keys::run(command, repair::options(), &cli.key),
         Command::Backup {
             vault,
             vm,

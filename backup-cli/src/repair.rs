@@ -42,22 +42,30 @@ pub fn set_vault_options(lock_timeout: Option<f64>, pack_target_size: Option<u32
     Ok(())
 }
 
-/// Opens a vault with the options asked for on the command line.
+/// The vault options asked for on the command line.
+pub fn options() -> VaultOptions {
+    OPTIONS.get().cloned().unwrap_or_default()
+}
+
+/// Opens a vault with the options and key asked for on the command line.
 /// A path or a vault URL (`az://CONTAINER/PREFIX`, `s3://BUCKET/PREFIX`).
 pub fn open(path: &Path) -> Result<Vault> {
-    let options = OPTIONS.get().cloned().unwrap_or_default();
+    crate::keys::open(path, options(), &crate::keys::given_args())
+}
+
+/// Opens the vault at a path or a vault URL with these options.
+pub fn open_with(path: &Path, options: VaultOptions) -> backup_core::Result<Vault> {
     match path.to_str() {
-        Some(location) => Ok(Vault::open_location(location, options, &remote_options())?),
-        None => Ok(Vault::open_with(path, options)?),
+        Some(location) => Vault::open_location(location, options, &remote_options()),
+        None => Vault::open_with(path, options),
     }
 }
 
-/// Creates a vault at a path or a vault URL.
-pub fn init(path: &Path) -> Result<Vault> {
-    let options = OPTIONS.get().cloned().unwrap_or_default();
+/// Creates a vault at a path or a vault URL with these options.
+pub fn init_with(path: &Path, options: VaultOptions) -> backup_core::Result<Vault> {
     match path.to_str() {
-        Some(location) => Ok(Vault::init_location(location, options, &remote_options())?),
-        None => Ok(Vault::init_with(path, options)?),
+        Some(location) => Vault::init_location(location, options, &remote_options()),
+        None => Vault::init_with(path, options),
     }
 }
 

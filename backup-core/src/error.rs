@@ -103,6 +103,30 @@ pub enum Error {
         /// What is wrong with it.
         detail: String,
     },
+    /// A sealed object of an encrypted vault fails authentication, or an
+    /// object that must be sealed is not: it was changed, swapped, moved
+    /// from another place or another vault, or forged.
+    #[error("tampered {object}: {detail}")]
+    Tampered {
+        /// The object and where it is (file, offset).
+        object: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The vault is encrypted and no passphrase or key file was given.
+    #[error("vault {path} is encrypted: give its passphrase or key file")]
+    KeyRequired {
+        /// The vault.
+        path: PathBuf,
+    },
+    /// The passphrase or key file given opens none of the vault's key slots.
+    #[error("wrong passphrase or key for vault {path}: {detail}")]
+    WrongKey {
+        /// The vault.
+        path: PathBuf,
+        /// Which slots were tried.
+        detail: String,
+    },
     /// A restore met damaged data: the disk's byte range cannot be restored.
     #[error("disk {disk} of vm {vm} point {point}: bytes {}..{} cannot be restored: {detail}", range.start, range.end)]
     DamagedRange {
@@ -240,7 +264,7 @@ impl Error {
 
     /// Whether this error says that stored data is damaged.
     pub fn is_corruption(&self) -> bool {
-        matches!(self, Error::Corrupt { .. } | Error::DamagedRange { .. })
+        matches!(self, Error::Corrupt { .. } | Error::Tampered { .. } | Error::DamagedRange { .. })
     }
 
     pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
@@ -249,6 +273,10 @@ impl Error {
 
     pub(crate) fn corrupt(object: impl Into<String>, detail: impl Into<String>) -> Self {
         Error::Corrupt { object: object.into(), detail: detail.into() }
+    }
+
+    pub(crate) fn tampered(object: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Tampered { object: object.into(), detail: detail.into() }
     }
 
     pub(crate) fn invalid(what: impl Into<String>, why: impl Into<String>) -> Self {

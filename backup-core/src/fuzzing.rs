@@ -18,7 +18,7 @@ pub fn pack_frame(data: &[u8]) -> bool {
     match pack::parse_frame_header(data, 16, "fuzz pack") {
         Ok(entry) => {
             let end = data.len().min(pack::FRAME_HEADER_LEN + entry.stored_len as usize);
-            pack::decode_frame(&data[..end], &entry, "fuzz pack").is_ok()
+            pack::decode_frame(&data[..end], &entry, "fuzz pack", None).is_ok()
         }
         Err(_) => false,
     }

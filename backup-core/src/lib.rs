@@ -88,7 +88,8 @@ pub use snapshot::{
 };
 pub use throttle::{Throttle, ThrottledDevice, ThrottledProvider};
 pub use vault::{
-    BackupSession, Codec, DiskRecord, DiskStats, FORMAT_VERSION, LockMode, PointManifest, PointStats, RemoteOptions,
-    UPLOAD_BUDGET, Vault, VaultLock, VaultOptions, VaultSink, VaultSource, VmRecord, is_vault_url,
+    BackupSession, Codec, DiskRecord, DiskStats, FORMAT_VERSION, KdfParams, KeySlotInfo, KeySource, LockMode,
+    PointManifest, PointStats, RemoteOptions, SlotKind, UPLOAD_BUDGET, Vault, VaultLock, VaultOptions, VaultSink,
+    VaultSource, VmRecord, generate_key_file, is_vault_url,
 };
 pub use verify::{Problem, VerifyOptions, VerifyReport, verify};

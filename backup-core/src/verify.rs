@@ -50,6 +50,16 @@ pub struct Problem {
     pub what: String,
 }
 
+impl Problem {
+    /// Whether the problem is a sealed object of an encrypted vault that
+    /// failed authentication ([`Error::Tampered`]): changed on purpose,
+    /// swapped or forged, rather than damaged by chance.
+    pub fn is_tampered(&self) -> bool {
+        // `what` is the error's Display, which for Tampered starts so.
+        self.what.starts_with("tampered ")
+    }
+}
+
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut place = Vec::new();

@@ -52,6 +52,14 @@ pub enum vmb_status {
     VMB_ERR_PANIC = 16,
     /// An error of a kind this version of the C API does not name.
     VMB_ERR_OTHER = 17,
+    /// A sealed object of an encrypted vault fails authentication (changed,
+    /// swapped, moved from another vault, or forged); the message names the
+    /// object and offset.
+    VMB_ERR_TAMPERED = 18,
+    /// The vault is encrypted and no passphrase or key file was given.
+    VMB_ERR_KEY_REQUIRED = 19,
+    /// The passphrase or key file opens none of the vault's key slots.
+    VMB_ERR_WRONG_KEY = 20,
 }
 
 use vmb_status::*;
@@ -78,12 +86,15 @@ impl vmb_status {
             VMB_ERR_CANCELLED => c"the job was cancelled; nothing was committed",
             VMB_ERR_PANIC => c"internal error (a panic was caught)",
             VMB_ERR_OTHER => c"error",
+            VMB_ERR_TAMPERED => c"stored data was tampered with (it fails authentication)",
+            VMB_ERR_KEY_REQUIRED => c"the vault is encrypted: a passphrase or key file is needed",
+            VMB_ERR_WRONG_KEY => c"wrong passphrase or key file for the vault",
         }
     }
 
     /// The status for a code, if it names one.
     pub(crate) fn from_code(code: c_int) -> Option<vmb_status> {
-        const ALL: [vmb_status; 18] = [
+        const ALL: [vmb_status; 21] = [
             VMB_OK,
             VMB_ERR_NULL_ARGUMENT,
             VMB_ERR_INVALID_ARGUMENT,
@@ -102,6 +113,9 @@ impl vmb_status {
             VMB_ERR_CANCELLED,
             VMB_ERR_PANIC,
             VMB_ERR_OTHER,
+            VMB_ERR_TAMPERED,
+            VMB_ERR_KEY_REQUIRED,
+            VMB_ERR_WRONG_KEY,
         ];
         ALL.into_iter().find(|s| *s as c_int == code)
     }
@@ -142,6 +156,9 @@ impl From<Error> for Failure {
             Error::Provider { .. } => VMB_ERR_PROVIDER,
             Error::SourceChanged { .. } => VMB_ERR_SOURCE_CHANGED,
             Error::Cancelled { .. } => VMB_ERR_CANCELLED,
+            Error::Tampered { .. } => VMB_ERR_TAMPERED,
+            Error::KeyRequired { .. } => VMB_ERR_KEY_REQUIRED,
+            Error::WrongKey { .. } => VMB_ERR_WRONG_KEY,
             _ => VMB_ERR_OTHER,
         };
         // The whole chain, so that a host's own message reaches the C side.
@@ -306,12 +323,12 @@ mod tests {
 
     #[test]
     fn every_code_round_trips() {
-        for code in 0..18 {
+        for code in 0..21 {
             let s = vmb_status::from_code(code).expect("a code");
             assert_eq!(s as c_int, code);
             assert!(!s.text().is_empty());
         }
-        assert!(vmb_status::from_code(18).is_none());
+        assert!(vmb_status::from_code(21).is_none());
         assert!(vmb_status::from_code(-1).is_none());
     }
 }

@@ -5,8 +5,8 @@ use std::ffi::c_char;
 use std::path::Path;
 
 use backup_core::{
-    BackupOptions, ImageFileProvider, RemoteOptions, RestoreOptions, RestoreStats, Vault, VaultOptions, VerifyOptions,
-    Vm, VmDisk,
+    BackupOptions, ImageFileProvider, KdfParams, KeySource, RemoteOptions, RestoreOptions, RestoreStats, Vault,
+    VaultOptions, VerifyOptions, Vm, VmDisk,
 };
 
 use crate::host::{HostProvider, HostTarget, vmb_provider, vmb_write_target};
@@ -133,6 +133,90 @@ pub unsafe extern "C" fn vmb_vault_open_url(
         let out = arg_out!(out, "out");
         let remote = remote_options(cache, endpoint)?;
         let vault = Vault::open_url(url, VaultOptions::default(), &remote)?;
+        write_out!(out, Box::into_raw(Box::new(vmb_vault { vault })));
+        Ok(())
+    }
+}
+
+/// The key of an encrypted vault: a passphrase or a key file (set one, the
+/// other NULL), and the Argon2id cost of a passphrase slot that
+/// `vmb_vault_init_with_key` makes. Zero-initialize it for the defaults.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct vmb_key {
+    /// The passphrase, NUL-terminated UTF-8, or NULL. The library keeps no
+    /// copy of it after the call.
+    pub passphrase: *const c_char,
+    /// The path of a key file (at least 32 bytes; its whole contents are the
+    /// key), or NULL.
+    pub key_file: *const c_char,
+    /// Argon2id memory in KiB for a new passphrase slot; 0: 65536 (64 MiB).
+    pub kdf_memory_kib: u32,
+    /// Argon2id passes for a new passphrase slot; 0: 3.
+    pub kdf_iterations: u32,
+}
+
+/// Vault options carrying a key.
+fn key_options(key: &vmb_key) -> FfiResult<VaultOptions> {
+    let mut options = VaultOptions::default();
+    options.key = match (key.passphrase.is_null(), key.key_file.is_null()) {
+        (false, true) => Some(KeySource::passphrase(arg_str!(key.passphrase, "key->passphrase"))),
+        (true, false) => Some(KeySource::key_file(arg_str!(key.key_file, "key->key_file"))),
+        (true, true) => return Err(Failure::invalid("key: set passphrase or key_file")),
+        (false, false) => return Err(Failure::invalid("key: set passphrase or key_file, not both")),
+    };
+    let d = KdfParams::default();
+    options.kdf = KdfParams::new(
+        if key.kdf_memory_kib == 0 { d.memory_kib } else { key.kdf_memory_kib },
+        if key.kdf_iterations == 0 { d.iterations } else { key.kdf_iterations },
+        d.parallelism,
+    );
+    Ok(options)
+}
+
+/// Creates an encrypted vault in `path` (a new or empty folder, or a vault
+/// URL as `vmb_vault_init` takes), with
+/// `key` as its first key slot, and opens it. Every chunk, index segment
+/// and manifest is sealed (AES-256-GCM) before it is written.
+///
+/// # Safety
+/// `path` is NULL or NUL-terminated; `key` is NULL or readable, its strings
+/// NULL or NUL-terminated; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_init_with_key(
+    path: *const c_char,
+    key: *const vmb_key,
+    out: *mut *mut vmb_vault,
+) -> vmb_status {
+    ffi! {
+        let path = arg_str!(path, "path");
+        let key = arg_ref!(key, "key");
+        let out = arg_out!(out, "out");
+        let vault = Vault::init_location(path, key_options(key)?, &RemoteOptions::default())?;
+        write_out!(out, Box::into_raw(Box::new(vmb_vault { vault })));
+        Ok(())
+    }
+}
+
+/// Opens the vault in `path` with a key: an encrypted vault needs one
+/// (`VMB_ERR_KEY_REQUIRED` from `vmb_vault_open`, `VMB_ERR_WRONG_KEY` when
+/// it opens no key slot; both before any other work). A vault without
+/// encryption is refused with `VMB_ERR_WRONG_KEY` (a caller who brings a key
+/// expects encryption). `key` NULL is `vmb_vault_open`.
+///
+/// # Safety
+/// As `vmb_vault_init_with_key`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_open_with_key(
+    path: *const c_char,
+    key: *const vmb_key,
+    out: *mut *mut vmb_vault,
+) -> vmb_status {
+    ffi! {
+        let path = arg_str!(path, "path");
+        let out = arg_out!(out, "out");
+        let options = if key.is_null() { VaultOptions::default() } else { key_options(arg_ref!(key, "key"))? };
+        let vault = Vault::open_location(path, options, &RemoteOptions::default())?;
         write_out!(out, Box::into_raw(Box::new(vmb_vault { vault })));
         Ok(())
     }

@@ -70,6 +70,13 @@ pub(crate) fn to_py(py: Python<'_>, e: Error) -> PyErr {
             new_error(py, "VmBackupIOError", (libc::EEXIST, msg), &[("filename", obj(&path.display().to_string()))])
         }
         Error::Cancelled { .. } => new_error(py, "CancelledError", (msg,), &[]),
+        Error::Tampered { object, .. } => new_error(py, "TamperedError", (msg,), &[("object", obj(object))]),
+        Error::KeyRequired { path } => {
+            new_error(py, "KeyRequiredError", (msg,), &[("path", obj(&path.display().to_string()))])
+        }
+        Error::WrongKey { path, .. } => {
+            new_error(py, "WrongKeyError", (msg,), &[("path", obj(&path.display().to_string()))])
+        }
         _ => new_error(py, "VmBackupError", (msg,), &[]),
     };
     if retryable {

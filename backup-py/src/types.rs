@@ -316,6 +316,13 @@ impl Problem {
         &self.problem.what
     }
 
+    /// Whether a sealed object of an encrypted vault failed authentication
+    /// (changed on purpose, swapped or forged).
+    #[getter]
+    fn tampered(&self) -> bool {
+        self.problem.is_tampered()
+    }
+
     fn __str__(&self) -> String {
         self.problem.to_string()
     }

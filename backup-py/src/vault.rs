@@ -33,7 +33,7 @@ pub(crate) struct Vault {
 }
 
 /// Vault options from the Python arguments.
-fn vault_options(lock_timeout: f64) -> PyResult<VaultOptions> {
+fn vault_options(lock_timeout: f64, passphrase: Option<String>, key_file: Option<PathBuf>) -> PyResult<VaultOptions> {
     if !(0.0..=1e9).contains(&lock_timeout) {
         return Err(PyValueError::new_err(format!(
             "lock_timeout must be a number of seconds from 0 to 1e9, not {lock_timeout}"
@@ -41,6 +41,12 @@ fn vault_options(lock_timeout: f64) -> PyResult<VaultOptions> {
     }
     let mut o = VaultOptions::default();
     o.lock_timeout = Duration::from_secs_f64(lock_timeout);
+    o.key = match (passphrase, key_file) {
+        (Some(p), None) => Some(backup_core::KeySource::passphrase(p)),
+        (None, Some(f)) => Some(backup_core::KeySource::key_file(f)),
+        (None, None) => None,
+        (Some(_), Some(_)) => return Err(PyValueError::new_err("give passphrase or key_file, not both")),
+    };
     Ok(o)
 }
 
@@ -199,17 +205,21 @@ impl Vault {
     /// `endpoint` the store's endpoint, e.g. an emulator's).
     ///
     /// `lock_timeout` is how many seconds an operation waits for a lock
-    /// held by another process before it raises `VaultLockedError`.
+    /// held by another process before it raises `VaultLockedError`. With
+    /// `passphrase` or `key_file` the vault is encrypted: every chunk,
+    /// index segment and manifest is sealed before it is written.
     #[staticmethod]
-    #[pyo3(signature = (path, *, lock_timeout = 60.0, cache = None, endpoint = None))]
+    #[pyo3(signature = (path, *, lock_timeout = 60.0, passphrase = None, key_file = None, cache = None, endpoint = None))]
     fn init(
         py: Python<'_>,
         path: PathBuf,
         lock_timeout: f64,
+        passphrase: Option<String>,
+        key_file: Option<PathBuf>,
         cache: Option<PathBuf>,
         endpoint: Option<String>,
     ) -> PyResult<Vault> {
-        let options = vault_options(lock_timeout)?;
+        let options = vault_options(lock_timeout, passphrase, key_file)?;
         let remote = remote_options(cache, endpoint);
         py.detach(|| match path.to_str() {
             Some(location) => backup_core::Vault::init_location(location, options, &remote),
@@ -220,17 +230,21 @@ impl Vault {
     }
 
     /// Opens an existing vault (a folder or a URL, as `init` takes);
-    /// `NotFoundError` when `path` holds none.
+    /// `NotFoundError` when `path` holds none. An encrypted vault needs its
+    /// `passphrase` or `key_file` (`KeyRequiredError` without,
+    /// `WrongKeyError` with a wrong one).
     #[staticmethod]
-    #[pyo3(signature = (path, *, lock_timeout = 60.0, cache = None, endpoint = None))]
+    #[pyo3(signature = (path, *, lock_timeout = 60.0, passphrase = None, key_file = None, cache = None, endpoint = None))]
     fn open(
         py: Python<'_>,
         path: PathBuf,
         lock_timeout: f64,
+        passphrase: Option<String>,
+        key_file: Option<PathBuf>,
         cache: Option<PathBuf>,
         endpoint: Option<String>,
     ) -> PyResult<Vault> {
-        let options = vault_options(lock_timeout)?;
+        let options = vault_options(lock_timeout, passphrase, key_file)?;
         let remote = remote_options(cache, endpoint);
         py.detach(|| match path.to_str() {
             Some(location) => backup_core::Vault::open_location(location, options, &remote),
@@ -256,6 +270,12 @@ impl Vault {
     #[getter]
     fn id(&self) -> PyResult<String> {
         Ok(self.get()?.id().to_string())
+    }
+
+    /// Whether the vault is encrypted.
+    #[getter]
+    fn encrypted(&self) -> PyResult<bool> {
+        Ok(self.get()?.is_encrypted())
     }
 
     /// Whether `close()` was called.

@@ -6,6 +6,9 @@
 //! about 3% of the blocks changed, a restore of the latest point to a file,
 //! and a verify of the whole vault. `block`: the pieces one block goes
 //! through (zero check, keyed BLAKE3, LZ4 compress and decompress, crc32).
+//! `encryption`: full and incremental backups into a plain and into an
+//! encrypted vault, side by side in one run (and a restore of each), for
+//! the cost of encryption at rest.
 //!
 //! Throughput is in bytes of disk image. Sample sizes are small so that
 //! `cargo bench -p benches` finishes in a few minutes on two cores.
@@ -14,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use backup_core::{
-    BackupOptions, ImageFileProvider, PointManifest, RestoreOptions, Vault, VerifyOptions, Vm, backup,
-    restore_disk_to_path, verify,
+    BackupOptions, ImageFileProvider, KdfParams, KeySource, PointManifest, RestoreOptions, Vault, VaultOptions,
+    VerifyOptions, Vm, backup, restore_disk_to_path, verify,
 };
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 
@@ -191,11 +194,74 @@ impl Fixture {
 
     /// A vault holding a full backup of the base image.
     fn vault_with_full(&self) -> (tempfile::TempDir, Vault) {
+        self.vault_with_full_as(false)
+    }
+
+    /// A new, empty vault, encrypted or not.
+    fn new_vault(&self, encrypted: bool) -> (tempfile::TempDir, Vault) {
         let dir = self.vault_dir();
-        let vault = Vault::init(dir.path().join("v")).expect("init");
+        let mut options = VaultOptions::default();
+        if encrypted {
+            options = options.with_key(KeySource::passphrase("bench"));
+            // Argon2id runs once, at init, outside the timed part; cheap
+            // parameters only shorten the setup.
+            options.kdf = KdfParams::new(64, 1, 1);
+        }
+        let vault = Vault::init_with(dir.path().join("v"), options).expect("init");
+        (dir, vault)
+    }
+
+    /// A vault, encrypted or not, holding a full backup of the base image.
+    fn vault_with_full_as(&self, encrypted: bool) -> (tempfile::TempDir, Vault) {
+        let (dir, vault) = self.new_vault(encrypted);
         self.backup(&vault, &self.base);
         (dir, vault)
     }
+}
+
+fn encryption(c: &mut Criterion) {
+    let fx = Fixture::new();
+    let mut g = c.benchmark_group("encryption");
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5))
+        .throughput(Throughput::Bytes(fx.bytes));
+    for (kind, encrypted) in [("plain", false), ("encrypted", true)] {
+        g.bench_function(format!("backup_full_{kind}"), |b| {
+            b.iter_batched(
+                || fx.new_vault(encrypted),
+                |(dir, vault)| {
+                    fx.backup(&vault, &fx.base);
+                    (dir, vault)
+                },
+                BatchSize::PerIteration,
+            );
+        });
+    }
+    for (kind, encrypted) in [("plain", false), ("encrypted", true)] {
+        g.bench_function(format!("backup_incremental_{kind}"), |b| {
+            b.iter_batched(
+                || fx.vault_with_full_as(encrypted),
+                |(dir, vault)| {
+                    fx.backup(&vault, &fx.churned);
+                    (dir, vault)
+                },
+                BatchSize::PerIteration,
+            );
+        });
+    }
+    for (kind, encrypted) in [("plain", false), ("encrypted", true)] {
+        let (_keep, vault) = fx.vault_with_full_as(encrypted);
+        let point = vault.latest_point("bench").expect("points").expect("a point");
+        let out = fx.dir.path().join(format!("restored-{kind}.img"));
+        g.bench_function(format!("restore_{kind}"), |b| {
+            b.iter(|| {
+                restore_disk_to_path(&vault, &point, "disk.img", &out, &RestoreOptions::default()).expect("restore")
+            });
+        });
+    }
+    g.finish();
 }
 
 fn engine(c: &mut Criterion) {
@@ -304,5 +370,5 @@ fn block(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, block, engine);
+criterion_group!(benches, block, engine, encryption);
 criterion_main!(benches);

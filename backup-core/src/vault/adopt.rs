@@ -133,7 +133,7 @@ fn check_pack(vault: &Vault, path: &PathBuf) -> Result<Vec<u8>> {
         let start = usize::try_from(e.offset).unwrap_or(usize::MAX);
         let end = start.saturating_add(e.frame_len() as usize);
         let frame = bytes.get(start..end).ok_or_else(|| Error::corrupt(&object, "frame past the trailer"))?;
-        let data = pack::decode_frame(frame, e, &object)?;
+        let data = pack::decode_frame(frame, e, &object, vault.sealer())?;
         if ContentId(*blake3::keyed_hash(vault.keys_chunk(), &data).as_bytes()) != e.id {
             return Err(Error::corrupt(object, format!("chunk {} does not hash to its id", e.id)));
         }

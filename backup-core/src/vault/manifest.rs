@@ -10,7 +10,8 @@
 //!
 //! The MAC key is derived from the vault key, so a manifest changed or
 //! copied from another vault is detected on read. The fields are those of
-//! [`PointManifest`].
+//! [`PointManifest`]. In an encrypted vault the file holds these two lines
+//! sealed (`crypto`), with the vault id, VM and point id as associated data.
 
 use serde::{Deserialize, Serialize};
 

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! VAULT/
-//!   config                      JSON: format version, vault id, keys (see `Config`)
+//!   config                      JSON: format version, vault id, keys or key slots (see `Config`, `crypto`)
 //!   lock                        the lock file (below)
 //!   packs/<pack id>.pack        chunks (see `pack`)
 //!   index/<pack id>.idx         a copy of each pack's trailer: the chunk index, rebuildable
@@ -20,6 +20,15 @@
 //! everything it names is durable. A cancelled or failed backup removes its
 //! staging folder and leaves the vault as it was.
 //!
+//! ## Encryption at rest
+//!
+//! A vault made with a key ([`VaultOptions::key`]) seals every chunk, index
+//! segment, manifest and VM record with AES-256-GCM before it leaves the
+//! process, and keeps its master key only wrapped in key slots; `crypto`
+//! is the spec, and says what stays in clear (names, sizes, times, job logs
+//! and snapshot records). Its config has `format_version` 2; a vault
+//! without encryption is written and read as version 1, exactly as before.
+//!
 //! ## Who locks what, when
 //!
 //! One lock file, `VAULT/lock`, taken with `flock` for the whole operation;
@@ -32,11 +41,13 @@
 //! | restore, verify, list        | shared    | only reads; must not see objects removed under them     |
 //! | prune, gc, repair            | exclusive | remove or rewrite objects others may be reading         |
 //! | init                         | none      | refuses a folder that is not empty                      |
+//! | key add, key remove          | exclusive | rewrite the config (atomically, by rename)              |
 //! | a job's log (`jobs/`)        | its own   | an exclusive `flock` on the log file while the job runs |
 //! | a backup's staging folder    | its own   | an exclusive `flock` on `tmp/backup-*/lock` while the backup lives; a free one is a dead backup's, whose finished packs the next backup adopts (see `adopt`) |
 //! | release of kept snapshots    | none      | removes only `snapshots/` records and their clones      |
 
 mod adopt;
+pub(crate) mod crypto;
 mod files;
 pub(crate) mod manifest;
 pub(crate) mod pack;
@@ -57,6 +68,7 @@ use crate::error::{Error, Result};
 use crate::model::{ContentId, hex, unhex, validate_name};
 use crate::snapshot::PrepareReport;
 
+pub use crypto::{KdfParams, KeySlotInfo, KeySource, SlotKind, generate_key_file};
 pub use manifest::{DiskRecord, DiskStats, MANIFEST_FORMAT, PointManifest, PointStats, disk_root};
 pub use pack::{Codec, PackEntry};
 pub use remote::{RemoteOptions, UPLOAD_BUDGET, is_vault_url};
@@ -72,8 +84,12 @@ pub(crate) mod internals {
     pub(crate) use super::pack::{encode_idx, encode_trailer, header as pack_header};
 }
 
-/// The vault format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest vault format version this build reads and writes: 2, a vault
+/// with encryption at rest. A vault without encryption is still written as
+/// version 1 (which older builds read), and read as before.
+pub const FORMAT_VERSION: u32 = 2;
+/// The format version of a vault without encryption.
+const PLAIN_FORMAT_VERSION: u32 = 1;
 
 /// Where the engine writes a backup. Implemented by [`BackupSession`]; a
 /// host may implement it to route a backup elsewhere.
@@ -124,11 +140,46 @@ pub struct VaultOptions {
     pub lock_timeout: Duration,
     /// The size at which a pack is closed and a new one started.
     pub pack_target_size: u64,
+    /// The passphrase or key file: at open, what unlocks an encrypted vault
+    /// (a vault without encryption is refused with [`Error::WrongKey`], so
+    /// that a config swapped for a plain one cannot make a caller who
+    /// expects encryption write in clear); at init, `Some` makes the vault
+    /// encrypted with it as the first key slot.
+    pub key: Option<KeySource>,
+    /// The Argon2id cost of passphrase slots made by init and
+    /// [`Vault::add_key`].
+    pub kdf: KdfParams,
 }
 
 impl Default for VaultOptions {
     fn default() -> Self {
-        VaultOptions { lock_timeout: Duration::from_secs(60), pack_target_size: 32 << 20 }
+        VaultOptions {
+            lock_timeout: Duration::from_secs(60),
+            pack_target_size: 32 << 20,
+            key: None,
+            kdf: KdfParams::default(),
+        }
+    }
+}
+
+impl VaultOptions {
+    /// These options with a passphrase or key file.
+    ///
+    /// ```
+    /// use backup_core::{KdfParams, KeySource, Vault, VaultOptions};
+    /// let dir = tempfile::tempdir()?;
+    /// let mut options = VaultOptions::default().with_key(KeySource::passphrase("correct horse"));
+    /// options.kdf = KdfParams::new(64, 1, 1); // cheap, for the example only
+    /// let vault = Vault::init_with(dir.path().join("v"), options.clone())?;
+    /// assert!(vault.is_encrypted());
+    /// drop(vault);
+    /// let wrong = VaultOptions::default().with_key(KeySource::passphrase("wrong"));
+    /// assert!(matches!(Vault::open_with(dir.path().join("v"), wrong), Err(backup_core::Error::WrongKey { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_key(mut self, key: KeySource) -> VaultOptions {
+        self.key = Some(key);
+        self
     }
 }
 
@@ -138,13 +189,18 @@ struct Config {
     format_version: u32,
     vault_id: String,
     created: jiff::Timestamp,
-    /// The key of chunk ids, hex. Segment and manifest keys derive from it.
-    chunk_key: String,
+    /// The key of chunk ids, hex, in a vault without encryption. Segment
+    /// and manifest keys derive from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chunk_key: Option<String>,
     /// BLAKE3 of the vault id and the key (see `Config::check_value`), so
     /// that a changed key is refused on open instead of making every
     /// manifest look forged. Absent in vaults made before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     key_check: Option<String>,
+    /// The key slots of an encrypted vault (format version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    encryption: Option<crypto::Encryption>,
 }
 
 impl Config {
@@ -152,7 +208,7 @@ impl Config {
         let mut h = blake3::Hasher::new_derive_key("vmbackup 2026-11-25 config key check");
         h.update(self.vault_id.as_bytes());
         h.update(b"\0");
-        h.update(self.chunk_key.as_bytes());
+        h.update(self.chunk_key.as_deref().unwrap_or_default().as_bytes());
         h.finalize().to_hex().to_string()
     }
 }
@@ -163,6 +219,10 @@ struct Keys {
     chunk: [u8; 32],
     segment: [u8; 32],
     mac: [u8; 32],
+    /// Seals and opens objects; `None` in a vault without encryption.
+    sealer: Option<crypto::Sealer>,
+    /// The master key of an encrypted vault, to wrap it in new key slots.
+    master: Option<crypto::MasterKey>,
 }
 
 impl Keys {
@@ -171,7 +231,23 @@ impl Keys {
             chunk,
             segment: blake3::derive_key("vmbackup 2026-11-25 index segment id", &chunk),
             mac: blake3::derive_key("vmbackup 2026-11-25 manifest mac", &chunk),
+            sealer: None,
+            master: None,
         }
+    }
+
+    fn from_master(master: crypto::MasterKey) -> Keys {
+        let d = crypto::derive_keys(&master);
+        Keys { chunk: d.chunk, segment: d.segment, mac: d.mac, sealer: Some(d.sealer.clone()), master: Some(master) }
+    }
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.chunk.zeroize();
+        self.segment.zeroize();
+        self.mac.zeroize();
     }
 }
 
@@ -265,19 +341,35 @@ impl Vault {
         for d in SUBDIRS {
             files::mkdirs(&root.join(d))?;
         }
-        let mut key = [0u8; 32];
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
         let mut id = [0u8; 8];
-        getrandom::fill(&mut key)
+        getrandom::fill(key.as_mut())
             .and_then(|()| getrandom::fill(&mut id))
             .map_err(|e| Error::io("get random bytes for the key of", &root, std::io::Error::other(e)))?;
-        let config = Config {
-            format_version: FORMAT_VERSION,
-            vault_id: hex(&id),
-            created: crate::model::now(),
-            chunk_key: hex(&key),
-            key_check: None,
+        let config = match &options.key {
+            None => {
+                let config = Config {
+                    format_version: PLAIN_FORMAT_VERSION,
+                    vault_id: hex(&id),
+                    created: crate::model::now(),
+                    chunk_key: Some(hex(key.as_ref())),
+                    key_check: None,
+                    encryption: None,
+                };
+                Config { key_check: Some(config.check_value()), ..config }
+            }
+            Some(source) => {
+                let (encryption, _master) = crypto::Encryption::create(&hex(&id), source, options.kdf)?;
+                Config {
+                    format_version: FORMAT_VERSION,
+                    vault_id: hex(&id),
+                    created: crate::model::now(),
+                    chunk_key: None,
+                    key_check: None,
+                    encryption: Some(encryption),
+                }
+            }
         };
-        let config = Config { key_check: Some(config.check_value()), ..config };
         let bytes = serde_json::to_vec_pretty(&config).map_err(|e| Error::invalid("config", e.to_string()))?;
         files::write_durable(&root.join("tmp").join("config.new"), &root.join("config"), &bytes)?;
         files::write_flushed(&root.join("lock"), b"")
@@ -314,7 +406,7 @@ impl Vault {
         let version = value.get("format_version").and_then(|v| v.as_u64());
         match version {
             None => return Err(Error::NotAVault { path: root }),
-            Some(v) if v != u64::from(FORMAT_VERSION) => {
+            Some(v) if v != u64::from(FORMAT_VERSION) && v != u64::from(PLAIN_FORMAT_VERSION) => {
                 return Err(Error::UnsupportedVersion {
                     path: root,
                     found: u32::try_from(v).unwrap_or(u32::MAX),
@@ -325,10 +417,36 @@ impl Vault {
         }
         let config: Config = serde_json::from_value(value)
             .map_err(|e| Error::corrupt(format!("vault config {}", config_path.display()), e.to_string()))?;
-        let key = unhex(&config.chunk_key).and_then(|k| <[u8; 32]>::try_from(k).ok()).ok_or_else(|| {
-            Error::corrupt(format!("vault config {}", config_path.display()), "chunk_key is not 64 hex digits")
-        })?;
-        if config.key_check.as_ref().is_some_and(|c| *c != config.check_value()) {
+        let keys = match (&config.encryption, &config.chunk_key, config.format_version) {
+            (None, Some(_), PLAIN_FORMAT_VERSION) if options.key.is_some() => {
+                // Whoever can write the config could swap an encrypted
+                // vault's for a plain one; a caller who brings a key expects
+                // encryption, so nothing is read or written in clear for it.
+                return Err(Error::WrongKey {
+                    path: root,
+                    detail: "the vault is not encrypted (format version 1), yet a key was given: refusing to use it \
+                             in clear (open it without a key if it was made without encryption)"
+                        .into(),
+                });
+            }
+            (None, Some(chunk_key), PLAIN_FORMAT_VERSION) => {
+                let key = unhex(chunk_key).and_then(|k| <[u8; 32]>::try_from(k).ok()).ok_or_else(|| {
+                    Error::corrupt(format!("vault config {}", config_path.display()), "chunk_key is not 64 hex digits")
+                })?;
+                Keys::from_chunk_key(key)
+            }
+            (Some(encryption), None, FORMAT_VERSION) => {
+                let source = options.key.as_ref().ok_or_else(|| Error::KeyRequired { path: root.clone() })?;
+                Keys::from_master(encryption.unlock(&config.vault_id, source, &root)?)
+            }
+            _ => {
+                return Err(Error::corrupt(
+                    format!("vault config {}", config_path.display()),
+                    "it needs a chunk_key (format version 1) or key slots (format version 2), and not both",
+                ));
+            }
+        };
+        if config.encryption.is_none() && config.key_check.as_ref().is_some_and(|c| *c != config.check_value()) {
             return Err(Error::corrupt(
                 format!("vault config {}", config_path.display()),
                 "the vault key or id does not match its check value: the config was changed, so this is the wrong key \
@@ -343,7 +461,7 @@ impl Vault {
         Ok(Vault {
             root,
             config,
-            keys: Keys::from_chunk_key(key),
+            keys,
             options,
             index: RwLock::new(ChunkIndex::default()),
             open_packs: Mutex::new(HashMap::new()),
@@ -585,7 +703,7 @@ impl Vault {
                 Error::io("read", &path, e)
             }
         })?;
-        let data = pack::decode_frame(&frame, entry, &object)?;
+        let data = pack::decode_frame(&frame, entry, &object, self.keys.sealer.as_ref())?;
         if ContentId(*blake3::keyed_hash(&self.keys.chunk, &data).as_bytes()) != entry.id {
             return Err(Error::corrupt(
                 format!("{object} at byte {}", entry.offset),
@@ -651,7 +769,12 @@ impl Vault {
             }
             Err(e) => return Err(Error::io("read", path, e)),
         };
-        let m = manifest::decode(&bytes, &self.keys.mac, &format!("manifest {}", path.display()))?;
+        let object = format!("manifest {}", path.display());
+        let bytes = match &self.keys.sealer {
+            None => bytes,
+            Some(s) => crypto::open_file(s, &self.manifest_aad(vm, id), &bytes, &object)?,
+        };
+        let m = manifest::decode(&bytes, &self.keys.mac, &object)?;
         if m.vm != vm || m.id != id {
             return Err(Error::corrupt(
                 format!("manifest {}", path.display()),
@@ -774,10 +897,15 @@ impl Vault {
     pub fn vm_record(&self, vm: &str) -> Result<Option<VmRecord>> {
         validate_name("vm name", vm)?;
         let path = self.root.join("vms").join(format!("{vm}.json"));
+        let object = format!("vm record {}", path.display());
         match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| Error::corrupt(format!("vm record {}", path.display()), e.to_string())),
+            Ok(b) => {
+                let b = match &self.keys.sealer {
+                    None => b,
+                    Some(s) => crypto::open_file(s, &self.vm_record_aad(vm), &b, &object)?,
+                };
+                serde_json::from_slice(&b).map(Some).map_err(|e| Error::corrupt(object, e.to_string()))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io("read", path, e)),
         }
@@ -785,7 +913,10 @@ impl Vault {
 
     pub(crate) fn write_vm_record(&self, record: &VmRecord) -> Result<()> {
         let path = self.root.join("vms").join(format!("{}.json", record.vm));
-        let bytes = serde_json::to_vec_pretty(record).map_err(|e| Error::invalid("vm record", e.to_string()))?;
+        let mut bytes = serde_json::to_vec_pretty(record).map_err(|e| Error::invalid("vm record", e.to_string()))?;
+        if let Some(s) = &self.keys.sealer {
+            bytes = crypto::seal_file(s, &self.vm_record_aad(&record.vm), &bytes)?;
+        }
         let mut r = [0u8; 6];
         let _ = getrandom::fill(&mut r);
         let tmp = self.root.join("tmp").join(format!("vm-{}.{}", record.vm, hex(&r)));
@@ -817,6 +948,10 @@ impl Vault {
                 return Err(Error::corrupt(object, "missing"));
             }
             Err(e) => return Err(Error::io("read", path, e)),
+        };
+        let bytes = match &self.keys.sealer {
+            None => bytes,
+            Some(s) => crypto::open_file(s, &segment_aad(id), &bytes, &object)?,
         };
         if ContentId(*blake3::keyed_hash(&self.keys.segment, &bytes).as_bytes()) != *id {
             return Err(Error::corrupt(object, "content does not match its id"));
@@ -861,9 +996,139 @@ impl Vault {
         &self.keys.segment
     }
 
-    pub(crate) fn mac_key(&self) -> &[u8; 32] {
-        &self.keys.mac
+    pub(crate) fn sealer(&self) -> Option<&crypto::Sealer> {
+        self.keys.sealer.as_ref()
     }
+
+    /// Whether the vault is encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        self.config.encryption.is_some()
+    }
+
+    fn manifest_aad(&self, vm: &str, id: &str) -> Vec<u8> {
+        [b"vmbackup manifest\0", self.config.vault_id.as_bytes(), b"\0", vm.as_bytes(), b"\0", id.as_bytes()].concat()
+    }
+
+    fn vm_record_aad(&self, vm: &str) -> Vec<u8> {
+        [b"vmbackup vm record\0", self.config.vault_id.as_bytes(), b"\0", vm.as_bytes()].concat()
+    }
+
+    /// A manifest's file bytes: its JSON and MAC, sealed in an encrypted vault.
+    pub(crate) fn encode_manifest(&self, m: &PointManifest) -> Result<Vec<u8>> {
+        let bytes = manifest::encode(m, &self.keys.mac)?;
+        match &self.keys.sealer {
+            None => Ok(bytes),
+            Some(s) => crypto::seal_file(s, &self.manifest_aad(&m.vm, &m.id), &bytes),
+        }
+    }
+
+    /// A segment's file bytes: sealed in an encrypted vault.
+    pub(crate) fn seal_segment<'b>(&self, id: &ContentId, bytes: &'b [u8]) -> Result<std::borrow::Cow<'b, [u8]>> {
+        match &self.keys.sealer {
+            None => Ok(std::borrow::Cow::Borrowed(bytes)),
+            Some(s) => crypto::seal_file(s, &segment_aad(id), bytes).map(std::borrow::Cow::Owned),
+        }
+    }
+
+    /// A chunk's frame payload: sealed in an encrypted vault (the second
+    /// value says so).
+    pub(crate) fn seal_chunk<'b>(
+        &self,
+        id: &ContentId,
+        codec: Codec,
+        raw_len: u32,
+        payload: &'b [u8],
+    ) -> Result<(std::borrow::Cow<'b, [u8]>, bool)> {
+        match &self.keys.sealer {
+            None => Ok((std::borrow::Cow::Borrowed(payload), false)),
+            Some(s) => {
+                let sealed = crypto::seal(s, &pack::chunk_aad(id, codec, raw_len), payload)?;
+                Ok((std::borrow::Cow::Owned(sealed), true))
+            }
+        }
+    }
+
+    /// The key slots of an encrypted vault, read afresh from its config
+    /// (empty for a vault without encryption).
+    ///
+    /// # Errors
+    /// The config cannot be read.
+    pub fn key_slots(&self) -> Result<Vec<KeySlotInfo>> {
+        Ok(self.read_config()?.encryption.map(|e| e.slots.iter().map(|s| s.info()).collect()).unwrap_or_default())
+    }
+
+    /// Adds a key slot: `key` opens the vault too from now on. Rewrites only
+    /// the config (atomically, under the exclusive lock); no data is
+    /// re-encrypted. Passphrase slots cost [`VaultOptions::kdf`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a vault without encryption, an
+    /// unreadable key file; [`Error::Locked`]; I/O errors.
+    pub fn add_key(&self, key: &KeySource) -> Result<KeySlotInfo> {
+        let master = self.keys.master.as_ref().ok_or_else(|| self.not_encrypted())?;
+        let _lock = self.lock(LockMode::Exclusive)?;
+        let mut config = self.read_config()?;
+        let enc = config.encryption.as_mut().ok_or_else(|| self.not_encrypted())?;
+        let info = enc.add_slot(&config.vault_id, master, key, self.options.kdf)?;
+        self.write_config(&config)?;
+        Ok(info)
+    }
+
+    /// Removes a key slot by id. Refuses to remove the last one, which
+    /// would lock everyone out for good.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown slot; [`Error::InvalidArgument`]
+    /// for the last slot or a vault without encryption; [`Error::Locked`];
+    /// I/O errors.
+    pub fn remove_key(&self, slot_id: &str) -> Result<KeySlotInfo> {
+        let _lock = self.lock(LockMode::Exclusive)?;
+        let mut config = self.read_config()?;
+        let enc = config.encryption.as_mut().ok_or_else(|| self.not_encrypted())?;
+        let i =
+            enc.slots.iter().position(|s| s.id() == slot_id).ok_or_else(|| Error::NotFound {
+                what: format!("key slot {slot_id} of vault {}", self.root.display()),
+            })?;
+        if enc.slots.len() == 1 {
+            return Err(Error::invalid(
+                format!("key slot {slot_id}"),
+                "it is the vault's last key slot; add another before removing it",
+            ));
+        }
+        let removed = enc.slots.remove(i).info();
+        self.write_config(&config)?;
+        Ok(removed)
+    }
+
+    fn not_encrypted(&self) -> Error {
+        Error::invalid(format!("vault {}", self.root.display()), "it is not encrypted, so it has no key slots")
+    }
+
+    fn read_config(&self) -> Result<Config> {
+        let path = self.root.join("config");
+        let bytes = match self.remote() {
+            Some(r) => r.config_bytes()?,
+            None => files::read(&path)?,
+        };
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(format!("vault config {}", path.display()), e.to_string()))
+    }
+
+    fn write_config(&self, config: &Config) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(config).map_err(|e| Error::invalid("config", e.to_string()))?;
+        let mut r = [0u8; 6];
+        getrandom::fill(&mut r).map_err(|e| Error::io("get random bytes in", &self.root, std::io::Error::other(e)))?;
+        if let Some(remote) = self.remote() {
+            remote.put_config(bytes.clone())?;
+        }
+        let tmp = self.root.join("tmp").join(format!("config.{}", hex(&r)));
+        files::write_durable(&tmp, &self.root.join("config"), &bytes)
+    }
+}
+
+/// The associated data of a sealed index segment.
+fn segment_aad(id: &ContentId) -> Vec<u8> {
+    [&b"vmbackup segment\0"[..], &id.0].concat()
 }
 
 impl VaultSource for Vault {

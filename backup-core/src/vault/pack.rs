@@ -16,7 +16,12 @@
 //!        | magic "VMBPEND\0" (8)                                            24 bytes
 //! ```
 //!
-//! `codec` is 0 for raw bytes and 1 for an LZ4 block. A frame's `crc32`
+//! `codec` is 0 for raw bytes and 1 for an LZ4 block; bit 7 set (0x80,
+//! 0x81) says the payload is sealed (encrypted vaults, see `crypto`): then
+//! `payload` is `nonce [u8; 24] | ciphertext | tag [u8; 16]` of the encoded
+//! bytes, so `stored_len` is 40 more than their length, and the associated
+//! data is the chunk id, the codec byte and `raw_len` (a payload moved to
+//! another frame does not open). A frame's `crc32`
 //! covers every byte of the frame but itself: the header bytes before it,
 //! the id and the payload. `id` is the keyed BLAKE3 of the raw (plaintext)
 //! bytes, re-checked on every read for restore and verify. `offset` in an
@@ -51,6 +56,8 @@ pub const ENTRY_LEN: usize = 32 + 8 + 4 + 4 + 1 + 7;
 pub const FOOTER_LEN: usize = 8 + 4 + 4 + 8;
 /// The largest raw chunk a frame may hold (the largest block size).
 pub const MAX_CHUNK_LEN: u32 = 4 << 20;
+/// The bit of the codec byte that marks a sealed payload.
+pub const SEALED_FLAG: u8 = 0x80;
 
 const _: () = assert!(FRAME_HEADER_LEN == 52);
 const _: () = assert!(ENTRY_LEN == 56);
@@ -89,6 +96,8 @@ pub struct PackEntry {
     pub stored_len: u32,
     /// The payload's encoding.
     pub codec: Codec,
+    /// Whether the payload is sealed (encrypted and authenticated).
+    pub sealed: bool,
 }
 
 impl PackEntry {
@@ -96,6 +105,25 @@ impl PackEntry {
     pub fn frame_len(&self) -> u64 {
         FRAME_HEADER_LEN as u64 + u64::from(self.stored_len)
     }
+
+    /// The codec byte as stored: the codec, with [`SEALED_FLAG`] when sealed.
+    pub fn codec_byte(&self) -> u8 {
+        codec_byte(self.codec, self.sealed)
+    }
+}
+
+fn codec_byte(codec: Codec, sealed: bool) -> u8 {
+    codec as u8 | if sealed { SEALED_FLAG } else { 0 }
+}
+
+/// The associated data of a sealed chunk payload.
+pub fn chunk_aad(id: &ContentId, codec: Codec, raw_len: u32) -> [u8; 16 + 32 + 1 + 4] {
+    let mut a = [0u8; 16 + 32 + 1 + 4];
+    a[..16].copy_from_slice(b"vmbackup chunk\0\0");
+    a[16..48].copy_from_slice(&id.0);
+    a[48] = codec_byte(codec, true);
+    a[49..].copy_from_slice(&raw_len.to_le_bytes());
+    a
 }
 
 /// The pack header bytes.
@@ -124,11 +152,18 @@ pub fn check_header(bytes: &[u8], object: &str) -> Result<()> {
     Ok(())
 }
 
-/// Encodes a frame header for a payload; the crc covers header and payload.
-pub fn frame_header(id: &ContentId, codec: Codec, raw_len: u32, payload: &[u8]) -> [u8; FRAME_HEADER_LEN] {
+/// Encodes a frame header for a payload (sealed or not); the crc covers
+/// header and payload.
+pub fn frame_header(
+    id: &ContentId,
+    codec: Codec,
+    sealed: bool,
+    raw_len: u32,
+    payload: &[u8],
+) -> [u8; FRAME_HEADER_LEN] {
     let mut h = [0u8; FRAME_HEADER_LEN];
     h[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
-    h[4] = codec as u8;
+    h[4] = codec_byte(codec, sealed);
     h[8..12].copy_from_slice(&raw_len.to_le_bytes());
     h[12..16].copy_from_slice(&(payload.len() as u32).to_le_bytes());
     h[20..52].copy_from_slice(&id.0);
@@ -159,27 +194,40 @@ pub fn parse_frame_header(h: &[u8], offset: u64, object: &str) -> Result<PackEnt
     if magic != FRAME_MAGIC {
         return Err(bad("no chunk frame here (wrong magic)".into()));
     }
-    let codec = Codec::from_u8(h[4]).ok_or_else(|| bad(format!("unknown codec {}", h[4])))?;
+    let sealed = h[4] & SEALED_FLAG != 0;
+    let codec = Codec::from_u8(h[4] & !SEALED_FLAG).ok_or_else(|| bad(format!("unknown codec {}", h[4])))?;
     let raw_len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
     let stored_len = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
     if raw_len == 0 || raw_len > MAX_CHUNK_LEN || stored_len > MAX_CHUNK_LEN + MAX_CHUNK_LEN / 128 + 64 {
         return Err(bad(format!("impossible lengths raw {raw_len}, stored {stored_len}")));
     }
-    if codec == Codec::Raw && raw_len != stored_len {
+    let overhead = if sealed { crate::vault::crypto::SEAL_OVERHEAD as u32 } else { 0 };
+    if codec == Codec::Raw && raw_len.checked_add(overhead) != Some(stored_len) {
         return Err(bad(format!("raw chunk with raw length {raw_len} but stored length {stored_len}")));
+    }
+    if stored_len < overhead {
+        return Err(bad(format!("sealed chunk of {stored_len} bytes, shorter than nonce and tag")));
     }
     let mut id = [0u8; 32];
     id.copy_from_slice(&h[20..52]);
-    Ok(PackEntry { id: ContentId(id), offset, raw_len, stored_len, codec })
+    Ok(PackEntry { id: ContentId(id), offset, raw_len, stored_len, codec, sealed })
 }
 
-/// Checks a whole frame (header and payload) against `expected` and
-/// decodes its payload into plaintext. The caller still re-hashes the
-/// plaintext against the id.
+/// Checks a whole frame (header and payload) against `expected`, opens a
+/// sealed payload with `sealer` (an encrypted vault's; `None` for a vault
+/// without encryption) and decodes it into plaintext. The caller still
+/// re-hashes the plaintext against the id.
 ///
 /// # Errors
-/// [`Error::Corrupt`] naming `object` and the frame's offset.
-pub fn decode_frame(frame: &[u8], expected: &PackEntry, object: &str) -> Result<Vec<u8>> {
+/// [`Error::Corrupt`] naming `object` and the frame's offset;
+/// [`Error::Tampered`] for a sealed payload that does not authenticate, or
+/// an unsealed one in an encrypted vault.
+pub(crate) fn decode_frame(
+    frame: &[u8],
+    expected: &PackEntry,
+    object: &str,
+    sealer: Option<&crate::vault::crypto::Sealer>,
+) -> Result<Vec<u8>> {
     let at = format!("{object} at byte {}", expected.offset);
     let found = parse_frame_header(frame, expected.offset, object)?;
     if found != *expected {
@@ -195,6 +243,26 @@ pub fn decode_frame(frame: &[u8], expected: &PackEntry, object: &str) -> Result<
     if frame_crc(&hdr, payload) != stored_crc {
         return Err(Error::corrupt(at, "crc32 mismatch"));
     }
+    let opened;
+    let payload = match (expected.sealed, sealer) {
+        (false, None) => payload,
+        (true, Some(s)) => {
+            let aad = chunk_aad(&expected.id, expected.codec, expected.raw_len);
+            opened = crate::vault::crypto::open(s, &aad, payload).map_err(|()| {
+                Error::tampered(
+                    at.clone(),
+                    format!("chunk {} fails authentication: changed, swapped or forged", expected.id),
+                )
+            })?;
+            &opened[..]
+        }
+        (false, Some(_)) => {
+            return Err(Error::tampered(at, format!("chunk {} is not sealed, in an encrypted vault", expected.id)));
+        }
+        (true, None) => {
+            return Err(Error::corrupt(at, format!("chunk {} is sealed, in a vault without encryption", expected.id)));
+        }
+    };
     match expected.codec {
         Codec::Raw => Ok(payload.to_vec()),
         Codec::Lz4 => {
@@ -217,7 +285,7 @@ pub fn encode_trailer(entries: &[PackEntry], trailer_offset: u64) -> Vec<u8> {
         t.extend_from_slice(&e.offset.to_le_bytes());
         t.extend_from_slice(&e.raw_len.to_le_bytes());
         t.extend_from_slice(&e.stored_len.to_le_bytes());
-        t.push(e.codec as u8);
+        t.push(e.codec_byte());
         t.extend_from_slice(&[0u8; 7]);
     }
     let crc = crc32fast::hash(&t);
@@ -261,14 +329,15 @@ pub fn parse_entries(bytes: &[u8], count: u32, crc: u32, object: &str) -> Result
             id.copy_from_slice(&e[0..32]);
             let mut o = [0u8; 8];
             o.copy_from_slice(&e[32..40]);
-            let codec =
-                Codec::from_u8(e[48]).ok_or_else(|| Error::corrupt(object, format!("unknown codec {}", e[48])))?;
+            let codec = Codec::from_u8(e[48] & !SEALED_FLAG)
+                .ok_or_else(|| Error::corrupt(object, format!("unknown codec {}", e[48])))?;
             Ok(PackEntry {
                 id: ContentId(id),
                 offset: u64::from_le_bytes(o),
                 raw_len: u32::from_le_bytes([e[40], e[41], e[42], e[43]]),
                 stored_len: u32::from_le_bytes([e[44], e[45], e[46], e[47]]),
                 codec,
+                sealed: e[48] & SEALED_FLAG != 0,
             })
         })
         .collect()
@@ -314,15 +383,15 @@ mod tests {
     fn frame_round_trip_and_bit_flip_detected() {
         let id = ContentId([7; 32]);
         let payload = b"hello frame".to_vec();
-        let h = frame_header(&id, Codec::Raw, payload.len() as u32, &payload);
+        let h = frame_header(&id, Codec::Raw, false, payload.len() as u32, &payload);
         let mut frame = h.to_vec();
         frame.extend_from_slice(&payload);
         let e = parse_frame_header(&frame, 16, "p").expect("header parses");
-        assert_eq!(decode_frame(&frame, &e, "p").expect("decodes"), payload);
+        assert_eq!(decode_frame(&frame, &e, "p", None).expect("decodes"), payload);
         for bit in [0usize, 5 * 8, 20 * 8 + 3, frame.len() * 8 - 1] {
             let mut f = frame.clone();
             f[bit / 8] ^= 1 << (bit % 8);
-            assert!(decode_frame(&f, &e, "p").is_err(), "flip at bit {bit} went unnoticed");
+            assert!(decode_frame(&f, &e, "p", None).is_err(), "flip at bit {bit} went unnoticed");
         }
     }
 
@@ -335,6 +404,7 @@ mod tests {
                 raw_len: 50,
                 stored_len: 48,
                 codec: Codec::Lz4,
+                sealed: i == 1,
             })
             .collect();
         let blob = encode_trailer(&entries, 316);

@@ -14,6 +14,8 @@
 //! Integers are little-endian; `present` is the number of set bits. A clear
 //! bit is an all-zero block, never stored. A segment's id is the keyed
 //! BLAKE3 of its bytes under the vault's segment key, checked on every read.
+//! In an encrypted vault the file holds these bytes sealed (`crypto`), with
+//! the id as associated data; the id is still that of the plaintext.
 
 use crate::error::{Error, Result};
 use crate::model::ContentId;

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
-use super::{Codec, LockMode, PackEntry, PointManifest, Vault, VaultLock, VaultSink, files, manifest, pack};
+use super::{Codec, LockMode, PackEntry, PointManifest, Vault, VaultLock, VaultSink, files, pack};
 use crate::error::{Error, Result};
 use crate::model::{ContentId, hex};
 
@@ -196,7 +196,8 @@ impl VaultSink for BackupSession<'_> {
     }
 
     fn put_chunk(&self, id: &ContentId, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<u64> {
-        let header = pack::frame_header(id, codec, raw_len, payload);
+        let (payload, sealed) = self.vault.seal_chunk(id, codec, raw_len, payload)?;
+        let header = pack::frame_header(id, codec, sealed, raw_len, &payload);
         let mut st = self.staged();
         if self.vault.has_chunk(id) || !st.chunks.insert(*id) {
             return Ok(0);
@@ -207,12 +208,12 @@ impl VaultSink for BackupSession<'_> {
         let Some(p) = st.open.as_mut() else {
             return Err(Error::invalid("pack", "no open pack"));
         };
-        let w = p.out.write_all(&header).and_then(|()| p.out.write_all(payload));
+        let w = p.out.write_all(&header).and_then(|()| p.out.write_all(&payload));
         if let Err(e) = w {
             let path = p.path.clone();
             return Err(Error::io("write", path, e));
         }
-        let entry = PackEntry { id: *id, offset: p.offset, raw_len, stored_len: payload.len() as u32, codec };
+        let entry = PackEntry { id: *id, offset: p.offset, raw_len, stored_len: payload.len() as u32, codec, sealed };
         p.entries.push(entry);
         p.offset += entry.frame_len();
         let full = p.offset >= self.vault.options().pack_target_size;
@@ -241,6 +242,7 @@ impl VaultSink for BackupSession<'_> {
         if self.staged().segments.contains(&id) || self.vault.segment_path(&id).exists() {
             return Ok((id, 0));
         }
+        let bytes = &*self.vault.seal_segment(&id, bytes)?;
         let path = self.dir.join("segments").join(id.to_hex());
         // Another thread of this session may stage the same segment at once.
         // It is flushed in `publish`: an fsync here would stall every
@@ -265,10 +267,10 @@ impl VaultSink for BackupSession<'_> {
         // encoded, and its digits change its length: settle in two passes.
         let base = self.bytes_added.load(Ordering::Relaxed);
         m.stats.bytes_added = base;
-        let mut bytes = manifest::encode(&m, self.vault.mac_key())?;
+        let mut bytes = self.vault.encode_manifest(&m)?;
         for _ in 0..3 {
             m.stats.bytes_added = base + bytes.len() as u64;
-            bytes = manifest::encode(&m, self.vault.mac_key())?;
+            bytes = self.vault.encode_manifest(&m)?;
         }
         if let Some(r) = self.vault.remote() {
             let (packs, segments, chunks) = {

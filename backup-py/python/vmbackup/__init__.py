@@ -21,10 +21,14 @@ from ._device import BlockDevice
 from ._errors import (
     CancelledError,
     CorruptionError,
+    KeyRequiredError,
     NotFoundError,
+    TamperedError,
+    VaultKeyError,
     VaultLockedError,
     VmBackupError,
     VmBackupIOError,
+    WrongKeyError,
 )
 from ._native import (
     BackupStats,
@@ -57,4 +61,8 @@ __all__ = [
     "NotFoundError",
     "VmBackupIOError",
     "CancelledError",
+    "TamperedError",
+    "VaultKeyError",
+    "KeyRequiredError",
+    "WrongKeyError",
 ]

@@ -16,6 +16,10 @@ __all__ = [
     "NotFoundError",
     "VmBackupIOError",
     "CancelledError",
+    "TamperedError",
+    "VaultKeyError",
+    "KeyRequiredError",
+    "WrongKeyError",
 ]
 
 
@@ -88,3 +92,25 @@ class CancelledError(VmBackupError):
     A job cancelled by an exception from its ``progress`` callback or by
     Ctrl-C raises that exception (``KeyboardInterrupt``) itself instead.
     """
+
+
+class TamperedError(CorruptionError):
+    """A sealed object of an encrypted vault fails authentication: it was
+    changed, swapped, moved from another vault, or forged. ``object``
+    names it and where (file, byte offset)."""
+
+
+class VaultKeyError(VmBackupError):
+    """An encrypted vault cannot be opened with the key given. ``path`` is
+    the vault's folder."""
+
+    path: Optional[str] = None
+
+
+class KeyRequiredError(VaultKeyError):
+    """The vault is encrypted and neither ``passphrase`` nor ``key_file``
+    was given."""
+
+
+class WrongKeyError(VaultKeyError):
+    """The passphrase or key file opens none of the vault's key slots."""

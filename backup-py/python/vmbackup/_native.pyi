@@ -37,23 +37,30 @@ class Vault:
         path: _StrPath,
         *,
         lock_timeout: float = 60.0,
+        passphrase: Optional[str] = None,
+        key_file: Optional[_StrPath] = None,
         cache: Optional[_StrPath] = None,
         endpoint: Optional[str] = None,
     ) -> "Vault":
         """Creates a new vault in a folder that does not exist or is empty, or
         on object storage at a URL (``az://CONTAINER/PREFIX``,
         ``s3://BUCKET/PREFIX``; ``cache`` is then the local cache folder,
-        ``endpoint`` the store's endpoint, e.g. an emulator's)."""
+        ``endpoint`` the store's endpoint, e.g. an emulator's); encrypted with
+        ``passphrase`` or ``key_file``."""
     @staticmethod
     def open(
         path: _StrPath,
         *,
         lock_timeout: float = 60.0,
+        passphrase: Optional[str] = None,
+        key_file: Optional[_StrPath] = None,
         cache: Optional[_StrPath] = None,
         endpoint: Optional[str] = None,
     ) -> "Vault":
         """Opens an existing vault (a folder or a URL, as ``init`` takes);
-        ``NotFoundError`` when ``path`` holds none."""
+        ``NotFoundError`` when ``path`` holds none,
+        ``KeyRequiredError``/``WrongKeyError`` for an encrypted vault without
+        its key."""
     @property
     def location(self) -> str:
         """Where the vault is: its URL, or its folder, as a string."""
@@ -63,6 +70,9 @@ class Vault:
     @property
     def id(self) -> str:
         """The vault's random id, made at init."""
+    @property
+    def encrypted(self) -> bool:
+        """Whether the vault is encrypted."""
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
@@ -250,6 +260,9 @@ class Problem:
     @property
     def what(self) -> str:
         """What is wrong, naming the damaged object."""
+    @property
+    def tampered(self) -> bool:
+        """Whether a sealed object failed authentication (encrypted vaults)."""
 
 @final
 class VerifyReport:

@@ -479,6 +479,20 @@ impl Remote {
         Ok(())
     }
 
+    /// The vault's config as the store holds it now: key slots change
+    /// there, not in a host's cache.
+    pub(crate) fn config_bytes(&self) -> Result<Vec<u8>> {
+        self.store.get("config")?.ok_or_else(|| Error::NotAVault { path: PathBuf::from(&self.url) })
+    }
+
+    /// Replaces the config in the store (a key slot added or removed): the
+    /// one object of a vault that is ever rewritten. Two hosts changing key
+    /// slots at the same moment: the last write wins (a slot is lost, never
+    /// the data, which every remaining slot still opens).
+    pub(crate) fn put_config(&self, bytes: Vec<u8>) -> Result<()> {
+        self.store.put("config", bytes)
+    }
+
     /// Fetches an index segment into the cache unless it is there; a
     /// segment missing from the store stays missing.
     pub(crate) fn ensure_segment(&self, vault: &Vault, id: &ContentId) -> Result<()> {
@@ -504,7 +518,7 @@ impl Remote {
                 "pack ends inside this chunk (truncated)",
             ));
         }
-        let data = pack::decode_frame(&frame, entry, &object)?;
+        let data = pack::decode_frame(&frame, entry, &object, vault.sealer())?;
         if ContentId(*blake3::keyed_hash(vault.keys_chunk(), &data).as_bytes()) != entry.id {
             return Err(Error::corrupt(
                 format!("{object} at byte {}", entry.offset),
