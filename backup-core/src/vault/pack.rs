@@ -62,7 +62,7 @@ const _: () = assert!(FOOTER_LEN == 24);
 pub enum Codec {
     /// The raw bytes.
     Raw = 0,
-    /// An LZ4 block (lz4_flex's block format).
+    /// An LZ4 block (the plain LZ4 block format, no frame or size prefix).
     Lz4 = 1,
 }
 
@@ -199,11 +199,7 @@ pub fn decode_frame(frame: &[u8], expected: &PackEntry, object: &str) -> Result<
         Codec::Raw => Ok(payload.to_vec()),
         Codec::Lz4 => {
             let mut out = vec![0u8; expected.raw_len as usize];
-            let n = lz4_flex::block::decompress_into(payload, &mut out)
-                .map_err(|e| Error::corrupt(at.clone(), format!("lz4: {e}")))?;
-            if n != out.len() {
-                return Err(Error::corrupt(at, format!("lz4 gave {n} bytes, expected {}", out.len())));
-            }
+            crate::lz4::decompress_into(payload, &mut out, &at)?;
             Ok(out)
         }
     }
