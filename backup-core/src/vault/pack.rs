@@ -180,10 +180,25 @@ pub fn parse_frame_header(h: &[u8], offset: u64, object: &str) -> Result<PackEnt
 /// # Errors
 /// [`Error::Corrupt`] naming `object` and the frame's offset.
 pub fn decode_frame(frame: &[u8], expected: &PackEntry, object: &str) -> Result<Vec<u8>> {
+    let mut out = vec![0u8; expected.raw_len as usize];
+    decode_frame_into(frame, expected, object, &mut out)?;
+    Ok(out)
+}
+
+/// As [`decode_frame`], into `out`, which must be exactly the chunk's raw
+/// length: the restore decodes straight into its write buffer.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming `object` and the frame's offset, also when
+/// `out` is not the chunk's length.
+pub fn decode_frame_into(frame: &[u8], expected: &PackEntry, object: &str, out: &mut [u8]) -> Result<()> {
     let at = format!("{object} at byte {}", expected.offset);
     let found = parse_frame_header(frame, expected.offset, object)?;
     if found != *expected {
         return Err(Error::corrupt(at, "frame header differs from the pack index entry"));
+    }
+    if out.len() != expected.raw_len as usize {
+        return Err(Error::corrupt(at, format!("chunk holds {} bytes, expected {}", expected.raw_len, out.len())));
     }
     let (h, payload) = frame.split_at(FRAME_HEADER_LEN);
     if payload.len() != expected.stored_len as usize {
@@ -196,13 +211,11 @@ pub fn decode_frame(frame: &[u8], expected: &PackEntry, object: &str) -> Result<
         return Err(Error::corrupt(at, "crc32 mismatch"));
     }
     match expected.codec {
-        Codec::Raw => Ok(payload.to_vec()),
-        Codec::Lz4 => {
-            let mut out = vec![0u8; expected.raw_len as usize];
-            crate::lz4::decompress_into(payload, &mut out, &at)?;
-            Ok(out)
-        }
+        // parse_frame_header checked that a raw frame's lengths agree.
+        Codec::Raw => out.copy_from_slice(payload),
+        Codec::Lz4 => crate::lz4::decompress_into(payload, out, &at)?,
     }
+    Ok(())
 }
 
 /// Encodes trailer entries followed by the footer.
