@@ -242,14 +242,16 @@ fn locked_with_progress<T: Send>(
 }
 
 /// The threads a restore runs on: twice as many as the engine's pool has,
-/// so that while some wait for their direct writes to reach the disk the
-/// others decode, and the disk always has a write or two queued. On the
-/// two-core machine of BENCHMARKS.md this took the restore of the 8 GiB
-/// image from 7.0 to 4.3 s. `None` (run on the caller's pool) when no
-/// threads can be had.
+/// at most 4 more, so that while some wait for their direct writes to
+/// reach the disk the others decode, and the disk always has a write or
+/// two queued. On the two-core machine of BENCHMARKS.md this took the
+/// restore of the 8 GiB image from 7.0 to 4.3 s. The cap keeps a machine
+/// of many cores from holding a run buffer for each of as many idle
+/// writers. `None` (run on the caller's pool) when no threads can be had.
 fn restore_pool() -> Option<rayon::ThreadPool> {
+    let n = rayon::current_num_threads();
     rayon::ThreadPoolBuilder::new()
-        .num_threads(2 * rayon::current_num_threads())
+        .num_threads(n + n.min(4))
         .thread_name(|i| format!("vmbackup-restore-{i}"))
         .build()
         .ok()
@@ -388,7 +390,7 @@ fn restore_record(
 }
 
 /// Bytes of disk one worker decodes before it writes them, at most.
-const RUN_BYTES: u64 = 4 << 20;
+const RUN_BYTES: u64 = 2 << 20;
 
 /// A worker's buffers: the decoded run and a pack frame as read.
 struct RunBuffers {
@@ -406,7 +408,7 @@ impl RunBuffers {
 }
 
 /// The buffers of one disk's restore, handed from run to run, so that
-/// each worker allocates its 4 MiB once rather than once per rayon split;
+/// each worker allocates its run buffer once rather than once per rayon split;
 /// they are freed when the disk is done.
 struct BufferPool {
     run_len: usize,
