@@ -30,6 +30,13 @@ pub trait RestoreTarget: Send + Sync {
     /// # Errors
     /// Whatever the target reports.
     fn write_zeros(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Whether [`write_at`](Self::write_at) may get several adjacent blocks
+    /// in one call (up to 2 MiB) instead of one call per block. Default
+    /// false, so that a host's target sees the writes it always saw;
+    /// [`FileTarget`] says yes, to send large aligned writes to the disk.
+    fn coalesce_writes(&self) -> bool {
+        false
+    }
     /// Makes everything written durable; called once at the end.
     ///
     /// # Errors
@@ -160,6 +167,9 @@ impl RestoreTarget for FileTarget {
         }
         let zeros = vec![0u8; len as usize];
         self.file.write_all_at(&zeros, offset)
+    }
+    fn coalesce_writes(&self) -> bool {
+        true
     }
     fn finish(&self) -> io::Result<()> {
         self.file.sync_all()
@@ -361,11 +371,13 @@ fn restore_record(
         return Err(damaged(point, record, 0..record.size, "the point lists the wrong number of index segments"));
     }
     let write_err = |offset: u64, source: io::Error| write_error(point, record, target, offset, source);
-    // Blocks are decoded into one buffer per run of adjacent blocks and
-    // written with one call per run of data: large aligned writes, which
-    // the target can send to the disk directly (see FileTarget).
+    // Blocks are decoded into one buffer per run of adjacent blocks and,
+    // for a target that takes them, written with one call per run of
+    // data: large aligned writes, which FileTarget sends to the disk
+    // directly.
     let blocks_per_run = (RUN_BYTES / bs).max(1) as usize;
     let pool = BufferPool { run_len: blocks_per_run * bs as usize, free: Mutex::new(Vec::new()) };
+    let coalesce_writes = target.coalesce_writes();
     for (s, seg_id) in record.segments.iter().enumerate() {
         options.cancel.check(&format!("restore of disk {} of vm {}", record.name, point.vm))?;
         let window = record.segment_range(s);
@@ -385,7 +397,7 @@ fn restore_record(
             Err(why) => return Err(damaged(point, record, window, &why)),
         };
         let lost: Mutex<Vec<DamagedRange>> = Mutex::new(Vec::new());
-        let run = Run { vault, point, record, target, options, lost: &lost, pool: &pool };
+        let run = Run { vault, point, record, target, options, lost: &lost, pool: &pool, coalesce: coalesce_writes };
         let written: u64 = entries
             .par_chunks(blocks_per_run)
             .enumerate()
@@ -452,6 +464,8 @@ struct Run<'a> {
     options: &'a RestoreOptions,
     lost: &'a Mutex<Vec<DamagedRange>>,
     pool: &'a BufferPool,
+    /// The target's [`RestoreTarget::coalesce_writes`].
+    coalesce: bool,
 }
 
 impl Run<'_> {
@@ -500,6 +514,9 @@ impl Run<'_> {
                     }
                     pending.end = at + len;
                     written += len as u64;
+                    if !self.coalesce {
+                        result = self.flush(start, data, &mut pending);
+                    }
                 }
                 Ok(false) => {
                     result = self.flush(start, data, &mut pending).and_then(|()| {
@@ -599,6 +616,70 @@ mod tests {
         let path = dir.path().join("direct.img");
         let t = FileTarget::create(&path, size as u64).expect("create");
         write_and_check(&t, &path, size);
+    }
+
+    /// Records the writes it gets.
+    struct Recorder {
+        writes: Mutex<Vec<(u64, usize)>>,
+        coalesce: bool,
+    }
+
+    impl RestoreTarget for Recorder {
+        fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+            self.writes.lock().unwrap_or_else(|p| p.into_inner()).push((offset, data.len()));
+            Ok(())
+        }
+        fn write_zeros(&self, _offset: u64, _len: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn coalesce_writes(&self) -> bool {
+            self.coalesce
+        }
+        fn describe(&self) -> String {
+            "recorder".into()
+        }
+    }
+
+    /// A host's target (the C and Python ABIs) keeps getting one write per
+    /// block, as it always did; one that asks for runs gets adjacent blocks
+    /// together, split at zero blocks.
+    #[test]
+    fn host_targets_get_one_write_per_block_and_runs_only_when_asked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bs = 65536usize;
+        // Blocks 0..3 data, 3 zero, 4..6 data, and a partial last block.
+        let mut image = vec![0u8; 6 * bs + 1000];
+        for (i, b) in image.iter_mut().enumerate() {
+            if i / bs != 3 {
+                *b = (i % 253) as u8 | 1;
+            }
+        }
+        let path = dir.path().join("d.img");
+        fs::write(&path, &image).expect("write image");
+        let vault = Vault::init(dir.path().join("v")).expect("init");
+        let vm = crate::Vm::from_images("vm", &[&path]).expect("vm");
+        let point = crate::backup(&vault, &crate::ImageFileProvider::new(), &vm, &crate::BackupOptions::default())
+            .expect("backup")
+            .point;
+        for coalesce in [false, true] {
+            let t = Recorder { writes: Mutex::new(Vec::new()), coalesce };
+            restore_disk(&vault, &point, "d.img", &t, &RestoreOptions::default()).expect("restore");
+            let mut w = t.writes.into_inner().expect("writes");
+            w.sort_unstable();
+            let want: Vec<(u64, usize)> = if coalesce {
+                vec![(0, 3 * bs), (4 * bs as u64, 2 * bs + 1000)]
+            } else {
+                vec![
+                    (0, bs),
+                    (bs as u64, bs),
+                    (2 * bs as u64, bs),
+                    (4 * bs as u64, bs),
+                    (5 * bs as u64, bs),
+                    (6 * bs as u64, 1000),
+                ]
+            };
+            assert_eq!(w, want, "coalesce {coalesce}");
+        }
     }
 
     /// A file system that refuses O_DIRECT at open (no direct descriptor)
