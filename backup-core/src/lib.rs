@@ -45,6 +45,7 @@ mod error;
 pub mod fuzzing;
 mod gc;
 mod job;
+mod lz4;
 mod model;
 mod nbd;
 mod policy;

@@ -12,7 +12,6 @@ use crate::vault::{Codec, DiskStats, VaultSink};
 pub(super) struct Buffers {
     data: Vec<u8>,
     compressed: Vec<u8>,
-    table: Option<lz4_flex::block::CompressTable>,
 }
 
 /// Everything a block needs to know about its segment.
@@ -154,11 +153,9 @@ impl BlockJob<'_> {
             o.dedup = true;
             return Ok(o);
         }
-        let table = buf.table.get_or_insert_with(Default::default);
-        buf.compressed.resize(lz4_flex::block::get_maximum_output_size(data.len()), 0);
-        let (codec, payload) = match lz4_flex::block::compress_into_with_table(data, &mut buf.compressed, table) {
-            Ok(n) if n < data.len() => (Codec::Lz4, &buf.compressed[..n]),
-            _ => (Codec::Raw, &data[..]),
+        let (codec, payload) = match crate::lz4::compress(data, &mut buf.compressed) {
+            Some(n) => (Codec::Lz4, &buf.compressed[..n]),
+            None => (Codec::Raw, &data[..]),
         };
         let added = self.sink.put_chunk(&id, codec, len as u32, payload)?;
         if added == 0 {

@@ -10,7 +10,7 @@
 //! 3. otherwise read: all zeros is recorded as zero; its keyed BLAKE3 id
 //!    equal to the previous point's at that index is unchanged; an id the
 //!    vault already holds is deduplicated; anything else is compressed with
-//!    LZ4 (kept only when smaller) and stored.
+//!    LZ4 (liblz4, see `crate::lz4`; kept only when smaller) and stored.
 //!
 //! Memory holds one segment's ids and one block buffer per worker, never a
 //! whole disk's index.

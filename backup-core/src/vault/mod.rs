@@ -693,24 +693,68 @@ impl Vault {
     /// # Errors
     /// [`Error::Corrupt`] naming the pack and offset; I/O errors.
     pub(crate) fn read_frame(&self, file: &File, pack: &str, entry: &PackEntry) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; entry.raw_len as usize];
+        self.read_frame_into(file, pack, entry, &mut Vec::new(), &mut out)?;
+        Ok(out)
+    }
+
+    /// As [`read_frame`](Self::read_frame), into `out` (exactly the chunk's
+    /// length), with `frame` as the caller's reusable read buffer.
+    fn read_frame_into(
+        &self,
+        file: &File,
+        pack: &str,
+        entry: &PackEntry,
+        frame: &mut Vec<u8>,
+        out: &mut [u8],
+    ) -> Result<()> {
         let path = self.pack_path(pack);
         let object = format!("pack {}", path.display());
-        let mut frame = vec![0u8; entry.frame_len() as usize];
-        file.read_exact_at(&mut frame, entry.offset).map_err(|e| {
+        frame.resize(entry.frame_len() as usize, 0);
+        file.read_exact_at(frame, entry.offset).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 Error::corrupt(format!("{object} at byte {}", entry.offset), "pack ends inside this chunk (truncated)")
             } else {
                 Error::io("read", &path, e)
             }
         })?;
-        let data = pack::decode_frame(&frame, entry, &object, self.keys.sealer.as_ref())?;
-        if ContentId(*blake3::keyed_hash(&self.keys.chunk, &data).as_bytes()) != entry.id {
+        pack::decode_frame_into(frame, entry, &object, self.keys.sealer.as_ref(), out)?;
+        if ContentId(*blake3::keyed_hash(&self.keys.chunk, out).as_bytes()) != entry.id {
             return Err(Error::corrupt(
                 format!("{object} at byte {}", entry.offset),
                 format!("chunk {} does not hash to its id", entry.id),
             ));
         }
-        Ok(data)
+        Ok(())
+    }
+
+    /// Reads, checks (crc, then the keyed BLAKE3 of the plaintext against
+    /// `id`) and decodes a chunk into `out`, which must be exactly its
+    /// length; `frame` is the caller's reusable read buffer. The restore's
+    /// path: no allocation per chunk, no copy out of a returned buffer.
+    ///
+    /// # Errors
+    /// As [`VaultSource::chunk`]; also [`Error::Corrupt`] when the chunk is
+    /// not `out.len()` bytes long.
+    pub(crate) fn chunk_into(&self, id: &ContentId, frame: &mut Vec<u8>, out: &mut [u8]) -> Result<()> {
+        if self.locate(id).is_none() {
+            self.refresh_index()?;
+        }
+        let (n, pack, entry) =
+            self.locate(id).ok_or_else(|| Error::corrupt(format!("chunk {id}"), "missing: no pack holds it"))?;
+        if let Some(r) = &self.remote {
+            let data = r.read_chunk(self, &pack, &entry)?;
+            if data.len() != out.len() {
+                return Err(Error::corrupt(
+                    format!("chunk {id}"),
+                    format!("holds {} bytes, expected {}", data.len(), out.len()),
+                ));
+            }
+            out.copy_from_slice(&data);
+            return Ok(());
+        }
+        let f = self.pack_file(n, &pack)?;
+        self.read_frame_into(&f, &pack, &entry, frame, out)
     }
 
     /// Where the chunk index says a chunk is: (pack id, frame offset).

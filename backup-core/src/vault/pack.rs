@@ -69,7 +69,7 @@ const _: () = assert!(FOOTER_LEN == 24);
 pub enum Codec {
     /// The raw bytes.
     Raw = 0,
-    /// An LZ4 block (lz4_flex's block format).
+    /// An LZ4 block (the plain LZ4 block format, no frame or size prefix).
     Lz4 = 1,
 }
 
@@ -228,10 +228,31 @@ pub(crate) fn decode_frame(
     object: &str,
     sealer: Option<&crate::vault::crypto::Sealer>,
 ) -> Result<Vec<u8>> {
+    let mut out = vec![0u8; expected.raw_len as usize];
+    decode_frame_into(frame, expected, object, sealer, &mut out)?;
+    Ok(out)
+}
+
+/// As [`decode_frame`], into `out`, which must be exactly the chunk's raw
+/// length: the restore decodes straight into its write buffer.
+///
+/// # Errors
+/// As [`decode_frame`]; [`Error::Corrupt`] also when `out` is not the
+/// chunk's length.
+pub(crate) fn decode_frame_into(
+    frame: &[u8],
+    expected: &PackEntry,
+    object: &str,
+    sealer: Option<&crate::vault::crypto::Sealer>,
+    out: &mut [u8],
+) -> Result<()> {
     let at = format!("{object} at byte {}", expected.offset);
     let found = parse_frame_header(frame, expected.offset, object)?;
     if found != *expected {
         return Err(Error::corrupt(at, "frame header differs from the pack index entry"));
+    }
+    if out.len() != expected.raw_len as usize {
+        return Err(Error::corrupt(at, format!("chunk holds {} bytes, expected {}", expected.raw_len, out.len())));
     }
     let (h, payload) = frame.split_at(FRAME_HEADER_LEN);
     if payload.len() != expected.stored_len as usize {
@@ -264,17 +285,11 @@ pub(crate) fn decode_frame(
         }
     };
     match expected.codec {
-        Codec::Raw => Ok(payload.to_vec()),
-        Codec::Lz4 => {
-            let mut out = vec![0u8; expected.raw_len as usize];
-            let n = lz4_flex::block::decompress_into(payload, &mut out)
-                .map_err(|e| Error::corrupt(at.clone(), format!("lz4: {e}")))?;
-            if n != out.len() {
-                return Err(Error::corrupt(at, format!("lz4 gave {n} bytes, expected {}", out.len())));
-            }
-            Ok(out)
-        }
+        // parse_frame_header checked that a raw frame's lengths agree.
+        Codec::Raw => out.copy_from_slice(payload),
+        Codec::Lz4 => crate::lz4::decompress_into(payload, out, &at)?,
     }
+    Ok(())
 }
 
 /// Encodes trailer entries followed by the footer.
