@@ -17,6 +17,8 @@ use backup_core::{BackupOptions, ImageFileProvider, RestoreOptions, Vault, Verif
 
 use crate::human;
 
+use crate::output::outln;
+
 /// A small deterministic generator, so every demo makes the same files.
 struct Rng(u64);
 impl Rng {
@@ -183,7 +185,7 @@ fn same_bytes(a: &Path, b: &Path) -> Result<bool> {
 }
 
 fn step(n: u32, what: &str) {
-    println!("\n[{n}] {what}");
+    outln!("\n[{n}] {what}");
 }
 
 /// Runs the demo in `dir` (a new temporary folder when None).
@@ -199,7 +201,7 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
     );
     fs::create_dir_all(&dir)?;
     let started = Instant::now();
-    println!("vmbackup demo in {}", dir.display());
+    outln!("vmbackup demo in {}", dir.display());
     let mut rng = Rng(0x5eed_0fde);
 
     step(1, "make a sample VM: two disks holding ext4 file systems with real files (mke2fs -d)");
@@ -211,11 +213,11 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
     fs::create_dir_all(&vmdir)?;
     mkfs(&dir.join("src/system"), &system, 256)?;
     mkfs(&dir.join("src/data"), &data, 128)?;
-    println!("    {}: 256 MiB, {}: 128 MiB", system.display(), data.display());
+    outln!("    {}: 256 MiB, {}: 128 MiB", system.display(), data.display());
 
     step(2, "create a vault");
     let vault = Vault::init(dir.join("vault"))?;
-    println!("    {} (id {})", vault.path().display(), vault.id());
+    outln!("    {} (id {})", vault.path().display(), vault.id());
 
     let vm = Vm::from_images("demo-vm", &[&system, &data])?;
     let provider = ImageFileProvider::new();
@@ -224,7 +226,7 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
     step(3, "full backup");
     let first = backup_core::backup(&vault, &provider, &vm, &options)?;
     for w in &first.warnings {
-        println!("    note: {w}");
+        outln!("    note: {w}");
     }
     crate::print_point_summary(&first.point);
     let kept = dir.join("as-of-first-backup");
@@ -235,8 +237,8 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
     }
 
     step(4, "the guest works: change files inside both disks (debugfs)");
-    println!("    {}", churn(&system, &dir.join("work/system"), &mut rng, true)?);
-    println!("    {}", churn(&data, &dir.join("work/data"), &mut rng, false)?);
+    outln!("    {}", churn(&system, &dir.join("work/system"), &mut rng, true)?);
+    outln!("    {}", churn(&data, &dir.join("work/data"), &mut rng, false)?);
 
     step(5, "incremental backup: only changed blocks are stored");
     let second = backup_core::backup(&vault, &provider, &vm, &options)?;
@@ -260,7 +262,7 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
             tool("e2fsck", &["-fn", path_str(&restored)?])
                 .with_context(|| format!("e2fsck of restored disk {}", s.disk))?;
         }
-        println!(
+        outln!(
             "    point {}: {} restored in {secs:.2} s ({}/s), identical to the source, e2fsck -fn clean",
             point.id,
             human(bytes),
@@ -271,11 +273,11 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
     step(7, "verify the whole vault: every chunk re-read, crc-checked and re-hashed");
     let report = backup_core::verify(&vault, &VerifyOptions::default())?;
     ensure!(report.ok(), "verify found problems: {:?}", report.problems);
-    println!("    ok: {} points, {} chunks, {} packs", report.points, report.chunks, report.packs);
+    outln!("    ok: {} points, {} chunks, {} packs", report.points, report.chunks, report.packs);
 
     let full = first.point.stats.bytes_added;
     let incr = second.point.stats.bytes_added;
-    println!(
+    outln!(
         "\ndone in {:.1} s: the full backup added {}, the incremental {} ({:.1}% of the full); everything restored bit for bit.",
         started.elapsed().as_secs_f64(),
         human(full),

@@ -9,6 +9,8 @@ use anyhow::Result;
 use backup_core::{JobRecord, PointManifest, RestoreOptions, RestoreStats, Vault};
 use serde_json::json;
 
+use crate::output::outln;
+
 /// The JSON of one job as `vmbackup jobs --json` prints it.
 fn job_json(j: &JobRecord) -> serde_json::Value {
     json!({
@@ -53,14 +55,14 @@ pub fn jobs(vault: &Path, vm: Option<&str>, json: bool) -> Result<ExitCode> {
     let jobs = backup_core::job_history(&vault, vm)?;
     if json {
         let all: Vec<_> = jobs.iter().map(job_json).collect();
-        println!("{}", serde_json::to_string_pretty(&json!({ "jobs": all }))?);
+        outln!("{}", serde_json::to_string_pretty(&json!({ "jobs": all }))?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<24} {:<16} {:<20} {:<20} {:<11} {:<24} PHASES", "JOB", "VM", "START", "END", "RESULT", "POINT");
+    outln!("{:<24} {:<16} {:<20} {:<20} {:<11} {:<24} PHASES", "JOB", "VM", "START", "END", "RESULT", "POINT");
     let when =
         |t: Option<jiff::Timestamp>| t.map_or_else(|| "-".to_string(), |t| t.strftime("%Y-%m-%d %H:%M:%S").to_string());
     for j in &jobs {
-        println!(
+        outln!(
             "{:<24} {:<16} {:<20} {:<20} {:<11} {:<24} {}",
             j.job,
             j.vm,
@@ -71,13 +73,13 @@ pub fn jobs(vault: &Path, vm: Option<&str>, json: bool) -> Result<ExitCode> {
             phases_text(j)
         );
         if let Some(e) = &j.error {
-            println!("    error: {e}");
+            outln!("    error: {e}");
         }
         if j.retries > 0 {
-            println!("    retried {} time(s)", j.retries);
+            outln!("    retried {} time(s)", j.retries);
         }
         if j.damaged_lines > 0 {
-            println!("    {} damaged line(s) in {}", j.damaged_lines, j.path.display());
+            outln!("    {} damaged line(s) in {}", j.damaged_lines, j.path.display());
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -90,7 +92,7 @@ pub fn release_expired(vault: &Path, vm: Option<&str>, now: Option<jiff::Timesta
     let vault = crate::open(vault)?;
     let report = backup_core::release_expired(&vault, vm, now.unwrap_or_else(jiff::Timestamp::now))?;
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({
                 "released": report.released.iter().map(|(k, why)| json!({
@@ -104,10 +106,10 @@ pub fn release_expired(vault: &Path, vm: Option<&str>, now: Option<jiff::Timesta
         );
     } else {
         for (k, why) in &report.released {
-            println!("released the snapshot of point {} of vm {} ({why})", k.point, k.vm);
+            outln!("released the snapshot of point {} of vm {} ({why})", k.point, k.vm);
         }
         for k in &report.kept {
-            println!("kept the snapshot of point {} of vm {} until {}", k.point, k.vm, k.expires);
+            outln!("kept the snapshot of point {} of vm {} until {}", k.point, k.vm, k.expires);
         }
         for p in &report.problems {
             eprintln!("warning: {p}");

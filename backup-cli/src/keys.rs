@@ -10,6 +10,8 @@ use backup_core::{KeySource, Vault, VaultOptions};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use crate::output::outln;
+
 /// The environment variable that holds a vault's passphrase.
 pub const PASSPHRASE_ENV: &str = "VMBACKUP_PASSPHRASE";
 /// The environment variable that holds the passphrase `key add` adds.
@@ -181,16 +183,16 @@ pub fn run(command: KeyCommand, options: VaultOptions, key: &KeyArgs) -> Result<
             let v = open(&vault, options, key)?;
             let slots = v.key_slots()?;
             if json {
-                println!("{}", json!({ "vault": vault, "encrypted": v.is_encrypted(), "slots": slots }));
+                outln!("{}", json!({ "vault": vault, "encrypted": v.is_encrypted(), "slots": slots }));
             } else if !v.is_encrypted() {
-                println!("vault {} is not encrypted: it has no key slots", vault.display());
+                outln!("vault {} is not encrypted: it has no key slots", vault.display());
             } else {
-                println!("{:<10} {:<12} {:<22} kdf", "slot", "kind", "created");
+                outln!("{:<10} {:<12} {:<22} kdf", "slot", "kind", "created");
                 for s in slots {
                     let kdf = s.kdf.map_or(String::from("-"), |k| {
                         format!("argon2id m={} KiB t={} p={}", k.memory_kib, k.iterations, k.parallelism)
                     });
-                    println!(
+                    outln!(
                         "{:<10} {:<12} {:<22} {kdf}",
                         s.id,
                         s.kind.to_string(),
@@ -223,15 +225,15 @@ pub fn run(command: KeyCommand, options: VaultOptions, key: &KeyArgs) -> Result<
             };
             let slot = v.add_key(&new)?;
             if json {
-                println!("{}", json!({ "vault": vault, "added": slot }));
+                outln!("{}", json!({ "vault": vault, "added": slot }));
             } else {
-                println!("added {} slot {} to vault {}", slot.kind, slot.id, vault.display());
+                outln!("added {} slot {} to vault {}", slot.kind, slot.id, vault.display());
             }
         }
         KeyCommand::Remove { vault, slot } => {
             let v = open(&vault, options, key)?;
             let removed = v.remove_key(&slot)?;
-            println!("removed {} slot {} from vault {}", removed.kind, removed.id, vault.display());
+            outln!("removed {} slot {} from vault {}", removed.kind, removed.id, vault.display());
         }
     }
     Ok(ExitCode::SUCCESS)

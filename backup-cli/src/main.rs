@@ -8,6 +8,7 @@ mod jobs;
 mod keys;
 mod maintenance;
 mod nbd;
+mod output;
 mod progress;
 mod repair;
 mod schedule;
@@ -22,6 +23,8 @@ use backup_core::{
 };
 use clap::{Parser, Subcommand};
 use serde_json::json;
+
+use crate::output::outln;
 
 /// Back up virtual machine disks: only changed blocks, into a deduplicating vault.
 #[derive(Parser)]
@@ -400,7 +403,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Init { vault, encrypt } => {
             let v = keys::init(&vault, encrypt, repair::options(), &cli.key)?;
             let how = if v.is_encrypted() { "encrypted vault" } else { "vault" };
-            println!("initialized {how} {} (id {})", v.location(), v.id());
+            outln!("initialized {how} {} (id {})", v.location(), v.id());
         }
         Command::Key { command } => return keys::run(command, repair::options(), &cli.key),
         Command::Backup {
@@ -465,7 +468,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 out["job"] = json!(report.job);
                 out["tiers"] = json!(jobs::tiers(&vault, p));
                 out["snapshot_kept_until"] = json!(report.snapshot_kept_until.map(|t| t.to_string()));
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                outln!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 if let Some(prep) = &report.prepared {
                     eprintln!("prepared vm {} for its first backup here ({})", p.vm, prep.provider_version);
@@ -478,7 +481,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 print_point_summary(p);
                 if let Some(until) = report.snapshot_kept_until {
-                    println!("  snapshot kept for instant restore until {until} (tiers: snapshot, vault)");
+                    outln!("  snapshot kept for instant restore until {until} (tiers: snapshot, vault)");
                 }
             }
         }
@@ -513,11 +516,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&json!({ "points": records, "in_flight": in_flight }))?);
+                outln!("{}", serde_json::to_string_pretty(&json!({ "points": records, "in_flight": in_flight }))?);
             } else {
-                println!(
+                outln!(
                     "{:<24} {:<16} {:<25} {:<28} {:>5} {:>12} {:>12}  TIERS",
-                    "POINT", "VM", "TIME", "CONSISTENCY", "DISKS", "SIZE", "ADDED"
+                    "POINT",
+                    "VM",
+                    "TIME",
+                    "CONSISTENCY",
+                    "DISKS",
+                    "SIZE",
+                    "ADDED"
                 );
                 for p in &points {
                     // The level achieved, and the one asked for when the
@@ -527,7 +536,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     } else {
                         format!("{} (asked {})", p.consistency, p.wanted_consistency)
                     };
-                    println!(
+                    outln!(
                         "{:<24} {:<16} {:<25} {:<28} {:>5} {:>12} {:>12}  {}",
                         p.id,
                         p.vm,
@@ -540,7 +549,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     );
                 }
                 for k in &in_flight {
-                    println!(
+                    outln!(
                         "{:<24} {:<16} {:<25} {:<28} {:>5} {:>12} {:>12}  snapshot",
                         k.point,
                         k.vm,
@@ -563,7 +572,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         } else {
                             r.prepare.changes.join("; ")
                         };
-                        println!(
+                        outln!(
                             "vm {name}: prepared by {by} at {} ({} time(s)): {changes}",
                             r.prepared_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
                             r.times_prepared
@@ -601,7 +610,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 if let Some(t) = tier {
                     out["tier"] = json!(t);
                 }
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                outln!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 for s in &stats {
                     eprintln!(
@@ -632,12 +641,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             options.progress = progress::bar("verify");
             let report = backup_core::verify(&vault, &options)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&json!({ "ok": report.ok(), "report": report }))?);
+                outln!("{}", serde_json::to_string_pretty(&json!({ "ok": report.ok(), "report": report }))?);
             } else {
                 for p in &report.problems {
-                    println!("BAD {p}");
+                    outln!("BAD {p}");
                 }
-                println!(
+                outln!(
                     "{}: {} points, {} chunks, {} packs checked, {} problems",
                     if report.ok() { "ok" } else { "DAMAGED" },
                     report.points,
@@ -756,10 +765,10 @@ fn point_json(p: &PointManifest) -> serde_json::Value {
 
 fn print_point_summary(p: &PointManifest) {
     let t = &p.stats.totals;
-    println!("point {} of vm {} ({})", p.id, p.vm, p.consistency);
+    outln!("point {} of vm {} ({})", p.id, p.vm, p.consistency);
     for d in &p.disks {
         let s = &d.stats;
-        println!(
+        outln!(
             "  disk {:<16} {:>10}  read {:>10}  new {:>10}  stored {:>10}  {:.2} s  ({})",
             d.name,
             human(d.size),
@@ -770,7 +779,7 @@ fn print_point_summary(p: &PointManifest) {
             s.change_detection
         );
     }
-    println!(
+    outln!(
         "  total: read {} of {}, {} new, {} added to the vault, {:.2} s ({}/s)",
         human(t.bytes_read),
         human(t.bytes_scanned),

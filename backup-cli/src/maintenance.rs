@@ -8,6 +8,8 @@ use anyhow::Result;
 use backup_core::{GcOptions, Policy, PruneOptions};
 use serde_json::json;
 
+use crate::output::outln;
+
 /// `vmbackup prune`: judges every point by the policy's retention, then
 /// removes the condemned manifests (unless `dry_run`).
 pub fn prune(vault: &Path, policy: &Path, vm: Option<String>, dry_run: bool, as_json: bool) -> Result<ExitCode> {
@@ -29,7 +31,7 @@ pub fn prune(vault: &Path, policy: &Path, vm: Option<String>, dry_run: bool, as_
             "manifest_bytes_removed": report.manifest_bytes_removed,
             "job_logs_removed": report.job_logs_removed,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         for e in &plan.unreadable {
             eprintln!("warning: not judged: {e}");
@@ -41,7 +43,7 @@ pub fn prune(vault: &Path, policy: &Path, vm: Option<String>, dry_run: bool, as_
                 (false, true) => "would remove",
                 (false, false) => "remove",
             };
-            println!(
+            outln!(
                 "{:<13} {:<16} {:<24} {}  {}",
                 verdict,
                 p.vm,
@@ -59,9 +61,9 @@ pub fn prune(vault: &Path, policy: &Path, vm: Option<String>, dry_run: bool, as_
             n => format!(" and {n} job logs older than {} days", policy.retention.job_log_days),
         };
         if dry_run {
-            println!("dry run: would remove {} points{logs}, keep {kept}", report.removed.len());
+            outln!("dry run: would remove {} points{logs}, keep {kept}", report.removed.len());
         } else {
-            println!(
+            outln!(
                 "removed {} points{logs}, kept {kept}; run `vmbackup gc` to reclaim their space",
                 report.removed.len()
             );
@@ -78,11 +80,11 @@ pub fn gc(vault: &Path, grace_minutes: u64, dry_run: bool, as_json: bool) -> Res
     options.dry_run = dry_run;
     let r = backup_core::gc(&vault, &options)?;
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         let would = if dry_run { "would remove" } else { "removed" };
-        println!("{} points keep {} chunks and {} segments", r.points, r.live_chunks, r.live_segments);
-        println!(
+        outln!("{} points keep {} chunks and {} segments", r.points, r.live_chunks, r.live_segments);
+        outln!(
             "{would} {} chunks ({}), {} segments ({}), {} whole packs; {} packs repacked into {}",
             r.chunks_removed,
             crate::human(r.chunk_bytes_removed),
@@ -93,13 +95,14 @@ pub fn gc(vault: &Path, grace_minutes: u64, dry_run: bool, as_json: bool) -> Res
             r.packs_written
         );
         if r.staging_removed + r.orphan_index_files_removed > 0 {
-            println!(
+            outln!(
                 "{would} {} abandoned staging entries and {} chunk index files without a pack",
-                r.staging_removed, r.orphan_index_files_removed
+                r.staging_removed,
+                r.orphan_index_files_removed
             );
         }
         if r.packs_marked + r.segments_marked > 0 {
-            println!(
+            outln!(
                 "{} {} packs and {} segments for removal by a gc run after the grace period ({grace_minutes} min)",
                 if dry_run { "would mark" } else { "marked" },
                 r.packs_marked,
@@ -107,10 +110,10 @@ pub fn gc(vault: &Path, grace_minutes: u64, dry_run: bool, as_json: bool) -> Res
             );
         }
         if r.protected > 0 {
-            println!("{} objects newer than the grace period ({grace_minutes} min) left alone", r.protected);
+            outln!("{} objects newer than the grace period ({grace_minutes} min) left alone", r.protected);
         }
         let freed = crate::human(r.bytes_freed.unsigned_abs());
-        println!(
+        outln!(
             "{} {freed}",
             if r.bytes_freed < 0 {
                 "grew by"
@@ -142,15 +145,15 @@ pub fn policy_check(file: &Path, runs: usize, as_json: bool) -> Result<ExitCode>
                 "utc": z.timestamp().to_string(),
             })).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!("policy {} is valid", file.display());
+        outln!("policy {} is valid", file.display());
         for line in policy.summary() {
-            println!("  {line}");
+            outln!("  {line}");
         }
-        println!("next runs:");
+        outln!("next runs:");
         for z in &next {
-            println!("  {}  ({})", z.strftime("%a %Y-%m-%d %H:%M %Z (%:z)"), z.timestamp());
+            outln!("  {}  ({})", z.strftime("%a %Y-%m-%d %H:%M %Z (%:z)"), z.timestamp());
         }
     }
     Ok(ExitCode::SUCCESS)

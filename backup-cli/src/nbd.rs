@@ -12,6 +12,8 @@ use backup_core::{
     CancelToken, ExportAddress, ExportOptions, NbdAddress, NbdOptions, NbdProvider, NbdServer, QemuProvider, VmDisk,
 };
 
+use crate::output::outln;
+
 /// The name and location of a `--disk` given as a bare NBD URI: the
 /// export's name, or `nbd<N>` for the default export. None for anything
 /// else (a path, or NAME=LOCATION).
@@ -131,7 +133,7 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
         server.size()
     );
     // The URI alone on stdout, for scripts.
-    println!("{}", server.uri());
+    outln!("{}", server.uri());
     server.serve(&cancel)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,8 @@ use anyhow::{Result, bail};
 use backup_core::{RemoteOptions, RepairOptions, Vault, VaultOptions};
 use serde_json::json;
 
+use crate::output::outln;
+
 static OPTIONS: OnceLock<VaultOptions> = OnceLock::new();
 static REMOTE: OnceLock<RemoteOptions> = OnceLock::new();
 
@@ -77,7 +79,7 @@ pub fn run(vault: &Path, dry_run: bool, json: bool) -> Result<ExitCode> {
     options.dry_run = dry_run;
     let report = backup_core::repair(&vault, &options)?;
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({ "nothing_lost": report.nothing_lost(), "report": report }))?
         );
@@ -85,18 +87,18 @@ pub fn run(vault: &Path, dry_run: bool, json: bool) -> Result<ExitCode> {
         let verb = if dry_run { "would rebuild" } else { "rebuilt" };
         for r in &report.rebuilt {
             let how = if r.from_frame_walk { "from a walk over its frames" } else { "from its trailer" };
-            println!("{verb} chunk index of pack {} ({} chunks, {how}): was {}", r.pack, r.chunks, r.why);
+            outln!("{verb} chunk index of pack {} ({} chunks, {how}): was {}", r.pack, r.chunks, r.why);
         }
         for p in &report.unreadable_packs {
-            println!("UNREADABLE pack {p}");
+            outln!("UNREADABLE pack {p}");
         }
         for p in &report.lost {
-            println!("LOST {p}");
+            outln!("LOST {p}");
         }
         for p in &report.other {
-            println!("DAMAGED {p}");
+            outln!("DAMAGED {p}");
         }
-        println!(
+        outln!(
             "{}: {} packs, {} chunk index files {verb}, {} damaged ranges of points lost",
             if report.nothing_lost() { "nothing lost" } else { "DATA LOST" },
             report.packs,

@@ -190,3 +190,25 @@ fn a_1_tib_sparse_image_with_1_gib_of_data_backs_up_by_its_data_in_bounded_memor
     assert_eq!(j["bytes_new"].as_u64(), Some(0));
     assert!(peak < 256 << 20, "peak memory {} MiB", peak >> 20);
 }
+
+#[test]
+fn a_reader_that_went_away_ends_the_output_quietly_instead_of_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = dir.path().join("vault");
+    let img = dir.path().join("root.img");
+    fs::write(&img, Rng(9).bytes(1 << 20)).expect("image");
+    ok(&["init", s(&vault)]);
+    ok(&["backup", "--vault", s(&vault), "--vm", "web", "--disk", s(&img)]);
+    // `vmbackup list | head -0`: the pipe's reader is gone before a byte is written.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(BIN)
+        .args(["list", "--vault", s(&vault)])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run vmbackup");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "status {}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
