@@ -22,16 +22,8 @@ fn azurite(test: &str) -> Option<String> {
     }
 }
 
-fn random(n: usize, mut seed: u64) -> Vec<u8> {
-    (0..n.div_ceil(8))
-        .flat_map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed.to_le_bytes()
-        })
-        .take(n)
-        .collect()
+fn random(n: usize, seed: u64) -> Vec<u8> {
+    testkit::Rng(seed).bytes(n)
 }
 
 /// One simulated host: its own cache folder.
@@ -137,4 +129,44 @@ fn a_backup_never_commits_against_a_pack_condemned_while_it_ran() {
 fn getrandom_bytes(buf: &mut [u8]) {
     use std::io::Read;
     std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).expect("random");
+}
+
+#[test]
+fn an_encrypted_vault_on_object_storage_round_trips_and_its_key_slots_live_in_the_store() {
+    let Some(ep) = azurite("encrypted remote vault") else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let mut r = [0u8; 4];
+    getrandom_bytes(&mut r);
+    let url = format!("az://vmbackup/encrypted-{:02x}{:02x}{:02x}{:02x}", r[0], r[1], r[2], r[3]);
+    let keyed = |p: &str| {
+        let mut o = options().with_key(KeySource::passphrase(p));
+        o.kdf = KdfParams::new(1024, 1, 1); // cheap, for the test
+        o
+    };
+    let a = Vault::init_url(&url, keyed("first passphrase"), &host(&ep, &d.join("host-a"))).expect("init");
+    assert!(a.is_encrypted());
+    let data = random(2 << 20, 11);
+    let img = d.join("e.img");
+    std::fs::write(&img, &data).expect("image");
+    let vm = Vm::from_images("e", &[&img]).expect("vm");
+    let point = backup(&a, &ImageFileProvider::new(), &vm, &BackupOptions::default()).expect("backup").point;
+
+    // Another host: no key, a wrong one, then the right one.
+    let b_cache = d.join("host-b");
+    assert!(matches!(Vault::open_url(&url, options(), &host(&ep, &b_cache)), Err(Error::KeyRequired { .. })));
+    assert!(matches!(Vault::open_url(&url, keyed("wrong"), &host(&ep, &b_cache)), Err(Error::WrongKey { .. })));
+    let b = Vault::open_url(&url, keyed("first passphrase"), &host(&ep, &b_cache)).expect("open b");
+    let out = d.join("restored.img");
+    restore_disk_to_path(&b, &point, "0", &out, &RestoreOptions::default()).expect("restore");
+    assert!(std::fs::read(&out).expect("read") == data);
+    assert!(verify(&b, &VerifyOptions::default()).expect("verify").ok());
+
+    // A slot added on host A is in the store: a third host with a fresh
+    // cache opens the vault with it.
+    a.add_key(&KeySource::passphrase("second passphrase")).expect("add key");
+    let c = Vault::open_url(&url, keyed("second passphrase"), &host(&ep, &d.join("host-c"))).expect("open c");
+    assert_eq!(c.key_slots().expect("slots").len(), 2);
+    restore_disk_to_path(&c, &point, "0", &d.join("c.img"), &RestoreOptions::default()).expect("restore c");
+    assert!(std::fs::read(d.join("c.img")).expect("read") == data);
 }
