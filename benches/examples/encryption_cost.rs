@@ -19,6 +19,7 @@ use backup_core::{
     BackupOptions, ImageFileProvider, KdfParams, KeySource, RestoreOptions, Vault, VaultOptions, Vm, backup,
     restore_disk_to_path,
 };
+use benches::{Rng, fill_block};
 
 const BLOCK: usize = 64 << 10;
 
@@ -30,122 +31,6 @@ fn cpu() -> Duration {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut r) };
     let t = |v: libc::timeval| Duration::new(v.tv_sec as u64, v.tv_usec as u32 * 1000);
     t(r.ru_utime) + t(r.ru_stime)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-// The same mix of blocks as the `engine` bench fixture (benches/engine.rs).
-
-const WORDS: &[&str] = &[
-    "kernel",
-    "systemd",
-    "started",
-    "session",
-    "user",
-    "root",
-    "eth0",
-    "link",
-    "up",
-    "down",
-    "error",
-    "warning",
-    "info",
-    "debug",
-    "disk",
-    "block",
-    "device",
-    "mounted",
-    "ext4",
-    "journal",
-    "request",
-    "GET",
-    "POST",
-    "/api/v1/items",
-    "200",
-    "404",
-    "500",
-    "latency",
-    "ms",
-    "bytes",
-    "the",
-    "a",
-    "of",
-    "to",
-    "and",
-    "in",
-    "for",
-    "on",
-    "with",
-    "from",
-    "connection",
-    "closed",
-    "accepted",
-    "timeout",
-    "retry",
-    "backup",
-    "snapshot",
-    "volume",
-    "config",
-    "loaded",
-];
-
-/// A text-like block: log lines made of common words and numbers; LZ4
-/// compresses it about 2 to 3 times, like real logs and source files.
-fn fill_text(rng: &mut Rng, out: &mut [u8]) {
-    let mut pos = 0;
-    while pos < out.len() {
-        let line = format!(
-            "2026-11-25T{:02}:{:02}:{:02}.{:06} host{} {}[{}]: ",
-            rng.below(24),
-            rng.below(60),
-            rng.below(60),
-            rng.below(1_000_000),
-            rng.below(8),
-            WORDS[rng.below(WORDS.len() as u64) as usize],
-            rng.below(65536)
-        );
-        let mut s = line;
-        for _ in 0..(4 + rng.below(10)) {
-            s.push_str(WORDS[rng.below(WORDS.len() as u64) as usize]);
-            s.push(' ');
-            if rng.below(4) == 0 {
-                s.push_str(&rng.below(100_000).to_string());
-                s.push(' ');
-            }
-        }
-        s.push('\n');
-        let n = s.len().min(out.len() - pos);
-        out[pos..pos + n].copy_from_slice(&s.as_bytes()[..n]);
-        pos += n;
-    }
-}
-
-fn fill_random(rng: &mut Rng, out: &mut [u8]) {
-    for c in out.chunks_mut(8) {
-        let v = rng.next().to_le_bytes();
-        c.copy_from_slice(&v[..c.len()]);
-    }
-}
-
-/// One block of the mix: 25% zero, 45% text, 30% random.
-fn fill_block(rng: &mut Rng, out: &mut [u8]) {
-    match rng.below(100) {
-        0..25 => out.fill(0),
-        25..70 => fill_text(rng, out),
-        _ => fill_random(rng, out),
-    }
 }
 
 fn vault(dir: &Path, encrypted: bool) -> Vault {
