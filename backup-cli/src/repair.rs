@@ -57,18 +57,12 @@ pub fn open(path: &Path) -> Result<Vault> {
 
 /// Opens the vault at a path or a vault URL with these options.
 pub fn open_with(path: &Path, options: VaultOptions) -> backup_core::Result<Vault> {
-    match path.to_str() {
-        Some(location) => Vault::open_location(location, options, &remote_options()),
-        None => Vault::open_with(path, options),
-    }
+    Vault::open_location(path, options, &remote_options())
 }
 
 /// Creates a vault at a path or a vault URL with these options.
 pub fn init_with(path: &Path, options: VaultOptions) -> backup_core::Result<Vault> {
-    match path.to_str() {
-        Some(location) => Vault::init_location(location, options, &remote_options()),
-        None => Vault::init_with(path, options),
-    }
+    Vault::init_location(path, options, &remote_options())
 }
 
 /// Rebuilds the chunk index files from the packs and says what is lost.

@@ -7,6 +7,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use testkit::{Rng, s};
+
 const BIN: &str = env!("CARGO_BIN_EXE_vmbackup");
 
 /// Runs vmbackup with `passphrase` in $VMBACKUP_PASSPHRASE (none: unset).
@@ -37,22 +39,6 @@ fn fails(passphrase: Option<&str>, args: &[&str], code: i32) -> String {
     String::from_utf8(out.stderr).expect("utf-8")
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-fn random(n: usize, mut seed: u64) -> Vec<u8> {
-    (0..n.div_ceil(8))
-        .flat_map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed.to_le_bytes()
-        })
-        .take(n)
-        .collect()
-}
-
 fn packs(vault: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     fs::read_dir(vault.join("packs"))
         .expect("packs")
@@ -66,7 +52,7 @@ fn an_encrypted_vault_round_trips_with_the_passphrase_from_the_environment_or_a_
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let (vault, img) = (d.join("vault"), d.join("root.img"));
-    let mut data = random(2 << 20, 1);
+    let mut data = Rng(1).bytes(2 << 20);
     fs::write(&img, &data).expect("image");
     let pw = Some("hunter2 but longer");
     let init = ok(pw, &["init", s(&vault), "--encrypt"]);
@@ -115,7 +101,7 @@ fn key_add_remove_and_list_rewrite_only_the_config_and_keep_the_last_slot() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let (vault, img, key) = (d.join("vault"), d.join("root.img"), d.join("vault.key"));
-    fs::write(&img, random(1 << 20, 2)).expect("image");
+    fs::write(&img, Rng(2).bytes(1 << 20)).expect("image");
     // init makes the key file when it does not exist.
     ok(None, &["init", s(&vault), "--encrypt", "--key-file", s(&key)]);
     assert_eq!(fs::read_to_string(&key).expect("key file").trim().len(), 64);

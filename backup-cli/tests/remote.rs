@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use testkit::{Rng, s};
+
 const BIN: &str = env!("CARGO_BIN_EXE_vmbackup");
 
 /// The emulator's endpoint, or None (with the reason printed).
@@ -82,22 +84,6 @@ fn json(endpoint: &str, cache: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&ok(endpoint, cache, args)).expect("one JSON object")
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-fn random(n: usize, mut seed: u64) -> Vec<u8> {
-    (0..n.div_ceil(8))
-        .flat_map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed.to_le_bytes()
-        })
-        .take(n)
-        .collect()
-}
-
 const KEEP_LAST_1: &str =
     "timezone = \"UTC\"\n[schedule]\nfrequency = \"daily\"\ntimes = [\"02:00\"]\n[retention]\nkeep_last = 1\n";
 
@@ -121,7 +107,7 @@ fn round_trip(ep: &str, url: &str) {
     let d = dir.path();
     let host = d.join("cache");
     let img = d.join("root.img");
-    let first = random(6 << 20, 1);
+    let first = Rng(1).bytes(6 << 20);
     fs::write(&img, &first).expect("image");
     ok(&ep, &host, &["init", &url]);
     let again = cmd(&ep, &host, &["init", &url]).output().expect("run");
@@ -165,7 +151,7 @@ fn round_trip(ep: &str, url: &str) {
 
     // A third backup of wholly new data makes the first two points' packs
     // dead once they are pruned: gc marks them, a later gc removes them.
-    let third = random(6 << 20, 2);
+    let third = Rng(2).bytes(6 << 20);
     fs::write(&img, &third).expect("image");
     ok(&ep, &host, &[&["backup", "--vault", &url, "--vm", "web", "--disk", s(&img)][..], &small].concat());
     let policy = d.join("policy.toml");
@@ -193,10 +179,10 @@ fn two_hosts_back_up_different_vms_into_one_vault_at_once() {
     ok(&ep, &d.join("init-cache"), &["init", &url]);
     // Both images share their first half, so the hosts also deduplicate
     // against each other's packs when one finishes first.
-    let shared = random(4 << 20, 7);
+    let shared = Rng(7).bytes(4 << 20);
     let images: Vec<(String, PathBuf, Vec<u8>)> = (0..2u64)
         .map(|i| {
-            let data = [shared.clone(), random(4 << 20, 100 + i)].concat();
+            let data = [shared.clone(), Rng(100 + i).bytes(4 << 20)].concat();
             let path = d.join(format!("vm{i}.img"));
             fs::write(&path, &data).expect("image");
             (format!("vm{i}"), path, data)
@@ -294,7 +280,7 @@ fn a_backup_survives_the_store_going_away_and_coming_back() {
     let host = d.join("cache");
     ok(&ep, &host, &["init", &url]);
     let img = d.join("root.img");
-    let data = random(24 << 20, 11);
+    let data = Rng(11).bytes(24 << 20);
     fs::write(&img, &data).expect("image");
     let args = ["backup", "--vault", &url, "--vm", "web", "--disk", s(&img), "--pack-target-size", "1M"];
     let mut child = cmd(&ep, &host, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");

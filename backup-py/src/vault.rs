@@ -221,12 +221,9 @@ impl Vault {
     ) -> PyResult<Vault> {
         let options = vault_options(lock_timeout, passphrase, key_file)?;
         let remote = remote_options(cache, endpoint);
-        py.detach(|| match path.to_str() {
-            Some(location) => backup_core::Vault::init_location(location, options, &remote),
-            None => backup_core::Vault::init_with(&path, options),
-        })
-        .map(Vault::new)
-        .map_err(|e| to_py(py, e))
+        py.detach(|| backup_core::Vault::init_location(&path, options, &remote))
+            .map(Vault::new)
+            .map_err(|e| to_py(py, e))
     }
 
     /// Opens an existing vault (a folder or a URL, as `init` takes);
@@ -246,12 +243,9 @@ impl Vault {
     ) -> PyResult<Vault> {
         let options = vault_options(lock_timeout, passphrase, key_file)?;
         let remote = remote_options(cache, endpoint);
-        py.detach(|| match path.to_str() {
-            Some(location) => backup_core::Vault::open_location(location, options, &remote),
-            None => backup_core::Vault::open_with(&path, options),
-        })
-        .map(Vault::new)
-        .map_err(|e| to_py(py, e))
+        py.detach(|| backup_core::Vault::open_location(&path, options, &remote))
+            .map(Vault::new)
+            .map_err(|e| to_py(py, e))
     }
 
     /// Where the vault is: its URL, or its folder, as a string.

@@ -201,28 +201,33 @@ pub(crate) struct Mark {
     pub segments: Vec<String>,
 }
 
+/// The URL a location names, if it is one.
+fn url_of(location: &Path) -> Option<&str> {
+    location.to_str().filter(|s| is_vault_url(s))
+}
+
 impl Vault {
-    /// Opens the vault at a path or a URL (see [`is_vault_url`]).
+    /// Opens the vault at a path or a URL (see [`is_vault_url`]); a path
+    /// that is not UTF-8 is a path.
     ///
     /// # Errors
     /// As [`open_with`](Self::open_with) and [`open_url`](Self::open_url).
-    pub fn open_location(location: &str, options: VaultOptions, remote: &RemoteOptions) -> Result<Vault> {
-        if is_vault_url(location) {
-            Self::open_url(location, options, remote)
-        } else {
-            Self::open_with(location, options)
+    pub fn open_location(location: impl AsRef<Path>, options: VaultOptions, remote: &RemoteOptions) -> Result<Vault> {
+        match url_of(location.as_ref()) {
+            Some(url) => Self::open_url(url, options, remote),
+            None => Self::open_with(location, options),
         }
     }
 
-    /// Creates a vault at a path or a URL (see [`is_vault_url`]).
+    /// Creates a vault at a path or a URL (see [`is_vault_url`]); a path
+    /// that is not UTF-8 is a path.
     ///
     /// # Errors
     /// As [`init_with`](Self::init_with) and [`init_url`](Self::init_url).
-    pub fn init_location(location: &str, options: VaultOptions, remote: &RemoteOptions) -> Result<Vault> {
-        if is_vault_url(location) {
-            Self::init_url(location, options, remote)
-        } else {
-            Self::init_with(location, options)
+    pub fn init_location(location: impl AsRef<Path>, options: VaultOptions, remote: &RemoteOptions) -> Result<Vault> {
+        match url_of(location.as_ref()) {
+            Some(url) => Self::init_url(url, options, remote),
+            None => Self::init_with(location, options),
         }
     }
 
