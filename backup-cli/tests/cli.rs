@@ -8,19 +8,8 @@ use std::process::{Command, Output, Stdio};
 
 use testkit::{Rng, s};
 
-const BIN: &str = env!("CARGO_BIN_EXE_vmbackup");
-
-fn run(args: &[&str]) -> Output {
-    testkit::output(BIN, args)
-}
-
-fn ok(args: &[&str]) -> String {
-    testkit::run(BIN, args)
-}
-
-fn json(args: &[&str]) -> serde_json::Value {
-    testkit::json(BIN, args)
-}
+mod common;
+use common::{BIN, json, ok, run};
 
 #[test]
 fn backup_list_restore_verify_round_trip_with_json() {

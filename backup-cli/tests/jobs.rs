@@ -2,23 +2,12 @@
 //! runs them.
 
 use std::fs;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use testkit::s;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vmbackup");
-
-fn run(args: &[&str]) -> Output {
-    testkit::output(BIN, args)
-}
-
-fn ok(args: &[&str]) -> String {
-    testkit::run(BIN, args)
-}
-
-fn json(args: &[&str]) -> serde_json::Value {
-    testkit::json(BIN, args)
-}
+mod common;
+use common::{BIN, json, ok, run};
 
 #[test]
 fn jobs_shows_the_history_with_phases_results_points_and_errors() {

@@ -2,19 +2,12 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use testkit::s;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vmbackup");
-
-fn run(args: &[&str]) -> Output {
-    testkit::output(BIN, args)
-}
-
-fn json(args: &[&str]) -> serde_json::Value {
-    testkit::json(BIN, args)
-}
+mod common;
+use common::{BIN, json, run};
 
 const POLICY: &str = r#"
 timezone = "America/New_York"

@@ -6,21 +6,14 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use backup_core::{LockMode, Vault};
 use testkit::{Rng, s, text};
 
-const BIN: &str = env!("CARGO_BIN_EXE_vmbackup");
-
-fn run(args: &[&str]) -> Output {
-    testkit::output(BIN, args)
-}
-
-fn ok(args: &[&str]) -> String {
-    testkit::run(BIN, args)
-}
+mod common;
+use common::{BIN, ok, run};
 
 fn packs(vault: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(vault.join("packs")).expect("packs").map(|e| e.expect("e").path()).collect();
