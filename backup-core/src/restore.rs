@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::model::ContentId;
 use crate::model::{CancelToken, NoProgress, Progress};
-use crate::vault::{DiskRecord, LockMode, PointManifest, Vault, VaultSource};
+use crate::vault::{DiskRecord, LockMode, PointManifest, SpanBuffer, Vault, VaultSource};
 
 /// Where a restored disk is written. Called from several threads at once.
 pub trait RestoreTarget: Send + Sync {
@@ -424,7 +424,7 @@ struct RunBuffers {
     /// `run_len` bytes from an address aligned for `O_DIRECT`, found
     /// inside a slightly longer vector (no unsafe allocation needed).
     data: Vec<u8>,
-    frame: Vec<u8>,
+    span: SpanBuffer,
 }
 
 impl RunBuffers {
@@ -448,7 +448,7 @@ impl BufferPool {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop()
-            .unwrap_or_else(|| RunBuffers { data: vec![0u8; self.run_len + DIRECT_ALIGN], frame: Vec::new() })
+            .unwrap_or_else(|| RunBuffers { data: vec![0u8; self.run_len + DIRECT_ALIGN], span: SpanBuffer::default() })
     }
     fn give(&self, b: RunBuffers) {
         self.free.lock().unwrap_or_else(|p| p.into_inner()).push(b);
@@ -482,7 +482,8 @@ impl Run<'_> {
         let bs = u64::from(self.record.block_size);
         let size = self.record.size;
         let run_len = self.pool.run_len;
-        let mut frame = std::mem::take(&mut bufs.frame);
+        let plan = self.vault.plan_run(entries)?;
+        let mut span = std::mem::take(&mut bufs.span);
         let data = bufs.aligned(run_len);
         // The decoded blocks not yet written: bytes [pending.start,
         // pending.end) of `data`.
@@ -495,7 +496,7 @@ impl Run<'_> {
             let at = k * bs as usize;
             let decoded = match entry {
                 None => Ok(false),
-                Some(id) => match self.vault.chunk_into(id, &mut frame, &mut data[at..at + len]) {
+                Some(_) => match self.vault.run_chunk_into(&plan, k, &mut span, &mut data[at..at + len]) {
                     Ok(()) => Ok(true),
                     Err(e) if self.options.allow_damaged => {
                         self.lost
@@ -532,7 +533,7 @@ impl Run<'_> {
             }
         }
         let result = result.and_then(|()| self.flush(start, data, &mut pending));
-        bufs.frame = frame;
+        bufs.span = span;
         result.map(|()| written)
     }
 
@@ -588,7 +589,7 @@ mod tests {
     /// Writes a mix of aligned, unaligned and tail writes through `t` and
     /// checks the file reads back as written.
     fn write_and_check(t: &FileTarget, path: &Path, size: usize) {
-        let mut bufs = RunBuffers { data: vec![0u8; 3 * 65536 + DIRECT_ALIGN], frame: Vec::new() };
+        let mut bufs = RunBuffers { data: vec![0u8; 3 * 65536 + DIRECT_ALIGN], span: SpanBuffer::default() };
         let aligned = bufs.aligned(3 * 65536);
         for (i, b) in aligned.iter_mut().enumerate() {
             *b = (i % 251) as u8 + 1;

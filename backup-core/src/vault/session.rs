@@ -3,12 +3,12 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use super::pack_writer::{BufferPool, Handoff, PackWriter};
 use super::{Codec, LockMode, PackEntry, PointManifest, Vault, VaultLock, VaultSink, files, pack};
 use crate::error::{Error, Result};
 use crate::model::{ContentId, hex};
@@ -16,16 +16,13 @@ use crate::model::{ContentId, hex};
 /// The pack being filled.
 struct OpenPack {
     id: String,
-    path: PathBuf,
-    out: BufWriter<File>,
+    out: PackWriter,
     offset: u64,
     entries: Vec<PackEntry>,
 }
 
 #[derive(Default)]
 struct Staged {
-    /// Chunks put in this session (in open or finished packs).
-    chunks: HashSet<ContentId>,
     /// Segments staged in this session.
     segments: HashSet<ContentId>,
     /// Finished packs, by id.
@@ -34,7 +31,49 @@ struct Staged {
     /// of their own, oldest first: the workers keep hashing and
     /// compressing while the disk catches up.
     finishing: std::collections::VecDeque<JoinHandle<Result<(String, u64)>>>,
-    open: Option<OpenPack>,
+}
+
+/// The packs being filled, one per worker thread: a worker's blocks are
+/// neighbours on the disk (rayon hands each worker a run of them), so its
+/// own pack keeps them together and a restore reads a run of blocks from
+/// one stretch of one pack. It also spares workers from waiting for one
+/// another's writes.
+struct OpenPacks(Box<[Mutex<Option<OpenPack>>]>);
+
+impl OpenPacks {
+    fn new() -> OpenPacks {
+        OpenPacks((0..rayon::current_num_threads().max(1)).map(|_| Mutex::new(None)).collect())
+    }
+    /// The calling worker's slot.
+    fn mine(&self) -> std::sync::MutexGuard<'_, Option<OpenPack>> {
+        let i = rayon::current_thread_index().unwrap_or(0) % self.0.len();
+        self.0[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Every open pack, taken out of its slot.
+    fn take_all(&self) -> Vec<OpenPack> {
+        self.0.iter().filter_map(|m| m.lock().unwrap_or_else(|p| p.into_inner()).take()).collect()
+    }
+}
+
+/// The ids of the chunks a session put, in shards that workers lock one at
+/// a time.
+#[derive(Default)]
+struct ChunkSet([Mutex<HashSet<ContentId>>; 16]);
+
+impl ChunkSet {
+    fn shard(&self, id: &ContentId) -> std::sync::MutexGuard<'_, HashSet<ContentId>> {
+        self.0[usize::from(id.0[0] & 15)].lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn contains(&self, id: &ContentId) -> bool {
+        self.shard(id).contains(id)
+    }
+    /// Adds `id`; false when it was there already.
+    fn insert(&self, id: ContentId) -> bool {
+        self.shard(&id).insert(id)
+    }
+    fn all(&self) -> HashSet<ContentId> {
+        self.0.iter().flat_map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect()
+    }
 }
 
 /// Full packs finished at once, at most; one more waits for the oldest, so
@@ -44,11 +83,10 @@ const MAX_FINISHING: usize = 2;
 /// Writes the trailer, flushes the pack and stages its index file.
 /// Returns the pack's id and the bytes it added past its frames.
 fn finish_pack(dir: &std::path::Path, p: OpenPack) -> Result<(String, u64)> {
-    let OpenPack { id, path, mut out, offset, entries } = p;
+    let OpenPack { id, mut out, offset, entries } = p;
     let trailer = pack::encode_trailer(&entries, offset);
-    out.write_all(&trailer).map_err(|e| Error::io("write", &path, e))?;
-    let file = out.into_inner().map_err(|e| Error::io("write", &path, e.into_error()))?;
-    file.sync_all().map_err(|e| Error::io("flush", &path, e))?;
+    out.write_all(&trailer)?;
+    out.finish()?;
     let idx = pack::encode_idx(&trailer);
     files::write_flushed(&dir.join("index").join(format!("{id}.idx")), &idx)?;
     Ok((id, (trailer.len() + idx.len()) as u64))
@@ -60,6 +98,13 @@ pub struct BackupSession<'v> {
     vault: &'v Vault,
     dir: PathBuf,
     staged: Mutex<Staged>,
+    open: OpenPacks,
+    /// Chunks put in this session (in open or finished packs), apart
+    /// from `staged` so that workers checking them do not wait for one
+    /// another's pack writes.
+    chunks: ChunkSet,
+    /// Spare write buffers for the next packs.
+    buffers: Arc<BufferPool>,
     bytes_added: AtomicU64,
     committed: std::sync::atomic::AtomicBool,
     /// Held while the session lives: a staging folder whose lock is free
@@ -90,6 +135,9 @@ impl<'v> BackupSession<'v> {
             vault,
             dir,
             staged: Mutex::new(Staged::default()),
+            open: OpenPacks::new(),
+            chunks: ChunkSet::default(),
+            buffers: Arc::new(BufferPool::default()),
             bytes_added: AtomicU64::new(0),
             committed: std::sync::atomic::AtomicBool::new(false),
             _session_lock: session_lock,
@@ -111,16 +159,11 @@ impl<'v> BackupSession<'v> {
         getrandom::fill(&mut r).map_err(|e| Error::io("get random bytes in", &self.dir, std::io::Error::other(e)))?;
         let id = hex(&r);
         let path = self.dir.join("packs").join(format!("{id}.pack"));
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| Error::io("create", &path, e))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let mut out = PackWriter::create(&path, self.buffers.clone(), self.vault.options().direct_io)?;
         let header = pack::header();
-        out.write_all(&header).map_err(|e| Error::io("write", &path, e))?;
+        out.write_all(&header)?;
         self.bytes_added.fetch_add(header.len() as u64, Ordering::Relaxed);
-        Ok(OpenPack { id, path, out, offset: header.len() as u64, entries: Vec::new() })
+        Ok(OpenPack { id, out, offset: header.len() as u64, entries: Vec::new() })
     }
 
     /// Waits for a pack finishing on its own thread and records it.
@@ -132,14 +175,11 @@ impl<'v> BackupSession<'v> {
     }
 
     fn publish(&self) -> Result<()> {
-        let (open, finishing) = {
-            let mut st = self.staged();
-            (st.open.take(), std::mem::take(&mut st.finishing))
-        };
+        let finishing = std::mem::take(&mut self.staged().finishing);
         for h in finishing {
             self.join_finishing(h)?;
         }
-        if let Some(open) = open {
+        for open in self.open.take_all() {
             let (id, added) = finish_pack(&self.dir, open)?;
             self.bytes_added.fetch_add(added, Ordering::Relaxed);
             self.staged().packs.push(id);
@@ -192,34 +232,33 @@ impl VaultSink for BackupSession<'_> {
     }
 
     fn has_chunk(&self, id: &ContentId) -> bool {
-        self.vault.has_chunk(id) || self.staged().chunks.contains(id)
+        self.vault.has_chunk(id) || self.chunks.contains(id)
     }
 
     fn put_chunk(&self, id: &ContentId, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<u64> {
         let (payload, sealed) = self.vault.seal_chunk(id, codec, raw_len, payload)?;
         let header = pack::frame_header(id, codec, sealed, raw_len, &payload);
-        let mut st = self.staged();
-        if self.vault.has_chunk(id) || !st.chunks.insert(*id) {
+        if self.vault.has_chunk(id) || !self.chunks.insert(*id) {
             return Ok(0);
         }
-        if st.open.is_none() {
-            st.open = Some(self.new_pack()?);
+        let mut handoff = Handoff::default();
+        let mut slot = self.open.mine();
+        if slot.is_none() {
+            *slot = Some(self.new_pack()?);
         }
-        let Some(p) = st.open.as_mut() else {
+        let Some(p) = slot.as_mut() else {
             return Err(Error::invalid("pack", "no open pack"));
         };
-        let w = p.out.write_all(&header).and_then(|()| p.out.write_all(&payload));
-        if let Err(e) = w {
-            let path = p.path.clone();
-            return Err(Error::io("write", path, e));
-        }
+        p.out.append(&header, &mut handoff)?;
+        p.out.append(&payload, &mut handoff)?;
         let entry = PackEntry { id: *id, offset: p.offset, raw_len, stored_len: payload.len() as u32, codec, sealed };
         p.entries.push(entry);
         p.offset += entry.frame_len();
         let full = p.offset >= self.vault.options().pack_target_size;
         let added = entry.frame_len();
         self.bytes_added.fetch_add(added, Ordering::Relaxed);
-        if full && let Some(done) = st.open.take() {
+        if full && let Some(done) = slot.take() {
+            drop(slot);
             // The fsync of a full pack runs on a thread of its own, outside
             // this lock: under it, every worker would wait for the disk.
             let dir = self.dir.clone();
@@ -227,13 +266,19 @@ impl VaultSink for BackupSession<'_> {
                 .name("vmbackup-pack".into())
                 .spawn(move || finish_pack(&dir, done))
                 .map_err(|e| Error::io("start a thread to finish a pack in", &self.dir, e))?;
-            st.finishing.push_back(h);
-            let oldest = if st.finishing.len() > MAX_FINISHING { st.finishing.pop_front() } else { None };
-            drop(st);
+            let oldest = {
+                let mut st = self.staged();
+                st.finishing.push_back(h);
+                if st.finishing.len() > MAX_FINISHING { st.finishing.pop_front() } else { None }
+            };
+            handoff.send()?;
             if let Some(h) = oldest {
                 self.join_finishing(h)?;
             }
+            return Ok(added);
         }
+        drop(slot);
+        handoff.send()?;
         Ok(added)
     }
 
@@ -275,7 +320,7 @@ impl VaultSink for BackupSession<'_> {
         if let Some(r) = self.vault.remote() {
             let (packs, segments, chunks) = {
                 let st = self.staged();
-                (st.packs.clone(), st.segments.iter().copied().collect::<Vec<_>>(), st.chunks.clone())
+                (st.packs.clone(), st.segments.iter().copied().collect::<Vec<_>>(), self.chunks.all())
             };
             r.commit_manifest(self.vault, &m, &bytes, &packs, &segments, &chunks)?;
             self.committed.store(true, Ordering::SeqCst);
@@ -300,11 +345,8 @@ impl Drop for BackupSession<'_> {
         // Committed or not, the staging folder goes: after a commit it only
         // holds the manifest's temporary link; without one, everything
         // staged is abandoned and the vault stays as it was.
-        let (open, finishing) = {
-            let mut st = self.staged();
-            (st.open.take(), std::mem::take(&mut st.finishing))
-        };
-        drop(open);
+        let finishing = std::mem::take(&mut self.staged().finishing);
+        drop(self.open.take_all());
         for h in finishing {
             let _ = h.join();
         }

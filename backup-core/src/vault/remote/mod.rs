@@ -81,7 +81,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{PackEntry, PointManifest, SUBDIRS, Vault, VaultOptions, files, pack};
+use super::{PointManifest, SUBDIRS, Vault, VaultOptions, files};
 use crate::error::{Error, Result};
 use crate::model::{ContentId, hex, validate_name};
 use store::Store;
@@ -511,26 +511,15 @@ impl Remote {
         Ok(())
     }
 
-    /// Reads one chunk's frame with a ranged GET, then checks it as a local
-    /// read does (crc, decode, keyed hash against its id).
-    pub(crate) fn read_chunk(&self, vault: &Vault, pack_id: &str, entry: &PackEntry) -> Result<Vec<u8>> {
-        let key = format!("packs/{pack_id}.pack");
-        let object = format!("pack {}", self.store.url(&key));
-        let frame = self.store.get_range(&key, entry.offset..entry.offset + entry.frame_len())?;
-        if frame.len() as u64 != entry.frame_len() {
-            return Err(Error::corrupt(
-                format!("{object} at byte {}", entry.offset),
-                "pack ends inside this chunk (truncated)",
-            ));
-        }
-        let data = pack::decode_frame(&frame, entry, &object, vault.sealer())?;
-        if ContentId(*blake3::keyed_hash(vault.keys_chunk(), &data).as_bytes()) != entry.id {
-            return Err(Error::corrupt(
-                format!("{object} at byte {}", entry.offset),
-                format!("chunk {} does not hash to its id", entry.id),
-            ));
-        }
-        Ok(data)
+    /// The URL of a pack in the store, for errors.
+    pub(crate) fn pack_url(&self, pack_id: &str) -> String {
+        self.store.url(&format!("packs/{pack_id}.pack"))
+    }
+
+    /// Bytes `range` of a pack, in one ranged GET; fewer when the pack
+    /// ends first.
+    pub(crate) fn read_pack_range(&self, pack_id: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        self.store.get_range(&format!("packs/{pack_id}.pack"), range)
     }
 
     /// Publishes a backup's staged objects: packs and segments in
