@@ -48,6 +48,11 @@ struct Cli {
     /// environment's).
     #[arg(long, global = true, value_name = "URL")]
     endpoint: Option<String>,
+    /// Write packs, and read them back, around the page cache (O_DIRECT):
+    /// a backup neither evicts what the host keeps cached nor pays to fill
+    /// it; a restore reads every pack from the disk.
+    #[arg(long, global = true)]
+    direct_io: bool,
     #[command(flatten)]
     key: keys::KeyArgs,
 }
@@ -396,7 +401,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    repair::set_vault_options(cli.lock_timeout, cli.pack_target_size)?;
+    repair::set_vault_options(cli.lock_timeout, cli.pack_target_size, cli.direct_io)?;
     repair::set_remote_options(cli.cache, cli.endpoint);
     keys::set(cli.key.clone());
     match cli.command {

@@ -27,10 +27,12 @@ fn remote_options() -> RemoteOptions {
     REMOTE.get().cloned().unwrap_or_default()
 }
 
-/// Sets how long commands wait for the vault's lock (`--lock-timeout`) and
-/// the pack size of backups (hidden `--pack-target-size`).
-pub fn set_vault_options(lock_timeout: Option<f64>, pack_target_size: Option<u32>) -> Result<()> {
+/// Sets how long commands wait for the vault's lock (`--lock-timeout`),
+/// the pack size of backups (hidden `--pack-target-size`) and whether packs
+/// go around the page cache (`--direct-io`).
+pub fn set_vault_options(lock_timeout: Option<f64>, pack_target_size: Option<u32>, direct_io: bool) -> Result<()> {
     let mut options = VaultOptions::default();
+    options.direct_io = direct_io;
     if let Some(s) = lock_timeout {
         if !(s.is_finite() && (0.0..=86_400.0).contains(&s)) {
             bail!("--lock-timeout {s} is not between 0 and 86400 seconds");
