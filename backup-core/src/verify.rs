@@ -257,8 +257,7 @@ fn check_disk(
             ids.dedup();
             ids
         };
-        let results: Vec<(ContentId, Option<String>)> =
-            todo.par_iter().map(|id| (*id, vault.chunk(id).err().map(|e| e.to_string()))).collect();
+        let results = vault.check_chunks(&todo)?;
         let m = {
             let mut m = memo.lock().unwrap_or_else(|p| p.into_inner());
             m.extend(results);

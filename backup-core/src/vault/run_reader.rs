@@ -177,6 +177,44 @@ impl Vault {
         self.open_frame(frame, &object, &loc.entry, out)
     }
 
+    /// Reads and checks every chunk of `ids`, as verify does: in the order
+    /// of their packs, in groups read as spans, `threads` groups at a time
+    /// on the caller's rayon pool. Returns each id with its error, if any.
+    pub(crate) fn check_chunks(&self, ids: &[ContentId]) -> Result<Vec<(ContentId, Option<String>)>> {
+        use rayon::prelude::*;
+        /// Chunks read by one worker with one span buffer.
+        const GROUP: usize = 32;
+        let mut plan: Vec<(ContentId, Option<std::result::Result<Location, ContentId>>)> = ids
+            .iter()
+            .zip(self.plan_run(&ids.iter().map(|id| Some(*id)).collect::<Vec<_>>())?)
+            .map(|(id, l)| (*id, l))
+            .collect();
+        plan.sort_by_key(|(_, l)| match l {
+            Some(Ok(l)) => (1, l.pack_no, l.entry.offset),
+            _ => (0, 0, 0),
+        });
+        let checked = plan
+            .par_chunks(GROUP)
+            .map(|group| {
+                let (ids, run): (Vec<ContentId>, RunPlan) = group.iter().cloned().unzip();
+                let mut span = SpanBuffer::default();
+                let mut out = Vec::new();
+                ids.into_iter()
+                    .enumerate()
+                    .map(|(k, id)| {
+                        let len = match &run[k] {
+                            Some(Ok(l)) => l.entry.raw_len as usize,
+                            _ => 0,
+                        };
+                        out.resize(len, 0);
+                        (id, self.run_chunk_into(&run, k, &mut span, &mut out).err().map(|e| e.to_string()))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>();
+        Ok(checked.into_iter().flatten().collect())
+    }
+
     /// Decodes a frame read from a pack and re-hashes the plaintext
     /// against the chunk's id.
     pub(super) fn open_frame(&self, frame: &[u8], object: &str, entry: &PackEntry, out: &mut [u8]) -> Result<()> {
