@@ -33,8 +33,9 @@
 //! packs and segments in parallel (at most [`UPLOAD_BUDGET`] bytes of files
 //! in memory at once), then their index files, then checks that the point
 //! may be committed (below), then writes the manifest with a create-only
-//! put, so two points never share a name. Restore and verify read each
-//! chunk with a ranged GET of its frame.
+//! put, so two points never share a name. Restore and verify read the
+//! frames they need with ranged GETs of stretches of a pack (see
+//! `vault/run_reader.rs`).
 //!
 //! ## Garbage collection across hosts: two phases and a grace period
 //!
