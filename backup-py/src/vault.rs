@@ -33,7 +33,12 @@ pub(crate) struct Vault {
 }
 
 /// Vault options from the Python arguments.
-fn vault_options(lock_timeout: f64, passphrase: Option<String>, key_file: Option<PathBuf>) -> PyResult<VaultOptions> {
+fn vault_options(
+    lock_timeout: f64,
+    passphrase: Option<String>,
+    key_file: Option<PathBuf>,
+    direct_io: bool,
+) -> PyResult<VaultOptions> {
     if !(0.0..=1e9).contains(&lock_timeout) {
         return Err(PyValueError::new_err(format!(
             "lock_timeout must be a number of seconds from 0 to 1e9, not {lock_timeout}"
@@ -41,6 +46,7 @@ fn vault_options(lock_timeout: f64, passphrase: Option<String>, key_file: Option
     }
     let mut o = VaultOptions::default();
     o.lock_timeout = Duration::from_secs_f64(lock_timeout);
+    o.direct_io = direct_io;
     o.key = match (passphrase, key_file) {
         (Some(p), None) => Some(backup_core::KeySource::passphrase(p)),
         (None, Some(f)) => Some(backup_core::KeySource::key_file(f)),
@@ -208,8 +214,10 @@ impl Vault {
     /// held by another process before it raises `VaultLockedError`. With
     /// `passphrase` or `key_file` the vault is encrypted: every chunk,
     /// index segment and manifest is sealed before it is written.
+    /// `direct_io` writes packs, and reads them for restores, around the
+    /// page cache (`O_DIRECT`).
     #[staticmethod]
-    #[pyo3(signature = (path, *, lock_timeout = 60.0, passphrase = None, key_file = None, cache = None, endpoint = None))]
+    #[pyo3(signature = (path, *, lock_timeout = 60.0, passphrase = None, key_file = None, cache = None, endpoint = None, direct_io = false))]
     fn init(
         py: Python<'_>,
         path: PathBuf,
@@ -218,8 +226,9 @@ impl Vault {
         key_file: Option<PathBuf>,
         cache: Option<PathBuf>,
         endpoint: Option<String>,
+        direct_io: bool,
     ) -> PyResult<Vault> {
-        let options = vault_options(lock_timeout, passphrase, key_file)?;
+        let options = vault_options(lock_timeout, passphrase, key_file, direct_io)?;
         let remote = remote_options(cache, endpoint);
         py.detach(|| backup_core::Vault::init_location(&path, options, &remote))
             .map(Vault::new)
@@ -229,9 +238,9 @@ impl Vault {
     /// Opens an existing vault (a folder or a URL, as `init` takes);
     /// `NotFoundError` when `path` holds none. An encrypted vault needs its
     /// `passphrase` or `key_file` (`KeyRequiredError` without,
-    /// `WrongKeyError` with a wrong one).
+    /// `WrongKeyError` with a wrong one). `direct_io` as `init` takes it.
     #[staticmethod]
-    #[pyo3(signature = (path, *, lock_timeout = 60.0, passphrase = None, key_file = None, cache = None, endpoint = None))]
+    #[pyo3(signature = (path, *, lock_timeout = 60.0, passphrase = None, key_file = None, cache = None, endpoint = None, direct_io = false))]
     fn open(
         py: Python<'_>,
         path: PathBuf,
@@ -240,8 +249,9 @@ impl Vault {
         key_file: Option<PathBuf>,
         cache: Option<PathBuf>,
         endpoint: Option<String>,
+        direct_io: bool,
     ) -> PyResult<Vault> {
-        let options = vault_options(lock_timeout, passphrase, key_file)?;
+        let options = vault_options(lock_timeout, passphrase, key_file, direct_io)?;
         let remote = remote_options(cache, endpoint);
         py.detach(|| backup_core::Vault::open_location(&path, options, &remote))
             .map(Vault::new)

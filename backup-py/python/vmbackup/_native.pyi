@@ -41,12 +41,14 @@ class Vault:
         key_file: Optional[_StrPath] = None,
         cache: Optional[_StrPath] = None,
         endpoint: Optional[str] = None,
+        direct_io: bool = False,
     ) -> "Vault":
         """Creates a new vault in a folder that does not exist or is empty, or
         on object storage at a URL (``az://CONTAINER/PREFIX``,
         ``s3://BUCKET/PREFIX``; ``cache`` is then the local cache folder,
         ``endpoint`` the store's endpoint, e.g. an emulator's); encrypted with
-        ``passphrase`` or ``key_file``."""
+        ``passphrase`` or ``key_file``; ``direct_io`` writes packs, and reads
+        them for restores, around the page cache (``O_DIRECT``)."""
     @staticmethod
     def open(
         path: _StrPath,
@@ -56,6 +58,7 @@ class Vault:
         key_file: Optional[_StrPath] = None,
         cache: Optional[_StrPath] = None,
         endpoint: Optional[str] = None,
+        direct_io: bool = False,
     ) -> "Vault":
         """Opens an existing vault (a folder or a URL, as ``init`` takes);
         ``NotFoundError`` when ``path`` holds none,
