@@ -94,6 +94,13 @@ fn backup_list_restore_verify_round_trip_with_json() {
     let named = |disk: &str| text.contains(&format!(" disk {disk} bytes "));
     assert!(text.contains("vm web point ") && (named("root.img") || named("data.img")), "{text}");
     assert!(text.contains("crc32 mismatch"), "{text}");
+    let out = run(&["verify", "--vault", s(&vault), "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("verify --json");
+    assert_eq!(report["ok"], false);
+    let first = &report["report"]["problems"][0];
+    assert!(first["what"].as_str().is_some_and(|w| w.contains("crc32 mismatch")), "{report}");
+    assert_eq!(first["tampered"], false, "damage by chance is not tampering: {report}");
 }
 
 #[test]

@@ -48,6 +48,10 @@ pub struct Problem {
     pub range: Option<Range<u64>>,
     /// What is wrong, naming the damaged object.
     pub what: String,
+    /// Whether it is a sealed object of an encrypted vault that failed
+    /// authentication ([`Error::Tampered`]): changed on purpose, swapped or
+    /// forged, rather than damaged by chance.
+    pub tampered: bool,
 }
 
 impl Problem {
@@ -55,8 +59,37 @@ impl Problem {
     /// failed authentication ([`Error::Tampered`]): changed on purpose,
     /// swapped or forged, rather than damaged by chance.
     pub fn is_tampered(&self) -> bool {
-        // `what` is the error's Display, which for Tampered starts so.
-        self.what.starts_with("tampered ")
+        self.tampered
+    }
+
+    /// A problem with no VM, point or disk to name.
+    fn of_vault(finding: Finding) -> Problem {
+        Problem { vm: None, point: None, disk: None, range: None, what: finding.what, tampered: finding.tampered }
+    }
+}
+
+/// What is wrong with one object, kept per chunk while verify runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Finding {
+    what: String,
+    tampered: bool,
+}
+
+impl From<&Error> for Finding {
+    fn from(e: &Error) -> Finding {
+        Finding { what: e.to_string(), tampered: matches!(e, Error::Tampered { .. }) }
+    }
+}
+
+impl From<&str> for Finding {
+    fn from(what: &str) -> Finding {
+        Finding { what: what.to_string(), tampered: false }
+    }
+}
+
+impl From<String> for Finding {
+    fn from(what: String) -> Finding {
+        Finding { what, tampered: false }
     }
 }
 
@@ -117,7 +150,7 @@ pub fn verify(vault: &Vault, options: &VerifyOptions) -> Result<VerifyReport> {
         (vm, None) => vault.scan_points(vm.as_deref())?,
     };
     for e in bad {
-        report.problems.push(Problem { vm: None, point: None, disk: None, range: None, what: e.to_string() });
+        report.problems.push(Problem::of_vault(Finding::from(&e)));
     }
     // Job logs and prune records are per host on a remote vault (in its
     // cache): another host's prune would look like a lost manifest here.
@@ -125,7 +158,7 @@ pub fn verify(vault: &Vault, options: &VerifyOptions) -> Result<VerifyReport> {
         check_lost_manifests(vault, options.vm.as_deref(), &points, &mut report)?;
     }
     // id -> None when good, Some(why) when bad.
-    let memo: Mutex<HashMap<ContentId, Option<String>>> = Mutex::new(HashMap::new());
+    let memo: Mutex<HashMap<ContentId, Option<Finding>>> = Mutex::new(HashMap::new());
     let whole_vault = options.vm.is_none() && options.point.is_none();
     // A remote vault's packs are not read whole (that would download the
     // store); its points' chunks are read and checked below.
@@ -192,19 +225,28 @@ fn check_lost_manifests(
             if !children.is_empty() {
                 what.push_str(&format!("; point {} names it as its parent", children.join(", ")));
             }
-            report.problems.push(Problem { vm: Some(vm.clone()), point: Some(id), disk: None, range: None, what });
+            report.problems.push(Problem {
+                vm: Some(vm.clone()),
+                point: Some(id),
+                disk: None,
+                range: None,
+                what,
+                tampered: false,
+            });
         }
     }
     Ok(())
 }
 
-fn problem(point: &PointManifest, disk: &DiskRecord, range: Range<u64>, what: String) -> Problem {
+fn problem(point: &PointManifest, disk: &DiskRecord, range: Range<u64>, finding: impl Into<Finding>) -> Problem {
+    let Finding { what, tampered } = finding.into();
     Problem {
         vm: Some(point.vm.clone()),
         point: Some(point.id.clone()),
         disk: Some(disk.name.clone()),
         range: Some(range),
         what,
+        tampered,
     }
 }
 
@@ -212,12 +254,12 @@ fn check_disk(
     vault: &Vault,
     point: &PointManifest,
     disk: &DiskRecord,
-    memo: &Mutex<HashMap<ContentId, Option<String>>>,
+    memo: &Mutex<HashMap<ContentId, Option<Finding>>>,
     report: &mut VerifyReport,
     options: &VerifyOptions,
 ) -> Result<()> {
     if disk_root(disk.size, disk.block_size, &disk.segments) != disk.root {
-        report.problems.push(problem(point, disk, 0..disk.size, "root digest does not match the segment list".into()));
+        report.problems.push(problem(point, disk, 0..disk.size, "root digest does not match the segment list"));
     }
     let expected = disk.blocks().div_ceil(u64::from(disk.entries_per_segment.max(1)));
     if disk.segments.len() as u64 != expected || disk.entries_per_segment == 0 {
@@ -236,7 +278,7 @@ fn check_disk(
         let entries = match vault.segment(seg) {
             Ok(e) => e,
             Err(e) => {
-                report.problems.push(problem(point, disk, window, e.to_string()));
+                report.problems.push(problem(point, disk, window, &e));
                 continue;
             }
         };
@@ -257,14 +299,15 @@ fn check_disk(
             ids.dedup();
             ids
         };
-        let results = vault.check_chunks(&todo)?;
+        let results: Vec<(ContentId, Option<Finding>)> =
+            vault.check_chunks(&todo)?.into_iter().map(|(id, e)| (id, e.as_ref().map(Finding::from))).collect();
         let m = {
             let mut m = memo.lock().unwrap_or_else(|p| p.into_inner());
             m.extend(results);
             entries.iter().map(|e| e.and_then(|id| m.get(&id).cloned().flatten())).collect::<Vec<_>>()
         };
         // Coalesce consecutive bad blocks with the same cause.
-        let mut run: Option<(Range<u64>, String)> = None;
+        let mut run: Option<(Range<u64>, Finding)> = None;
         for (i, bad) in m.into_iter().enumerate() {
             let off = window.start + i as u64 * bs;
             let block = off..(off + bs).min(disk.size);
@@ -295,13 +338,13 @@ fn check_disk(
 /// points at, so points' checks need not read it again.
 fn check_packs(
     vault: &Vault,
-    memo: &Mutex<HashMap<ContentId, Option<String>>>,
+    memo: &Mutex<HashMap<ContentId, Option<Finding>>>,
     report: &mut VerifyReport,
     options: &VerifyOptions,
 ) -> Result<()> {
     let packs = vault.pack_ids()?;
     report.packs = packs.len() as u64;
-    let found: Vec<Vec<String>> = packs
+    let found: Vec<Vec<Finding>> = packs
         .par_iter()
         .map(|pack| {
             let mut problems = Vec::new();
@@ -310,26 +353,25 @@ fn check_packs(
             }
             let (entries, fault) = match vault.pack_frames(pack) {
                 Ok(x) => x,
-                Err(e) => return vec![e.to_string()],
+                Err(e) => return vec![Finding::from(&e)],
             };
             if let Some(f) = fault {
-                problems.push(f.to_string());
+                problems.push(Finding::from(&f));
             }
             // repair leaves damaged frames out of the index file.
             let path = vault.pack_path(pack);
             let file = match File::open(&path) {
                 Ok(f) => f,
-                Err(e) => return vec![Error::io("open", path, e).to_string()],
+                Err(e) => return vec![Finding::from(&Error::io("open", path, e))],
             };
-            let read: Vec<Option<String>> =
-                entries.iter().map(|e| vault.read_frame(&file, pack, e).err().map(|e| e.to_string())).collect();
+            let read: Vec<Option<Finding>> =
+                entries.iter().map(|e| vault.read_frame(&file, pack, e).err().as_ref().map(Finding::from)).collect();
             let good: Vec<_> = entries.iter().zip(&read).filter(|(_, r)| r.is_none()).map(|(e, _)| *e).collect();
             match vault.read_idx(pack) {
                 Ok(idx) if idx == entries || idx == good => {}
-                Ok(_) => {
-                    problems.push(format!("chunk index file of pack {pack} differs from the pack (repair rebuilds it)"))
-                }
-                Err(e) => problems.push(format!("{e} (repair rebuilds it)")),
+                Ok(_) => problems
+                    .push(format!("chunk index file of pack {pack} differs from the pack (repair rebuilds it)").into()),
+                Err(e) => problems.push(Finding { what: format!("{e} (repair rebuilds it)"), ..Finding::from(&e) }),
             }
             for (e, r) in entries.iter().zip(read) {
                 if let Some(why) = &r {
@@ -343,8 +385,8 @@ fn check_packs(
         })
         .collect();
     options.cancel.check("verify")?;
-    for what in found.into_iter().flatten() {
-        report.problems.push(Problem { vm: None, point: None, disk: None, range: None, what });
+    for finding in found.into_iter().flatten() {
+        report.problems.push(Problem::of_vault(finding));
     }
     Ok(())
 }

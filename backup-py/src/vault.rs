@@ -218,6 +218,8 @@ impl Vault {
     /// page cache (`O_DIRECT`).
     #[staticmethod]
     #[pyo3(signature = (path, *, lock_timeout = 60.0, passphrase = None, key_file = None, cache = None, endpoint = None, direct_io = false))]
+    // Each argument is one of Python's keyword arguments.
+    #[allow(clippy::too_many_arguments)]
     fn init(
         py: Python<'_>,
         path: PathBuf,
@@ -241,6 +243,8 @@ impl Vault {
     /// `WrongKeyError` with a wrong one). `direct_io` as `init` takes it.
     #[staticmethod]
     #[pyo3(signature = (path, *, lock_timeout = 60.0, passphrase = None, key_file = None, cache = None, endpoint = None, direct_io = false))]
+    // Each argument is one of Python's keyword arguments.
+    #[allow(clippy::too_many_arguments)]
     fn open(
         py: Python<'_>,
         path: PathBuf,

@@ -180,7 +180,7 @@ impl Vault {
     /// Reads and checks every chunk of `ids`, as verify does: in the order
     /// of their packs, in groups read as spans, `threads` groups at a time
     /// on the caller's rayon pool. Returns each id with its error, if any.
-    pub(crate) fn check_chunks(&self, ids: &[ContentId]) -> Result<Vec<(ContentId, Option<String>)>> {
+    pub(crate) fn check_chunks(&self, ids: &[ContentId]) -> Result<Vec<(ContentId, Option<Error>)>> {
         use rayon::prelude::*;
         /// Chunks read by one worker with one span buffer.
         const GROUP: usize = 32;
@@ -207,7 +207,7 @@ impl Vault {
                             _ => 0,
                         };
                         out.resize(len, 0);
-                        (id, self.run_chunk_into(&run, k, &mut span, &mut out).err().map(|e| e.to_string()))
+                        (id, self.run_chunk_into(&run, k, &mut span, &mut out).err())
                     })
                     .collect::<Vec<_>>()
             })
