@@ -35,6 +35,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<types::RestoreStats>()?;
     m.add_class::<types::VerifyReport>()?;
     m.add_class::<types::Problem>()?;
+    m.add_class::<types::KeySlot>()?;
     m.add_class::<maintenance::PruneReport>()?;
     m.add_class::<maintenance::GcReport>()?;
     Ok(())

@@ -264,6 +264,35 @@ impl RestoreStats {
     }
 }
 
+/// A key slot of an encrypted vault: one passphrase or key file that
+/// opens it.
+#[pyclass(module = "vmbackup", frozen, get_all)]
+pub(crate) struct KeySlot {
+    /// The slot's id (8 hex digits), as `Vault.remove_key` takes it.
+    id: String,
+    /// `"passphrase"` or `"key_file"`.
+    kind: String,
+    /// When it was added, as RFC 3339 text in UTC.
+    created: String,
+}
+
+impl From<backup_core::KeySlotInfo> for KeySlot {
+    fn from(s: backup_core::KeySlotInfo) -> Self {
+        let kind = match s.kind {
+            backup_core::SlotKind::Passphrase => "passphrase",
+            backup_core::SlotKind::KeyFile => "key_file",
+        };
+        KeySlot { id: s.id, kind: kind.to_string(), created: s.created.to_string() }
+    }
+}
+
+#[pymethods]
+impl KeySlot {
+    fn __repr__(&self) -> String {
+        format!("KeySlot(id={:?}, kind={:?}, created={:?})", self.id, self.kind, self.created)
+    }
+}
+
 /// One thing verify found wrong.
 #[pyclass(module = "vmbackup", frozen)]
 pub(crate) struct Problem {

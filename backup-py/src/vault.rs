@@ -17,7 +17,7 @@ use crate::errors::{callable_arg, int_arg, new_error, to_py, type_name};
 use crate::job;
 use crate::maintenance::{GcReport, PruneReport};
 use crate::provider::{MixedProvider, PyDevice};
-use crate::types::{RecoveryPoint, RestoreStats, VerifyReport};
+use crate::types::{KeySlot, RecoveryPoint, RestoreStats, VerifyReport};
 
 /// A vault of recovery points in a local folder.
 ///
@@ -565,6 +565,34 @@ impl Vault {
         o.grace = Duration::from_secs_f64(grace);
         o.dry_run = dry_run;
         job::run(py, None, move |_, _| backup_core::gc(&vault, &o)).map(GcReport::from)
+    }
+
+    /// The key slots of an encrypted vault (empty for a vault without
+    /// encryption): what opens it, never the keys themselves.
+    fn key_slots(&self, py: Python<'_>) -> PyResult<Vec<KeySlot>> {
+        let vault = self.get()?;
+        py.detach(|| vault.key_slots()).map(|v| v.into_iter().map(KeySlot::from).collect()).map_err(|e| to_py(py, e))
+    }
+
+    /// Adds a key slot: `passphrase` or `key_file` opens the vault too from
+    /// now on. Only the vault's config is rewritten; no data is
+    /// re-encrypted. `ValueError` for a vault without encryption.
+    #[pyo3(signature = (*, passphrase = None, key_file = None))]
+    fn add_key(&self, py: Python<'_>, passphrase: Option<String>, key_file: Option<PathBuf>) -> PyResult<KeySlot> {
+        let vault = self.get()?;
+        let key = match (passphrase, key_file) {
+            (Some(p), None) => backup_core::KeySource::passphrase(p),
+            (None, Some(f)) => backup_core::KeySource::key_file(f),
+            _ => return Err(PyValueError::new_err("give passphrase or key_file (one of them)")),
+        };
+        py.detach(|| vault.add_key(&key)).map(KeySlot::from).map_err(|e| to_py(py, e))
+    }
+
+    /// Removes a key slot by its id; refuses the last one, which would lock
+    /// everyone out for good. `NotFoundError` for an unknown id.
+    fn remove_key(&self, py: Python<'_>, slot_id: String) -> PyResult<KeySlot> {
+        let vault = self.get()?;
+        py.detach(|| vault.remove_key(&slot_id)).map(KeySlot::from).map_err(|e| to_py(py, e))
     }
 }
 

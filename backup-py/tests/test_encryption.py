@@ -57,3 +57,32 @@ def test_a_key_file_vault_and_a_tampered_manifest(tmp_path: Path, make_image: Ma
         report = v.verify()
         assert not report.ok
         assert any(p.tampered for p in report.problems)
+
+
+def test_key_slots_added_and_removed(tmp_path: Path, make_image: MakeImage) -> None:
+    """A key file added beside the passphrase opens the vault; removing the
+    passphrase's slot shuts it out; the last slot stays."""
+    key = tmp_path / "second.key"
+    key.write_bytes(bytes(range(64, 128)))
+    with vmbackup.Vault.init(tmp_path / "vault", passphrase="first one") as v:
+        point = v.backup("web", [make_image("root.img", size=MiB, seed=5)])
+        [first] = v.key_slots()
+        assert first.kind == "passphrase" and len(first.id) == 8 and "T" in first.created
+        second = v.add_key(key_file=key)
+        assert second.kind == "key_file" and "KeySlot(" in repr(second)
+        assert [s.id for s in v.key_slots()] == [first.id, second.id]
+        with pytest.raises(ValueError):
+            v.add_key()
+        with pytest.raises(vmbackup.NotFoundError):
+            v.remove_key("00000000")
+    with vmbackup.Vault.open(tmp_path / "vault", key_file=key) as v:
+        assert v.point("web") == point
+        assert v.remove_key(first.id).id == first.id
+        with pytest.raises(ValueError, match="last key slot"):
+            v.remove_key(second.id)
+    with pytest.raises(vmbackup.WrongKeyError):
+        vmbackup.Vault.open(tmp_path / "vault", passphrase="first one")
+    with vmbackup.Vault.init(tmp_path / "plain") as plain:
+        assert plain.key_slots() == []
+        with pytest.raises(ValueError):
+            plain.add_key(passphrase="too late")

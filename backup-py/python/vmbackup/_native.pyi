@@ -18,6 +18,7 @@ __all__ = [
     "Problem",
     "PruneReport",
     "GcReport",
+    "KeySlot",
 ]
 
 __version__: str
@@ -128,6 +129,15 @@ class Vault:
         """Removes the points a policy's retention rules (TOML text) do not keep."""
     def gc(self, *, grace: float = 3600.0, dry_run: bool = False) -> "GcReport":
         """Removes what no point references, sparing objects younger than ``grace`` seconds."""
+    def key_slots(self) -> List["KeySlot"]:
+        """The key slots of an encrypted vault (empty without encryption)."""
+    def add_key(
+        self, *, passphrase: Optional[str] = None, key_file: Optional[_StrPath] = None
+    ) -> "KeySlot":
+        """Adds a key slot: ``passphrase`` or ``key_file`` opens the vault too
+        from now on; only the config is rewritten."""
+    def remove_key(self, slot_id: str) -> "KeySlot":
+        """Removes a key slot by id; refuses the vault's last one."""
 
 @final
 class RecoveryPoint:
@@ -311,6 +321,21 @@ class PruneReport:
     @property
     def job_logs_removed(self) -> List[str]:
         """Job logs removed (or that would be), as ``vm/job id``."""
+
+@final
+class KeySlot:
+    """A key slot of an encrypted vault: one passphrase or key file that
+    opens it."""
+
+    @property
+    def id(self) -> str:
+        """The slot's id (8 hex digits), as :meth:`Vault.remove_key` takes it."""
+    @property
+    def kind(self) -> str:
+        """``"passphrase"`` or ``"key_file"``."""
+    @property
+    def created(self) -> str:
+        """When it was added, as RFC 3339 text in UTC."""
 
 @final
 class GcReport:
