@@ -63,6 +63,11 @@
 #define VMB_MAP_UNKNOWN 1
 
 /**
+ * Bytes of a key slot's id with its NUL: 8 hex digits.
+ */
+#define VMB_SLOT_ID_LEN 9
+
+/**
  * The result of every call. The numbers are stable: a code is never
  * renumbered, and a retired code stays reserved.
  */
@@ -159,6 +164,20 @@ typedef enum vmb_status {
    */
   VMB_ERR_WRONG_KEY = 20,
 } vmb_status;
+
+/**
+ * What opens a key slot.
+ */
+typedef enum vmb_slot_kind {
+  /**
+   * A passphrase.
+   */
+  VMB_SLOT_PASSPHRASE = 0,
+  /**
+   * A key file.
+   */
+  VMB_SLOT_KEY_FILE = 1,
+} vmb_slot_kind;
 
 /**
  * A job: how a backup, restore or verify runs, and a switch to cancel it.
@@ -386,6 +405,38 @@ typedef struct vmb_key {
    */
   uint32_t kdf_iterations;
 } vmb_key;
+
+/**
+ * How `vmb_vault_init_with_options` and `vmb_vault_open_with_options`
+ * make or open a vault. Zero-initialize it for the defaults.
+ */
+typedef struct vmb_vault_options {
+  /**
+   * The key of an encrypted vault (as `vmb_vault_init_with_key` and
+   * `vmb_vault_open_with_key` take it), or NULL for none.
+   */
+  const struct vmb_key *key;
+  /**
+   * For a vault URL: the local cache folder, or NULL for the default.
+   */
+  const char *cache;
+  /**
+   * For a vault URL: the store's endpoint, or NULL for the cloud's or
+   * the environment's.
+   */
+  const char *endpoint;
+  /**
+   * Seconds an operation waits for a lock another process holds before
+   * `VMB_ERR_LOCKED`; 0 for the default, 60.
+   */
+  double lock_timeout_seconds;
+  /**
+   * Write packs, and read them for restores, around the page cache
+   * (`O_DIRECT`): a backup neither evicts what the host keeps cached nor
+   * pays to fill it; a restore reads every pack from the disk.
+   */
+  bool direct_io;
+} vmb_vault_options;
 
 /**
  * How a host takes snapshots of its VMs (this is how a Windows host plugs
@@ -997,6 +1048,81 @@ enum vmb_status vmb_vault_init_with_key(const char *path,
 enum vmb_status vmb_vault_open_with_key(const char *path,
                                         const struct vmb_key *key,
                                         struct vmb_vault **out);
+
+/**
+ * Creates a vault in `path` (a new or empty folder, or a vault URL as
+ * `vmb_vault_init` takes) with `options` (NULL for the defaults) and opens
+ * it; with `options->key` it is encrypted, as `vmb_vault_init_with_key`
+ * makes it.
+ *
+ * # Safety
+ * `path` is NULL or NUL-terminated; `options` is NULL or readable, its
+ * pointers NULL or valid as their fields say; `out` is NULL or writable.
+ */
+enum vmb_status vmb_vault_init_with_options(const char *path,
+                                            const struct vmb_vault_options *options,
+                                            struct vmb_vault **out);
+
+/**
+ * Opens the vault in `path` (a folder or a vault URL) with `options` (NULL
+ * for the defaults): the one call that takes every option the shorter
+ * `vmb_vault_open*` calls take.
+ *
+ * # Safety
+ * As `vmb_vault_init_with_options`.
+ */
+enum vmb_status vmb_vault_open_with_options(const char *path,
+                                            const struct vmb_vault_options *options,
+                                            struct vmb_vault **out);
+
+/**
+ * How many key slots an encrypted vault has (0 for a vault without
+ * encryption).
+ *
+ * # Safety
+ * `vault` is NULL or a live vault; `out` is NULL or writable.
+ */
+enum vmb_status vmb_vault_key_slot_count(const struct vmb_vault *vault, size_t *out);
+
+/**
+ * Key slot `index` (from 0, in the order they were added): its id into
+ * `slot_id` (a buffer of `VMB_SLOT_ID_LEN` bytes) and what opens it into
+ * `kind` (NULL when not wanted). `VMB_ERR_INVALID_ARGUMENT` past the last.
+ *
+ * # Safety
+ * `vault` is NULL or a live vault; `slot_id` is NULL or a writable buffer
+ * of `VMB_SLOT_ID_LEN` bytes; `kind` is NULL or writable.
+ */
+enum vmb_status vmb_vault_key_slot(const struct vmb_vault *vault,
+                                   size_t index,
+                                   char *slot_id,
+                                   enum vmb_slot_kind *kind);
+
+/**
+ * Adds a key slot to an encrypted vault: `key` opens it too from now on
+ * (its `kdf_*` fields give a passphrase slot's cost). Only the vault's
+ * config is rewritten; no data is re-encrypted. The new slot's id goes to
+ * `slot_id` (a buffer of `VMB_SLOT_ID_LEN` bytes), unless it is NULL.
+ * `VMB_ERR_INVALID_ARGUMENT` for a vault without encryption.
+ *
+ * # Safety
+ * `vault` is NULL or a live vault; `key` is NULL or readable, its strings
+ * NULL or NUL-terminated; `slot_id` is NULL or a writable buffer of
+ * `VMB_SLOT_ID_LEN` bytes.
+ */
+enum vmb_status vmb_vault_add_key(const struct vmb_vault *vault,
+                                  const struct vmb_key *key,
+                                  char *slot_id);
+
+/**
+ * Removes a key slot by its id; refuses the vault's last one
+ * (`VMB_ERR_INVALID_ARGUMENT`), which would lock everyone out for good.
+ * `VMB_ERR_NOT_FOUND` for an unknown id.
+ *
+ * # Safety
+ * `vault` is NULL or a live vault; `slot_id` is NULL or NUL-terminated.
+ */
+enum vmb_status vmb_vault_remove_key(const struct vmb_vault *vault, const char *slot_id);
 
 /**
  * Closes a vault. NULL is ignored. No call may be using it.

@@ -5,8 +5,8 @@ use std::ffi::c_char;
 use std::path::Path;
 
 use backup_core::{
-    BackupOptions, ImageFileProvider, KdfParams, KeySource, RemoteOptions, RestoreOptions, RestoreStats, Vault,
-    VaultOptions, VerifyOptions, Vm, VmDisk,
+    BackupOptions, ImageFileProvider, KdfParams, KeySource, RemoteOptions, RestoreOptions, RestoreStats, SlotKind,
+    Vault, VaultOptions, VerifyOptions, Vm, VmDisk,
 };
 
 use crate::host::{HostProvider, HostTarget, vmb_provider, vmb_write_target};
@@ -218,6 +218,214 @@ pub unsafe extern "C" fn vmb_vault_open_with_key(
         let options = if key.is_null() { VaultOptions::default() } else { key_options(arg_ref!(key, "key"))? };
         let vault = Vault::open_location(path, options, &RemoteOptions::default())?;
         write_out!(out, Box::into_raw(Box::new(vmb_vault { vault })));
+        Ok(())
+    }
+}
+
+/// How `vmb_vault_init_with_options` and `vmb_vault_open_with_options`
+/// make or open a vault. Zero-initialize it for the defaults.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct vmb_vault_options {
+    /// The key of an encrypted vault (as `vmb_vault_init_with_key` and
+    /// `vmb_vault_open_with_key` take it), or NULL for none.
+    pub key: *const vmb_key,
+    /// For a vault URL: the local cache folder, or NULL for the default.
+    pub cache: *const c_char,
+    /// For a vault URL: the store's endpoint, or NULL for the cloud's or
+    /// the environment's.
+    pub endpoint: *const c_char,
+    /// Seconds an operation waits for a lock another process holds before
+    /// `VMB_ERR_LOCKED`; 0 for the default, 60.
+    pub lock_timeout_seconds: f64,
+    /// Write packs, and read them for restores, around the page cache
+    /// (`O_DIRECT`): a backup neither evicts what the host keeps cached nor
+    /// pays to fill it; a restore reads every pack from the disk.
+    pub direct_io: bool,
+}
+
+/// The vault and remote options a `vmb_vault_options` asks for.
+fn options_of(o: &vmb_vault_options) -> FfiResult<(VaultOptions, RemoteOptions)> {
+    let mut options =
+        if o.key.is_null() { VaultOptions::default() } else { key_options(arg_ref!(o.key, "options->key"))? };
+    let t = o.lock_timeout_seconds;
+    if !(t.is_finite() && (0.0..=1e9).contains(&t)) {
+        return Err(Failure::invalid(format!("options->lock_timeout_seconds {t} is not from 0 to 1e9")));
+    }
+    if t > 0.0 {
+        options.lock_timeout = std::time::Duration::from_secs_f64(t);
+    }
+    options.direct_io = o.direct_io;
+    Ok((options, remote_options(o.cache, o.endpoint)?))
+}
+
+/// Creates a vault in `path` (a new or empty folder, or a vault URL as
+/// `vmb_vault_init` takes) with `options` (NULL for the defaults) and opens
+/// it; with `options->key` it is encrypted, as `vmb_vault_init_with_key`
+/// makes it.
+///
+/// # Safety
+/// `path` is NULL or NUL-terminated; `options` is NULL or readable, its
+/// pointers NULL or valid as their fields say; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_init_with_options(
+    path: *const c_char,
+    options: *const vmb_vault_options,
+    out: *mut *mut vmb_vault,
+) -> vmb_status {
+    ffi! {
+        let path = arg_str!(path, "path");
+        let out = arg_out!(out, "out");
+        let (options, remote) =
+            if options.is_null() { Default::default() } else { options_of(arg_ref!(options, "options"))? };
+        let vault = Vault::init_location(path, options, &remote)?;
+        write_out!(out, Box::into_raw(Box::new(vmb_vault { vault })));
+        Ok(())
+    }
+}
+
+/// Opens the vault in `path` (a folder or a vault URL) with `options` (NULL
+/// for the defaults): the one call that takes every option the shorter
+/// `vmb_vault_open*` calls take.
+///
+/// # Safety
+/// As `vmb_vault_init_with_options`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_open_with_options(
+    path: *const c_char,
+    options: *const vmb_vault_options,
+    out: *mut *mut vmb_vault,
+) -> vmb_status {
+    ffi! {
+        let path = arg_str!(path, "path");
+        let out = arg_out!(out, "out");
+        let (options, remote) =
+            if options.is_null() { Default::default() } else { options_of(arg_ref!(options, "options"))? };
+        let vault = Vault::open_location(path, options, &remote)?;
+        write_out!(out, Box::into_raw(Box::new(vmb_vault { vault })));
+        Ok(())
+    }
+}
+
+/// Bytes of a key slot's id with its NUL: 8 hex digits.
+pub const VMB_SLOT_ID_LEN: usize = 9;
+
+/// What opens a key slot.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum vmb_slot_kind {
+    /// A passphrase.
+    VMB_SLOT_PASSPHRASE = 0,
+    /// A key file.
+    VMB_SLOT_KEY_FILE = 1,
+}
+
+/// Copies a slot id, NUL-terminated, into a caller's buffer of
+/// `VMB_SLOT_ID_LEN` bytes.
+fn write_slot_id(id: &str, out: *mut c_char) -> FfiResult {
+    let bytes = id.as_bytes();
+    if bytes.len() + 1 > VMB_SLOT_ID_LEN {
+        return Err(Failure::invalid(format!("key slot id {id} is longer than VMB_SLOT_ID_LEN")));
+    }
+    // SAFETY: `out` is not NULL (checked by the caller with arg_out!) and
+    // the C contract is a writable buffer of VMB_SLOT_ID_LEN bytes; the
+    // copy writes at most that many.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr().cast::<c_char>(), out, bytes.len());
+        out.add(bytes.len()).write(0);
+    }
+    Ok(())
+}
+
+/// How many key slots an encrypted vault has (0 for a vault without
+/// encryption).
+///
+/// # Safety
+/// `vault` is NULL or a live vault; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_key_slot_count(vault: *const vmb_vault, out: *mut usize) -> vmb_status {
+    ffi! {
+        let vault = arg_ref!(vault, "vault");
+        let out = arg_out!(out, "out");
+        let n = vault.vault.key_slots()?.len();
+        write_out!(out, n);
+        Ok(())
+    }
+}
+
+/// Key slot `index` (from 0, in the order they were added): its id into
+/// `slot_id` (a buffer of `VMB_SLOT_ID_LEN` bytes) and what opens it into
+/// `kind` (NULL when not wanted). `VMB_ERR_INVALID_ARGUMENT` past the last.
+///
+/// # Safety
+/// `vault` is NULL or a live vault; `slot_id` is NULL or a writable buffer
+/// of `VMB_SLOT_ID_LEN` bytes; `kind` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_key_slot(
+    vault: *const vmb_vault,
+    index: usize,
+    slot_id: *mut c_char,
+    kind: *mut vmb_slot_kind,
+) -> vmb_status {
+    ffi! {
+        let vault = arg_ref!(vault, "vault");
+        let slot_id = arg_out!(slot_id, "slot_id");
+        let slots = vault.vault.key_slots()?;
+        let slot = slots.get(index).ok_or_else(|| {
+            Failure::invalid(format!("key slot {index}: the vault has {} key slots", slots.len()))
+        })?;
+        write_slot_id(&slot.id, slot_id)?;
+        if !kind.is_null() {
+            let k = match slot.kind {
+                SlotKind::Passphrase => vmb_slot_kind::VMB_SLOT_PASSPHRASE,
+                SlotKind::KeyFile => vmb_slot_kind::VMB_SLOT_KEY_FILE,
+            };
+            write_out!(kind, k);
+        }
+        Ok(())
+    }
+}
+
+/// Adds a key slot to an encrypted vault: `key` opens it too from now on
+/// (its `kdf_*` fields give a passphrase slot's cost). Only the vault's
+/// config is rewritten; no data is re-encrypted. The new slot's id goes to
+/// `slot_id` (a buffer of `VMB_SLOT_ID_LEN` bytes), unless it is NULL.
+/// `VMB_ERR_INVALID_ARGUMENT` for a vault without encryption.
+///
+/// # Safety
+/// `vault` is NULL or a live vault; `key` is NULL or readable, its strings
+/// NULL or NUL-terminated; `slot_id` is NULL or a writable buffer of
+/// `VMB_SLOT_ID_LEN` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_add_key(
+    vault: *const vmb_vault,
+    key: *const vmb_key,
+    slot_id: *mut c_char,
+) -> vmb_status {
+    ffi! {
+        let vault = arg_ref!(vault, "vault");
+        let key = key_options(arg_ref!(key, "key"))?;
+        let Some(source) = key.key.as_ref() else { return Err(Failure::invalid("key: set passphrase or key_file")) };
+        let info = vault.vault.add_key_with_kdf(source, key.kdf)?;
+        if !slot_id.is_null() {
+            write_slot_id(&info.id, slot_id)?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes a key slot by its id; refuses the vault's last one
+/// (`VMB_ERR_INVALID_ARGUMENT`), which would lock everyone out for good.
+/// `VMB_ERR_NOT_FOUND` for an unknown id.
+///
+/// # Safety
+/// `vault` is NULL or a live vault; `slot_id` is NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_remove_key(vault: *const vmb_vault, slot_id: *const c_char) -> vmb_status {
+    ffi! {
+        let vault = arg_ref!(vault, "vault");
+        let slot_id = arg_str!(slot_id, "slot_id");
+        vault.vault.remove_key(slot_id)?;
         Ok(())
     }
 }

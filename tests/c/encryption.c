@@ -2,7 +2,8 @@
  * opened with the right key only (VMB_ERR_KEY_REQUIRED without one,
  * VMB_ERR_WRONG_KEY with another), a round trip restored bit for bit, and
  * tampering (a changed manifest; a changed chunk with its crc32 forged)
- * reported as VMB_ERR_TAMPERED and by verify.
+ * reported as VMB_ERR_TAMPERED and by verify; vmb_vault_options and key
+ * slots added and removed.
  *
  * Built with: cc -std=c11 -Wall -Wextra -Werror encryption.c $(pkg-config --cflags --libs vmbackup) */
 #define _XOPEN_SOURCE 700
@@ -180,6 +181,72 @@ static void key_file_vault(void) {
     free(path);
 }
 
+/* vmb_vault_options (key, lock timeout, direct I/O) and key slots managed
+ * through the ABI: a key file added opens the vault, the passphrase's slot
+ * removed no longer does, the last slot stays. */
+static void options_and_key_slots(void) {
+    char *path = join(g_dir, "vault-opts");
+    char *kf = join(g_dir, "second.key");
+    uint8_t secret[40];
+    fill_pattern(secret, sizeof secret, 5);
+    REQUIRE(write_file(kf, secret, sizeof secret) == 0);
+    vmb_key pass = passphrase_key("first key");
+    vmb_vault_options o;
+    memset(&o, 0, sizeof o);
+    o.key = &pass;
+    o.lock_timeout_seconds = 5;
+    o.direct_io = true;
+    vmb_vault *v = NULL;
+    const char *images[] = {g_image};
+    REQUIRE_OK(vmb_vault_init_with_options(path, &o, &v));
+    REQUIRE_OK(vmb_vault_backup_images(v, "web", images, 1, NULL, NULL));
+
+    size_t n = 0;
+    REQUIRE_OK(vmb_vault_key_slot_count(v, &n));
+    CHECK(n == 1);
+    char first[VMB_SLOT_ID_LEN], second[VMB_SLOT_ID_LEN], got[VMB_SLOT_ID_LEN];
+    vmb_slot_kind kind = VMB_SLOT_KEY_FILE;
+    REQUIRE_OK(vmb_vault_key_slot(v, 0, first, &kind));
+    CHECK(strlen(first) == 8 && kind == VMB_SLOT_PASSPHRASE);
+    CHECK(vmb_vault_key_slot(v, 1, got, NULL) == VMB_ERR_INVALID_ARGUMENT);
+    vmb_key file_key;
+    memset(&file_key, 0, sizeof file_key);
+    file_key.key_file = kf;
+    REQUIRE_OK(vmb_vault_add_key(v, &file_key, second));
+    REQUIRE_OK(vmb_vault_key_slot_count(v, &n));
+    CHECK(n == 2);
+    REQUIRE_OK(vmb_vault_key_slot(v, 1, got, &kind));
+    CHECK(strcmp(got, second) == 0 && kind == VMB_SLOT_KEY_FILE);
+    CHECK(vmb_vault_remove_key(v, "00000000") == VMB_ERR_NOT_FOUND);
+    vmb_vault_free(v);
+
+    /* The key file opens it; the passphrase's slot goes; the last stays. */
+    o.key = &file_key;
+    v = NULL;
+    REQUIRE_OK(vmb_vault_open_with_options(path, &o, &v));
+    vmb_point *p = NULL;
+    REQUIRE_OK(vmb_vault_find_point(v, "web", "latest", &p));
+    char *out = join(g_dir, "opts-restored.img");
+    REQUIRE_OK(vmb_vault_restore_disk_to_file(v, p, "root.img", out, NULL, NULL));
+    size_t len = 0;
+    uint8_t *back = read_file(out, &len);
+    CHECK(back != NULL && len == IMG_SIZE && memcmp(back, g_data, IMG_SIZE) == 0);
+    free(back);
+    free(out);
+    vmb_point_free(p);
+    REQUIRE_OK(vmb_vault_remove_key(v, first));
+    CHECK(vmb_vault_remove_key(v, second) == VMB_ERR_INVALID_ARGUMENT);
+    CHECK(LAST_ERROR_HAS("last key slot"));
+    vmb_vault_free(v);
+    o.key = &pass;
+    v = NULL;
+    REQUIRE_STATUS(vmb_vault_open_with_options(path, &o, &v), VMB_ERR_WRONG_KEY);
+    o.lock_timeout_seconds = -1;
+    REQUIRE_STATUS(vmb_vault_open_with_options(path, &o, &v), VMB_ERR_INVALID_ARGUMENT);
+    free(kf);
+    free(path);
+}
+
 int main(void) {
     g_dir = make_temp_dir("encryption-c");
     if (g_dir == NULL) {
@@ -189,6 +256,7 @@ int main(void) {
     RUN(setup);
     RUN(passphrase_round_trip_and_wrong_keys);
     RUN(key_file_vault);
+    RUN(options_and_key_slots);
     remove_tree(g_dir);
     free(g_dir);
     free(g_image);

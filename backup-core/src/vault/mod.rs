@@ -1102,11 +1102,20 @@ impl Vault {
     /// [`Error::InvalidArgument`] for a vault without encryption, an
     /// unreadable key file; [`Error::Locked`]; I/O errors.
     pub fn add_key(&self, key: &KeySource) -> Result<KeySlotInfo> {
+        self.add_key_with_kdf(key, self.options.kdf)
+    }
+
+    /// As [`add_key`](Self::add_key), with a passphrase slot's Argon2id
+    /// cost given here rather than by the options the vault was opened with.
+    ///
+    /// # Errors
+    /// As [`add_key`](Self::add_key).
+    pub fn add_key_with_kdf(&self, key: &KeySource, kdf: KdfParams) -> Result<KeySlotInfo> {
         let master = self.keys.master.as_ref().ok_or_else(|| self.not_encrypted())?;
         let _lock = self.lock(LockMode::Exclusive)?;
         let mut config = self.read_config()?;
         let enc = config.encryption.as_mut().ok_or_else(|| self.not_encrypted())?;
-        let info = enc.add_slot(&config.vault_id, master, key, self.options.kdf)?;
+        let info = enc.add_slot(&config.vault_id, master, key, kdf)?;
         self.write_config(&config)?;
         Ok(info)
     }
