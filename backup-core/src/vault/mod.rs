@@ -361,6 +361,7 @@ impl Vault {
         getrandom::fill(key.as_mut())
             .and_then(|()| getrandom::fill(&mut id))
             .map_err(|e| Error::io("get random bytes for the key of", &root, std::io::Error::other(e)))?;
+        let mut master = None;
         let config = match &options.key {
             None => {
                 let config = Config {
@@ -374,7 +375,8 @@ impl Vault {
                 Config { key_check: Some(config.check_value()), ..config }
             }
             Some(source) => {
-                let (encryption, _master) = crypto::Encryption::create(&hex(&id), source, options.kdf)?;
+                let (encryption, made) = crypto::Encryption::create(&hex(&id), source, options.kdf)?;
+                master = Some(made);
                 Config {
                     format_version: FORMAT_VERSION,
                     vault_id: hex(&id),
@@ -390,7 +392,12 @@ impl Vault {
         files::write_flushed(&root.join("lock"), b"")
             .or_else(|e| if root.join("lock").exists() { Ok(()) } else { Err(e) })?;
         files::sync_dir(&root)?;
-        Self::open_with(root, options)
+        match master {
+            // The key just made: unlocking the slot again would run the
+            // passphrase's Argon2id a second time.
+            Some(master) => Self::from_parts(root, config, Keys::from_master(master), options),
+            None => Self::open_with(root, options),
+        }
     }
 
     /// Opens an existing vault.
@@ -461,6 +468,13 @@ impl Vault {
                 ));
             }
         };
+        Self::from_parts(root, config, keys, options)
+    }
+
+    /// A vault from its parsed config and its keys, once the config's check
+    /// value and the vault's folders are checked.
+    fn from_parts(root: PathBuf, config: Config, keys: Keys, options: VaultOptions) -> Result<Vault> {
+        let config_path = root.join("config");
         if config.encryption.is_none() && config.key_check.as_ref().is_some_and(|c| *c != config.check_value()) {
             return Err(Error::corrupt(
                 format!("vault config {}", config_path.display()),
