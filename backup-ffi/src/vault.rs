@@ -259,6 +259,24 @@ fn options_of(o: &vmb_vault_options) -> FfiResult<(VaultOptions, RemoteOptions)>
     Ok((options, remote_options(o.cache, o.endpoint)?))
 }
 
+/// The body of `vmb_vault_init_with_options` and
+/// `vmb_vault_open_with_options`: `make` is `Vault::init_location` or
+/// `Vault::open_location`.
+fn with_options(
+    path: *const c_char,
+    options: *const vmb_vault_options,
+    out: *mut *mut vmb_vault,
+    make: fn(&str, VaultOptions, &RemoteOptions) -> backup_core::Result<Vault>,
+) -> FfiResult {
+    let path = arg_str!(path, "path");
+    let out = arg_out!(out, "out");
+    let (options, remote) =
+        if options.is_null() { Default::default() } else { options_of(arg_ref!(options, "options"))? };
+    let vault = make(path, options, &remote)?;
+    write_out!(out, Box::into_raw(Box::new(vmb_vault { vault })));
+    Ok(())
+}
+
 /// Creates a vault in `path` (a new or empty folder, or a vault URL as
 /// `vmb_vault_init` takes) with `options` (NULL for the defaults) and opens
 /// it; with `options->key` it is encrypted, as `vmb_vault_init_with_key`
@@ -273,15 +291,7 @@ pub unsafe extern "C" fn vmb_vault_init_with_options(
     options: *const vmb_vault_options,
     out: *mut *mut vmb_vault,
 ) -> vmb_status {
-    ffi! {
-        let path = arg_str!(path, "path");
-        let out = arg_out!(out, "out");
-        let (options, remote) =
-            if options.is_null() { Default::default() } else { options_of(arg_ref!(options, "options"))? };
-        let vault = Vault::init_location(path, options, &remote)?;
-        write_out!(out, Box::into_raw(Box::new(vmb_vault { vault })));
-        Ok(())
-    }
+    ffi! { with_options(path, options, out, |p, o, r| Vault::init_location(p, o, r)) }
 }
 
 /// Opens the vault in `path` (a folder or a vault URL) with `options` (NULL
@@ -296,15 +306,7 @@ pub unsafe extern "C" fn vmb_vault_open_with_options(
     options: *const vmb_vault_options,
     out: *mut *mut vmb_vault,
 ) -> vmb_status {
-    ffi! {
-        let path = arg_str!(path, "path");
-        let out = arg_out!(out, "out");
-        let (options, remote) =
-            if options.is_null() { Default::default() } else { options_of(arg_ref!(options, "options"))? };
-        let vault = Vault::open_location(path, options, &remote)?;
-        write_out!(out, Box::into_raw(Box::new(vmb_vault { vault })));
-        Ok(())
-    }
+    ffi! { with_options(path, options, out, |p, o, r| Vault::open_location(p, o, r)) }
 }
 
 /// Bytes of a key slot's id with its NUL: 8 hex digits.

@@ -54,6 +54,18 @@ static char *first_pack(const char *vault) {
     return found;
 }
 
+/* Restores the point's disk to `name` in the test folder and checks it is
+ * the image, bit for bit. */
+static void restores_the_image(vmb_vault *v, vmb_point *p, const char *name) {
+    char *out = join(g_dir, name);
+    REQUIRE_OK(vmb_vault_restore_disk_to_file(v, p, "root.img", out, NULL, NULL));
+    size_t len = 0;
+    uint8_t *back = read_file(out, &len);
+    CHECK(back != NULL && len == IMG_SIZE && memcmp(back, g_data, IMG_SIZE) == 0);
+    free(back);
+    free(out);
+}
+
 static void setup(void) {
     g_image = join(g_dir, "root.img");
     g_data = (uint8_t *)malloc(IMG_SIZE);
@@ -88,13 +100,7 @@ static void passphrase_round_trip_and_wrong_keys(void) {
 
     REQUIRE_OK(vmb_vault_open_with_key(path, &key, &v));
     REQUIRE_OK(vmb_vault_find_point(v, "web", "latest", &p));
-    char *out = join(g_dir, "restored.img");
-    REQUIRE_OK(vmb_vault_restore_disk_to_file(v, p, "root.img", out, NULL, NULL));
-    size_t len = 0;
-    uint8_t *back = read_file(out, &len);
-    CHECK(back != NULL && len == IMG_SIZE && memcmp(back, g_data, IMG_SIZE) == 0);
-    free(back);
-    free(out);
+    restores_the_image(v, p, "restored.img");
     vmb_verify_report *r = NULL;
     bool ok = false;
     REQUIRE_OK(vmb_vault_verify(v, NULL, NULL, NULL, &r));
@@ -226,13 +232,7 @@ static void options_and_key_slots(void) {
     REQUIRE_OK(vmb_vault_open_with_options(path, &o, &v));
     vmb_point *p = NULL;
     REQUIRE_OK(vmb_vault_find_point(v, "web", "latest", &p));
-    char *out = join(g_dir, "opts-restored.img");
-    REQUIRE_OK(vmb_vault_restore_disk_to_file(v, p, "root.img", out, NULL, NULL));
-    size_t len = 0;
-    uint8_t *back = read_file(out, &len);
-    CHECK(back != NULL && len == IMG_SIZE && memcmp(back, g_data, IMG_SIZE) == 0);
-    free(back);
-    free(out);
+    restores_the_image(v, p, "opts-restored.img");
     vmb_point_free(p);
     REQUIRE_OK(vmb_vault_remove_key(v, first));
     CHECK(vmb_vault_remove_key(v, second) == VMB_ERR_INVALID_ARGUMENT);
