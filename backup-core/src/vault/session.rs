@@ -55,27 +55,6 @@ impl OpenPacks {
     }
 }
 
-/// The ids of the chunks a session put, in shards that workers lock one at
-/// a time.
-#[derive(Default)]
-struct ChunkSet([Mutex<HashSet<ContentId>>; 16]);
-
-impl ChunkSet {
-    fn shard(&self, id: &ContentId) -> std::sync::MutexGuard<'_, HashSet<ContentId>> {
-        self.0[usize::from(id.0[0] & 15)].lock().unwrap_or_else(|p| p.into_inner())
-    }
-    fn contains(&self, id: &ContentId) -> bool {
-        self.shard(id).contains(id)
-    }
-    /// Adds `id`; false when it was there already.
-    fn insert(&self, id: ContentId) -> bool {
-        self.shard(&id).insert(id)
-    }
-    fn all(&self) -> HashSet<ContentId> {
-        self.0.iter().flat_map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect()
-    }
-}
-
 /// Full packs finished at once, at most; one more waits for the oldest, so
 /// memory and dirty pages stay bounded when the disk is the bottleneck.
 const MAX_FINISHING: usize = 2;
@@ -99,10 +78,9 @@ pub struct BackupSession<'v> {
     dir: PathBuf,
     staged: Mutex<Staged>,
     open: OpenPacks,
-    /// Chunks put in this session (in open or finished packs), apart
-    /// from `staged` so that workers checking them do not wait for one
-    /// another's pack writes.
-    chunks: ChunkSet,
+    /// Chunks put in this session (in open or finished packs). Apart from
+    /// `staged`: a worker writing its own pack holds neither.
+    chunks: Mutex<HashSet<ContentId>>,
     /// Spare write buffers for the next packs.
     buffers: Arc<BufferPool>,
     bytes_added: AtomicU64,
@@ -136,7 +114,7 @@ impl<'v> BackupSession<'v> {
             dir,
             staged: Mutex::new(Staged::default()),
             open: OpenPacks::new(),
-            chunks: ChunkSet::default(),
+            chunks: Mutex::new(HashSet::new()),
             buffers: Arc::new(BufferPool::default()),
             bytes_added: AtomicU64::new(0),
             committed: std::sync::atomic::AtomicBool::new(false),
@@ -152,6 +130,10 @@ impl<'v> BackupSession<'v> {
 
     fn staged(&self) -> std::sync::MutexGuard<'_, Staged> {
         self.staged.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn chunks(&self) -> std::sync::MutexGuard<'_, HashSet<ContentId>> {
+        self.chunks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn new_pack(&self) -> Result<OpenPack> {
@@ -232,13 +214,13 @@ impl VaultSink for BackupSession<'_> {
     }
 
     fn has_chunk(&self, id: &ContentId) -> bool {
-        self.vault.has_chunk(id) || self.chunks.contains(id)
+        self.vault.has_chunk(id) || self.chunks().contains(id)
     }
 
     fn put_chunk(&self, id: &ContentId, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<u64> {
         let (payload, sealed) = self.vault.seal_chunk(id, codec, raw_len, payload)?;
         let header = pack::frame_header(id, codec, sealed, raw_len, &payload);
-        if self.vault.has_chunk(id) || !self.chunks.insert(*id) {
+        if self.vault.has_chunk(id) || !self.chunks().insert(*id) {
             return Ok(0);
         }
         let mut handoff = Handoff::default();
@@ -320,7 +302,7 @@ impl VaultSink for BackupSession<'_> {
         if let Some(r) = self.vault.remote() {
             let (packs, segments, chunks) = {
                 let st = self.staged();
-                (st.packs.clone(), st.segments.iter().copied().collect::<Vec<_>>(), self.chunks.all())
+                (st.packs.clone(), st.segments.iter().copied().collect::<Vec<_>>(), self.chunks().clone())
             };
             r.commit_manifest(self.vault, &m, &bytes, &packs, &segments, &chunks)?;
             self.committed.store(true, Ordering::SeqCst);
