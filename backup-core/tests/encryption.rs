@@ -9,6 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use backup_core::*;
+use testkit::Rng;
 
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
@@ -16,19 +17,6 @@ const BLOCK: usize = 64 * KIB;
 /// Written into the disks; must never be found in an encrypted vault's files.
 const CANARY: &[u8] = b"<<VMBACKUP-PLAINTEXT-CANARY-7f3a>>";
 const PASSPHRASE: &str = "correct horse battery staple";
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n.div_ceil(8)).flat_map(|_| self.next().to_le_bytes()).take(n).collect()
-    }
-}
 
 /// Cheap Argon2id parameters: the tests make many slots.
 fn cheap(options: VaultOptions) -> VaultOptions {

@@ -10,19 +10,7 @@ use std::time::{Duration, Instant};
 
 use backup_core::fuzzing;
 use backup_core::*;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use testkit::Rng;
 
 /// Interesting values to write over bytes: boundaries of the length and
 /// count fields.
@@ -30,40 +18,40 @@ const MAGIC_NUMBERS: [u32; 8] = [0, 1, 0x7f, 0xff, 0xffff, 0x40_0000, 0x7fff_fff
 
 fn mutate(input: &[u8], corpus: &[Vec<u8>], rng: &mut Rng) -> Vec<u8> {
     let mut v = input.to_vec();
-    for _ in 0..1 + rng.below(4) {
-        match rng.below(7) {
+    for _ in 0..1 + rng.index(4) {
+        match rng.index(7) {
             0 if !v.is_empty() => {
-                let i = rng.below(v.len());
-                v[i] ^= 1 << rng.below(8);
+                let i = rng.index(v.len());
+                v[i] ^= 1 << rng.index(8);
             }
             1 if !v.is_empty() => {
-                let i = rng.below(v.len());
+                let i = rng.index(v.len());
                 v[i] = rng.next() as u8;
             }
-            2 => v.truncate(rng.below(v.len() + 1)),
+            2 => v.truncate(rng.index(v.len() + 1)),
             3 => {
-                let i = rng.below(v.len() + 1);
-                let n = rng.below(16);
+                let i = rng.index(v.len() + 1);
+                let n = rng.index(16);
                 let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
                 v.splice(i..i, bytes);
             }
             4 if v.len() >= 4 => {
-                let i = rng.below(v.len() - 3);
-                let m = MAGIC_NUMBERS[rng.below(MAGIC_NUMBERS.len())];
+                let i = rng.index(v.len() - 3);
+                let m = MAGIC_NUMBERS[rng.index(MAGIC_NUMBERS.len())];
                 v[i..i + 4].copy_from_slice(&m.to_le_bytes());
             }
             5 if !corpus.is_empty() => {
-                let other = &corpus[rng.below(corpus.len())];
-                let at = rng.below(v.len() + 1);
-                let from = rng.below(other.len() + 1);
+                let other = &corpus[rng.index(corpus.len())];
+                let at = rng.index(v.len() + 1);
+                let from = rng.index(other.len() + 1);
                 v.truncate(at);
                 v.extend_from_slice(&other[from..]);
             }
             _ => {
                 // A text-aware mutation: a digit, a quote or a bracket.
                 if !v.is_empty() {
-                    let i = rng.below(v.len());
-                    v[i] = b"0123456789\"{}[],:-. \nx"[rng.below(22)];
+                    let i = rng.index(v.len());
+                    v[i] = b"0123456789\"{}[],:-. \nx"[rng.index(22)];
                 }
             }
         }
@@ -88,12 +76,12 @@ fn run(name: &str, target: fn(&[u8]) -> bool, corpus: &[Vec<u8>], seed: u64) -> 
     let end = Instant::now() + budget();
     while Instant::now() < end {
         for _ in 0..64 {
-            let input = if corpus.is_empty() || rng.below(10) == 0 {
-                let n = rng.below(512);
+            let input = if corpus.is_empty() || rng.index(10) == 0 {
+                let n = rng.index(512);
                 (0..n).map(|_| rng.next() as u8).collect()
             } else {
-                let mut v = corpus[rng.below(corpus.len())].clone();
-                for _ in 0..1 + rng.below(3) {
+                let mut v = corpus[rng.index(corpus.len())].clone();
+                for _ in 0..1 + rng.index(3) {
                     v = mutate(&v, corpus, &mut rng);
                 }
                 v
