@@ -52,11 +52,7 @@ impl From<RestoreStats> for vmb_restore_stats {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_init(path: *const c_char, out: *mut *mut vmb_vault) -> vmb_status {
     ffi! {
-        let path = arg_str!(path, "path");
-        let out = arg_out!(out, "out");
-        let vault = Vault::init_location(path, VaultOptions::default(), &RemoteOptions::default())?;
-        write_out!(out, Box::into_raw(Box::new(vmb_vault { vault })));
-        Ok(())
+        make_vault(path, "path", &vmb_vault_options::default(), out, |p, o, r| Vault::init_location(p, o, r))
     }
 }
 
@@ -67,15 +63,11 @@ pub unsafe extern "C" fn vmb_vault_init(path: *const c_char, out: *mut *mut vmb_
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_open(path: *const c_char, out: *mut *mut vmb_vault) -> vmb_status {
     ffi! {
-        let path = arg_str!(path, "path");
-        let out = arg_out!(out, "out");
-        let vault = Vault::open_location(path, VaultOptions::default(), &RemoteOptions::default())?;
-        write_out!(out, Box::into_raw(Box::new(vmb_vault { vault })));
-        Ok(())
+        make_vault(path, "path", &vmb_vault_options::default(), out, |p, o, r| Vault::open_location(p, o, r))
     }
 }
 
-/// The remote options of `vmb_vault_init_url` and `vmb_vault_open_url`.
+/// The remote options of a `vmb_vault_options`.
 fn remote_options(cache: *const c_char, endpoint: *const c_char) -> FfiResult<RemoteOptions> {
     let mut o = RemoteOptions::default();
     if !cache.is_null() {
@@ -108,12 +100,8 @@ pub unsafe extern "C" fn vmb_vault_init_url(
     out: *mut *mut vmb_vault,
 ) -> vmb_status {
     ffi! {
-        let url = arg_str!(url, "url");
-        let out = arg_out!(out, "out");
-        let remote = remote_options(cache, endpoint)?;
-        let vault = Vault::init_url(url, VaultOptions::default(), &remote)?;
-        write_out!(out, Box::into_raw(Box::new(vmb_vault { vault })));
-        Ok(())
+        let options = vmb_vault_options { cache, endpoint, ..vmb_vault_options::default() };
+        make_vault(url, "url", &options, out, Vault::init_url)
     }
 }
 
@@ -129,12 +117,8 @@ pub unsafe extern "C" fn vmb_vault_open_url(
     out: *mut *mut vmb_vault,
 ) -> vmb_status {
     ffi! {
-        let url = arg_str!(url, "url");
-        let out = arg_out!(out, "out");
-        let remote = remote_options(cache, endpoint)?;
-        let vault = Vault::open_url(url, VaultOptions::default(), &remote)?;
-        write_out!(out, Box::into_raw(Box::new(vmb_vault { vault })));
-        Ok(())
+        let options = vmb_vault_options { cache, endpoint, ..vmb_vault_options::default() };
+        make_vault(url, "url", &options, out, Vault::open_url)
     }
 }
 
@@ -154,6 +138,18 @@ pub struct vmb_key {
     pub kdf_memory_kib: u32,
     /// Argon2id passes for a new passphrase slot; 0: 3.
     pub kdf_iterations: u32,
+}
+
+impl Default for vmb_vault_options {
+    fn default() -> Self {
+        vmb_vault_options {
+            key: std::ptr::null(),
+            cache: std::ptr::null(),
+            endpoint: std::ptr::null(),
+            lock_timeout_seconds: 0.0,
+            direct_io: false,
+        }
+    }
 }
 
 /// Vault options carrying a key.
@@ -189,12 +185,9 @@ pub unsafe extern "C" fn vmb_vault_init_with_key(
     out: *mut *mut vmb_vault,
 ) -> vmb_status {
     ffi! {
-        let path = arg_str!(path, "path");
-        let key = arg_ref!(key, "key");
-        let out = arg_out!(out, "out");
-        let vault = Vault::init_location(path, key_options(key)?, &RemoteOptions::default())?;
-        write_out!(out, Box::into_raw(Box::new(vmb_vault { vault })));
-        Ok(())
+        let _ = arg_ref!(key, "key"); // a key is required here: NULL is an error, not "no key"
+        let options = vmb_vault_options { key, ..vmb_vault_options::default() };
+        make_vault(path, "path", &options, out, |p, o, r| Vault::init_location(p, o, r))
     }
 }
 
@@ -213,12 +206,8 @@ pub unsafe extern "C" fn vmb_vault_open_with_key(
     out: *mut *mut vmb_vault,
 ) -> vmb_status {
     ffi! {
-        let path = arg_str!(path, "path");
-        let out = arg_out!(out, "out");
-        let options = if key.is_null() { VaultOptions::default() } else { key_options(arg_ref!(key, "key"))? };
-        let vault = Vault::open_location(path, options, &RemoteOptions::default())?;
-        write_out!(out, Box::into_raw(Box::new(vmb_vault { vault })));
-        Ok(())
+        let options = vmb_vault_options { key, ..vmb_vault_options::default() };
+        make_vault(path, "path", &options, out, |p, o, r| Vault::open_location(p, o, r))
     }
 }
 
@@ -259,19 +248,19 @@ fn options_of(o: &vmb_vault_options) -> FfiResult<(VaultOptions, RemoteOptions)>
     Ok((options, remote_options(o.cache, o.endpoint)?))
 }
 
-/// The body of `vmb_vault_init_with_options` and
-/// `vmb_vault_open_with_options`: `make` is `Vault::init_location` or
-/// `Vault::open_location`.
-fn with_options(
+/// The body of every `vmb_vault_init*` and `vmb_vault_open*` call: `path`
+/// (named `what` in errors) and `options` given to `make`, one of
+/// `Vault`'s constructors, and the vault handed out through `out`.
+fn make_vault(
     path: *const c_char,
-    options: *const vmb_vault_options,
+    what: &str,
+    options: &vmb_vault_options,
     out: *mut *mut vmb_vault,
     make: fn(&str, VaultOptions, &RemoteOptions) -> backup_core::Result<Vault>,
 ) -> FfiResult {
-    let path = arg_str!(path, "path");
+    let path = arg_str!(path, what);
     let out = arg_out!(out, "out");
-    let (options, remote) =
-        if options.is_null() { Default::default() } else { options_of(arg_ref!(options, "options"))? };
+    let (options, remote) = options_of(options)?;
     let vault = make(path, options, &remote)?;
     write_out!(out, Box::into_raw(Box::new(vmb_vault { vault })));
     Ok(())
@@ -291,7 +280,10 @@ pub unsafe extern "C" fn vmb_vault_init_with_options(
     options: *const vmb_vault_options,
     out: *mut *mut vmb_vault,
 ) -> vmb_status {
-    ffi! { with_options(path, options, out, |p, o, r| Vault::init_location(p, o, r)) }
+    ffi! {
+        let options = if options.is_null() { vmb_vault_options::default() } else { *arg_ref!(options, "options") };
+        make_vault(path, "path", &options, out, |p, o, r| Vault::init_location(p, o, r))
+    }
 }
 
 /// Opens the vault in `path` (a folder or a vault URL) with `options` (NULL
@@ -306,7 +298,10 @@ pub unsafe extern "C" fn vmb_vault_open_with_options(
     options: *const vmb_vault_options,
     out: *mut *mut vmb_vault,
 ) -> vmb_status {
-    ffi! { with_options(path, options, out, |p, o, r| Vault::open_location(p, o, r)) }
+    ffi! {
+        let options = if options.is_null() { vmb_vault_options::default() } else { *arg_ref!(options, "options") };
+        make_vault(path, "path", &options, out, |p, o, r| Vault::open_location(p, o, r))
+    }
 }
 
 /// Bytes of a key slot's id with its NUL: 8 hex digits.
