@@ -47,13 +47,31 @@ fn vault_options(
     let mut o = VaultOptions::default();
     o.lock_timeout = Duration::from_secs_f64(lock_timeout);
     o.direct_io = direct_io;
-    o.key = match (passphrase, key_file) {
-        (Some(p), None) => Some(backup_core::KeySource::passphrase(p)),
-        (None, Some(f)) => Some(backup_core::KeySource::key_file(f)),
-        (None, None) => None,
-        (Some(_), Some(_)) => return Err(PyValueError::new_err("give passphrase or key_file, not both")),
-    };
+    o.key = key_source(passphrase, key_file)?;
     Ok(o)
+}
+
+/// The key a `passphrase=` or `key_file=` argument gives, if any;
+/// `ValueError` for both.
+fn key_source(passphrase: Option<String>, key_file: Option<PathBuf>) -> PyResult<Option<backup_core::KeySource>> {
+    match (passphrase, key_file) {
+        (Some(p), None) => Ok(Some(backup_core::KeySource::passphrase(p))),
+        (None, Some(f)) => Ok(Some(backup_core::KeySource::key_file(f))),
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(PyValueError::new_err("give passphrase or key_file, not both")),
+    }
+}
+
+/// A vault from one of `backup_core::Vault`'s constructors, made with the
+/// GIL released: the body of `Vault.init` and `Vault.open`.
+fn make_vault(
+    py: Python<'_>,
+    path: &std::path::Path,
+    options: VaultOptions,
+    remote: &backup_core::RemoteOptions,
+    make: fn(&std::path::Path, VaultOptions, &backup_core::RemoteOptions) -> backup_core::Result<backup_core::Vault>,
+) -> PyResult<Vault> {
+    py.detach(|| make(path, options, remote)).map(Vault::new).map_err(|e| to_py(py, e))
 }
 
 impl Vault {
@@ -231,10 +249,9 @@ impl Vault {
         direct_io: bool,
     ) -> PyResult<Vault> {
         let options = vault_options(lock_timeout, passphrase, key_file, direct_io)?;
-        let remote = remote_options(cache, endpoint);
-        py.detach(|| backup_core::Vault::init_location(&path, options, &remote))
-            .map(Vault::new)
-            .map_err(|e| to_py(py, e))
+        make_vault(py, &path, options, &remote_options(cache, endpoint), |p, o, r| {
+            backup_core::Vault::init_location(p, o, r)
+        })
     }
 
     /// Opens an existing vault (a folder or a URL, as `init` takes);
@@ -256,10 +273,9 @@ impl Vault {
         direct_io: bool,
     ) -> PyResult<Vault> {
         let options = vault_options(lock_timeout, passphrase, key_file, direct_io)?;
-        let remote = remote_options(cache, endpoint);
-        py.detach(|| backup_core::Vault::open_location(&path, options, &remote))
-            .map(Vault::new)
-            .map_err(|e| to_py(py, e))
+        make_vault(py, &path, options, &remote_options(cache, endpoint), |p, o, r| {
+            backup_core::Vault::open_location(p, o, r)
+        })
     }
 
     /// Where the vault is: its URL, or its folder, as a string.
@@ -580,11 +596,8 @@ impl Vault {
     #[pyo3(signature = (*, passphrase = None, key_file = None))]
     fn add_key(&self, py: Python<'_>, passphrase: Option<String>, key_file: Option<PathBuf>) -> PyResult<KeySlot> {
         let vault = self.get()?;
-        let key = match (passphrase, key_file) {
-            (Some(p), None) => backup_core::KeySource::passphrase(p),
-            (None, Some(f)) => backup_core::KeySource::key_file(f),
-            _ => return Err(PyValueError::new_err("give passphrase or key_file (one of them)")),
-        };
+        let key = key_source(passphrase, key_file)?
+            .ok_or_else(|| PyValueError::new_err("give passphrase or key_file (one of them)"))?;
         py.detach(|| vault.add_key(&key)).map(KeySlot::from).map_err(|e| to_py(py, e))
     }
 
