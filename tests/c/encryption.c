@@ -30,6 +30,27 @@ static vmb_key passphrase_key(const char *p) {
     return k;
 }
 
+/* Writes a key file of 40 bytes from `seed` in the test folder; returns
+ * its path (the caller frees it), or NULL. */
+static char *make_key_file(const char *name, unsigned seed) {
+    char *path = join(g_dir, name);
+    uint8_t secret[40];
+    fill_pattern(secret, sizeof secret, seed);
+    if (path == NULL || write_file(path, secret, sizeof secret) != 0) {
+        free(path);
+        return NULL;
+    }
+    return path;
+}
+
+/* A vmb_key for a key file. */
+static vmb_key file_key(const char *path) {
+    vmb_key k;
+    memset(&k, 0, sizeof k);
+    k.key_file = path;
+    return k;
+}
+
 /* CRC-32 (IEEE), as the pack format's frame checksum. */
 static uint32_t crc32_update(uint32_t crc, const uint8_t *p, size_t n) {
     crc = ~crc;
@@ -164,13 +185,9 @@ static void passphrase_round_trip_and_wrong_keys(void) {
 
 static void key_file_vault(void) {
     char *path = join(g_dir, "vault-kf");
-    char *kf = join(g_dir, "vault.key");
-    uint8_t secret[32];
-    fill_pattern(secret, sizeof secret, 99);
-    REQUIRE(write_file(kf, secret, sizeof secret) == 0);
-    vmb_key key;
-    memset(&key, 0, sizeof key);
-    key.key_file = kf;
+    char *kf = make_key_file("vault.key", 99);
+    REQUIRE(kf != NULL);
+    vmb_key key = file_key(kf);
     vmb_vault *v = NULL;
     const char *images[] = {g_image};
     REQUIRE_OK(vmb_vault_init_with_key(path, &key, &v));
@@ -192,10 +209,8 @@ static void key_file_vault(void) {
  * removed no longer does, the last slot stays. */
 static void options_and_key_slots(void) {
     char *path = join(g_dir, "vault-opts");
-    char *kf = join(g_dir, "second.key");
-    uint8_t secret[40];
-    fill_pattern(secret, sizeof secret, 5);
-    REQUIRE(write_file(kf, secret, sizeof secret) == 0);
+    char *kf = make_key_file("second.key", 5);
+    REQUIRE(kf != NULL);
     vmb_key pass = passphrase_key("first key");
     vmb_vault_options o;
     memset(&o, 0, sizeof o);
@@ -215,10 +230,8 @@ static void options_and_key_slots(void) {
     REQUIRE_OK(vmb_vault_key_slot(v, 0, first, &kind));
     CHECK(strlen(first) == 8 && kind == VMB_SLOT_PASSPHRASE);
     CHECK(vmb_vault_key_slot(v, 1, got, NULL) == VMB_ERR_INVALID_ARGUMENT);
-    vmb_key file_key;
-    memset(&file_key, 0, sizeof file_key);
-    file_key.key_file = kf;
-    REQUIRE_OK(vmb_vault_add_key(v, &file_key, second));
+    vmb_key by_file = file_key(kf);
+    REQUIRE_OK(vmb_vault_add_key(v, &by_file, second));
     REQUIRE_OK(vmb_vault_key_slot_count(v, &n));
     CHECK(n == 2);
     REQUIRE_OK(vmb_vault_key_slot(v, 1, got, &kind));
@@ -227,7 +240,7 @@ static void options_and_key_slots(void) {
     vmb_vault_free(v);
 
     /* The key file opens it; the passphrase's slot goes; the last stays. */
-    o.key = &file_key;
+    o.key = &by_file;
     v = NULL;
     REQUIRE_OK(vmb_vault_open_with_options(path, &o, &v));
     vmb_point *p = NULL;
