@@ -1,7 +1,7 @@
 //! Garbage collection: [`gc`] (its doc is the algorithm and its guarantees).
 
 use std::collections::HashSet;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -188,10 +188,7 @@ pub fn gc(vault: &Vault, options: &GcOptions) -> Result<GcReport> {
     let mut old: Vec<(String, Vec<PackEntry>, u64)> = Vec::new();
     for pack in vault.pack_ids()? {
         let path = vault.pack_path(&pack);
-        let meta = match fs::metadata(&path) {
-            Ok(m) => m,
-            Err(e) => return Err(Error::io("stat", path, e)),
-        };
+        let meta = vault.dir().stat(&path)?;
         let entries = match vault.read_idx(&pack).or_else(|_| vault.pack_frames(&pack).map(|(e, _)| e)) {
             Ok(e) => e,
             Err(e) => {
@@ -203,10 +200,10 @@ pub fn gc(vault: &Vault, options: &GcOptions) -> Result<GcReport> {
             report.protected += 1;
             placed.extend(entries.iter().map(|e| e.id).filter(|id| live_chunks.contains(id)));
         } else {
-            old.push((pack, entries, meta.len()));
+            old.push((pack, entries, meta.len));
         }
     }
-    let idx_len = |pack: &str| fs::metadata(vault.idx_path(pack)).map_or(0, |m| m.len());
+    let idx_len = |pack: &str| vault.dir().stat(&vault.idx_path(pack)).map_or(0, |m| m.len);
     let mut remove: Vec<String> = Vec::new();
     let mut repack: Vec<(String, Vec<PackEntry>, Vec<PackEntry>)> = Vec::new();
     let mut removed_bytes: u64 = 0;
@@ -259,14 +256,14 @@ pub fn gc(vault: &Vault, options: &GcOptions) -> Result<GcReport> {
         report.chunks_removed += dead.len() as u64;
         report.chunk_bytes_removed += dead.iter().map(PackEntry::frame_len).sum::<u64>();
         report.chunk_bytes_copied += live.iter().map(PackEntry::frame_len).sum::<u64>();
-        removed_bytes += fs::metadata(vault.pack_path(pack)).map_or(0, |m| m.len()) + idx_len(pack);
+        removed_bytes += vault.dir().stat(&vault.pack_path(pack)).map_or(0, |m| m.len) + idx_len(pack);
         remove.push(pack.clone());
         let Some(frames) = frames else { continue };
         for (entry, frame) in live.iter().zip(frames) {
             if current.is_none() {
-                internals::mkdirs(&staging.join("packs"))?;
-                internals::mkdirs(&staging.join("index"))?;
-                current = Some(new_pack(&staging)?);
+                vault.dir().mkdirs(&staging.join("packs"))?;
+                vault.dir().mkdirs(&staging.join("index"))?;
+                current = Some(new_pack(vault, &staging)?);
             }
             let Some(p) = current.as_mut() else { continue };
             p.out.write_all(&frame).map_err(|e| Error::io("write", &p.path, e))?;
@@ -275,12 +272,12 @@ pub fn gc(vault: &Vault, options: &GcOptions) -> Result<GcReport> {
             if p.offset >= target
                 && let Some(done) = current.take()
             {
-                written.push(finish_pack(done, &staging)?);
+                written.push(finish_pack(vault, done, &staging)?);
             }
         }
     }
     if let Some(done) = current.take() {
-        written.push(finish_pack(done, &staging)?);
+        written.push(finish_pack(vault, done, &staging)?);
     }
     let written_bytes: u64;
     if options.dry_run {
@@ -299,74 +296,67 @@ pub fn gc(vault: &Vault, options: &GcOptions) -> Result<GcReport> {
         for (id, _) in &written {
             let from = staging.join("packs").join(format!("{id}.pack"));
             let to = vault.pack_path(id);
-            fs::rename(&from, &to).map_err(|e| Error::io("move repacked pack into place", &to, e))?;
+            vault.dir().rename(&from, &to)?;
         }
-        internals::sync_dir(&root.join("packs"))?;
+        vault.dir().sync_dir(&root.join("packs"))?;
         for (id, _) in &written {
             let from = staging.join("index").join(format!("{id}.idx"));
             let to = vault.idx_path(id);
-            fs::rename(&from, &to).map_err(|e| Error::io("move chunk index into place", &to, e))?;
+            vault.dir().rename(&from, &to)?;
         }
-        internals::sync_dir(&root.join("index"))?;
+        vault.dir().sync_dir(&root.join("index"))?;
     }
     if !options.dry_run {
         for pack in &remove {
-            let p = vault.pack_path(pack);
-            fs::remove_file(&p).map_err(|e| Error::io("remove pack", &p, e))?;
+            vault.dir().remove_file(&vault.pack_path(pack))?;
         }
-        internals::sync_dir(&root.join("packs"))?;
+        vault.dir().sync_dir(&root.join("packs"))?;
         for pack in &remove {
-            let p = vault.idx_path(pack);
-            match fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("remove chunk index", &p, e)),
-            }
+            vault.dir().remove_file_if_exists(&vault.idx_path(pack))?;
         }
-        internals::sync_dir(&root.join("index"))?;
+        vault.dir().sync_dir(&root.join("index"))?;
     }
 
     // 4. Segments, orphan index files, staging.
     removed_bytes += remove_dead_segments(vault, &live_segments, cutoff, options.dry_run, &mut report)?;
     let packs: HashSet<String> = vault.pack_ids()?.into_iter().collect();
     let index_dir = root.join("index");
-    for name in internals::list(&index_dir)? {
+    for name in vault.dir().list(&index_dir)? {
         let Some(pack) = name.strip_suffix(".idx") else { continue };
         if packs.contains(pack) || remove.iter().any(|r| r == pack) {
             continue;
         }
         let path = index_dir.join(&name);
-        let Ok(meta) = fs::metadata(&path) else { continue };
+        let Ok(meta) = vault.dir().stat(&path) else { continue };
         if is_recent(&meta, cutoff) {
             report.protected += 1;
             continue;
         }
         if !options.dry_run {
-            fs::remove_file(&path).map_err(|e| Error::io("remove chunk index", &path, e))?;
+            vault.dir().remove_file(&path)?;
         }
         report.orphan_index_files_removed += 1;
-        removed_bytes += meta.len();
+        removed_bytes += meta.len;
     }
     let tmp = root.join("tmp");
-    for name in internals::list(&tmp)? {
+    for name in vault.dir().list(&tmp)? {
         let path = tmp.join(&name);
         if path == staging {
             continue;
         }
-        let (newest, bytes) = newest_mtime(&path);
+        let (newest, bytes) = newest_mtime(vault, &path);
         if newest.is_some_and(|t| t >= cutoff) {
             report.protected += 1;
             continue;
         }
         if !options.dry_run {
-            let r = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
-            r.map_err(|e| Error::io("remove staging", &path, e))?;
+            vault.dir().remove_dir_all(&path)?;
         }
         report.staging_removed += 1;
         removed_bytes += bytes;
     }
-    if staging.exists() {
-        fs::remove_dir_all(&staging).map_err(|e| Error::io("remove staging", &staging, e))?;
+    if vault.dir().exists(&staging) {
+        vault.dir().remove_dir_all(&staging)?;
     }
     report.bytes_freed = removed_bytes as i64 - written_bytes as i64;
     if !options.dry_run {
@@ -375,8 +365,8 @@ pub fn gc(vault: &Vault, options: &GcOptions) -> Result<GcReport> {
     Ok(report)
 }
 
-fn is_recent(meta: &fs::Metadata, cutoff: SystemTime) -> bool {
-    meta.modified().map_or(true, |t| t >= cutoff)
+fn is_recent(meta: &internals::Stat, cutoff: SystemTime) -> bool {
+    meta.modified >= cutoff
 }
 
 fn random_hex(n: usize) -> Result<String> {
@@ -388,7 +378,7 @@ fn random_hex(n: usize) -> Result<String> {
 /// The frames of a pack's live chunks, each checked (crc, decode, hash).
 fn read_live_frames(vault: &Vault, pack: &str, live: &[PackEntry]) -> Result<Vec<Vec<u8>>> {
     let path = vault.pack_path(pack);
-    let f = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+    let f = vault.dir().open(&path)?;
     let mut out = Vec::with_capacity(live.len());
     for e in live {
         vault.read_frame(&f, pack, e)?;
@@ -399,11 +389,10 @@ fn read_live_frames(vault: &Vault, pack: &str, live: &[PackEntry]) -> Result<Vec
     Ok(out)
 }
 
-fn new_pack(staging: &Path) -> Result<NewPack> {
+fn new_pack(vault: &Vault, staging: &Path) -> Result<NewPack> {
     let id = random_hex(16)?;
     let path = staging.join("packs").join(format!("{id}.pack"));
-    let file =
-        fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(|e| Error::io("create", &path, e))?;
+    let file = vault.dir().create_new(&path)?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let header = internals::pack_header();
     out.write_all(&header).map_err(|e| Error::io("write", &path, e))?;
@@ -412,14 +401,14 @@ fn new_pack(staging: &Path) -> Result<NewPack> {
 
 /// Writes the trailer, flushes the pack and stages its index file; returns
 /// the pack's id and the bytes of both files.
-fn finish_pack(p: NewPack, staging: &Path) -> Result<(String, u64)> {
+fn finish_pack(vault: &Vault, p: NewPack, staging: &Path) -> Result<(String, u64)> {
     let NewPack { id, path, mut out, offset, entries } = p;
     let trailer = internals::encode_trailer(&entries, offset);
     out.write_all(&trailer).map_err(|e| Error::io("write", &path, e))?;
     let file = out.into_inner().map_err(|e| Error::io("write", &path, e.into_error()))?;
     file.sync_all().map_err(|e| Error::io("flush", &path, e))?;
     let idx = internals::encode_idx(&trailer);
-    internals::write_flushed(&staging.join("index").join(format!("{id}.idx")), &idx)?;
+    vault.dir().write_flushed(&staging.join("index").join(format!("{id}.idx")), &idx)?;
     Ok((id, offset + trailer.len() as u64 + idx.len() as u64))
 }
 
@@ -433,34 +422,34 @@ fn remove_dead_segments(
 ) -> Result<u64> {
     let dir = vault.path().join("segments");
     let mut bytes = 0;
-    for sub in internals::list(&dir)? {
+    for sub in vault.dir().list(&dir)? {
         let subdir = dir.join(&sub);
-        if !subdir.is_dir() {
+        if !vault.dir().stat(&subdir).is_ok_and(|s| s.kind == internals::Kind::Dir) {
             continue;
         }
         let mut changed = false;
-        for name in internals::list(&subdir)? {
+        for name in vault.dir().list(&subdir)? {
             // Names that are not segment ids are not ours to judge.
             let Ok(id) = ContentId::from_hex(&name) else { continue };
             if live.contains(&id) {
                 continue;
             }
             let path = subdir.join(&name);
-            let Ok(meta) = fs::metadata(&path) else { continue };
+            let Ok(meta) = vault.dir().stat(&path) else { continue };
             if is_recent(&meta, cutoff) {
                 report.protected += 1;
                 continue;
             }
             if !dry_run {
-                fs::remove_file(&path).map_err(|e| Error::io("remove index segment", &path, e))?;
+                vault.dir().remove_file(&path)?;
                 changed = true;
             }
             report.segments_removed += 1;
-            report.segment_bytes_removed += meta.len();
-            bytes += meta.len();
+            report.segment_bytes_removed += meta.len;
+            bytes += meta.len;
         }
         if changed {
-            internals::sync_dir(&subdir)?;
+            vault.dir().sync_dir(&subdir)?;
         }
     }
     Ok(bytes)
@@ -468,15 +457,16 @@ fn remove_dead_segments(
 
 /// The newest modification time of a file or of anything in a folder tree,
 /// and the bytes of its files.
-fn newest_mtime(path: &Path) -> (Option<SystemTime>, u64) {
-    let Ok(meta) = fs::symlink_metadata(path) else { return (None, 0) };
-    let mut newest = meta.modified().ok();
-    let mut bytes = if meta.is_file() { meta.len() } else { 0 };
-    if meta.is_dir()
-        && let Ok(rd) = fs::read_dir(path)
+/// A link (never followed) counts as old and empty.
+fn newest_mtime(vault: &Vault, path: &Path) -> (Option<SystemTime>, u64) {
+    let Ok(meta) = vault.dir().stat(path) else { return (None, 0) };
+    let mut newest = Some(meta.modified);
+    let mut bytes = if meta.kind == internals::Kind::File { meta.len } else { 0 };
+    if meta.kind == internals::Kind::Dir
+        && let Ok(names) = vault.dir().list(path)
     {
-        for entry in rd.flatten() {
-            let (t, b) = newest_mtime(&entry.path());
+        for name in names {
+            let (t, b) = newest_mtime(vault, &path.join(name));
             newest = newest.max(t);
             bytes += b;
         }

@@ -5,7 +5,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::policy::{KeepReason, PointRef, Retention};
-use crate::vault::{LockMode, Vault, internals};
+use crate::model::validate_name;
+use crate::vault::{LockMode, Vault};
 
 /// How a prune runs.
 #[derive(Debug, Clone, Default)]
@@ -227,13 +228,13 @@ pub fn prune(vault: &Vault, plan: &PrunePlan) -> Result<PruneReport> {
             continue;
         }
         let path = vault.point_path(&p.vm, &p.id);
-        let len = match std::fs::metadata(&path) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let len = match vault.dir().stat(&path) {
+            Ok(m) => m.len,
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 report.spared.push(format!("point {} of vm {}: already gone", p.id, p.vm));
                 continue;
             }
-            Err(e) => return Err(Error::io("stat", path, e)),
+            Err(e) => return Err(e),
         };
         report.manifest_bytes_removed += len;
         report.removed.push(p.clone());
@@ -259,13 +260,13 @@ pub fn prune(vault: &Vault, plan: &PrunePlan) -> Result<PruneReport> {
     }
     let mut touched = std::collections::BTreeSet::new();
     for (_, path) in doomed {
-        std::fs::remove_file(&path).map_err(|e| Error::io("remove point manifest", &path, e))?;
+        vault.dir().remove_file(&path)?;
         if let Some(dir) = path.parent() {
             touched.insert(dir.to_path_buf());
         }
     }
     for dir in touched {
-        internals::sync_dir(&dir)?;
+        vault.dir().sync_dir(&dir)?;
     }
     remove_job_logs(vault, &plan.job_logs)?;
     Ok(report)
@@ -280,21 +281,20 @@ fn remove_job_logs(vault: &Vault, logs: &[PlannedJobLog]) -> Result<()> {
         by_vm.entry(j.vm.as_str()).or_default().push(j);
     }
     for (vm, jobs) in by_vm {
+        validate_name("vm name", vm)?;
         let dir = vault.path().join("jobs").join(vm);
         for j in &jobs {
-            let path = dir.join(format!("{}.jsonl", j.job));
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("remove job log", path, e)),
-            }
+            // The plan's names come from file names, checked again here:
+            // nothing read from the vault may name a file outside it.
+            validate_name("job id", &j.job)?;
+            vault.dir().remove_file_if_exists(&dir.join(format!("{}.jsonl", j.job)))?;
         }
         let gone: std::collections::HashSet<&str> = jobs.iter().filter_map(|j| j.point.as_deref()).collect();
         let path = pruned_path(vault, vm);
-        let bytes = match std::fs::read(&path) {
+        let bytes = match vault.dir().read(&path, crate::job::log::MAX_JOB_LOG_LEN) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(Error::io("read pruned-point record", path, e)),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
         };
         let keep: Vec<&[u8]> = bytes
             .split(|b| *b == b'\n')
@@ -306,11 +306,9 @@ fn remove_job_logs(vault: &Vault, logs: &[PlannedJobLog]) -> Result<()> {
             if !out.is_empty() {
                 out.push(b'\n');
             }
-            let tmp = dir.join("pruned.log.tmp");
-            let _ = std::fs::remove_file(&tmp); // left by a prune killed here
-            internals::write_durable(&tmp, &path, &out)?;
+            vault.dir().write_durable(&dir.join("pruned.log.tmp"), &path, &out)?;
         }
-        internals::sync_dir(&dir)?;
+        vault.dir().sync_dir(&dir)?;
     }
     Ok(())
 }
@@ -332,7 +330,7 @@ fn record_pruned(vault: &Vault, vm: &str, ids: &[&str]) -> Result<()> {
     use std::io::Write;
     let path = pruned_path(vault, vm);
     if let Some(dir) = path.parent() {
-        internals::mkdirs(dir)?;
+        vault.dir().mkdirs(dir)?;
     }
     let time = Timestamp::now();
     let mut bytes = Vec::new();
@@ -342,15 +340,11 @@ fn record_pruned(vault: &Vault, vm: &str, ids: &[&str]) -> Result<()> {
         bytes.extend_from_slice(&line);
         bytes.push(b'\n');
     }
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&path)
-        .map_err(|e| Error::io("open pruned-point record", &path, e))?;
+    let mut f = vault.dir().open_append(&path, true)?;
     f.write_all(&bytes).map_err(|e| Error::io("write", &path, e))?;
     f.sync_data().map_err(|e| Error::io("flush", &path, e))?;
     if let Some(dir) = path.parent() {
-        internals::sync_dir(dir)?;
+        vault.dir().sync_dir(dir)?;
     }
     Ok(())
 }
@@ -358,7 +352,7 @@ fn record_pruned(vault: &Vault, vm: &str, ids: &[&str]) -> Result<()> {
 /// The ids of the points prune removed from a VM (empty when none, or when
 /// the record cannot be read; a line cut short is skipped).
 pub(crate) fn pruned_points(vault: &Vault, vm: &str) -> std::collections::HashSet<String> {
-    let Ok(bytes) = std::fs::read(pruned_path(vault, vm)) else {
+    let Ok(bytes) = vault.dir().read(&pruned_path(vault, vm), crate::job::log::MAX_JOB_LOG_LEN) else {
         return std::collections::HashSet::new();
     };
     bytes.split(|b| *b == b'\n').filter_map(|l| serde_json::from_slice::<PrunedLine>(l).ok()).map(|l| l.point).collect()

@@ -16,10 +16,6 @@
 //! (no backup may publish a pack meanwhile), then verifies under the shared
 //! lock like any verify.
 
-use std::fs::{self, File};
-use std::io::Write;
-use std::path::Path;
-
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -76,7 +72,11 @@ pub struct RepairReport {
 impl RepairReport {
     /// Whether no point lost data and no manifest is unreadable.
     pub fn nothing_lost(&self) -> bool {
-        self.lost.is_empty() && self.unreadable_packs.is_empty() && !self.other.iter().any(is_manifest_problem)
+        // A pack that is gone or unreadable loses data only if a point
+        // needs its chunks, and then verify names that point's ranges in
+        // `lost`: a renamed pack whose chunks are all still found is no loss,
+        // and repair says so as verify does.
+        self.lost.is_empty() && !self.other.iter().any(is_manifest_problem)
     }
 }
 
@@ -134,22 +134,20 @@ pub fn repair(vault: &Vault, options: &RepairOptions) -> Result<RepairReport> {
                 let blob = crate::vault::internals::encode_trailer(&entries, 0);
                 let bytes = crate::vault::internals::encode_idx(&blob);
                 let tmp = vault.path().join("tmp").join(format!("repair-{}-{pack}.idx", std::process::id()));
-                write_durable(&tmp, &vault.idx_path(&pack), &bytes)?;
+                vault.dir().write_durable(&tmp, &vault.idx_path(&pack), &bytes)?;
             }
         }
         // An index file whose pack is gone: the pack was lost (gc removes
         // both, the pack first, so a crash between leaves one behind too).
         let packs: std::collections::HashSet<String> = vault.pack_ids()?.into_iter().collect();
         let index_dir = vault.path().join("index");
-        let names = fs::read_dir(&index_dir).map_err(|e| Error::io("list", &index_dir, e))?;
-        for name in names.flatten() {
-            let name = name.file_name().to_string_lossy().to_string();
+        for name in vault.dir().list(&index_dir)? {
             if let Some(pack) = name.strip_suffix(".idx").filter(|p| !packs.contains(*p)) {
                 report.unreadable_packs.push(format!("{pack}: missing (its chunk index file remains)"));
             }
         }
         if !options.dry_run && !report.rebuilt.is_empty() {
-            sync_dir(&vault.path().join("index"))?;
+            vault.dir().sync_dir(&vault.path().join("index"))?;
         }
         vault.forget_index();
     }
@@ -167,20 +165,10 @@ pub fn repair(vault: &Vault, options: &RepairOptions) -> Result<RepairReport> {
 /// The entries whose frames read back intact, and how many did not.
 pub(crate) fn good_frames(vault: &Vault, pack: &str, entries: Vec<PackEntry>) -> Result<(Vec<PackEntry>, u64)> {
     let path = vault.pack_path(pack);
-    let file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+    let file = vault.dir().open(&path)?;
     let total = entries.len() as u64;
     let good: Vec<PackEntry> = entries.into_iter().filter(|e| vault.read_frame(&file, pack, e).is_ok()).collect();
     let dropped = total - good.len() as u64;
     Ok((good, dropped))
 }
 
-fn write_durable(tmp: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = File::create(tmp).map_err(|e| Error::io("create", tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io("write", tmp, e))?;
-    f.sync_all().map_err(|e| Error::io("flush", tmp, e))?;
-    fs::rename(tmp, dest).map_err(|e| Error::io("move rebuilt chunk index into place", dest, e))
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("flush folder", dir, e))
-}

@@ -4,7 +4,6 @@
 //! as VM, point, disk and byte range, never as an early error.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
@@ -189,7 +188,7 @@ fn check_lost_manifests(
 ) -> Result<()> {
     let vms = match vm {
         Some(v) => vec![v.to_string()],
-        None => crate::vault::internals::list(&vault.path().join("jobs"))?,
+        None => vault.dir().list(&vault.path().join("jobs"))?,
     };
     for vm in vms {
         if crate::model::validate_name("vm name", &vm).is_err() {
@@ -197,15 +196,13 @@ fn check_lost_manifests(
         }
         let dir = vault.path().join("jobs").join(&vm);
         let mut pruned = None;
-        for name in crate::vault::internals::list(&dir)? {
-            if !name.ends_with(".jsonl") {
-                continue;
-            }
-            let Ok(job) = crate::job::log::read_job(&dir.join(&name)) else { continue };
+        for name in vault.dir().list(&dir)? {
+            let Some(job) = name.strip_suffix(".jsonl") else { continue };
+            let Ok(job) = crate::job::log::read_vault_job(vault, &vm, job) else { continue };
             let Some(id) = job.point.filter(|_| job.result == crate::job::log::JobResult::Succeeded) else {
                 continue;
             };
-            if crate::model::validate_name("point id", &id).is_err() || vault.point_path(&vm, &id).exists() {
+            if crate::model::validate_name("point id", &id).is_err() || vault.dir().exists(&vault.point_path(&vm, &id)) {
                 continue;
             }
             if pruned.get_or_insert_with(|| crate::prune::pruned_points(vault, &vm)).contains(&id) {
@@ -360,9 +357,9 @@ fn check_packs(
             }
             // repair leaves damaged frames out of the index file.
             let path = vault.pack_path(pack);
-            let file = match File::open(&path) {
+            let file = match vault.dir().open(&path) {
                 Ok(f) => f,
-                Err(e) => return vec![Finding::from(&Error::io("open", path, e))],
+                Err(e) => return vec![Finding::from(&e)],
             };
             let read: Vec<Option<Finding>> =
                 entries.iter().map(|e| vault.read_frame(&file, pack, e).err().as_ref().map(Finding::from)).collect();

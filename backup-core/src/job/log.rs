@@ -37,7 +37,7 @@
 //! is gone although its point was committed (and prune, which records the
 //! points it removes in `jobs/<vm>/pruned.log`, did not remove it).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -263,16 +263,14 @@ fn jobs_dir(vault: &Vault, vm: &str) -> PathBuf {
 impl JobLog {
     /// Creates the log of a new job and takes its lock.
     pub(crate) fn create(vault: &Vault, vm: &str, job: &str) -> Result<JobLog> {
+        validate_name("vm name", vm)?;
+        validate_name("job id", job)?;
         let dir = jobs_dir(vault, vm);
-        crate::vault::internals::mkdirs(&dir)?;
+        vault.dir().mkdirs(&dir)?;
         let path = dir.join(format!("{job}.jsonl"));
-        let file = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| Error::io("create job log", &path, e))?;
+        let file = vault.dir().create_new(&path)?;
         file.try_lock().map_err(|e| Error::io("lock job log", &path, std::io::Error::other(e.to_string())))?;
-        crate::vault::internals::sync_dir(&dir)?;
+        vault.dir().sync_dir(&dir)?;
         Ok(JobLog { path, file: Mutex::new(file), broken: std::sync::atomic::AtomicBool::new(false) })
     }
 
@@ -349,7 +347,12 @@ pub struct JobRecord {
     pub events: Vec<JobEvent>,
 }
 
-/// Reads one job log.
+/// The largest job log read: a day-long job logs progress once a second
+/// in well under this.
+pub(crate) const MAX_JOB_LOG_LEN: u64 = 64 << 20;
+
+/// Reads one job log, a file of your choosing (the job and VM are named
+/// after the file and its folder).
 ///
 /// # Errors
 /// I/O errors reading it; a damaged line is counted, not an error.
@@ -357,6 +360,25 @@ pub fn read_job(path: &Path) -> Result<JobRecord> {
     let bytes = std::fs::read(path).map_err(|e| Error::io("read job log", path, e))?;
     let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
     let vm = path.parent().and_then(|p| p.file_name()).and_then(|s| s.to_str()).unwrap_or_default().to_string();
+    Ok(parse_job(&bytes, path, name, vm, |p| is_locked(&std::fs::File::open(p).ok())))
+}
+
+/// Reads the log of job `job` of `vm` in the vault, beneath its folder.
+///
+/// # Errors
+/// Bad names; I/O errors reading it (a link or FIFO in its place included).
+pub(crate) fn read_vault_job(vault: &Vault, vm: &str, job: &str) -> Result<JobRecord> {
+    validate_name("vm name", vm)?;
+    validate_name("job id", job)?;
+    let path = jobs_dir(vault, vm).join(format!("{job}.jsonl"));
+    let bytes = vault.dir().read(&path, MAX_JOB_LOG_LEN)?;
+    Ok(parse_job(&bytes, &path, job.to_string(), vm.to_string(), |p| is_locked(&vault.dir().open(p).ok())))
+}
+
+/// A job's record from its log's bytes. The job id and VM are the ones of
+/// the file's name and folder, never what the lines say: a forged line
+/// must not name another file.
+fn parse_job(bytes: &[u8], path: &Path, name: String, vm: String, locked: impl Fn(&Path) -> bool) -> JobRecord {
     let mut r = JobRecord {
         job: name,
         vm,
@@ -383,11 +405,7 @@ pub fn read_job(path: &Path) -> Result<JobRecord> {
             continue;
         };
         match &event {
-            JobEvent::Start { time, job, vm, .. } => {
-                r.started = Some(*time);
-                r.job.clone_from(job);
-                r.vm.clone_from(vm);
-            }
+            JobEvent::Start { time, .. } => r.started = Some(*time),
             JobEvent::PhaseStart { time, phase } => {
                 r.phases.push(PhaseRecord { phase: *phase, started: *time, ended: None, seconds: None, ok: None })
             }
@@ -416,22 +434,22 @@ pub fn read_job(path: &Path) -> Result<JobRecord> {
         r.events.push(event);
     }
     if !ended {
-        r.result = if is_locked(path) { JobResult::Running } else { JobResult::Interrupted };
+        r.result = if locked(path) { JobResult::Running } else { JobResult::Interrupted };
     }
-    Ok(r)
+    r
 }
 
-/// Whether a running job holds the log's lock.
-fn is_locked(path: &Path) -> bool {
-    match File::open(path) {
-        Ok(f) => matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)),
-        Err(_) => false,
-    }
+/// Whether a running job holds the lock of this open log.
+fn is_locked(file: &Option<File>) -> bool {
+    file.as_ref().is_some_and(|f| matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)))
 }
 
 /// Whether the job that wrote this log still runs (holds its lock).
 pub(crate) fn job_running(vault: &Vault, vm: &str, job: &str) -> bool {
-    is_locked(&jobs_dir(vault, vm).join(format!("{job}.jsonl")))
+    if validate_name("vm name", vm).is_err() || validate_name("job id", job).is_err() {
+        return false;
+    }
+    is_locked(&vault.dir().open(&jobs_dir(vault, vm).join(format!("{job}.jsonl"))).ok())
 }
 
 /// The history of backup jobs in a vault, of one VM or of all, oldest first.
@@ -460,14 +478,16 @@ pub fn job_history(vault: &Vault, vm: Option<&str>) -> Result<Vec<JobRecord>> {
             validate_name("vm name", v)?;
             vec![v.to_string()]
         }
-        None => crate::vault::internals::list(&root)?,
+        None => vault.dir().list(&root)?.into_iter().filter(|v| validate_name("vm name", v).is_ok()).collect(),
     };
     let mut out = Vec::new();
     for vm in vms {
-        let dir = root.join(&vm);
-        for name in crate::vault::internals::list(&dir)? {
-            if name.ends_with(".jsonl") {
-                out.push(read_job(&dir.join(name))?);
+        for name in vault.dir().list(&root.join(&vm))? {
+            // Names that are not job ids are not ours to read.
+            if let Some(job) = name.strip_suffix(".jsonl")
+                && validate_name("job id", job).is_ok()
+            {
+                out.push(read_vault_job(vault, &vm, job)?);
             }
         }
     }

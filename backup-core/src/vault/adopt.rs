@@ -18,11 +18,11 @@
 //! like any backup, so gc (exclusive) never sees it half done; two sessions
 //! adopting at once are kept apart by the folder's own lock.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use super::{Vault, files, pack};
+use super::{Vault, pack};
 use crate::error::{Error, Result};
 use crate::model::ContentId;
 
@@ -49,14 +49,13 @@ fn try_flock(f: &File) -> std::io::Result<bool> {
 
 /// Creates `<dir>/lock` already locked: locked under a temporary name
 /// first, so that no other session can find it unlocked.
-pub(super) fn lock_session(dir: &Path) -> Result<File> {
+pub(super) fn lock_session(vault: &Vault, dir: &Path) -> Result<File> {
     let tmp = dir.join(".lock.new");
-    let f = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+    let f = vault.dir().create_new(&tmp)?;
     if !try_flock(&f).map_err(|e| Error::io("lock", &tmp, e))? {
         return Err(Error::io("lock", &tmp, std::io::Error::from(std::io::ErrorKind::WouldBlock)));
     }
-    let dest = dir.join(SESSION_LOCK);
-    fs::rename(&tmp, &dest).map_err(|e| Error::io("rename", &dest, e))?;
+    vault.dir().rename(&tmp, &dir.join(SESSION_LOCK))?;
     Ok(f)
 }
 
@@ -66,26 +65,26 @@ pub(super) fn lock_session(dir: &Path) -> Result<File> {
 pub(super) fn adopt_abandoned(vault: &Vault, own: Option<&Path>) -> Adopted {
     let mut total = Adopted::default();
     let tmp = vault.path().join("tmp");
-    let Ok(names) = files::list(&tmp) else { return total };
+    let Ok(names) = vault.dir().list(&tmp) else { return total };
     for name in names.into_iter().filter(|n| n.starts_with("backup-")) {
         let dir = tmp.join(&name);
         if Some(dir.as_path()) == own {
             continue;
         }
-        let Ok(lock) = File::open(dir.join(SESSION_LOCK)) else { continue };
+        let Ok(lock) = vault.dir().open(&dir.join(SESSION_LOCK)) else { continue };
         if !matches!(try_flock(&lock), Ok(true)) {
             continue; // alive
         }
         if let Ok(a) = adopt_folder(vault, &dir) {
             total.packs += a.packs;
             total.bytes += a.bytes;
-            let _ = fs::remove_dir_all(&dir);
+            let _ = vault.dir().remove_dir_all(&dir);
         }
         drop(lock);
     }
     if total.packs > 0 {
-        let _ = files::sync_dir(&vault.path().join("packs"));
-        let _ = files::sync_dir(&vault.path().join("index"));
+        let _ = vault.dir().sync_dir(&vault.path().join("packs"));
+        let _ = vault.dir().sync_dir(&vault.path().join("index"));
     }
     total
 }
@@ -93,7 +92,7 @@ pub(super) fn adopt_abandoned(vault: &Vault, own: Option<&Path>) -> Adopted {
 fn adopt_folder(vault: &Vault, dir: &Path) -> Result<Adopted> {
     let mut a = Adopted::default();
     let packs_dir = dir.join("packs");
-    let names = match files::list(&packs_dir) {
+    let names = match vault.dir().list(&packs_dir) {
         Ok(n) => n,
         Err(_) => return Ok(a),
     };
@@ -102,14 +101,14 @@ fn adopt_folder(vault: &Vault, dir: &Path) -> Result<Adopted> {
         let path = packs_dir.join(&name);
         let Ok(trailer) = check_pack(vault, &path) else { continue };
         let dest = vault.pack_path(id);
-        if dest.exists() {
+        if crate::model::validate_name("pack id", id).is_err() || vault.dir().exists(&dest) {
             continue;
         }
-        fs::rename(&path, &dest).map_err(|e| Error::io("move adopted pack into place", &dest, e))?;
+        vault.dir().rename(&path, &dest)?;
         let idx_tmp = dir.join(format!("{id}.idx.adopt"));
-        files::write_durable(&idx_tmp, &vault.idx_path(id), &pack::encode_idx(&trailer))?;
+        vault.dir().write_durable(&idx_tmp, &vault.idx_path(id), &pack::encode_idx(&trailer))?;
         a.packs += 1;
-        a.bytes += fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
+        a.bytes += vault.dir().stat(&dest).map(|m| m.len).unwrap_or(0);
     }
     Ok(a)
 }
@@ -117,17 +116,14 @@ fn adopt_folder(vault: &Vault, dir: &Path) -> Result<Adopted> {
 /// Checks a staged pack whole; returns its trailer and footer bytes.
 fn check_pack(vault: &Vault, path: &PathBuf) -> Result<Vec<u8>> {
     let object = format!("staged pack {}", path.display());
-    let bytes = fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    let bytes = vault.dir().read(path, pack::MAX_PACK_LEN)?;
     pack::check_header(&bytes, &object)?;
     if bytes.len() < pack::PACK_HEADER_LEN + pack::FOOTER_LEN {
         return Err(Error::corrupt(object, "truncated"));
     }
     let footer_at = bytes.len() - pack::FOOTER_LEN;
     let (toff, count, crc) = pack::parse_footer(&bytes[footer_at..], &object)?;
-    let tlen = u64::from(count) * pack::ENTRY_LEN as u64;
-    if toff.checked_add(tlen) != Some(footer_at as u64) {
-        return Err(Error::corrupt(object, "trailer offset does not match the length"));
-    }
+    pack::check_trailer_bounds(toff, count, bytes.len() as u64, &object)?;
     let entries = pack::parse_entries(&bytes[toff as usize..footer_at], count, crc, &object)?;
     for e in &entries {
         let start = usize::try_from(e.offset).unwrap_or(usize::MAX);

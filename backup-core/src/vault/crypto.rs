@@ -137,7 +137,33 @@ impl KdfParams {
         KdfParams { memory_kib, iterations, parallelism }
     }
 
+    /// The most memory a slot may ask for: 4 GiB. A config is read from the
+    /// vault before anything in it is authenticated, so its costs are
+    /// bounded: a forged slot must not make opening the vault abort or hang.
+    pub const MAX_MEMORY_KIB: u32 = 4 << 20;
+    /// The most passes a slot may ask for.
+    pub const MAX_ITERATIONS: u32 = 64;
+    /// The most lanes a slot may ask for.
+    pub const MAX_PARALLELISM: u32 = 64;
+
     fn argon2(&self) -> Result<argon2::Argon2<'static>> {
+        if self.memory_kib > Self::MAX_MEMORY_KIB
+            || self.iterations > Self::MAX_ITERATIONS
+            || self.parallelism > Self::MAX_PARALLELISM
+        {
+            return Err(Error::invalid(
+                "argon2id parameters",
+                format!(
+                    "memory {} KiB, {} passes, {} lanes: beyond this build's limits ({} KiB, {} passes, {} lanes)",
+                    self.memory_kib,
+                    self.iterations,
+                    self.parallelism,
+                    Self::MAX_MEMORY_KIB,
+                    Self::MAX_ITERATIONS,
+                    Self::MAX_PARALLELISM
+                ),
+            ));
+        }
         let params = argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
             .map_err(|e| Error::invalid("argon2id parameters", e.to_string()))?;
         Ok(argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params))
@@ -303,6 +329,26 @@ fn slot_aad(vault_id: &str, slot_id: &str) -> Vec<u8> {
 }
 
 /// The key-encryption key of a slot for a key source.
+/// The largest key file read: a key is 32 bytes, a generous one a few KiB.
+const MAX_KEY_FILE_LEN: u64 = 64 << 10;
+
+/// A key file's exact bytes, a trailing newline included (a file made by
+/// [`generate_key_file`] ends with one: it is part of the key, so a copy
+/// must keep it).
+fn read_key_file(path: &std::path::Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| Error::io("read key file", path, e))?;
+    let mut out = Vec::new();
+    f.take(MAX_KEY_FILE_LEN + 1).read_to_end(&mut out).map_err(|e| Error::io("read key file", path, e))?;
+    if out.len() as u64 > MAX_KEY_FILE_LEN {
+        return Err(Error::invalid(
+            format!("key file {}", path.display()),
+            format!("more than {MAX_KEY_FILE_LEN} bytes: not a key file"),
+        ));
+    }
+    Ok(out)
+}
+
 fn slot_key(source: &KeySource, kdf: Option<&SlotKdf>, where_: &str) -> Result<Zeroizing<[u8; 32]>> {
     let mut kek = Zeroizing::new([0u8; 32]);
     match source {
@@ -316,16 +362,20 @@ fn slot_key(source: &KeySource, kdf: Option<&SlotKdf>, where_: &str) -> Result<Z
             }
             let salt = unhex(&kdf.salt).ok_or_else(|| Error::corrupt(where_, "key slot salt is not hex"))?;
             kdf.params
-                .argon2()?
+                .argon2()
+                .map_err(|e| Error::corrupt(where_, e.to_string()))?
                 .hash_password_into(p.as_bytes(), &salt, kek.as_mut())
                 .map_err(|e| Error::invalid("passphrase", e.to_string()))?;
         }
         KeySource::KeyFile(path) => {
-            let contents = Zeroizing::new(std::fs::read(path).map_err(|e| Error::io("read key file", path, e))?);
+            let contents = Zeroizing::new(read_key_file(path)?);
             if contents.len() < MIN_KEY_FILE_LEN {
                 return Err(Error::invalid(
                     format!("key file {}", path.display()),
-                    format!("{} bytes; a key file needs at least {MIN_KEY_FILE_LEN}", contents.len()),
+                    format!(
+                        "{} bytes; a key file needs at least {MIN_KEY_FILE_LEN} (its exact bytes are the key, a trailing newline included)",
+                        contents.len()
+                    ),
                 ));
             }
             *kek = blake3::derive_key("vmbackup 2026-11-25 key file", &contents);
@@ -413,6 +463,14 @@ impl Encryption {
             path: path.to_path_buf(),
             detail: if slots.is_empty() {
                 format!("the vault has no {kind} key slot ({} slot(s) of other kinds)", self.slots.len())
+            } else if let KeySource::KeyFile(f) = source {
+                let len = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+                format!(
+                    "key file {} ({len} bytes) opens none of its {} key file slot(s); the key is the file's exact bytes, \
+                     a trailing newline included, so a copy that gained or lost one is another key",
+                    f.display(),
+                    slots.len()
+                )
             } else {
                 format!("the {kind} opens none of its {} {kind} slot(s)", slots.len())
             },

@@ -195,6 +195,10 @@ pub fn encode(m: &PointManifest, mac_key: &[u8; 32]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The largest manifest file read: 64 MiB holds the segment list of a disk
+/// of tens of TiB.
+pub(crate) const MAX_MANIFEST_LEN: u64 = 64 << 20;
+
 /// Decodes a manifest and checks its MAC.
 ///
 /// # Errors
@@ -232,10 +236,15 @@ pub fn decode(bytes: &[u8], mac_key: &[u8; 32], object: &str) -> Result<PointMan
 fn check_geometry(m: &PointManifest) -> std::result::Result<(), String> {
     crate::model::validate_name("vm name", &m.vm).map_err(|e| e.to_string())?;
     crate::model::validate_name("point id", &m.id).map_err(|e| e.to_string())?;
+    let mut names = std::collections::HashSet::new();
     for d in &m.disks {
         crate::model::validate_name("disk name", &d.name).map_err(|e| e.to_string())?;
+        // Two disks of one name would be restored into one file.
+        if !names.insert(d.name.as_str()) {
+            return Err(format!("disk name {} appears twice", d.name));
+        }
         crate::engine::check_block_size(d.block_size).map_err(|e| format!("disk {}: {e}", d.name))?;
-        if d.entries_per_segment == 0 || d.entries_per_segment > 1 << 24 {
+        if d.entries_per_segment == 0 || d.entries_per_segment > crate::vault::segment::MAX_ENTRIES_PER_SEGMENT {
             return Err(format!("disk {}: {} entries per segment", d.name, d.entries_per_segment));
         }
         let want = d.blocks().div_ceil(u64::from(d.entries_per_segment));
@@ -244,4 +253,27 @@ fn check_geometry(m: &PointManifest) -> std::result::Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manifest_naming_one_disk_twice_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+        std::fs::write(&a, vec![1u8; 1 << 20]).expect("a");
+        std::fs::write(&b, vec![2u8; 1 << 20]).expect("b");
+        let vault = crate::Vault::init(dir.path().join("v")).expect("init");
+        let vm = crate::Vm::from_images("web", &[&a, &b]).expect("vm");
+        let mut m = crate::backup(&vault, &crate::ImageFileProvider::new(), &vm, &crate::BackupOptions::default())
+            .expect("backup")
+            .point;
+        m.disks[1].name = m.disks[0].name.clone();
+        let key = [7u8; 32];
+        let bytes = encode(&m, &key).expect("encode");
+        let e = decode(&bytes, &key, "m").expect_err("two disks of one name");
+        assert!(e.to_string().contains("appears twice"), "{e}");
+    }
 }

@@ -47,6 +47,7 @@
 //! | release of kept snapshots    | none      | removes only `snapshots/` records and their clones      |
 
 mod adopt;
+mod beneath;
 pub(crate) mod crypto;
 mod files;
 pub(crate) mod manifest;
@@ -83,7 +84,8 @@ pub use session::BackupSession;
 /// and the durable-write helpers, so that a repacked pack is written exactly
 /// as a backup writes one.
 pub(crate) mod internals {
-    pub(crate) use super::files::{list, mkdirs, sync_dir, write_durable, write_flushed};
+    pub(crate) use super::beneath::{Kind, Stat};
+    pub(crate) use super::files::mkdirs;
     pub(crate) use super::pack::{encode_idx, encode_trailer, header as pack_header};
 }
 
@@ -93,6 +95,10 @@ pub(crate) mod internals {
 pub const FORMAT_VERSION: u32 = 2;
 /// The format version of a vault without encryption.
 const PLAIN_FORMAT_VERSION: u32 = 1;
+/// The largest config file read: a few key slots take a few KiB.
+pub(crate) const MAX_CONFIG_LEN: u64 = 1 << 20;
+/// The largest VM record or kept-snapshot record read.
+pub(crate) const MAX_RECORD_LEN: u64 = 4 << 20;
 
 /// Where the engine writes a backup. Implemented by [`BackupSession`]; a
 /// host may implement it to route a backup elsewhere.
@@ -311,6 +317,8 @@ pub struct VaultLock {
 /// ```
 pub struct Vault {
     root: PathBuf,
+    /// The vault's folder, held open: every vault path resolves beneath it.
+    dir: beneath::VaultDir,
     config: Config,
     keys: Keys,
     options: VaultOptions,
@@ -352,15 +360,14 @@ impl Vault {
                 return Err(Error::AlreadyExists { path: root });
             }
         }
-        files::mkdirs(&root)?;
-        for d in SUBDIRS {
-            files::mkdirs(&root.join(d))?;
-        }
         let mut key = zeroize::Zeroizing::new([0u8; 32]);
         let mut id = [0u8; 8];
         getrandom::fill(key.as_mut())
             .and_then(|()| getrandom::fill(&mut id))
             .map_err(|e| Error::io("get random bytes for the key of", &root, std::io::Error::other(e)))?;
+        // The config (and its key slots: a key file that cannot be read
+        // fails here) is made before anything is written, so a refused init
+        // leaves nothing behind for a retry to trip over.
         let mut master = None;
         let config = match &options.key {
             None => {
@@ -388,10 +395,29 @@ impl Vault {
             }
         };
         let bytes = serde_json::to_vec_pretty(&config).map_err(|e| Error::invalid("config", e.to_string()))?;
-        files::write_durable(&root.join("tmp").join("config.new"), &root.join("config"), &bytes)?;
-        files::write_flushed(&root.join("lock"), b"")
-            .or_else(|e| if root.join("lock").exists() { Ok(()) } else { Err(e) })?;
-        files::sync_dir(&root)?;
+        let made_root = !root.exists();
+        let written = (|| {
+            files::mkdirs(&root)?;
+            for d in SUBDIRS {
+                files::mkdirs(&root.join(d))?;
+            }
+            files::write_durable(&root.join("tmp").join("config.new"), &root.join("config"), &bytes)?;
+            files::write_flushed(&root.join("lock"), b"")
+                .or_else(|e| if root.join("lock").exists() { Ok(()) } else { Err(e) })?;
+            files::sync_dir(&root)
+        })();
+        if let Err(e) = written {
+            // A full disk or a read-only folder: take back what was made.
+            if made_root {
+                let _ = std::fs::remove_dir_all(&root);
+            } else if let Ok(d) = beneath::VaultDir::open_root(&root) {
+                for name in SUBDIRS.iter().copied().chain(["config", "lock"]) {
+                    let p = root.join(name);
+                    let _ = d.remove_dir_all(&p);
+                }
+            }
+            return Err(e);
+        }
         match master {
             // The key just made: unlocking the slot again would run the
             // passphrase's Argon2id a second time.
@@ -416,12 +442,14 @@ impl Vault {
     pub fn open_with(path: impl AsRef<Path>, options: VaultOptions) -> Result<Vault> {
         let root = path.as_ref().to_path_buf();
         let config_path = root.join("config");
-        let bytes = match std::fs::read(&config_path) {
+        let not_found = |e: &Error| {
+            matches!(e, Error::Io { source, .. }
+                if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory))
+        };
+        let bytes = match beneath::VaultDir::open_root(&root).and_then(|d| d.read(&config_path, MAX_CONFIG_LEN)) {
             Ok(b) => b,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
-                return Err(Error::NotAVault { path: root });
-            }
-            Err(e) => return Err(Error::io("read", config_path, e)),
+            Err(e) if not_found(&e) => return Err(Error::NotAVault { path: root }),
+            Err(e) => return Err(e),
         };
         let value: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| Error::corrupt(format!("vault config {}", config_path.display()), e.to_string()))?;
@@ -482,13 +510,18 @@ impl Vault {
                  for the vault's data (restore the config from a copy)",
             ));
         }
+        let dir = beneath::VaultDir::open_root(&root)?;
         for d in SUBDIRS {
-            if !root.join(d).is_dir() {
-                return Err(Error::corrupt(format!("vault {}", root.display()), format!("folder {d}/ is missing")));
+            if !dir.stat(&root.join(d)).is_ok_and(|s| s.kind == beneath::Kind::Dir) {
+                return Err(Error::corrupt(
+                    format!("vault {}", root.display()),
+                    format!("folder {d}/ is missing, or is not a real folder (a link is never followed)"),
+                ));
             }
         }
         Ok(Vault {
             root,
+            dir,
             config,
             keys,
             options,
@@ -502,6 +535,11 @@ impl Vault {
     /// The vault's folder.
     pub fn path(&self) -> &Path {
         &self.root
+    }
+
+    /// The vault's folder, through which every vault path is opened.
+    pub(crate) fn dir(&self) -> &beneath::VaultDir {
+        &self.dir
     }
 
     /// The vault's random id, made at init.
@@ -581,7 +619,7 @@ impl Vault {
         if let Some(r) = &self.remote {
             return r.pack_ids(self);
         }
-        Ok(files::list(&self.root.join("packs"))?
+        Ok(self.dir.list(&self.root.join("packs"))?
             .into_iter()
             .filter_map(|n| n.strip_suffix(".pack").map(str::to_string))
             .collect())
@@ -629,8 +667,7 @@ impl Vault {
                         Ok(e) => {
                             let blob = pack::encode_trailer(&e, 0);
                             let tmp = self.root.join("tmp").join(format!("{pack}.idx.rebuild"));
-                            let _ = std::fs::remove_file(&tmp);
-                            let _ = files::write_durable(&tmp, &self.idx_path(&pack), &pack::encode_idx(&blob));
+                            let _ = self.dir.write_durable(&tmp, &self.idx_path(&pack), &pack::encode_idx(&blob));
                             e
                         }
                         Err(_) => Vec::new(),
@@ -656,7 +693,7 @@ impl Vault {
     /// The entries of a pack's chunk index file.
     pub(crate) fn read_idx(&self, pack: &str) -> Result<Vec<PackEntry>> {
         let path = self.idx_path(pack);
-        let bytes = files::read(&path)?;
+        let bytes = self.dir.read(&path, pack::MAX_IDX_LEN)?;
         pack::parse_idx(&bytes, &format!("chunk index file {}", path.display()))
     }
 
@@ -664,7 +701,7 @@ impl Vault {
     pub(crate) fn read_trailer(&self, pack: &str) -> Result<Vec<PackEntry>> {
         let path = self.pack_path(pack);
         let object = format!("pack {}", path.display());
-        let f = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+        let f = self.dir.open(&path)?;
         let len = f.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
         if len < (pack::PACK_HEADER_LEN + pack::FOOTER_LEN) as u64 {
             return Err(Error::corrupt(object, format!("only {len} bytes: truncated")));
@@ -672,13 +709,13 @@ impl Vault {
         let mut footer = [0u8; pack::FOOTER_LEN];
         f.read_exact_at(&mut footer, len - pack::FOOTER_LEN as u64).map_err(|e| Error::io("read", &path, e))?;
         let (toff, count, crc) = pack::parse_footer(&footer, &object)?;
+        pack::check_trailer_bounds(toff, count, len, &object)?;
         let tlen = u64::from(count) * pack::ENTRY_LEN as u64;
-        if toff.checked_add(tlen) != Some(len - pack::FOOTER_LEN as u64) {
-            return Err(Error::corrupt(object, "footer's trailer offset does not match the pack's length"));
-        }
         let mut t = vec![0u8; tlen as usize];
         f.read_exact_at(&mut t, toff).map_err(|e| Error::io("read", &path, e))?;
-        pack::parse_entries(&t, count, crc, &object)
+        let entries = pack::parse_entries(&t, count, crc, &object)?;
+        pack::check_entries_within(&entries, toff, &object)?;
+        Ok(entries)
     }
 
     /// The frames of a pack: from its trailer when that is readable, else
@@ -691,7 +728,7 @@ impl Vault {
     pub(crate) fn pack_frames(&self, pack: &str) -> Result<(Vec<PackEntry>, Option<Error>)> {
         let path = self.pack_path(pack);
         let object = format!("pack {}", path.display());
-        let f = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+        let f = self.dir.open(&path)?;
         let len = f.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
         let mut head = [0u8; pack::PACK_HEADER_LEN];
         f.read_exact_at(&mut head, 0).map_err(|_| Error::corrupt(&object, "shorter than a pack header"))?;
@@ -774,8 +811,7 @@ impl Vault {
         if let Some(f) = open.get(&n) {
             return Ok(f.clone());
         }
-        let path = self.pack_path(pack);
-        let f = Arc::new(File::open(&path).map_err(|e| Error::io("open", &path, e))?);
+        let f = Arc::new(self.dir.open(&self.pack_path(pack))?);
         open.insert(n, f.clone());
         Ok(f)
     }
@@ -801,12 +837,12 @@ impl Vault {
         validate_name("vm name", vm)?;
         validate_name("point id", id)?;
         let path = self.vm_points_dir(vm).join(id);
-        let bytes = match std::fs::read(&path) {
+        let bytes = match self.dir.read(&path, manifest::MAX_MANIFEST_LEN) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::NotFound { what: format!("point {id} of vm {vm}") });
             }
-            Err(e) => return Err(Error::io("read", path, e)),
+            Err(e) => return Err(e),
         };
         let object = format!("manifest {}", path.display());
         let bytes = match &self.keys.sealer {
@@ -831,7 +867,7 @@ impl Vault {
         if let Some(r) = &self.remote {
             r.sync_points(self, None)?;
         }
-        files::list(&self.root.join("points"))
+        Ok(self.dir.list(&self.root.join("points"))?.into_iter().filter(|n| validate_name("vm name", n).is_ok()).collect())
     }
 
     /// The ids of a VM's points, without reading them.
@@ -843,7 +879,12 @@ impl Vault {
         if let Some(r) = &self.remote {
             r.sync_points(self, Some(vm))?;
         }
-        Ok(files::list(&self.vm_points_dir(vm))?.into_iter().filter(|n| !n.starts_with('.')).collect())
+        Ok(self
+            .dir
+            .list(&self.vm_points_dir(vm))?
+            .into_iter()
+            .filter(|n| !n.starts_with('.') && validate_name("point id", n).is_ok())
+            .collect())
     }
 
     /// Every readable point of one VM (or of all), oldest first, and the
@@ -915,7 +956,23 @@ impl Vault {
     /// [`Error::NotFound`] when none or several match.
     pub fn find_point(&self, vm: &str, id: &str) -> Result<PointManifest> {
         if id == "latest" {
-            return self.latest_point(vm)?.ok_or_else(|| Error::NotFound { what: format!("any point of vm {vm}") });
+            if let Some(p) = self.latest_point(vm)? {
+                return Ok(p);
+            }
+            // No readable point: say what is damaged rather than "not found".
+            let ids = self.point_ids(vm)?;
+            if let Some(newest) = ids.last() {
+                let e = self.read_point(vm, newest).err();
+                return Err(Error::corrupt(
+                    format!("vm {vm}"),
+                    format!(
+                        "none of its {} point manifest(s) can be read; the newest fails with: {}",
+                        ids.len(),
+                        e.map_or_else(|| "?".to_string(), |e| e.to_string())
+                    ),
+                ));
+            }
+            return Err(Error::NotFound { what: format!("any point of vm {vm}") });
         }
         let ids = self.point_ids(vm)?;
         let matches: Vec<&String> = ids.iter().filter(|p| p.starts_with(id)).collect();
@@ -937,7 +994,7 @@ impl Vault {
         validate_name("vm name", vm)?;
         let path = self.root.join("vms").join(format!("{vm}.json"));
         let object = format!("vm record {}", path.display());
-        match std::fs::read(&path) {
+        match self.dir.read(&path, MAX_RECORD_LEN) {
             Ok(b) => {
                 let b = match &self.keys.sealer {
                     None => b,
@@ -945,8 +1002,8 @@ impl Vault {
                 };
                 serde_json::from_slice(&b).map(Some).map_err(|e| Error::corrupt(object, e.to_string()))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io("read", path, e)),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -962,7 +1019,7 @@ impl Vault {
         if let Some(remote) = &self.remote {
             remote.put_vm_record(&record.vm, &bytes)?;
         }
-        files::write_durable(&tmp, &path, &bytes)
+        self.dir.write_durable(&tmp, &path, &bytes)
     }
 
     /// Starts a backup: a staging area whose objects become part of the
@@ -981,12 +1038,12 @@ impl Vault {
         }
         let path = self.segment_path(id);
         let object = format!("index segment {}", path.display());
-        let bytes = match std::fs::read(&path) {
+        let bytes = match self.dir.read(&path, segment::MAX_SEGMENT_FILE_LEN) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::corrupt(object, "missing"));
             }
-            Err(e) => return Err(Error::io("read", path, e)),
+            Err(e) => return Err(e),
         };
         let bytes = match &self.keys.sealer {
             None => bytes,
@@ -1062,6 +1119,69 @@ impl Vault {
 
     fn vm_record_aad(&self, vm: &str) -> Vec<u8> {
         [b"vmbackup vm record\0", self.config.vault_id.as_bytes(), b"\0", vm.as_bytes()].concat()
+    }
+
+    /// The bytes of a record that drives actions on the host (a kept
+    /// snapshot's record, whose paths release deletes and restore reads):
+    /// its JSON, then a line `mac <keyed BLAKE3>` over the record's kind,
+    /// the vault id, `names` (which file it is) and the JSON, all sealed in
+    /// an encrypted vault. A record moved to another name, another vault,
+    /// or changed, fails [`open_host_record`](Self::open_host_record).
+    ///
+    /// In a vault without encryption the key is derived from the config's
+    /// key, which anyone who can read the vault can read: there the MAC
+    /// stops edits and mix-ups, not a determined forger, and what a record
+    /// may make the host do is confined by other means (see `job::tiers`).
+    pub(crate) fn seal_host_record(&self, kind: &str, names: &[&str], json: &[u8]) -> Result<Vec<u8>> {
+        let aad = self.host_record_aad(kind, names);
+        let mac = blake3::keyed_hash(&self.host_record_key(), &[&aad[..], json].concat());
+        let mut out = json.to_vec();
+        out.extend_from_slice(b"\nmac ");
+        out.extend_from_slice(mac.to_hex().as_bytes());
+        out.push(b'\n');
+        match &self.keys.sealer {
+            None => Ok(out),
+            Some(s) => crypto::seal_file(s, &aad, &out),
+        }
+    }
+
+    /// The JSON of a record sealed by [`seal_host_record`](Self::seal_host_record).
+    ///
+    /// # Errors
+    /// [`Error::Tampered`] when it does not authenticate or is not such a
+    /// record.
+    pub(crate) fn open_host_record(&self, kind: &str, names: &[&str], bytes: &[u8], object: &str) -> Result<Vec<u8>> {
+        let aad = self.host_record_aad(kind, names);
+        let bytes = match &self.keys.sealer {
+            None => bytes.to_vec(),
+            Some(s) => crypto::open_file(s, &aad, bytes, object)?,
+        };
+        let text = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+        let cut = text.iter().rposition(|b| *b == b'\n').ok_or_else(|| Error::tampered(object, "no mac line"))?;
+        let (json, mac_line) = (&text[..cut], &text[cut + 1..]);
+        let found = std::str::from_utf8(mac_line)
+            .ok()
+            .and_then(|l| l.strip_prefix("mac "))
+            .and_then(|h| blake3::Hash::from_hex(h).ok())
+            .ok_or_else(|| Error::tampered(object, "its last line is not a mac"))?;
+        // blake3::Hash compares in constant time.
+        if blake3::keyed_hash(&self.host_record_key(), &[&aad[..], json].concat()) != found {
+            return Err(Error::tampered(object, "mac mismatch: changed, moved, forged, or from another vault"));
+        }
+        Ok(json.to_vec())
+    }
+
+    fn host_record_key(&self) -> [u8; 32] {
+        blake3::derive_key("vmbackup 2026-12-03 host record mac", &self.keys.mac)
+    }
+
+    fn host_record_aad(&self, kind: &str, names: &[&str]) -> Vec<u8> {
+        let mut aad = [b"vmbackup host record\0", kind.as_bytes(), b"\0", self.config.vault_id.as_bytes()].concat();
+        for n in names {
+            aad.push(0);
+            aad.extend_from_slice(n.as_bytes());
+        }
+        aad
     }
 
     /// A manifest's file bytes: its JSON and MAC, sealed in an encrypted vault.
@@ -1168,7 +1288,7 @@ impl Vault {
         let path = self.root.join("config");
         let bytes = match self.remote() {
             Some(r) => r.config_bytes()?,
-            None => files::read(&path)?,
+            None => self.dir.read(&path, MAX_CONFIG_LEN)?,
         };
         serde_json::from_slice(&bytes)
             .map_err(|e| Error::corrupt(format!("vault config {}", path.display()), e.to_string()))
@@ -1182,7 +1302,7 @@ impl Vault {
             remote.put_config(bytes.clone())?;
         }
         let tmp = self.root.join("tmp").join(format!("config.{}", hex(&r)));
-        files::write_durable(&tmp, &self.root.join("config"), &bytes)
+        self.dir.write_durable(&tmp, &self.root.join("config"), &bytes)
     }
 }
 

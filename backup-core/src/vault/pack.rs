@@ -58,6 +58,18 @@ pub const FOOTER_LEN: usize = 8 + 4 + 4 + 8;
 pub const MAX_CHUNK_LEN: u32 = 4 << 20;
 /// The bit of the codec byte that marks a sealed payload.
 pub const SEALED_FLAG: u8 = 0x80;
+/// The most chunks one pack may hold: a writer closes a pack at this count
+/// even below its target size, and a reader refuses a footer that claims
+/// more, so a trailer never costs more than 56 MiB of memory.
+pub const MAX_PACK_ENTRIES: u32 = 1 << 20;
+/// The largest stored payload a frame may have: an LZ4 block of the largest
+/// chunk that did not compress, plus the seal.
+pub const MAX_STORED_LEN: u32 = MAX_CHUNK_LEN + MAX_CHUNK_LEN / 128 + 64;
+/// The largest pack a reader takes whole into memory (adoption of a dead
+/// backup's staged packs); writers close packs far below it.
+pub const MAX_PACK_LEN: u64 = 1 << 30;
+/// The largest chunk index file: magic, the largest trailer, the footer.
+pub const MAX_IDX_LEN: u64 = 8 + MAX_PACK_ENTRIES as u64 * ENTRY_LEN as u64 + FOOTER_LEN as u64;
 
 const _: () = assert!(FRAME_HEADER_LEN == 52);
 const _: () = assert!(ENTRY_LEN == 56);
@@ -198,19 +210,59 @@ pub fn parse_frame_header(h: &[u8], offset: u64, object: &str) -> Result<PackEnt
     let codec = Codec::from_u8(h[4] & !SEALED_FLAG).ok_or_else(|| bad(format!("unknown codec {}", h[4])))?;
     let raw_len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
     let stored_len = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
-    if raw_len == 0 || raw_len > MAX_CHUNK_LEN || stored_len > MAX_CHUNK_LEN + MAX_CHUNK_LEN / 128 + 64 {
-        return Err(bad(format!("impossible lengths raw {raw_len}, stored {stored_len}")));
-    }
-    let overhead = if sealed { crate::vault::crypto::SEAL_OVERHEAD as u32 } else { 0 };
-    if codec == Codec::Raw && raw_len.checked_add(overhead) != Some(stored_len) {
-        return Err(bad(format!("raw chunk with raw length {raw_len} but stored length {stored_len}")));
-    }
-    if stored_len < overhead {
-        return Err(bad(format!("sealed chunk of {stored_len} bytes, shorter than nonce and tag")));
-    }
+    check_lengths(codec, sealed, raw_len, stored_len).map_err(bad)?;
     let mut id = [0u8; 32];
     id.copy_from_slice(&h[20..52]);
     Ok(PackEntry { id: ContentId(id), offset, raw_len, stored_len, codec, sealed })
+}
+
+/// Refuses lengths no writer makes: they would make a reader allocate
+/// gigabytes for one chunk (a trailer entry is checked as a frame header).
+fn check_lengths(codec: Codec, sealed: bool, raw_len: u32, stored_len: u32) -> std::result::Result<(), String> {
+    if raw_len == 0 || raw_len > MAX_CHUNK_LEN || stored_len > MAX_STORED_LEN {
+        return Err(format!("impossible lengths raw {raw_len}, stored {stored_len}"));
+    }
+    let overhead = if sealed { crate::vault::crypto::SEAL_OVERHEAD as u32 } else { 0 };
+    if codec == Codec::Raw && raw_len.checked_add(overhead) != Some(stored_len) {
+        return Err(format!("raw chunk with raw length {raw_len} but stored length {stored_len}"));
+    }
+    if stored_len < overhead {
+        return Err(format!("sealed chunk of {stored_len} bytes, shorter than nonce and tag"));
+    }
+    Ok(())
+}
+
+/// Checks a footer against the pack's length before its trailer is read:
+/// at most [`MAX_PACK_ENTRIES`] entries, ending where the footer starts.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming `object`.
+pub fn check_trailer_bounds(trailer_offset: u64, count: u32, pack_len: u64, object: &str) -> Result<()> {
+    if count > MAX_PACK_ENTRIES {
+        return Err(Error::corrupt(object, format!("footer claims {count} chunks, more than a pack may hold")));
+    }
+    let tlen = u64::from(count) * ENTRY_LEN as u64;
+    if trailer_offset < PACK_HEADER_LEN as u64 || trailer_offset.checked_add(tlen) != pack_len.checked_sub(FOOTER_LEN as u64) {
+        return Err(Error::corrupt(object, "footer's trailer offset does not match the pack's length"));
+    }
+    Ok(())
+}
+
+/// Checks that every entry's frame lies between the pack header and the
+/// trailer.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming `object` and the entry.
+pub fn check_entries_within(entries: &[PackEntry], trailer_offset: u64, object: &str) -> Result<()> {
+    for e in entries {
+        if e.offset < PACK_HEADER_LEN as u64 || e.offset.checked_add(e.frame_len()).is_none_or(|end| end > trailer_offset) {
+            return Err(Error::corrupt(
+                object,
+                format!("trailer entry of chunk {} at byte {} lies outside the pack's frames", e.id, e.offset),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a whole frame (header and payload) against `expected`, opens a
@@ -331,6 +383,9 @@ pub fn parse_footer(footer: &[u8], object: &str) -> Result<(u64, u32, u32)> {
 /// # Errors
 /// [`Error::Corrupt`] naming `object`.
 pub fn parse_entries(bytes: &[u8], count: u32, crc: u32, object: &str) -> Result<Vec<PackEntry>> {
+    if count > MAX_PACK_ENTRIES {
+        return Err(Error::corrupt(object, format!("footer claims {count} chunks, more than a pack may hold")));
+    }
     if bytes.len() != count as usize * ENTRY_LEN {
         return Err(Error::corrupt(object, "trailer length does not match its entry count"));
     }
@@ -346,14 +401,17 @@ pub fn parse_entries(bytes: &[u8], count: u32, crc: u32, object: &str) -> Result
             o.copy_from_slice(&e[32..40]);
             let codec = Codec::from_u8(e[48] & !SEALED_FLAG)
                 .ok_or_else(|| Error::corrupt(object, format!("unknown codec {}", e[48])))?;
-            Ok(PackEntry {
+            let entry = PackEntry {
                 id: ContentId(id),
                 offset: u64::from_le_bytes(o),
                 raw_len: u32::from_le_bytes([e[40], e[41], e[42], e[43]]),
                 stored_len: u32::from_le_bytes([e[44], e[45], e[46], e[47]]),
                 codec,
                 sealed: e[48] & SEALED_FLAG != 0,
-            })
+            };
+            check_lengths(codec, entry.sealed, entry.raw_len, entry.stored_len)
+                .map_err(|d| Error::corrupt(object, format!("trailer entry of chunk {}: {d}", entry.id)))?;
+            Ok(entry)
         })
         .collect()
 }
@@ -426,5 +484,25 @@ mod tests {
         assert_eq!(parse_trailer(&blob, "p").expect("parses"), entries);
         assert!(parse_trailer(&blob[..blob.len() - 1], "p").is_err());
         assert!(parse_idx(&encode_idx(&blob), "i").is_ok());
+    }
+
+    #[test]
+    fn trailer_counts_and_lengths_are_bounded_before_anything_is_allocated() {
+        let e = check_trailer_bounds(16, u32::MAX, 16 + u64::from(u32::MAX) * 56 + 24, "p").expect_err("count");
+        assert!(e.to_string().contains("more than a pack may hold"), "{e}");
+        let mut entry = PackEntry {
+            id: ContentId([1; 32]),
+            offset: 16,
+            raw_len: 100,
+            stored_len: 0xFFFF_FFF0,
+            codec: Codec::Lz4,
+            sealed: false,
+        };
+        let blob = encode_trailer(&[entry], 16 + 52 + 100);
+        let e = parse_trailer(&blob, "p").expect_err("stored length");
+        assert!(e.to_string().contains("impossible lengths"), "{e}");
+        entry.stored_len = 90;
+        let e = check_entries_within(&[entry], 100, "p").expect_err("frame past the trailer");
+        assert!(e.to_string().contains("outside"), "{e}");
     }
 }

@@ -20,10 +20,10 @@
 //! block padded with zeros and the file is then cut to its real length;
 //! `finish` flushes the file before anything names it.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -165,20 +165,16 @@ fn write_at(file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
 
 impl PackWriter {
     /// Creates `path`, which must not exist; `direct` asks for `O_DIRECT`.
-    pub(super) fn create(path: &Path, pool: Arc<BufferPool>, direct: bool) -> Result<PackWriter> {
-        let open = |direct: bool| {
-            let mut o = OpenOptions::new();
-            o.write(true).create_new(true);
-            if direct {
-                o.custom_flags(libc::O_DIRECT);
-            }
-            o.open(path)
-        };
-        let file = match open(direct) {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => open(false),
+    pub(super) fn create(
+        vdir: &super::beneath::VaultDir,
+        path: &Path,
+        pool: Arc<BufferPool>,
+        direct: bool,
+    ) -> Result<PackWriter> {
+        let file = match vdir.create_new_with(path, if direct { libc::O_DIRECT } else { 0 }) {
+            Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => vdir.create_new(path),
             other => other,
-        }
-        .map_err(|e| Error::io("create", path, e))?;
+        }?;
         let file = Arc::new(file);
         let buf = pool.take();
         if !direct {
@@ -310,7 +306,7 @@ mod tests {
         {
             let path = dir.path().join(format!("p{len}-{direct}"));
             let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
-            let mut w = PackWriter::create(&path, pool.clone(), direct).expect("pack writer");
+            let mut w = PackWriter::create(&crate::vault::beneath::VaultDir::open_root(dir.path()).expect("vault dir"), &path, pool.clone(), direct).expect("pack writer");
             for piece in data.chunks(33_333) {
                 w.write_all(piece).expect("pack writer");
             }
@@ -318,7 +314,7 @@ mod tests {
             assert_eq!(std::fs::read(&path).expect("read back"), data, "length {len}, direct {direct}");
             // All at once: longer than a buffer.
             let path = dir.path().join(format!("q{len}-{direct}"));
-            let mut w = PackWriter::create(&path, pool.clone(), direct).expect("pack writer");
+            let mut w = PackWriter::create(&crate::vault::beneath::VaultDir::open_root(dir.path()).expect("vault dir"), &path, pool.clone(), direct).expect("pack writer");
             w.write_all(&data).expect("pack writer");
             w.finish().expect("pack writer");
             assert_eq!(std::fs::read(&path).expect("read back"), data, "length {len}, direct {direct}, one write");
@@ -330,7 +326,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("p");
         std::fs::write(&path, b"x").expect("pack writer");
-        let e = PackWriter::create(&path, Arc::new(BufferPool::default()), true).err().expect("pack writer");
+        let e = PackWriter::create(&crate::vault::beneath::VaultDir::open_root(dir.path()).expect("vault dir"), &path, Arc::new(BufferPool::default()), true).err().expect("pack writer");
         assert!(e.to_string().contains("create"), "{e}");
     }
 
@@ -339,7 +335,7 @@ mod tests {
     fn writes_where_direct_io_is_refused() {
         let Ok(dir) = tempfile::tempdir_in("/dev/shm") else { return };
         let path = dir.path().join("p");
-        let mut w = PackWriter::create(&path, Arc::new(BufferPool::default()), true).expect("pack writer");
+        let mut w = PackWriter::create(&crate::vault::beneath::VaultDir::open_root(dir.path()).expect("vault dir"), &path, Arc::new(BufferPool::default()), true).expect("pack writer");
         w.write_all(&[5u8; BUFFER_BYTES + 10]).expect("pack writer");
         w.finish().expect("pack writer");
         assert_eq!(std::fs::read(&path).expect("read back"), vec![5u8; BUFFER_BYTES + 10]);

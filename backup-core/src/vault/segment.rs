@@ -25,6 +25,12 @@ pub const SEGMENT_MAGIC: [u8; 8] = *b"VMBSEG\0\0";
 /// Blocks per segment: 2048 blocks are 128 MiB of disk at 64 KiB blocks,
 /// and at most 64 KiB of ids.
 pub const ENTRIES_PER_SEGMENT: u32 = 2048;
+/// The most entries a segment may hold in any vault: readers refuse more,
+/// so that one segment never costs more than a few MiB of memory.
+pub const MAX_ENTRIES_PER_SEGMENT: u32 = 1 << 16;
+/// The largest segment file read: a full segment, sealed.
+pub(crate) const MAX_SEGMENT_FILE_LEN: u64 =
+    16 + (MAX_ENTRIES_PER_SEGMENT as u64).div_ceil(8) + MAX_ENTRIES_PER_SEGMENT as u64 * 32 + 256;
 
 /// The entries of one segment: `Some(id)` for a stored block, `None` for a
 /// zero block.
@@ -62,7 +68,7 @@ pub fn decode(bytes: &[u8], object: &str) -> Result<Entries> {
     }
     let count = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
     let present = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
-    if count > 1 << 24 {
+    if count > MAX_ENTRIES_PER_SEGMENT as usize {
         return Err(bad("impossible entry count"));
     }
     let bitmap_len = count.div_ceil(8);
@@ -101,5 +107,21 @@ mod tests {
         let mut flipped = bytes.clone();
         flipped[16] ^= 0x02; // one more set bit than ids
         assert!(decode(&flipped, "s").is_err());
+    }
+
+    #[test]
+    fn a_segment_of_two_to_the_24_entries_is_refused_before_it_is_allocated() {
+        // 2^24 entries, none present: 16 + 2 MiB bytes that decode to a
+        // 550 MB vector if the count is believed.
+        let count: u32 = 1 << 24;
+        let mut bytes = SEGMENT_MAGIC.to_vec();
+        bytes.extend_from_slice(&count.to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.resize(16 + (count as usize).div_ceil(8), 0);
+        let e = decode(&bytes, "s").expect_err("too many entries");
+        assert!(e.to_string().contains("impossible entry count"), "{e}");
+        // The largest segment the format allows still decodes.
+        let full: Entries = vec![None; MAX_ENTRIES_PER_SEGMENT as usize];
+        assert_eq!(decode(&encode(&full), "s").expect("decodes").len(), full.len());
     }
 }

@@ -2,14 +2,15 @@
 //! and segments wait until the point is committed.
 
 use std::collections::HashSet;
-use std::fs::{self, File};
+use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::pack_writer::{BufferPool, Handoff, PackWriter};
-use super::{Codec, LockMode, PackEntry, PointManifest, Vault, VaultLock, VaultSink, files, pack};
+use super::beneath::VaultDir;
+use super::{Codec, LockMode, PackEntry, PointManifest, Vault, VaultLock, VaultSink, pack};
 use crate::error::{Error, Result};
 use crate::model::{ContentId, hex};
 
@@ -61,13 +62,13 @@ const MAX_FINISHING: usize = 2;
 
 /// Writes the trailer, flushes the pack and stages its index file.
 /// Returns the pack's id and the bytes it added past its frames.
-fn finish_pack(dir: &std::path::Path, p: OpenPack) -> Result<(String, u64)> {
+fn finish_pack(vdir: &VaultDir, dir: &std::path::Path, p: OpenPack) -> Result<(String, u64)> {
     let OpenPack { id, mut out, offset, entries } = p;
     let trailer = pack::encode_trailer(&entries, offset);
     out.write_all(&trailer)?;
     out.finish()?;
     let idx = pack::encode_idx(&trailer);
-    files::write_flushed(&dir.join("index").join(format!("{id}.idx")), &idx)?;
+    vdir.write_flushed(&dir.join("index").join(format!("{id}.idx")), &idx)?;
     Ok((id, (trailer.len() + idx.len()) as u64))
 }
 
@@ -106,9 +107,9 @@ impl<'v> BackupSession<'v> {
             .map_err(|e| Error::io("get random bytes in", vault.path(), std::io::Error::other(e)))?;
         let dir = vault.path().join("tmp").join(format!("backup-{}-{}", std::process::id(), hex(&r)));
         for sub in ["packs", "index", "segments"] {
-            files::mkdirs(&dir.join(sub))?;
+            vault.dir().mkdirs(&dir.join(sub))?;
         }
-        let session_lock = super::adopt::lock_session(&dir)?;
+        let session_lock = super::adopt::lock_session(vault, &dir)?;
         Ok(BackupSession {
             vault,
             dir,
@@ -141,7 +142,7 @@ impl<'v> BackupSession<'v> {
         getrandom::fill(&mut r).map_err(|e| Error::io("get random bytes in", &self.dir, std::io::Error::other(e)))?;
         let id = hex(&r);
         let path = self.dir.join("packs").join(format!("{id}.pack"));
-        let mut out = PackWriter::create(&path, self.buffers.clone(), self.vault.options().direct_io)?;
+        let mut out = PackWriter::create(self.vault.dir(), &path, self.buffers.clone(), self.vault.options().direct_io)?;
         let header = pack::header();
         out.write_all(&header)?;
         self.bytes_added.fetch_add(header.len() as u64, Ordering::Relaxed);
@@ -162,7 +163,7 @@ impl<'v> BackupSession<'v> {
             self.join_finishing(h)?;
         }
         for open in self.open.take_all() {
-            let (id, added) = finish_pack(&self.dir, open)?;
+            let (id, added) = finish_pack(self.vault.dir(), &self.dir, open)?;
             self.bytes_added.fetch_add(added, Ordering::Relaxed);
             self.staged().packs.push(id);
         }
@@ -177,18 +178,18 @@ impl<'v> BackupSession<'v> {
         for id in &packs {
             let from = self.dir.join("packs").join(format!("{id}.pack"));
             let to = vault.pack_path(id);
-            fs::rename(&from, &to).map_err(|e| Error::io("move pack into place", &to, e))?;
+            vault.dir().rename(&from, &to)?;
         }
-        files::sync_dir(&vault.path().join("packs"))?;
+        vault.dir().sync_dir(&vault.path().join("packs"))?;
         for id in &packs {
             let from = self.dir.join("index").join(format!("{id}.idx"));
             let to = vault.idx_path(id);
-            fs::rename(&from, &to).map_err(|e| Error::io("move chunk index into place", &to, e))?;
+            vault.dir().rename(&from, &to)?;
         }
-        files::sync_dir(&vault.path().join("index"))?;
+        vault.dir().sync_dir(&vault.path().join("index"))?;
         for id in &segments {
             let path = self.dir.join("segments").join(id.to_hex());
-            File::open(&path).and_then(|f| f.sync_all()).map_err(|e| Error::io("flush", &path, e))?;
+            vault.dir().open(&path)?.sync_all().map_err(|e| Error::io("flush", &path, e))?;
         }
         let mut dirs = HashSet::new();
         for id in &segments {
@@ -196,14 +197,14 @@ impl<'v> BackupSession<'v> {
             let to = vault.segment_path(id);
             let parent = to.parent().map(PathBuf::from).unwrap_or_default();
             if dirs.insert(parent.clone()) {
-                files::mkdirs(&parent)?;
+                vault.dir().mkdirs(&parent)?;
             }
-            fs::rename(&from, &to).map_err(|e| Error::io("move index segment into place", &to, e))?;
+            vault.dir().rename(&from, &to)?;
         }
         for d in &dirs {
-            files::sync_dir(d)?;
+            vault.dir().sync_dir(d)?;
         }
-        files::sync_dir(&vault.path().join("segments"))?;
+        vault.dir().sync_dir(&vault.path().join("segments"))?;
         Ok(())
     }
 }
@@ -236,17 +237,18 @@ impl VaultSink for BackupSession<'_> {
         let entry = PackEntry { id: *id, offset: p.offset, raw_len, stored_len: payload.len() as u32, codec, sealed };
         p.entries.push(entry);
         p.offset += entry.frame_len();
-        let full = p.offset >= self.vault.options().pack_target_size;
+        let full = p.offset >= self.vault.options().pack_target_size
+            || p.entries.len() >= pack::MAX_PACK_ENTRIES as usize;
         let added = entry.frame_len();
         self.bytes_added.fetch_add(added, Ordering::Relaxed);
         if full && let Some(done) = slot.take() {
             drop(slot);
             // The fsync of a full pack runs on a thread of its own, outside
             // this lock: under it, every worker would wait for the disk.
-            let dir = self.dir.clone();
+            let (vdir, dir) = (self.vault.dir().clone(), self.dir.clone());
             let h = std::thread::Builder::new()
                 .name("vmbackup-pack".into())
-                .spawn(move || finish_pack(&dir, done))
+                .spawn(move || finish_pack(&vdir, &dir, done))
                 .map_err(|e| Error::io("start a thread to finish a pack in", &self.dir, e))?;
             let oldest = {
                 let mut st = self.staged();
@@ -266,7 +268,7 @@ impl VaultSink for BackupSession<'_> {
 
     fn put_segment(&self, bytes: &[u8]) -> Result<(ContentId, u64)> {
         let id = ContentId(*blake3::keyed_hash(self.vault.segment_key(), bytes).as_bytes());
-        if self.staged().segments.contains(&id) || self.vault.segment_path(&id).exists() {
+        if self.staged().segments.contains(&id) || self.vault.dir().exists(&self.vault.segment_path(&id)) {
             return Ok((id, 0));
         }
         let bytes = &*self.vault.seal_segment(&id, bytes)?;
@@ -274,7 +276,7 @@ impl VaultSink for BackupSession<'_> {
         // Another thread of this session may stage the same segment at once.
         // It is flushed in `publish`: an fsync here would stall every
         // worker between two segments of a disk.
-        match files::write_new(&path, bytes) {
+        match self.vault.dir().write_new(&path, bytes) {
             Ok(_) => {}
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Ok((id, 0));
@@ -288,8 +290,10 @@ impl VaultSink for BackupSession<'_> {
 
     fn commit_point(&self, mut m: PointManifest) -> Result<PointManifest> {
         self.publish()?;
+        crate::model::validate_name("vm name", &m.vm)?;
+        crate::model::validate_name("point id", &m.id)?;
         let dir = self.vault.path().join("points").join(&m.vm);
-        files::mkdirs(&dir)?;
+        self.vault.dir().mkdirs(&dir)?;
         // The manifest's own length counts as added; it is known only once
         // encoded, and its digits change its length: settle in two passes.
         let base = self.bytes_added.load(Ordering::Relaxed);
@@ -310,12 +314,12 @@ impl VaultSink for BackupSession<'_> {
             return Ok(m);
         }
         let tmp = self.dir.join("manifest");
-        files::write_flushed(&tmp, &bytes)?;
+        self.vault.dir().write_flushed(&tmp, &bytes)?;
         let dest = dir.join(&m.id);
         // A hard link never replaces: two points can never share an id.
-        fs::hard_link(&tmp, &dest).map_err(|e| Error::io("publish manifest", &dest, e))?;
-        files::sync_dir(&dir)?;
-        files::sync_dir(&self.vault.path().join("points"))?;
+        self.vault.dir().hard_link(&tmp, &dest)?;
+        self.vault.dir().sync_dir(&dir)?;
+        self.vault.dir().sync_dir(&self.vault.path().join("points"))?;
         self.committed.store(true, Ordering::SeqCst);
         self.vault.refresh_index()?;
         Ok(m)
@@ -332,6 +336,6 @@ impl Drop for BackupSession<'_> {
         for h in finishing {
             let _ = h.join();
         }
-        let _ = fs::remove_dir_all(&self.dir);
+        let _ = self.vault.dir().remove_dir_all(&self.dir);
     }
 }

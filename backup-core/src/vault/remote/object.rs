@@ -233,6 +233,20 @@ fn info(key: String, m: &object_store::ObjectMeta) -> ObjectInfo {
     ObjectInfo { key, size: m.size, modified: SystemTime::from(m.last_modified) }
 }
 
+/// The largest object fetched whole (configs, index files, manifests,
+/// segments, VM records, gc marks): the largest of those the format allows
+/// (a manifest, 64 MiB). Packs are read by ranges, each bounded by a frame.
+/// Whoever can write the store must not make a reader hold gigabytes.
+const MAX_WHOLE_OBJECT: u64 = 64 << 20;
+
+fn too_big(path: &ObjectPath, size: u64) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "vault",
+        source: format!("{path} holds {size} bytes, more than any vault object fetched whole may ({MAX_WHOLE_OBJECT})")
+            .into(),
+    }
+}
+
 impl Store for ObjectBackend {
     fn url(&self, key: &str) -> String {
         if key.is_empty() { self.url.clone() } else { format!("{}/{key}", self.url) }
@@ -243,6 +257,7 @@ impl Store for ObjectBackend {
         let store = &self.store;
         let r = self.run(with_retries(|| async {
             match store.get(&path).await {
+                Ok(g) if g.meta.size > MAX_WHOLE_OBJECT => Err(too_big(&path, g.meta.size)),
                 Ok(g) => g.bytes().await.map(|b| Some(b.to_vec())),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(e),
@@ -258,6 +273,7 @@ impl Store for ObjectBackend {
             async move {
                 let r = with_retries(|| async {
                     match store.get(&path).await {
+                        Ok(g) if g.meta.size > MAX_WHOLE_OBJECT => Err(too_big(&path, g.meta.size)),
                         Ok(g) => g.bytes().await.map(|b| Some(b.to_vec())),
                         Err(object_store::Error::NotFound { .. }) => Ok(None),
                         Err(e) => Err(e),
