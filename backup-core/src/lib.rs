@@ -52,6 +52,7 @@ mod policy;
 mod prune;
 mod repair;
 mod restore;
+mod restore_output;
 mod snapshot;
 mod throttle;
 mod vault;

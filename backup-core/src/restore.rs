@@ -95,13 +95,28 @@ impl FileTarget {
     /// I/O errors; a device that is too small.
     pub fn create(path: impl AsRef<Path>, size: u64) -> Result<FileTarget> {
         let path = path.as_ref();
-        let is_device = fs::metadata(path).map(|m| m.file_type().is_block_device()).unwrap_or(false);
+        let meta = fs::metadata(path).ok();
+        let is_device = meta.as_ref().is_some_and(|m| m.file_type().is_block_device());
+        if let Some(m) = &meta
+            && !is_device
+            && !m.is_file()
+        {
+            return Err(Error::invalid(
+                "restore target",
+                format!("{}: not a regular file or block device (a folder, FIFO, socket or character device)", path.display()),
+            ));
+        }
         let file = OpenOptions::new()
             .write(true)
             .create(!is_device)
             .truncate(!is_device)
             .open(path)
             .map_err(|e| Error::io("create restore target", path, e))?;
+        Self::from_file(file, path, size, is_device)
+    }
+
+    /// A target over an open file or block device, sized for `size` bytes.
+    pub(crate) fn from_file(file: File, path: &Path, size: u64, is_device: bool) -> Result<FileTarget> {
         if is_device {
             use std::io::Seek;
             let dev_size = (&file).seek(io::SeekFrom::End(0)).map_err(|e| Error::io("find the size of", path, e))?;
@@ -116,7 +131,16 @@ impl FileTarget {
         }
         // Not every file system takes O_DIRECT (tmpfs before Linux 6.6,
         // some FUSE ones): then the page cache does all the writing.
-        let direct = OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path).ok();
+        // The same file again with O_DIRECT, through the process's own view
+        // of the descriptor: never another file that took its name since.
+        let direct = {
+            use std::os::fd::AsRawFd;
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+                .ok()
+        };
         Ok(FileTarget {
             file,
             direct,
@@ -319,24 +343,14 @@ fn restore_record_to_path(
     to: &Path,
     options: &RestoreOptions,
 ) -> Result<RestoreStats> {
-    let is_device = fs::metadata(to).map(|m| m.file_type().is_block_device()).unwrap_or(false);
-    if is_device {
-        let target = FileTarget::create(to, record.size)?;
-        return restore_record(vault, point, record, &target, options);
-    }
-    let name = to.file_name().and_then(|n| n.to_str()).unwrap_or("disk");
-    let tmp = to.with_file_name(format!(".{name}.restoring"));
-    let target = FileTarget::create(&tmp, record.size)?;
-    match restore_record(vault, point, record, &target, options) {
-        Ok(stats) => {
-            fs::rename(&tmp, to).map_err(|e| Error::io("rename restored disk into place", to, e))?;
-            Ok(stats)
-        }
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+    let out = crate::restore_output::Output::open(to)?;
+    let file = out.file.try_clone().map_err(|e| Error::io("open restore target", &out.path, e))?;
+    let target = FileTarget::from_file(file, &out.path, record.size, out.device)?;
+    let stats = restore_record(vault, point, record, &target, options)?;
+    drop(target);
+    // A failure or cancel above drops `out`, which removes its file.
+    out.commit()?;
+    Ok(stats)
 }
 
 /// Restores every disk of a point into a folder (created if needed), one

@@ -93,7 +93,7 @@ fn a_reflink_snapshot_is_kept_restored_from_and_released_after_its_days() {
     // The VM goes on writing; the snapshot tier still restores the point.
     fs::write(&img, data(2, 8 << 20)).expect("write");
     let out = fs_.at.join("from-snapshot.img");
-    let stats = restore_disk_from_snapshot(&vault, &report.point, "root.img", &out).expect("restore").expect("tier");
+    let stats = restore_disk_from_snapshot(&vault, &report.point, "root.img", &out, &RestoreOptions::default()).expect("restore").expect("tier");
     assert_eq!(stats.size, 8 << 20);
     assert_eq!(fs::read(&out).expect("read"), first);
     let from_vault = fs_.at.join("from-vault.img");
@@ -106,7 +106,7 @@ fn a_reflink_snapshot_is_kept_restored_from_and_released_after_its_days() {
     assert_eq!(r.released.len(), 1);
     assert!(clones(&fs_.at).is_empty());
     assert_eq!(point_tiers(&vault, &report.point).expect("tiers"), ["vault"]);
-    assert!(restore_disk_from_snapshot(&vault, &report.point, "root.img", &out).expect("restore").is_none());
+    assert!(restore_disk_from_snapshot(&vault, &report.point, "root.img", &out, &RestoreOptions::default()).expect("restore").is_none());
 }
 
 /// A device that waits for a signal before its first read.

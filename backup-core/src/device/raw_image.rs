@@ -35,8 +35,27 @@ impl RawImage {
     /// block device.
     pub fn open(path: impl AsRef<Path>) -> Result<RawImage> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| Error::io("open disk image", path, e))?;
+        // O_NONBLOCK: a FIFO named as a disk must be refused, not waited on
+        // for a writer that never comes; it is cleared once the type is known.
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            File::options()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)
+                .map_err(|e| Error::io("open disk image", path, e))?
+        };
         let meta = file.metadata().map_err(|e| Error::io("stat disk image", path, e))?;
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: fcntl F_GETFL/F_SETFL on a descriptor `file` owns.
+            unsafe {
+                let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+                if flags >= 0 {
+                    libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+                }
+            }
+        }
         let size = if meta.is_file() {
             meta.len()
         } else {

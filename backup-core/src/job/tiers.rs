@@ -21,6 +21,21 @@
 //! committing its point or whose point was pruned. Backup jobs run it for
 //! their VM at the end; `vmbackup release-expired` and `vmbackup schedule`
 //! run it for the whole vault.
+//!
+//! ## Records drive host actions, so they are checked twice
+//!
+//! A record names files outside the vault that release deletes and restore
+//! reads, and the vault may be writable by others. So:
+//! - a record is authenticated: its JSON ends with a MAC line over the
+//!   vault id, VM, point and JSON, and is sealed in an encrypted vault
+//!   (`Vault::seal_host_record`); its VM, point and job must be valid
+//!   names and match the file's own name;
+//! - a file it names is opened without following a link, must be a regular
+//!   file, and must carry the mark `v1 kept VAULT_ID VM POINT DISK` that
+//!   the job set on it when it kept it (`snapshot::clone_mark`: a `trusted.`
+//!   attribute when root, which whoever writes the vault cannot set). Size
+//!   and time are checked on that same open file. Anything else is refused
+//!   by name, never deleted, never read.
 
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
@@ -30,7 +45,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::{hex, validate_name};
-use crate::restore::RestoreStats;
+use crate::restore::{RestoreOptions, RestoreStats};
 use crate::snapshot::KeptDisk;
 use crate::vault::{PointManifest, Vault};
 
@@ -78,18 +93,34 @@ fn modified_ns(m: &std::fs::Metadata) -> Option<i128> {
 }
 
 impl KeptSnapshot {
-    /// Whether every disk file is there, as it was when kept.
-    pub fn usable(&self) -> bool {
-        self.disks.iter().all(|d| match std::fs::metadata(&d.path) {
-            Ok(m) => m.is_file() && m.len() == d.size && modified_ns(&m) == d.modified_ns,
-            Err(_) => false,
-        })
+    /// Whether every disk file is there, as it was when kept, and carries
+    /// this vault's mark for this point and disk.
+    pub fn usable(&self, vault: &Vault) -> bool {
+        self.disks.iter().all(|d| self.open_disk(vault, d).is_ok())
+    }
+
+    /// Opens a disk's file when it is the clone this record kept: marked
+    /// for it, the same size and time.
+    fn open_disk(&self, vault: &Vault, d: &KeptFile) -> Result<std::fs::File> {
+        let mark = crate::snapshot::clone_mark::kept(vault.id(), &self.vm, &self.point, &d.name);
+        let f = crate::snapshot::clone_mark::open_marked(&d.path, &mark)?;
+        let m = f.metadata().map_err(|e| Error::io("stat kept snapshot", &d.path, e))?;
+        if m.len() != d.size || modified_ns(&m) != d.modified_ns {
+            return Err(Error::invalid(
+                "kept snapshot",
+                format!("{} changed since it was kept (size or modification time)", d.path.display()),
+            ));
+        }
+        Ok(f)
     }
 }
 
 fn snapshots_dir(vault: &Vault, vm: &str) -> PathBuf {
     vault.path().join("snapshots").join(vm)
 }
+
+/// The kind of host record a kept snapshot's record is (see `Vault::seal_host_record`).
+const RECORD_KIND: &str = "kept snapshot";
 
 fn record_path(vault: &Vault, vm: &str, point: &str) -> PathBuf {
     snapshots_dir(vault, vm).join(format!("{point}.json"))
@@ -107,9 +138,17 @@ pub(crate) fn write_kept(
     expires: Timestamp,
     disks: &[KeptDisk],
 ) -> Result<KeptSnapshot> {
+    validate_name("vm name", vm)?;
+    validate_name("point id", point)?;
+    validate_name("job id", job)?;
     let mut files = Vec::new();
     for d in disks {
-        let m = std::fs::metadata(&d.path).map_err(|e| Error::io("stat snapshot clone", &d.path, e))?;
+        // The mark, set through a descriptor that did not follow a link, is
+        // what later lets release and restore trust this path.
+        let f = open_for_mark(&d.path)?;
+        crate::snapshot::clone_mark::set(&f, &crate::snapshot::clone_mark::kept(vault.id(), vm, point, &d.name))
+            .map_err(|e| Error::io("mark snapshot clone as kept", &d.path, e))?;
+        let m = f.metadata().map_err(|e| Error::io("stat snapshot clone", &d.path, e))?;
         files.push(KeptFile {
             name: d.name.clone(),
             path: d.path.clone(),
@@ -127,24 +166,22 @@ pub(crate) fn write_kept(
         disks: files,
     };
     let dir = snapshots_dir(vault, vm);
-    crate::vault::internals::mkdirs(&dir)?;
-    let bytes =
-        serde_json::to_vec_pretty(&record).map_err(|e| Error::invalid("kept snapshot record", e.to_string()))?;
+    vault.dir().mkdirs(&dir)?;
+    let json = serde_json::to_vec_pretty(&record).map_err(|e| Error::invalid("kept snapshot record", e.to_string()))?;
+    let bytes = vault.seal_host_record(RECORD_KIND, &[vm, point], &json)?;
     let mut r = [0u8; 6];
     let _ = getrandom::fill(&mut r);
     let tmp = vault.path().join("tmp").join(format!("snapshot-{vm}-{point}.{}", hex(&r)));
-    crate::vault::internals::write_durable(&tmp, &record_path(vault, vm, point), &bytes)?;
+    vault.dir().write_durable(&tmp, &record_path(vault, vm, point), &bytes)?;
     Ok(record)
 }
 
 /// Removes a kept snapshot's record (after its files, or when they are gone).
 pub(crate) fn remove_kept(vault: &Vault, vm: &str, point: &str) -> Result<()> {
-    let path = record_path(vault, vm, point);
-    match std::fs::remove_file(&path) {
-        Ok(()) => crate::vault::internals::sync_dir(&snapshots_dir(vault, vm)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("remove kept snapshot record", path, e)),
+    if vault.dir().remove_file_if_exists(&record_path(vault, vm, point))? {
+        vault.dir().sync_dir(&snapshots_dir(vault, vm))?;
     }
+    Ok(())
 }
 
 /// The snapshots kept for instant restore, of one VM or of all, with the
@@ -159,25 +196,21 @@ pub fn kept_snapshots(vault: &Vault, vm: Option<&str>) -> Result<(Vec<KeptSnapsh
             validate_name("vm name", v)?;
             vec![v.to_string()]
         }
-        None => crate::vault::internals::list(&root)?,
+        None => vault.dir().list(&root)?,
     };
     let mut out = Vec::new();
     let mut bad = Vec::new();
     for vm in vms {
-        for name in crate::vault::internals::list(&root.join(&vm))? {
-            if !name.ends_with(".json") {
-                continue;
-            }
-            let path = root.join(&vm).join(&name);
-            match std::fs::read(&path) {
-                Ok(b) => match serde_json::from_slice::<KeptSnapshot>(&b) {
-                    Ok(k) => out.push(k),
-                    Err(e) => {
-                        bad.push(Error::corrupt(format!("kept snapshot record {}", path.display()), e.to_string()))
-                    }
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => bad.push(Error::io("read kept snapshot record", path, e)),
+        if let Err(e) = validate_name("vm name", &vm) {
+            bad.push(Error::corrupt(format!("kept snapshot folder {}", root.join(&vm).display()), e.to_string()));
+            continue;
+        }
+        for name in vault.dir().list(&root.join(&vm))? {
+            let Some(point) = name.strip_suffix(".json") else { continue };
+            match read_record(vault, &vm, point) {
+                Ok(Some(k)) => out.push(k),
+                Ok(None) => {}
+                Err(e) => bad.push(e),
             }
         }
     }
@@ -190,16 +223,48 @@ pub fn kept_snapshots(vault: &Vault, vm: Option<&str>) -> Result<(Vec<KeptSnapsh
 /// # Errors
 /// A bad name; a damaged record.
 pub fn kept_snapshot(vault: &Vault, vm: &str, point: &str) -> Result<Option<KeptSnapshot>> {
+    let Some(k) = read_record(vault, vm, point)? else { return Ok(None) };
+    Ok(k.usable(vault).then_some(k))
+}
+
+/// Reads, authenticates and checks the record of a point's kept snapshot.
+///
+/// # Errors
+/// Bad names; a record that is damaged, forged, or names another point.
+fn read_record(vault: &Vault, vm: &str, point: &str) -> Result<Option<KeptSnapshot>> {
     validate_name("vm name", vm)?;
     validate_name("point id", point)?;
     let path = record_path(vault, vm, point);
-    let k: KeptSnapshot = match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map_err(|e| Error::corrupt(format!("kept snapshot record {}", path.display()), e.to_string()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("read kept snapshot record", path, e)),
+    let object = format!("kept snapshot record {}", path.display());
+    let bytes = match vault.dir().read(&path, crate::vault::MAX_RECORD_LEN) {
+        Ok(b) => b,
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
     };
-    Ok(k.usable().then_some(k))
+    let json = vault.open_host_record(RECORD_KIND, &[vm, point], &bytes, &object)?;
+    let k: KeptSnapshot = serde_json::from_slice(&json).map_err(|e| Error::corrupt(&object, e.to_string()))?;
+    if k.vm != vm || k.point != point {
+        return Err(Error::tampered(object, format!("it names point {} of vm {}", k.point, k.vm)));
+    }
+    validate_name("job id", &k.job).map_err(|e| Error::corrupt(&object, e.to_string()))?;
+    for d in &k.disks {
+        validate_name("disk name", &d.name).map_err(|e| Error::corrupt(&object, e.to_string()))?;
+    }
+    Ok(Some(k))
+}
+
+/// Opens a file to mark it: never through a link, and only a regular file.
+fn open_for_mark(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::io("open snapshot clone", path, e))?;
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(Error::invalid("snapshot to keep", format!("{} is not a regular file", path.display())));
+    }
+    Ok(f)
 }
 
 /// Where a point can be restored from now: "snapshot" (its kept snapshot,
@@ -224,7 +289,10 @@ pub fn point_tiers(vault: &Vault, point: &PointManifest) -> Result<Vec<String>> 
 /// A bad VM name; I/O errors listing the folders.
 pub fn snapshot_only_points(vault: &Vault, vm: Option<&str>) -> Result<(Vec<KeptSnapshot>, Vec<Error>)> {
     let (records, bad) = kept_snapshots(vault, vm)?;
-    let only = records.into_iter().filter(|k| !vault.point_path(&k.vm, &k.point).exists() && k.usable()).collect();
+    let only = records
+        .into_iter()
+        .filter(|k| !vault.dir().exists(&vault.point_path(&k.vm, &k.point)) && k.usable(vault))
+        .collect();
     Ok((only, bad))
 }
 
@@ -260,7 +328,7 @@ pub fn release_expired(vault: &Vault, vm: Option<&str>, now: Timestamp) -> Resul
         }
         let why = if k.expires <= now {
             "expired"
-        } else if vault.point_path(&k.vm, &k.point).exists() {
+        } else if vault.dir().exists(&vault.point_path(&k.vm, &k.point)) {
             report.kept.push(k);
             continue;
         } else if job_committed(vault, &k) {
@@ -268,7 +336,7 @@ pub fn release_expired(vault: &Vault, vm: Option<&str>, now: Timestamp) -> Resul
         } else {
             "job ended without its point"
         };
-        match release_files(&k) {
+        match release_files(vault, &k) {
             Ok(()) => match remove_kept(vault, &k.vm, &k.point) {
                 Ok(()) => report.released.push((k, why.to_string())),
                 Err(e) => report.problems.push(e.to_string()),
@@ -282,18 +350,24 @@ pub fn release_expired(vault: &Vault, vm: Option<&str>, now: Timestamp) -> Resul
 /// Whether the job's log says it committed the point (so a missing
 /// manifest means the point was pruned since).
 fn job_committed(vault: &Vault, k: &KeptSnapshot) -> bool {
-    let path = vault.path().join("jobs").join(&k.vm).join(format!("{}.jsonl", k.job));
-    super::log::read_job(&path).is_ok_and(|j| j.point.as_deref() == Some(k.point.as_str()))
+    super::log::read_vault_job(vault, &k.vm, &k.job).is_ok_and(|j| j.point.as_deref() == Some(k.point.as_str()))
 }
 
-fn release_files(k: &KeptSnapshot) -> Result<()> {
+/// Removes the clones of a kept snapshot: each only if it carries this
+/// vault's mark for the point and disk (a file that is gone is released).
+fn release_files(vault: &Vault, k: &KeptSnapshot) -> Result<()> {
     let mut first = Ok(());
     for d in &k.disks {
-        match std::fs::remove_file(&d.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) if first.is_ok() => first = Err(Error::io("remove kept snapshot clone", &d.path, e)),
-            Err(_) => {}
+        let mark = crate::snapshot::clone_mark::kept(vault.id(), &k.vm, &k.point, &d.name);
+        let r = match crate::snapshot::clone_mark::open_marked(&d.path, &mark) {
+            Ok(f) => crate::snapshot::clone_mark::remove(&d.path, &f),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r
+            && first.is_ok()
+        {
+            first = Err(e);
         }
     }
     first
@@ -311,6 +385,7 @@ pub fn restore_disk_from_snapshot(
     point: &PointManifest,
     disk: &str,
     to: &Path,
+    options: &RestoreOptions,
 ) -> Result<Option<RestoreStats>> {
     let Some(k) = kept_snapshot(vault, &point.vm, &point.id)? else { return Ok(None) };
     let started = Instant::now();
@@ -325,13 +400,7 @@ pub fn restore_disk_from_snapshot(
     if file.size != d.size {
         return Ok(None);
     }
-    let written = copy_file(&file.path, to)?;
-    // The copy is of a file that was unchanged when the copy began; it must
-    // still be so, or the copy may mix two states.
-    if !k.usable() {
-        let _ = std::fs::remove_file(to);
-        return Ok(None);
-    }
+    let Some(written) = copy_kept(vault, &k, file, to, options)? else { return Ok(None) };
     let stats = RestoreStats {
         disk: d.name.clone(),
         size: d.size,
@@ -359,6 +428,7 @@ pub fn restore_from_snapshot(
     point: &str,
     disk: Option<&str>,
     to: &Path,
+    options: &RestoreOptions,
 ) -> Result<Option<Vec<RestoreStats>>> {
     let Some(k) = kept_snapshot(vault, vm, point)? else { return Ok(None) };
     let targets: Vec<(&KeptFile, PathBuf)> = match disk {
@@ -383,13 +453,7 @@ pub fn restore_from_snapshot(
     let mut all = Vec::new();
     for (file, out) in targets {
         let started = Instant::now();
-        let written = copy_file(&file.path, &out)?;
-        // The copy is of a file that was unchanged when the copy began; it
-        // must still be so, or the copy may mix two states.
-        if !k.usable() {
-            let _ = std::fs::remove_file(&out);
-            return Ok(None);
-        }
+        let Some(written) = copy_kept(vault, &k, file, &out, options)? else { return Ok(None) };
         all.push(RestoreStats {
             disk: file.name.clone(),
             size: file.size,
@@ -402,33 +466,68 @@ pub fn restore_from_snapshot(
     Ok(Some(all))
 }
 
-/// Copies a file to a new one: a reflink clone when possible, else a
-/// sparse copy (data extents only). Returns the bytes of data copied.
-fn copy_file(from: &Path, to: &Path) -> Result<u64> {
+/// Copies a kept clone to `to`, through the same safe target handling as
+/// a restore from the vault (`restore_output`): a new file put in place
+/// whole, or a block device. The clone is opened once, checked (mark, size,
+/// time) on that descriptor before and after the copy; None when it is no
+/// longer the snapshot (the output is then removed).
+fn copy_kept(
+    vault: &Vault,
+    k: &KeptSnapshot,
+    file: &KeptFile,
+    to: &Path,
+    options: &RestoreOptions,
+) -> Result<Option<u64>> {
+    let Ok(src) = k.open_disk(vault, file) else { return Ok(None) };
+    let out = crate::restore_output::Output::open(to)?;
+    let written = copy_file(&src, &file.path, &out, &options.cancel)?;
+    // The copy is of a file that was unchanged when the copy began; it must
+    // still be so, or the copy may mix two states.
+    let same = src.metadata().is_ok_and(|m| m.len() == file.size && modified_ns(&m) == file.modified_ns);
+    if !same {
+        return Ok(None); // dropping `out` removes what was written
+    }
+    out.commit()?;
+    Ok(Some(written))
+}
+
+/// Copies an open file into a restore output: a reflink clone when
+/// possible, else a sparse copy (data extents only). Returns the bytes of
+/// data copied.
+fn copy_file(
+    src: &std::fs::File,
+    from: &Path,
+    out: &crate::restore_output::Output,
+    cancel: &crate::model::CancelToken,
+) -> Result<u64> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
-    let src = std::fs::File::open(from).map_err(|e| Error::io("open kept snapshot", from, e))?;
-    let dst = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(to)
-        .map_err(|e| Error::io("create", to, e))?;
+    let to = &out.path;
+    let dst = &out.file;
     let len = src.metadata().map_err(|e| Error::io("stat", from, e))?.len();
-    // `_IOW(0x94, 9, int)`: FICLONE, as the image-file provider uses it.
-    const FICLONE: libc::c_ulong = 0x4004_9409;
-    // SAFETY: both descriptors are owned by live `File`s for the call.
-    if unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) } == 0 {
-        return dst.sync_all().map(|()| len).map_err(|e| Error::io("flush", to, e));
+    if out.device {
+        use std::io::Seek;
+        let dev = (&*dst).seek(std::io::SeekFrom::End(0)).map_err(|e| Error::io("find the size of", to, e))?;
+        if dev < len {
+            return Err(Error::invalid("restore target", format!("{} holds {dev} bytes; the disk needs {len}", to.display())));
+        }
+    } else {
+        // `_IOW(0x94, 9, int)`: FICLONE, as the image-file provider uses it.
+        const FICLONE: libc::c_ulong = 0x4004_9409;
+        // SAFETY: both descriptors are owned by live `File`s for the call.
+        if unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) } == 0 {
+            return dst.sync_all().map(|()| len).map_err(|e| Error::io("flush", to, e));
+        }
+        dst.set_len(len).map_err(|e| Error::io("set length of", to, e))?;
     }
-    dst.set_len(len).map_err(|e| Error::io("set length of", to, e))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut written = 0u64;
     let mut off = 0u64;
     while off < len {
+        cancel.check("restore from the snapshot tier")?;
         let n = usize::try_from((len - off).min(buf.len() as u64)).unwrap_or(buf.len());
         src.read_exact_at(&mut buf[..n], off).map_err(|e| Error::io("read kept snapshot", from, e))?;
-        if buf[..n].iter().any(|b| *b != 0) {
+        if out.device || buf[..n].iter().any(|b| *b != 0) {
             dst.write_all_at(&buf[..n], off).map_err(|e| Error::io("write", to, e))?;
             written += n as u64;
         }

@@ -5,6 +5,10 @@
 //! writing. Elsewhere the files are read in place, which is right only for a
 //! stopped VM: the provider records each file's size and modification time
 //! and refuses the point if either changed during the backup.
+//!
+//! Each clone carries a mark (see `clone_mark`) and a lock held while its
+//! job lives; a clone left by a killed job is removed by the next snapshot
+//! of the same image.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -38,12 +42,16 @@ impl ImageFileProvider {
 /// What release and the intact check need.
 struct Taken {
     clones: Vec<PathBuf>,
+    /// The clones, open: their lock says the job is alive.
+    _held: Vec<File>,
+    /// Whether every clone took its mark (else none may be kept).
+    marked: bool,
     in_place: Vec<(String, PathBuf, u64, Option<SystemTime>)>,
 }
 
-/// Tries to clone `src` to a new file `dst`; Ok(false) when the file system
-/// cannot (no reflinks, another device).
-fn reflink(src: &Path, dst: &Path) -> Result<bool> {
+/// Tries to clone `src` to a new file `dst`; Ok(None) when the file system
+/// cannot (no reflinks, another device). The clone comes back open.
+fn reflink(src: &Path, dst: &Path) -> Result<Option<File>> {
     let from = File::open(src).map_err(|e| Error::io("open disk image", src, e))?;
     let to = OpenOptions::new()
         .write(true)
@@ -54,13 +62,13 @@ fn reflink(src: &Path, dst: &Path) -> Result<bool> {
     // both descriptors are owned by live `File`s for the whole call.
     let r = unsafe { libc::ioctl(to.as_raw_fd(), FICLONE as _, from.as_raw_fd()) };
     if r == 0 {
-        return Ok(true);
+        return Ok(Some(to));
     }
     let err = std::io::Error::last_os_error();
     drop(to);
     let _ = fs::remove_file(dst);
     match err.raw_os_error() {
-        Some(libc::EOPNOTSUPP | libc::EXDEV | libc::EINVAL | libc::ENOTTY | libc::ENOSYS) => Ok(false),
+        Some(libc::EOPNOTSUPP | libc::EXDEV | libc::EINVAL | libc::ENOTTY | libc::ENOSYS) => Ok(None),
         _ => Err(Error::io("clone (FICLONE)", src, err)),
     }
 }
@@ -87,18 +95,37 @@ impl SnapshotProvider for ImageFileProvider {
     }
 
     fn snapshot(&self, vm: &Vm, _wanted: Consistency) -> Result<Snapshot> {
-        let mut taken = Taken { clones: Vec::new(), in_place: Vec::new() };
+        let mut taken = Taken { clones: Vec::new(), _held: Vec::new(), marked: true, in_place: Vec::new() };
         let mut disks = Vec::new();
         let mut warnings = Vec::new();
         for d in &vm.disks {
             let image = Path::new(&d.location);
+            if is_special(image) {
+                release_clones(&taken.clones);
+                return Err(Error::invalid(
+                    format!("disk {} of vm {}", d.name, vm.name),
+                    format!("{} is a FIFO, socket or character device, not a disk image", image.display()),
+                ));
+            }
             let cloned = if self.in_place_only {
                 None
             } else {
+                warnings.extend(super::clone_mark::remove_abandoned(image));
                 let dst = clone_path(image);
                 match reflink(image, &dst) {
-                    Ok(true) => Some(dst),
-                    Ok(false) => None,
+                    Ok(Some(file)) => {
+                        if let Err(e) = super::clone_mark::set(&file, super::clone_mark::IN_FLIGHT) {
+                            taken.marked = false;
+                            warnings.push(format!(
+                                "snapshot clone {} takes no vmbackup mark ({e}): it is released after the job, never kept",
+                                dst.display()
+                            ));
+                        }
+                        super::clone_mark::hold(&file);
+                        taken._held.push(file);
+                        Some(dst)
+                    }
+                    Ok(None) => None,
                     Err(e) => {
                         release_clones(&taken.clones);
                         return Err(e);
@@ -168,7 +195,7 @@ impl SnapshotProvider for ImageFileProvider {
     fn keepable(&self, snapshot: &Snapshot) -> Option<Vec<KeptDisk>> {
         let taken = snapshot.provider_data.as_ref()?.downcast_ref::<Taken>()?;
         // Only clones outlive the job; an image read in place is the live disk.
-        if !taken.in_place.is_empty() || taken.clones.len() != snapshot.disks.len() {
+        if !taken.marked || !taken.in_place.is_empty() || taken.clones.len() != snapshot.disks.len() {
             return None;
         }
         Some(
@@ -195,6 +222,16 @@ impl SnapshotProvider for ImageFileProvider {
         }
         first
     }
+}
+
+/// Whether `path` is a FIFO, socket or character device: reading one as a
+/// disk would hang or never end. (A block device is a disk.)
+fn is_special(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    fs::metadata(path).is_ok_and(|m| {
+        let t = m.file_type();
+        t.is_fifo() || t.is_socket() || t.is_char_device()
+    })
 }
 
 fn release_clones(clones: &[PathBuf]) {

@@ -4,8 +4,10 @@
 //! freeze (`freeze`) and the provider that wraps them around another one
 //! with the fallback rules (`consistent`).
 
+pub(crate) mod clone_mark;
 mod consistent;
 mod freeze;
+mod guardian;
 mod image_files;
 mod scripts;
 
