@@ -41,7 +41,7 @@ use super::freeze::{DEFAULT_FREEZE_TIMEOUT, FreezeGuard};
 use super::scripts::{ScriptRun, ScriptSpec, ScriptsConfig, run_script};
 use super::{PrepareReport, Snapshot, SnapshotProvider};
 use crate::error::{Error, Result};
-use crate::model::{Consistency, Vm};
+use crate::model::{CancelToken, Consistency, Vm};
 
 /// Wraps a provider with pre/post scripts and a file-system freeze, and
 /// reports the consistency really achieved.
@@ -66,6 +66,7 @@ pub struct ConsistentProvider<P> {
     mounts: Vec<PathBuf>,
     freeze_timeout: Duration,
     min_consistency: Consistency,
+    cancel: CancelToken,
 }
 
 impl<P: SnapshotProvider> ConsistentProvider<P> {
@@ -77,7 +78,17 @@ impl<P: SnapshotProvider> ConsistentProvider<P> {
             mounts: Vec::new(),
             freeze_timeout: DEFAULT_FREEZE_TIMEOUT,
             min_consistency: Consistency::Crash,
+            cancel: CancelToken::new(),
         }
+    }
+
+    /// Stops a running pre-script when this token is cancelled (give it the
+    /// job's [`BackupOptions::cancel`](crate::BackupOptions::cancel)): the
+    /// script is killed with what it started, nothing is frozen, the
+    /// post-script still runs, and the snapshot fails as cancelled.
+    pub fn with_cancel(mut self, cancel: CancelToken) -> Self {
+        self.cancel = cancel;
+        self
     }
 
     /// Runs these pre/post scripts for application-consistent snapshots.
@@ -187,6 +198,7 @@ impl<P: SnapshotProvider> SnapshotProvider for ConsistentProvider<P> {
                     timeout: s.timeout,
                     poll_interval: s.poll_interval,
                     vm: &vm.name,
+                    cancel: None,
                 });
             }
             if let Some(path) = &s.pre_script {
@@ -198,8 +210,15 @@ impl<P: SnapshotProvider> SnapshotProvider for ConsistentProvider<P> {
                     timeout: s.timeout,
                     poll_interval: s.poll_interval,
                     vm: &vm.name,
+                    cancel: Some(self.cancel.clone()),
                 });
                 log.extend(run.log_lines());
+                if self.cancel.is_cancelled() {
+                    // The pre-script was killed for the cancel: not a
+                    // script failure. `post` runs the post-script on drop.
+                    drop(post);
+                    return Err(Error::Cancelled { what: format!("snapshot of vm {}", vm.name) });
+                }
                 if !run.succeeded() {
                     if !continue_on_failure {
                         if let Some(p) = post.run() {
@@ -210,6 +229,13 @@ impl<P: SnapshotProvider> SnapshotProvider for ConsistentProvider<P> {
                     scripts_failed = Some(run);
                 }
             }
+        }
+
+        // A cancel during the pre-script: nothing is frozen, and `post`
+        // runs the post-script on the way out.
+        if self.cancel.is_cancelled() {
+            drop(post);
+            return Err(Error::Cancelled { what: format!("snapshot of vm {}", vm.name) });
         }
 
         // Freeze, snapshot, thaw at once.
@@ -258,6 +284,9 @@ impl<P: SnapshotProvider> SnapshotProvider for ConsistentProvider<P> {
             let _ = self.inner.release(vm, snap);
             Err(err)
         };
+        if self.cancel.is_cancelled() {
+            return fail(snap, Error::Cancelled { what: format!("snapshot of vm {}", vm.name) });
+        }
         if let Some(run) = &scripts_failed
             && !continue_on_failure
         {

@@ -15,9 +15,9 @@
 //!   two freezes never overlap (the kernel would refuse the second one, and
 //!   the first thaw would end both).
 //!
-//! Only a process killed outright (`SIGKILL`) while a freeze is held leaves
-//! its file systems frozen: the kernel keeps a freeze after its descriptor
-//! closes. `fsfreeze -u MOUNT` ends it then.
+//! - a guardian process (`guardian`), forked before the freeze, thaws if
+//!   this process dies while a freeze is held, `SIGKILL` included: the
+//!   kernel keeps a freeze after the process that froze is gone.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -62,6 +62,8 @@ struct State {
     /// The watchdog thawed.
     expired: bool,
     warnings: Vec<String>,
+    /// Thaws if this process dies while frozen; stands down after a thaw.
+    guardian: Option<super::guardian::Guardian>,
 }
 
 struct Shared {
@@ -113,6 +115,9 @@ fn thaw_all(state: &mut State) {
         }
     }
     state.done = true;
+    if let Some(mut g) = state.guardian.take() {
+        g.stand_down();
+    }
     if !state.claimed.is_empty() {
         let mut reg = lock(&REGISTRY);
         reg.retain(|d| !state.claimed.contains(d));
@@ -192,6 +197,16 @@ impl FreezeGuard {
             reg.extend(&devs);
         }
 
+        let fds: Vec<std::os::fd::RawFd> = opened.iter().map(|(_, f, _)| f.as_raw_fd()).collect();
+        let guardian = match (!fds.is_empty()).then(|| super::guardian::Guardian::spawn(&fds, timeout)).transpose() {
+            Ok(g) => g,
+            Err(e) => {
+                let mut reg = lock(&REGISTRY);
+                reg.retain(|d| !devs.contains(d));
+                RELEASED.notify_all();
+                return Err(e);
+            }
+        };
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 frozen: Vec::new(),
@@ -199,6 +214,7 @@ impl FreezeGuard {
                 done: false,
                 expired: false,
                 warnings: Vec::new(),
+                guardian,
             }),
             wake: Condvar::new(),
         });

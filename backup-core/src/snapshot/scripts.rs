@@ -34,14 +34,23 @@
 //!
 //! Two flaws of the scheme this copies are fixed: a retry really runs the
 //! script again (a fresh process per attempt), and a script past its timeout
-//! is killed with its whole process group (each script leads its own group),
-//! so the children it started die with it. The poll interval is the longest
+//! (or whose job is cancelled) is killed with everything it started: each
+//! script leads a session of its own, and the runner keeps track of the
+//! script's descendants while it runs (a child that calls `setsid` leaves
+//! the session, not the tree), so at the end it kills the session and every
+//! descendant it saw, stopping them first so that none forks away. The poll interval is the longest
 //! the runner sleeps between checks; it notices a script's end at once when
 //! the script closes its output.
 //!
 //! The configuration file and the scripts must be regular files owned by
-//! the user running the backup and not writable by group or others; they
-//! are checked when the file is loaded and again right before each script
+//! the user running the backup and not writable by group or others, and so
+//! must every folder on their path, up to `/` (owned by root or that user;
+//! a folder writable by others passes only with its sticky bit set, as
+//! `/tmp`, where no one else may rename what is in it). The path is
+//! resolved once, links included, and every component of the resolved
+//! path is checked, as OpenSSH and sudo do: no one but root and the user
+//! can then swap a script or a folder for another program before it runs.
+//! Checked when the file is loaded and again right before each script
 //! runs. Each attempt's output (stdout and stderr, interleaved) is kept,
 //! its last [`OUTPUT_LIMIT`] bytes, for the point's log.
 
@@ -297,9 +306,12 @@ fn current_uid() -> u32 {
 }
 
 /// Refuses a file that is not a regular file owned by the current user and
-/// closed to writes by group and others.
-pub(crate) fn check_owner_and_mode(path: &Path) -> Result<()> {
-    let m = fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
+/// closed to writes by group and others, or that lies in a folder that
+/// someone else could change (see the module doc). Returns the resolved
+/// path, the one to run.
+pub(crate) fn check_owner_and_mode(path: &Path) -> Result<PathBuf> {
+    let real = fs::canonicalize(path).map_err(|e| Error::io("resolve", path, e))?;
+    let m = fs::symlink_metadata(&real).map_err(|e| Error::io("stat", &real, e))?;
     if !m.is_file() {
         return Err(Error::invalid("script or scripts config", format!("{} is not a regular file", path.display())));
     }
@@ -312,7 +324,29 @@ pub(crate) fn check_owner_and_mode(path: &Path) -> Result<()> {
             expected: describe_uid(me),
         });
     }
-    Ok(())
+    // Every folder above it, from the file's own up to `/`.
+    let mut child_owner = m.uid();
+    for dir in real.ancestors().skip(1) {
+        let d = fs::symlink_metadata(dir).map_err(|e| Error::io("stat", dir, e))?;
+        let owner_ok = d.uid() == me || d.uid() == 0;
+        // Others may write a sticky folder, but not rename or remove what
+        // someone else owns in it: safe when its entry on our path is ours.
+        let sticky_ok = d.mode() & 0o1000 != 0 && (child_owner == me || child_owner == 0);
+        if !d.is_dir() || !owner_ok || (d.mode() & 0o022 != 0 && !sticky_ok) {
+            return Err(Error::UnsafeFile {
+                path: dir.to_path_buf(),
+                owner: describe_uid(d.uid()),
+                mode: d.mode() & 0o7777,
+                expected: format!(
+                    "{} or root, as a folder on the path of {} (no one else may change what runs)",
+                    describe_uid(me),
+                    path.display()
+                ),
+            });
+        }
+        child_owner = d.uid();
+    }
+    Ok(real)
 }
 
 /// How one attempt of a script ended.
@@ -326,6 +360,8 @@ pub(crate) enum Outcome {
     TimedOut,
     /// Could not be started.
     NotStarted(String),
+    /// Its job was cancelled; it was killed with everything it started.
+    Cancelled,
 }
 
 impl std::fmt::Display for Outcome {
@@ -333,7 +369,8 @@ impl std::fmt::Display for Outcome {
         match self {
             Outcome::Succeeded => f.write_str("succeeded"),
             Outcome::Failed(s) => write!(f, "failed ({s})"),
-            Outcome::TimedOut => f.write_str("timed out; its process group was killed"),
+            Outcome::TimedOut => f.write_str("timed out; it was killed with everything it started"),
+            Outcome::Cancelled => f.write_str("cancelled; it was killed with everything it started"),
             Outcome::NotStarted(s) => write!(f, "could not start: {s}"),
         }
     }
@@ -417,6 +454,10 @@ pub(crate) struct ScriptSpec<'a> {
     pub timeout: Duration,
     pub poll_interval: Duration,
     pub vm: &'a str,
+    /// Stops the script (and its retries) when cancelled; None for a
+    /// script that must run to its end (a post-script resumes the
+    /// application).
+    pub cancel: Option<crate::model::CancelToken>,
 }
 
 /// Runs a script until it succeeds or its attempts are used up. Each
@@ -425,12 +466,12 @@ pub(crate) fn run_script(spec: &ScriptSpec<'_>) -> ScriptRun {
     let mut run = ScriptRun { stage: spec.stage, path: spec.path.to_path_buf(), attempts: Vec::new() };
     for _ in 0..=spec.retries {
         let attempt = match check_owner_and_mode(spec.path) {
-            Ok(()) => run_once(spec),
+            Ok(real) => run_once(spec, &real),
             Err(e) => {
                 Attempt { outcome: Outcome::NotStarted(e.to_string()), output: String::new(), dropped: 0, seconds: 0.0 }
             }
         };
-        let done = attempt.outcome == Outcome::Succeeded;
+        let done = matches!(attempt.outcome, Outcome::Succeeded | Outcome::Cancelled);
         run.attempts.push(attempt);
         if done {
             break;
@@ -439,21 +480,76 @@ pub(crate) fn run_script(spec: &ScriptSpec<'_>) -> ScriptRun {
     run
 }
 
-/// A started script; killed with its group if dropped before it is reaped
-/// (a panic in the runner must not leave it behind).
+/// A started script; killed with all it started if dropped before it is
+/// reaped (a panic in the runner must not leave it behind).
 struct Running {
     child: Child,
     reaped: bool,
+    /// Every descendant seen so far, with its start time (so that a pid
+    /// reused by an unrelated process is never killed).
+    seen: std::collections::HashMap<libc::pid_t, u64>,
+}
+
+/// What `/proc/PID/stat` says of a process: (parent, session, start time).
+fn proc_stat(pid: libc::pid_t) -> Option<(libc::pid_t, libc::pid_t, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold anything: parse
+    // from the last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    // Fields from 3 on: state ppid pgrp session ... starttime is field 22.
+    Some((f.get(1)?.parse().ok()?, f.get(3)?.parse().ok()?, f.get(19)?.parse().ok()?))
+}
+
+fn all_pids() -> Vec<libc::pid_t> {
+    fs::read_dir("/proc")
+        .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 impl Running {
-    fn kill_group(&mut self) {
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: killpg only sends a signal; the group is the one the
-            // child leads (spawned with process_group(0)) and it is not
-            // reaped yet, so its id cannot have been reused.
-            unsafe { libc::killpg(pid, libc::SIGKILL) };
+    /// Adds to `seen` every process now in the script's session or below
+    /// any process already seen.
+    fn track(&mut self) {
+        let Ok(root) = libc::pid_t::try_from(self.child.id()) else { return };
+        let procs: Vec<(libc::pid_t, libc::pid_t, libc::pid_t, u64)> =
+            all_pids().into_iter().filter_map(|p| proc_stat(p).map(|(pp, sid, t)| (p, pp, sid, t))).collect();
+        if let Some((_, _, _, t)) = procs.iter().find(|(p, ..)| *p == root) {
+            self.seen.entry(root).or_insert(*t);
         }
+        loop {
+            let before = self.seen.len();
+            for (pid, ppid, sid, start) in &procs {
+                if *sid == root || self.seen.contains_key(ppid) {
+                    self.seen.entry(*pid).or_insert(*start);
+                }
+            }
+            if self.seen.len() == before {
+                break;
+            }
+        }
+    }
+
+    /// Stops, then kills, the script's session and every descendant seen.
+    fn kill_all(&mut self) {
+        let me = std::process::id() as libc::pid_t;
+        for sig in [libc::SIGSTOP, libc::SIGKILL] {
+            // Stopped processes fork no more: a second look finds the rest.
+            for _ in 0..3 {
+                self.track();
+                for (pid, start) in &self.seen {
+                    if *pid != me && proc_stat(*pid).is_some_and(|(_, _, t)| t == *start) {
+                        // SAFETY: kill only sends a signal, to a process
+                        // whose start time shows it is the one we saw.
+                        unsafe { libc::kill(*pid, sig) };
+                    }
+                }
+            }
+        }
+    }
+
+    fn kill_group(&mut self) {
+        self.kill_all();
     }
 }
 
@@ -531,16 +627,25 @@ fn describe_status(status: ExitStatus) -> String {
     }
 }
 
-fn run_once(spec: &ScriptSpec<'_>) -> Attempt {
+fn run_once(spec: &ScriptSpec<'_>, real: &Path) -> Attempt {
     let started = Instant::now();
-    let mut cmd = Command::new(spec.path);
+    let mut cmd = Command::new(real);
     cmd.args(spec.params)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env("VMBACKUP_VM", spec.vm)
-        .env("VMBACKUP_PHASE", spec.stage)
-        .process_group(0);
+        .env("VMBACKUP_PHASE", spec.stage);
+    // SAFETY: the closure runs in the child between fork and exec and calls
+    // only setsid, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -552,7 +657,7 @@ fn run_once(spec: &ScriptSpec<'_>) -> Attempt {
             };
         }
     };
-    let mut running = Running { child, reaped: false };
+    let mut running = Running { child, reaped: false, seen: std::collections::HashMap::new() };
     let mut pipes: [Option<Box<dyn ReadFd>>; 2] = [
         running.child.stdout.take().map(|p| Box::new(p) as Box<dyn ReadFd>),
         running.child.stderr.take().map(|p| Box::new(p) as Box<dyn ReadFd>),
@@ -579,10 +684,20 @@ fn run_once(spec: &ScriptSpec<'_>) -> Attempt {
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
         }
         drain(&mut pipes, &mut tail);
+        running.track();
+        if spec.cancel.as_ref().is_some_and(crate::model::CancelToken::is_cancelled) {
+            running.kill_all();
+            let _ = running.child.wait();
+            running.reaped = true;
+            drain(&mut pipes, &mut tail);
+            break Outcome::Cancelled;
+        }
         match running.child.try_wait() {
             Ok(Some(status)) => {
                 running.reaped = true;
                 drain(&mut pipes, &mut tail);
+                // What it left running is left alone: a pre-script may start
+                // a lock holder that its post-script ends.
                 break if status.success() { Outcome::Succeeded } else { Outcome::Failed(describe_status(status)) };
             }
             Ok(None) => {}
@@ -765,6 +880,7 @@ mod tests {
             timeout,
             poll_interval: Duration::from_millis(50),
             vm: "web",
+            cancel: None,
         }
     }
 
@@ -783,6 +899,100 @@ mod tests {
         assert!(a.dropped > 0);
         assert!(a.output.ends_with("end web\n"), "{}", &a.output[a.output.len() - 20..]);
         assert!(run.log_lines()[0].contains("last 65536 bytes"));
+    }
+
+    #[test]
+    fn a_folder_on_the_path_that_others_may_change_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sub = dir.path().join("scripts");
+        fs::create_dir(&sub).expect("mkdir");
+        let s = script(&sub, "pre.sh", "true");
+        check_owner_and_mode(&s).expect("a safe path");
+        // Writable by others and not sticky: anyone could swap pre.sh.
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o777)).expect("chmod");
+        let e = check_owner_and_mode(&s).expect_err("an open folder");
+        assert!(e.to_string().contains(&sub.display().to_string()), "{e}");
+        // Sticky (as /tmp): others cannot rename what is ours in it.
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o1777)).expect("chmod");
+        check_owner_and_mode(&s).expect("a sticky folder holding our own file");
+    }
+
+    #[test]
+    fn a_script_linked_into_a_folder_another_user_owns_is_refused() {
+        if current_uid() != 0 {
+            // CI runs as root and sets VMB_REQUIRE_ALL: there a skip fails.
+            assert!(std::env::var_os("VMB_REQUIRE_ALL").is_none(), "needs root (chown), and VMB_REQUIRE_ALL is set");
+            eprintln!("SKIPPED: chown needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The attack: a user who owns the folder swaps root's pre.sh for a
+        // link to a program of theirs.
+        let theirs = dir.path().join("theirs");
+        fs::create_dir(&theirs).expect("mkdir");
+        let evil = script(&theirs, "evil.sh", "touch /tmp/pwned");
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).expect("chown");
+        let s = dir.path().join("pre.sh");
+        std::os::unix::fs::symlink(&evil, &s).expect("symlink");
+        let e = check_owner_and_mode(&s).expect_err("resolved into a folder another user owns");
+        assert!(e.to_string().contains("uid 65534"), "{e}");
+        let run = run_script(&spec(&s, 0, Duration::from_secs(5)));
+        assert!(matches!(run.attempts[0].outcome, Outcome::NotStarted(_)), "{:?}", run.attempts);
+    }
+
+    /// Whether a process is gone (or a zombie, dead and waiting to be reaped).
+    fn dead(pid: libc::pid_t) -> bool {
+        match fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(t) => t.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+        }
+    }
+
+    fn wait_dead(pid: libc::pid_t) -> bool {
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            if dead(pid) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    #[test]
+    fn a_timed_out_script_dies_with_the_children_that_left_its_session() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pids = dir.path().join("pids");
+        let s = script(
+            dir.path(),
+            "hang.sh",
+            &format!("setsid sleep 300 & echo $! > {p}; sleep 300 & echo $! >> {p}; wait", p = pids.display()),
+        );
+        let run = run_script(&spec(&s, 0, Duration::from_millis(1500)));
+        assert_eq!(run.attempts[0].outcome, Outcome::TimedOut);
+        let text = fs::read_to_string(&pids).expect("pids");
+        for pid in text.lines().map(|l| l.parse::<libc::pid_t>().expect("pid")) {
+            assert!(wait_dead(pid), "process {pid} that the script started outlived it");
+        }
+    }
+
+    #[test]
+    fn a_cancelled_script_is_killed_at_once_and_not_retried() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = script(dir.path(), "slow.sh", "sleep 300");
+        let cancel = crate::model::CancelToken::new();
+        let c = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            c.cancel();
+        });
+        let started = Instant::now();
+        let mut sp = spec(&s, 3, Duration::from_secs(120));
+        sp.cancel = Some(cancel);
+        let run = run_script(&sp);
+        assert_eq!(run.attempts.len(), 1, "a cancel is not retried");
+        assert_eq!(run.attempts[0].outcome, Outcome::Cancelled);
+        assert!(started.elapsed() < Duration::from_secs(60));
     }
 
     #[test]
