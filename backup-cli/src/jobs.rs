@@ -133,7 +133,7 @@ pub fn restore_disk(
     to: &Path,
     options: &RestoreOptions,
 ) -> Result<RestoreStats> {
-    if let Some(stats) = backup_core::restore_disk_from_snapshot(vault, point, disk, to)? {
+    if let Some(stats) = backup_core::restore_disk_from_snapshot(vault, point, disk, to, options)? {
         eprintln!("restored from the snapshot tier (the snapshot kept for instant restore)");
         return Ok(stats);
     }
@@ -152,7 +152,7 @@ pub fn restore_vm(
         std::fs::create_dir_all(to).map_err(|e| anyhow::anyhow!("cannot create folder {}: {e}", to.display()))?;
         let mut all = Vec::new();
         for d in &point.disks {
-            match backup_core::restore_disk_from_snapshot(vault, point, &d.name, &to.join(&d.name))? {
+            match backup_core::restore_disk_from_snapshot(vault, point, &d.name, &to.join(&d.name), options)? {
                 Some(s) => all.push(s),
                 None => break,
             }
@@ -176,6 +176,7 @@ pub fn restore_in_flight(
     point: &str,
     disk: Option<&str>,
     to: &Path,
+    options: &RestoreOptions,
 ) -> Result<Option<(String, Vec<RestoreStats>)>> {
     let (only, _) = backup_core::snapshot_only_points(vault, Some(vm))?;
     let found = if point == "latest" {
@@ -188,7 +189,7 @@ pub fn restore_in_flight(
         }
     };
     let Some(k) = found else { return Ok(None) };
-    match backup_core::restore_from_snapshot(vault, vm, &k.point, disk, to)? {
+    match backup_core::restore_from_snapshot(vault, vm, &k.point, disk, to, options)? {
         Some(stats) => {
             eprintln!(
                 "restored from the snapshot tier (point {} is not committed yet; its job {} is still running)",

@@ -12,6 +12,7 @@ mod output;
 mod progress;
 mod repair;
 mod schedule;
+mod signals;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -434,6 +435,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let vault = open(&vault)?;
             let vm = vm_from_args(&vm, &disks)?;
             let mut options = BackupOptions::default();
+            // SIGINT and SIGTERM take the cancel path: scripts killed and
+            // the post-script run, file systems thawed, clones released.
+            options.cancel = signals::cancel_on_signals();
             options.block_size = block_size;
             options.cbt_audit_rate = audit_rate;
             options.read_retries = read_retries;
@@ -452,7 +456,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut provider = ConsistentProvider::new(ImageFileProvider::new())
                 .with_freeze(freeze)
                 .with_freeze_timeout(std::time::Duration::from_secs_f64(freeze_timeout))
-                .with_min_consistency(min_consistency.parse::<Consistency>()?);
+                .with_min_consistency(min_consistency.parse::<Consistency>()?)
+                .with_cancel(options.cancel.clone());
             if let Some(config) = &scripts {
                 provider = provider.with_scripts(ScriptsConfig::load(config)?);
             }
@@ -548,7 +553,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         p.time.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),
                         consistency,
                         p.disks.len(),
-                        human(p.disks.iter().map(|d| d.size).sum()),
+                        human(p.disks.iter().map(|d| u128::from(d.size)).sum::<u128>()),
                         human(p.stats.bytes_added),
                         jobs::tiers(&vault, p).join(",")
                     );
@@ -561,7 +566,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         k.taken.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),
                         format!("(job {} transferring)", k.job),
                         k.disks.len(),
-                        human(k.disks.iter().map(|d| d.size).sum()),
+                        human(k.disks.iter().map(|d| u128::from(d.size)).sum::<u128>()),
                         "-",
                     );
                 }
@@ -589,10 +594,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Repair { vault, dry_run, json } => return repair::run(&vault, dry_run, json),
         Command::Restore { vault, vm, point, disk, to, allow_damaged, json } => {
             let vault = open(&vault)?;
+            let mut options = RestoreOptions::default();
+            options.allow_damaged = allow_damaged;
+            // A signal removes the partly written file instead of leaving it.
+            options.cancel = signals::cancel_on_signals();
+            // `--disk D --to DIR/` writes DIR/D, as cp does.
+            let to = match &disk {
+                Some(d) if to.is_dir() => to.join(d),
+                _ => to,
+            };
             let (point_id, stats, tier) = match vault.find_point(&vm, &point) {
                 Ok(point) => {
-                    let mut options = RestoreOptions::default();
-                    options.allow_damaged = allow_damaged;
                     options.progress = progress::bar("restore");
                     let stats = match &disk {
                         Some(d) => vec![jobs::restore_disk(&vault, &point, d, &to, &options)?],
@@ -603,7 +615,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 // A point whose job still transfers has no manifest yet, but
                 // its kept snapshot restores it.
                 Err(e @ backup_core::Error::NotFound { .. }) => {
-                    match jobs::restore_in_flight(&vault, &vm, &point, disk.as_deref(), &to)? {
+                    match jobs::restore_in_flight(&vault, &vm, &point, disk.as_deref(), &to, &options)? {
                         Some((id, stats)) => (id, stats, Some("snapshot")),
                         None => return Err(e.into()),
                     }
@@ -641,6 +653,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify { vault, vm, point, json } => {
             let vault = open(&vault)?;
             let mut options = VerifyOptions::default();
+            options.cancel = signals::cancel_on_signals();
             options.vm = vm;
             options.point = point;
             options.progress = progress::bar("verify");
@@ -796,8 +809,9 @@ fn print_point_summary(p: &PointManifest) {
 }
 
 /// Bytes in binary units, e.g. "1.5 GiB".
-fn human(b: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+fn human(b: impl Into<u128>) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let b: u128 = b.into();
     let mut v = b as f64;
     let mut u = 0;
     while v >= 1024.0 && u < UNITS.len() - 1 {

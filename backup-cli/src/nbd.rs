@@ -5,11 +5,10 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use backup_core::{
-    CancelToken, ExportAddress, ExportOptions, NbdAddress, NbdOptions, NbdProvider, NbdServer, QemuProvider, VmDisk,
+    ExportAddress, ExportOptions, NbdAddress, NbdOptions, NbdProvider, NbdServer, QemuProvider, VmDisk,
 };
 
 use crate::output::outln;
@@ -73,13 +72,6 @@ pub fn qemu_provider(
     Ok(Some(provider))
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
-    STOP.store(true, Ordering::SeqCst);
-}
-
 /// What `vmbackup export` was asked.
 pub struct ExportArgs {
     pub vault: PathBuf,
@@ -110,21 +102,7 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
     let mut options = ExportOptions::default();
     options.allow_remote = a.allow_remote;
     let server = NbdServer::bind(&vault, &point, &a.disk, &at, options)?;
-    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: the handler only stores to an atomic, which is
-    // async-signal-safe; signal() has no other preconditions.
-    unsafe {
-        libc::signal(libc::SIGTERM, handler);
-        libc::signal(libc::SIGINT, handler);
-    }
-    let cancel = CancelToken::new();
-    let c = cancel.clone();
-    std::thread::spawn(move || {
-        while !STOP.load(Ordering::SeqCst) {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        c.cancel();
-    });
+    let cancel = crate::signals::cancel_on_signals();
     eprintln!(
         "exporting disk {} of point {} of vm {} ({} bytes), read-only; stop with Ctrl-C",
         a.disk,

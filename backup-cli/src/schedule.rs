@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -29,23 +28,6 @@ use backup_core::{
 };
 use jiff::{SignedDuration, Timestamp};
 use serde::Deserialize;
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: the handler only stores to an atomic, which is
-    // async-signal-safe; signal() has no other preconditions.
-    unsafe {
-        libc::signal(libc::SIGTERM, handler);
-        libc::signal(libc::SIGINT, handler);
-    }
-}
 
 /// The VMs file: `{"vms": [{"name": "web", "disks": ["root=/images/web.img"], "consistency": "crash"}]}`.
 #[derive(Deserialize)]
@@ -129,7 +111,7 @@ pub fn run(args: Args<'_>) -> Result<ExitCode> {
         let since = last.map_or(start, |p| served_run(p.policy_rule.as_deref()).map_or(p.time, |r| r.max(p.time)));
         served.insert(vm.name.clone(), since);
     }
-    install_signal_handlers();
+    let _ = crate::signals::cancel_on_signals();
     // Snapshots whose instant-restore days ran out while the daemon was down.
     release_expired(&vault, start);
     log(format!(
@@ -149,7 +131,7 @@ pub fn run(args: Args<'_>) -> Result<ExitCode> {
         let (tx, rx) = mpsc::channel::<(String, Result<String, String>)>();
         let mut running: HashMap<String, CancelToken> = HashMap::new();
         loop {
-            if STOP.load(Ordering::SeqCst) {
+            if crate::signals::signalled() {
                 if !running.is_empty() {
                     log(format!("stopping: cancelling {} running job(s)", running.len()));
                 }
