@@ -131,3 +131,59 @@ pub fn wait_for_socket(sock: &Path) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Says that a test cannot run here and why. Outside CI that is a skip
+/// (printed); with `VMB_REQUIRE_ALL` set, as `.ci/run` sets it, a missing
+/// prerequisite fails the test instead: CI never passes by skipping.
+pub fn skip(test: &str, why: &str) {
+    assert!(std::env::var_os("VMB_REQUIRE_ALL").is_none(), "{test} cannot run: {why} (VMB_REQUIRE_ALL is set)");
+    eprintln!("SKIPPED {test}: {why}");
+}
+
+/// A loop mount of a file-system image, thawed (in case a test failed while
+/// it was frozen) and unmounted on drop.
+#[derive(Debug)]
+pub struct LoopMount(pub std::path::PathBuf);
+
+impl LoopMount {
+    /// Mounts `image` at `at` (made if missing). Needs root.
+    pub fn new(image: &Path, at: &Path) -> Result<LoopMount, String> {
+        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
+        sh("mount", &["-o", "loop", s(image), s(at)])?;
+        Ok(LoopMount(at.to_path_buf()))
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        let _ = sh("fsfreeze", &["-u", s(&self.0)]);
+        if sh("umount", &[s(&self.0)]).is_err() {
+            let _ = sh("umount", &["-l", s(&self.0)]);
+        }
+    }
+}
+
+/// A guest's ext4 disk image on an XFS with reflinks, both loop-mounted
+/// under `dir`: the XFS at `dir/xfs`, the image at `dir/xfs/root.img`
+/// (`size` bytes, sparse), the guest's file system at `dir/guest`. Needs
+/// root; `Err` says why it cannot be built.
+pub fn guest_on_xfs(dir: &Path, size: u64) -> Result<(LoopMount, LoopMount, std::path::PathBuf), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { geteuid() } != 0 {
+        return Err("not running as root (loop mounts and FIFREEZE need it)".into());
+    }
+    let xfs_img = dir.join("xfs.img");
+    // 300 MiB is the smallest XFS that mkfs.xfs makes; the file is sparse.
+    std::fs::File::create(&xfs_img).and_then(|f| f.set_len((300 << 20).max(size * 2))).map_err(|e| e.to_string())?;
+    sh("mkfs.xfs", &["-q", "-f", "-m", "reflink=1", s(&xfs_img)])?;
+    let xfs = LoopMount::new(&xfs_img, &dir.join("xfs"))?;
+    let image = xfs.0.join("root.img");
+    std::fs::File::create(&image).and_then(|f| f.set_len(size)).map_err(|e| e.to_string())?;
+    sh("mkfs.ext4", &["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", s(&image)])?;
+    let guest = LoopMount::new(&image, &dir.join("guest"))?;
+    Ok((guest, xfs, image))
+}
+
+unsafe extern "C" {
+    fn geteuid() -> u32;
+}
