@@ -133,9 +133,16 @@ pub fn restore_disk(
     to: &Path,
     options: &RestoreOptions,
 ) -> Result<RestoreStats> {
-    if let Some(stats) = backup_core::restore_disk_from_snapshot(vault, point, disk, to, options)? {
-        eprintln!("restored from the snapshot tier (the snapshot kept for instant restore)");
-        return Ok(stats);
+    // A damaged or forged snapshot record costs the snapshot tier, never
+    // the vault's copy.
+    match backup_core::restore_disk_from_snapshot(vault, point, disk, to, options) {
+        Ok(Some(stats)) => {
+            eprintln!("restored from the snapshot tier (the snapshot kept for instant restore)");
+            return Ok(stats);
+        }
+        Ok(None) => {}
+        Err(e @ backup_core::Error::Cancelled { .. }) => return Err(e.into()),
+        Err(e) => eprintln!("warning: the snapshot tier cannot be used ({e}); restoring from the vault"),
     }
     Ok(backup_core::restore_disk_to_path(vault, point, disk, to, options)?)
 }
@@ -148,7 +155,11 @@ pub fn restore_vm(
     to: &Path,
     options: &RestoreOptions,
 ) -> Result<Vec<RestoreStats>> {
-    if backup_core::kept_snapshot(vault, &point.vm, &point.id)?.is_some() {
+    if backup_core::kept_snapshot(vault, &point.vm, &point.id).unwrap_or_else(|e| {
+        eprintln!("warning: the snapshot tier cannot be used ({e}); restoring from the vault");
+        None
+    }).is_some()
+    {
         std::fs::create_dir_all(to).map_err(|e| anyhow::anyhow!("cannot create folder {}: {e}", to.display()))?;
         let mut all = Vec::new();
         for d in &point.disks {

@@ -106,6 +106,13 @@ fn forge_record(vault: &Path, vm: &str, point: &str, record: &serde_json::Value)
     fs::write(dir.join(format!("{point}.json")), bytes).expect("write record");
 }
 
+/// Writes a kept-snapshot record as plain JSON, as the red team did.
+fn forge_plain_record(vault: &Path, vm: &str, point: &str, record: &serde_json::Value) {
+    let dir = vault.join("snapshots").join(vm);
+    fs::create_dir_all(&dir).expect("mkdir");
+    fs::write(dir.join(format!("{point}.json")), serde_json::to_vec_pretty(record).expect("json")).expect("write record");
+}
+
 fn record(vm: &str, point: &str, expires: &str, disks: serde_json::Value) -> serde_json::Value {
     serde_json::json!({
         "vm": vm, "point": point, "job": "20000101T000000Z-abcdef", "provider": "image-files 0.1.0",
@@ -126,6 +133,10 @@ fn a_forged_snapshot_record_never_deletes_a_file_outside_the_vault() {
     let victim = d.join("victim");
     fs::write(&victim, b"precious").expect("victim");
     let disks = serde_json::json!([{ "name": "root.img", "path": victim, "size": 8, "modified_ns": mtime_ns(&victim) }]);
+    // Expired, in plain JSON as the red team wrote it.
+    forge_plain_record(&vault, "web", &point, &record("web", &point, "2001-01-01T00:00:00Z", disks.clone()));
+    let out = bounded(&["release-expired", "--vault", s(&vault)]);
+    assert_eq!(fs::read(&victim).expect("victim is still there"), b"precious", "{}", stderr(&out));
     // Expired, with a valid MAC: the strongest forgery of a plain vault.
     forge_record(&vault, "web", &point, &record("web", &point, "2001-01-01T00:00:00Z", disks.clone()));
     let out = bounded(&["release-expired", "--vault", s(&vault), "--json"]);
@@ -176,12 +187,15 @@ fn a_forged_record_never_makes_restore_return_another_file() {
     let fake = d.join("fake");
     fs::write(&fake, vec![0xEE; 1 << 20]).expect("fake");
     let disks = serde_json::json!([{ "name": "root.img", "path": fake, "size": 1 << 20, "modified_ns": mtime_ns(&fake) }]);
-    forge_record(&vault, "web", &point, &record("web", &point, "2099-01-01T00:00:00Z", disks));
     let out = d.join("out.img");
-    let r = bounded(&["restore", "--vault", s(&vault), "--vm", "web", "--point", &point, "--disk", "root.img", "--to", s(&out), "--json"]);
-    assert!(r.status.success(), "{}", stderr(&r));
-    assert_eq!(fs::read(&out).expect("restored"), fs::read(&image).expect("image"), "restored from the vault, not the fake");
-    assert!(!String::from_utf8_lossy(&r.stdout).contains("\"tier\""), "no snapshot tier claimed");
+    // In plain JSON as the red team wrote it, then with a valid MAC.
+    for forge in [forge_plain_record, forge_record] {
+        forge(&vault, "web", &point, &record("web", &point, "2099-01-01T00:00:00Z", disks.clone()));
+        let r = bounded(&["restore", "--vault", s(&vault), "--vm", "web", "--point", &point, "--disk", "root.img", "--to", s(&out), "--json"]);
+        assert!(r.status.success(), "{}", stderr(&r));
+        assert!(!stderr(&r).contains("restored from the snapshot tier"), "no snapshot tier claimed: {}", stderr(&r));
+        assert!(fs::read(&out).expect("restored") == fs::read(&image).expect("image"), "restored from the vault, not the fake");
+    }
     let v = bounded(&["verify", "--vault", s(&vault)]);
     assert!(v.status.success(), "{}", stderr(&v));
 
@@ -191,11 +205,13 @@ fn a_forged_record_never_makes_restore_return_another_file() {
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).expect("chmod");
     let fake_point = "20990101T000000Z-abcdef";
     let disks = serde_json::json!([{ "name": "root.img", "path": secret, "size": 4096, "modified_ns": mtime_ns(&secret) }]);
-    forge_record(&vault, "web", fake_point, &record("web", fake_point, "2099-01-01T00:00:00Z", disks));
     let leak = d.join("leak.img");
-    let r = bounded(&["restore", "--vault", s(&vault), "--vm", "web", "--point", fake_point, "--disk", "root.img", "--to", s(&leak)]);
-    assert!(!r.status.success());
-    assert!(!leak.exists(), "nothing was copied out: {}", stderr(&r));
+    for forge in [forge_plain_record, forge_record] {
+        forge(&vault, "web", fake_point, &record("web", fake_point, "2099-01-01T00:00:00Z", disks.clone()));
+        let r = bounded(&["restore", "--vault", s(&vault), "--vm", "web", "--point", fake_point, "--disk", "root.img", "--to", s(&leak)]);
+        assert!(!r.status.success());
+        assert!(!leak.exists(), "nothing was copied out: {}", stderr(&r));
+    }
     // And what a restore writes is private to its user.
     assert_eq!(fs::metadata(&out).expect("stat").mode() & 0o777, 0o600);
 }
@@ -214,7 +230,7 @@ fn restore_never_writes_through_a_link_planted_at_its_temporary_name() {
     let r = bounded(&["restore", "--vault", s(&vault), "--vm", "web", "--to", &format!("{}/", s(&target))]);
     assert!(r.status.success(), "{}", stderr(&r));
     assert_eq!(fs::read(&secret).expect("secret"), b"root's secret");
-    assert_eq!(fs::read(target.join("root.img")).expect("restored"), fs::read(&image).expect("image"));
+    assert!(fs::read(target.join("root.img")).expect("restored") == fs::read(&image).expect("image"));
 }
 
 #[test]
@@ -246,7 +262,7 @@ fn restore_refuses_special_files_and_writes_into_a_folder() {
     fs::create_dir(&out).expect("mkdir");
     let r = bounded(&["restore", "--vault", s(&vault), "--vm", "web", "--disk", "root.img", "--to", s(&out)]);
     assert!(r.status.success(), "{}", stderr(&r));
-    assert_eq!(fs::read(out.join("root.img")).expect("restored"), fs::read(&image).expect("image"));
+    assert!(fs::read(out.join("root.img")).expect("restored") == fs::read(&image).expect("image"));
 }
 
 #[test]
@@ -271,9 +287,9 @@ fn gc_never_follows_a_linked_folder_inside_the_vault() {
     fs::remove_dir_all(vault.join("tmp")).expect("rm tmp");
     std::os::unix::fs::symlink(&outside, vault.join("tmp")).expect("symlink");
     let r = bounded(&["gc", "--vault", s(&vault), "--grace", "0"]);
+    assert!(outside.join("backup-123-old").exists(), "gc deleted a file outside the vault");
     assert!(!r.status.success());
     assert!(stderr(&r).contains("link"), "{}", stderr(&r));
-    assert!(outside.join("backup-123-old").exists());
 }
 
 #[test]

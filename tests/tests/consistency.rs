@@ -733,3 +733,56 @@ fn prepare_runs_exactly_once_across_many_backups() {
     backup(&other, &provider, &vm, &options(Consistency::Crash)).expect("backup");
     assert_eq!(count(), 3);
 }
+
+/// Run by `a_freeze_held_by_a_killed_process_is_thawed_by_its_guardian` in
+/// a child process of its own: freezes the mount named by
+/// `VMB_FREEZE_HELPER`, says so, and waits to be killed.
+#[test]
+#[ignore = "a helper: run by the guardian test in a process of its own"]
+fn freeze_helper_process() {
+    let Some(mount) = std::env::var_os("VMB_FREEZE_HELPER") else { return };
+    let guard = FreezeGuard::freeze(&[PathBuf::from(mount)], Duration::from_secs(120)).expect("freeze");
+    println!("frozen");
+    use std::io::Write;
+    std::io::stdout().flush().expect("flush");
+    std::thread::sleep(Duration::from_secs(120));
+    drop(guard);
+}
+
+/// Whether a write to `dir` completes within `limit`; the writer is left
+/// to finish in the background when it does not.
+fn write_completes(dir: &Path, limit: Duration) -> bool {
+    let probe = dir.join("probe");
+    let mut c = std::process::Command::new("sh")
+        .args(["-c", &format!("echo x > {p} && sync -f {p}", p = s(&probe))])
+        .spawn()
+        .expect("probe");
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if c.try_wait().expect("wait").is_some() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::spawn(move || c.wait());
+    false
+}
+
+#[test]
+fn a_freeze_held_by_a_killed_process_is_thawed_by_its_guardian() {
+    let _g = serial();
+    let Some(f) = fixture("a_freeze_held_by_a_killed_process_is_thawed_by_its_guardian") else { return };
+    let mut helper = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "freeze_helper_process", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("VMB_FREEZE_HELPER", f.guest())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn helper");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(helper.stdout.take().expect("stdout")));
+    assert!(lines.any(|l| l.is_ok_and(|l| l.trim_end().ends_with("frozen"))), "the helper never froze");
+    assert!(!write_completes(f.guest(), Duration::from_millis(500)), "the mount is not frozen");
+    // SIGKILL: no destructor, no watchdog thread runs in the helper.
+    helper.kill().expect("kill");
+    helper.wait().expect("wait");
+    assert!(write_completes(f.guest(), Duration::from_secs(5)), "the guardian did not thaw the mount");
+}

@@ -210,3 +210,58 @@ fn the_snapshot_tier_exists_from_the_snapshot_phase_and_a_cancel_releases_it() {
     assert_eq!(clones(&fs_.at).len(), 1);
     assert_eq!(kept_snapshots(&vault, None).expect("kept").0.len(), 1);
 }
+
+/// The snapshot tier restores through the same safe target as the vault:
+/// a link at the target is replaced, never written through; a full disk
+/// or a cancel leaves nothing under the final name and no temporary file.
+#[test]
+fn snapshot_tier_restores_never_follow_a_link_and_leave_nothing_half_written() {
+    let _serial = MOUNTS.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(fs_) = xfs("snapshot_tier_restores_never_follow_a_link_and_leave_nothing_half_written") else { return };
+    let img = fs_.at.join("root.img");
+    let first = data(5, 8 << 20);
+    fs::write(&img, &first).expect("image");
+    let vault = Vault::init(fs_.at.join("vault")).expect("init");
+    let vm = Vm::from_images("web", &[&img]).expect("vm");
+    let mut options = BackupOptions::default();
+    options.instant_restore_days = 2;
+    let report = backup(&vault, &ImageFileProvider::new(), &vm, &options).expect("backup");
+    assert!(kept_snapshot(&vault, "web", &report.point.id).expect("record").is_some());
+
+    // A link planted at the target (a folder another user owns).
+    let victim = fs_.at.join("victim");
+    fs::write(&victim, b"not a disk").expect("victim");
+    let out = fs_.at.join("out.img");
+    std::os::unix::fs::symlink(&victim, &out).expect("symlink");
+    restore_disk_from_snapshot(&vault, &report.point, "root.img", &out, &RestoreOptions::default())
+        .expect("restore")
+        .expect("tier");
+    assert_eq!(fs::read(&victim).expect("victim"), b"not a disk");
+    assert!(fs::read(&out).expect("restored") == first);
+
+    // A full disk: a 1 MiB tmpfs cannot take an 8 MiB disk.
+    let small = fs_._dir.path().join("small");
+    fs::create_dir_all(&small).expect("mkdir");
+    sh("mount", &["-t", "tmpfs", "-o", "size=1m", "tmpfs", s(&small)]).expect("mount tmpfs");
+    let full = small.join("full.img");
+    let e = restore_disk_from_snapshot(&vault, &report.point, "root.img", &full, &RestoreOptions::default())
+        .expect_err("no space");
+    let left: Vec<_> = fs::read_dir(&small).expect("list").flatten().map(|e| e.file_name()).collect();
+    let _ = sh("umount", &[s(&small)]);
+    assert!(left.is_empty(), "a full disk left {left:?} ({e})");
+
+    // A cancel before the copy: nothing made.
+    let options = RestoreOptions::default();
+    options.cancel.cancel();
+    let cancelled = fs_.at.join("cancelled.img");
+    let e = restore_disk_from_snapshot(&vault, &report.point, "root.img", &cancelled, &options).expect_err("cancel");
+    assert_eq!(e.kind(), ErrorKind::Cancelled);
+    assert!(clones(&fs_.at).len() == 1, "only the kept clone");
+    let stray: Vec<_> = fs::read_dir(&fs_.at)
+        .expect("list")
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.contains("cancelled") || n.contains("restoring"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+}

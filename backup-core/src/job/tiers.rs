@@ -502,6 +502,7 @@ fn copy_file(
 ) -> Result<u64> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
+    cancel.check("restore from the snapshot tier")?;
     let to = &out.path;
     let dst = &out.file;
     let len = src.metadata().map_err(|e| Error::io("stat", from, e))?.len();
