@@ -835,6 +835,14 @@ mod tests {
     }
 
     #[test]
+    fn sizes_past_two_to_the_64_are_shown_not_wrapped() {
+        // Two disks of 2^63 bytes: a u64 sum wraps to 0 ("0 B").
+        let total: u128 = [1u64 << 63, 1u64 << 63].iter().map(|d| u128::from(*d)).sum();
+        assert_eq!(human(total), "16.0 EiB");
+        assert_eq!(human(1023u64), "1023 B");
+    }
+
+    #[test]
     fn disk_args_take_names() {
         let vm = vm_from_args("web", &["root=/x/a.img".into(), "/y/b.img".into()]).expect("valid");
         assert_eq!(vm.disks[0].name, "root");
