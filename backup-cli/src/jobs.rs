@@ -155,10 +155,12 @@ pub fn restore_vm(
     to: &Path,
     options: &RestoreOptions,
 ) -> Result<Vec<RestoreStats>> {
-    if backup_core::kept_snapshot(vault, &point.vm, &point.id).unwrap_or_else(|e| {
-        eprintln!("warning: the snapshot tier cannot be used ({e}); restoring from the vault");
-        None
-    }).is_some()
+    if backup_core::kept_snapshot(vault, &point.vm, &point.id)
+        .unwrap_or_else(|e| {
+            eprintln!("warning: the snapshot tier cannot be used ({e}); restoring from the vault");
+            None
+        })
+        .is_some()
     {
         std::fs::create_dir_all(to).map_err(|e| anyhow::anyhow!("cannot create folder {}: {e}", to.display()))?;
         let mut all = Vec::new();

@@ -7,9 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use backup_core::{
-    ExportAddress, ExportOptions, NbdAddress, NbdOptions, NbdProvider, NbdServer, QemuProvider, VmDisk,
-};
+use backup_core::{ExportAddress, ExportOptions, NbdAddress, NbdOptions, NbdProvider, NbdServer, QemuProvider, VmDisk};
 
 use crate::output::outln;
 

@@ -13,8 +13,8 @@
 //! a killed run leaves is cleaned by the next one (and frozen file systems
 //! are thawed by the freeze's guardian process).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use backup_core::CancelToken;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
 /// The token the handler cancels, set before the handler is installed.

@@ -83,7 +83,8 @@ fn vault_with_point(d: &Path) -> (PathBuf, PathBuf, String) {
 /// The MAC key of host records in a vault without encryption, derived from
 /// its config as anyone who can read the vault can: a forger's best case.
 fn host_record_key(vault: &Path) -> [u8; 32] {
-    let config: serde_json::Value = serde_json::from_slice(&fs::read(vault.join("config")).expect("config")).expect("json");
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(vault.join("config")).expect("config")).expect("json");
     let hex = config["chunk_key"].as_str().expect("chunk_key");
     let key: Vec<u8> = (0..64).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex")).collect();
     let key: [u8; 32] = key.try_into().expect("32 bytes");
@@ -94,10 +95,20 @@ fn host_record_key(vault: &Path) -> [u8; 32] {
 /// Writes a kept-snapshot record with a valid MAC, as a forger who read
 /// the config can.
 fn forge_record(vault: &Path, vm: &str, point: &str, record: &serde_json::Value) {
-    let config: serde_json::Value = serde_json::from_slice(&fs::read(vault.join("config")).expect("config")).expect("json");
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(vault.join("config")).expect("config")).expect("json");
     let vault_id = config["vault_id"].as_str().expect("id");
     let json = serde_json::to_vec_pretty(record).expect("json");
-    let aad = [b"vmbackup host record\0".as_slice(), b"kept snapshot\0", vault_id.as_bytes(), b"\0", vm.as_bytes(), b"\0", point.as_bytes()].concat();
+    let aad = [
+        b"vmbackup host record\0".as_slice(),
+        b"kept snapshot\0",
+        vault_id.as_bytes(),
+        b"\0",
+        vm.as_bytes(),
+        b"\0",
+        point.as_bytes(),
+    ]
+    .concat();
     let mac = blake3::keyed_hash(&host_record_key(vault), &[&aad[..], &json].concat());
     let mut bytes = json;
     bytes.extend_from_slice(format!("\nmac {}\n", mac.to_hex()).as_bytes());
@@ -110,7 +121,8 @@ fn forge_record(vault: &Path, vm: &str, point: &str, record: &serde_json::Value)
 fn forge_plain_record(vault: &Path, vm: &str, point: &str, record: &serde_json::Value) {
     let dir = vault.join("snapshots").join(vm);
     fs::create_dir_all(&dir).expect("mkdir");
-    fs::write(dir.join(format!("{point}.json")), serde_json::to_vec_pretty(record).expect("json")).expect("write record");
+    fs::write(dir.join(format!("{point}.json")), serde_json::to_vec_pretty(record).expect("json"))
+        .expect("write record");
 }
 
 fn record(vm: &str, point: &str, expires: &str, disks: serde_json::Value) -> serde_json::Value {
@@ -132,7 +144,8 @@ fn a_forged_snapshot_record_never_deletes_a_file_outside_the_vault() {
     let (vault, _, point) = vault_with_point(d);
     let victim = d.join("victim");
     fs::write(&victim, b"precious").expect("victim");
-    let disks = serde_json::json!([{ "name": "root.img", "path": victim, "size": 8, "modified_ns": mtime_ns(&victim) }]);
+    let disks =
+        serde_json::json!([{ "name": "root.img", "path": victim, "size": 8, "modified_ns": mtime_ns(&victim) }]);
     // Expired, in plain JSON as the red team wrote it.
     forge_plain_record(&vault, "web", &point, &record("web", &point, "2001-01-01T00:00:00Z", disks.clone()));
     let out = bounded(&["release-expired", "--vault", s(&vault)]);
@@ -145,7 +158,12 @@ fn a_forged_snapshot_record_never_deletes_a_file_outside_the_vault() {
     assert!(text.contains("vmbackup mark") || text.contains("refusing"), "the refusal is named: {text}");
 
     // A record that names another VM than its folder ("../../..").
-    forge_record(&vault, "web", "20000101T000000Z-000001", &record("../../..", "20000101T000000Z-000001", "2001-01-01T00:00:00Z", disks));
+    forge_record(
+        &vault,
+        "web",
+        "20000101T000000Z-000001",
+        &record("../../..", "20000101T000000Z-000001", "2001-01-01T00:00:00Z", disks),
+    );
     let out = bounded(&["release-expired", "--vault", s(&vault)]);
     assert!(victim.exists(), "{}", stderr(&out));
     // An ordinary backup runs release too.
@@ -163,12 +181,19 @@ fn a_forged_record_in_an_encrypted_vault_is_refused_unread() {
     fs::write(&victim, b"precious").expect("victim");
     let key = d.join("vault.key");
     ok(&["init", s(&vault), "--encrypt", "--key-file", s(&key)]);
-    let out = json(&["backup", "--vault", s(&vault), "--key-file", s(&key), "--vm", "web", "--disk", s(&image), "--json"]);
+    let out =
+        json(&["backup", "--vault", s(&vault), "--key-file", s(&key), "--vm", "web", "--disk", s(&image), "--json"]);
     let point = out["point"].as_str().expect("point").to_string();
     // In clear, as the old format was: not sealed, so refused.
-    let rec = record("web", &point, "2001-01-01T00:00:00Z", serde_json::json!([{ "name": "root.img", "path": victim, "size": 8, "modified_ns": mtime_ns(&victim) }]));
+    let rec = record(
+        "web",
+        &point,
+        "2001-01-01T00:00:00Z",
+        serde_json::json!([{ "name": "root.img", "path": victim, "size": 8, "modified_ns": mtime_ns(&victim) }]),
+    );
     fs::create_dir_all(vault.join("snapshots/web")).expect("mkdir");
-    fs::write(vault.join(format!("snapshots/web/{point}.json")), serde_json::to_vec(&rec).expect("json")).expect("write");
+    fs::write(vault.join(format!("snapshots/web/{point}.json")), serde_json::to_vec(&rec).expect("json"))
+        .expect("write");
     let out = bounded(&["backup", "--vault", s(&vault), "--key-file", s(&key), "--vm", "web", "--disk", s(&image)]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(victim.exists());
@@ -186,15 +211,32 @@ fn a_forged_record_never_makes_restore_return_another_file() {
     // The attacker's file of the same size, and a root-only secret.
     let fake = d.join("fake");
     fs::write(&fake, vec![0xEE; 1 << 20]).expect("fake");
-    let disks = serde_json::json!([{ "name": "root.img", "path": fake, "size": 1 << 20, "modified_ns": mtime_ns(&fake) }]);
+    let disks =
+        serde_json::json!([{ "name": "root.img", "path": fake, "size": 1 << 20, "modified_ns": mtime_ns(&fake) }]);
     let out = d.join("out.img");
     // In plain JSON as the red team wrote it, then with a valid MAC.
     for forge in [forge_plain_record, forge_record] {
         forge(&vault, "web", &point, &record("web", &point, "2099-01-01T00:00:00Z", disks.clone()));
-        let r = bounded(&["restore", "--vault", s(&vault), "--vm", "web", "--point", &point, "--disk", "root.img", "--to", s(&out), "--json"]);
+        let r = bounded(&[
+            "restore",
+            "--vault",
+            s(&vault),
+            "--vm",
+            "web",
+            "--point",
+            &point,
+            "--disk",
+            "root.img",
+            "--to",
+            s(&out),
+            "--json",
+        ]);
         assert!(r.status.success(), "{}", stderr(&r));
         assert!(!stderr(&r).contains("restored from the snapshot tier"), "no snapshot tier claimed: {}", stderr(&r));
-        assert!(fs::read(&out).expect("restored") == fs::read(&image).expect("image"), "restored from the vault, not the fake");
+        assert!(
+            fs::read(&out).expect("restored") == fs::read(&image).expect("image"),
+            "restored from the vault, not the fake"
+        );
     }
     let v = bounded(&["verify", "--vault", s(&vault)]);
     assert!(v.status.success(), "{}", stderr(&v));
@@ -204,11 +246,24 @@ fn a_forged_record_never_makes_restore_return_another_file() {
     fs::write(&secret, vec![0x55; 4096]).expect("secret");
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).expect("chmod");
     let fake_point = "20990101T000000Z-abcdef";
-    let disks = serde_json::json!([{ "name": "root.img", "path": secret, "size": 4096, "modified_ns": mtime_ns(&secret) }]);
+    let disks =
+        serde_json::json!([{ "name": "root.img", "path": secret, "size": 4096, "modified_ns": mtime_ns(&secret) }]);
     let leak = d.join("leak.img");
     for forge in [forge_plain_record, forge_record] {
         forge(&vault, "web", fake_point, &record("web", fake_point, "2099-01-01T00:00:00Z", disks.clone()));
-        let r = bounded(&["restore", "--vault", s(&vault), "--vm", "web", "--point", fake_point, "--disk", "root.img", "--to", s(&leak)]);
+        let r = bounded(&[
+            "restore",
+            "--vault",
+            s(&vault),
+            "--vm",
+            "web",
+            "--point",
+            fake_point,
+            "--disk",
+            "root.img",
+            "--to",
+            s(&leak),
+        ]);
         assert!(!r.status.success());
         assert!(!leak.exists(), "nothing was copied out: {}", stderr(&r));
     }
@@ -361,7 +416,11 @@ fn a_pack_footer_claiming_four_billion_chunks_is_refused_within_bounds() {
     }
     let r = bounded(&["verify", "--vault", s(&vault)]);
     assert!(!r.status.success());
-    assert!(String::from_utf8_lossy(&r.stdout).contains("more than a pack may hold"), "{}", String::from_utf8_lossy(&r.stdout));
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains("more than a pack may hold"),
+        "{}",
+        String::from_utf8_lossy(&r.stdout)
+    );
 }
 
 #[test]
@@ -393,7 +452,11 @@ fn a_trailer_entry_claiming_four_gigabytes_is_refused_within_bounds() {
     assert!(!out.exists());
     let v = bounded(&["verify", "--vault", s(&vault)]);
     assert!(!v.status.success());
-    assert!(String::from_utf8_lossy(&v.stdout).contains("impossible lengths"), "{}", String::from_utf8_lossy(&v.stdout));
+    assert!(
+        String::from_utf8_lossy(&v.stdout).contains("impossible lengths"),
+        "{}",
+        String::from_utf8_lossy(&v.stdout)
+    );
 }
 
 #[test]
@@ -406,7 +469,8 @@ fn fifos_devices_and_links_in_the_vault_never_hang_or_feed_a_command() {
     // SAFETY: a NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     // An index file that is a link to an endless device.
-    std::os::unix::fs::symlink("/dev/zero", vault.join("index").join(format!("{}.idx", "cd".repeat(16)))).expect("symlink");
+    std::os::unix::fs::symlink("/dev/zero", vault.join("index").join(format!("{}.idx", "cd".repeat(16))))
+        .expect("symlink");
     let out = d.join("out.img");
     for args in [
         vec!["verify"],

@@ -139,7 +139,8 @@ fn wait_for(what: &str, child: &mut Child, mut ready: impl FnMut() -> bool) {
 /// Whether the newest job log of the VM shows the transfer phase.
 fn in_transfer(f: &Fixture) -> bool {
     let Ok(rd) = fs::read_dir(f.vault.join("jobs/web")) else { return false };
-    let mut logs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "jsonl")).collect();
+    let mut logs: Vec<PathBuf> =
+        rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "jsonl")).collect();
     logs.sort();
     logs.last().is_some_and(|l| fs::read_to_string(l).is_ok_and(|t| t.contains(r#""phase":"transfer""#)))
 }
@@ -281,7 +282,8 @@ fn sigkill_at_each_phase_is_cleaned_up_by_the_next_run() {
         assert!(status.success(), "{what}: the next backup failed: {err}");
         assert_eq!(points(&f), before + 1, "{what}");
         assert_eq!(clones(&f), Vec::<String>::new(), "{what}: a clone was left after the next run");
-        let staging: Vec<_> = fs::read_dir(f.vault.join("tmp")).expect("tmp").flatten().map(|e| e.file_name()).collect();
+        let staging: Vec<_> =
+            fs::read_dir(f.vault.join("tmp")).expect("tmp").flatten().map(|e| e.file_name()).collect();
         assert!(staging.is_empty(), "{what}: staging left in the vault: {staging:?}");
         let v = testkit::output(BIN, &["verify", "--vault", s(&f.vault)]);
         assert!(v.status.success(), "{what}: {}", testkit::text(&v));

@@ -4,8 +4,8 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::policy::{KeepReason, PointRef, Retention};
 use crate::model::validate_name;
+use crate::policy::{KeepReason, PointRef, Retention};
 use crate::vault::{LockMode, Vault};
 
 /// How a prune runs.

@@ -171,4 +171,3 @@ pub(crate) fn good_frames(vault: &Vault, pack: &str, entries: Vec<PackEntry>) ->
     let dropped = total - good.len() as u64;
     Ok((good, dropped))
 }
-

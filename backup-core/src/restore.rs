@@ -103,7 +103,10 @@ impl FileTarget {
         {
             return Err(Error::invalid(
                 "restore target",
-                format!("{}: not a regular file or block device (a folder, FIFO, socket or character device)", path.display()),
+                format!(
+                    "{}: not a regular file or block device (a folder, FIFO, socket or character device)",
+                    path.display()
+                ),
             ));
         }
         let file = OpenOptions::new()

@@ -55,10 +55,9 @@ impl Output {
         match std::fs::symlink_metadata(dest) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::temporary(dest),
             Err(e) => Err(Error::io("look at restore target", dest, e)),
-            Ok(m) if m.is_dir() => Err(refuse(
-                dest,
-                "it is a folder; name a file in it, or restore the whole VM into it (without a disk)",
-            )),
+            Ok(m) if m.is_dir() => {
+                Err(refuse(dest, "it is a folder; name a file in it, or restore the whole VM into it (without a disk)"))
+            }
             Ok(m) if m.file_type().is_block_device() => Self::device(dest),
             Ok(m) if m.file_type().is_symlink() => match std::fs::metadata(dest) {
                 Ok(t) if t.file_type().is_block_device() => Self::device(dest),
@@ -124,7 +123,8 @@ impl Output {
         if self.device {
             return Ok(());
         }
-        std::fs::rename(&self.path, &self.dest).map_err(|e| Error::io("rename restored disk into place", &self.dest, e))?;
+        std::fs::rename(&self.path, &self.dest)
+            .map_err(|e| Error::io("rename restored disk into place", &self.dest, e))?;
         self.committed = true;
         if let Some(dir) = self.dest.parent().filter(|p| !p.as_os_str().is_empty()) {
             let _ = File::open(dir).and_then(|d| d.sync_all());
@@ -164,7 +164,8 @@ fn remove_stale(dir: &Path, name: &str) {
         let path = entry.path();
         let Ok(c) = CString::new(path.as_os_str().as_bytes()) else { continue };
         // SAFETY: a NUL-terminated path; never follows a link, never waits.
-        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        let fd =
+            unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC) };
         if fd < 0 {
             continue;
         }

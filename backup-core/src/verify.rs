@@ -202,7 +202,8 @@ fn check_lost_manifests(
             let Some(id) = job.point.filter(|_| job.result == crate::job::log::JobResult::Succeeded) else {
                 continue;
             };
-            if crate::model::validate_name("point id", &id).is_err() || vault.dir().exists(&vault.point_path(&vm, &id)) {
+            if crate::model::validate_name("point id", &id).is_err() || vault.dir().exists(&vault.point_path(&vm, &id))
+            {
                 continue;
             }
             if pruned.get_or_insert_with(|| crate::prune::pruned_points(vault, &vm)).contains(&id) {

@@ -487,7 +487,9 @@ fn a_kept_snapshot_gives_the_snapshot_tier_until_it_is_released() {
     let original = fs::read(&img).expect("read");
     image(dir.path(), "root.img", 10, 1 << 20);
     let out = dir.path().join("out.img");
-    let stats = restore_disk_from_snapshot(&vault, &first.point, "root.img", &out, &RestoreOptions::default()).expect("restore").expect("tier");
+    let stats = restore_disk_from_snapshot(&vault, &first.point, "root.img", &out, &RestoreOptions::default())
+        .expect("restore")
+        .expect("tier");
     assert_eq!(stats.size, 1 << 20);
     assert_eq!(fs::read(&out).expect("read"), original);
 
@@ -505,7 +507,11 @@ fn a_kept_snapshot_gives_the_snapshot_tier_until_it_is_released() {
     assert_eq!(report.released[0].1, "expired");
     assert_eq!(point_tiers(&vault, &first.point).expect("tiers"), ["vault"]);
     assert_eq!(point_tiers(&vault, &second.point).expect("tiers"), ["snapshot", "vault"]);
-    assert!(restore_disk_from_snapshot(&vault, &first.point, "root.img", &out, &RestoreOptions::default()).expect("restore").is_none());
+    assert!(
+        restore_disk_from_snapshot(&vault, &first.point, "root.img", &out, &RestoreOptions::default())
+            .expect("restore")
+            .is_none()
+    );
     assert_eq!(leftover_clones(dir.path()).len(), 1);
 
     // A changed snapshot file is no tier: the listing stays true.
@@ -597,11 +603,15 @@ fn a_point_restores_from_its_snapshot_tier_while_its_job_still_transfers() {
         // snapshot's bytes.
         image(dir.path(), "root.img", 16, 1 << 20);
         let one = dir.path().join("one.img");
-        let stats = restore_from_snapshot(&vault, "web", &point, Some("1"), &one, &RestoreOptions::default()).expect("restore").expect("tier");
+        let stats = restore_from_snapshot(&vault, "web", &point, Some("1"), &one, &RestoreOptions::default())
+            .expect("restore")
+            .expect("tier");
         assert_eq!((stats.len(), stats[0].disk.as_str(), stats[0].size), (1, "data.img", 3 << 19));
         assert_eq!(fs::read(&one).expect("read"), originals[1]);
         let all = dir.path().join("all");
-        let stats = restore_from_snapshot(&vault, "web", &point, None, &all, &RestoreOptions::default()).expect("restore").expect("tier");
+        let stats = restore_from_snapshot(&vault, "web", &point, None, &all, &RestoreOptions::default())
+            .expect("restore")
+            .expect("tier");
         assert_eq!(stats.len(), 2);
         assert_eq!(fs::read(all.join("root.img")).expect("read"), originals[0]);
         assert_eq!(fs::read(all.join("data.img")).expect("read"), originals[1]);
@@ -621,7 +631,11 @@ fn a_point_restores_from_its_snapshot_tier_while_its_job_still_transfers() {
     let (kept, _) = kept_snapshots(&vault, Some("web")).expect("kept");
     fs::write(&kept[0].disks[1].path, b"scribbled").expect("write");
     let out = dir.path().join("late.img");
-    assert!(restore_from_snapshot(&vault, "web", &report.point.id, Some("data.img"), &out, &RestoreOptions::default()).expect("ok").is_none());
+    assert!(
+        restore_from_snapshot(&vault, "web", &report.point.id, Some("data.img"), &out, &RestoreOptions::default())
+            .expect("ok")
+            .is_none()
+    );
     assert!(!out.exists());
 }
 

@@ -72,12 +72,12 @@ impl Fixture {
 fn fixture(test: &str) -> Option<Fixture> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED {test}: not running as root (loop mounts and FIFREEZE need it)");
+        testkit::skip(test, "not running as root (loop mounts and FIFREEZE need it)");
         return None;
     }
     for tool in ["mkfs.xfs", "mkfs.ext4", "e2fsck", "debugfs", "fsfreeze"] {
         if sh("sh", &["-c", &format!("command -v {tool}")]).is_err() {
-            eprintln!("SKIPPED {test}: {tool} is not installed (scripts/setup.sh installs it)");
+            testkit::skip(test, &format!("{tool} is not installed (scripts/setup.sh installs it)"));
             return None;
         }
     }
@@ -97,7 +97,7 @@ fn fixture(test: &str) -> Option<Fixture> {
     let (guest_mount, xfs, image) = match build() {
         Ok(m) => m,
         Err(why) => {
-            eprintln!("SKIPPED {test}: cannot build the XFS + ext4 loop mounts: {why}");
+            testkit::skip(test, &format!("cannot build the XFS + ext4 loop mounts: {why}"));
             return None;
         }
     };

@@ -36,7 +36,7 @@ impl Drop for Xfs {
 fn xfs(test: &str) -> Option<Xfs> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED {test}: not running as root (loop mounts need it)");
+        testkit::skip(test, "not running as root (loop mounts need it)");
         return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -53,7 +53,7 @@ fn xfs(test: &str) -> Option<Xfs> {
     match build() {
         Ok(()) => Some(Xfs { at, _dir: dir }),
         Err(why) => {
-            eprintln!("SKIPPED {test}: cannot mount a reflink XFS: {why}");
+            testkit::skip(test, &format!("cannot mount a reflink XFS: {why}"));
             None
         }
     }
@@ -93,7 +93,9 @@ fn a_reflink_snapshot_is_kept_restored_from_and_released_after_its_days() {
     // The VM goes on writing; the snapshot tier still restores the point.
     fs::write(&img, data(2, 8 << 20)).expect("write");
     let out = fs_.at.join("from-snapshot.img");
-    let stats = restore_disk_from_snapshot(&vault, &report.point, "root.img", &out, &RestoreOptions::default()).expect("restore").expect("tier");
+    let stats = restore_disk_from_snapshot(&vault, &report.point, "root.img", &out, &RestoreOptions::default())
+        .expect("restore")
+        .expect("tier");
     assert_eq!(stats.size, 8 << 20);
     assert_eq!(fs::read(&out).expect("read"), first);
     let from_vault = fs_.at.join("from-vault.img");
@@ -106,7 +108,11 @@ fn a_reflink_snapshot_is_kept_restored_from_and_released_after_its_days() {
     assert_eq!(r.released.len(), 1);
     assert!(clones(&fs_.at).is_empty());
     assert_eq!(point_tiers(&vault, &report.point).expect("tiers"), ["vault"]);
-    assert!(restore_disk_from_snapshot(&vault, &report.point, "root.img", &out, &RestoreOptions::default()).expect("restore").is_none());
+    assert!(
+        restore_disk_from_snapshot(&vault, &report.point, "root.img", &out, &RestoreOptions::default())
+            .expect("restore")
+            .is_none()
+    );
 }
 
 /// A device that waits for a signal before its first read.

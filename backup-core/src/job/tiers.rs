@@ -510,7 +510,10 @@ fn copy_file(
         use std::io::Seek;
         let dev = (&*dst).seek(std::io::SeekFrom::End(0)).map_err(|e| Error::io("find the size of", to, e))?;
         if dev < len {
-            return Err(Error::invalid("restore target", format!("{} holds {dev} bytes; the disk needs {len}", to.display())));
+            return Err(Error::invalid(
+                "restore target",
+                format!("{} holds {dev} bytes; the disk needs {len}", to.display()),
+            ));
         }
     } else {
         // `_IOW(0x94, 9, int)`: FICLONE, as the image-file provider uses it.

@@ -49,9 +49,7 @@ fn attr_name() -> &'static std::ffi::CStr {
 pub(crate) fn set(file: &File, value: &str) -> std::io::Result<()> {
     // SAFETY: a live descriptor, a NUL-terminated name, and a buffer of
     // the length passed.
-    let r = unsafe {
-        libc::fsetxattr(file.as_raw_fd(), attr_name().as_ptr(), value.as_ptr().cast(), value.len(), 0)
-    };
+    let r = unsafe { libc::fsetxattr(file.as_raw_fd(), attr_name().as_ptr(), value.as_ptr().cast(), value.len(), 0) };
     if r != 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }
 

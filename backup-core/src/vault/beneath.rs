@@ -183,7 +183,8 @@ impl VaultDir {
     fn parent(&self, path: &Path) -> std::io::Result<(OwnedFd, CString)> {
         let rel = self.rel(path)?;
         let name = rel.file_name().ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        let dir = openat2(self.fd.as_raw_fd(), rel.parent().unwrap_or(Path::new("")), libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let dir =
+            openat2(self.fd.as_raw_fd(), rel.parent().unwrap_or(Path::new("")), libc::O_PATH | libc::O_DIRECTORY, 0)?;
         Ok((dir, cstr(name)?))
     }
 
@@ -199,9 +200,8 @@ impl VaultDir {
 
     /// As [`open`](Self::open), with extra `open` flags (`O_DIRECT`).
     pub(crate) fn open_with(&self, path: &Path, flags: libc::c_int) -> Result<File> {
-        let fd = self
-            .open_fd(path, libc::O_RDONLY | libc::O_NONBLOCK | flags, 0)
-            .map_err(|e| self.err("open", path, e))?;
+        let fd =
+            self.open_fd(path, libc::O_RDONLY | libc::O_NONBLOCK | flags, 0).map_err(|e| self.err("open", path, e))?;
         let st = fstat(fd.as_raw_fd()).map_err(|e| Error::io("stat", path, e))?;
         if kind_of(st.st_mode) != Kind::File {
             return Err(Error::corrupt(
@@ -387,7 +387,8 @@ impl VaultDir {
 
     /// Flushes a folder so that a rename or a new file in it survives a crash.
     pub(crate) fn sync_dir(&self, path: &Path) -> Result<()> {
-        let fd = self.open_fd(path, libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(|e| self.err("flush folder", path, e))?;
+        let fd =
+            self.open_fd(path, libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(|e| self.err("flush folder", path, e))?;
         File::from(fd).sync_all().map_err(|e| Error::io("flush folder", path, e))
     }
 

@@ -558,13 +558,9 @@ impl Vault {
     /// [`Error::Locked`] after the timeout; I/O errors.
     pub fn lock(&self, mode: LockMode) -> Result<VaultLock> {
         let path = self.root.join("lock");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io("open", &path, e))?;
+        // Never through a link, and only a regular file (a FIFO or device
+        // planted as `lock` is refused).
+        let file = self.dir.open_append(&path, true)?;
         let start = Instant::now();
         loop {
             let r = match mode {
@@ -619,7 +615,9 @@ impl Vault {
         if let Some(r) = &self.remote {
             return r.pack_ids(self);
         }
-        Ok(self.dir.list(&self.root.join("packs"))?
+        Ok(self
+            .dir
+            .list(&self.root.join("packs"))?
             .into_iter()
             .filter_map(|n| n.strip_suffix(".pack").map(str::to_string))
             .collect())
@@ -867,7 +865,12 @@ impl Vault {
         if let Some(r) = &self.remote {
             r.sync_points(self, None)?;
         }
-        Ok(self.dir.list(&self.root.join("points"))?.into_iter().filter(|n| validate_name("vm name", n).is_ok()).collect())
+        Ok(self
+            .dir
+            .list(&self.root.join("points"))?
+            .into_iter()
+            .filter(|n| validate_name("vm name", n).is_ok())
+            .collect())
     }
 
     /// The ids of a VM's points, without reading them.

@@ -242,7 +242,9 @@ pub fn check_trailer_bounds(trailer_offset: u64, count: u32, pack_len: u64, obje
         return Err(Error::corrupt(object, format!("footer claims {count} chunks, more than a pack may hold")));
     }
     let tlen = u64::from(count) * ENTRY_LEN as u64;
-    if trailer_offset < PACK_HEADER_LEN as u64 || trailer_offset.checked_add(tlen) != pack_len.checked_sub(FOOTER_LEN as u64) {
+    if trailer_offset < PACK_HEADER_LEN as u64
+        || trailer_offset.checked_add(tlen) != pack_len.checked_sub(FOOTER_LEN as u64)
+    {
         return Err(Error::corrupt(object, "footer's trailer offset does not match the pack's length"));
     }
     Ok(())
@@ -255,7 +257,9 @@ pub fn check_trailer_bounds(trailer_offset: u64, count: u32, pack_len: u64, obje
 /// [`Error::Corrupt`] naming `object` and the entry.
 pub fn check_entries_within(entries: &[PackEntry], trailer_offset: u64, object: &str) -> Result<()> {
     for e in entries {
-        if e.offset < PACK_HEADER_LEN as u64 || e.offset.checked_add(e.frame_len()).is_none_or(|end| end > trailer_offset) {
+        if e.offset < PACK_HEADER_LEN as u64
+            || e.offset.checked_add(e.frame_len()).is_none_or(|end| end > trailer_offset)
+        {
             return Err(Error::corrupt(
                 object,
                 format!("trailer entry of chunk {} at byte {} lies outside the pack's frames", e.id, e.offset),

@@ -306,7 +306,13 @@ mod tests {
         {
             let path = dir.path().join(format!("p{len}-{direct}"));
             let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
-            let mut w = PackWriter::create(&crate::vault::beneath::VaultDir::open_root(dir.path()).expect("vault dir"), &path, pool.clone(), direct).expect("pack writer");
+            let mut w = PackWriter::create(
+                &crate::vault::beneath::VaultDir::open_root(dir.path()).expect("vault dir"),
+                &path,
+                pool.clone(),
+                direct,
+            )
+            .expect("pack writer");
             for piece in data.chunks(33_333) {
                 w.write_all(piece).expect("pack writer");
             }
@@ -314,7 +320,13 @@ mod tests {
             assert_eq!(std::fs::read(&path).expect("read back"), data, "length {len}, direct {direct}");
             // All at once: longer than a buffer.
             let path = dir.path().join(format!("q{len}-{direct}"));
-            let mut w = PackWriter::create(&crate::vault::beneath::VaultDir::open_root(dir.path()).expect("vault dir"), &path, pool.clone(), direct).expect("pack writer");
+            let mut w = PackWriter::create(
+                &crate::vault::beneath::VaultDir::open_root(dir.path()).expect("vault dir"),
+                &path,
+                pool.clone(),
+                direct,
+            )
+            .expect("pack writer");
             w.write_all(&data).expect("pack writer");
             w.finish().expect("pack writer");
             assert_eq!(std::fs::read(&path).expect("read back"), data, "length {len}, direct {direct}, one write");
@@ -326,7 +338,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("p");
         std::fs::write(&path, b"x").expect("pack writer");
-        let e = PackWriter::create(&crate::vault::beneath::VaultDir::open_root(dir.path()).expect("vault dir"), &path, Arc::new(BufferPool::default()), true).err().expect("pack writer");
+        let e = PackWriter::create(
+            &crate::vault::beneath::VaultDir::open_root(dir.path()).expect("vault dir"),
+            &path,
+            Arc::new(BufferPool::default()),
+            true,
+        )
+        .err()
+        .expect("pack writer");
         assert!(e.to_string().contains("create"), "{e}");
     }
 
@@ -335,7 +354,13 @@ mod tests {
     fn writes_where_direct_io_is_refused() {
         let Ok(dir) = tempfile::tempdir_in("/dev/shm") else { return };
         let path = dir.path().join("p");
-        let mut w = PackWriter::create(&crate::vault::beneath::VaultDir::open_root(dir.path()).expect("vault dir"), &path, Arc::new(BufferPool::default()), true).expect("pack writer");
+        let mut w = PackWriter::create(
+            &crate::vault::beneath::VaultDir::open_root(dir.path()).expect("vault dir"),
+            &path,
+            Arc::new(BufferPool::default()),
+            true,
+        )
+        .expect("pack writer");
         w.write_all(&[5u8; BUFFER_BYTES + 10]).expect("pack writer");
         w.finish().expect("pack writer");
         assert_eq!(std::fs::read(&path).expect("read back"), vec![5u8; BUFFER_BYTES + 10]);

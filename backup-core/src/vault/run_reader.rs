@@ -16,7 +16,7 @@
 //! BLAKE3 against its id) and every error names its chunk, pack and byte.
 
 use std::fs::File;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::{PackEntry, Vault, pack};
@@ -281,11 +281,10 @@ impl Vault {
             None => {}
         }
         let path = self.pack_path(pack);
-        let direct = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&path);
-        let direct = match direct {
+        let direct = match self.dir().open_with(&path, libc::O_DIRECT) {
             Ok(f) => Some(Arc::new(f)),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => None,
-            Err(e) => return Err(Error::io("open", &path, e)),
+            Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => None,
+            Err(e) => return Err(e),
         };
         self.direct_packs.lock().unwrap_or_else(|p| p.into_inner()).insert(n, direct.clone());
         match direct {

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use super::pack_writer::{BufferPool, Handoff, PackWriter};
 use super::beneath::VaultDir;
+use super::pack_writer::{BufferPool, Handoff, PackWriter};
 use super::{Codec, LockMode, PackEntry, PointManifest, Vault, VaultLock, VaultSink, pack};
 use crate::error::{Error, Result};
 use crate::model::{ContentId, hex};
@@ -142,7 +142,8 @@ impl<'v> BackupSession<'v> {
         getrandom::fill(&mut r).map_err(|e| Error::io("get random bytes in", &self.dir, std::io::Error::other(e)))?;
         let id = hex(&r);
         let path = self.dir.join("packs").join(format!("{id}.pack"));
-        let mut out = PackWriter::create(self.vault.dir(), &path, self.buffers.clone(), self.vault.options().direct_io)?;
+        let mut out =
+            PackWriter::create(self.vault.dir(), &path, self.buffers.clone(), self.vault.options().direct_io)?;
         let header = pack::header();
         out.write_all(&header)?;
         self.bytes_added.fetch_add(header.len() as u64, Ordering::Relaxed);
@@ -237,8 +238,8 @@ impl VaultSink for BackupSession<'_> {
         let entry = PackEntry { id: *id, offset: p.offset, raw_len, stored_len: payload.len() as u32, codec, sealed };
         p.entries.push(entry);
         p.offset += entry.frame_len();
-        let full = p.offset >= self.vault.options().pack_target_size
-            || p.entries.len() >= pack::MAX_PACK_ENTRIES as usize;
+        let full =
+            p.offset >= self.vault.options().pack_target_size || p.entries.len() >= pack::MAX_PACK_ENTRIES as usize;
         let added = entry.frame_len();
         self.bytes_added.fetch_add(added, Ordering::Relaxed);
         if full && let Some(done) = slot.take() {
