@@ -175,32 +175,50 @@ fn a_backup_killed_in_its_transfer_shows_as_interrupted_with_the_phase_it_died_i
 
 #[test]
 fn a_point_whose_job_still_transfers_lists_as_snapshot_and_restores_from_it() {
+    // A real job, on a reflink XFS, stopped in its transfer: its clone is
+    // kept and recorded, its manifest not written yet. (A record written
+    // by hand is what the hostile-vault tests show to be refused.)
+    let name = "a_point_whose_job_still_transfers_lists_as_snapshot_and_restores_from_it";
     let dir = tempfile::tempdir().expect("tempdir");
+    let xfs = match testkit::reflink_xfs(dir.path(), 300 << 20) {
+        Ok(m) => m,
+        Err(why) => return testkit::skip(name, &why),
+    };
     let vault = dir.path().join("vault");
     ok(&["init", s(&vault)]);
-    // What a job's snapshot phase leaves while it transfers: the kept clone
-    // and its record, no manifest yet.
-    let clone = dir.path().join(".root.img.clone");
-    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
-    fs::write(&clone, &data).expect("clone");
-    let meta = fs::metadata(&clone).expect("meta");
-    let mtime = meta.modified().expect("mtime").duration_since(std::time::UNIX_EPOCH).expect("after epoch");
-    let point = "20261125T144900Z-abcdef";
-    let record = serde_json::json!({
-        "vm": "web", "point": point, "job": "job-1", "provider": "test 1",
-        "taken": "2026-11-25T14:49:00Z", "expires": "2099-01-01T00:00:00Z",
-        "disks": [{ "name": "root.img", "path": s(&clone), "size": meta.len(), "modified_ns": mtime.as_nanos() }],
-    });
-    fs::create_dir_all(vault.join("snapshots").join("web")).expect("mkdir");
-    fs::write(vault.join("snapshots").join("web").join(format!("{point}.json")), record.to_string()).expect("record");
+    let image = xfs.0.join("root.img");
+    let data = testkit::random(64 << 20, 5);
+    fs::write(&image, &data).expect("image");
+    let mut child = Command::new(BIN)
+        .args(["backup", "--vault", s(&vault), "--vm", "web", "--disk", s(&image), "--instant-restore-days", "1"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let logs = vault.join("jobs").join("web");
+    let started = std::time::Instant::now();
+    loop {
+        let in_transfer = fs::read_dir(&logs).ok().and_then(|mut d| d.next()).and_then(|e| {
+            let text = fs::read_to_string(e.ok()?.path()).ok()?;
+            Some(text.contains("\"phase\":\"transfer\""))
+        });
+        if in_transfer == Some(true) {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the transfer never started");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // SAFETY: kill only sends a signal to our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGSTOP) };
 
     let list = json(&["list", "--vault", s(&vault), "--json"]);
     assert!(list["points"].as_array().expect("points").is_empty());
     let in_flight = &list["in_flight"][0];
-    assert_eq!(in_flight["id"], point);
+    let point = in_flight["id"].as_str().expect("an in-flight point").to_string();
     assert_eq!(in_flight["tiers"], serde_json::json!(["snapshot"]));
     let table = ok(&["list", "--vault", s(&vault)]);
-    assert!(table.lines().any(|l| l.starts_with(point) && l.ends_with("snapshot")), "{table}");
+    assert!(table.lines().any(|l| l.starts_with(&point) && l.ends_with("snapshot")), "{table}");
 
     let out = dir.path().join("out.img");
     let restored = run(&[
@@ -210,7 +228,7 @@ fn a_point_whose_job_still_transfers_lists_as_snapshot_and_restores_from_it() {
         "--vm",
         "web",
         "--point",
-        "20261125T1449",
+        &point[..13],
         "--disk",
         "root.img",
         "--to",
@@ -218,16 +236,29 @@ fn a_point_whose_job_still_transfers_lists_as_snapshot_and_restores_from_it() {
     ]);
     assert!(restored.status.success(), "{}", String::from_utf8_lossy(&restored.stderr));
     assert!(String::from_utf8_lossy(&restored.stderr).contains("restored from the snapshot tier"));
-    assert_eq!(fs::read(&out).expect("read"), data);
+    assert!(fs::read(&out).expect("read") == data);
     let folder = dir.path().join("all");
-    let all = json(&["restore", "--vault", s(&vault), "--vm", "web", "--point", point, "--to", s(&folder), "--json"]);
-    assert_eq!((all["point"].as_str(), all["tier"].as_str()), (Some(point), Some("snapshot")));
-    assert_eq!(fs::read(folder.join("root.img")).expect("read"), data);
+    let all = json(&["restore", "--vault", s(&vault), "--vm", "web", "--point", &point, "--to", s(&folder), "--json"]);
+    assert_eq!((all["point"].as_str(), all["tier"].as_str()), (Some(point.as_str()), Some("snapshot")));
+    assert!(fs::read(folder.join("root.img")).expect("read") == data);
 
     // A changed clone is no tier: nothing to restore, and list drops it.
-    fs::write(&clone, b"scribbled").expect("write");
-    let gone = run(&["restore", "--vault", s(&vault), "--vm", "web", "--point", point, "--disk", "0", "--to", s(&out)]);
+    let clone = fs::read_dir(&xfs.0)
+        .expect("list")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains("vmbackup-snap"))
+        .expect("the kept clone");
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&clone)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"scribbled"))
+        .expect("scribble");
+    let gone =
+        run(&["restore", "--vault", s(&vault), "--vm", "web", "--point", &point, "--disk", "0", "--to", s(&out)]);
     assert!(!gone.status.success());
     let list = json(&["list", "--vault", s(&vault), "--json"]);
     assert!(list["in_flight"].as_array().expect("in flight").is_empty());
+    child.kill().expect("kill");
+    child.wait().expect("wait");
 }

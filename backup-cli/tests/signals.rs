@@ -136,22 +136,28 @@ fn wait_for(what: &str, child: &mut Child, mut ready: impl FnMut() -> bool) {
     }
 }
 
-/// Whether the newest job log of the VM shows the transfer phase.
-fn in_transfer(f: &Fixture) -> bool {
-    let Ok(rd) = fs::read_dir(f.vault.join("jobs/web")) else { return false };
-    let mut logs: Vec<PathBuf> =
-        rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "jsonl")).collect();
-    logs.sort();
-    logs.last().is_some_and(|l| fs::read_to_string(l).is_ok_and(|t| t.contains(r#""phase":"transfer""#)))
+/// The job logs of the VM.
+fn job_logs(f: &Fixture) -> Vec<PathBuf> {
+    let Ok(rd) = fs::read_dir(f.vault.join("jobs/web")) else { return Vec::new() };
+    rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "jsonl")).collect()
+}
+
+/// Whether the log of a job started after `before` was listed shows the
+/// transfer phase (job ids of one second do not sort by time).
+fn in_transfer(f: &Fixture, before: &[PathBuf]) -> bool {
+    job_logs(f)
+        .iter()
+        .filter(|l| !before.contains(l))
+        .any(|l| fs::read_to_string(l).is_ok_and(|t| t.contains(r#""phase":"transfer""#)))
 }
 
 /// Brings vmbackup to `phase` and holds it there, stopped.
-fn stop_in(f: &Fixture, child: &mut Child, phase: Phase) {
+fn stop_in(f: &Fixture, child: &mut Child, phase: Phase, before: &[PathBuf]) {
     match phase {
         Phase::PreScript => wait_for("the pre-script", child, || log_text(f).contains("pre-start")),
         Phase::Freeze => wait_for("the end of the pre-script", child, || log_text(f).contains("pre-done")),
         Phase::PostScript => wait_for("the post-script", child, || log_text(f).contains("post-start")),
-        Phase::Transfer => wait_for("the transfer", child, || in_transfer(f)),
+        Phase::Transfer => wait_for("the transfer", child, || in_transfer(f, before)),
     }
     signal(child, libc::SIGSTOP);
 }
@@ -227,8 +233,9 @@ fn cancel_path(sig: libc::c_int, name: &str) {
     for phase in PHASES {
         let before = points(&f);
         let config = scripts(&f, phase);
+        let logs = job_logs(&f);
         let mut child = start_backup(&f, &config);
-        stop_in(&f, &mut child, phase);
+        stop_in(&f, &mut child, phase, &logs);
         signal(&child, sig);
         signal(&child, libc::SIGCONT);
         let (status, err) = finish(child);
@@ -264,8 +271,9 @@ fn sigkill_at_each_phase_is_cleaned_up_by_the_next_run() {
     for phase in PHASES {
         let before = points(&f);
         let config = scripts(&f, phase);
+        let logs = job_logs(&f);
         let mut child = start_backup(&f, &config);
-        stop_in(&f, &mut child, phase);
+        stop_in(&f, &mut child, phase, &logs);
         signal(&child, libc::SIGKILL);
         let _ = finish(child);
         let what = format!("SIGKILL in {phase:?}");

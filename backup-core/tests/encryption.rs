@@ -420,10 +420,18 @@ fn gc_repacks_sealed_chunks_unchanged_and_the_remaining_point_still_restores() {
     let mut f = Fixture::new();
     let vault = Vault::init_with(f.root.join("v"), with_passphrase(PASSPHRASE)).expect("init");
     let first = f.backup(&vault);
-    // Half of the first point's blocks are no longer in the second.
+    // Half of the first point's blocks are no longer in the second: every
+    // other block, so that each of the first backup's packs (one per
+    // worker, each holding a run of neighbours) keeps live and dead chunks
+    // whatever way the workers split the disk.
     for data in f.images.values_mut() {
-        let n = data.len() / 2;
-        data[..n].copy_from_slice(&disk_image(n, 77));
+        let fresh = disk_image(data.len(), 77);
+        for (i, block) in data.chunks_mut(64 << 10).enumerate() {
+            if i % 2 == 0 {
+                let at = i * (64 << 10);
+                block.copy_from_slice(&fresh[at..at + block.len()]);
+            }
+        }
     }
     f.write_images();
     let second = f.backup(&vault);

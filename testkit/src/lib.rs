@@ -163,6 +163,20 @@ impl Drop for LoopMount {
     }
 }
 
+/// An XFS with reflinks of `size` bytes (at least 300 MiB, the smallest
+/// mkfs.xfs makes; the image is sparse), loop-mounted at `dir/xfs`. Needs
+/// root; `Err` says why it cannot be built.
+pub fn reflink_xfs(dir: &Path, size: u64) -> Result<LoopMount, String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { geteuid() } != 0 {
+        return Err("not running as root (loop mounts need it)".into());
+    }
+    let xfs_img = dir.join("xfs.img");
+    std::fs::File::create(&xfs_img).and_then(|f| f.set_len(size.max(300 << 20))).map_err(|e| e.to_string())?;
+    sh("mkfs.xfs", &["-q", "-f", "-m", "reflink=1", s(&xfs_img)])?;
+    LoopMount::new(&xfs_img, &dir.join("xfs"))
+}
+
 /// A guest's ext4 disk image on an XFS with reflinks, both loop-mounted
 /// under `dir`: the XFS at `dir/xfs`, the image at `dir/xfs/root.img`
 /// (`size` bytes, sparse), the guest's file system at `dir/guest`. Needs
@@ -172,11 +186,7 @@ pub fn guest_on_xfs(dir: &Path, size: u64) -> Result<(LoopMount, LoopMount, std:
     if unsafe { geteuid() } != 0 {
         return Err("not running as root (loop mounts and FIFREEZE need it)".into());
     }
-    let xfs_img = dir.join("xfs.img");
-    // 300 MiB is the smallest XFS that mkfs.xfs makes; the file is sparse.
-    std::fs::File::create(&xfs_img).and_then(|f| f.set_len((300 << 20).max(size * 2))).map_err(|e| e.to_string())?;
-    sh("mkfs.xfs", &["-q", "-f", "-m", "reflink=1", s(&xfs_img)])?;
-    let xfs = LoopMount::new(&xfs_img, &dir.join("xfs"))?;
+    let xfs = reflink_xfs(dir, size * 2)?;
     let image = xfs.0.join("root.img");
     std::fs::File::create(&image).and_then(|f| f.set_len(size)).map_err(|e| e.to_string())?;
     sh("mkfs.ext4", &["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", s(&image)])?;

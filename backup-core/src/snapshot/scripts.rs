@@ -629,11 +629,24 @@ fn describe_status(status: ExitStatus) -> String {
 
 fn run_once(spec: &ScriptSpec<'_>, real: &Path) -> Attempt {
     let started = Instant::now();
+    // One pipe for stdout and stderr: the output keeps the order in which
+    // the script wrote it (two pipes would be read one after the other).
+    let (reader, writer) = match std::io::pipe().and_then(|(r, w)| Ok((r, w.try_clone()?, w))) {
+        Ok((r, w1, w2)) => (r, (w1, w2)),
+        Err(e) => {
+            return Attempt {
+                outcome: Outcome::NotStarted(format!("cannot make a pipe: {e}")),
+                output: String::new(),
+                dropped: 0,
+                seconds: started.elapsed().as_secs_f64(),
+            };
+        }
+    };
     let mut cmd = Command::new(real);
     cmd.args(spec.params)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(Stdio::from(writer.0))
+        .stderr(Stdio::from(writer.1))
         .env("VMBACKUP_VM", spec.vm)
         .env("VMBACKUP_PHASE", spec.stage);
     // SAFETY: the closure runs in the child between fork and exec and calls
@@ -657,11 +670,12 @@ fn run_once(spec: &ScriptSpec<'_>, real: &Path) -> Attempt {
             };
         }
     };
+    // The write ends now live in the child alone (the Command held our
+    // copies): the pipe reaches end of file when the script's last holder
+    // of it exits.
+    drop(cmd);
     let mut running = Running { child, reaped: false, seen: std::collections::HashMap::new() };
-    let mut pipes: [Option<Box<dyn ReadFd>>; 2] = [
-        running.child.stdout.take().map(|p| Box::new(p) as Box<dyn ReadFd>),
-        running.child.stderr.take().map(|p| Box::new(p) as Box<dyn ReadFd>),
-    ];
+    let mut pipes: [Option<Box<dyn ReadFd>>; 2] = [Some(Box::new(reader) as Box<dyn ReadFd>), None];
     for p in pipes.iter().flatten() {
         set_nonblocking(p.as_raw_fd());
     }

@@ -94,12 +94,65 @@ fn openat2(dir: RawFd, rel: &Path, flags: libc::c_int, mode: libc::mode_t) -> st
             return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
         }
         let e = errno();
+        if e.raw_os_error() == Some(libc::ENOSYS) {
+            // Kernels before 5.6, and valgrind, have no openat2.
+            return walk(dir, rel, flags, mode);
+        }
         // RESOLVE_BENEATH makes the kernel answer EAGAIN when a rename
         // raced with the walk; trying again is what it asks for.
         if e.raw_os_error() != Some(libc::EAGAIN) && e.kind() != std::io::ErrorKind::Interrupted {
             return Err(e);
         }
     }
+}
+
+/// What `openat2` does here, one component at a time: each folder opened
+/// from the one before with `O_NOFOLLOW`, the last component too. A link
+/// anywhere fails with `ELOOP`; `..` never reaches here (`VaultDir::rel`).
+fn walk(dir: RawFd, rel: &Path, flags: libc::c_int, mode: libc::mode_t) -> std::io::Result<OwnedFd> {
+    let names: Vec<CString> = rel.components().map(|c| cstr(c.as_os_str())).collect::<std::io::Result<_>>()?;
+    let open = |at: RawFd, name: &CString, flags: libc::c_int| -> std::io::Result<OwnedFd> {
+        loop {
+            // SAFETY: a live folder descriptor and a NUL-terminated name.
+            let fd = unsafe { libc::openat(at, name.as_ptr(), flags | libc::O_CLOEXEC, libc::c_uint::from(mode)) };
+            if fd >= 0 {
+                // SAFETY: openat just returned this descriptor to us alone.
+                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+            let e = errno();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                // A link where a folder was expected: say "link", as openat2 does.
+                if e.raw_os_error() == Some(libc::ENOTDIR) && is_link(at, name) {
+                    return Err(std::io::Error::from_raw_os_error(libc::ELOOP));
+                }
+                return Err(e);
+            }
+        }
+    };
+    let Some((last, folders)) = names.split_last() else {
+        return open(dir, &CString::from(c"."), flags | libc::O_NOFOLLOW);
+    };
+    let mut cur: Option<OwnedFd> = None;
+    for name in folders {
+        let at = cur.as_ref().map_or(dir, AsRawFd::as_raw_fd);
+        cur = Some(open(at, name, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)?);
+    }
+    let at = cur.as_ref().map_or(dir, AsRawFd::as_raw_fd);
+    let fd = open(at, last, flags | libc::O_NOFOLLOW)?;
+    if flags & libc::O_PATH != 0 && is_link(at, last) {
+        // O_PATH | O_NOFOLLOW opens a link itself; openat2 refuses it.
+        return Err(std::io::Error::from_raw_os_error(libc::ELOOP));
+    }
+    Ok(fd)
+}
+
+/// Whether `name` in folder `at` is a symbolic link.
+fn is_link(at: RawFd, name: &CString) -> bool {
+    // SAFETY: all-zero is a valid stat; fstatat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a live folder descriptor, a NUL-terminated name, a live stat.
+    let found = unsafe { libc::fstatat(at, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } == 0;
+    found && st.st_mode & libc::S_IFMT == libc::S_IFLNK
 }
 
 fn fstat(fd: RawFd) -> std::io::Result<libc::stat> {
@@ -493,6 +546,30 @@ mod tests {
         v.remove_file(&root.join("packs/a.pack")).expect("unlink the link");
         v.remove_dir_all(&root.join("tmp")).expect("remove the linked folder's link");
         assert_eq!(std::fs::read(outside.join("secret")).expect("still there"), b"keep me");
+    }
+
+    #[test]
+    fn the_fallback_walk_refuses_links_as_openat2_does() {
+        // What runs where openat2 is missing (old kernels, valgrind).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("vault");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("packs")).expect("mkdir");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        std::fs::write(outside.join("secret"), b"x").expect("write");
+        std::fs::write(root.join("packs/a.pack"), b"pack").expect("write");
+        std::os::unix::fs::symlink(&outside, root.join("tmp")).expect("symlink");
+        std::os::unix::fs::symlink(outside.join("secret"), root.join("packs/b.pack")).expect("symlink");
+        let v = VaultDir::open_root(&root).expect("open");
+        let at = v.fd.as_raw_fd();
+        let elooped = |r: std::io::Result<OwnedFd>| r.err().and_then(|e| e.raw_os_error()) == Some(libc::ELOOP);
+        assert!(elooped(walk(at, Path::new("tmp/secret"), libc::O_RDONLY, 0)), "a linked folder");
+        assert!(elooped(walk(at, Path::new("packs/b.pack"), libc::O_RDONLY, 0)), "a linked file");
+        assert!(elooped(walk(at, Path::new("packs/b.pack"), libc::O_PATH, 0)), "a linked file, O_PATH");
+        assert!(elooped(walk(at, Path::new("tmp"), libc::O_PATH | libc::O_DIRECTORY, 0)), "a linked folder, O_PATH");
+        let f = File::from(walk(at, Path::new("packs/a.pack"), libc::O_RDONLY, 0).expect("a real file"));
+        assert_eq!(f.metadata().expect("stat").len(), 4);
+        walk(at, Path::new(""), libc::O_RDONLY | libc::O_DIRECTORY, 0).expect("the root itself");
     }
 
     #[test]
