@@ -20,7 +20,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::{Vault, pack};
 use crate::error::{Error, Result};
@@ -114,7 +114,7 @@ fn adopt_folder(vault: &Vault, dir: &Path) -> Result<Adopted> {
 }
 
 /// Checks a staged pack whole; returns its trailer and footer bytes.
-fn check_pack(vault: &Vault, path: &PathBuf) -> Result<Vec<u8>> {
+fn check_pack(vault: &Vault, path: &Path) -> Result<Vec<u8>> {
     let object = format!("staged pack {}", path.display());
     let bytes = vault.dir().read(path, pack::MAX_PACK_LEN)?;
     pack::check_header(&bytes, &object)?;
