@@ -20,6 +20,35 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+# The libvirt tests: libvirtd with QEMU, and what the test guest is made of
+# (scripts/test-guest.sh). Debian 12's qemu-system-x86 (7.2) would remove the
+# machine's qemu-utils 10 (from bookworm-backports), so QEMU and libvirt come
+# from bookworm-backports too (QEMU 10.0, libvirt 11.3).
+libvirt_missing=
+for f in /usr/sbin/libvirtd /usr/bin/virsh /usr/bin/qemu-system-x86_64 /usr/include/libvirt/libvirt.h; do
+  [ -e "$f" ] || libvirt_missing=1
+done
+guest=()
+[ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 || guest+=(busybox-static)
+[ -x /usr/sbin/qemu-ga ] || guest+=(qemu-guest-agent)
+ls /boot/vmlinuz-* >/dev/null 2>&1 || guest+=(linux-image-amd64)
+have_cmd nbdinfo || guest+=(libnbd-bin)
+if [ -n "$libvirt_missing" ] || [ ${#guest[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  bpo=/etc/apt/sources.list.d/vmbackup-bookworm-backports.sources
+  if [ -n "$libvirt_missing" ] && [ ! -e "$bpo" ]; then
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' | $SUDO tee "$bpo" >/dev/null
+  fi
+  echo "setup: installing libvirt, QEMU and the test guest's packages" >&2
+  $SUDO apt-get update -qq
+  if [ -n "$libvirt_missing" ]; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports \
+      qemu-system-x86 libvirt-daemon-system libvirt-clients libvirt-dev >/dev/null
+  fi
+  if [ ${#guest[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${guest[@]}" >/dev/null
+  fi
+fi
 if ! have_cmd cargo; then
   echo "setup: cargo (Rust 1.89 or later) is required and not on PATH" >&2
   exit 1

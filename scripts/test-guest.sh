@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Builds the test guest of the libvirt tests and demo: a real Linux VM made
+# from Debian packages on this host (see DESIGN.md, "Facts measured"):
+#   OUT/vmlinuz, OUT/initrd.img   the distribution kernel and its initrd
+#   OUT/guest.qcow2               an ext4 root file system of busybox-static,
+#                                 the real qemu-ga with the libraries ldd
+#                                 lists, virtio_console.ko, and an init that
+#                                 loads it and starts the agent on its port
+# The agent runs with /etc/qemu/fsfreeze-hook, which logs every freeze and
+# thaw to /var/log/fsfreeze-hook.log inside the guest.
+# Usage: scripts/test-guest.sh OUT [SIZE_MIB]   (needs the packages that
+# scripts/setup.sh installs for the libvirt tests)
+set -euo pipefail
+out=${1:?usage: scripts/test-guest.sh OUT [SIZE_MIB]}
+size=${2:-128}
+mkdir -p "$out"
+kver=$(ls /lib/modules | sort -V | tail -n 1)
+[ -f "/boot/vmlinuz-$kver" ] || { echo "test-guest: no kernel /boot/vmlinuz-$kver (linux-image-amd64)" >&2; exit 1; }
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root"/{bin,sbin,etc/qemu,proc,sys,dev,tmp,run,var/run,var/log,lib/modules,root,data}
+cp /bin/busybox "$root/bin/busybox"
+for applet in $(/bin/busybox --list); do
+  [ "$applet" = busybox ] || ln -sf busybox "$root/bin/$applet"
+done
+cp /usr/sbin/qemu-ga "$root/sbin/qemu-ga"
+for lib in $(ldd /usr/sbin/qemu-ga | grep -o '/[^ ]*'); do
+  mkdir -p "$root$(dirname "$lib")"
+  cp -L "$lib" "$root$lib"
+done
+cp "/lib/modules/$kver/kernel/drivers/char/virtio_console.ko" "$root/lib/modules/"
+cat > "$root/etc/qemu/fsfreeze-hook" <<'HOOK'
+#!/bin/sh
+# Called by qemu-ga with "freeze" before and "thaw" after a freeze.
+echo "$(date +%s) $1" >> /var/log/fsfreeze-hook.log
+sync
+HOOK
+chmod 0755 "$root/etc/qemu/fsfreeze-hook"
+cat > "$root/sbin/init" <<'INIT'
+#!/bin/sh
+export PATH=/bin:/sbin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -o remount,rw /
+insmod /lib/modules/virtio_console.ko
+port=
+for i in 1 2 3 4 5 6 7 8 9 10; do
+  for p in /sys/class/virtio-ports/*; do
+    [ -r "$p/name" ] && [ "$(cat "$p/name")" = org.qemu.guest_agent.0 ] && port=/dev/$(basename "$p")
+  done
+  [ -n "$port" ] && [ -e "$port" ] && break
+  sleep 1
+done
+echo "init: guest agent on ${port:-nothing}"
+/sbin/qemu-ga -m virtio-serial -p "$port" -d -F/etc/qemu/fsfreeze-hook -t /var/run
+while true; do sleep 3600; done
+INIT
+chmod 0755 "$root/sbin/init"
+rm -f "$out/root.img"
+mke2fs -q -t ext4 -d "$root" -L guestroot "$out/root.img" "${size}M"
+qemu-img convert -f raw -O qcow2 "$out/root.img" "$out/guest.qcow2"
+rm -f "$out/root.img"
+cp "/boot/vmlinuz-$kver" "$out/vmlinuz"
+cp "/boot/initrd.img-$kver" "$out/initrd.img"
+chmod 0644 "$out/vmlinuz" "$out/initrd.img" "$out/guest.qcow2"
+echo "test-guest: $out/guest.qcow2 (kernel $kver)"

@@ -1,0 +1,214 @@
+//! A real guest under a real libvirtd: the ground the libvirt provider
+//! stands on, checked with vmbackup's own NBD client.
+//!
+//! `scripts/test-guest.sh` builds the guest from Debian packages (the
+//! distribution kernel, busybox-static, the real qemu-ga); libvirtd
+//! (`scripts/libvirtd.sh`, started by `scripts/test`) boots it as a
+//! transient TCG domain with a qcow2 disk and an agent channel. The test
+//! drives libvirt with `virsh` (a harness: the provider will use the C
+//! library) and checks what the provider relies on:
+//! - the agent answers, reports the guest OS, freezes and thaws the guest
+//!   (running the guest's fsfreeze hook), and runs commands (`guest-exec`);
+//! - a checkpoint plus a pull-mode backup job exports a point-in-time view
+//!   of the disk over NBD on a unix socket, which `NbdDevice` reads in full;
+//! - an incremental job from that checkpoint exports the dirty bitmap as
+//!   `qemu:dirty-bitmap:NAME`, and `NbdDevice::changed_since` sees the
+//!   blocks the guest wrote, and no more than a few times as many.
+//!
+//! Needs root, libvirtd and the guest's packages; with `VMB_REQUIRE_ALL`
+//! (CI) their absence fails the test instead of skipping it.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use backup_core::{BlockDevice, NbdAddress, NbdDevice, NbdOptions, bitmap_token};
+use testkit::{s, sh};
+
+/// virsh against the test's libvirtd.
+fn virsh(uri: &str, args: &[&str]) -> Result<String, String> {
+    let mut all = vec!["-c", uri];
+    all.extend_from_slice(args);
+    sh("virsh", &all)
+}
+
+/// A guest agent command's `return` value.
+fn agent(uri: &str, dom: &str, cmd: serde_json::Value) -> Result<serde_json::Value, String> {
+    let out = virsh(uri, &["qemu-agent-command", dom, &cmd.to_string(), "--timeout", "30"])?;
+    let v: serde_json::Value = serde_json::from_str(out.trim()).map_err(|e| format!("{e}: {out}"))?;
+    Ok(v["return"].clone())
+}
+
+/// Runs a shell command in the guest and waits for it; its stdout.
+fn guest_sh(uri: &str, dom: &str, script: &str) -> String {
+    let pid = agent(
+        uri,
+        dom,
+        serde_json::json!({"execute": "guest-exec", "arguments": {"path": "/bin/sh", "arg": ["-c", script], "capture-output": true}}),
+    )
+    .expect("guest-exec")["pid"]
+        .as_i64()
+        .expect("pid");
+    let t = Instant::now();
+    loop {
+        let st = agent(uri, dom, serde_json::json!({"execute": "guest-exec-status", "arguments": {"pid": pid}}))
+            .expect("guest-exec-status");
+        if st["exited"] == true {
+            assert_eq!(st["exitcode"], 0, "{script}: {st}");
+            let out = st["out-data"].as_str().unwrap_or_default();
+            return String::from_utf8(base64(out)).expect("utf-8");
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "{script} never ended");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Decodes standard base64 (the agent's `out-data`).
+fn base64(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|c| *c != b'=').collect();
+    let mut out = Vec::new();
+    for chunk in bytes.chunks(4) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, c)| acc | u32::from(val(*c)) << (18 - 6 * i));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+/// The transient domain, destroyed on drop (a failed test leaves no VM).
+struct Guest {
+    uri: String,
+    name: String,
+    dir: PathBuf,
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = virsh(&self.uri, &["domjobabort", &self.name]);
+        let _ = virsh(&self.uri, &["destroy", &self.name]);
+    }
+}
+
+fn boot(test: &str) -> Option<(Guest, tempfile::TempDir)> {
+    let Ok(uri) = std::env::var("VMB_LIBVIRT_URI") else {
+        testkit::skip(test, "VMB_LIBVIRT_URI is not set (scripts/test starts libvirtd and sets it)");
+        return None;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // QEMU runs as another user: it must reach the guest's files.
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repository");
+    if let Err(e) = sh(s(&root.join("scripts/test-guest.sh")), &[s(dir.path())]) {
+        testkit::skip(test, &format!("cannot build the test guest: {e}"));
+        return None;
+    }
+    let name = format!("vmb-test-{}", std::process::id());
+    let xml = format!(
+        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{d}/vmlinuz</kernel><initrd>{d}/initrd.img</initrd>\
+         <cmdline>root=/dev/vda rw init=/sbin/init console=ttyS0 quiet</cmdline></os>\
+         <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+         <source file='{d}/guest.qcow2'/><target dev='vda' bus='virtio'/></disk>\
+         <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\
+         <serial type='file'><source path='{d}/console.log'/><target port='0'/></serial></devices></domain>",
+        d = s(dir.path())
+    );
+    let xml_path = dir.path().join("domain.xml");
+    fs::write(&xml_path, xml).expect("xml");
+    virsh(&uri, &["create", s(&xml_path)]).expect("create the domain");
+    let guest = Guest { uri, name, dir: dir.path().to_path_buf() };
+    let t = Instant::now();
+    while agent(&guest.uri, &guest.name, serde_json::json!({"execute": "guest-ping"})).is_err() {
+        let console = fs::read_to_string(guest.dir.join("console.log")).unwrap_or_default();
+        assert!(t.elapsed() < Duration::from_secs(180), "the guest agent never answered; console:\n{console}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    Some((guest, dir))
+}
+
+#[test]
+fn a_real_guest_under_libvirt_is_frozen_by_its_agent_and_backed_up_by_pull_jobs() {
+    let Some((g, _dir)) = boot("a_real_guest_under_libvirt_is_frozen_by_its_agent_and_backed_up_by_pull_jobs") else {
+        return;
+    };
+    let (uri, dom) = (g.uri.as_str(), g.name.as_str());
+
+    // The agent: what prepare will record.
+    let info = agent(uri, dom, serde_json::json!({"execute": "guest-info"})).expect("guest-info");
+    assert!(info["version"].as_str().is_some_and(|v| !v.is_empty()), "{info}");
+    let enabled = |cmd: &str| {
+        info["supported_commands"].as_array().is_some_and(|c| c.iter().any(|x| x["name"] == cmd && x["enabled"] == true))
+    };
+    assert!(enabled("guest-fsfreeze-freeze") && enabled("guest-exec"), "{info}");
+    let os = agent(uri, dom, serde_json::json!({"execute": "guest-get-osinfo"})).expect("osinfo");
+    assert!(os["kernel-release"].as_str().is_some_and(|k| k.contains("amd64")), "{os}");
+
+    // A freeze through the agent runs the guest's hook, and thaws.
+    virsh(uri, &["domfsfreeze", dom]).expect("freeze");
+    virsh(uri, &["domfsthaw", dom]).expect("thaw");
+    let hook = guest_sh(uri, dom, "cat /var/log/fsfreeze-hook.log");
+    assert!(hook.contains("freeze") && hook.contains("thaw"), "{hook}");
+
+    // A checkpoint and a full pull backup: the whole disk over NBD.
+    let work = g.dir.join("work");
+    fs::create_dir(&work).expect("mkdir");
+    sh("chown", &["libvirt-qemu:libvirt-qemu", s(&work)]).expect("chown the work folder to QEMU's user");
+    let sock = work.join("nbd.sock");
+    let checkpoint = |name: &str| {
+        let p = g.dir.join(format!("{name}.xml"));
+        fs::write(&p, format!("<domaincheckpoint><name>{name}</name><disks><disk name='vda' checkpoint='bitmap'/></disks></domaincheckpoint>"))
+            .expect("checkpoint xml");
+        p
+    };
+    let backup = |incremental: Option<&str>| {
+        let p = g.dir.join("backup.xml");
+        let inc = incremental.map(|c| format!("<incremental>{c}</incremental>")).unwrap_or_default();
+        fs::write(
+            &p,
+            format!(
+                "<domainbackup mode='pull'>{inc}<server transport='unix' socket='{}'/><disks>\
+                 <disk name='vda' backup='yes' type='file' exportname='vda' exportbitmap='vmb-vda'>\
+                 <scratch file='{}'/></disk></disks></domainbackup>",
+                s(&sock),
+                s(&work.join("vda.scratch"))
+            ),
+        )
+        .expect("backup xml");
+        p
+    };
+    let cp1 = checkpoint("vmb.1");
+    virsh(uri, &["backup-begin", dom, s(&backup(None)), s(&cp1)]).expect("full backup job");
+    let addr = NbdAddress::parse(&format!("nbd+unix:///vda?socket={}", s(&sock))).expect("uri");
+    let full = NbdDevice::open(&addr, &NbdOptions::default()).expect("open the export");
+    assert_eq!(full.size(), 128 << 20);
+    let mut sector = vec![0u8; 4096];
+    full.read_at(1024, &mut sector).expect("read");
+    assert_eq!(&sector[56..58], &[0x53, 0xEF], "the ext4 superblock's magic, read through the export");
+    drop(full);
+    virsh(uri, &["domjobabort", dom]).expect("end the job");
+
+    // The guest writes 1 MiB; the incremental export's bitmap shows it.
+    guest_sh(uri, dom, "dd if=/dev/urandom of=/data/new bs=64k count=16 2>/dev/null && sync");
+    let cp2 = checkpoint("vmb.2");
+    let t = Instant::now();
+    while virsh(uri, &["backup-begin", dom, s(&backup(Some("vmb.1"))), s(&cp2)]).is_err() {
+        // The first job's end may still be settling.
+        assert!(t.elapsed() < Duration::from_secs(30), "the incremental job never started");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let inc = NbdDevice::open(&addr, &NbdOptions::default().with_bitmap("vmb-vda")).expect("open with the bitmap");
+    let changed = inc.changed_since(&bitmap_token("vmb-vda"), 0..inc.size()).expect("extents").expect("the bitmap");
+    let dirty: u64 = changed.iter().map(|r| r.end - r.start).sum();
+    assert!((1 << 20..=8 << 20).contains(&dirty), "{dirty} dirty bytes for a 1 MiB write: {changed:?}");
+    drop(inc);
+    virsh(uri, &["domjobabort", dom]).expect("end the job");
+    let list = virsh(uri, &["checkpoint-list", dom, "--name"]).expect("checkpoints");
+    assert!(list.contains("vmb.1") && list.contains("vmb.2"), "{list}");
+}
