@@ -135,7 +135,7 @@ fn bad_usage_exits_2_and_failures_exit_1_with_what_and_where() {
 #[test]
 fn the_demo_runs_the_whole_job() {
     if Command::new("mke2fs").arg("-V").stderr(Stdio::null()).status().is_err() {
-        eprintln!("SKIPPED the_demo_runs_the_whole_job: mke2fs is not installed (scripts/test installs e2fsprogs)");
+        testkit::skip("the_demo_runs_the_whole_job", "mke2fs is not installed (scripts/test installs e2fsprogs)");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

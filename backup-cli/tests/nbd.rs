@@ -19,7 +19,7 @@ fn backup_json(vault: &Path, disk: &str) -> serde_json::Value {
 fn backup_of_an_nbd_disk_with_a_bitmap_then_export_the_point() {
     for t in ["qemu-img", "qemu-io", "qemu-nbd"] {
         if !have(t) {
-            eprintln!("SKIPPED: {t} is not installed");
+            testkit::skip("an NBD test", &format!("{t} is not installed"));
             return;
         }
     }
@@ -91,7 +91,7 @@ fn backup_of_an_nbd_disk_with_a_bitmap_then_export_the_point() {
 fn backup_through_qmp_of_a_qemu_storage_daemon_node() {
     for t in ["qemu-img", "qemu-io", "qemu-storage-daemon"] {
         if !have(t) {
-            eprintln!("SKIPPED: {t} is not installed");
+            testkit::skip("an NBD test", &format!("{t} is not installed"));
             return;
         }
     }

@@ -17,13 +17,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_vmbackup");
 /// The emulator's endpoint, or None (with the reason printed).
 fn azurite(test: &str) -> Option<String> {
     if !cfg!(feature = "object-store") {
-        eprintln!("skipping {test}: built without the object-store feature");
+        testkit::skip(test, "built without the object-store feature");
         return None;
     }
     match std::env::var("VMB_AZURITE") {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
-            eprintln!("skipping {test}: VMB_AZURITE is not set (scripts/test starts Azurite and sets it)");
+            testkit::skip(test, "VMB_AZURITE is not set (scripts/test starts Azurite and sets it)");
             None
         }
     }
@@ -34,13 +34,13 @@ fn azurite(test: &str) -> Option<String> {
 /// the reason printed.
 fn s3_server(test: &str) -> Option<String> {
     if !cfg!(feature = "object-store") {
-        eprintln!("skipping {test}: built without the object-store feature");
+        testkit::skip(test, "built without the object-store feature");
         return None;
     }
     match std::env::var("VMB_S3") {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
-            eprintln!("skipping {test}: VMB_S3 is not set (scripts/test starts an S3 server and sets it)");
+            testkit::skip(test, "VMB_S3 is not set (scripts/test starts an S3 server and sets it)");
             None
         }
     }
@@ -268,7 +268,7 @@ impl Drop for OwnAzurite {
 fn a_backup_survives_the_store_going_away_and_coming_back() {
     let Some(_) = azurite("transient fault") else { return };
     let Ok(script) = std::env::var("VMB_AZURITE_SCRIPT") else {
-        eprintln!("skipping transient fault: VMB_AZURITE_SCRIPT is not set (scripts/test sets it)");
+        testkit::skip("transient fault", "VMB_AZURITE_SCRIPT is not set (scripts/test sets it)");
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");

@@ -165,20 +165,20 @@ impl LoopFs {
     fn new(dir: &Path, size_mib: u64) -> Option<LoopFs> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: a loop-mounted file system needs root");
+            testkit::skip("the full-disk test", "a loop-mounted file system needs root");
             return None;
         }
         let image = dir.join("fs.img");
         fs::File::create(&image).and_then(|f| f.set_len(size_mib * MIB)).ok()?;
         let img = image.to_str()?;
         if !run("mkfs.ext4", &["-q", "-F", "-m", "0", img]) {
-            eprintln!("skipped: mkfs.ext4 failed or is missing");
+            testkit::skip("the full-disk test", "mkfs.ext4 failed or is missing");
             return None;
         }
         let mount = dir.join("mnt");
         fs::create_dir(&mount).ok()?;
         if !run("mount", &["-o", "loop", img, mount.to_str()?]) {
-            eprintln!("skipped: cannot loop-mount (no loop devices in this container?)");
+            testkit::skip("the full-disk test", "cannot loop-mount (no loop devices in this container?)");
             return None;
         }
         Some(LoopFs { mount })

@@ -16,7 +16,7 @@ fn azurite(test: &str) -> Option<String> {
     match std::env::var("VMB_AZURITE") {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
-            eprintln!("skipping {test}: VMB_AZURITE is not set (scripts/test starts Azurite and sets it)");
+            testkit::skip(test, "VMB_AZURITE is not set (scripts/test starts Azurite and sets it)");
             None
         }
     }

@@ -480,6 +480,9 @@ static void remote_vault(void) {
     CHECK(v == NULL);
     const char *endpoint = getenv("VMB_AZURITE");
     if (endpoint == NULL || endpoint[0] == 0) {
+        /* In CI (VMB_REQUIRE_ALL set) a missing emulator fails instead of skipping. */
+        const char *require_all = getenv("VMB_REQUIRE_ALL");
+        REQUIRE(require_all == NULL || require_all[0] == 0);
         printf("skipping remote_vault: VMB_AZURITE is not set (scripts/test starts Azurite and sets it)\n");
         return;
     }

@@ -20,7 +20,7 @@ macro_rules! need {
     ($($tool:expr),+) => {
         for t in [$($tool),+] {
             if !have(t) {
-                eprintln!("SKIPPED: {t} is not installed");
+                testkit::skip("a QEMU test", &format!("{t} is not installed"));
                 return;
             }
         }

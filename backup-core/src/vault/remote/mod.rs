@@ -702,7 +702,7 @@ mod tests {
     #[test]
     fn a_young_mark_on_a_segment_lets_the_point_commit_a_ripe_one_does_not() {
         let Ok(endpoint) = std::env::var("VMB_AZURITE") else {
-            eprintln!("skipping: VMB_AZURITE is not set (scripts/test starts Azurite and sets it)");
+            testkit::skip("remote gc marks", "VMB_AZURITE is not set (scripts/test starts Azurite and sets it)");
             return;
         };
         let dir = tempfile::tempdir().expect("tempdir");
@@ -740,7 +740,7 @@ mod tests {
     #[test]
     fn a_marked_pack_is_read_but_not_deduplicated_against() {
         let Ok(endpoint) = std::env::var("VMB_AZURITE") else {
-            eprintln!("skipping: VMB_AZURITE is not set (scripts/test starts Azurite and sets it)");
+            testkit::skip("remote gc marks", "VMB_AZURITE is not set (scripts/test starts Azurite and sets it)");
             return;
         };
         let dir = tempfile::tempdir().expect("tempdir");
