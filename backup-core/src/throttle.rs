@@ -208,7 +208,10 @@ impl<P: SnapshotProvider> SnapshotProvider for ThrottledProvider<P> {
         self.inner.version()
     }
     fn snapshot(&self, vm: &Vm, wanted: Consistency) -> Result<Snapshot> {
-        let mut s = self.inner.snapshot(vm, wanted)?;
+        self.snapshot_since(vm, wanted, &[])
+    }
+    fn snapshot_since(&self, vm: &Vm, wanted: Consistency, previous: &[(String, String)]) -> Result<Snapshot> {
+        let mut s = self.inner.snapshot_since(vm, wanted, previous)?;
         s.disks = s
             .disks
             .into_iter()

@@ -708,3 +708,48 @@ fn snapshots_of_pruned_points_and_of_killed_jobs_are_released_before_their_expir
     assert_eq!(leftover_clones(dir.path()).len(), 1);
     assert_eq!(point_tiers(&vault, &kept.point).expect("tiers"), ["snapshot", "vault"]);
 }
+
+/// Hands out a change token per snapshot and records the previous tokens
+/// the job passed in.
+struct Checkpointing {
+    inner: ImageFileProvider,
+    taken: AtomicU32,
+    seen: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+}
+
+impl SnapshotProvider for Checkpointing {
+    fn snapshot(&self, _vm: &Vm, _wanted: Consistency) -> Result<Snapshot> {
+        unreachable!("the job calls snapshot_since")
+    }
+    fn snapshot_since(&self, vm: &Vm, wanted: Consistency, previous: &[(String, String)]) -> Result<Snapshot> {
+        self.seen.lock().expect("lock").push(previous.to_vec());
+        let n = self.taken.fetch_add(1, Ordering::SeqCst);
+        let mut s = self.inner.snapshot(vm, wanted)?;
+        for d in &mut s.disks {
+            d.change_token = Some(format!("checkpoint-{n}"));
+        }
+        Ok(s)
+    }
+    fn release(&self, vm: &Vm, snapshot: Snapshot) -> Result<()> {
+        self.inner.release(vm, snapshot)
+    }
+}
+
+#[test]
+fn a_snapshot_is_told_the_previous_points_change_tokens_through_the_wrappers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = dir.path().join("root.img");
+    fs::write(&image, vec![5u8; 1 << 20]).expect("image");
+    let vault = Vault::init(dir.path().join("vault")).expect("init");
+    let vm = Vm::from_images("web", &[&image]).expect("vm");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let inner = Checkpointing { inner: ImageFileProvider::new(), taken: AtomicU32::new(0), seen: seen.clone() };
+    // Through both wrappers a host may put around its provider.
+    let throttle = Arc::new(Throttle::new(1 << 40).expect("throttle"));
+    let provider = ConsistentProvider::new(ThrottledProvider::new(inner, throttle));
+    let first = backup(&vault, &provider, &vm, &BackupOptions::default()).expect("first");
+    assert_eq!(first.point.disks[0].change_token.as_deref(), Some("checkpoint-0"));
+    backup(&vault, &provider, &vm, &BackupOptions::default()).expect("second");
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen, vec![vec![], vec![("root.img".to_string(), "checkpoint-0".to_string())]]);
+}

@@ -408,7 +408,14 @@ fn run(job: &Job<'_>) -> Result<Done> {
     };
     let mut taken: Option<Snapshot> = None;
     let kept = job.phase(Phase::Snapshot, || {
-        let snapshot = taken.insert(job.retrying(|| provider.snapshot(vm, options.consistency))?);
+        // The previous point's change tokens, for providers that track
+        // changes from a checkpoint they must name.
+        let previous: Vec<(String, String)> = parent
+            .iter()
+            .flat_map(|p| p.disks.iter())
+            .filter_map(|d| d.change_token.clone().map(|t| (d.name.clone(), t)))
+            .collect();
+        let snapshot = taken.insert(job.retrying(|| provider.snapshot_since(vm, options.consistency, &previous))?);
         for w in &snapshot.warnings {
             job.note_warning(w);
         }

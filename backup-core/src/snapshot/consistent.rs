@@ -162,6 +162,10 @@ impl<P: SnapshotProvider> SnapshotProvider for ConsistentProvider<P> {
     }
 
     fn snapshot(&self, vm: &Vm, wanted: Consistency) -> Result<Snapshot> {
+        self.snapshot_since(vm, wanted, &[])
+    }
+
+    fn snapshot_since(&self, vm: &Vm, wanted: Consistency, previous: &[(String, String)]) -> Result<Snapshot> {
         let mut log: Vec<String> = Vec::new();
         let scripts = self.scripts.as_ref().filter(|s| s.has_scripts());
         let use_scripts = wanted >= Consistency::Application && scripts.is_some();
@@ -244,11 +248,11 @@ impl<P: SnapshotProvider> SnapshotProvider for ConsistentProvider<P> {
                 if freeze_wanted {
                     log.push(format!("file systems are not frozen: {why}"));
                 }
-                (self.inner.snapshot(vm, Consistency::Crash), FreezeResult::Disabled(why))
+                (self.inner.snapshot_since(vm, Consistency::Crash, previous), FreezeResult::Disabled(why))
             }
             None => match FreezeGuard::freeze(&self.mounts, self.freeze_timeout) {
                 Ok(guard) => {
-                    let snap = self.inner.snapshot(vm, Consistency::Crash);
+                    let snap = self.inner.snapshot_since(vm, Consistency::Crash, previous);
                     let thaw = guard.thaw();
                     log.extend(thaw.warnings.iter().cloned());
                     let names: Vec<String> = self.mounts.iter().map(|m| m.display().to_string()).collect();
@@ -265,7 +269,7 @@ impl<P: SnapshotProvider> SnapshotProvider for ConsistentProvider<P> {
                 }
                 Err(e) => {
                     log.push(format!("file systems are not frozen: {e}"));
-                    (self.inner.snapshot(vm, Consistency::Crash), FreezeResult::Failed(e.to_string()))
+                    (self.inner.snapshot_since(vm, Consistency::Crash, previous), FreezeResult::Failed(e.to_string()))
                 }
             },
         };

@@ -101,6 +101,21 @@ pub trait SnapshotProvider: Send + Sync {
     /// or an I/O error naming the disk.
     fn snapshot(&self, vm: &Vm, wanted: Consistency) -> Result<Snapshot>;
 
+    /// As [`snapshot`](Self::snapshot), told the change tokens of the VM's
+    /// previous point: `(disk name, token)` for each of its disks that had
+    /// one. A provider whose change tracking is relative to one checkpoint
+    /// (a libvirt pull backup is incremental from a checkpoint it names)
+    /// starts from the previous point's; the engine still checks the token
+    /// chain (see `engine`), so a provider that ignores them loses nothing.
+    /// The job calls this one; the default calls [`snapshot`](Self::snapshot).
+    ///
+    /// # Errors
+    /// As [`snapshot`](Self::snapshot).
+    fn snapshot_since(&self, vm: &Vm, wanted: Consistency, previous: &[(String, String)]) -> Result<Snapshot> {
+        let _ = previous;
+        self.snapshot(vm, wanted)
+    }
+
     /// Called after the transfer, before the point is committed: a provider
     /// whose snapshot can be invalidated under it (an image read in place
     /// that changed) refuses the point here.
