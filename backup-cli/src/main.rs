@@ -82,13 +82,27 @@ enum Command {
         /// The vault.
         #[arg(long)]
         vault: PathBuf,
-        /// The VM's name.
-        #[arg(long)]
-        vm: String,
+        /// The VM's name (with --libvirt, default: the domain's).
+        #[arg(long, required_unless_present = "libvirt")]
+        vm: Option<String>,
+        /// Back up this running libvirt domain: its disks come from its
+        /// XML, and each snapshot is a checkpoint and a pull-mode backup job
+        /// (incremental from the previous point's checkpoint).
+        #[arg(long, value_name = "DOMAIN", conflicts_with_all = ["disks", "qmp", "scripts", "freeze"])]
+        libvirt: Option<String>,
+        /// The libvirt connection URI (default qemu:///system).
+        #[arg(long, value_name = "URI", requires = "libvirt")]
+        connect: Option<String>,
+        /// With --libvirt: back up only these disks (target names: vda,vdb).
+        #[arg(long, value_delimiter = ',', value_name = "DISKS", requires = "libvirt")]
+        include: Vec<String>,
+        /// With --libvirt: never back up these disks (target names).
+        #[arg(long, value_delimiter = ',', value_name = "DISKS", requires = "libvirt")]
+        exclude: Vec<String>,
         /// A disk image, as PATH or NAME=PATH, or an NBD export as a URI
         /// (nbd+unix:///EXPORT?socket=PATH, nbd://HOST:PORT/EXPORT; read as
         /// the server exports it, nothing frozen); repeat for each disk.
-        #[arg(long = "disk", required = true)]
+        #[arg(long = "disk", required_unless_present = "libvirt")]
         disks: Vec<String>,
         /// Block size of a disk's first point: 16K to 4M, a power of two.
         #[arg(long, default_value = "64K", value_parser = parse_size)]
@@ -415,6 +429,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Backup {
             vault,
             vm,
+            libvirt,
+            connect,
+            include,
+            exclude,
             disks,
             block_size,
             consistency,
@@ -433,7 +451,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
         } => {
             let vault = open(&vault)?;
-            let vm = vm_from_args(&vm, &disks)?;
+            let libvirt_provider = libvirt_provider(libvirt, connect, include, exclude)?;
+            let vm = match (&libvirt_provider, vm) {
+                (Some(lp), name) => lp.vm(name.as_deref().unwrap_or(&lp.domain))?,
+                (None, Some(name)) => vm_from_args(&name, &disks)?,
+                (None, None) => bail!("give --vm NAME (or --libvirt DOMAIN)"),
+            };
             let mut options = BackupOptions::default();
             // SIGINT and SIGTERM take the cancel path: scripts killed and
             // the post-script run, file systems thawed, clones released.
@@ -464,10 +487,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             options.instant_restore_days = instant_restore_days;
             options.retries = retries;
             options.progress = progress::bar("backup");
-            let provider: &dyn backup_core::SnapshotProvider = match (&qemu_provider, &nbd_provider) {
-                (Some(q), _) => q,
-                (None, Some(n)) => n,
-                (None, None) => &provider,
+            let provider: &dyn backup_core::SnapshotProvider = match (&libvirt_provider, &qemu_provider, &nbd_provider)
+            {
+                (Some(l), _, _) => l.as_provider(),
+                (None, Some(q), _) => q,
+                (None, None, Some(n)) => n,
+                (None, None, None) => &provider,
             };
             let report = backup_core::backup(&vault, provider, &vm, &options)?;
             let p = &report.point;
@@ -706,6 +731,81 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The libvirt provider a `backup --libvirt DOMAIN` asks for, telling which
+/// disks of the domain it skips and why.
+#[cfg(feature = "libvirt")]
+fn libvirt_provider(
+    domain: Option<String>,
+    connect: Option<String>,
+    include: Vec<String>,
+    exclude: Vec<String>,
+) -> Result<Option<LibvirtVm>> {
+    let Some(domain) = domain else { return Ok(None) };
+    let mut p = backup_core::LibvirtProvider::new(domain);
+    if let Some(uri) = connect {
+        p.uri = uri;
+    }
+    p.include = include;
+    p.exclude = exclude;
+    Ok(Some(LibvirtVm(p)))
+}
+
+#[cfg(not(feature = "libvirt"))]
+fn libvirt_provider(
+    domain: Option<String>,
+    _connect: Option<String>,
+    _include: Vec<String>,
+    _exclude: Vec<String>,
+) -> Result<Option<LibvirtVm>> {
+    match domain {
+        Some(_) => bail!("this vmbackup was built without the libvirt feature"),
+        None => Ok(None),
+    }
+}
+
+/// A libvirt domain to back up.
+#[cfg(feature = "libvirt")]
+struct LibvirtVm(backup_core::LibvirtProvider);
+
+#[cfg(feature = "libvirt")]
+impl LibvirtVm {
+    /// The VM: the domain's selected disks; says which it skips.
+    fn vm(&self, name: &str) -> Result<backup_core::Vm> {
+        let (vm, skipped) = self.0.vm(name)?;
+        for (disk, why) in skipped {
+            eprintln!("disk {disk} of domain {} is not backed up: {why}", self.0.domain);
+        }
+        Ok(vm)
+    }
+    fn as_provider(&self) -> &dyn backup_core::SnapshotProvider {
+        &self.0
+    }
+}
+
+#[cfg(feature = "libvirt")]
+impl std::ops::Deref for LibvirtVm {
+    type Target = backup_core::LibvirtProvider;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+/// Never made: built without the libvirt feature.
+#[cfg(not(feature = "libvirt"))]
+struct LibvirtVm {
+    domain: String,
+}
+
+#[cfg(not(feature = "libvirt"))]
+impl LibvirtVm {
+    fn vm(&self, _name: &str) -> Result<backup_core::Vm> {
+        bail!("this vmbackup was built without the libvirt feature ({})", self.domain)
+    }
+    fn as_provider(&self) -> &dyn backup_core::SnapshotProvider {
+        unreachable!("never made")
+    }
 }
 
 fn open(path: &std::path::Path) -> Result<Vault> {

@@ -45,6 +45,8 @@ mod error;
 pub mod fuzzing;
 mod gc;
 mod job;
+#[cfg(feature = "libvirt")]
+mod libvirt;
 mod lz4;
 mod model;
 mod nbd;
@@ -68,6 +70,8 @@ pub use job::tiers::{
     restore_disk_from_snapshot, restore_from_snapshot, snapshot_only_points,
 };
 pub use job::{BackupOptions, BackupReport, backup};
+#[cfg(feature = "libvirt")]
+pub use libvirt::{DomainDisk, LibvirtProvider, SkippedDisks, parse_disks};
 pub use model::{CancelToken, Consistency, ContentId, NoProgress, OsType, Progress, Vm, VmDisk, validate_name};
 pub use nbd::{
     ExportAddress, ExportOptions, NBD_DEFAULT_PORT, NbdAddress, NbdDevice, NbdOptions, NbdProvider, NbdServer,
