@@ -109,7 +109,10 @@ fn boot(test: &str) -> Option<(Guest, tempfile::TempDir)> {
         testkit::skip(test, &format!("cannot build the test guest: {e}"));
         return None;
     }
-    let name = format!("vmb-test-{}", std::process::id());
+    // Unique per test: the tests of this file run at once in one process.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let name = format!("vmb-test-{}-{n}", std::process::id());
     let xml = format!(
         "<domain type='qemu'><name>{name}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
          <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{d}/vmlinuz</kernel><initrd>{d}/initrd.img</initrd>\
