@@ -19,8 +19,8 @@ case "${1:-}" in
     command -v libvirtd >/dev/null || { echo "libvirtd: not installed (scripts/setup.sh installs it)" >&2; exit 1; }
     pids=
     if ! answers; then
-      # One that is still shutting down: let it go first.
-      for _ in $(seq 1 20); do pgrep -x libvirtd >/dev/null || break; answers && break; sleep 0.5; done
+      # One that is still shutting down (it may take 30 s): let it go first.
+      for _ in $(seq 1 120); do pgrep -x libvirtd >/dev/null || break; answers && break; sleep 0.5; done
     fi
     if ! answers; then
       if ! pgrep -x virtlogd >/dev/null; then
@@ -31,7 +31,7 @@ case "${1:-}" in
         libvirtd >/var/tmp/vmbackup-libvirtd.log 2>&1 </dev/null &
         pids="$pids $!"
       fi
-      for _ in $(seq 1 60); do answers && break; sleep 0.5; done
+      for _ in $(seq 1 120); do answers && break; sleep 0.5; done
       answers || { echo "libvirtd: does not answer; log:" >&2; tail -20 /var/tmp/vmbackup-libvirtd.log >&2; exit 1; }
     fi
     echo "export VMB_LIBVIRT_URI=$uri"
