@@ -32,7 +32,12 @@ case "${1:-}" in
         pids="$pids $!"
       fi
       for _ in $(seq 1 120); do answers && break; sleep 0.5; done
-      answers || { echo "libvirtd: does not answer; log:" >&2; tail -20 /var/tmp/vmbackup-libvirtd.log >&2; exit 1; }
+      if ! answers; then
+        echo "libvirtd: does not answer; log:" >&2
+        tail -20 /var/tmp/vmbackup-libvirtd.log >&2
+        for pid in $pids; do kill "$pid" 2>/dev/null || true; done  # nothing of ours is left running
+        exit 1
+      fi
     fi
     echo "export VMB_LIBVIRT_URI=$uri"
     echo "export VMB_LIBVIRTD_PIDS=\"${pids# }\""
