@@ -453,7 +453,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let vault = open(&vault)?;
             let libvirt_provider = libvirt_provider(libvirt, connect, include, exclude)?;
             let vm = match (&libvirt_provider, vm) {
-                (Some(lp), name) => lp.vm(name.as_deref().unwrap_or(&lp.domain))?,
+                (Some(lp), name) => lp.vm(name.as_deref())?,
                 (None, Some(name)) => vm_from_args(&name, &disks)?,
                 (None, None) => bail!("give --vm NAME (or --libvirt DOMAIN)"),
             };
@@ -771,9 +771,10 @@ struct LibvirtVm(backup_core::LibvirtProvider);
 
 #[cfg(feature = "libvirt")]
 impl LibvirtVm {
-    /// The VM: the domain's selected disks; says which it skips.
-    fn vm(&self, name: &str) -> Result<backup_core::Vm> {
-        let (vm, skipped) = self.0.vm(name)?;
+    /// The VM, named `name` or after the domain: the domain's selected
+    /// disks; says which it skips.
+    fn vm(&self, name: Option<&str>) -> Result<backup_core::Vm> {
+        let (vm, skipped) = self.0.vm(name.unwrap_or(&self.0.domain))?;
         for (disk, why) in skipped {
             eprintln!("disk {disk} of domain {} is not backed up: {why}", self.0.domain);
         }
@@ -784,27 +785,17 @@ impl LibvirtVm {
     }
 }
 
-#[cfg(feature = "libvirt")]
-impl std::ops::Deref for LibvirtVm {
-    type Target = backup_core::LibvirtProvider;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
 /// Never made: built without the libvirt feature.
 #[cfg(not(feature = "libvirt"))]
-struct LibvirtVm {
-    domain: String,
-}
+enum LibvirtVm {}
 
 #[cfg(not(feature = "libvirt"))]
 impl LibvirtVm {
-    fn vm(&self, _name: &str) -> Result<backup_core::Vm> {
-        bail!("this vmbackup was built without the libvirt feature ({})", self.domain)
+    fn vm(&self, _name: Option<&str>) -> Result<backup_core::Vm> {
+        match *self {}
     }
     fn as_provider(&self) -> &dyn backup_core::SnapshotProvider {
-        unreachable!("never made")
+        match *self {}
     }
 }
 

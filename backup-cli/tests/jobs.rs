@@ -145,19 +145,7 @@ fn a_backup_killed_in_its_transfer_shows_as_interrupted_with_the_phase_it_died_i
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn");
-    let logs = vault.join("jobs").join("web");
-    let started = std::time::Instant::now();
-    loop {
-        let in_transfer = fs::read_dir(&logs).ok().and_then(|mut d| d.next()).and_then(|e| {
-            let text = fs::read_to_string(e.ok()?.path()).ok()?;
-            Some(text.contains("\"phase\":\"transfer\""))
-        });
-        if in_transfer == Some(true) {
-            break;
-        }
-        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the transfer never started");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    wait_for_transfer(&vault);
     child.kill().expect("SIGKILL");
     child.wait().expect("wait");
 
@@ -171,6 +159,23 @@ fn a_backup_killed_in_its_transfer_shows_as_interrupted_with_the_phase_it_died_i
     // The killed job left no point.
     let list = json(&["list", "--vault", s(&vault), "--json"]);
     assert!(list["points"].as_array().expect("points").is_empty());
+}
+
+/// Waits until the only job of VM "web" logs its transfer phase (60 s at most).
+fn wait_for_transfer(vault: &std::path::Path) {
+    let logs = vault.join("jobs").join("web");
+    let started = std::time::Instant::now();
+    loop {
+        let in_transfer = fs::read_dir(&logs).ok().and_then(|mut d| d.next()).and_then(|e| {
+            let text = fs::read_to_string(e.ok()?.path()).ok()?;
+            Some(text.contains("\"phase\":\"transfer\""))
+        });
+        if in_transfer == Some(true) {
+            return;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the transfer never started");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 #[test]
@@ -196,19 +201,7 @@ fn a_point_whose_job_still_transfers_lists_as_snapshot_and_restores_from_it() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn");
-    let logs = vault.join("jobs").join("web");
-    let started = std::time::Instant::now();
-    loop {
-        let in_transfer = fs::read_dir(&logs).ok().and_then(|mut d| d.next()).and_then(|e| {
-            let text = fs::read_to_string(e.ok()?.path()).ok()?;
-            Some(text.contains("\"phase\":\"transfer\""))
-        });
-        if in_transfer == Some(true) {
-            break;
-        }
-        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the transfer never started");
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    wait_for_transfer(&vault);
     // SAFETY: kill only sends a signal to our own child.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGSTOP) };
 

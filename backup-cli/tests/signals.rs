@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use testkit::{LoopMount, s};
+use testkit::{LoopMount, s, write_within};
 
 mod common;
 use common::{BIN, json, ok};
@@ -162,6 +162,15 @@ fn stop_in(f: &Fixture, child: &mut Child, phase: Phase, before: &[PathBuf]) {
     signal(child, libc::SIGSTOP);
 }
 
+/// Starts a backup with the scripts of `phase` and holds it there, stopped.
+fn backup_stopped_in(f: &Fixture, phase: Phase) -> Child {
+    let config = scripts(f, phase);
+    let logs = job_logs(f);
+    let mut child = start_backup(f, &config);
+    stop_in(f, &mut child, phase, &logs);
+    child
+}
+
 fn signal(child: &Child, sig: libc::c_int) {
     // SAFETY: kill only sends a signal to our own child.
     unsafe { libc::kill(child.id() as libc::pid_t, sig) };
@@ -179,25 +188,6 @@ fn finish(child: Child) -> (std::process::ExitStatus, String) {
         assert!(t.elapsed() < Duration::from_secs(60), "vmbackup did not end after the signal");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Whether a write to the guest file system completes within `limit`.
-fn writable(f: &Fixture, limit: Duration) -> bool {
-    let probe = f.guest.0.join("probe");
-    let mut c = Command::new("sh")
-        .args(["-c", &format!("echo x > {} && sync -f {}", s(&probe), s(&probe))])
-        .spawn()
-        .expect("probe");
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if c.try_wait().expect("wait").is_some() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // Leave it: it completes at the thaw; a test that fails here says so.
-    std::thread::spawn(move || c.wait());
-    false
 }
 
 fn clones(f: &Fixture) -> Vec<String> {
@@ -232,17 +222,15 @@ fn cancel_path(sig: libc::c_int, name: &str) {
     let Some(f) = fixture(name) else { return };
     for phase in PHASES {
         let before = points(&f);
-        let config = scripts(&f, phase);
-        let logs = job_logs(&f);
-        let mut child = start_backup(&f, &config);
-        stop_in(&f, &mut child, phase, &logs);
+        let child = backup_stopped_in(&f, phase);
         signal(&child, sig);
         signal(&child, libc::SIGCONT);
         let (status, err) = finish(child);
         let what = format!("{name} in {phase:?}");
         assert_eq!(status.code(), Some(1), "{what}: {err}");
         assert!(err.contains("cancelled"), "{what}: {err}");
-        assert!(writable(&f, Duration::from_secs(5)), "{what}: the guest file system is still frozen");
+        let w = write_within(&f.guest.0, "probe", Duration::from_secs(5));
+        assert!(w.is_ok(), "{what}: the guest file system is still frozen: {w:?}");
         assert!(log_text(&f).contains("post-done"), "{what}: the post-script did not run: {}", log_text(&f));
         assert!(pre_script_gone(&f), "{what}: the pre-script outlived the cancel");
         assert_eq!(clones(&f), Vec::<String>::new(), "{what}: a clone was left");
@@ -270,15 +258,13 @@ fn sigkill_at_each_phase_is_cleaned_up_by_the_next_run() {
     let Some(f) = fixture(name) else { return };
     for phase in PHASES {
         let before = points(&f);
-        let config = scripts(&f, phase);
-        let logs = job_logs(&f);
-        let mut child = start_backup(&f, &config);
-        stop_in(&f, &mut child, phase, &logs);
+        let child = backup_stopped_in(&f, phase);
         signal(&child, libc::SIGKILL);
         let _ = finish(child);
         let what = format!("SIGKILL in {phase:?}");
         // The guardian thaws a freeze the killed process held.
-        assert!(writable(&f, Duration::from_secs(10)), "{what}: the guest file system stayed frozen");
+        let w = write_within(&f.guest.0, "probe", Duration::from_secs(10));
+        assert!(w.is_ok(), "{what}: the guest file system stayed frozen: {w:?}");
         // A killed pre-script is an orphan now: end it as an operator would.
         if let Ok(pid) = fs::read_to_string(f.path("pre.pid")) {
             let _ = testkit::sh("pkill", &["-KILL", "-s", pid.trim()]);

@@ -50,6 +50,7 @@ mod libvirt;
 mod lz4;
 mod model;
 mod nbd;
+mod no_follow;
 mod policy;
 mod prune;
 mod repair;

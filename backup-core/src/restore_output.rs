@@ -136,20 +136,9 @@ impl Output {
 impl Drop for Output {
     fn drop(&mut self) {
         if !self.committed {
-            let _ = remove_if_same(&self.path, &self.file);
+            let _ = crate::no_follow::remove_if_same(&self.path, &self.file);
         }
     }
-}
-
-/// Removes `path` only if it still names the open `file`.
-fn remove_if_same(path: &Path, file: &File) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let now = std::fs::symlink_metadata(path)?;
-    let held = file.metadata()?;
-    if now.ino() == held.ino() && now.dev() == held.dev() {
-        std::fs::remove_file(path)?;
-    }
-    Ok(())
 }
 
 /// Removes temporary files of earlier restores to `name` in `dir` that a
@@ -162,21 +151,10 @@ fn remove_stale(dir: &Path, name: &str) {
             continue;
         }
         let path = entry.path();
-        let Ok(c) = CString::new(path.as_os_str().as_bytes()) else { continue };
-        // SAFETY: a NUL-terminated path; never follows a link, never waits.
-        let fd =
-            unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC) };
-        if fd < 0 {
-            continue;
-        }
-        // SAFETY: open just returned this descriptor to us alone.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        if !file.metadata().is_ok_and(|m| m.is_file()) {
-            continue;
-        }
+        let Ok(file) = crate::no_follow::open_regular(&path) else { continue };
         // SAFETY: flock on a live descriptor; no memory is passed.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            let _ = remove_if_same(&path, &file);
+            let _ = crate::no_follow::remove_if_same(&path, &file);
         }
     }
 }

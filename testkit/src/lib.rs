@@ -197,3 +197,25 @@ pub fn guest_on_xfs(dir: &Path, size: u64) -> Result<(LoopMount, LoopMount, std:
 unsafe extern "C" {
     fn geteuid() -> u32;
 }
+
+/// Writes and syncs a file `name` in `dir` within `limit` (a frozen file
+/// system makes the write hang), or says how long it hung. A write that
+/// hangs goes on in a thread of its own and ends at the thaw.
+pub fn write_within(dir: &Path, name: &str, limit: Duration) -> Result<Duration, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = dir.join(name);
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        let r = std::fs::File::create(&path).and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(b"still writable\n")?;
+            f.sync_all()
+        });
+        let _ = tx.send(r.map(|_| started.elapsed()));
+    });
+    match rx.recv_timeout(limit) {
+        Ok(Ok(d)) => Ok(d),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("the write hung for more than {limit:?}")),
+    }
+}

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use backup_core::*;
-use testkit::{s, sh};
+use testkit::{LoopMount, s, sh, write_within};
 
 /// Mount tests run one at a time: they share loop devices and two cores,
 /// and the watchdog tests measure time.
@@ -26,33 +26,12 @@ fn serial() -> MutexGuard<'static, ()> {
     MOUNTS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A loop mount, thawed (in case a test failed while it was frozen) and
-/// unmounted on drop.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn new(image: &Path, at: &Path) -> Result<Mount, String> {
-        fs::create_dir_all(at).map_err(|e| e.to_string())?;
-        sh("mount", &["-o", "loop", s(image), s(at)])?;
-        Ok(Mount(at.to_path_buf()))
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = sh("fsfreeze", &["-u", s(&self.0)]);
-        if sh("umount", &[s(&self.0)]).is_err() {
-            let _ = sh("umount", &["-l", s(&self.0)]);
-        }
-    }
-}
-
 /// An XFS file system with reflinks holding the guest's ext4 image, the
 /// guest's file system mounted from it, and a vault.
 struct Fixture {
     // Field order is drop order: the guest before the XFS under it.
-    guest_mount: Mount,
-    _xfs_mount: Mount,
+    guest_mount: LoopMount,
+    _xfs_mount: LoopMount,
     dir: tempfile::TempDir,
     image: PathBuf,
     vault: Vault,
@@ -70,11 +49,6 @@ impl Fixture {
 
 /// The fixture, or None (with the reason printed) where it cannot be built.
 fn fixture(test: &str) -> Option<Fixture> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        testkit::skip(test, "not running as root (loop mounts and FIFREEZE need it)");
-        return None;
-    }
     for tool in ["mkfs.xfs", "mkfs.ext4", "e2fsck", "debugfs", "fsfreeze"] {
         if sh("sh", &["-c", &format!("command -v {tool}")]).is_err() {
             testkit::skip(test, &format!("{tool} is not installed (scripts/setup.sh installs it)"));
@@ -82,19 +56,7 @@ fn fixture(test: &str) -> Option<Fixture> {
         }
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let build = || -> Result<(Mount, Mount, PathBuf), String> {
-        let xfs_img = dir.path().join("xfs.img");
-        // 300 MiB is the smallest XFS that mkfs.xfs makes; the file is sparse.
-        fs::File::create(&xfs_img).and_then(|f| f.set_len(300 << 20)).map_err(|e| e.to_string())?;
-        sh("mkfs.xfs", &["-q", "-f", "-m", "reflink=1", s(&xfs_img)])?;
-        let xfs = Mount::new(&xfs_img, &dir.path().join("xfs"))?;
-        let image = xfs.0.join("root.img");
-        fs::File::create(&image).and_then(|f| f.set_len(64 << 20)).map_err(|e| e.to_string())?;
-        sh("mkfs.ext4", &["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", s(&image)])?;
-        let guest = Mount::new(&image, &dir.path().join("guest"))?;
-        Ok((guest, xfs, image))
-    };
-    let (guest_mount, xfs, image) = match build() {
+    let (guest_mount, xfs, image) = match testkit::guest_on_xfs(dir.path(), 64 << 20) {
         Ok(m) => m,
         Err(why) => {
             testkit::skip(test, &format!("cannot build the XFS + ext4 loop mounts: {why}"));
@@ -443,26 +405,6 @@ impl SnapshotProvider for Slow {
     }
 }
 
-/// Writes and syncs a file in `dir`, within `limit`, or says how long it hung.
-fn write_within(dir: &Path, name: &str, limit: Duration) -> Result<Duration, String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let path = dir.join(name);
-    let started = Instant::now();
-    std::thread::spawn(move || {
-        let r = fs::File::create(&path).and_then(|mut f| {
-            use std::io::Write;
-            f.write_all(b"still writable\n")?;
-            f.sync_all()
-        });
-        let _ = tx.send(r.map(|_| started.elapsed()));
-    });
-    match rx.recv_timeout(limit) {
-        Ok(Ok(d)) => Ok(d),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("the write hung for more than {limit:?}")),
-    }
-}
-
 #[test]
 fn the_watchdog_thaws_a_mount_when_the_snapshot_step_hangs() {
     let _serial = serial();
@@ -749,25 +691,6 @@ fn freeze_helper_process() {
     drop(guard);
 }
 
-/// Whether a write to `dir` completes within `limit`; the writer is left
-/// to finish in the background when it does not.
-fn write_completes(dir: &Path, limit: Duration) -> bool {
-    let probe = dir.join("probe");
-    let mut c = std::process::Command::new("sh")
-        .args(["-c", &format!("echo x > {p} && sync -f {p}", p = s(&probe))])
-        .spawn()
-        .expect("probe");
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if c.try_wait().expect("wait").is_some() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::spawn(move || c.wait());
-    false
-}
-
 #[test]
 fn a_freeze_held_by_a_killed_process_is_thawed_by_its_guardian() {
     let _g = serial();
@@ -780,9 +703,10 @@ fn a_freeze_held_by_a_killed_process_is_thawed_by_its_guardian() {
         .expect("spawn helper");
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(helper.stdout.take().expect("stdout")));
     assert!(lines.any(|l| l.is_ok_and(|l| l.trim_end().ends_with("frozen"))), "the helper never froze");
-    assert!(!write_completes(f.guest(), Duration::from_millis(500)), "the mount is not frozen");
+    assert!(write_within(f.guest(), "probe", Duration::from_millis(500)).is_err(), "the mount is not frozen");
     // SIGKILL: no destructor, no watchdog thread runs in the helper.
     helper.kill().expect("kill");
     helper.wait().expect("wait");
-    assert!(write_completes(f.guest(), Duration::from_secs(5)), "the guardian did not thaw the mount");
+    let thawed = write_within(f.guest(), "probe-after", Duration::from_secs(5));
+    assert!(thawed.is_ok(), "the guardian did not thaw the mount: {thawed:?}");
 }

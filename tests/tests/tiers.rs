@@ -19,39 +19,18 @@ use testkit::{s, sh};
 /// One XFS mount at a time in this binary: loop devices and two cores.
 static MOUNTS: Mutex<()> = Mutex::new(());
 
-/// A loop-mounted XFS with reflinks, unmounted on drop.
+/// A loop-mounted XFS with reflinks (`testkit::reflink_xfs`), unmounted
+/// on drop before its folder goes.
 struct Xfs {
     at: PathBuf,
+    _mount: testkit::LoopMount,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Xfs {
-    fn drop(&mut self) {
-        if sh("umount", &[s(&self.at)]).is_err() {
-            let _ = sh("umount", &["-l", s(&self.at)]);
-        }
-    }
-}
-
 fn xfs(test: &str) -> Option<Xfs> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        testkit::skip(test, "not running as root (loop mounts need it)");
-        return None;
-    }
     let dir = tempfile::tempdir().expect("tempdir");
-    let image = dir.path().join("xfs.img");
-    let at = dir.path().join("mnt");
-    let build = || -> Result<(), String> {
-        // 300 MiB is the smallest XFS that mkfs.xfs makes; the file is sparse.
-        fs::File::create(&image).and_then(|f| f.set_len(300 << 20)).map_err(|e| e.to_string())?;
-        sh("mkfs.xfs", &["-q", "-f", "-m", "reflink=1", s(&image)])?;
-        fs::create_dir_all(&at).map_err(|e| e.to_string())?;
-        sh("mount", &["-o", "loop", s(&image), s(&at)])?;
-        Ok(())
-    };
-    match build() {
-        Ok(()) => Some(Xfs { at, _dir: dir }),
+    match testkit::reflink_xfs(dir.path(), 300 << 20) {
+        Ok(mount) => Some(Xfs { at: mount.0.clone(), _mount: mount, _dir: dir }),
         Err(why) => {
             testkit::skip(test, &format!("cannot mount a reflink XFS: {why}"));
             None
@@ -71,18 +50,25 @@ fn clones(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn a_reflink_snapshot_is_kept_restored_from_and_released_after_its_days() {
-    let _serial = MOUNTS.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(fs_) = xfs("a_reflink_snapshot_is_kept_restored_from_and_released_after_its_days") else { return };
+/// A vault on `fs_` with one point of an 8 MiB image whose reflink clone
+/// is kept for 2 days: the vault, the image, its data, the report.
+fn kept_point(fs_: &Xfs, seed: u8) -> (Vault, PathBuf, Vec<u8>, BackupReport) {
     let img = fs_.at.join("root.img");
-    let first = data(1, 8 << 20);
-    fs::write(&img, &first).expect("image");
+    let data = data(seed, 8 << 20);
+    fs::write(&img, &data).expect("image");
     let vault = Vault::init(fs_.at.join("vault")).expect("init");
     let vm = Vm::from_images("web", &[&img]).expect("vm");
     let mut options = BackupOptions::default();
     options.instant_restore_days = 2;
     let report = backup(&vault, &ImageFileProvider::new(), &vm, &options).expect("backup");
+    (vault, img, data, report)
+}
+
+#[test]
+fn a_reflink_snapshot_is_kept_restored_from_and_released_after_its_days() {
+    let _serial = MOUNTS.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(fs_) = xfs("a_reflink_snapshot_is_kept_restored_from_and_released_after_its_days") else { return };
+    let (vault, img, first, report) = kept_point(&fs_, 1);
     assert_eq!(report.point.disks[0].snapshot_method, "reflink");
     let until = report.snapshot_kept_until.expect("the clone is kept");
     assert_eq!(point_tiers(&vault, &report.point).expect("tiers"), ["snapshot", "vault"]);
@@ -224,14 +210,7 @@ fn the_snapshot_tier_exists_from_the_snapshot_phase_and_a_cancel_releases_it() {
 fn snapshot_tier_restores_never_follow_a_link_and_leave_nothing_half_written() {
     let _serial = MOUNTS.lock().unwrap_or_else(|p| p.into_inner());
     let Some(fs_) = xfs("snapshot_tier_restores_never_follow_a_link_and_leave_nothing_half_written") else { return };
-    let img = fs_.at.join("root.img");
-    let first = data(5, 8 << 20);
-    fs::write(&img, &first).expect("image");
-    let vault = Vault::init(fs_.at.join("vault")).expect("init");
-    let vm = Vm::from_images("web", &[&img]).expect("vm");
-    let mut options = BackupOptions::default();
-    options.instant_restore_days = 2;
-    let report = backup(&vault, &ImageFileProvider::new(), &vm, &options).expect("backup");
+    let (vault, _, first, report) = kept_point(&fs_, 5);
     assert!(kept_snapshot(&vault, "web", &report.point.id).expect("record").is_some());
 
     // A link planted at the target (a folder another user owns).

@@ -145,7 +145,7 @@ pub(crate) fn write_kept(
     for d in disks {
         // The mark, set through a descriptor that did not follow a link, is
         // what later lets release and restore trust this path.
-        let f = open_for_mark(&d.path)?;
+        let f = crate::no_follow::open_regular(&d.path).map_err(|e| Error::io("open snapshot to keep", &d.path, e))?;
         crate::snapshot::clone_mark::set(&f, &crate::snapshot::clone_mark::kept(vault.id(), vm, point, &d.name))
             .map_err(|e| Error::io("mark snapshot clone as kept", &d.path, e))?;
         let m = f.metadata().map_err(|e| Error::io("stat snapshot clone", &d.path, e))?;
@@ -251,20 +251,6 @@ fn read_record(vault: &Vault, vm: &str, point: &str) -> Result<Option<KeptSnapsh
         validate_name("disk name", &d.name).map_err(|e| Error::corrupt(&object, e.to_string()))?;
     }
     Ok(Some(k))
-}
-
-/// Opens a file to mark it: never through a link, and only a regular file.
-fn open_for_mark(path: &Path) -> Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| Error::io("open snapshot clone", path, e))?;
-    if !f.metadata().is_ok_and(|m| m.is_file()) {
-        return Err(Error::invalid("snapshot to keep", format!("{} is not a regular file", path.display())));
-    }
-    Ok(f)
 }
 
 /// Where a point can be restored from now: "snapshot" (its kept snapshot,

@@ -96,7 +96,11 @@ impl LibvirtProvider {
     /// # Errors
     /// libvirt errors; an include naming no disk.
     pub fn disks(&self) -> Result<(Vec<DomainDisk>, SkippedDisks)> {
-        let dom = self.domain("check")?;
+        self.disks_of(&self.domain("check")?)
+    }
+
+    /// As [`disks`](Self::disks), over a domain already looked up.
+    fn disks_of(&self, dom: &virt::domain::Domain) -> Result<(Vec<DomainDisk>, SkippedDisks)> {
         let xml = dom.xml_desc(0).map_err(|e| self.err("check", e))?;
         let (mut disks, mut skipped) = parse_disks(&xml).map_err(|e| self.err("check", e))?;
         for name in &self.include {
@@ -286,7 +290,7 @@ impl SnapshotProvider for LibvirtProvider {
             return Err(self.err("snapshot", "the domain is not running (shut-off domains: not yet)"));
         }
         let mut warnings = self.clean_leftovers(&dom);
-        let (disks, skipped) = self.disks()?;
+        let (disks, skipped) = self.disks_of(&dom)?;
         for (t, why) in &skipped {
             warnings.push(format!("disk {t} of domain {} is skipped: {why}", self.domain));
         }

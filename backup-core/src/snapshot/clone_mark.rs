@@ -24,10 +24,8 @@
 //! in-flight whose lock is free was left by a killed job, and the next
 //! backup of the same image removes it ([`remove_abandoned`]).
 
-use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -70,24 +68,15 @@ pub(crate) fn get(file: &File) -> Option<String> {
 /// I/O errors; [`Error::InvalidArgument`] naming the file when it is a
 /// link, not a regular file, or not marked so.
 pub(crate) fn open_marked(path: &Path, expected: &str) -> Result<File> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| Error::invalid("snapshot clone", format!("{}: NUL in the path", path.display())))?;
-    // SAFETY: a NUL-terminated path; the flags make open refuse a link at
-    // the end and not wait on a FIFO.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC) };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ELOOP) {
-            return Err(refused(path, "it is a symbolic link"));
+    let file = crate::no_follow::open_regular(path).map_err(|e| {
+        if crate::no_follow::is_link_error(&e) {
+            refused(path, "it is a symbolic link")
+        } else if e.kind() == std::io::ErrorKind::InvalidInput {
+            refused(path, "it is not a regular file")
+        } else {
+            Error::io("open snapshot clone", path, e)
         }
-        return Err(Error::io("open snapshot clone", path, e));
-    }
-    // SAFETY: open just returned this descriptor to us alone.
-    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    let meta = file.metadata().map_err(|e| Error::io("stat snapshot clone", path, e))?;
-    if !meta.is_file() {
-        return Err(refused(path, "it is not a regular file"));
-    }
+    })?;
     match get(&file) {
         Some(m) if m == expected => Ok(file),
         Some(m) => Err(refused(path, &format!("its vmbackup mark is \"{m}\", not this snapshot's"))),
@@ -105,28 +94,11 @@ fn refused(path: &Path, why: &str) -> Error {
 /// # Errors
 /// I/O errors; the name now names another file.
 pub(crate) fn remove(path: &Path, file: &File) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(refused(path, "it has no folder"));
-    };
-    let dir = File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })
-        .map_err(|e| Error::io("open folder of snapshot clone", path, e))?;
-    let name = CString::new(name.as_bytes()).map_err(|_| refused(path, "NUL in the name"))?;
-    let meta = file.metadata().map_err(|e| Error::io("stat snapshot clone", path, e))?;
-    // SAFETY: all-zero is a valid stat; fstatat fills it.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: a live folder descriptor, a NUL-terminated name, a live stat.
-    if unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
-        return Err(Error::io("stat snapshot clone", path, std::io::Error::last_os_error()));
+    match crate::no_follow::remove_if_same(path, file) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(refused(path, "the name was changed to another file")),
+        Err(e) => Err(Error::io("remove snapshot clone", path, e)),
     }
-    if st.st_ino != meta.ino() || st.st_dev != meta.dev() {
-        return Err(refused(path, "the name was changed to another file"));
-    }
-    // SAFETY: as above.
-    if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
-        return Err(Error::io("remove snapshot clone", path, std::io::Error::last_os_error()));
-    }
-    Ok(())
 }
 
 /// Takes a lock on a clone that says its job is alive: shared, so that

@@ -547,16 +547,12 @@ impl Running {
             }
         }
     }
-
-    fn kill_group(&mut self) {
-        self.kill_all();
-    }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         if !self.reaped {
-            self.kill_group();
+            self.kill_all();
             let _ = self.child.wait();
         }
     }
@@ -589,8 +585,8 @@ impl Tail {
 }
 
 fn set_nonblocking(fd: libc::c_int) {
-    // SAFETY: fcntl on a descriptor this process owns (a pipe end held by
-    // a live ChildStdout/ChildStderr); F_GETFL/F_SETFL touch only flags.
+    // SAFETY: fcntl on a descriptor this process owns (the read end of the
+    // script's output pipe); F_GETFL/F_SETFL touch only flags.
     unsafe {
         let flags = libc::fcntl(fd, libc::F_GETFL);
         if flags >= 0 {
@@ -599,24 +595,19 @@ fn set_nonblocking(fd: libc::c_int) {
     }
 }
 
-/// Reads what is available from each open pipe; closes those at end of file.
-fn drain(pipes: &mut [Option<Box<dyn ReadFd>>; 2], tail: &mut Tail) {
+/// Reads what the pipe holds now; the pipe is dropped at end of file.
+fn drain(pipe: &mut Option<std::io::PipeReader>, tail: &mut Tail) {
     let mut buf = [0u8; 8192];
-    for slot in pipes.iter_mut() {
-        while let Some(p) = slot.as_mut() {
-            match p.read(&mut buf) {
-                Ok(0) => *slot = None,
-                Ok(n) => tail.push(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(_) => *slot = None,
-            }
+    while let Some(p) = pipe.as_mut() {
+        match p.read(&mut buf) {
+            Ok(0) => *pipe = None,
+            Ok(n) => tail.push(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(_) => *pipe = None,
         }
     }
 }
-
-trait ReadFd: Read + AsRawFd + Send {}
-impl<T: Read + AsRawFd + Send> ReadFd for T {}
 
 fn describe_status(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
@@ -675,41 +666,36 @@ fn run_once(spec: &ScriptSpec<'_>, real: &Path) -> Attempt {
     // of it exits.
     drop(cmd);
     let mut running = Running { child, reaped: false, seen: std::collections::HashMap::new() };
-    let mut pipes: [Option<Box<dyn ReadFd>>; 2] = [Some(Box::new(reader) as Box<dyn ReadFd>), None];
-    for p in pipes.iter().flatten() {
-        set_nonblocking(p.as_raw_fd());
-    }
+    set_nonblocking(reader.as_raw_fd());
+    let mut pipe = Some(reader);
     let mut tail = Tail { buf: Vec::new(), dropped: 0, limit: OUTPUT_LIMIT };
     let deadline = started + spec.timeout;
     let mut step = Duration::from_millis(5);
     let outcome = loop {
         let now = Instant::now();
         let wait = step.min(deadline.saturating_duration_since(now));
-        let mut fds: Vec<libc::pollfd> = pipes
-            .iter()
-            .flatten()
-            .map(|p| libc::pollfd { fd: p.as_raw_fd(), events: libc::POLLIN, revents: 0 })
-            .collect();
-        if fds.is_empty() {
-            std::thread::sleep(wait);
-        } else {
-            let ms = libc::c_int::try_from(wait.as_millis()).unwrap_or(libc::c_int::MAX);
-            // SAFETY: `fds` is a live array of `fds.len()` pollfd records.
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        match &pipe {
+            Some(p) => {
+                let mut fd = libc::pollfd { fd: p.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                let ms = libc::c_int::try_from(wait.as_millis()).unwrap_or(libc::c_int::MAX);
+                // SAFETY: one live pollfd record.
+                unsafe { libc::poll(&mut fd, 1, ms) };
+            }
+            None => std::thread::sleep(wait),
         }
-        drain(&mut pipes, &mut tail);
+        drain(&mut pipe, &mut tail);
         running.track();
         if spec.cancel.as_ref().is_some_and(crate::model::CancelToken::is_cancelled) {
             running.kill_all();
             let _ = running.child.wait();
             running.reaped = true;
-            drain(&mut pipes, &mut tail);
+            drain(&mut pipe, &mut tail);
             break Outcome::Cancelled;
         }
         match running.child.try_wait() {
             Ok(Some(status)) => {
                 running.reaped = true;
-                drain(&mut pipes, &mut tail);
+                drain(&mut pipe, &mut tail);
                 // What it left running is left alone: a pre-script may start
                 // a lock holder that its post-script ends.
                 break if status.success() { Outcome::Succeeded } else { Outcome::Failed(describe_status(status)) };
@@ -717,17 +703,17 @@ fn run_once(spec: &ScriptSpec<'_>, real: &Path) -> Attempt {
             Ok(None) => {}
             Err(e) => {
                 // Should not happen; do not leave the script running.
-                running.kill_group();
+                running.kill_all();
                 let _ = running.child.wait();
                 running.reaped = true;
                 break Outcome::Failed(format!("cannot wait for it: {e}"));
             }
         }
         if Instant::now() >= deadline {
-            running.kill_group();
+            running.kill_all();
             let _ = running.child.wait();
             running.reaped = true;
-            drain(&mut pipes, &mut tail);
+            drain(&mut pipe, &mut tail);
             break Outcome::TimedOut;
         }
         step = (step * 2).min(spec.poll_interval.max(Duration::from_millis(5)));
@@ -848,8 +834,7 @@ mod tests {
     #[test]
     fn permission_check_refuses_a_file_owned_by_another_user() {
         if current_uid() != 0 {
-            eprintln!("skipped: changing a file's owner needs root");
-            return;
+            return testkit::skip("permission_check_refuses_a_file_owned_by_another_user", "chown needs root");
         }
         let dir = tempfile::tempdir().expect("tempdir");
         let f = dir.path().join("post.sh");
@@ -934,10 +919,7 @@ mod tests {
     #[test]
     fn a_script_linked_into_a_folder_another_user_owns_is_refused() {
         if current_uid() != 0 {
-            // CI runs as root and sets VMB_REQUIRE_ALL: there a skip fails.
-            assert!(std::env::var_os("VMB_REQUIRE_ALL").is_none(), "needs root (chown), and VMB_REQUIRE_ALL is set");
-            eprintln!("SKIPPED: chown needs root");
-            return;
+            return testkit::skip("a_script_linked_into_a_folder_another_user_owns_is_refused", "chown needs root");
         }
         let dir = tempfile::tempdir().expect("tempdir");
         // The attack: a user who owns the folder swaps root's pre.sh for a

@@ -295,10 +295,12 @@ impl Drop for PackWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vault::beneath::VaultDir;
 
     #[test]
     fn writes_every_byte_in_order_and_cuts_to_length() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let vdir = VaultDir::open_root(dir.path()).expect("vault dir");
         let pool = Arc::new(BufferPool::default());
         for (len, direct) in [0usize, 1, 4095, 4097, BUFFER_BYTES, BUFFER_BYTES * 3 + 17]
             .into_iter()
@@ -306,13 +308,7 @@ mod tests {
         {
             let path = dir.path().join(format!("p{len}-{direct}"));
             let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
-            let mut w = PackWriter::create(
-                &crate::vault::beneath::VaultDir::open_root(dir.path()).expect("vault dir"),
-                &path,
-                pool.clone(),
-                direct,
-            )
-            .expect("pack writer");
+            let mut w = PackWriter::create(&vdir, &path, pool.clone(), direct).expect("pack writer");
             for piece in data.chunks(33_333) {
                 w.write_all(piece).expect("pack writer");
             }
@@ -320,13 +316,7 @@ mod tests {
             assert_eq!(std::fs::read(&path).expect("read back"), data, "length {len}, direct {direct}");
             // All at once: longer than a buffer.
             let path = dir.path().join(format!("q{len}-{direct}"));
-            let mut w = PackWriter::create(
-                &crate::vault::beneath::VaultDir::open_root(dir.path()).expect("vault dir"),
-                &path,
-                pool.clone(),
-                direct,
-            )
-            .expect("pack writer");
+            let mut w = PackWriter::create(&vdir, &path, pool.clone(), direct).expect("pack writer");
             w.write_all(&data).expect("pack writer");
             w.finish().expect("pack writer");
             assert_eq!(std::fs::read(&path).expect("read back"), data, "length {len}, direct {direct}, one write");
@@ -336,16 +326,10 @@ mod tests {
     #[test]
     fn refuses_an_existing_file() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let vdir = VaultDir::open_root(dir.path()).expect("vault dir");
         let path = dir.path().join("p");
         std::fs::write(&path, b"x").expect("pack writer");
-        let e = PackWriter::create(
-            &crate::vault::beneath::VaultDir::open_root(dir.path()).expect("vault dir"),
-            &path,
-            Arc::new(BufferPool::default()),
-            true,
-        )
-        .err()
-        .expect("pack writer");
+        let e = PackWriter::create(&vdir, &path, Arc::new(BufferPool::default()), true).err().expect("pack writer");
         assert!(e.to_string().contains("create"), "{e}");
     }
 
@@ -353,14 +337,9 @@ mod tests {
     #[test]
     fn writes_where_direct_io_is_refused() {
         let Ok(dir) = tempfile::tempdir_in("/dev/shm") else { return };
+        let vdir = VaultDir::open_root(dir.path()).expect("vault dir");
         let path = dir.path().join("p");
-        let mut w = PackWriter::create(
-            &crate::vault::beneath::VaultDir::open_root(dir.path()).expect("vault dir"),
-            &path,
-            Arc::new(BufferPool::default()),
-            true,
-        )
-        .expect("pack writer");
+        let mut w = PackWriter::create(&vdir, &path, Arc::new(BufferPool::default()), true).expect("pack writer");
         w.write_all(&[5u8; BUFFER_BYTES + 10]).expect("pack writer");
         w.finish().expect("pack writer");
         assert_eq!(std::fs::read(&path).expect("read back"), vec![5u8; BUFFER_BYTES + 10]);
