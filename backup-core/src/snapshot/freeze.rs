@@ -198,7 +198,10 @@ impl FreezeGuard {
         }
 
         let fds: Vec<std::os::fd::RawFd> = opened.iter().map(|(_, f, _)| f.as_raw_fd()).collect();
-        let guardian = match (!fds.is_empty()).then(|| super::guardian::Guardian::spawn(&fds, timeout)).transpose() {
+        let guardian = match (!fds.is_empty())
+            .then(|| super::guardian::Guardian::spawn(super::guardian::ThawAction::Mounts(fds.clone()), timeout))
+            .transpose()
+        {
             Ok(g) => g,
             Err(e) => {
                 let mut reg = lock(&REGISTRY);
