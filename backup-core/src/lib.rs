@@ -72,8 +72,13 @@ pub use job::tiers::{
 };
 pub use job::{BackupOptions, BackupReport, backup};
 #[cfg(feature = "libvirt")]
-pub use libvirt::{DomainDisk, LibvirtProvider, SkippedDisks, parse_disks};
-pub use model::{CancelToken, Consistency, ContentId, NoProgress, OsType, Progress, Vm, VmDisk, validate_name};
+pub use libvirt::{
+    DomainDisk, GUEST_CONFIG, GUEST_POST_SCRIPT, GUEST_PRE_SCRIPT, GuestAgentInfo, LibvirtProvider, SkippedDisks,
+    parse_disks,
+};
+pub use model::{
+    CancelToken, Consistency, ContentId, NoProgress, OsType, Progress, Vm, VmConfiguration, VmDisk, validate_name,
+};
 pub use nbd::{
     ExportAddress, ExportOptions, NBD_DEFAULT_PORT, NbdAddress, NbdDevice, NbdOptions, NbdProvider, NbdServer,
     QemuProvider, bitmap_token,

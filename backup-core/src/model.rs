@@ -57,6 +57,17 @@ pub struct Vm {
     pub disks: Vec<VmDisk>,
 }
 
+/// A VM's configuration as its hypervisor describes it (a libvirt
+/// domain's XML), stored with a point so that a restore can re-create the
+/// VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmConfiguration {
+    /// What the text is: `libvirt-domain-xml`.
+    pub kind: String,
+    /// The configuration itself.
+    pub text: String,
+}
+
 impl Vm {
     /// A VM whose disks are the given image files, named after their file
     /// names.

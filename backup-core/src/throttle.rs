@@ -225,6 +225,9 @@ impl<P: SnapshotProvider> SnapshotProvider for ThrottledProvider<P> {
     fn keepable(&self, snapshot: &Snapshot) -> Option<Vec<crate::snapshot::KeptDisk>> {
         self.inner.keepable(snapshot)
     }
+    fn configuration(&self, vm: &Vm, snapshot: &Snapshot) -> Option<crate::model::VmConfiguration> {
+        self.inner.configuration(vm, snapshot)
+    }
     fn release(&self, vm: &Vm, snapshot: Snapshot) -> Result<()> {
         self.inner.release(vm, snapshot)
     }

@@ -714,8 +714,11 @@ fn snapshots_of_pruned_points_and_of_killed_jobs_are_released_before_their_expir
 struct Checkpointing {
     inner: ImageFileProvider,
     taken: AtomicU32,
-    seen: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    seen: Arc<Mutex<Vec<Tokens>>>,
 }
+
+/// The previous point's change tokens a snapshot was told: (disk, token).
+type Tokens = Vec<(String, String)>;
 
 impl SnapshotProvider for Checkpointing {
     fn snapshot(&self, _vm: &Vm, _wanted: Consistency) -> Result<Snapshot> {

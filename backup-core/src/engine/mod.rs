@@ -174,6 +174,10 @@ fn run_pass(
             Some(t) => device.changed_since(t, window.clone()).map_err(|e| read_err(window.start, e))?,
             None => None,
         };
+        if let Some(ranges) = &changed {
+            stats.bytes_dirty +=
+                ranges.iter().map(|r| r.end.min(window.end).saturating_sub(r.start.max(window.start))).sum::<u64>();
+        }
         if token.is_some() && changed.is_none() && stats.change_detection == "cbt" {
             stats.change_detection = "compare (cbt unavailable for this token)".into();
         }

@@ -599,6 +599,7 @@ fn transfer_and_commit(
             stats: PointStats { totals, bytes_added: 0 },
             policy_rule: options.policy_rule.clone(),
             warnings: job.warnings(),
+            configuration: provider.configuration(vm, snapshot),
         };
         // The last moment a cancel is heeded: after this the point stands.
         options.cancel.check(&what)?;

@@ -146,10 +146,67 @@ impl Drop for PostScript<'_> {
     }
 }
 
-enum FreezeResult {
-    Disabled(&'static str),
+/// How a freeze went, for [`settle`].
+pub(crate) enum FreezeResult {
+    /// Not attempted, and why.
+    Disabled(String),
+    /// Held for the whole snapshot step.
     Held,
+    /// Failed, expired or could not start, and why.
     Failed(String),
+}
+
+/// The end of the fallback table (see the module): the consistency a
+/// snapshot achieved, and a line for the log when it is less than
+/// `wanted`. `use_scripts`: scripts were to run; `script_failed`: the stage
+/// of a script that failed (with continue on failure). `freeze_level` is
+/// what a freeze that held gives by itself: file system, or application
+/// for a Windows guest's VSS freeze through its agent.
+///
+/// # Errors
+/// [`Error::Provider`] (retryable) when the result is below `min`.
+pub(crate) fn settle(
+    wanted: Consistency,
+    freeze: &FreezeResult,
+    use_scripts: bool,
+    script_failed: Option<&str>,
+    freeze_level: Consistency,
+    min: Consistency,
+    vm: &str,
+) -> Result<(Consistency, Option<String>)> {
+    let (level, why) = match (freeze, use_scripts, script_failed) {
+        (FreezeResult::Held | FreezeResult::Disabled(_), true, None) => (Consistency::Application, None),
+        (FreezeResult::Failed(e), true, None) => (Consistency::Crash, Some(format!("the freeze failed: {e}"))),
+        (FreezeResult::Held, _, _) => {
+            let level = if script_failed.is_some() { Consistency::FileSystem } else { freeze_level };
+            (
+                level,
+                (wanted > level).then(|| match script_failed {
+                    Some(stage) => format!("the {stage}-script failed"),
+                    None => "no scripts are configured".to_string(),
+                }),
+            )
+        }
+        (FreezeResult::Disabled(why), _, _) => {
+            (Consistency::Crash, Some(format!("file systems were not frozen ({why})")))
+        }
+        (FreezeResult::Failed(e), _, _) => (Consistency::Crash, Some(format!("the freeze failed: {e}"))),
+    };
+    let level = level.min(wanted);
+    if level < min {
+        return Err(Error::Provider {
+            vm: vm.to_string(),
+            step: "snapshot",
+            message: format!(
+                "the snapshot would only be {level}-consistent ({}), and at least {min} consistency is required",
+                why.as_deref().map_or_else(|| format!("{wanted} was asked for"), str::to_string),
+            ),
+            retryable: true,
+        });
+    }
+    let line = (level < wanted)
+        .then(|| format!("asked for {wanted} consistency, got {level}: {}", why.as_deref().unwrap_or("fallback")));
+    Ok((level, line))
 }
 
 impl<P: SnapshotProvider> SnapshotProvider for ConsistentProvider<P> {
@@ -173,12 +230,12 @@ impl<P: SnapshotProvider> SnapshotProvider for ConsistentProvider<P> {
             log.push("no pre/post scripts are configured: the snapshot is at best file-system-consistent".into());
         }
         let freeze_wanted = wanted >= Consistency::FileSystem;
-        let freeze_disabled = if !freeze_wanted {
-            Some("not asked for")
+        let freeze_disabled: Option<String> = if !freeze_wanted {
+            Some("not asked for".into())
         } else if self.scripts.as_ref().is_some_and(|s| !s.fs_freeze_enabled) {
-            Some("fsFreezeEnabled is false in the scripts config")
+            Some("fsFreezeEnabled is false in the scripts config".into())
         } else if self.mounts.is_empty() {
-            Some("no mounts to freeze were given")
+            Some("no mounts to freeze were given".into())
         } else {
             None
         };
@@ -296,40 +353,22 @@ impl<P: SnapshotProvider> SnapshotProvider for ConsistentProvider<P> {
         {
             return fail(snap, script_error(vm, run));
         }
-        let (level, why) = match (&freeze, use_scripts, &scripts_failed) {
-            (FreezeResult::Held | FreezeResult::Disabled(_), true, None) => (Consistency::Application, None),
-            (FreezeResult::Failed(e), true, None) => (Consistency::Crash, Some(format!("the freeze failed: {e}"))),
-            (FreezeResult::Held, _, _) => (
-                Consistency::FileSystem,
-                (wanted >= Consistency::Application).then(|| match &scripts_failed {
-                    Some(run) => format!("the {}-script failed", run.stage),
-                    None => "no scripts are configured".to_string(),
-                }),
-            ),
-            (FreezeResult::Disabled(why), _, _) => {
-                (Consistency::Crash, Some(format!("file systems were not frozen ({why})")))
+        let failed_stage = scripts_failed.as_ref().map(|r| r.stage);
+        let level = match settle(
+            wanted,
+            &freeze,
+            use_scripts,
+            failed_stage,
+            Consistency::FileSystem,
+            self.min_consistency,
+            &vm.name,
+        ) {
+            Ok((level, line)) => {
+                log.extend(line);
+                level
             }
-            (FreezeResult::Failed(e), _, _) => (Consistency::Crash, Some(format!("the freeze failed: {e}"))),
+            Err(e) => return fail(snap, e),
         };
-        let level = level.min(wanted);
-        if level < self.min_consistency {
-            return fail(
-                snap,
-                Error::Provider {
-                    vm: vm.name.clone(),
-                    step: "snapshot",
-                    message: format!(
-                        "the snapshot would only be {level}-consistent ({}), and at least {} consistency is required",
-                        why.as_deref().map_or_else(|| format!("{wanted} was asked for"), str::to_string),
-                        self.min_consistency
-                    ),
-                    retryable: true,
-                },
-            );
-        }
-        if level < wanted {
-            log.push(format!("asked for {wanted} consistency, got {level}: {}", why.as_deref().unwrap_or("fallback")));
-        }
         snap.consistency = snap.consistency.max(level);
         log.append(&mut snap.warnings);
         snap.warnings = log;
@@ -342,6 +381,9 @@ impl<P: SnapshotProvider> SnapshotProvider for ConsistentProvider<P> {
 
     fn keepable(&self, snapshot: &Snapshot) -> Option<Vec<crate::snapshot::KeptDisk>> {
         self.inner.keepable(snapshot)
+    }
+    fn configuration(&self, vm: &Vm, snapshot: &Snapshot) -> Option<crate::model::VmConfiguration> {
+        self.inner.configuration(vm, snapshot)
     }
     fn release(&self, vm: &Vm, snapshot: Snapshot) -> Result<()> {
         self.inner.release(vm, snapshot)

@@ -5,11 +5,11 @@
 //! with the fallback rules (`consistent`).
 
 pub(crate) mod clone_mark;
-mod consistent;
+pub(crate) mod consistent;
 mod freeze;
-mod guardian;
+pub(crate) mod guardian;
 mod image_files;
-mod scripts;
+pub(crate) mod scripts;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -136,6 +136,14 @@ pub trait SnapshotProvider: Send + Sync {
     /// all releasing takes.
     fn keepable(&self, snapshot: &Snapshot) -> Option<Vec<KeptDisk>> {
         let _ = snapshot;
+        None
+    }
+
+    /// The VM's configuration at this snapshot (a libvirt domain's XML),
+    /// stored with the point so that a restore can re-create the VM; None
+    /// (the default) when the provider has none.
+    fn configuration(&self, vm: &Vm, snapshot: &Snapshot) -> Option<crate::model::VmConfiguration> {
+        let _ = (vm, snapshot);
         None
     }
 

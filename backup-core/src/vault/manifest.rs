@@ -47,6 +47,10 @@ pub struct DiskStats {
     pub change_detection: String,
     /// Blocks that change tracking called clean which were re-read to audit it.
     pub audited_blocks: u64,
+    /// Bytes change tracking reported as changed (0 without it): what an
+    /// incremental's reads are measured against.
+    #[serde(default)]
+    pub bytes_dirty: u64,
 }
 
 impl DiskStats {
@@ -60,6 +64,7 @@ impl DiskStats {
         self.bytes_deduplicated += o.bytes_deduplicated;
         self.bytes_stored += o.bytes_stored;
         self.audited_blocks += o.audited_blocks;
+        self.bytes_dirty += o.bytes_dirty;
     }
 }
 
@@ -144,6 +149,10 @@ pub struct PointManifest {
     pub policy_rule: Option<String>,
     /// What a user should know about how it was made.
     pub warnings: Vec<String>,
+    /// The VM's configuration at the snapshot, when its provider gave one
+    /// (a libvirt domain's XML).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configuration: Option<crate::model::VmConfiguration>,
 }
 
 impl PointManifest {
