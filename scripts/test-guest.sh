@@ -7,7 +7,9 @@
 #                                 lists, virtio_console.ko, and an init that
 #                                 loads it and starts the agent on its port
 # The agent runs with /etc/qemu/fsfreeze-hook, which logs every freeze and
-# thaw to /var/log/fsfreeze-hook.log inside the guest.
+# thaw to /var/log/fsfreeze-hook.log inside the guest (and waits the seconds
+# in /etc/qemu/freeze-delay before a freeze, when that file exists);
+# /sbin/shutdown (the agent's guest-shutdown) powers off cleanly.
 # Usage: scripts/test-guest.sh OUT [SIZE_MIB]   (needs the packages that
 # scripts/setup.sh installs for the libvirt tests)
 set -euo pipefail
@@ -31,11 +33,24 @@ done
 cp "/lib/modules/$kver/kernel/drivers/char/virtio_console.ko" "$root/lib/modules/"
 cat > "$root/etc/qemu/fsfreeze-hook" <<'HOOK'
 #!/bin/sh
-# Called by qemu-ga with "freeze" before and "thaw" after a freeze.
+# Called by qemu-ga with "freeze" before and "thaw" after a freeze. A test
+# can make a freeze slow: /etc/qemu/freeze-delay holds seconds to wait.
 echo "$(date +%s) $1" >> /var/log/fsfreeze-hook.log
 sync
+if [ "$1" = freeze ] && [ -r /etc/qemu/freeze-delay ]; then sleep "$(cat /etc/qemu/freeze-delay)"; fi
+exit 0
 HOOK
 chmod 0755 "$root/etc/qemu/fsfreeze-hook"
+# qemu-ga's guest-shutdown runs "shutdown -P +0 ...": power off cleanly, so
+# that QEMU exits and stores the disk's persistent bitmaps.
+cat > "$root/sbin/shutdown" <<'SHUTDOWN'
+#!/bin/sh
+sync
+mount -o remount,ro /
+echo 1 > /proc/sys/kernel/sysrq
+echo o > /proc/sysrq-trigger
+SHUTDOWN
+chmod 0755 "$root/sbin/shutdown"
 cat > "$root/sbin/init" <<'INIT'
 #!/bin/sh
 export PATH=/bin:/sbin

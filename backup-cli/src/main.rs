@@ -58,6 +58,8 @@ struct Cli {
     key: keys::KeyArgs,
 }
 
+// Parsed once per run: the size of the backup variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Create a new, empty vault.
@@ -99,6 +101,12 @@ enum Command {
         /// With --libvirt: never back up these disks (target names).
         #[arg(long, value_delimiter = ',', value_name = "DISKS", requires = "libvirt")]
         exclude: Vec<String>,
+        /// With --libvirt: a VMSnapshotScriptPluginConfig.json on this host
+        /// whose pre/post scripts are installed into the guest through its
+        /// agent (on the first backup, and whenever they change) and run
+        /// there for app consistency. Linux guests.
+        #[arg(long, value_name = "CONFIG", requires = "libvirt")]
+        guest_scripts: Option<PathBuf>,
         /// A disk image, as PATH or NAME=PATH, or an NBD export as a URI
         /// (nbd+unix:///EXPORT?socket=PATH, nbd://HOST:PORT/EXPORT; read as
         /// the server exports it, nothing frozen); repeat for each disk.
@@ -108,7 +116,7 @@ enum Command {
         #[arg(long, default_value = "64K", value_parser = parse_size)]
         block_size: u32,
         /// The consistency to ask for: app, fs or crash (default: app with
-        /// --scripts, fs with --freeze, crash otherwise).
+        /// --scripts or --libvirt, fs with --freeze, crash otherwise).
         #[arg(long)]
         consistency: Option<String>,
         /// A VMSnapshotScriptPluginConfig.json whose pre/post scripts run
@@ -433,6 +441,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             connect,
             include,
             exclude,
+            guest_scripts,
             disks,
             block_size,
             consistency,
@@ -451,35 +460,47 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
         } => {
             let vault = open(&vault)?;
-            let libvirt_provider = libvirt_provider(libvirt, connect, include, exclude)?;
+            let mut options = BackupOptions::default();
+            // SIGINT and SIGTERM take the cancel path: scripts killed and
+            // the post-script run, file systems thawed, clones released.
+            options.cancel = signals::cancel_on_signals();
+            if !(freeze_timeout.is_finite() && freeze_timeout > 0.0 && freeze_timeout <= 3600.0) {
+                bail!("--freeze-timeout {freeze_timeout} is not between 0 and 3600 seconds");
+            }
+            let min_consistency = min_consistency.parse::<Consistency>()?;
+            let freeze_timeout = std::time::Duration::from_secs_f64(freeze_timeout);
+            let is_libvirt = libvirt.is_some();
+            let libvirt_provider = libvirt_provider(LibvirtArgs {
+                domain: libvirt,
+                connect,
+                include,
+                exclude,
+                guest_scripts,
+                min_consistency,
+                freeze_timeout,
+                cancel: options.cancel.clone(),
+            })?;
             let vm = match (&libvirt_provider, vm) {
                 (Some(lp), name) => lp.vm(name.as_deref())?,
                 (None, Some(name)) => vm_from_args(&name, &disks)?,
                 (None, None) => bail!("give --vm NAME (or --libvirt DOMAIN)"),
             };
-            let mut options = BackupOptions::default();
-            // SIGINT and SIGTERM take the cancel path: scripts killed and
-            // the post-script run, file systems thawed, clones released.
-            options.cancel = signals::cancel_on_signals();
             options.block_size = block_size;
             options.cbt_audit_rate = audit_rate;
             options.read_retries = read_retries;
             options.consistency = match consistency {
                 Some(c) => c.parse::<Consistency>()?,
-                None if scripts.is_some() => Consistency::Application,
+                None if scripts.is_some() || is_libvirt => Consistency::Application,
                 None if !freeze.is_empty() => Consistency::FileSystem,
                 None => Consistency::Crash,
             };
-            if !(freeze_timeout.is_finite() && freeze_timeout > 0.0 && freeze_timeout <= 3600.0) {
-                bail!("--freeze-timeout {freeze_timeout} is not between 0 and 3600 seconds");
-            }
             let hooks = scripts.is_some() || !freeze.is_empty();
             let qemu_provider = nbd::qemu_provider(qmp, qmp_nbd_socket, guest_agent, hooks)?;
             let nbd_provider = nbd::provider(&vm.disks, bitmap, hooks)?;
             let mut provider = ConsistentProvider::new(ImageFileProvider::new())
                 .with_freeze(freeze)
-                .with_freeze_timeout(std::time::Duration::from_secs_f64(freeze_timeout))
-                .with_min_consistency(min_consistency.parse::<Consistency>()?)
+                .with_freeze_timeout(freeze_timeout)
+                .with_min_consistency(min_consistency)
                 .with_cancel(options.cancel.clone());
             if let Some(config) = &scripts {
                 provider = provider.with_scripts(ScriptsConfig::load(config)?);
@@ -733,33 +754,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The libvirt provider a `backup --libvirt DOMAIN` asks for, telling which
-/// disks of the domain it skips and why.
-#[cfg(feature = "libvirt")]
-fn libvirt_provider(
+/// What `backup --libvirt` was given.
+#[cfg_attr(not(feature = "libvirt"), allow(dead_code))]
+struct LibvirtArgs {
     domain: Option<String>,
     connect: Option<String>,
     include: Vec<String>,
     exclude: Vec<String>,
-) -> Result<Option<LibvirtVm>> {
-    let Some(domain) = domain else { return Ok(None) };
+    guest_scripts: Option<PathBuf>,
+    min_consistency: Consistency,
+    freeze_timeout: std::time::Duration,
+    cancel: backup_core::CancelToken,
+}
+
+/// The libvirt provider a `backup --libvirt DOMAIN` asks for.
+#[cfg(feature = "libvirt")]
+fn libvirt_provider(a: LibvirtArgs) -> Result<Option<LibvirtVm>> {
+    let Some(domain) = a.domain else { return Ok(None) };
     let mut p = backup_core::LibvirtProvider::new(domain);
-    if let Some(uri) = connect {
+    if let Some(uri) = a.connect {
         p.uri = uri;
     }
-    p.include = include;
-    p.exclude = exclude;
+    p.include = a.include;
+    p.exclude = a.exclude;
+    p.guest_scripts = a.guest_scripts;
+    p.min_consistency = a.min_consistency;
+    p.freeze_timeout = a.freeze_timeout;
+    p.cancel = a.cancel;
     Ok(Some(LibvirtVm(p)))
 }
 
 #[cfg(not(feature = "libvirt"))]
-fn libvirt_provider(
-    domain: Option<String>,
-    _connect: Option<String>,
-    _include: Vec<String>,
-    _exclude: Vec<String>,
-) -> Result<Option<LibvirtVm>> {
-    match domain {
+fn libvirt_provider(a: LibvirtArgs) -> Result<Option<LibvirtVm>> {
+    match a.domain {
         Some(_) => bail!("this vmbackup was built without the libvirt feature"),
         None => Ok(None),
     }

@@ -4,7 +4,7 @@
 //! `scripts/test-guest.sh` builds the guest from Debian packages (the
 //! distribution kernel, busybox-static, the real qemu-ga); libvirtd
 //! (`scripts/libvirtd.sh`, started by `scripts/test`) boots it as a
-//! transient TCG domain with a qcow2 disk and an agent channel. The test
+//! persistent TCG domain with a qcow2 disk and an agent channel. The test
 //! drives libvirt with `virsh` (a harness: the provider will use the C
 //! library) and checks what the provider relies on:
 //! - the agent answers, reports the guest OS, freezes and thaws the guest
@@ -82,7 +82,7 @@ fn base64(s: &str) -> Vec<u8> {
     out
 }
 
-/// The transient domain, destroyed on drop (a failed test leaves no VM).
+/// The domain, destroyed and undefined on drop (a failed test leaves no VM).
 struct Guest {
     uri: String,
     name: String,
@@ -93,6 +93,7 @@ impl Drop for Guest {
     fn drop(&mut self) {
         let _ = virsh(&self.uri, &["domjobabort", &self.name]);
         let _ = virsh(&self.uri, &["destroy", &self.name]);
+        let _ = virsh(&self.uri, &["undefine", &self.name, "--checkpoints-metadata"]);
     }
 }
 
@@ -115,7 +116,7 @@ fn boot(test: &str) -> Option<(Guest, tempfile::TempDir)> {
     let name = format!("vmb-test-{}-{n}", std::process::id());
     let xml = format!(
         "<domain type='qemu'><name>{name}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
-         <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{d}/vmlinuz</kernel><initrd>{d}/initrd.img</initrd>\
+         <features><acpi/></features><os><type arch='x86_64' machine='pc'>hvm</type><kernel>{d}/vmlinuz</kernel><initrd>{d}/initrd.img</initrd>\
          <cmdline>root=/dev/vda rw init=/sbin/init console=ttyS0 quiet</cmdline></os>\
          <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
          <source file='{d}/guest.qcow2'/><target dev='vda' bus='virtio'/></disk>\
@@ -125,8 +126,10 @@ fn boot(test: &str) -> Option<(Guest, tempfile::TempDir)> {
     );
     let xml_path = dir.path().join("domain.xml");
     fs::write(&xml_path, xml).expect("xml");
-    virsh(&uri, &["create", s(&xml_path)]).expect("create the domain");
+    // Defined, not transient: a shut-off domain stays known to libvirt.
+    virsh(&uri, &["define", s(&xml_path)]).expect("define the domain");
     let guest = Guest { uri, name, dir: dir.path().to_path_buf() };
+    virsh(&guest.uri, &["start", &guest.name]).expect("start the domain");
     let t = Instant::now();
     while agent(&guest.uri, &guest.name, serde_json::json!({"execute": "guest-ping"})).is_err() {
         let console = fs::read_to_string(guest.dir.join("console.log")).unwrap_or_default();
@@ -292,3 +295,156 @@ trait Tap: Sized {
     }
 }
 impl<T> Tap for T {}
+
+/// Starts a shell command in the guest without waiting for it.
+fn guest_spawn(uri: &str, dom: &str, script: &str) {
+    agent(
+        uri,
+        dom,
+        serde_json::json!({"execute": "guest-exec", "arguments": {"path": "/bin/sh", "arg": ["-c", script], "capture-output": false}}),
+    )
+    .expect("guest-exec");
+}
+
+/// The `vmbackup` binary built with the workspace's tests.
+fn cli() -> PathBuf {
+    let bin =
+        std::env::current_exe().expect("test binary").parent().and_then(Path::parent).expect("target").join("vmbackup");
+    assert!(bin.exists(), "{} is built with the workspace's tests", bin.display());
+    bin
+}
+
+/// A file of a restored ext4 image, read with debugfs.
+fn image_file(image: &Path, path: &str) -> String {
+    sh("debugfs", &["-R", &format!("cat {path}"), s(image)]).expect("debugfs")
+}
+
+/// Restores a point's disk and checks its file system with `e2fsck -fn`
+/// (nothing repaired: clean or not).
+fn restore_clean(vault: &backup_core::Vault, point: &backup_core::PointManifest, disk: &str, out: &Path) {
+    backup_core::restore_disk_to_path(vault, point, disk, out, &backup_core::RestoreOptions::default())
+        .expect("restore");
+    let fsck = testkit::output("e2fsck", &["-fn", s(out)]);
+    assert_eq!(fsck.status.code(), Some(0), "point {} is not clean: {}", point.id, testkit::text(&fsck));
+}
+
+/// Host-side scripts config whose scripts leave a mark in the guest.
+fn guest_scripts(dir: &Path) -> PathBuf {
+    let d = dir.join("scripts");
+    fs::create_dir(&d).expect("mkdir");
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).expect("chmod");
+    let script = |name: &str, body: &str| {
+        let p = d.join(name);
+        fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("script");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o700)).expect("chmod");
+        p
+    };
+    let pre = script("pre.sh", "echo \"pre $*\" >> /root/pre-marker && echo \"pre ran: $*\" && sync");
+    let post = script("post.sh", "echo post >> /root/post-marker && echo post ran");
+    let config = d.join("VMSnapshotScriptPluginConfig.json");
+    fs::write(
+        &config,
+        serde_json::json!({
+            "pluginName": "ScriptRunner",
+            "preScriptLocation": s(&pre),
+            "postScriptLocation": s(&post),
+            "preScriptParams": ["app1"],
+            "timeoutInSeconds": 60,
+            "continueBackupOnFailure": false,
+            "fsFreezeEnabled": true
+        })
+        .to_string(),
+    )
+    .expect("config");
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).expect("chmod");
+    config
+}
+
+#[test]
+fn an_application_consistent_chain_through_the_agent_while_the_guest_writes() {
+    let test = "an_application_consistent_chain_through_the_agent_while_the_guest_writes";
+    let Some((g, _dir)) = boot(test) else { return };
+    let (uri, dom) = (g.uri.clone(), g.name.clone());
+    let mut provider = backup_core::LibvirtProvider::new(dom.clone());
+    provider.uri = uri.clone();
+    provider.work_dir = g.dir.join("work");
+    provider.guest_scripts = Some(guest_scripts(&g.dir));
+    provider.min_consistency = backup_core::Consistency::Application;
+    let (vm, _) = provider.vm("app").expect("the domain's disks");
+    let vault = backup_core::Vault::init(g.dir.join("vault")).expect("init");
+    let mut options = backup_core::BackupOptions::default();
+    options.consistency = backup_core::Consistency::Application;
+
+    // A writer inside the guest that never stops.
+    guest_spawn(
+        &uri,
+        &dom,
+        "i=0; while true; do dd if=/dev/urandom of=/data/w.$((i % 4)) bs=64k count=8 2>/dev/null; i=$((i+1)); sleep 0.2; done",
+    );
+    for round in 0..3 {
+        let r = backup_core::backup(&vault, &provider, &vm, &options).expect("backup");
+        let p = &r.point;
+        assert_eq!(p.consistency, backup_core::Consistency::Application, "round {round}: {:?}", r.warnings);
+        let log = r.warnings.join("\n");
+        assert!(log.contains("pre-script /etc/vmbackup/pre-script attempt 1 of 1: succeeded"), "{log}");
+        assert!(log.contains("pre ran: app1"), "the pre-script's output is in the job log: {log}");
+        assert!(log.contains("through its agent for") && log.contains("frozen window"), "{log}");
+        assert!(log.contains("post ran"), "{log}");
+        if round == 0 {
+            let prep = r.prepared.as_ref().expect("the first backup prepares");
+            let changes = prep.changes.join("\n");
+            assert!(changes.contains("guest agent") && changes.contains("freeze enabled, exec enabled"), "{changes}");
+            assert!(changes.contains("installed the pre-script"), "{changes}");
+            assert!(changes.contains("installed the scripts configuration"), "{changes}");
+            let record = vault.vm_record("app").expect("record").expect("written");
+            assert_eq!(record.prepare.changes, prep.changes, "prepare is recorded in the vault");
+            let cfg = p.configuration.as_ref().expect("the domain XML is stored with the point");
+            assert_eq!(cfg.kind, "libvirt-domain-xml");
+            assert!(cfg.text.contains(&format!("<name>{dom}</name>")), "{}", cfg.text);
+        } else {
+            assert!(r.prepared.is_none(), "the same agent and scripts: not prepared again");
+            let st = &p.disks[0].stats;
+            assert_eq!(st.change_detection, "cbt", "{st:?}");
+            // Reads beyond the audit sample: at most twice the dirty bytes.
+            let audited = st.audited_blocks * u64::from(p.disks[0].block_size);
+            assert!(st.bytes_dirty > 0 && st.bytes_read - audited <= 2 * st.bytes_dirty, "{st:?}");
+        }
+        let img = g.dir.join(format!("restored-{round}.img"));
+        restore_clean(&vault, p, "vda", &img);
+        let marker = image_file(&img, "/root/pre-marker");
+        // The pre-script of this point ran before its freeze: one line per
+        // point so far, its own included.
+        assert_eq!(marker.lines().count(), round + 1, "point {round}: {marker:?}");
+        let hook = image_file(&img, "/var/log/fsfreeze-hook.log");
+        assert!(hook.lines().filter(|l| l.ends_with(" freeze")).count() > round, "{hook}");
+        fs::remove_file(&img).expect("rm");
+    }
+
+    // Installing again finds everything in place.
+    use backup_core::SnapshotProvider;
+    let again = provider.prepare(&vm).expect("prepare again");
+    assert!(again.changes.iter().filter(|c| c.contains("already installed")).count() == 3, "{:?}", again.changes);
+
+    // Shut down cleanly through the agent: the next point reads the disk in
+    // place, crash-consistent, still incremental from the qcow2 bitmaps.
+    let _ = virsh(&uri, &["shutdown", &dom, "--mode", "agent"]);
+    let t = Instant::now();
+    while !virsh(&uri, &["domstate", &dom]).unwrap_or_default().contains("shut off") {
+        assert!(t.elapsed() < Duration::from_secs(120), "the guest never shut down");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    provider.min_consistency = backup_core::Consistency::Crash;
+    let off = backup_core::backup(&vault, &provider, &vm, &options).expect("backup of the shut-off domain");
+    assert_eq!(off.point.consistency, backup_core::Consistency::Crash);
+    assert!(off.warnings.iter().any(|w| w.contains("is shut off")), "{:?}", off.warnings);
+    let d = &off.point.disks[0];
+    assert_eq!(d.snapshot_method, "libvirt-offline-incremental", "{:?}", off.warnings);
+    assert_eq!(d.stats.change_detection, "cbt", "{:?}", d.stats);
+    assert!(d.stats.bytes_read < 32 << 20, "{:?}", d.stats);
+    restore_clean(&vault, &off.point, "vda", &g.dir.join("restored-off.img"));
+    assert!(fs::read_dir(&provider.work_dir).map(|d| d.count()).unwrap_or(0) == 0, "a work folder is left");
+    // And with a point that must be at least file-system-consistent, a
+    // shut-off domain fails instead.
+    provider.min_consistency = backup_core::Consistency::FileSystem;
+    assert!(backup_core::backup(&vault, &provider, &vm, &options).is_err());
+}

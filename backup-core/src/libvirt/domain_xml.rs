@@ -89,20 +89,25 @@ pub(crate) fn checkpoint_xml(name: &str, disks: &[DomainDisk]) -> String {
     x
 }
 
-/// A pull-mode backup job of `disks`, incremental from checkpoint
-/// `incremental` when given, serving NBD on the unix socket `socket`, with
-/// scratch files in `dir`.
-pub(crate) fn backup_xml(incremental: Option<&str>, socket: &Path, dir: &Path, disks: &[DomainDisk]) -> String {
+/// A pull-mode backup job serving NBD on the unix socket `socket`, with
+/// scratch files in `dir`: each disk with the checkpoint it is incremental
+/// from (exporting that disk's bitmap), or None to read it in full (a new
+/// disk, or no usable checkpoint).
+pub(crate) fn backup_xml(socket: &Path, dir: &Path, disks: &[(DomainDisk, Option<String>)]) -> String {
     let mut x = String::from("<domainbackup mode='pull'>");
-    if let Some(c) = incremental {
-        x.push_str(&format!("<incremental>{}</incremental>", escape(c)));
-    }
     x.push_str(&format!("<server transport='unix' socket='{}'/><disks>", escape(&socket.to_string_lossy())));
-    for d in disks {
+    for (d, since) in disks {
+        let mode = match since {
+            Some(c) => format!(
+                "backupmode='incremental' incremental='{}' exportbitmap='{}'",
+                escape(c),
+                escape(&export_bitmap(&d.target))
+            ),
+            None => "backupmode='full'".to_string(),
+        };
         x.push_str(&format!(
-            "<disk name='{t}' backup='yes' type='file' exportname='{t}' exportbitmap='{b}'><scratch file='{s}'/></disk>",
+            "<disk name='{t}' backup='yes' type='file' exportname='{t}' {mode}><scratch file='{s}'/></disk>",
             t = escape(&d.target),
-            b = escape(&export_bitmap(&d.target)),
             s = escape(&dir.join(format!("{}.scratch", d.target)).to_string_lossy()),
         ));
     }
@@ -152,10 +157,18 @@ mod tests {
             "<domaincheckpoint><name>vmbackup.1</name><disks><disk name='vda' checkpoint='bitmap'/>\
              <disk name='vdb' checkpoint='bitmap'/></disks></domaincheckpoint>"
         );
-        let b = backup_xml(Some("vmbackup.0"), Path::new("/w/it's.sock"), Path::new("/w"), &disks[..1]);
-        assert!(b.contains("<incremental>vmbackup.0</incremental>"), "{b}");
+        let b = backup_xml(
+            Path::new("/w/it's.sock"),
+            Path::new("/w"),
+            &[(disks[0].clone(), Some("vmbackup.0".into())), (disks[1].clone(), None)],
+        );
+        assert!(
+            b.contains("backupmode='incremental' incremental='vmbackup.0' exportbitmap='vmbackup-vda'><scratch file='/w/vda.scratch'/>"),
+            "{b}"
+        );
+        // A disk with no checkpoint (hot-added) is read in full, exporting no bitmap.
+        assert!(b.contains("exportname='vdb' backupmode='full'><scratch"), "{b}");
         assert!(b.contains("socket='/w/it&apos;s.sock'"), "{b}");
-        assert!(b.contains("exportbitmap='vmbackup-vda'><scratch file='/w/vda.scratch'/>"), "{b}");
         roxmltree::Document::parse(&b).expect("well-formed");
         roxmltree::Document::parse(&c).expect("well-formed");
     }

@@ -16,26 +16,48 @@
 //!    (`qemu:dirty-bitmap:vmbackup-<disk>`): only the blocks written since
 //!    are read. Otherwise every block is read (the engine says why).
 //!
+//! The guest agent is what a cloud's snapshot extension is (`agent`):
+//! `prepare` checks that it answers, records its version, the guest OS and
+//! whether freeze and exec are enabled, and with
+//! [`LibvirtProvider::guest_scripts`] installs pre/post scripts into the
+//! guest (`guest_scripts`). The snapshot quiesces the guest through it
+//! (`quiesce`): in-guest scripts, a freeze only as long as the checkpoint
+//! takes, with a guardian that thaws if vmbackup dies; the fallback table of
+//! `snapshot::consistent` applies with the agent as the freezer.
+//!
+//! A disk new since the previous point (hot-added) is read in full while
+//! the others stay incremental. A shut-off domain's disks are read in place
+//! (`offline`), crash-consistent. The domain's persistent XML is stored
+//! with every point ([`SnapshotProvider::configuration`]).
+//!
 //! Release, on success, failure and cancel alike, ends the job, removes the
 //! work folder, and deletes vmbackup's checkpoints beyond
 //! [`LibvirtProvider::keep_checkpoints`]. A job or work folder left by a
 //! killed run (its process gone) is ended and removed by the next snapshot.
-//!
-//! Points are crash-consistent: freezing through the guest agent is the
-//! next step (the issue's "agent as the extension").
 
+mod agent;
 mod domain_xml;
+mod guest_scripts;
+mod offline;
+mod quiesce;
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
+pub use agent::GuestAgentInfo;
 pub use domain_xml::{DomainDisk, SkippedDisks, parse_disks};
+pub use quiesce::{GUEST_CONFIG, GUEST_POST_SCRIPT, GUEST_PRE_SCRIPT};
 
 use crate::error::{Error, Result};
-use crate::model::{Consistency, Vm, VmDisk};
+use crate::model::{CancelToken, Consistency, Vm, VmConfiguration, VmDisk};
 use crate::nbd::{NbdAddress, NbdDevice, NbdOptions};
 use crate::snapshot::{PrepareReport, Snapshot, SnapshotDisk, SnapshotProvider};
+
+/// `VIR_DOMAIN_XML_INACTIVE`: the persistent definition, what re-creates
+/// the domain.
+const XML_INACTIVE: u32 = 2;
 
 /// The prefix of vmbackup's checkpoints on a domain.
 const CHECKPOINT_PREFIX: &str = "vmbackup.";
@@ -61,6 +83,18 @@ pub struct LibvirtProvider {
     /// How many of vmbackup's checkpoints to keep on the domain (default 3;
     /// at least 1: the next incremental starts from the newest).
     pub keep_checkpoints: usize,
+    /// A host `VMSnapshotScriptPluginConfig.json` whose scripts `prepare`
+    /// installs into the guest (Linux guests); None: install nothing (the
+    /// guest's own, if any, still run).
+    pub guest_scripts: Option<PathBuf>,
+    /// The weakest consistency accepted; a fallback below it fails the
+    /// snapshot (default crash).
+    pub min_consistency: Consistency,
+    /// How long the guest may stay frozen before the guardian thaws it
+    /// (default 60 s).
+    pub freeze_timeout: Duration,
+    /// Stops a running in-guest pre-script (give it the job's cancel token).
+    pub cancel: CancelToken,
 }
 
 impl LibvirtProvider {
@@ -73,6 +107,10 @@ impl LibvirtProvider {
             include: Vec::new(),
             exclude: Vec::new(),
             keep_checkpoints: 3,
+            guest_scripts: None,
+            min_consistency: Consistency::Crash,
+            freeze_timeout: crate::snapshot::DEFAULT_FREEZE_TIMEOUT,
+            cancel: CancelToken::new(),
         }
     }
 
@@ -87,6 +125,11 @@ impl LibvirtProvider {
 
     fn domain(&self, step: &'static str) -> Result<virt::domain::Domain> {
         let conn = virt::connect::Connect::open(Some(&self.uri)).map_err(|e| self.err(step, e))?;
+        // SAFETY: a live connection; the handler ignores its arguments.
+        // Errors on this connection then reach only our error values,
+        // not libvirt's default printer on stderr (a probe that expects
+        // "no such job" is not a user-visible error).
+        unsafe { virt_sys::virConnSetErrorFunc(conn.as_ptr(), std::ptr::null_mut(), Some(silent)) };
         conn.lookup_domain_by_name(&self.domain).map_err(|e| self.err(step, e))
     }
 
@@ -236,13 +279,21 @@ fn alive(pid: i32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) }
 }
 
-fn last_error() -> String {
+/// A libvirt error handler that does nothing (the error stays retrievable).
+unsafe extern "C" fn silent(_: *mut std::ffi::c_void, _: virt_sys::virErrorPtr) {}
+
+pub(crate) fn last_error() -> String {
     virt::error::Error::last_error().to_string()
 }
 
-/// What release needs.
+/// What release needs, and the domain's XML for the point.
 struct Job {
     dir: PathBuf,
+    /// The backup job was started (a running domain).
+    running: bool,
+    /// The qemu-nbd processes reading a shut-off domain's disks.
+    served: Option<offline::Served>,
+    xml: Option<String>,
 }
 
 /// The uid and gid QEMU runs as under libvirt's system instance, when that
@@ -262,22 +313,73 @@ impl SnapshotProvider for LibvirtProvider {
     fn prepare(&self, vm: &Vm) -> Result<PrepareReport> {
         let dom = self.domain("prepare")?;
         let mut changes = Vec::new();
-        match dom.qemu_agent_command(r#"{"execute":"guest-info"}"#, 10, 0) {
-            Ok(info) => {
-                let v: serde_json::Value = serde_json::from_str(&info).unwrap_or_default();
+        let running = dom.is_active().map_err(|e| self.err("prepare", e))?;
+        if !running {
+            changes.push(format!(
+                "domain {} is shut off: its guest agent is looked at when it runs; points are crash-consistent until then",
+                self.domain
+            ));
+            if let Some(config) = &self.guest_scripts {
                 changes.push(format!(
-                    "found the guest agent, version {}",
-                    v["return"]["version"].as_str().unwrap_or("unknown")
+                    "the scripts of {} are installed into the guest when the domain runs",
+                    config.display()
                 ));
             }
-            Err(e) => changes.push(format!("no guest agent answers ({e}): points are crash-consistent")),
+            return Ok(PrepareReport { provider_version: self.version(), changes });
+        }
+        let probe = agent::Agent { dom: &dom, windows: false }.info();
+        match probe {
+            Ok(info) => {
+                changes.push(info.summary());
+                if !info.freeze_enabled {
+                    changes.push("the agent has freezing disabled: points are crash-consistent".into());
+                }
+                if let Some(config) = &self.guest_scripts {
+                    let agent = agent::Agent { dom: &dom, windows: info.is_windows() };
+                    let lines = guest_scripts::install(&agent, &info, config).map_err(|e| {
+                        self.err(
+                            "prepare",
+                            format!("installing the scripts of {} into the guest: {e}", config.display()),
+                        )
+                    })?;
+                    changes.extend(lines);
+                }
+            }
+            Err(e) => {
+                if let Some(config) = &self.guest_scripts {
+                    return Err(self.err(
+                        "prepare",
+                        format!("cannot install the scripts of {}: no guest agent answers ({e})", config.display()),
+                    ));
+                }
+                changes.push(format!("no guest agent answers ({e}): points are crash-consistent"));
+            }
         }
         let _ = vm;
         Ok(PrepareReport { provider_version: self.version(), changes })
     }
 
+    /// The provider's version, the agent's and a digest of the guest scripts
+    /// to install: a new agent (or new scripts) prepares the VM again.
     fn version(&self) -> String {
-        concat!("libvirt ", env!("CARGO_PKG_VERSION")).to_string()
+        let agent = self
+            .domain("prepare")
+            .ok()
+            .filter(|d| d.is_active().unwrap_or(false))
+            .and_then(|d| agent::Agent { dom: &d, windows: false }.info().ok())
+            .map_or_else(|| "none".to_string(), |i| i.version);
+        let scripts = self.guest_scripts.as_ref().map_or_else(String::new, |p| {
+            let mut h = blake3::Hasher::new();
+            h.update(p.to_string_lossy().as_bytes());
+            if let Ok(c) = crate::snapshot::ScriptsConfig::load(p) {
+                for s in c.pre_script.iter().chain(&c.post_script) {
+                    h.update(&std::fs::read(s).unwrap_or_default());
+                }
+            }
+            h.update(&std::fs::read(p).unwrap_or_default());
+            format!("; guest scripts {}", &h.finalize().to_hex()[..16])
+        });
+        format!("libvirt {}; qemu-ga {agent}{scripts}", env!("CARGO_PKG_VERSION"))
     }
 
     fn snapshot(&self, vm: &Vm, wanted: Consistency) -> Result<Snapshot> {
@@ -286,9 +388,6 @@ impl SnapshotProvider for LibvirtProvider {
 
     fn snapshot_since(&self, vm: &Vm, wanted: Consistency, previous: &[(String, String)]) -> Result<Snapshot> {
         let dom = self.domain("snapshot")?;
-        if !dom.is_active().map_err(|e| self.err("snapshot", e))? {
-            return Err(self.err("snapshot", "the domain is not running (shut-off domains: not yet)"));
-        }
         let mut warnings = self.clean_leftovers(&dom);
         let (disks, skipped) = self.disks_of(&dom)?;
         for (t, why) in &skipped {
@@ -299,42 +398,87 @@ impl SnapshotProvider for LibvirtProvider {
         if disks.len() != vm.disks.len() {
             return Err(self.err("snapshot", "the domain's disks changed since the VM was described"));
         }
-        // The previous point's checkpoint, if the domain still has it.
+        let xml = dom.xml_desc(XML_INACTIVE).ok();
+        // Each disk's previous checkpoint, if the domain still has it.
         let have = self.checkpoints(&dom)?;
-        let prev: Option<String> = previous
-            .iter()
-            .filter_map(|(_, t)| t.strip_prefix(TOKEN_PREFIX))
-            .next()
-            .filter(|c| have.iter().any(|h| h == c))
-            .map(str::to_string);
-        if prev.is_none() && !previous.is_empty() {
-            warnings.push("the previous point's checkpoint is gone from the domain: every block is read".into());
-        }
-        let next = format!("{CHECKPOINT_PREFIX}{:020}", jiff::Timestamp::now().as_nanosecond());
+        let since: Vec<(DomainDisk, Option<String>)> = disks
+            .into_iter()
+            .map(|d| {
+                let token = previous.iter().find(|(n, _)| n == &d.target).map(|(_, t)| t.as_str());
+                let cp = token.and_then(|t| t.strip_prefix(TOKEN_PREFIX));
+                let usable = cp.filter(|c| have.iter().any(|h| h == c)).map(str::to_string);
+                match (token, cp, &usable) {
+                    (None, _, _) if !previous.is_empty() => warnings.push(format!(
+                        "disk {} is new since the previous point (added to the domain): every block of it is read",
+                        d.target
+                    )),
+                    (Some(_), Some(c), None) => warnings.push(format!(
+                        "disk {}: the previous point's checkpoint {c} is gone from domain {}: every block is read",
+                        d.target, self.domain
+                    )),
+                    _ => {}
+                }
+                (d, usable)
+            })
+            .collect();
         let dir = self.work_dir.join(format!("{}-{}", self.domain, std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create work folder", &dir, e))?;
+        if !dom.is_active().map_err(|e| self.err("snapshot", e))? {
+            return self.snapshot_offline(&dom, since, dir, xml, warnings, wanted, &have);
+        }
         if let Some((uid, gid)) = qemu_user() {
             // QEMU, not us, makes the socket and the scratch files there.
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
                 .map_err(|e| Error::io("chown work folder", &dir, e))?;
         }
         let sock = dir.join("nbd.sock");
-        let checkpoint_xml = domain_xml::checkpoint_xml(&next, &disks);
-        let backup_xml = domain_xml::backup_xml(prev.as_deref(), &sock, &dir, &disks);
+        let next = format!("{CHECKPOINT_PREFIX}{:020}", jiff::Timestamp::now().as_nanosecond());
+        let only: Vec<DomainDisk> = since.iter().map(|(d, _)| d.clone()).collect();
+        let checkpoint_xml = domain_xml::checkpoint_xml(&next, &only);
+        let backup_xml = domain_xml::backup_xml(&sock, &dir, &since);
         let (b, c) = (
             CString::new(backup_xml).map_err(|_| self.err("snapshot", "NUL in the backup XML"))?,
             CString::new(checkpoint_xml).map_err(|_| self.err("snapshot", "NUL in the checkpoint XML"))?,
         );
-        // SAFETY: a live domain and two NUL-terminated documents.
-        if unsafe { virt_sys::virDomainBackupBegin(dom.as_ptr(), b.as_ptr(), c.as_ptr(), 0) } < 0 {
-            let e = last_error();
+
+        // The agent, when a consistency above crash is asked for.
+        let info = if wanted > Consistency::Crash {
+            agent::Agent { dom: &dom, windows: false }.info()
+        } else {
+            Err("not asked for".into())
+        };
+        let plan = quiesce::Plan {
+            agent: info.map(|i| (agent::Agent { dom: &dom, windows: i.is_windows() }, i)),
+            wanted,
+            min: self.min_consistency,
+            freeze_timeout: self.freeze_timeout,
+            cancel: &self.cancel,
+            vm: &vm.name,
+            thaw_command: quiesce::thaw_command(&self.uri, &self.domain),
+        };
+        let q = plan.run(|| {
+            // SAFETY: a live domain and two NUL-terminated documents.
+            if unsafe { virt_sys::virDomainBackupBegin(dom.as_ptr(), b.as_ptr(), c.as_ptr(), 0) } < 0 {
+                return Err(self.err("snapshot", format!("cannot start the backup job: {}", last_error())));
+            }
+            Ok(())
+        });
+        warnings.extend(q.log);
+        let job = Job { dir: dir.clone(), running: true, served: None, xml };
+        if let Err(e) = q.taken {
             let _ = std::fs::remove_dir_all(&dir);
-            return Err(self.err("snapshot", format!("cannot start the backup job: {e}")));
+            return Err(e);
         }
-        let job = Job { dir: dir.clone() };
+        let level = match q.level {
+            Ok(l) => l,
+            Err(e) => {
+                self.end_job(&dom, job);
+                return Err(e);
+            }
+        };
         let token = format!("{TOKEN_PREFIX}{next}");
         let mut out = Vec::new();
-        for d in &disks {
+        for (d, prev) in &since {
             let addr = NbdAddress::parse(&format!("nbd+unix:///{}?socket={}", d.target, sock.display()))?;
             let chain: Vec<(String, String)> =
                 prev.iter().map(|p| (domain_xml::export_bitmap(&d.target), format!("{TOKEN_PREFIX}{p}"))).collect();
@@ -342,7 +486,7 @@ impl SnapshotProvider for LibvirtProvider {
                 match NbdDevice::open_with_checkpoints(&addr, &NbdOptions::default(), &chain, Some(token.clone())) {
                     Ok(dev) => dev,
                     Err(e) => {
-                        self.end_job(&dom, &job);
+                        self.end_job(&dom, job);
                         return Err(e);
                     }
                 };
@@ -353,17 +497,19 @@ impl SnapshotProvider for LibvirtProvider {
                 method: if prev.is_some() { "libvirt-incremental" } else { "libvirt-full" }.to_string(),
             });
         }
-        if wanted > Consistency::Crash {
-            warnings.push("the guest is not frozen (agent freeze: not yet): the point is crash-consistent".into());
-        }
-        Ok(Snapshot { disks: out, consistency: Consistency::Crash, warnings, provider_data: Some(Box::new(job)) })
+        Ok(Snapshot { disks: out, consistency: level, warnings, provider_data: Some(Box::new(job)) })
+    }
+
+    fn configuration(&self, _vm: &Vm, snapshot: &Snapshot) -> Option<VmConfiguration> {
+        let job = snapshot.provider_data.as_ref()?.downcast_ref::<Job>()?;
+        job.xml.as_ref().map(|x| VmConfiguration { kind: "libvirt-domain-xml".into(), text: x.clone() })
     }
 
     fn release(&self, _vm: &Vm, snapshot: Snapshot) -> Result<()> {
         let dom = self.domain("release")?;
         if let Some(job) = snapshot.provider_data.and_then(|d| d.downcast::<Job>().ok()) {
             drop(snapshot.disks);
-            self.end_job(&dom, &job);
+            self.end_job(&dom, *job);
         }
         let names = self.checkpoints(&dom)?;
         let keep = self.keep_checkpoints.max(1);
@@ -375,9 +521,64 @@ impl SnapshotProvider for LibvirtProvider {
 }
 
 impl LibvirtProvider {
-    fn end_job(&self, dom: &virt::domain::Domain, job: &Job) {
-        // SAFETY: a live domain; an error (no job) is fine.
-        unsafe { virt_sys::virDomainAbortJob(dom.as_ptr()) };
+    /// A shut-off domain: its disks read in place, crash-consistent.
+    #[allow(clippy::too_many_arguments)]
+    fn snapshot_offline(
+        &self,
+        _dom: &virt::domain::Domain,
+        since: Vec<(DomainDisk, Option<String>)>,
+        dir: PathBuf,
+        xml: Option<String>,
+        mut warnings: Vec<String>,
+        wanted: Consistency,
+        have: &[String],
+    ) -> Result<Snapshot> {
+        if self.min_consistency > Consistency::Crash {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(self.err(
+                "snapshot",
+                format!(
+                    "the domain is shut off, so the point would be crash-consistent, and at least {} consistency is required",
+                    self.min_consistency
+                ),
+            ));
+        }
+        if wanted > Consistency::Crash {
+            warnings.push(format!(
+                "domain {} is shut off: its disks are read in place and the point is crash-consistent",
+                self.domain
+            ));
+        }
+        // The previous checkpoint and every later one of ours.
+        let chains: Vec<(DomainDisk, Option<offline::Since>)> = since
+            .into_iter()
+            .map(|(d, prev)| {
+                let chain = prev.map(|p| offline::Since {
+                    checkpoints: have.iter().filter(|h| **h >= p).cloned().collect(),
+                    token: format!("{TOKEN_PREFIX}{p}"),
+                });
+                (d, chain)
+            })
+            .collect();
+        match offline::serve(&chains, &dir, &self.domain) {
+            Ok((disks, served, log)) => {
+                warnings.extend(log);
+                let job = Job { dir, running: false, served: Some(served), xml };
+                Ok(Snapshot { disks, consistency: Consistency::Crash, warnings, provider_data: Some(Box::new(job)) })
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    fn end_job(&self, dom: &virt::domain::Domain, mut job: Job) {
+        drop(job.served.take());
+        if job.running {
+            // SAFETY: a live domain; an error (no job) is fine.
+            unsafe { virt_sys::virDomainAbortJob(dom.as_ptr()) };
+        }
         let _ = std::fs::remove_dir_all(&job.dir);
     }
 }
