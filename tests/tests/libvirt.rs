@@ -448,3 +448,177 @@ fn an_application_consistent_chain_through_the_agent_while_the_guest_writes() {
     provider.min_consistency = backup_core::Consistency::FileSystem;
     assert!(backup_core::backup(&vault, &provider, &vm, &options).is_err());
 }
+
+/// The children of a process (any of its threads).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| c.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>())
+        .collect()
+}
+
+#[test]
+fn a_killed_vmbackup_a_hot_added_disk_a_lost_checkpoint_a_dead_agent_and_a_shut_off_domain() {
+    let test = "a_killed_vmbackup_a_hot_added_disk_a_lost_checkpoint_a_dead_agent_and_a_shut_off_domain";
+    let Some((g, _dir)) = boot(test) else { return };
+    let (uri, dom) = (g.uri.clone(), g.name.clone());
+    let bin = cli();
+    let vault_dir = g.dir.join("vault");
+    testkit::run(s(&bin), &["init", s(&vault_dir)]);
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["backup", "--vault", s(&vault_dir), "--libvirt", &dom, "--connect", &uri, "--json"]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let backup = |extra: &[&str]| -> serde_json::Value {
+        let a = args(extra);
+        testkit::json(s(&bin), &a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let warnings = |v: &serde_json::Value| v["warnings"].to_string();
+    let work = Path::new("/var/tmp/vmbackup-libvirt");
+
+    // The first backup installs the scripts through the agent and is
+    // application-consistent.
+    let cfg = guest_scripts(&g.dir);
+    let first = backup(&["--guest-scripts", s(&cfg)]);
+    assert_eq!(first["consistency"], "application", "{first}");
+    assert!(first["prepared"]["changes"].to_string().contains("installed the pre-script"), "{first}");
+
+    // Killed with SIGKILL while the guest is frozen: its guardian thaws it.
+    // The guest's hook makes the freeze take 4 s, so the kill lands in it.
+    guest_sh(&uri, &dom, "echo 4 > /etc/qemu/freeze-delay");
+    let freezes = |log: &str| log.lines().filter(|l| l.ends_with(" freeze")).count();
+    let before = freezes(&guest_sh(&uri, &dom, "cat /var/log/fsfreeze-hook.log"));
+    let a = args(&["--consistency", "fs"]);
+    let mut child = std::process::Command::new(&bin)
+        .args(&a)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("vmbackup");
+    let t = Instant::now();
+    while children(child.id()).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(60), "vmbackup never started its freeze guardian");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    let t = Instant::now();
+    loop {
+        // While frozen the agent refuses guest-exec: ask its status first.
+        let status = agent(&uri, &dom, serde_json::json!({"execute": "guest-fsfreeze-status"}))
+            .unwrap_or_else(|e| serde_json::json!(e));
+        if status == "thawed" {
+            let log = guest_sh(&uri, &dom, "cat /var/log/fsfreeze-hook.log");
+            if freezes(&log) > before && log.trim_end().ends_with(" thaw") {
+                break;
+            }
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "the guest stayed frozen: {status}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("guest thawed {:.1} s after vmbackup was killed", t.elapsed().as_secs_f64());
+    guest_sh(&uri, &dom, "rm /etc/qemu/freeze-delay");
+
+    // Killed with SIGKILL during the transfer: the backup job and its work
+    // folder stay behind, until the next run ends and removes them; that
+    // run's incremental holds what the guest wrote.
+    guest_sh(&uri, &dom, "dd if=/dev/urandom of=/data/big bs=1M count=48 2>/dev/null && sync");
+    let mut child = std::process::Command::new(&bin)
+        .args(&a)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("vmbackup");
+    let folder = work.join(format!("{dom}-{}", child.id()));
+    let t = Instant::now();
+    while !folder.join("nbd.sock").exists() {
+        assert!(t.elapsed() < Duration::from_secs(60), "the backup job never started");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    let job = virsh(&uri, &["domjobinfo", &dom]).expect("jobinfo");
+    assert!(job.contains("Backup"), "the killed run's job is still there: {job}");
+    let third = backup(&["--consistency", "fs"]);
+    assert!(warnings(&third).contains("ended a backup job"), "{third}");
+    assert!(warnings(&third).contains("left by a killed vmbackup"), "{third}");
+    assert!(!folder.exists(), "the killed run's work folder is removed");
+    assert!(virsh(&uri, &["domjobinfo", &dom]).expect("jobinfo").contains("None"));
+    assert_eq!(third["consistency"], "filesystem", "{third}");
+    assert_eq!(third["disks"][0]["change_detection"], "cbt", "{third}");
+    let read = third["disks"][0]["bytes_read"].as_u64().expect("bytes_read");
+    assert!((48 << 20..=96 << 20).contains(&read), "{third}");
+    let vault = backup_core::Vault::open(&vault_dir).expect("open");
+    let point = vault.latest_point(&dom).expect("points").expect("a point");
+    let img = g.dir.join("after-kill.img");
+    restore_clean(&vault, &point, "vda", &img);
+    assert!(sh("debugfs", &["-R", "stat /data/big", s(&img)]).expect("debugfs").contains("Size: 50331648"));
+    fs::remove_file(&img).expect("rm");
+
+    // A disk hot-added: read in full, the other stays incremental; the
+    // next backup tracks both.
+    let extra = g.dir.join("extra.qcow2");
+    sh("qemu-img", &["create", "-q", "-f", "qcow2", s(&extra), "16M"]).expect("qemu-img");
+    virsh(&uri, &["attach-disk", &dom, s(&extra), "vdb", "--driver", "qemu", "--subdriver", "qcow2", "--live"])
+        .expect("hot-add a disk");
+    let added = backup(&["--consistency", "fs"]);
+    assert!(warnings(&added).contains("disk vdb is new since the previous point"), "{added}");
+    let disk = |v: &serde_json::Value, name: &str| {
+        v["disks"].as_array().and_then(|d| d.iter().find(|x| x["name"] == name).cloned()).expect("disk")
+    };
+    assert_eq!(disk(&added, "vda")["change_detection"], "cbt", "{added}");
+    assert_eq!(disk(&added, "vdb")["snapshot_method"], "libvirt-full", "{added}");
+    let both = backup(&["--consistency", "fs"]);
+    assert_eq!(disk(&both, "vda")["change_detection"], "cbt", "{both}");
+    assert_eq!(disk(&both, "vdb")["change_detection"], "cbt", "{both}");
+
+    // A checkpoint deleted behind vmbackup's back: every block is read, and
+    // the output says so.
+    let cps = virsh(&uri, &["checkpoint-list", &dom, "--name"]).expect("checkpoints");
+    let newest = cps.lines().filter(|l| l.starts_with("vmbackup.")).max().expect("a checkpoint").to_string();
+    virsh(&uri, &["checkpoint-delete", &dom, &newest]).expect("delete the checkpoint");
+    let lost = backup(&["--consistency", "fs"]);
+    assert!(warnings(&lost).contains(&format!("checkpoint {newest} is gone")), "{lost}");
+    assert_ne!(disk(&lost, "vda")["change_detection"], "cbt", "{lost}");
+    // Every block is read but the holes the allocation map shows.
+    let v = disk(&lost, "vda");
+    let (read, zero) = (v["bytes_read"].as_u64().unwrap_or(0), v["bytes_zero"].as_u64().unwrap_or(0));
+    assert_eq!(Some(read + zero), v["size"].as_u64(), "{lost}");
+
+    // The agent killed inside the guest: crash-consistent, and said; or a
+    // failure when at least file-system consistency is required.
+    guest_spawn(&uri, &dom, "sleep 1; kill -9 $(pidof qemu-ga)");
+    std::thread::sleep(Duration::from_secs(3));
+    let a = args(&["--consistency", "fs", "--min-consistency", "fs"]);
+    let refused = testkit::output(s(&bin), &a.iter().map(String::as_str).collect::<Vec<_>>());
+    let text = testkit::text(&refused);
+    assert!(!refused.status.success(), "{text}");
+    assert!(text.contains("crash-consistent") && text.contains("no guest agent answers"), "{text}");
+    let crash = backup(&["--consistency", "fs"]);
+    assert_eq!(crash["consistency"], "crash", "{crash}");
+    assert!(warnings(&crash).contains("no guest agent answers"), "{crash}");
+
+    // A shut-off domain (powered off hard; the hot-added disk went with
+    // the running domain): read in place, crash-consistent.
+    virsh(&uri, &["destroy", &dom]).expect("power off");
+    let off = backup(&[]);
+    assert_eq!(off["consistency"], "crash", "{off}");
+    assert!(warnings(&off).contains("is shut off"), "{off}");
+    assert_eq!(off["disks"].as_array().map(Vec::len), Some(1), "{off}");
+    let method = disk(&off, "vda")["snapshot_method"].as_str().unwrap_or_default().to_string();
+    assert!(method.starts_with("libvirt-offline"), "{off}");
+    let point = vault.latest_point(&dom).expect("points").expect("a point");
+    let img = g.dir.join("off.img");
+    backup_core::restore_disk_to_path(&vault, &point, "vda", &img, &backup_core::RestoreOptions::default())
+        .expect("restore");
+    let fsck = testkit::output("e2fsck", &["-fy", s(&img)]);
+    assert!(fsck.status.code().is_some_and(|c| c <= 1), "{}", testkit::text(&fsck));
+    assert!(fs::read_dir(work).map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&dom)).count()).unwrap_or(0) == 0);
+}

@@ -133,7 +133,10 @@ impl Plan<'_> {
             Some("fsFreezeEnabled is false in the guest's scripts config".into())
         } else {
             match agent {
-                None => Some("no guest agent".into()),
+                None => Some(match &self.agent {
+                    Err(why) => format!("no guest agent answers: {why}"),
+                    Ok(_) => "no guest agent".into(),
+                }),
                 Some((_, info)) if !info.freeze_enabled => Some("the agent has freezing disabled".into()),
                 Some(_) => None,
             }
