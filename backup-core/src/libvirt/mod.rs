@@ -230,7 +230,7 @@ impl LibvirtProvider {
     }
 
     /// Ends a backup job of ours that a killed run left, and removes work
-    /// folders of this domain whose process is gone.
+    /// folders (`<domain>-<pid>`) whose process is gone.
     fn clean_leftovers(&self, dom: &virt::domain::Domain) -> Vec<String> {
         let mut notes = Vec::new();
         // SAFETY: a live domain; the returned string is ours to free.
@@ -254,7 +254,10 @@ impl LibvirtProvider {
         if let Ok(entries) = std::fs::read_dir(&self.work_dir) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if let Some(pid) = name.strip_prefix(&format!("{}-", self.domain)).and_then(|p| p.parse::<i32>().ok())
+                // Any domain's folder whose process is gone: a domain that
+                // was since removed would otherwise keep its folder forever
+                // (its job, if any, died with its QEMU).
+                if let Some(pid) = name.rsplit_once('-').and_then(|(_, p)| p.parse::<i32>().ok())
                     && !alive(pid)
                     && std::fs::remove_dir_all(e.path()).is_ok()
                 {
