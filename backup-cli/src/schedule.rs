@@ -29,7 +29,10 @@ use backup_core::{
 use jiff::{SignedDuration, Timestamp};
 use serde::Deserialize;
 
-/// The VMs file: `{"vms": [{"name": "web", "disks": ["root=/images/web.img"], "consistency": "crash"}]}`.
+/// The VMs file: `{"vms": [{"name": "web", "disks": ["root=/images/web.img"], "consistency": "crash"},
+/// {"name": "db", "libvirt": "db", "connect": "qemu:///system", "consistency": "app"}]}`: a VM
+/// is image files (`disks`) or a libvirt domain (`libvirt`, with `connect`, `include`,
+/// `exclude` and `guest_scripts` as `backup --libvirt` takes them).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VmsFile {
@@ -40,8 +43,71 @@ struct VmsFile {
 #[serde(deny_unknown_fields)]
 struct VmEntry {
     name: String,
+    #[serde(default)]
     disks: Vec<String>,
+    libvirt: Option<String>,
+    connect: Option<String>,
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+    guest_scripts: Option<std::path::PathBuf>,
     consistency: Option<String>,
+}
+
+/// Where a scheduled VM's disks come from.
+enum Source {
+    /// Image files, described once.
+    Images(Vm),
+    /// A libvirt domain, described again at each job (its disks may have
+    /// changed).
+    #[cfg(feature = "libvirt")]
+    Libvirt(backup_core::LibvirtProvider),
+}
+
+impl Source {
+    fn from_entry(e: &VmEntry) -> Result<Source> {
+        match &e.libvirt {
+            None => {
+                if e.connect.is_some() || !e.include.is_empty() || !e.exclude.is_empty() || e.guest_scripts.is_some() {
+                    anyhow::bail!("connect, include, exclude and guest_scripts go with libvirt");
+                }
+                Ok(Source::Images(crate::vm_from_args(&e.name, &e.disks)?))
+            }
+            #[cfg(feature = "libvirt")]
+            Some(domain) => {
+                if !e.disks.is_empty() {
+                    anyhow::bail!("give disks or libvirt, not both");
+                }
+                backup_core::validate_name("vm name", &e.name)?;
+                let mut p = backup_core::LibvirtProvider::new(domain.clone());
+                if let Some(uri) = &e.connect {
+                    p.uri = uri.clone();
+                }
+                p.include = e.include.clone();
+                p.exclude = e.exclude.clone();
+                p.guest_scripts = e.guest_scripts.clone();
+                Ok(Source::Libvirt(p))
+            }
+            #[cfg(not(feature = "libvirt"))]
+            Some(_) => anyhow::bail!("this vmbackup was built without the libvirt feature"),
+        }
+    }
+
+    /// The VM and its provider for one job.
+    #[cfg_attr(not(feature = "libvirt"), allow(unused_variables))]
+    fn job(&self, name: &str, cancel: &CancelToken) -> backup_core::Result<(Vm, Box<dyn SnapshotProvider>)> {
+        match self {
+            Source::Images(vm) => Ok((vm.clone(), Box::new(ImageFileProvider::new()))),
+            #[cfg(feature = "libvirt")]
+            Source::Libvirt(p) => {
+                let mut p = p.clone();
+                p.cancel = cancel.clone();
+                let (vm, _skipped) = p.vm(name)?;
+                Ok((vm, Box::new(p)))
+            }
+        }
+    }
 }
 
 /// What the daemon was asked to do.
@@ -77,28 +143,27 @@ pub fn run(args: Args<'_>) -> Result<ExitCode> {
     let text = std::fs::read_to_string(args.vms).with_context(|| format!("cannot read {}", args.vms.display()))?;
     let file: VmsFile =
         serde_json::from_str(&text).with_context(|| format!("{} is not a VMs file", args.vms.display()))?;
-    let mut vms: Vec<(Vm, Consistency)> = Vec::new();
+    let mut vms: Vec<(String, Source, Consistency)> = Vec::new();
     for e in &file.vms {
-        let vm = crate::vm_from_args(&e.name, &e.disks)
-            .with_context(|| format!("vm {} in {}", e.name, args.vms.display()))?;
+        let source = Source::from_entry(e).with_context(|| format!("vm {} in {}", e.name, args.vms.display()))?;
         let c = e.consistency.as_deref().unwrap_or("crash").parse::<Consistency>()?;
-        if vms.iter().any(|(v, _)| v.name == vm.name) {
-            anyhow::bail!("vm {} is listed twice in {}", vm.name, args.vms.display());
+        if vms.iter().any(|(v, _, _)| *v == e.name) {
+            anyhow::bail!("vm {} is listed twice in {}", e.name, args.vms.display());
         }
-        vms.push((vm, c));
+        vms.push((e.name.clone(), source, c));
     }
     if args.concurrency == 0 {
         anyhow::bail!("--concurrency must be at least 1");
     }
     let vault = crate::repair::open(args.vault)?;
-    let provider: Box<dyn SnapshotProvider> = match (args.limit, args.max_reads) {
-        (None, None) => Box::new(ImageFileProvider::new()),
+    let throttle: Option<Arc<Throttle>> = match (args.limit, args.max_reads) {
+        (None, None) => None,
         (rate, reads) => {
             let mut t = Throttle::new(rate.unwrap_or(u64::MAX))?;
             if let Some(n) = reads {
                 t = t.with_concurrent_reads(n)?;
             }
-            Box::new(ThrottledProvider::new(ImageFileProvider::new(), Arc::new(t)))
+            Some(Arc::new(t))
         }
     };
     // A fake clock for tests and dry rehearsals: real time shifted.
@@ -106,10 +171,10 @@ pub fn run(args: Args<'_>) -> Result<ExitCode> {
     let clock = || Timestamp::now().checked_add(offset).unwrap_or_else(|_| Timestamp::now());
     let start = clock();
     let mut served: HashMap<String, Timestamp> = HashMap::new();
-    for (vm, _) in &vms {
-        let last = vault.latest_point(&vm.name)?;
+    for (name, _, _) in &vms {
+        let last = vault.latest_point(name)?;
         let since = last.map_or(start, |p| served_run(p.policy_rule.as_deref()).map_or(p.time, |r| r.max(p.time)));
-        served.insert(vm.name.clone(), since);
+        served.insert(name.clone(), since);
     }
     let _ = crate::signals::cancel_on_signals();
     // Snapshots whose instant-restore days ran out while the daemon was down.
@@ -141,18 +206,18 @@ pub fn run(args: Args<'_>) -> Result<ExitCode> {
                 break;
             }
             let now = clock();
-            for (vm, consistency) in &vms {
-                if running.len() >= args.concurrency || running.contains_key(&vm.name) {
+            for (name, source, consistency) in &vms {
+                if running.len() >= args.concurrency || running.contains_key(name) {
                     continue;
                 }
-                let since = served.get(&vm.name).copied().unwrap_or(start);
+                let since = served.get(name).copied().unwrap_or(start);
                 let Some(due) = policy.schedule.due(&policy.time_zone, since, now)? else { continue };
-                served.insert(vm.name.clone(), due.timestamp());
+                served.insert(name.clone(), due.timestamp());
                 let cancel = CancelToken::new();
-                running.insert(vm.name.clone(), cancel.clone());
+                running.insert(name.clone(), cancel.clone());
                 let rule = format!("schedule: {}; run {}", policy.schedule.describe(), due.timestamp());
-                log(format!("{}: backup started for the run of {due}", vm.name));
-                let (tx, vault, provider) = (tx.clone(), &vault, &*provider);
+                log(format!("{name}: backup started for the run of {due}"));
+                let (tx, vault, throttle) = (tx.clone(), &vault, throttle.clone());
                 let consistency = *consistency;
                 let days = policy.instant_restore_days;
                 s.spawn(move || {
@@ -161,9 +226,20 @@ pub fn run(args: Args<'_>) -> Result<ExitCode> {
                     options.cancel = cancel;
                     options.policy_rule = Some(rule);
                     options.instant_restore_days = days;
+                    let (vm, provider) = match source.job(name, &options.cancel) {
+                        Ok((vm, p)) => match throttle {
+                            Some(t) => (vm, Box::new(ThrottledProvider::new(p, t)) as Box<dyn SnapshotProvider>),
+                            None => (vm, p),
+                        },
+                        Err(e) => {
+                            let _ = tx.send((name.clone(), Err(e.to_string())));
+                            return;
+                        }
+                    };
+                    let vm = &vm;
                     let mut attempt = 0;
                     let result = loop {
-                        match backup_core::backup(vault, provider, vm, &options) {
+                        match backup_core::backup(vault, &provider, vm, &options) {
                             Ok(r) => {
                                 break Ok(format!(
                                     "committed point {} ({} read, {} added, {:.1} s)",

@@ -285,6 +285,29 @@ fn the_libvirt_provider_backs_up_a_running_guest_full_then_only_what_it_wrote() 
     let second = backup();
     let detection = second["disks"][0]["change_detection"].as_str().unwrap_or_default().to_string();
     assert!(detection.contains("cbt"), "{second}");
+
+    // `schedule` takes libvirt domains in its VMs file: a day later, the
+    // missed run is made up with an incremental of the domain.
+    let (policy, vms) = (g.dir.join("policy.toml"), g.dir.join("vms.json"));
+    fs::write(
+        &policy,
+        "timezone = \"UTC\"\n[schedule]\nfrequency = \"daily\"\ntimes = [\"02:00\"]\n[retention]\nkeep_last = 5\n",
+    )
+    .expect("policy");
+    let entry = serde_json::json!({"name": g.name, "libvirt": g.name, "connect": g.uri, "consistency": "fs"});
+    fs::write(&vms, serde_json::json!({ "vms": [entry] }).to_string()).expect("vms");
+    let later = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_hours(30)).expect("time").to_string();
+    let out = testkit::run(
+        s(&bin),
+        &["schedule", "--vault", s(&cli_vault), "--policy", s(&policy), "--vms", s(&vms), "--once", "--now", &later],
+    );
+    assert!(out.contains("committed point"), "{out}");
+    let list = testkit::json(s(&bin), &["list", "--vault", s(&cli_vault), "--json"]);
+    let points = list["points"].as_array().expect("points");
+    assert_eq!(points.len(), 3, "{list}");
+    let newest = points.iter().max_by_key(|p| p["time"].as_str().unwrap_or_default().to_string()).expect("newest");
+    assert_eq!(newest["consistency"], "filesystem", "{newest}");
+    assert_eq!(newest["disks"][0]["change_detection"], "cbt", "{newest}");
 }
 
 /// `value.tap(f)`: runs `f` on a value and hands the value on.
@@ -620,5 +643,10 @@ fn a_killed_vmbackup_a_hot_added_disk_a_lost_checkpoint_a_dead_agent_and_a_shut_
         .expect("restore");
     let fsck = testkit::output("e2fsck", &["-fy", s(&img)]);
     assert!(fsck.status.code().is_some_and(|c| c <= 1), "{}", testkit::text(&fsck));
-    assert!(fs::read_dir(work).map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&dom)).count()).unwrap_or(0) == 0);
+    assert!(
+        fs::read_dir(work)
+            .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&dom)).count())
+            .unwrap_or(0)
+            == 0
+    );
 }

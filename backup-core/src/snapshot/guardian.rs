@@ -44,6 +44,7 @@ pub(crate) enum ThawAction {
     Mounts(Vec<RawFd>),
     /// Runs this program (an absolute path) with these arguments, the first
     /// being its name.
+    #[cfg_attr(not(feature = "libvirt"), allow(dead_code))]
     Exec(Vec<CString>),
 }
 
@@ -131,6 +132,7 @@ impl Guardian {
     }
 
     /// Asks the guardian to thaw now (our own thaw failed), and waits for it.
+    #[cfg_attr(not(feature = "libvirt"), allow(dead_code))]
     pub(crate) fn thaw_now(&mut self) {
         self.finish(false);
     }

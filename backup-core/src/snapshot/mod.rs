@@ -155,3 +155,31 @@ pub trait SnapshotProvider: Send + Sync {
     /// [`Error::Provider`](crate::Error::Provider) with step "release".
     fn release(&self, vm: &Vm, snapshot: Snapshot) -> Result<()>;
 }
+
+/// A boxed provider is a provider: hosts choose one per VM at run time.
+impl<P: SnapshotProvider + ?Sized> SnapshotProvider for Box<P> {
+    fn prepare(&self, vm: &Vm) -> Result<PrepareReport> {
+        (**self).prepare(vm)
+    }
+    fn version(&self) -> String {
+        (**self).version()
+    }
+    fn snapshot(&self, vm: &Vm, wanted: Consistency) -> Result<Snapshot> {
+        (**self).snapshot(vm, wanted)
+    }
+    fn snapshot_since(&self, vm: &Vm, wanted: Consistency, previous: &[(String, String)]) -> Result<Snapshot> {
+        (**self).snapshot_since(vm, wanted, previous)
+    }
+    fn check_intact(&self, vm: &Vm, snapshot: &Snapshot) -> Result<()> {
+        (**self).check_intact(vm, snapshot)
+    }
+    fn keepable(&self, snapshot: &Snapshot) -> Option<Vec<KeptDisk>> {
+        (**self).keepable(snapshot)
+    }
+    fn configuration(&self, vm: &Vm, snapshot: &Snapshot) -> Option<crate::model::VmConfiguration> {
+        (**self).configuration(vm, snapshot)
+    }
+    fn release(&self, vm: &Vm, snapshot: Snapshot) -> Result<()> {
+        (**self).release(vm, snapshot)
+    }
+}
