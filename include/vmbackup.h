@@ -201,6 +201,13 @@ typedef struct vmb_point vmb_point;
 typedef struct vmb_point_list vmb_point_list;
 
 /**
+ * A libvirt domain to back up, with its settings. Created with
+ * `vmb_provider_libvirt_new`, freed with `vmb_provider_libvirt_free`.
+ * Thread-safe; a setting changed during a backup applies to the next one.
+ */
+typedef struct vmb_provider_libvirt vmb_provider_libvirt;
+
+/**
  * What a prune did (or, in a dry run, would do). Immutable: accessors are
  * thread-safe.
  */
@@ -690,6 +697,102 @@ enum vmb_status vmb_job_cancel(const struct vmb_job *job);
 enum vmb_status vmb_job_is_cancelled(const struct vmb_job *job, bool *out);
 
 /**
+ * Creates a provider for libvirt domain `domain` on connection `uri`
+ * (NULL: `qemu:///system`). Nothing is contacted until a backup.
+ *
+ * # Safety
+ * `domain` is NULL or NUL-terminated; `uri` is NULL or NUL-terminated;
+ * `out` is NULL or writable.
+ */
+enum vmb_status vmb_provider_libvirt_new(const char *domain,
+                                         const char *uri,
+                                         struct vmb_provider_libvirt **out);
+
+/**
+ * Frees a provider. NULL is ignored. It must not be in use by a call.
+ *
+ * # Safety
+ * `provider` is NULL or from `vmb_provider_libvirt_new`, not yet freed.
+ */
+void vmb_provider_libvirt_free(struct vmb_provider_libvirt *provider);
+
+/**
+ * Backs up only this disk of the domain (a target name such as `vda`);
+ * call once per disk. Without any, every disk that can be is backed up.
+ *
+ * # Safety
+ * `provider` is NULL or live; `disk` is NULL or NUL-terminated.
+ */
+enum vmb_status vmb_provider_libvirt_include(const struct vmb_provider_libvirt *provider,
+                                             const char *disk);
+
+/**
+ * Never backs up this disk of the domain (a target name); call once per
+ * disk.
+ *
+ * # Safety
+ * As `vmb_provider_libvirt_include`.
+ */
+enum vmb_status vmb_provider_libvirt_exclude(const struct vmb_provider_libvirt *provider,
+                                             const char *disk);
+
+/**
+ * A `VMSnapshotScriptPluginConfig.json` on this host whose pre/post
+ * scripts are installed into the guest through its agent when the VM is
+ * prepared, and run there for application consistency (Linux guests).
+ * NULL installs nothing.
+ *
+ * # Safety
+ * `provider` is NULL or live; `config` is NULL or NUL-terminated.
+ */
+enum vmb_status vmb_provider_libvirt_set_guest_scripts(const struct vmb_provider_libvirt *provider,
+                                                       const char *config);
+
+/**
+ * The weakest consistency accepted: a fallback below it (no guest agent,
+ * a failed freeze, a shut-off domain) fails the backup instead. Default
+ * `VMB_CONSISTENCY_CRASH`.
+ *
+ * # Safety
+ * `provider` is NULL or live.
+ */
+enum vmb_status vmb_provider_libvirt_set_min_consistency(const struct vmb_provider_libvirt *provider,
+                                                         vmb_consistency consistency);
+
+/**
+ * Where each backup job's NBD socket and scratch files go (default
+ * `/var/tmp/vmbackup-libvirt`; QEMU's user must be able to reach it).
+ *
+ * # Safety
+ * `provider` is NULL or live; `dir` is NULL or NUL-terminated.
+ */
+enum vmb_status vmb_provider_libvirt_set_work_dir(const struct vmb_provider_libvirt *provider,
+                                                  const char *dir);
+
+/**
+ * Backs up the provider's domain as VM `vm` (NULL: named after the
+ * domain): its disks come from the domain's XML, the snapshot is a libvirt
+ * checkpoint and pull-mode backup job (incremental from the VM's previous
+ * point), quiesced through the guest agent as far as the job's
+ * consistency asks and the guest allows; a shut-off domain's disks are
+ * read in place. The point records the consistency achieved and stores
+ * the domain's XML (`vmb_point_configuration`).
+ *
+ * `job` may be NULL (crash consistency, no progress, no cancel); its
+ * cancel stops a running in-guest pre-script too. `out` as in
+ * `vmb_vault_backup_images`.
+ *
+ * # Safety
+ * `vault` and `provider` are NULL or live; `vm` is NULL or
+ * NUL-terminated; `job` is NULL or live; `out` is NULL or writable.
+ */
+enum vmb_status vmb_vault_backup_libvirt(const struct vmb_vault *vault,
+                                         const struct vmb_provider_libvirt *provider,
+                                         const char *vm,
+                                         const struct vmb_job *job,
+                                         struct vmb_point **out);
+
+/**
  * Prunes the vault by the retention rules of a policy given as TOML text
  * (the format of `vmbackup policy check`): removes the manifests of the
  * points the rules do not keep (the newest point of a VM is always kept)
@@ -785,6 +888,19 @@ void vmb_point_free(struct vmb_point *point);
  * `point` is NULL or a live point; `out` is NULL or writable.
  */
 enum vmb_status vmb_point_id(const struct vmb_point *point, const char **out);
+
+/**
+ * The VM's configuration stored with the point, when its provider gave
+ * one: `*kind` is what it is (`libvirt-domain-xml`) and `*text` the
+ * configuration itself; both NULL when the point has none. They live as
+ * long as the point.
+ *
+ * # Safety
+ * `point` is NULL or a live point; `kind` and `text` are NULL or writable.
+ */
+enum vmb_status vmb_point_configuration(const struct vmb_point *point,
+                                        const char **kind,
+                                        const char **text);
 
 /**
  * The name of the point's VM (lives as long as the point).

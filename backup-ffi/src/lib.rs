@@ -17,6 +17,8 @@
 
 pub mod host;
 pub mod job;
+#[cfg(feature = "libvirt")]
+pub mod libvirt;
 pub mod maintenance;
 pub mod point;
 pub mod status;

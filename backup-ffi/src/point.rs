@@ -18,6 +18,7 @@ pub struct vmb_point {
     parent: Option<CString>,
     disk_names: Vec<CString>,
     warnings: Vec<CString>,
+    configuration: Option<(CString, CString)>,
 }
 
 impl vmb_point {
@@ -32,6 +33,11 @@ impl vmb_point {
             parent: manifest.parent.as_deref().map(|p| c_string(p, "parent point id")).transpose()?,
             disk_names,
             warnings,
+            configuration: manifest
+                .configuration
+                .as_ref()
+                .map(|c| Ok::<_, Failure>((c_string(&c.kind, "configuration kind")?, c_string(&c.text, "configuration")?)))
+                .transpose()?,
             manifest,
         })
     }
@@ -100,6 +106,30 @@ pub unsafe extern "C" fn vmb_point_id(point: *const vmb_point, out: *mut *const 
         let p = arg_ref!(point, "point");
         let out = arg_out!(out, "out");
         write_out!(out, p.id.as_ptr());
+        Ok(())
+    }
+}
+
+/// The VM's configuration stored with the point, when its provider gave
+/// one: `*kind` is what it is (`libvirt-domain-xml`) and `*text` the
+/// configuration itself; both NULL when the point has none. They live as
+/// long as the point.
+///
+/// # Safety
+/// `point` is NULL or a live point; `kind` and `text` are NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_point_configuration(
+    point: *const vmb_point,
+    kind: *mut *const c_char,
+    text: *mut *const c_char,
+) -> vmb_status {
+    ffi! {
+        let p = arg_ref!(point, "point");
+        let kind = arg_out!(kind, "kind");
+        let text = arg_out!(text, "text");
+        let (k, t) = p.configuration.as_ref().map_or((std::ptr::null(), std::ptr::null()), |(k, t)| (k.as_ptr(), t.as_ptr()));
+        write_out!(kind, k);
+        write_out!(text, t);
         Ok(())
     }
 }

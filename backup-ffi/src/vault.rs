@@ -466,7 +466,7 @@ fn str_array<'a>(items: *const *const c_char, count: usize, what: &str) -> FfiRe
         .collect()
 }
 
-fn backup_options(job: *const vmb_job) -> BackupOptions {
+pub(crate) fn backup_options(job: *const vmb_job) -> BackupOptions {
     let s = settings(job);
     let mut o = BackupOptions::default();
     o.consistency = s.consistency;
@@ -476,7 +476,7 @@ fn backup_options(job: *const vmb_job) -> BackupOptions {
     o
 }
 
-fn hand_out_point(out: *mut *mut vmb_point, manifest: backup_core::PointManifest) -> FfiResult {
+pub(crate) fn hand_out_point(out: *mut *mut vmb_point, manifest: backup_core::PointManifest) -> FfiResult {
     if !out.is_null() {
         let p = vmb_point::new(manifest)?.into_raw();
         // SAFETY: not NULL; writable by the C contract.
