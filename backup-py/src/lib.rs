@@ -18,6 +18,8 @@ use pyo3::prelude::*;
 
 mod errors;
 mod job;
+#[cfg(feature = "libvirt")]
+mod libvirt;
 mod maintenance;
 mod provider;
 mod types;
@@ -38,5 +40,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<types::KeySlot>()?;
     m.add_class::<maintenance::PruneReport>()?;
     m.add_class::<maintenance::GcReport>()?;
+    #[cfg(feature = "libvirt")]
+    m.add_class::<libvirt::LibvirtProvider>()?;
     Ok(())
 }

@@ -77,6 +77,19 @@ impl RecoveryPoint {
         &self.manifest.vm
     }
 
+    /// The VM's configuration stored with the point (a libvirt domain's
+    /// XML), or None.
+    #[getter]
+    fn configuration(&self) -> Option<&str> {
+        self.manifest.configuration.as_ref().map(|c| c.text.as_str())
+    }
+
+    /// What `configuration` is (`"libvirt-domain-xml"`), or None.
+    #[getter]
+    fn configuration_kind(&self) -> Option<&str> {
+        self.manifest.configuration.as_ref().map(|c| c.kind.as_str())
+    }
+
     /// When the snapshot was taken, as a time-zone aware `datetime` in UTC.
     #[getter]
     fn time<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {

@@ -333,8 +333,9 @@ impl Vault {
     ///
     /// `disks` is a list whose items are paths of raw image files (`str` or
     /// `os.PathLike`, named after their file names) or `vmbackup.BlockDevice`
-    /// objects; or a dict of them by disk name. Only blocks that changed
-    /// since the VM's previous point are stored.
+    /// objects; or a dict of them by disk name; or a
+    /// `vmbackup.LibvirtProvider`, whose domain's disks are backed up. Only
+    /// blocks that changed since the VM's previous point are stored.
     ///
     /// `consistency` is the level asked for ("crash", "filesystem" or
     /// "application"); image files and Python disks give "crash", and the
@@ -383,6 +384,21 @@ impl Vault {
             }
         };
         let progress = callable_arg(progress, "progress")?;
+        #[cfg(feature = "libvirt")]
+        if let Ok(lp) = disks.cast::<crate::libvirt::LibvirtProvider>() {
+            let mut provider = lp.get().inner.clone();
+            let report = job::run(py, progress, move |p, cancel| {
+                let mut o = BackupOptions::default();
+                o.consistency = consistency;
+                o.block_size = block_size;
+                o.progress = p;
+                provider.cancel = cancel.clone();
+                o.cancel = cancel;
+                let (vm, _skipped) = provider.vm(&vm)?;
+                backup_core::backup(&vault, &provider, &vm, &o)
+            })?;
+            return Ok(RecoveryPoint::new(report.point));
+        }
         let (vm, devices) = resolve_disks(py, &vm, disks)?;
         // Borrowed by the job, so that the Python devices are dropped here,
         // with the GIL held.

@@ -87,7 +87,7 @@ class Vault:
     def backup(
         self,
         vm: str,
-        disks: Union[Sequence[_Disk], Mapping[str, _Disk]],
+        disks: Union[Sequence[_Disk], Mapping[str, _Disk], "LibvirtProvider"],
         *,
         consistency: str = "crash",
         block_size: int = 65536,
@@ -140,6 +140,32 @@ class Vault:
         """Removes a key slot by id; refuses the vault's last one."""
 
 @final
+class LibvirtProvider:
+    """A libvirt domain to back up with ``Vault.backup(vm, provider)``: its disks
+    from the domain's XML, a checkpoint and pull-mode backup job per point,
+    quiesced through the guest agent; a shut-off domain is read in place."""
+
+    def __init__(
+        self,
+        domain: str,
+        *,
+        uri: Optional[str] = None,
+        include: Optional[Sequence[str]] = None,
+        exclude: Optional[Sequence[str]] = None,
+        guest_scripts: Optional[_StrPath] = None,
+        min_consistency: Optional[str] = None,
+        work_dir: Optional[_StrPath] = None,
+    ) -> None: ...
+    @property
+    def domain(self) -> str:
+        """The domain's name."""
+    @property
+    def uri(self) -> str:
+        """The libvirt connection URI."""
+    def disks(self) -> Tuple[List[str], List[Tuple[str, str]]]:
+        """The disks the next backup takes, and the skipped ones as (target, why)."""
+
+@final
 class RecoveryPoint:
     """A recovery point: a VM's disks at one instant."""
 
@@ -149,6 +175,12 @@ class RecoveryPoint:
     @property
     def vm(self) -> str:
         """The VM's name."""
+    @property
+    def configuration(self) -> Optional[str]:
+        """The VM's configuration stored with the point (a libvirt domain's XML), or None."""
+    @property
+    def configuration_kind(self) -> Optional[str]:
+        """What ``configuration`` is ("libvirt-domain-xml"), or None."""
     @property
     def time(self) -> datetime.datetime:
         """When the snapshot was taken, time-zone aware, in UTC."""
