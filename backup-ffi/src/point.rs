@@ -36,7 +36,9 @@ impl vmb_point {
             configuration: manifest
                 .configuration
                 .as_ref()
-                .map(|c| Ok::<_, Failure>((c_string(&c.kind, "configuration kind")?, c_string(&c.text, "configuration")?)))
+                .map(|c| {
+                    Ok::<_, Failure>((c_string(&c.kind, "configuration kind")?, c_string(&c.text, "configuration")?))
+                })
                 .transpose()?,
             manifest,
         })

@@ -71,7 +71,7 @@ impl LibvirtProvider {
 
     /// The disks the next backup takes (target names), and the ones it
     /// skips as `(target, why)`: asks libvirt now.
-    fn disks(&self, py: Python<'_>) -> PyResult<(Vec<String>, Vec<(String, String)>)> {
+    fn disks(&self, py: Python<'_>) -> PyResult<(Vec<String>, backup_core::SkippedDisks)> {
         let p = self.inner.clone();
         let (disks, skipped) = py.detach(move || p.disks()).map_err(|e| to_py(py, e))?;
         Ok((disks.into_iter().map(|d| d.target).collect(), skipped))
