@@ -31,6 +31,8 @@ for lib in $(ldd /usr/sbin/qemu-ga | grep -o '/[^ ]*'); do
   cp -L "$lib" "$root$lib"
 done
 cp "/lib/modules/$kver/kernel/drivers/char/virtio_console.ko" "$root/lib/modules/"
+# What qemu-ga's guest-get-osinfo reports.
+printf 'NAME="vmbackup test guest"\nID=busybox\nPRETTY_NAME="vmbackup test guest (busybox, Debian kernel %s)"\nVERSION_ID=1\n' "$kver" > "$root/etc/os-release"
 cat > "$root/etc/qemu/fsfreeze-hook" <<'HOOK'
 #!/bin/sh
 # Called by qemu-ga with "freeze" before and "thaw" after a freeze. A test

@@ -275,6 +275,14 @@ enum Command {
         /// Where to put the sample VM, vault and restores (a new temporary
         /// folder when not given).
         dir: Option<PathBuf>,
+        /// Then the live part: boot the guest built by scripts/test-guest.sh
+        /// in this folder under libvirt, back it up twice while it writes,
+        /// application-consistent, and restore and check both points.
+        #[arg(long, value_name = "GUEST_DIR")]
+        live_guest: Option<PathBuf>,
+        /// The libvirt connection of the live part.
+        #[arg(long, value_name = "URI", default_value = "qemu:///system", requires = "live_guest")]
+        connect: String,
     },
     /// Remove recovery points by a policy's retention (the newest point of
     /// each VM is always kept); then run `gc` to reclaim their space.
@@ -726,7 +734,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Export { vault, vm, point, disk, socket, listen, allow_remote } => {
             return nbd::export(nbd::ExportArgs { vault, vm, point, disk, socket, listen, allow_remote });
         }
-        Command::Demo { dir } => demo::run(dir)?,
+        Command::Demo { dir, live_guest, connect } => demo::run(dir, live_guest.map(|g| (g, connect)))?,
         Command::Prune { vault, policy, vm, dry_run, json } => {
             return maintenance::prune(&vault, &policy, vm, dry_run, json);
         }
