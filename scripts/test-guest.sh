@@ -12,6 +12,8 @@
 # /sbin/shutdown (the agent's guest-shutdown) powers off cleanly.
 # Usage: scripts/test-guest.sh OUT [SIZE_MIB]   (needs the packages that
 # scripts/setup.sh installs for the libvirt tests)
+# GUEST_DATA="DIR ..." copies those host folders into the guest's /data
+# (real files for benchmarks).
 set -euo pipefail
 out=${1:?usage: scripts/test-guest.sh OUT [SIZE_MIB]}
 size=${2:-128}
@@ -31,6 +33,10 @@ for lib in $(ldd /usr/sbin/qemu-ga | grep -o '/[^ ]*'); do
   cp -L "$lib" "$root$lib"
 done
 cp "/lib/modules/$kver/kernel/drivers/char/virtio_console.ko" "$root/lib/modules/"
+for d in ${GUEST_DATA:-}; do
+  mkdir -p "$root/data$d"
+  cp -a "$d/." "$root/data$d/"
+done
 # What qemu-ga's guest-get-osinfo reports.
 printf 'NAME="vmbackup test guest"\nID=busybox\nPRETTY_NAME="vmbackup test guest (busybox, Debian kernel %s)"\nVERSION_ID=1\n' "$kver" > "$root/etc/os-release"
 cat > "$root/etc/qemu/fsfreeze-hook" <<'HOOK'
