@@ -19,6 +19,7 @@ __all__ = [
     "PruneReport",
     "GcReport",
     "KeySlot",
+    "LibvirtProvider",
 ]
 
 __version__: str
@@ -145,8 +146,8 @@ class LibvirtProvider:
     from the domain's XML, a checkpoint and pull-mode backup job per point,
     quiesced through the guest agent; a shut-off domain is read in place."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         domain: str,
         *,
         uri: Optional[str] = None,
@@ -155,7 +156,7 @@ class LibvirtProvider:
         guest_scripts: Optional[_StrPath] = None,
         min_consistency: Optional[str] = None,
         work_dir: Optional[_StrPath] = None,
-    ) -> None: ...
+    ) -> "LibvirtProvider": ...
     @property
     def domain(self) -> str:
         """The domain's name."""
