@@ -103,7 +103,7 @@ vmb() { # domain step
   t0=$(now)
   out=$("$VMBACKUP" backup --vault "$work/vault" --libvirt "$1" --connect "$uri" --consistency fs --json 2>/dev/null)
   t1=$(now)
-  record vmbackup "$2" "$(echo "$t1 - $t0" | bc)" \
+  record vmbackup "$2" "$(awk "BEGIN { printf \"%.3f\", $t1 - $t0 }")" \
     "$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes_read"])')" \
     "$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes_stored"])')"
 }
@@ -123,7 +123,7 @@ m = re.findall(r"[Bb]ackup size.*?:\s*(\d+)", text) or re.findall(r"(\d+) bytes?
 print(m[-1] if m else "null")
 PY
 )
-  record virtnbdbackup "$4" "$(echo "$t1 - $t0" | bc)" "$read" "$(( $(du_b "$3") - before ))"
+  record virtnbdbackup "$4" "$(awk "BEGIN { printf \"%.3f\", $t1 - $t0 }")" "$read" "$(( $(du_b "$3") - before ))"
 }
 
 echo "== guest A and its twin: boot, then full backups"
@@ -153,13 +153,13 @@ echo 3 >/proc/sys/vm/drop_caches
 t0=$(now)
 "$VMBACKUP" restore --vault "$work/vault" --vm "$a" --point latest --disk vda --to "$work/restore/vmbackup-vda.img" >/dev/null
 t1=$(now)
-record vmbackup restore "$(echo "$t1 - $t0" | bc)" null "$(du_b "$work/restore/vmbackup-vda.img")"
+record vmbackup restore "$(awk "BEGIN { printf \"%.3f\", $t1 - $t0 }")" null "$(du_b "$work/restore/vmbackup-vda.img")"
 sync
 echo 3 >/proc/sys/vm/drop_caches
 t0=$(now)
 virtnbdrestore -i "$work/vnb-a" -o "$work/restore/vnb" >"$work/vnb-restore.log" 2>&1
 t1=$(now)
-record virtnbdbackup restore "$(echo "$t1 - $t0" | bc)" null "$(du_b "$work/restore/vnb")"
+record virtnbdbackup restore "$(awk "BEGIN { printf \"%.3f\", $t1 - $t0 }")" null "$(du_b "$work/restore/vnb")"
 virsh -q -c "$uri" destroy "$a" >/dev/null
 virsh -q -c "$uri" destroy "$a2" >/dev/null
 
