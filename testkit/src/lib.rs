@@ -135,9 +135,19 @@ pub fn wait_for_socket(sock: &Path) {
 /// Says that a test cannot run here and why. Outside CI that is a skip
 /// (printed); with `VMB_REQUIRE_ALL` set, as `.ci/run` sets it, a missing
 /// prerequisite fails the test instead: CI never passes by skipping.
+///
+/// A skipped test still counts as passed for cargo: `scripts/test` sets
+/// `VMB_SKIP_LOG` to a file where each skip adds a line, and its closing
+/// line counts them apart.
 pub fn skip(test: &str, why: &str) {
     assert!(std::env::var_os("VMB_REQUIRE_ALL").is_none(), "{test} cannot run: {why} (VMB_REQUIRE_ALL is set)");
     eprintln!("SKIPPED {test}: {why}");
+    if let Some(log) = std::env::var_os("VMB_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).create(true).open(log) {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
 }
 
 /// A loop mount of a file-system image, thawed (in case a test failed while
