@@ -1,6 +1,7 @@
 //! Entry points for fuzzing the parsers of bytes that come from outside:
 //! vault objects (pack frames, pack trailers, chunk index files, index
-//! segments, manifests), policy files, scripts configs and NBD messages.
+//! segments, manifests), policy files, scripts configs, NBD messages, and
+//! (feature `libvirt`) libvirt domain XML and guest agent replies.
 //! Thin wrappers over the private parsers, used by the cargo-fuzz targets
 //! in `fuzz/` and by the stable smoke test `tests/fuzz_smoke.rs`. Not part
 //! of the API: it may change at any time.
@@ -120,4 +121,31 @@ pub fn nbd(data: &[u8]) -> bool {
         ok |= crate::NbdAddress::parse(text).is_ok();
     }
     ok
+}
+
+/// A libvirt domain's XML, as the provider reads its disks from it.
+#[cfg(feature = "libvirt")]
+pub fn domain_xml(data: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(data) else { return false };
+    crate::libvirt::parse_disks(text).is_ok()
+}
+
+/// Guest agent replies: the bytes split at their first NUL into the
+/// `guest-info` and `guest-get-osinfo` replies (`{"return": ...}`), read as
+/// prepare reads them.
+#[cfg(feature = "libvirt")]
+pub fn agent_replies(data: &[u8]) -> bool {
+    let (a, b) = match data.iter().position(|&x| x == 0) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    let value = |bytes: &[u8]| serde_json::from_slice::<serde_json::Value>(bytes).ok().map(|v| v["return"].clone());
+    let (info, os) = (value(a), value(b));
+    let parsed = info.is_some();
+    let i = crate::libvirt::GuestAgentInfo::from_replies(
+        &info.unwrap_or(serde_json::Value::Null),
+        &os.unwrap_or(serde_json::Value::Null),
+    );
+    let _ = (i.summary(), i.freeze_consistency());
+    parsed
 }

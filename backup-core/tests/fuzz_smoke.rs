@@ -236,12 +236,52 @@ fn every_parser_of_outside_bytes_survives_random_and_mutated_input() {
         ("policy", fuzzing::policy, policies()),
         ("scripts_config", fuzzing::scripts_config, scripts_configs()),
         ("nbd", fuzzing::nbd, nbd_corpus()),
+        #[cfg(feature = "libvirt")]
+        ("domain_xml", fuzzing::domain_xml, libvirt_corpus().0),
+        #[cfg(feature = "libvirt")]
+        ("agent_replies", fuzzing::agent_replies, libvirt_corpus().1),
     ];
+    let n = targets.len();
     for (i, (name, target, corpus)) in targets.into_iter().enumerate() {
         let (runs, _) = run(name, target, &corpus, 0x1234_5678 + i as u64);
         total += runs;
     }
-    eprintln!("fuzz smoke: {total} inputs over 9 targets, no panic");
+    eprintln!("fuzz smoke: {total} inputs over {n} targets, no panic");
+}
+
+/// Domain XML as libvirt writes it (disks of every kind) and guest agent
+/// replies as qemu-ga 7.2 and virtio-win give them.
+#[cfg(feature = "libvirt")]
+fn libvirt_corpus() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let xml = r#"<domain type='kvm' id='3'><name>web</name><uuid>6f1e0a52-2c1b-4d0e-9d41-3c2f7f2e9a10</uuid>
+  <memory unit='KiB'>2097152</memory><os><type arch='x86_64' machine='pc-q35-10.0'>hvm</type></os>
+  <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2' discard='unmap'/>
+      <source file='/var/lib/libvirt/images/web.qcow2' index='2'/><backingStore/>
+      <target dev='vda' bus='virtio'/><alias name='virtio-disk0'/></disk>
+    <disk type='block' device='disk'><driver name='qemu' type='raw' cache='none' io='native'/>
+      <source dev='/dev/vg0/web-data' index='1'/><target dev='vdb' bus='virtio'/></disk>
+    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/><target dev='sda' bus='sata'/><readonly/></disk>
+    <disk type='network' device='disk'><source protocol='rbd' name='pool/img'><host name='mon1' port='6789'/></source>
+      <target dev='vdc' bus='virtio'/></disk>
+    <disk type='file' device='disk'><source file='/srv/shared.img'/><target dev='vdd' bus='virtio'/><shareable/></disk>
+  </devices></domain>"#;
+    let info = r#"{"return":{"version":"7.2.22","supported_commands":[{"enabled":true,"name":"guest-ping","success-response":true},{"enabled":true,"name":"guest-fsfreeze-freeze","success-response":true},{"enabled":true,"name":"guest-fsfreeze-thaw","success-response":true},{"enabled":false,"name":"guest-exec","success-response":true},{"enabled":true,"name":"guest-exec-status","success-response":true},{"enabled":true,"name":"guest-file-open","success-response":true}]}}"#;
+    let os = r#"{"return":{"name":"Microsoft Windows Server 2022","kernel-release":"20348","version":"Microsoft Windows Server 2022","variant":"server","pretty-name":"Windows Server 2022 Datacenter","version-id":"2022","variant-id":"server","kernel-version":"10.0","machine":"x86_64","id":"mswindows"}}"#;
+    let replies = format!("{info}\0{os}").into_bytes();
+    let linux = br#"{"return":{"id":"debian","name":"Debian GNU/Linux","pretty-name":"Debian GNU/Linux 12 (bookworm)","kernel-release":"6.1.0-28-amd64"}}"#;
+    let mut second = info.as_bytes().to_vec();
+    second.push(0);
+    second.extend_from_slice(linux);
+    (vec![xml.as_bytes().to_vec()], vec![replies, second])
+}
+
+#[cfg(feature = "libvirt")]
+#[test]
+fn the_libvirt_corpus_parses() {
+    let (xml, replies) = libvirt_corpus();
+    assert!(fuzzing::domain_xml(&xml[0]));
+    assert!(replies.iter().all(|r| fuzzing::agent_replies(r)));
 }
 
 /// Regression: a pack whose header's reserved bytes were flipped passed
