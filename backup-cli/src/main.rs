@@ -87,9 +87,10 @@ enum Command {
         /// The VM's name (with --libvirt, default: the domain's).
         #[arg(long, required_unless_present = "libvirt")]
         vm: Option<String>,
-        /// Back up this running libvirt domain: its disks come from its
-        /// XML, and each snapshot is a checkpoint and a pull-mode backup job
-        /// (incremental from the previous point's checkpoint).
+        /// Back up this libvirt domain: its disks come from its XML; while it
+        /// runs, each snapshot is a checkpoint and a pull-mode backup job
+        /// (incremental from the previous point's checkpoint), quiesced
+        /// through its guest agent; shut off, its disks are read in place.
         #[arg(long, value_name = "DOMAIN", conflicts_with_all = ["disks", "qmp", "scripts", "freeze"])]
         libvirt: Option<String>,
         /// The libvirt connection URI (default qemu:///system).
@@ -764,20 +765,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 /// What `backup --libvirt` was given.
 #[cfg_attr(not(feature = "libvirt"), allow(dead_code))]
-struct LibvirtArgs {
-    domain: Option<String>,
-    connect: Option<String>,
-    include: Vec<String>,
-    exclude: Vec<String>,
-    guest_scripts: Option<PathBuf>,
-    min_consistency: Consistency,
-    freeze_timeout: std::time::Duration,
-    cancel: backup_core::CancelToken,
+pub(crate) struct LibvirtArgs {
+    pub(crate) domain: Option<String>,
+    pub(crate) connect: Option<String>,
+    pub(crate) include: Vec<String>,
+    pub(crate) exclude: Vec<String>,
+    pub(crate) guest_scripts: Option<PathBuf>,
+    pub(crate) min_consistency: Consistency,
+    pub(crate) freeze_timeout: std::time::Duration,
+    pub(crate) cancel: backup_core::CancelToken,
 }
 
-/// The libvirt provider a `backup --libvirt DOMAIN` asks for.
+/// The libvirt provider a `backup --libvirt DOMAIN` (or a `schedule` VMs
+/// file entry) asks for; None without a domain.
 #[cfg(feature = "libvirt")]
-fn libvirt_provider(a: LibvirtArgs) -> Result<Option<LibvirtVm>> {
+pub(crate) fn libvirt_provider(a: LibvirtArgs) -> Result<Option<LibvirtVm>> {
     let Some(domain) = a.domain else { return Ok(None) };
     let mut p = backup_core::LibvirtProvider::new(domain);
     if let Some(uri) = a.connect {
@@ -793,7 +795,7 @@ fn libvirt_provider(a: LibvirtArgs) -> Result<Option<LibvirtVm>> {
 }
 
 #[cfg(not(feature = "libvirt"))]
-fn libvirt_provider(a: LibvirtArgs) -> Result<Option<LibvirtVm>> {
+pub(crate) fn libvirt_provider(a: LibvirtArgs) -> Result<Option<LibvirtVm>> {
     match a.domain {
         Some(_) => bail!("this vmbackup was built without the libvirt feature"),
         None => Ok(None),
@@ -802,7 +804,7 @@ fn libvirt_provider(a: LibvirtArgs) -> Result<Option<LibvirtVm>> {
 
 /// A libvirt domain to back up.
 #[cfg(feature = "libvirt")]
-struct LibvirtVm(backup_core::LibvirtProvider);
+pub(crate) struct LibvirtVm(pub(crate) backup_core::LibvirtProvider);
 
 #[cfg(feature = "libvirt")]
 impl LibvirtVm {
@@ -822,7 +824,7 @@ impl LibvirtVm {
 
 /// Never made: built without the libvirt feature.
 #[cfg(not(feature = "libvirt"))]
-enum LibvirtVm {}
+pub(crate) enum LibvirtVm {}
 
 #[cfg(not(feature = "libvirt"))]
 impl LibvirtVm {

@@ -67,7 +67,19 @@ enum Source {
 
 impl Source {
     fn from_entry(e: &VmEntry) -> Result<Source> {
-        match &e.libvirt {
+        let libvirt = crate::libvirt_provider(crate::LibvirtArgs {
+            domain: e.libvirt.clone(),
+            connect: e.connect.clone(),
+            include: e.include.clone(),
+            exclude: e.exclude.clone(),
+            guest_scripts: e.guest_scripts.clone(),
+            // Per VM file entry only the asked-for consistency: the
+            // fallback rules of the table apply.
+            min_consistency: Consistency::Crash,
+            freeze_timeout: backup_core::DEFAULT_FREEZE_TIMEOUT,
+            cancel: CancelToken::new(),
+        })?;
+        match libvirt {
             None => {
                 if e.connect.is_some() || !e.include.is_empty() || !e.exclude.is_empty() || e.guest_scripts.is_some() {
                     anyhow::bail!("connect, include, exclude and guest_scripts go with libvirt");
@@ -75,22 +87,15 @@ impl Source {
                 Ok(Source::Images(crate::vm_from_args(&e.name, &e.disks)?))
             }
             #[cfg(feature = "libvirt")]
-            Some(domain) => {
+            Some(l) => {
                 if !e.disks.is_empty() {
                     anyhow::bail!("give disks or libvirt, not both");
                 }
                 backup_core::validate_name("vm name", &e.name)?;
-                let mut p = backup_core::LibvirtProvider::new(domain.clone());
-                if let Some(uri) = &e.connect {
-                    p.uri = uri.clone();
-                }
-                p.include = e.include.clone();
-                p.exclude = e.exclude.clone();
-                p.guest_scripts = e.guest_scripts.clone();
-                Ok(Source::Libvirt(p))
+                Ok(Source::Libvirt(l.0))
             }
             #[cfg(not(feature = "libvirt"))]
-            Some(_) => anyhow::bail!("this vmbackup was built without the libvirt feature"),
+            Some(l) => match l {},
         }
     }
 

@@ -75,12 +75,8 @@ pub unsafe extern "C" fn vmb_provider_libvirt_include(
     provider: *const vmb_provider_libvirt,
     disk: *const c_char,
 ) -> vmb_status {
-    ffi! {
-        let p = arg_ref!(provider, "provider");
-        let disk = arg_str!(disk, "disk").to_string();
-        p.with(|p| p.include.push(disk));
-        Ok(())
-    }
+    // SAFETY: the caller's contract, passed on as it is.
+    unsafe { add_disk(provider, disk, |p| &mut p.include) }
 }
 
 /// Never backs up this disk of the domain (a target name); call once per
@@ -93,10 +89,23 @@ pub unsafe extern "C" fn vmb_provider_libvirt_exclude(
     provider: *const vmb_provider_libvirt,
     disk: *const c_char,
 ) -> vmb_status {
+    // SAFETY: the caller's contract, passed on as it is.
+    unsafe { add_disk(provider, disk, |p| &mut p.exclude) }
+}
+
+/// Adds a disk's target name to one of the provider's lists.
+///
+/// # Safety
+/// As `vmb_provider_libvirt_include`.
+unsafe fn add_disk(
+    provider: *const vmb_provider_libvirt,
+    disk: *const c_char,
+    list: fn(&mut LibvirtProvider) -> &mut Vec<String>,
+) -> vmb_status {
     ffi! {
         let p = arg_ref!(provider, "provider");
         let disk = arg_str!(disk, "disk").to_string();
-        p.with(|p| p.exclude.push(disk));
+        p.with(|p| list(p).push(disk));
         Ok(())
     }
 }

@@ -388,12 +388,8 @@ impl Vault {
         if let Ok(lp) = disks.cast::<crate::libvirt::LibvirtProvider>() {
             let mut provider = lp.get().inner.clone();
             let report = job::run(py, progress, move |p, cancel| {
-                let mut o = BackupOptions::default();
-                o.consistency = consistency;
-                o.block_size = block_size;
-                o.progress = p;
                 provider.cancel = cancel.clone();
-                o.cancel = cancel;
+                let o = options(consistency, block_size, p, cancel);
                 let (vm, _skipped) = provider.vm(&vm)?;
                 backup_core::backup(&vault, &provider, &vm, &o)
             })?;
@@ -405,12 +401,7 @@ impl Vault {
         let provider = MixedProvider::new(devices);
         let provider = &provider;
         let report = job::run(py, progress, move |p, cancel| {
-            let mut o = BackupOptions::default();
-            o.consistency = consistency;
-            o.block_size = block_size;
-            o.progress = p;
-            o.cancel = cancel;
-            backup_core::backup(&vault, provider, &vm, &o)
+            backup_core::backup(&vault, provider, &vm, &options(consistency, block_size, p, cancel))
         })?;
         Ok(RecoveryPoint::new(report.point))
     }
@@ -626,6 +617,22 @@ impl Vault {
 }
 
 /// A `str` argument: `TypeError` for anything else.
+/// A backup's options from `Vault.backup`'s arguments and its job's
+/// progress and cancel.
+fn options(
+    consistency: Consistency,
+    block_size: u32,
+    progress: std::sync::Arc<dyn backup_core::Progress>,
+    cancel: backup_core::CancelToken,
+) -> BackupOptions {
+    let mut o = BackupOptions::default();
+    o.consistency = consistency;
+    o.block_size = block_size;
+    o.progress = progress;
+    o.cancel = cancel;
+    o
+}
+
 fn str_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
     obj.cast::<PyString>()
         .map_err(|_| PyTypeError::new_err(format!("{what} must be a str, not {}", type_name(obj))))?

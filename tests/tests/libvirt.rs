@@ -472,6 +472,16 @@ fn an_application_consistent_chain_through_the_agent_while_the_guest_writes() {
     assert!(backup_core::backup(&vault, &provider, &vm, &options).is_err());
 }
 
+/// Starts a command with its output discarded (a test that kills it).
+fn spawn_quiet(bin: &Path, args: &[String]) -> std::process::Child {
+    std::process::Command::new(bin)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("vmbackup")
+}
+
 /// The children of a process (any of its threads).
 fn children(pid: u32) -> Vec<u32> {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
@@ -518,12 +528,7 @@ fn a_killed_vmbackup_a_hot_added_disk_a_lost_checkpoint_a_dead_agent_and_a_shut_
     let freezes = |log: &str| log.lines().filter(|l| l.ends_with(" freeze")).count();
     let before = freezes(&guest_sh(&uri, &dom, "cat /var/log/fsfreeze-hook.log"));
     let a = args(&["--consistency", "fs"]);
-    let mut child = std::process::Command::new(&bin)
-        .args(&a)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("vmbackup");
+    let mut child = spawn_quiet(&bin, &a);
     let t = Instant::now();
     while children(child.id()).is_empty() {
         assert!(t.elapsed() < Duration::from_secs(60), "vmbackup never started its freeze guardian");
@@ -553,12 +558,7 @@ fn a_killed_vmbackup_a_hot_added_disk_a_lost_checkpoint_a_dead_agent_and_a_shut_
     // folder stay behind, until the next run ends and removes them; that
     // run's incremental holds what the guest wrote.
     guest_sh(&uri, &dom, "dd if=/dev/urandom of=/data/big bs=1M count=48 2>/dev/null && sync");
-    let mut child = std::process::Command::new(&bin)
-        .args(&a)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("vmbackup");
+    let mut child = spawn_quiet(&bin, &a);
     let folder = work.join(format!("{dom}-{}", child.id()));
     let t = Instant::now();
     while !folder.join("nbd.sock").exists() {

@@ -138,6 +138,13 @@ impl Agent<'_> {
         self.call("guest-ping", None, 5).map(|_| ())
     }
 
+    /// Only the agent's version (one command: what `version()` asks at
+    /// every job).
+    pub fn version(&self) -> Result<String, String> {
+        let info = self.call("guest-info", None, 5)?;
+        Ok(info["version"].as_str().unwrap_or_default().to_string())
+    }
+
     /// The agent's version, enabled commands and the guest's OS.
     pub fn info(&self) -> Result<GuestAgentInfo, String> {
         self.ping()?;

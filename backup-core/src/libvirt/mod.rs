@@ -369,8 +369,8 @@ impl SnapshotProvider for LibvirtProvider {
             .domain("prepare")
             .ok()
             .filter(|d| d.is_active().unwrap_or(false))
-            .and_then(|d| agent::Agent { dom: &d, windows: false }.info().ok())
-            .map_or_else(|| "none".to_string(), |i| i.version);
+            .and_then(|d| agent::Agent { dom: &d, windows: false }.version().ok())
+            .unwrap_or_else(|| "none".to_string());
         let scripts = self.guest_scripts.as_ref().map_or_else(String::new, |p| {
             let mut h = blake3::Hasher::new();
             h.update(p.to_string_lossy().as_bytes());
@@ -427,7 +427,7 @@ impl SnapshotProvider for LibvirtProvider {
         let dir = self.work_dir.join(format!("{}-{}", self.domain, std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create work folder", &dir, e))?;
         if !dom.is_active().map_err(|e| self.err("snapshot", e))? {
-            return self.snapshot_offline(&dom, since, dir, xml, warnings, wanted, &have);
+            return self.snapshot_offline(since, dir, xml, warnings, wanted, &have);
         }
         if let Some((uid, gid)) = qemu_user() {
             // QEMU, not us, makes the socket and the scratch files there.
@@ -466,12 +466,15 @@ impl SnapshotProvider for LibvirtProvider {
             }
             Ok(())
         });
+        let q = match q {
+            Ok(q) => q,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
         warnings.extend(q.log);
         let job = Job { dir: dir.clone(), running: true, served: None, xml };
-        if let Err(e) = q.taken {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
-        }
         let level = match q.level {
             Ok(l) => l,
             Err(e) => {
@@ -525,10 +528,8 @@ impl SnapshotProvider for LibvirtProvider {
 
 impl LibvirtProvider {
     /// A shut-off domain: its disks read in place, crash-consistent.
-    #[allow(clippy::too_many_arguments)]
     fn snapshot_offline(
         &self,
-        _dom: &virt::domain::Domain,
         since: Vec<(DomainDisk, Option<String>)>,
         dir: PathBuf,
         xml: Option<String>,
@@ -536,6 +537,9 @@ impl LibvirtProvider {
         wanted: Consistency,
         have: &[String],
     ) -> Result<Snapshot> {
+        // Not the fallback table's error (`settle`): that one is retryable,
+        // and a shut-off domain does not start by itself within the job's
+        // retries.
         if self.min_consistency > Consistency::Crash {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(self.err(

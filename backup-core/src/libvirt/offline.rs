@@ -121,9 +121,12 @@ pub(crate) fn serve(
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| Error::io("start qemu-nbd for a shut-off domain's disk", &d.source, e))?;
+        let mut child =
+            cmd.spawn().map_err(|e| Error::io("start qemu-nbd for a shut-off domain's disk", &d.source, e))?;
+        let listening = wait_for_socket(&mut child, &sock, &d.source);
+        // Stopped with the others on drop, whether it listens or not.
         served.children.push(child);
-        wait_for_socket(served.children.last_mut(), &sock, &d.source)?;
+        listening?;
         let addr = NbdAddress::parse(&format!("nbd+unix:///?socket={}", sock.display()))?;
         let token = since.as_ref().map(|s| s.token.clone()).filter(|_| !chain.is_empty());
         let device = NbdDevice::open_with_checkpoints(&addr, &NbdOptions::default(), &chain, token.clone())?;
@@ -138,8 +141,7 @@ pub(crate) fn serve(
 }
 
 /// Waits until `qemu-nbd` listens, or says why it did not.
-fn wait_for_socket(child: Option<&mut Child>, sock: &Path, image: &str) -> Result<()> {
-    let Some(child) = child else { return Ok(()) };
+fn wait_for_socket(child: &mut Child, sock: &Path, image: &str) -> Result<()> {
     let start = Instant::now();
     while !sock.exists() {
         if let Ok(Some(status)) = child.try_wait() {

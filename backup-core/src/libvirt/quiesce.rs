@@ -57,10 +57,8 @@ pub(crate) struct Plan<'a> {
     pub thaw_command: std::result::Result<Vec<CString>, String>,
 }
 
-/// What quiescing gave.
-pub(crate) struct Quiesced<T> {
-    /// What the snapshot step returned.
-    pub taken: Result<T>,
+/// What quiescing gave, once the snapshot step succeeded.
+pub(crate) struct Quiesced {
     /// The consistency achieved, or the error when it is below the minimum
     /// (or a script failed and the job must not continue): then the caller
     /// undoes what the snapshot step made.
@@ -72,7 +70,11 @@ pub(crate) struct Quiesced<T> {
 impl Plan<'_> {
     /// Runs `take` (the checkpoint and backup job) with the guest as
     /// quiet as it can be made.
-    pub(crate) fn run<T>(&self, take: impl FnOnce() -> Result<T>) -> Quiesced<T> {
+    ///
+    /// # Errors
+    /// Nothing was taken: a pre-script failed (and the job must not go
+    /// on), the job was cancelled, or `take` failed.
+    pub(crate) fn run(&self, take: impl FnOnce() -> Result<()>) -> Result<Quiesced> {
         let mut log = Vec::new();
         let agent = match &self.agent {
             Ok((agent, info)) => Some((agent, info)),
@@ -114,13 +116,11 @@ impl Plan<'_> {
                     if let Some(post) = self.post(agent, s) {
                         log.extend(post.log_lines());
                     }
-                    let err = if cancelled {
+                    return Err(if cancelled {
                         Error::Cancelled { what: format!("snapshot of vm {}", self.vm) }
                     } else {
                         script_error(self.vm, &run)
-                    };
-                    // Nothing was taken: the level is never looked at.
-                    return Quiesced { taken: Err(err), level: Ok(Consistency::Crash), log };
+                    });
                 }
                 scripts_failed = Some("pre");
             }
@@ -165,11 +165,12 @@ impl Plan<'_> {
                         message: "the in-guest post-script failed and continueBackupOnFailure is false".into(),
                         retryable: false,
                     };
-                    return Quiesced { taken: rethrow(taken), level: Err(err), log };
+                    rethrow(taken)?;
+                    return Ok(Quiesced { level: Err(err), log });
                 }
             }
         }
-        let taken = rethrow(taken);
+        rethrow(taken)?;
         let freeze_level = agent.map_or(Consistency::FileSystem, |(_, info)| info.freeze_consistency());
         let level = settle(self.wanted, &freeze, use_scripts, scripts_failed, freeze_level, self.min, self.vm).map(
             |(level, line)| {
@@ -177,7 +178,7 @@ impl Plan<'_> {
                 level
             },
         );
-        Quiesced { taken, level, log }
+        Ok(Quiesced { level, log })
     }
 
     /// Freezes through the agent (a guardian standing by), runs `take`,
