@@ -66,6 +66,10 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -o remount,rw /
+# /var/run on a tmpfs, as distributions have it: qemu-ga's state (a freeze
+# in progress) must not outlive a reboot, or a guest booted from a point
+# taken during a freeze starts with an agent that believes it is frozen.
+mount -t tmpfs -o mode=0755 tmpfs /var/run
 insmod /lib/modules/virtio_console.ko
 port=
 for i in 1 2 3 4 5 6 7 8 9 10; do
