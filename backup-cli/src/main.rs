@@ -10,6 +10,7 @@ mod maintenance;
 mod nbd;
 mod output;
 mod progress;
+mod recovery;
 mod repair;
 mod schedule;
 mod signals;
@@ -233,12 +234,40 @@ enum Command {
         #[arg(long)]
         disk: Option<String>,
         /// The file (with --disk) or folder (without) to write.
-        #[arg(long)]
-        to: PathBuf,
+        #[arg(long, required_unless_present = "to_libvirt", conflicts_with = "to_libvirt")]
+        to: Option<PathBuf>,
         /// Write zeros where the stored data is damaged and list those byte
         /// ranges, instead of failing (exit code 1 when any).
         #[arg(long)]
         allow_damaged: bool,
+        #[command(flatten)]
+        domain: DomainFlags,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a point as a new libvirt domain within seconds: its disks are
+    /// qcow2 overlays over this process's NBD export of the point, and
+    /// libvirt's block pull moves the data into them while the guest runs.
+    /// Returns when the domain stands on local disks only. Ctrl-C discards
+    /// the recovery; a killed run leaves the guest paused, and running the
+    /// same command again resumes it.
+    InstantRestore {
+        /// The vault.
+        #[arg(long)]
+        vault: PathBuf,
+        /// The VM.
+        #[arg(long)]
+        vm: String,
+        /// The point: an id, a unique prefix of one, or `latest`.
+        #[arg(long, default_value = "latest")]
+        point: String,
+        #[command(flatten)]
+        domain: DomainFlags,
+        /// At most this many MiB per second per disk for the move (default:
+        /// as fast as it goes).
+        #[arg(long, value_name = "MIB_PER_S", default_value_t = 0)]
+        bandwidth: u64,
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -267,6 +296,22 @@ enum Command {
         /// Only this point (needs --vm).
         #[arg(long, requires = "vm")]
         point: Option<String>,
+        /// Boot the point (the newest without --point) in a throwaway
+        /// libvirt domain with no network, on discarded overlays, and judge
+        /// it by its guest agent; the verdict, the console's end and a
+        /// screenshot are kept beside the point (exit code 1 when it fails).
+        #[arg(long, requires = "vm")]
+        boot: bool,
+        /// With --boot: a script copied into the guest and run there through
+        /// the agent; exit status 0 passes.
+        #[arg(long, requires = "boot", value_name = "IN_GUEST_TEST")]
+        script: Option<PathBuf>,
+        /// With --boot: seconds the guest's agent (and then the test) has.
+        #[arg(long, requires = "boot", default_value_t = 300)]
+        timeout: u64,
+        /// With --boot: the libvirt connection.
+        #[arg(long, requires = "boot", value_name = "URI", default_value = "qemu:///system")]
+        connect: String,
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -560,6 +605,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // snapshot, not committed yet.
             let in_flight =
                 backup_core::snapshot_only_points(&vault, vm.as_deref()).map(|(k, _)| k).unwrap_or_default();
+            // What booting each point showed (`verify --boot`).
+            let mut verdicts = std::collections::BTreeMap::new();
+            for p in &points {
+                if !verdicts.contains_key(&p.vm) {
+                    let v = vault.boot_verdicts(&p.vm).unwrap_or_else(|e| {
+                        eprintln!("warning: boot verdicts of vm {}: {e}", p.vm);
+                        Default::default()
+                    });
+                    verdicts.insert(p.vm.clone(), v);
+                }
+            }
+            let verdict = |p: &PointManifest| verdicts.get(&p.vm).and_then(|v| v.get(&p.id));
             if json {
                 let records: Vec<_> = points
                     .iter()
@@ -567,6 +624,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         let mut o = point_json(p);
                         o["tiers"] = json!(jobs::tiers(&vault, p));
                         o["prepare"] = json!(vault.vm_record(&p.vm).ok().flatten());
+                        o["boot"] = match verdict(p) {
+                            Some(v) => json!({
+                                "passed": v.passed, "reason": v.reason, "checked_at": v.checked_at,
+                                "agent_seconds": v.agent_seconds, "script_exit": v.script_exit,
+                            }),
+                            None => serde_json::Value::Null,
+                        };
                         o
                     })
                     .collect();
@@ -584,7 +648,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 outln!("{}", serde_json::to_string_pretty(&json!({ "points": records, "in_flight": in_flight }))?);
             } else {
                 outln!(
-                    "{:<24} {:<16} {:<25} {:<28} {:>5} {:>12} {:>12}  TIERS",
+                    "{:<24} {:<16} {:<25} {:<28} {:>5} {:>12} {:>12}  TIERS           BOOT",
                     "POINT",
                     "VM",
                     "TIME",
@@ -602,7 +666,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         format!("{} (asked {})", p.consistency, p.wanted_consistency)
                     };
                     outln!(
-                        "{:<24} {:<16} {:<25} {:<28} {:>5} {:>12} {:>12}  {}",
+                        "{:<24} {:<16} {:<25} {:<28} {:>5} {:>12} {:>12}  {:<15} {}",
                         p.id,
                         p.vm,
                         p.time.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),
@@ -610,7 +674,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         p.disks.len(),
                         human(p.disks.iter().map(|d| u128::from(d.size)).sum::<u128>()),
                         human(p.stats.bytes_added),
-                        jobs::tiers(&vault, p).join(",")
+                        jobs::tiers(&vault, p).join(","),
+                        verdict(p).map_or_else(|| "-".to_string(), |v| v.summary())
                     );
                 }
                 for k in &in_flight {
@@ -647,7 +712,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Repair { vault, dry_run, json } => return repair::run(&vault, dry_run, json),
-        Command::Restore { vault, vm, point, disk, to, allow_damaged, json } => {
+        Command::Restore { vault, vm, point, disk, to, allow_damaged, domain, json } => {
+            if let Some(args) = domain.args() {
+                if disk.is_some() || allow_damaged {
+                    bail!("--to-libvirt restores every disk, and never with damaged data");
+                }
+                return recovery::restore_as_domain(&vault, &vm, &point, &args, json);
+            }
+            let Some(to) = to else { bail!("--to or --to-libvirt is needed") };
             let vault = open(&vault)?;
             let mut options = RestoreOptions::default();
             options.allow_damaged = allow_damaged;
@@ -705,7 +777,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Verify { vault, vm, point, json } => {
+        Command::InstantRestore { vault, vm, point, domain, bandwidth, json } => {
+            let Some(args) = domain.args() else { bail!("--to-libvirt NAME is needed") };
+            return recovery::instant(&vault, &vm, &point, &args, bandwidth, json);
+        }
+        Command::Verify { vault, vm, point, boot, script, timeout, connect, json } => {
+            if boot {
+                let vm = vm.as_deref().unwrap_or_default();
+                let point = point.as_deref().unwrap_or("latest");
+                return recovery::boot_verify(&vault, vm, point, script.as_deref(), timeout, &connect, json);
+            }
             let vault = open(&vault)?;
             let mut options = VerifyOptions::default();
             options.cancel = signals::cancel_on_signals();
@@ -774,6 +855,46 @@ pub(crate) struct LibvirtArgs {
     pub(crate) min_consistency: Consistency,
     pub(crate) freeze_timeout: std::time::Duration,
     pub(crate) cancel: backup_core::CancelToken,
+}
+
+/// Where a restore as a libvirt domain goes (`restore`, `instant-restore`).
+#[derive(clap::Args, Debug)]
+struct DomainFlags {
+    /// Restore as a new libvirt domain of this name, defined from the
+    /// point's saved domain XML with a new UUID, new MAC addresses and the
+    /// restored disks (every disk, in parallel). The domain the point was
+    /// taken from is never touched.
+    #[arg(long, value_name = "NAME")]
+    to_libvirt: Option<String>,
+    /// With --to-libvirt: the folder the disks go to, as NAME-DISK.FORMAT.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/libvirt/images", requires = "to_libvirt")]
+    pool: PathBuf,
+    /// With --to-libvirt: qcow2 or raw (an instant restore's disks are
+    /// always qcow2).
+    #[arg(long, default_value = "qcow2", requires = "to_libvirt")]
+    format: String,
+    /// With --to-libvirt: start the domain (an instant restore always does).
+    #[arg(long, requires = "to_libvirt")]
+    start: bool,
+    /// With --to-libvirt: replace a domain of that name and its files.
+    #[arg(long, requires = "to_libvirt")]
+    replace: bool,
+    /// With --to-libvirt: the libvirt connection.
+    #[arg(long = "connect", value_name = "URI", default_value = "qemu:///system", requires = "to_libvirt")]
+    connect: String,
+}
+
+impl DomainFlags {
+    fn args(&self) -> Option<recovery::DomainArgs> {
+        Some(recovery::DomainArgs {
+            name: self.to_libvirt.clone()?,
+            connect: self.connect.clone(),
+            pool: self.pool.clone(),
+            format: self.format.clone(),
+            replace: self.replace,
+            start: self.start,
+        })
+    }
 }
 
 /// The libvirt provider a `backup --libvirt DOMAIN` (or a `schedule` VMs

@@ -167,6 +167,19 @@ pub enum Error {
         /// Whether the provider says that trying again may work.
         retryable: bool,
     },
+    /// Bringing a point back as a libvirt domain (a restore, an instant
+    /// recovery, a boot verification) failed.
+    #[error("{step} of vm {vm} as domain {domain} failed: {message}")]
+    Recovery {
+        /// The VM of the point.
+        vm: String,
+        /// The domain being made (or booted).
+        domain: String,
+        /// "restore", "instant recovery" or "boot verification", and where.
+        step: &'static str,
+        /// What went wrong, with libvirt's or QEMU's own message.
+        message: String,
+    },
     /// A disk's source changed under a backup that could not freeze it.
     #[error("disk {disk} of vm {vm} changed while it was backed up: {detail}")]
     SourceChanged {

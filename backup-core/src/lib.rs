@@ -53,6 +53,8 @@ mod nbd;
 mod no_follow;
 mod policy;
 mod prune;
+#[cfg(feature = "libvirt")]
+mod recovery;
 mod repair;
 mod restore;
 mod restore_output;
@@ -88,6 +90,11 @@ pub use policy::{
     Schedule, WeekOfMonth, WeeklyRule, YearlyRule,
 };
 pub use prune::{PlannedJobLog, PlannedPoint, PruneOptions, PrunePlan, PruneReport, prune, prune_plan};
+#[cfg(feature = "libvirt")]
+pub use recovery::{
+    BootVerifyOptions, DomainRestore, DomainTarget, ImageFormat, InstantOptions, InstantReport, boot_verify,
+    instant_restore, restore_to_domain,
+};
 pub use repair::{RebuiltIndex, RepairOptions, RepairReport, repair};
 pub use restore::{
     DamagedRange, FileTarget, RestoreOptions, RestoreStats, RestoreTarget, restore_disk, restore_disk_to_path,
@@ -100,8 +107,8 @@ pub use snapshot::{
 };
 pub use throttle::{Throttle, ThrottledDevice, ThrottledProvider};
 pub use vault::{
-    BackupSession, Codec, DiskRecord, DiskStats, FORMAT_VERSION, KdfParams, KeySlotInfo, KeySource, LockMode,
-    PointManifest, PointStats, RemoteOptions, SlotKind, UPLOAD_BUDGET, Vault, VaultLock, VaultOptions, VaultSink,
-    VaultSource, VmRecord, generate_key_file, is_vault_url,
+    BackupSession, BootVerdict, Codec, DiskRecord, DiskStats, FORMAT_VERSION, KdfParams, KeySlotInfo, KeySource,
+    LockMode, PointManifest, PointStats, RemoteOptions, SlotKind, UPLOAD_BUDGET, Vault, VaultLock, VaultOptions,
+    VaultSink, VaultSource, VmRecord, generate_key_file, is_vault_url,
 };
 pub use verify::{Problem, VerifyOptions, VerifyReport, verify};

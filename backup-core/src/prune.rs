@@ -259,6 +259,9 @@ pub fn prune(vault: &Vault, plan: &PrunePlan) -> Result<PruneReport> {
         }
     }
     let mut touched = std::collections::BTreeSet::new();
+    for (p, _) in &doomed {
+        vault.remove_boot_verdict(&p.vm, &p.id)?;
+    }
     for (_, path) in doomed {
         vault.dir().remove_file(&path)?;
         if let Some(dir) = path.parent() {

@@ -367,9 +367,22 @@ pub fn restore_vm(
     dir: &Path,
     options: &RestoreOptions,
 ) -> Result<Vec<RestoreStats>> {
-    locked_with_progress(vault, options, point.disks.iter().map(|d| d.size).sum(), || {
-        fs::create_dir_all(dir).map_err(|e| Error::io("create folder", dir, e))?;
-        point.disks.par_iter().map(|d| restore_record_to_path(vault, point, d, &dir.join(&d.name), options)).collect()
+    fs::create_dir_all(dir).map_err(|e| Error::io("create folder", dir, e))?;
+    let paths: Vec<(String, PathBuf)> = point.disks.iter().map(|d| (d.name.clone(), dir.join(&d.name))).collect();
+    restore_disks_to_paths(vault, point, &paths, options)
+}
+
+/// Restores disks of a point, each to its file (sparse) or device, in
+/// parallel: what [`restore_vm`] and a restore as a libvirt domain share.
+pub(crate) fn restore_disks_to_paths(
+    vault: &Vault,
+    point: &PointManifest,
+    paths: &[(String, PathBuf)],
+    options: &RestoreOptions,
+) -> Result<Vec<RestoreStats>> {
+    let records = paths.iter().map(|(d, _)| point.disk(d)).collect::<Result<Vec<_>>>()?;
+    locked_with_progress(vault, options, records.iter().map(|d| d.size).sum(), || {
+        records.par_iter().zip(paths).map(|(d, (_, to))| restore_record_to_path(vault, point, d, to, options)).collect()
     })
 }
 

@@ -153,7 +153,7 @@ impl From<Error> for Failure {
             Error::Corrupt { .. } | Error::DamagedRange { .. } => VMB_ERR_CORRUPT,
             Error::NotFound { .. } => VMB_ERR_NOT_FOUND,
             Error::InvalidArgument { .. } => VMB_ERR_INVALID_ARGUMENT,
-            Error::Provider { .. } => VMB_ERR_PROVIDER,
+            Error::Provider { .. } | Error::Recovery { .. } => VMB_ERR_PROVIDER,
             Error::SourceChanged { .. } => VMB_ERR_SOURCE_CHANGED,
             Error::Cancelled { .. } => VMB_ERR_CANCELLED,
             Error::Tampered { .. } => VMB_ERR_TAMPERED,

@@ -306,6 +306,14 @@ impl Agent<'_> {
         );
     }
 
+    /// Whether the agent says the guest is frozen. A guest booted from a
+    /// point taken during a freeze says so when its agent keeps its state
+    /// folder on disk instead of a tmpfs: it then refuses most commands
+    /// until a thaw.
+    pub fn says_frozen(&self) -> bool {
+        self.call("guest-fsfreeze-status", None, 5).ok().is_some_and(|v| v.as_str() == Some("frozen"))
+    }
+
     /// Freezes every file system of the guest; how many.
     pub fn freeze(&self) -> Result<u32, String> {
         // SAFETY: a live domain; no mount point list (null, 0) means all.

@@ -35,11 +35,12 @@
 //! [`LibvirtProvider::keep_checkpoints`]. A job or work folder left by a
 //! killed run (its process gone) is ended and removed by the next snapshot.
 
-mod agent;
+pub(crate) mod agent;
 mod domain_xml;
+pub(crate) mod domains;
 mod guest_scripts;
 mod offline;
-mod quiesce;
+pub(crate) mod quiesce;
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -283,7 +284,7 @@ fn alive(pid: i32) -> bool {
 }
 
 /// A libvirt error handler that does nothing (the error stays retrievable).
-unsafe extern "C" fn silent(_: *mut std::ffi::c_void, _: virt_sys::virErrorPtr) {}
+pub(crate) unsafe extern "C" fn silent(_: *mut std::ffi::c_void, _: virt_sys::virErrorPtr) {}
 
 pub(crate) fn last_error() -> String {
     virt::error::Error::last_error().to_string()
@@ -301,7 +302,7 @@ struct Job {
 
 /// The uid and gid QEMU runs as under libvirt's system instance, when that
 /// user exists.
-fn qemu_user() -> Option<(u32, u32)> {
+pub(crate) fn qemu_user() -> Option<(u32, u32)> {
     let name = c"libvirt-qemu";
     // SAFETY: getpwnam returns a pointer to static storage or null.
     let pw = unsafe { libc::getpwnam(name.as_ptr()) };

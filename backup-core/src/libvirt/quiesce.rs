@@ -303,12 +303,17 @@ fn script_error(vm: &str, run: &ScriptRun) -> Error {
 /// `virsh -c URI domfsthaw DOMAIN`, with virsh found on `PATH` now (the
 /// guardian cannot search after its fork).
 pub(crate) fn thaw_command(uri: &str, domain: &str) -> std::result::Result<Vec<CString>, String> {
+    virsh_command(uri, "domfsthaw", domain)
+}
+
+/// `virsh -q -c URI VERB DOMAIN`, with virsh's full path, ready for a
+/// guardian to `execve` (`domfsthaw`, `suspend`, `destroy`).
+pub(crate) fn virsh_command(uri: &str, verb: &str, domain: &str) -> std::result::Result<Vec<CString>, String> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
     let virsh = std::env::split_paths(&path)
         .map(|d| d.join("virsh"))
         .find(|p| p.is_file())
-        .ok_or("virsh, which thaws the guest if vmbackup dies, is not installed (libvirt-clients)")?;
-    let args =
-        [virsh.to_string_lossy().into_owned(), "-q".into(), "-c".into(), uri.into(), "domfsthaw".into(), domain.into()];
+        .ok_or("virsh, which a guardian runs if vmbackup dies, is not installed (libvirt-clients)")?;
+    let args = [virsh.to_string_lossy().into_owned(), "-q".into(), "-c".into(), uri.into(), verb.into(), domain.into()];
     args.into_iter().map(|a| CString::new(a).map_err(|_| "a NUL byte in the URI or domain name".to_string())).collect()
 }

@@ -82,6 +82,8 @@ pub struct NbdServer<'v> {
     disk: DiskRecord,
     listener: Listener,
     options: ExportOptions,
+    clients: AtomicUsize,
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for NbdServer<'_> {
@@ -135,7 +137,16 @@ impl<'v> NbdServer<'v> {
                 Listener::Unix(UnixListener::bind(p).map_err(|e| Error::io("listen on", p, e))?, p.clone())
             }
         };
-        Ok(NbdServer { vault, _lock: lock, point: point.clone(), disk: record, listener, options })
+        Ok(NbdServer {
+            vault,
+            _lock: lock,
+            point: point.clone(),
+            disk: record,
+            listener,
+            options,
+            clients: AtomicUsize::new(0),
+            last_error: std::sync::Mutex::new(None),
+        })
     }
 
     /// The URI clients connect to (`nbd+unix:///?socket=PATH` or
@@ -154,6 +165,17 @@ impl<'v> NbdServer<'v> {
     /// The size of the exported disk.
     pub fn size(&self) -> u64 {
         self.disk.size
+    }
+
+    /// How many clients connected so far.
+    pub fn clients_served(&self) -> usize {
+        self.clients.load(Ordering::SeqCst)
+    }
+
+    /// The last read that failed (damaged or missing data), naming the
+    /// disk's byte range: what a client saw as `EIO`.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|l| l.clone())
     }
 
     /// Serves clients, a thread each, until `cancel` is set; then waits for
@@ -182,6 +204,7 @@ impl<'v> NbdServer<'v> {
                 };
                 match accepted {
                     Ok(stream) => {
+                        self.clients.fetch_add(1, Ordering::SeqCst);
                         if active.load(Ordering::SeqCst) >= self.options.max_clients {
                             stream.shutdown();
                             continue;
@@ -523,13 +546,17 @@ impl<'a, 'v> Session<'a, 'v> {
     }
 
     fn damaged(&self, offset: u64, len: u32, e: &Error) -> String {
-        format!(
+        let msg = format!(
             "disk {} of point {}: bytes {}..{} cannot be read: {e}",
             self.server.disk.name,
             self.server.point.id,
             offset,
             offset + u64::from(len)
-        )
+        );
+        if let Ok(mut last) = self.server.last_error.lock() {
+            *last = Some(msg.clone());
+        }
+        msg
     }
 
     fn read(&mut self, r: &Request) -> io::Result<()> {

@@ -1,4 +1,5 @@
-//! A guardian process that thaws a frozen guest if this process dies.
+//! A guardian process that thaws a frozen guest if this process dies (and
+//! pauses or removes a domain that stood on this process's exports).
 //!
 //! A freeze outlives the process that made it: the kernel keeps a
 //! `FIFREEZE`, and qemu-ga on Linux never thaws by itself. A process killed
@@ -64,6 +65,19 @@ impl Guardian {
     /// The socket pair, `/dev/null` or the fork fails; a command with a
     /// NUL byte.
     pub(crate) fn spawn(action: ThawAction, timeout: Duration) -> Result<Guardian> {
+        let wait_ms = libc::c_int::try_from((timeout + Duration::from_secs(5)).as_millis()).unwrap_or(libc::c_int::MAX);
+        Self::spawn_waiting(action, wait_ms)
+    }
+
+    /// Forks a guardian that acts only when this process dies (or is told
+    /// to by [`thaw_now`](Self::thaw_now)), however long that takes: it
+    /// pauses or removes a domain that stands on this process's exports.
+    #[cfg_attr(not(feature = "libvirt"), allow(dead_code))]
+    pub(crate) fn spawn_until_death(action: ThawAction) -> Result<Guardian> {
+        Self::spawn_waiting(action, -1)
+    }
+
+    fn spawn_waiting(action: ThawAction, wait_ms: libc::c_int) -> Result<Guardian> {
         let mut fds = [0 as RawFd; 2];
         // SAFETY: socketpair fills a two-element array.
         if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0
@@ -102,7 +116,6 @@ impl Guardian {
             .collect();
         let envp: Vec<*const libc::c_char> =
             env.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-        let wait_ms = libc::c_int::try_from((timeout + Duration::from_secs(5)).as_millis()).unwrap_or(libc::c_int::MAX);
         let child = Child {
             keep: &keep,
             thaw: &thaw,

@@ -58,6 +58,7 @@ pub(crate) use run_reader::SpanBuffer;
 pub(crate) mod remote;
 pub(crate) mod segment;
 mod session;
+mod verdict;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -79,6 +80,7 @@ pub use remote::{RemoteOptions, UPLOAD_BUDGET, is_vault_url};
 pub(crate) use segment::encode as encode_segment;
 pub use segment::{ENTRIES_PER_SEGMENT, Entries};
 pub use session::BackupSession;
+pub use verdict::BootVerdict;
 
 /// What prune and gc need of the vault's insides: the pack format's writer
 /// and the durable-write helpers, so that a repacked pack is written exactly
