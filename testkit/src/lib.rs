@@ -11,6 +11,8 @@
 //! assert_eq!(testkit::run("echo", &["hi"]), "hi\n");
 //! ```
 
+pub mod guest;
+
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
