@@ -117,6 +117,18 @@ pub(crate) fn block_job(dom: &virt::domain::Domain, disk: &str) -> Result<Option
     }
 }
 
+/// Sets the speed of a disk's block job, if any (bytes per second, 0:
+/// unlimited): a resumed recovery's pull goes on at the rerun's speed.
+pub(crate) fn set_block_job_speed(dom: &virt::domain::Domain, disk: &str, bandwidth: u64) -> Result<(), String> {
+    let d = CString::new(disk).map_err(|_| "NUL in a disk name".to_string())?;
+    let flags = virt_sys::VIR_DOMAIN_BLOCK_JOB_SPEED_BANDWIDTH_BYTES;
+    // SAFETY: a live domain and a NUL-terminated name.
+    if unsafe { virt_sys::virDomainBlockJobSetSpeed(dom.as_ptr(), d.as_ptr(), bandwidth as libc::c_ulong, flags) } < 0 {
+        return Err(format!("cannot set the speed of the block job of {disk}: {}", last_error()));
+    }
+    Ok(())
+}
+
 /// Ends a disk's block job, if any.
 pub(crate) fn abort_block_job(dom: &virt::domain::Domain, disk: &str) {
     if let Ok(d) = CString::new(disk) {

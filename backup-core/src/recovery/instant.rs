@@ -298,6 +298,14 @@ impl Move<'_> {
         let mut reported = vec![0u64; self.paths.len()];
         let mut done = vec![false; self.paths.len()];
         let mut starts = vec![0u32; self.paths.len()];
+        for (disk, _) in self.paths {
+            // A pull that a killed run started may still be under way.
+            if domains::block_job(dom, disk).is_ok_and(|j| j.is_some())
+                && let Err(e) = domains::set_block_job_speed(dom, disk, options.bandwidth)
+            {
+                options.progress.warn(&e);
+            }
+        }
         loop {
             options.cancel.check(&format!("instant recovery of vm {}", self.point.vm))?;
             let (state, reason) = domains::state(dom).map_err(err)?;
