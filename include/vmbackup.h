@@ -166,6 +166,20 @@ typedef enum vmb_status {
 } vmb_status;
 
 /**
+ * The format of restored disks.
+ */
+typedef enum vmb_image_format {
+  /**
+   * qcow2 (the default).
+   */
+  VMB_IMAGE_QCOW2 = 0,
+  /**
+   * A raw, sparse file.
+   */
+  VMB_IMAGE_RAW = 1,
+} vmb_image_format;
+
+/**
  * What opens a key slot.
  */
 typedef enum vmb_slot_kind {
@@ -178,6 +192,19 @@ typedef enum vmb_slot_kind {
    */
   VMB_SLOT_KEY_FILE = 1,
 } vmb_slot_kind;
+
+/**
+ * What booting a point showed. Immutable; strings and bytes it hands out
+ * live as long as it.
+ */
+typedef struct vmb_boot_verdict vmb_boot_verdict;
+
+/**
+ * Where and how a point becomes a libvirt domain. Created with
+ * `vmb_domain_target_new`, freed with `vmb_domain_target_free`; not to be
+ * changed while a call uses it.
+ */
+typedef struct vmb_domain_target vmb_domain_target;
 
 /**
  * A job: how a backup, restore or verify runs, and a switch to cancel it.
@@ -1085,6 +1112,161 @@ enum vmb_status vmb_verify_report_problem(const struct vmb_verify_report *report
  * `report` is NULL or a report from this library not yet freed.
  */
 void vmb_verify_report_free(struct vmb_verify_report *report);
+
+/**
+ * A new target: the domain `name` on connection `uri` (NULL:
+ * `qemu:///system`), disks into `/var/lib/libvirt/images` as qcow2, not
+ * replacing, not started.
+ *
+ * # Safety
+ * `name` is a NUL-terminated string (NULL is refused); `uri` is NULL or
+ * NUL-terminated; `out` is writable (NULL is refused).
+ */
+enum vmb_status vmb_domain_target_new(const char *name,
+                                      const char *uri,
+                                      struct vmb_domain_target **out);
+
+/**
+ * Frees a target. NULL is ignored.
+ *
+ * # Safety
+ * `target` is NULL or from `vmb_domain_target_new`, not yet freed.
+ */
+void vmb_domain_target_free(struct vmb_domain_target *target);
+
+/**
+ * The folder the disks go to, as `NAME-DISK.FORMAT`.
+ *
+ * # Safety
+ * `target` is a live target and `dir` a NUL-terminated string (NULL is
+ * refused for both).
+ */
+enum vmb_status vmb_domain_target_set_pool(struct vmb_domain_target *target, const char *dir);
+
+/**
+ * Where export sockets and other temporary files live (default
+ * `/var/tmp/vmbackup-libvirt`).
+ *
+ * # Safety
+ * As `vmb_domain_target_set_pool`.
+ */
+enum vmb_status vmb_domain_target_set_work_dir(struct vmb_domain_target *target, const char *dir);
+
+/**
+ * The restored disks' format, whether to replace a domain of that name
+ * (never the point's own), and whether to start it after a restore.
+ *
+ * # Safety
+ * `target` is a live target not in use by a call (NULL is refused).
+ */
+enum vmb_status vmb_domain_target_set_options(struct vmb_domain_target *target,
+                                              enum vmb_image_format format,
+                                              bool replace,
+                                              bool start);
+
+/**
+ * Restores every disk of `point` into the target's pool (in parallel) and
+ * defines the new domain from the point's saved XML, with a new UUID, new
+ * MAC addresses and the restored disks; starts it if the target says.
+ * Nothing is left behind on an error. `job` may be NULL (its progress and
+ * cancel apply).
+ *
+ * # Safety
+ * `vault`, `point` and `target` are live (NULL is refused); `job` is NULL
+ * or live.
+ */
+enum vmb_status vmb_vault_restore_to_domain(const struct vmb_vault *vault,
+                                            const struct vmb_point *point,
+                                            const struct vmb_domain_target *target,
+                                            const struct vmb_job *job);
+
+/**
+ * Starts `point` as the target's domain within seconds, on qcow2 overlays
+ * over this process's NBD export of the point, moves the data into them
+ * (at most `bandwidth` bytes per second per disk; 0: no limit) and
+ * returns when the domain stands on local disks only. The process must
+ * live until then. A job's cancel discards the recovery (domain and
+ * overlays removed); any other failure leaves the domain paused, and the
+ * same call resumes it. `seconds_to_start` (NULL: not wanted) receives
+ * the seconds until the domain ran.
+ *
+ * # Safety
+ * `vault`, `point` and `target` are live (NULL is refused); `job` is NULL
+ * or live; `seconds_to_start` is NULL or writable.
+ */
+enum vmb_status vmb_vault_instant_restore(const struct vmb_vault *vault,
+                                          const struct vmb_point *point,
+                                          const struct vmb_domain_target *target,
+                                          uint64_t bandwidth,
+                                          const struct vmb_job *job,
+                                          double *seconds_to_start);
+
+/**
+ * Boots `point` in a throwaway domain with no network, on discarded
+ * overlays, on connection `uri` (NULL: `qemu:///system`); waits up to
+ * `timeout_secs` for the guest agent, then runs `script` (NULL: none; a
+ * NUL-terminated script copied into the guest) with the same timeout.
+ * The verdict is recorded beside the point and handed out in `*out` (a
+ * failed boot is a verdict, not an error). Nothing temporary is left.
+ *
+ * # Safety
+ * `vault` and `point` are live (NULL is refused); `uri` and `script` are
+ * NULL or NUL-terminated; `job` is NULL or live; `out` is writable (NULL
+ * is refused).
+ */
+enum vmb_status vmb_vault_boot_verify(const struct vmb_vault *vault,
+                                      const struct vmb_point *point,
+                                      const char *uri,
+                                      uint32_t timeout_secs,
+                                      const char *script,
+                                      const struct vmb_job *job,
+                                      struct vmb_boot_verdict **out);
+
+/**
+ * The last boot verdict recorded for `point`; `*out` is NULL when it was
+ * never booted.
+ *
+ * # Safety
+ * `vault` and `point` are live (NULL is refused); `out` is writable (NULL
+ * is refused).
+ */
+enum vmb_status vmb_vault_boot_verdict(const struct vmb_vault *vault,
+                                       const struct vmb_point *point,
+                                       struct vmb_boot_verdict **out);
+
+/**
+ * Whether the point booted, its agent answered and its test passed;
+ * `*reason` is why not (NULL when it passed). Both out-pointers may be
+ * NULL.
+ *
+ * # Safety
+ * `verdict` is live (NULL is refused); `passed` and `reason` are NULL or
+ * writable.
+ */
+enum vmb_status vmb_boot_verdict_passed(const struct vmb_boot_verdict *verdict,
+                                        bool *passed,
+                                        const char **reason);
+
+/**
+ * The end of the guest's serial console (NUL-terminated) and the
+ * screenshot (PNG bytes; `*len` 0 when none was taken). Out-pointers may
+ * be NULL.
+ *
+ * # Safety
+ * `verdict` is live (NULL is refused); the others are NULL or writable.
+ */
+enum vmb_status vmb_boot_verdict_evidence(const struct vmb_boot_verdict *verdict,
+                                          const char **console,
+                                          const uint8_t **screenshot,
+                                          size_t *len);
+
+/**
+ * Frees a verdict. NULL is ignored.
+ *
+ * # Safety
+ * `verdict` is NULL or from this library, not yet freed.
+ */
+void vmb_boot_verdict_free(struct vmb_boot_verdict *verdict);
 
 /**
  * Creates a vault in `path` (a new or empty folder) and opens it. `path`

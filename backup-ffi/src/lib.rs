@@ -21,6 +21,8 @@ pub mod job;
 pub mod libvirt;
 pub mod maintenance;
 pub mod point;
+#[cfg(feature = "libvirt")]
+pub mod recovery;
 pub mod status;
 pub mod vault;
 

@@ -3,10 +3,15 @@
  * off, so no guest has to boot here (the Rust tests boot one and cover the
  * running case): its disk read in place, the point crash-consistent with
  * the domain's XML stored, a second backup continuing the chain; errors
- * that name the domain and the setting at fault.
+ * that name the domain and the setting at fault. Then the point brought
+ * back: restored as a new domain, recovered instantly (the domain has no
+ * OS, so it runs SeaBIOS while its disk moves), and boot-verified, which
+ * fails because no guest agent ever answers.
  *
  * Built with: cc -std=c11 -Wall -Wextra -Werror libvirt.c $(pkg-config --cflags --libs vmbackup) */
 #define _XOPEN_SOURCE 700
+
+#include <sys/stat.h>
 
 #include "check.h"
 #include "util.h"
@@ -130,15 +135,112 @@ static void errors_name_the_domain_and_the_setting(void) {
     free(path);
 }
 
+static int file_has(const char *path, uint8_t byte, size_t n) {
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) return 0;
+    int ok = 1;
+    for (size_t i = 0; i < n && ok; i++) ok = fgetc(f) == byte;
+    fclose(f);
+    return ok;
+}
+
+static void a_point_comes_back_as_a_domain_and_its_boot_is_judged(void) {
+    char *path = join(g_dir, "vault-recovery");
+    char *work = join(g_dir, "work");
+    char *pool = join(g_dir, "pool");
+    char restored[96], instant[96], file[512];
+    snprintf(restored, sizeof restored, "%s-restored", g_domain);
+    snprintf(instant, sizeof instant, "%s-instant", g_domain);
+    vmb_vault *v = NULL;
+    vmb_provider_libvirt *p = NULL;
+    vmb_point *pt = NULL;
+    vmb_domain_target *t = NULL;
+    REQUIRE_OK(vmb_vault_init(path, &v));
+    REQUIRE_OK(vmb_provider_libvirt_new(g_domain, g_uri, &p));
+    REQUIRE_OK(vmb_provider_libvirt_set_work_dir(p, work));
+    REQUIRE_OK(vmb_vault_backup_libvirt(v, p, NULL, NULL, &pt));
+
+    /* Restored raw into the pool and defined, not started. */
+    REQUIRE_OK(vmb_domain_target_new(restored, g_uri, &t));
+    REQUIRE_OK(vmb_domain_target_set_pool(t, pool));
+    REQUIRE_OK(vmb_domain_target_set_work_dir(t, work));
+    REQUIRE_OK(vmb_domain_target_set_options(t, VMB_IMAGE_RAW, false, false));
+    REQUIRE_OK(vmb_vault_restore_to_domain(v, pt, t, NULL));
+    snprintf(file, sizeof file, "%s/%s-vda.raw", pool, restored);
+    CHECK(file_has(file, 0x5a, 4u << 20));
+    CHECK(sh("virsh -q -c %s domstate %s | grep -q 'shut off'", g_uri, restored) == 0);
+    CHECK(vmb_vault_restore_to_domain(v, pt, t, NULL) == VMB_ERR_PROVIDER);
+    CHECK(LAST_ERROR_HAS("exists"));
+    vmb_domain_target_free(t);
+    /* The point's own domain is never touched, even with replace. */
+    REQUIRE_OK(vmb_domain_target_new(g_domain, g_uri, &t));
+    REQUIRE_OK(vmb_domain_target_set_pool(t, pool));
+    REQUIRE_OK(vmb_domain_target_set_options(t, VMB_IMAGE_QCOW2, true, false));
+    CHECK(vmb_vault_restore_to_domain(v, pt, t, NULL) == VMB_ERR_PROVIDER);
+    CHECK(LAST_ERROR_HAS("never touches"));
+    vmb_domain_target_free(t);
+    CHECK(vmb_domain_target_new(NULL, g_uri, &t) == VMB_ERR_NULL_ARGUMENT);
+
+    /* Instantly: it runs at once and ends on a standalone overlay. */
+    REQUIRE_OK(vmb_domain_target_new(instant, g_uri, &t));
+    REQUIRE_OK(vmb_domain_target_set_pool(t, pool));
+    REQUIRE_OK(vmb_domain_target_set_work_dir(t, work));
+    double seconds = -1;
+    REQUIRE_OK(vmb_vault_instant_restore(v, pt, t, 0, NULL, &seconds));
+    CHECK(seconds >= 0);
+    CHECK(sh("virsh -q -c %s domstate %s | grep -q running", g_uri, instant) == 0);
+    snprintf(file, sizeof file, "%s/%s-vda.qcow2", pool, instant);
+    CHECK(sh("qemu-img info -U %s | grep -q 'backing file' %s", file, "") != 0);
+    vmb_domain_target_free(t);
+
+    /* No OS: the boot fails, and the verdict says why, kept beside the point. */
+    vmb_boot_verdict *verdict = NULL, *again = NULL;
+    REQUIRE_OK(vmb_vault_boot_verdict(v, pt, &verdict));
+    CHECK(verdict == NULL);
+    REQUIRE_OK(vmb_vault_boot_verify(v, pt, g_uri, 3, NULL, NULL, &verdict));
+    REQUIRE(verdict != NULL);
+    bool passed = true;
+    const char *reason = NULL, *console = NULL;
+    const uint8_t *png = NULL;
+    size_t png_len = 0;
+    REQUIRE_OK(vmb_boot_verdict_passed(verdict, &passed, &reason));
+    CHECK(!passed);
+    CHECK(reason != NULL && strstr(reason, "did not answer within 3 s") != NULL);
+    REQUIRE_OK(vmb_boot_verdict_evidence(verdict, &console, &png, &png_len));
+    CHECK(console != NULL);
+    CHECK(png_len > 8 && memcmp(png, "\x89PNG", 4) == 0);
+    REQUIRE_OK(vmb_vault_boot_verdict(v, pt, &again));
+    REQUIRE(again != NULL);
+    REQUIRE_OK(vmb_boot_verdict_passed(again, &passed, NULL));
+    CHECK(!passed);
+    CHECK(sh("virsh -q -c %s list --all --name | grep -q vmbackup-verify-%s", g_uri, "") != 0);
+    vmb_boot_verdict_free(verdict);
+    vmb_boot_verdict_free(again);
+    vmb_boot_verdict_free(NULL);
+
+    sh("virsh -q -c %s destroy %s >/dev/null 2>&1", g_uri, instant);
+    sh("virsh -q -c %s undefine %s >/dev/null 2>&1", g_uri, instant);
+    sh("virsh -q -c %s undefine %s >/dev/null 2>&1", g_uri, restored);
+    vmb_point_free(pt);
+    vmb_provider_libvirt_free(p);
+    vmb_vault_free(v);
+    free(path);
+    free(work);
+    free(pool);
+}
+
 int main(void) {
     g_dir = make_temp_dir("libvirt-c");
     if (g_dir == NULL) {
         perror("mkdtemp");
         return 2;
     }
+    /* QEMU runs as another user: it must reach the restored disks. */
+    chmod(g_dir, 0755);
     RUN(setup);
     RUN(a_shut_off_domain_is_read_in_place_with_its_xml);
     RUN(errors_name_the_domain_and_the_setting);
+    RUN(a_point_comes_back_as_a_domain_and_its_boot_is_judged);
     if (g_uri != NULL) sh("virsh -q -c %s undefine %s --checkpoints-metadata >/dev/null 2>&1", g_uri, g_domain);
     remove_tree(g_dir);
     free(g_dir);
