@@ -22,6 +22,8 @@ mod job;
 mod libvirt;
 mod maintenance;
 mod provider;
+#[cfg(feature = "libvirt")]
+mod recovery;
 mod types;
 mod vault;
 
@@ -42,5 +44,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<maintenance::GcReport>()?;
     #[cfg(feature = "libvirt")]
     m.add_class::<libvirt::LibvirtProvider>()?;
+    #[cfg(feature = "libvirt")]
+    m.add_class::<recovery::BootVerdict>()?;
     Ok(())
 }

@@ -502,6 +502,99 @@ impl Vault {
         Ok(stats.into_iter().map(RestoreStats::from).collect())
     }
 
+    /// Restores every disk of a point (in parallel) into `pool` as
+    /// `NAME-DISK.FORMAT` and defines a new libvirt domain `name` from the
+    /// point's saved domain XML, with a new UUID, new MAC addresses and the
+    /// restored disks; `start=True` starts it. A domain of that name is
+    /// refused unless `replace=True`, and the point's own domain always.
+    #[cfg(feature = "libvirt")]
+    #[pyo3(signature = (point, name, *, uri = "qemu:///system".to_string(), pool = PathBuf::from("/var/lib/libvirt/images"), format = "qcow2".to_string(), replace = false, start = false, progress = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn restore_to_domain(
+        &self,
+        py: Python<'_>,
+        point: PyRef<'_, RecoveryPoint>,
+        name: String,
+        uri: String,
+        pool: PathBuf,
+        format: String,
+        replace: bool,
+        start: bool,
+        progress: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<RestoreStats>> {
+        let args = crate::recovery::TargetArgs { name, uri, pool, format, replace, start };
+        let progress = callable_arg(progress, "progress")?;
+        let stats = crate::recovery::restore_to_domain(py, self.get()?, &point.manifest, args, progress)?;
+        Ok(stats.into_iter().map(RestoreStats::from).collect())
+    }
+
+    /// Starts a point as the new libvirt domain `name` within seconds, on
+    /// qcow2 overlays in `pool` over this process's NBD export of the
+    /// point, moves the data into them (at most `bandwidth` bytes per
+    /// second per disk; 0: no limit) and returns, when the domain stands on
+    /// local disks only, the seconds until it ran. KeyboardInterrupt
+    /// discards the recovery; any other failure leaves the domain paused
+    /// and the same call resumes it.
+    #[cfg(feature = "libvirt")]
+    #[pyo3(signature = (point, name, *, uri = "qemu:///system".to_string(), pool = PathBuf::from("/var/lib/libvirt/images"), replace = false, bandwidth = 0, progress = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn instant_restore(
+        &self,
+        py: Python<'_>,
+        point: PyRef<'_, RecoveryPoint>,
+        name: String,
+        uri: String,
+        pool: PathBuf,
+        replace: bool,
+        bandwidth: u64,
+        progress: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<f64> {
+        let args = crate::recovery::TargetArgs { name, uri, pool, format: "qcow2".into(), replace, start: true };
+        let progress = callable_arg(progress, "progress")?;
+        crate::recovery::instant_restore(py, self.get()?, &point.manifest, args, bandwidth, progress)
+    }
+
+    /// Boots a point in a throwaway libvirt domain with no network, on
+    /// discarded overlays; waits up to `timeout` seconds for its guest
+    /// agent, then runs `script` (bytes or str: a script copied into the
+    /// guest; exit status 0 passes). The verdict is recorded beside the
+    /// point and returned (a failed boot is a verdict, not an exception).
+    #[cfg(feature = "libvirt")]
+    #[pyo3(signature = (point, *, uri = "qemu:///system".to_string(), timeout = 300.0, script = None, progress = None))]
+    fn boot_verify(
+        &self,
+        py: Python<'_>,
+        point: PyRef<'_, RecoveryPoint>,
+        uri: String,
+        timeout: f64,
+        script: Option<&Bound<'_, PyAny>>,
+        progress: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<crate::recovery::BootVerdict> {
+        let script = match script.filter(|s| !s.is_none()) {
+            None => None,
+            Some(s) => match s.cast::<pyo3::types::PyBytes>() {
+                Ok(b) => Some(b.as_bytes().to_vec()),
+                Err(_) => Some(str_arg(s, "script")?.into_bytes()),
+            },
+        };
+        let progress = callable_arg(progress, "progress")?;
+        crate::recovery::boot_verify(py, self.get()?, &point.manifest, uri, timeout, script, progress)
+    }
+
+    /// The last boot verdict recorded for a point, or None if it was never
+    /// booted.
+    #[cfg(feature = "libvirt")]
+    fn boot_verdict(
+        &self,
+        py: Python<'_>,
+        point: PyRef<'_, RecoveryPoint>,
+    ) -> PyResult<Option<crate::recovery::BootVerdict>> {
+        let vault = self.get()?;
+        let (vm, id) = (point.manifest.vm.clone(), point.manifest.id.clone());
+        let v = job::run(py, None, move |_, _| vault.boot_verdict(&vm, &id))?;
+        Ok(v.map(|inner| crate::recovery::BootVerdict { inner }))
+    }
+
     /// Verifies one point, one VM's points (`vm=`), or the whole vault
     /// (every pack read frame by frame, then every point). Damage is
     /// reported in the returned report, with the disk's byte ranges it

@@ -7,7 +7,9 @@ and errors name the domain or the setting at fault."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -96,3 +98,51 @@ def test_errors_name_the_domain_and_the_setting(vault: vmbackup.Vault, domain: s
     with pytest.raises(ValueError):
         vmbackup.LibvirtProvider(domain, min_consistency="perfect")
     assert repr(vmbackup.LibvirtProvider("web")) == "LibvirtProvider('web', uri='qemu:///system')"
+
+
+def test_a_point_becomes_a_new_domain_instantly_or_by_restore_and_a_boot_is_judged(
+    vault: vmbackup.Vault, domain: str, tmp_path: Path
+) -> None:
+    """The domain has no OS: it restores and recovers like any other, and
+    its boot fails the verification because no agent ever answers."""
+    point = vault.backup("web", vmbackup.LibvirtProvider(domain, uri=URI, work_dir=tmp_path / "work"))
+    # QEMU runs as another user: it must reach the restored disks.
+    pool = Path(tempfile.mkdtemp(prefix="vmb-py-pool-", dir="/var/tmp"))
+    pool.chmod(0o755)
+    restored, instant = f"{domain}-restored", f"{domain}-instant"
+    try:
+        stats = vault.restore_to_domain(point, restored, uri=URI, pool=pool, format="raw")
+        assert [s.disk for s in stats] == ["vda"]
+        assert (pool / f"{restored}-vda.raw").read_bytes()[: 4 * MiB] == b"\x5a" * (4 * MiB)
+        assert virsh("domstate", restored).strip() == "shut off"
+        with pytest.raises(vmbackup.VmBackupError, match="exists"):
+            vault.restore_to_domain(point, restored, uri=URI, pool=pool)
+        with pytest.raises(vmbackup.VmBackupError, match="never touches"):
+            vault.restore_to_domain(point, domain, uri=URI, pool=pool, replace=True)
+        with pytest.raises(ValueError, match="image format"):
+            vault.restore_to_domain(point, restored, uri=URI, pool=pool, format="vmdk", replace=True)
+
+        seconds = vault.instant_restore(point, instant, uri=URI, pool=pool)
+        assert seconds >= 0.0
+        assert virsh("domstate", instant).strip() == "running"
+        info = subprocess.run(
+            ["qemu-img", "info", "-U", str(pool / f"{instant}-vda.qcow2")], check=True, capture_output=True, text=True
+        ).stdout
+        assert "backing file" not in info
+    finally:
+        for name in (restored, instant):
+            subprocess.run(["virsh", "-q", "-c", URI, "destroy", name], capture_output=True)
+            subprocess.run(["virsh", "-q", "-c", URI, "undefine", name], capture_output=True)
+        shutil.rmtree(pool)
+
+    assert vault.boot_verdict(point) is None
+    verdict = vault.boot_verify(point, uri=URI, timeout=3, script="#!/bin/sh\ntrue\n")
+    assert not verdict and not verdict.passed
+    assert verdict.reason is not None and "did not answer within 3 s" in verdict.reason
+    assert verdict.screenshot.startswith(b"\x89PNG")
+    assert verdict.script_exit is None
+    again = vault.boot_verdict(point)
+    assert again is not None and again.reason == verdict.reason and again.point_id == point.id
+    assert "passed=False" in repr(again)
+    listed = virsh("list", "--all", "--name")
+    assert not any(n.startswith("vmbackup-verify-") for n in listed.split())

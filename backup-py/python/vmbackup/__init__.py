@@ -32,6 +32,7 @@ from ._errors import (
 )
 from ._native import (
     BackupStats,
+    BootVerdict,
     DiskInfo,
     GcReport,
     KeySlot,
@@ -58,6 +59,7 @@ __all__ = [
     "GcReport",
     "KeySlot",
     "LibvirtProvider",
+    "BootVerdict",
     "BlockDevice",
     "VmBackupError",
     "CorruptionError",

@@ -20,6 +20,7 @@ __all__ = [
     "GcReport",
     "KeySlot",
     "LibvirtProvider",
+    "BootVerdict",
 ]
 
 __version__: str
@@ -118,6 +119,47 @@ class Vault:
         progress: Optional[_Progress] = None,
     ) -> List["RestoreStats"]:
         """Restores every disk of a point into a folder, one file per disk."""
+    def restore_to_domain(
+        self,
+        point: "RecoveryPoint",
+        name: str,
+        *,
+        uri: str = ...,
+        pool: _StrPath = ...,
+        format: str = ...,
+        replace: bool = False,
+        start: bool = False,
+        progress: Optional[_Progress] = None,
+    ) -> List["RestoreStats"]:
+        """Restores every disk into ``pool`` and defines a new libvirt domain
+        ``name`` from the point's saved XML (new UUID, MACs and disks)."""
+    def instant_restore(
+        self,
+        point: "RecoveryPoint",
+        name: str,
+        *,
+        uri: str = ...,
+        pool: _StrPath = ...,
+        replace: bool = False,
+        bandwidth: int = 0,
+        progress: Optional[_Progress] = None,
+    ) -> float:
+        """Runs the point as domain ``name`` at once on overlays over this
+        process's export, moves the data in, and returns the seconds until
+        the domain ran once it stands on local disks only."""
+    def boot_verify(
+        self,
+        point: "RecoveryPoint",
+        *,
+        uri: str = ...,
+        timeout: float = 300.0,
+        script: Union[bytes, str, None] = None,
+        progress: Optional[_Progress] = None,
+    ) -> "BootVerdict":
+        """Boots the point in a throwaway domain with no network, judges it
+        by its guest agent (and ``script``), and records the verdict."""
+    def boot_verdict(self, point: "RecoveryPoint") -> Optional["BootVerdict"]:
+        """The last boot verdict recorded for a point, or None."""
     def verify(
         self,
         point: Optional["RecoveryPoint"] = None,
@@ -401,3 +443,31 @@ class GcReport:
     @property
     def protected(self) -> int:
         """Objects spared because they are newer than the grace period."""
+
+@final
+class BootVerdict:
+    """What booting a point in a throwaway domain showed."""
+
+    @property
+    def vm(self) -> str: ...
+    @property
+    def point_id(self) -> str: ...
+    @property
+    def passed(self) -> bool: ...
+    @property
+    def reason(self) -> Optional[str]: ...
+    @property
+    def checked_at(self) -> int: ...
+    @property
+    def agent_seconds(self) -> Optional[float]: ...
+    @property
+    def script_exit(self) -> Optional[int]: ...
+    @property
+    def script_output(self) -> Optional[str]: ...
+    @property
+    def console(self) -> str: ...
+    @property
+    def screenshot(self) -> bytes: ...
+    @property
+    def notes(self) -> List[str]: ...
+    def __bool__(self) -> bool: ...
