@@ -66,6 +66,15 @@ enum Source {
 }
 
 impl Source {
+    /// The libvirt connection of a domain, which a boot verification uses.
+    fn libvirt_uri(&self) -> Option<&str> {
+        match self {
+            Source::Images(_) => None,
+            #[cfg(feature = "libvirt")]
+            Source::Libvirt(p) => Some(&p.uri),
+        }
+    }
+
     fn from_entry(e: &VmEntry) -> Result<Source> {
         let libvirt = crate::libvirt_provider(crate::LibvirtArgs {
             domain: e.libvirt.clone(),
@@ -225,6 +234,7 @@ pub fn run(args: Args<'_>) -> Result<ExitCode> {
                 let (tx, vault, throttle) = (tx.clone(), &vault, throttle.clone());
                 let consistency = *consistency;
                 let days = policy.instant_restore_days;
+                let (boot_rule, uri) = (policy.boot_verify.clone(), source.libvirt_uri());
                 s.spawn(move || {
                     let mut options = BackupOptions::default();
                     options.consistency = consistency;
@@ -246,13 +256,25 @@ pub fn run(args: Args<'_>) -> Result<ExitCode> {
                     let result = loop {
                         match backup_core::backup(vault, &provider, vm, &options) {
                             Ok(r) => {
-                                break Ok(format!(
+                                let committed = format!(
                                     "committed point {} ({} read, {} added, {:.1} s)",
                                     r.point.id,
                                     crate::human(r.point.stats.totals.bytes_read),
                                     crate::human(r.point.stats.bytes_added),
                                     r.seconds
-                                ));
+                                );
+                                // The policy's boot verification, when one is due.
+                                let verified = match (&boot_rule, uri) {
+                                    (Some(rule), Some(uri)) => {
+                                        boot_verify_if_due(vault, &r.point, rule, uri, &options.cancel, clock())
+                                    }
+                                    _ => Ok(None),
+                                };
+                                break match verified {
+                                    Ok(None) => Ok(committed),
+                                    Ok(Some(v)) => Ok(format!("{committed}; {v}")),
+                                    Err(e) => Err(format!("{committed}; {e}")),
+                                };
                             }
                             Err(e) if e.kind() == ErrorKind::Retryable && attempt < RETRY_AFTER.len() => {
                                 log(format!("{}: {e}; trying again in {} s", vm.name, RETRY_AFTER[attempt]));
@@ -286,7 +308,13 @@ pub fn run(args: Args<'_>) -> Result<ExitCode> {
                         }
                         Err(e) => {
                             failures += 1;
-                            log(format!("{name}: backup failed: {e}"));
+                            // A backup that committed but whose boot
+                            // verification failed says so itself.
+                            if e.starts_with("committed point") {
+                                log(format!("{name}: {e}"));
+                            } else {
+                                log(format!("{name}: backup failed: {e}"));
+                            }
                         }
                     }
                 }
@@ -337,6 +365,51 @@ fn release_expired(vault: &Vault, now: Timestamp) {
         }
         Err(e) => log(format!("kept snapshots could not be released (tried again after the next job): {e}")),
     }
+}
+
+/// Boots the VM's newest point when the policy's rule says it is due (no
+/// point of the VM verified in `every_days`); what it showed, or None when
+/// none was due.
+#[cfg(feature = "libvirt")]
+fn boot_verify_if_due(
+    vault: &backup_core::Vault,
+    point: &backup_core::PointManifest,
+    rule: &backup_core::BootVerifyRule,
+    uri: &str,
+    cancel: &CancelToken,
+    now: Timestamp,
+) -> Result<Option<String>, String> {
+    let last = vault.boot_verdicts(&point.vm).map_err(|e| e.to_string())?.values().map(|v| v.checked_at).max();
+    let age_days = last.map(|t| (now.as_second() - t as i64) / 86_400);
+    if age_days.is_some_and(|d| d < i64::from(rule.every_days)) {
+        return Ok(None);
+    }
+    let mut options = backup_core::BootVerifyOptions::default();
+    options.uri = uri.to_string();
+    options.timeout = Duration::from_secs(u64::from(rule.timeout_secs));
+    options.script_timeout = options.timeout;
+    options.cancel = cancel.clone();
+    if let Some(script) = &rule.script {
+        options.script = Some(std::fs::read(script).map_err(|e| format!("cannot read {}: {e}", script.display()))?);
+    }
+    let v = backup_core::boot_verify(vault, point, &options).map_err(|e| format!("boot verification failed: {e}"))?;
+    if v.passed {
+        Ok(Some(format!("boot verification of point {} passed", point.id)))
+    } else {
+        Err(format!("boot verification of point {} FAILED: {}", point.id, v.reason.as_deref().unwrap_or("no reason")))
+    }
+}
+
+#[cfg(not(feature = "libvirt"))]
+fn boot_verify_if_due(
+    _: &backup_core::Vault,
+    _: &backup_core::PointManifest,
+    _: &backup_core::BootVerifyRule,
+    _: &str,
+    _: &CancelToken,
+    _: Timestamp,
+) -> Result<Option<String>, String> {
+    Ok(None)
 }
 
 #[cfg(test)]

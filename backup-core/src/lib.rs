@@ -86,8 +86,8 @@ pub use nbd::{
     QemuProvider, bitmap_token,
 };
 pub use policy::{
-    DEFAULT_JOB_LOG_DAYS, DayOfMonth, DaySelector, KeepReason, MonthlyRule, PointRef, Policy, Retained, Retention,
-    Schedule, WeekOfMonth, WeeklyRule, YearlyRule,
+    BootVerifyRule, DEFAULT_JOB_LOG_DAYS, DayOfMonth, DaySelector, KeepReason, MonthlyRule, PointRef, Policy, Retained,
+    Retention, Schedule, WeekOfMonth, WeeklyRule, YearlyRule,
 };
 pub use prune::{PlannedJobLog, PlannedPoint, PruneOptions, PrunePlan, PruneReport, prune, prune_plan};
 #[cfg(feature = "libvirt")]

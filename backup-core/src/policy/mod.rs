@@ -19,6 +19,11 @@ pub use retention::{
 };
 pub use schedule::Schedule;
 
+/// The allowed days between boot verifications of a VM's newest point.
+pub const BOOT_VERIFY_DAYS: std::ops::RangeInclusive<u32> = 1..=366;
+/// The allowed seconds a boot verification's guest agent has.
+pub const BOOT_VERIFY_TIMEOUT_SECS: std::ops::RangeInclusive<u32> = 10..=3600;
+
 /// The allowed instant-restore days.
 pub const INSTANT_RESTORE_DAYS: std::ops::RangeInclusive<u32> = 1..=30;
 /// The allowed days of daily retention.
@@ -63,6 +68,11 @@ pub const EVERY_HOURS: [u8; 4] = [4, 6, 8, 12];
 /// monthly = { months = 12, days_of_month = [1, "last"] }   # 1..=1188
 /// yearly = { years = 5, months_of_year = ["january"], weekdays = ["sunday"], weeks_of_month = ["first"] }  # 1..=99
 /// job_logs = { days = 90 }                                 # 1..=9999, default 90: logs of jobs whose point is gone
+///
+/// [boot_verify]                      # optional; libvirt VMs only (`schedule`)
+/// every_days = 7                     # 1..=366: boot the newest point when no point was verified for this long
+/// timeout_secs = 300                 # 10..=3600, default 300: for the guest agent, then for the script
+/// # script = "/etc/vmbackup/boot-test.sh"  # an in-guest test run through the agent; exit 0 passes
 /// ```
 ///
 /// Monthly and yearly points are picked either by `days_of_month` (1 to 28,
@@ -112,6 +122,21 @@ pub struct Policy {
     pub instant_restore_days: u32,
     /// How long points live (carries the same time zone).
     pub retention: Retention,
+    /// When `schedule` boots a VM's newest point to verify it.
+    pub boot_verify: Option<BootVerifyRule>,
+}
+
+/// When `schedule` boot-verifies a libvirt VM's newest point, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BootVerifyRule {
+    /// Boot the newest point when no point of the VM was verified in this
+    /// many days.
+    pub every_days: u32,
+    /// Seconds for the guest agent, then for the script.
+    pub timeout_secs: u32,
+    /// An in-guest test (a script on this host).
+    pub script: Option<std::path::PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -121,6 +146,15 @@ struct RawPolicy {
     instant_restore_days: Option<i64>,
     schedule: RawSchedule,
     retention: RawRetention,
+    boot_verify: Option<RawBootVerify>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBootVerify {
+    every_days: i64,
+    timeout_secs: Option<i64>,
+    script: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -385,12 +419,29 @@ impl Policy {
                 format!("{instant_restore_days} days is longer than daily retention ({d} days)"),
             ));
         }
+        let boot_verify = match raw.boot_verify {
+            None => None,
+            Some(b) => Some(BootVerifyRule {
+                every_days: in_range("boot_verify.every_days", b.every_days, BOOT_VERIFY_DAYS)?,
+                timeout_secs: match b.timeout_secs {
+                    Some(t) => in_range("boot_verify.timeout_secs", t, BOOT_VERIFY_TIMEOUT_SECS)?,
+                    None => 300,
+                },
+                script: match b.script {
+                    Some(p) if !Path::new(&p).is_absolute() => {
+                        return Err(bad("boot_verify.script", format!("{p:?} is not an absolute path")));
+                    }
+                    p => p.map(Into::into),
+                },
+            }),
+        };
         Ok(Policy {
             time_zone_name: raw.timezone.trim().to_string(),
             time_zone,
             schedule,
             instant_restore_days,
             retention,
+            boot_verify,
         })
     }
 
@@ -416,6 +467,14 @@ impl Policy {
             format!("instant restore: snapshots kept {} days", self.instant_restore_days),
         ];
         out.extend(self.retention.summary().into_iter().map(|l| format!("retention: {l}")));
+        if let Some(b) = &self.boot_verify {
+            let script = b.script.as_ref().map(|s| format!(", then {}", s.display())).unwrap_or_default();
+            out.push(format!(
+                "boot verification: the newest point of a libvirt VM when none was verified in {} days \
+                 ({} s for the guest agent{script})",
+                b.every_days, b.timeout_secs
+            ));
+        }
         out
     }
 }
