@@ -67,6 +67,18 @@ fn a_point_restored_as_a_new_domain_boots_with_its_files_and_the_original_runs_o
     let name = format!("{}-restored", g.name);
     let _new = owned(&g, &name);
     let pool = g.dir.join("pool");
+    // What a killed restore left: its export folder, an unfinished disk.
+    let dead_pid = {
+        let mut c = Command::new("true").spawn().expect("spawn");
+        let pid = c.id();
+        c.wait().expect("wait");
+        pid
+    };
+    let left_dir = Path::new("/var/tmp/vmbackup-libvirt").join(format!("restore-{dead_pid}"));
+    let left_file = pool.join(format!(".{name}-vda.qcow2.vmbackup-{dead_pid}"));
+    fs::create_dir_all(&left_dir).expect("leftover folder");
+    fs::create_dir_all(&pool).expect("pool");
+    fs::write(&left_file, b"half a disk").expect("leftover file");
     let out = testkit::run(
         s(&bin),
         &[
@@ -85,6 +97,7 @@ fn a_point_restored_as_a_new_domain_boots_with_its_files_and_the_original_runs_o
         ],
     );
     assert!(out.contains(&format!("domain {name} defined and started")), "{out}");
+    assert!(!left_dir.exists() && !left_file.exists(), "a killed restore's leftovers stay");
     // It boots to its init (a marker on its own serial console) and holds
     // the point's files.
     let console = pool.join(format!("{name}-serial0.log"));

@@ -268,11 +268,6 @@ pub(crate) fn remove_leftovers(lv: &Libvirt, work_dir: &Path) -> Vec<String> {
             removed.push(format!("domain {name}"));
         }
     }
-    for entry in std::fs::read_dir(work_dir).into_iter().flatten().flatten() {
-        let file = entry.file_name().to_string_lossy().into_owned();
-        if file.strip_prefix("verify-").is_some_and(dead) && std::fs::remove_dir_all(entry.path()).is_ok() {
-            removed.push(entry.path().display().to_string());
-        }
-    }
+    removed.extend(super::remove_dead(work_dir, "verify-").into_iter().map(|p| p.display().to_string()));
     removed
 }

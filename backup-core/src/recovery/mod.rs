@@ -201,3 +201,24 @@ pub(crate) fn alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     pid > 0 && unsafe { libc::kill(pid, 0) == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) }
 }
+
+/// Removes the entries of `dir` named `PREFIX<pid>` (or
+/// `PREFIX<pid>.<anything>`) whose process is gone: what a killed run
+/// left. What it removed.
+pub(crate) fn remove_dead(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(prefix) else { continue };
+        let pid = rest.split(|c: char| !c.is_ascii_digit()).next().and_then(|p| p.parse::<i32>().ok());
+        if pid.is_none_or(alive) {
+            continue;
+        }
+        let path = entry.path();
+        let gone = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        if gone.is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
+}

@@ -61,6 +61,16 @@ pub fn restore_to_domain(
     let lv = Libvirt::open(&target.uri).map_err(|e| fail(point, &target.name, STEP, e))?;
     let existing = check_target(&lv, point, target, xml, STEP)?;
     std::fs::create_dir_all(&target.pool).map_err(|e| Error::io("create folder", &target.pool, e))?;
+    // What a killed restore left: its export folder and unfinished disks.
+    let mut left = super::remove_dead(&target.work_dir, "restore-");
+    for d in &point.disks {
+        let file = target.disk_path(&d.name, ImageFormat::Qcow2);
+        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        left.extend(super::remove_dead(&target.pool, &format!(".{name}.vmbackup-")));
+    }
+    for l in left {
+        options.progress.warn(&format!("removed {}, left by a killed restore", l.display()));
+    }
     let paths: Vec<(String, PathBuf)> =
         point.disks.iter().map(|d| (d.name.clone(), target.disk_path(&d.name, target.format))).collect();
     if !target.replace
