@@ -113,7 +113,8 @@ fn list_shows_tiers_and_release_expired_keeps_what_is_not_due() {
     let list = json(&["list", "--vault", s(&vault), "--json"]);
     assert_eq!(list["points"][0]["tiers"].as_array().expect("tiers"), &tiers);
     let table = ok(&["list", "--vault", s(&vault)]);
-    assert!(table.lines().next().is_some_and(|l| l.ends_with("TIERS")), "{table}");
+    assert!(table.lines().next().is_some_and(|l| l.contains(" TIERS ") && l.ends_with("BOOT")), "{table}");
+    assert!(table.lines().nth(1).is_some_and(|l| l.ends_with(" -")), "never booted: {table}");
     let released = json(&["release-expired", "--vault", s(&vault), "--json"]);
     assert!(released["released"].as_array().expect("released").is_empty());
     assert!(released["problems"].as_array().expect("problems").is_empty());
