@@ -1,7 +1,10 @@
 //! Entry points for fuzzing the parsers of bytes that come from outside:
 //! vault objects (pack frames, pack trailers, chunk index files, index
-//! segments, manifests), policy files, scripts configs, NBD messages, and
-//! (feature `libvirt`) libvirt domain XML and guest agent replies.
+//! segments, manifests, the vault config and its key slots, sealed
+//! objects), policy files, scripts configs, NBD messages and an NBD
+//! server's side of a whole exchange, (feature `object-store`) remote gc
+//! marks, and (feature `libvirt`) libvirt domain XML, as read and as
+//! rewritten for a restored domain, and guest agent replies.
 //! Thin wrappers over the private parsers, used by the cargo-fuzz targets
 //! in `fuzz/` and by the stable smoke test `tests/fuzz_smoke.rs`. Not part
 //! of the API: it may change at any time.
@@ -11,7 +14,7 @@
 
 use std::path::Path;
 
-use crate::vault::{manifest, pack, segment};
+use crate::vault::{crypto, manifest, pack, segment};
 
 /// A frame header at offset 16 and, when it parses, the whole frame
 /// (crc check and decompression).
@@ -148,4 +151,116 @@ pub fn agent_replies(data: &[u8]) -> bool {
     );
     let _ = (i.summary(), i.freeze_consistency());
     parsed
+}
+
+/// The bytes of the key file [`vault_config`] opens key slots with (a key
+/// file needs no Argon2, so a slot costs one AEAD open). A seed corpus
+/// makes an encrypted vault with them.
+pub const FUZZ_KEY_FILE: [u8; 32] = [9; 32];
+
+/// [`FUZZ_KEY_FILE`] written once to a temporary file; None when it cannot
+/// be.
+fn fuzz_key() -> Option<&'static crate::KeySource> {
+    static KEY: std::sync::OnceLock<Option<crate::KeySource>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("vmbackup-fuzz-key-{}", std::process::id()));
+        std::fs::write(&path, FUZZ_KEY_FILE).ok()?;
+        Some(crate::KeySource::key_file(path))
+    })
+    .as_ref()
+}
+
+/// A vault's config file: its JSON and format version, its chunk key or
+/// its key slots, read with no key and opened with [`FUZZ_KEY_FILE`].
+pub fn vault_config(data: &[u8]) -> bool {
+    let root = Path::new("/fuzz-vault");
+    let plain = crate::vault::parse_config(data, None, root).map(|(c, _)| c.check_value()).is_ok();
+    let keyed = fuzz_key().is_some_and(|k| crate::vault::parse_config(data, Some(k), root).is_ok());
+    plain || keyed
+}
+
+/// The fixed key of [`sealed`].
+const FUZZ_SEAL_KEY: [u8; 32] = [11; 32];
+/// The associated data [`sealed`] opens files with.
+const FUZZ_AAD: &[u8] = b"vmbackup fuzz";
+
+/// Sealed bytes as [`sealed`] opens them: `plaintext` sealed with its key
+/// (for seed corpora).
+pub fn seal_for_corpus(plaintext: &[u8]) -> Vec<u8> {
+    crypto::seal_file(&crypto::Sealer::new(&FUZZ_SEAL_KEY), FUZZ_AAD, plaintext).unwrap_or_default()
+}
+
+/// Sealed objects opened with a fixed key: a sealed file (what an
+/// encrypted vault's manifests, segments and records are) and, when the
+/// bytes hold a frame header at offset 16, an encrypted pack frame.
+pub fn sealed(data: &[u8]) -> bool {
+    let sealer = crypto::Sealer::new(&FUZZ_SEAL_KEY);
+    let file = crypto::open_file(&sealer, FUZZ_AAD, data, "fuzz sealed").is_ok();
+    let frame = match pack::parse_frame_header(data, 16, "fuzz pack") {
+        Ok(entry) => {
+            let end = data.len().min(pack::FRAME_HEADER_LEN + entry.stored_len as usize);
+            pack::decode_frame(&data[..end], &entry, "fuzz pack", Some(&sealer)).is_ok()
+        }
+        Err(_) => false,
+    };
+    file || frame
+}
+
+/// The bytes an NBD server sends, fed to vmbackup's client: the handshake
+/// (magic, flags, option replies for structured replies, metadata contexts
+/// and `NBD_OPT_GO`), then the replies to one read and one block status
+/// request. The client's own requests go unread into a socket pair.
+pub fn nbd_client(data: &[u8]) -> bool {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    use crate::nbd::proto::{Stream, Wire};
+    // More than a socket's buffer would block the write below.
+    if data.len() > 64 << 10 {
+        return false;
+    }
+    let Ok((ours, theirs)) = UnixStream::pair() else { return false };
+    if (&theirs).write_all(data).is_err() || theirs.shutdown(std::net::Shutdown::Write).is_err() {
+        return false;
+    }
+    let mut wire = Wire::new(Stream::Unix(ours), std::time::Duration::from_secs(1));
+    let contexts = ["base:allocation".to_string(), "qemu:dirty-bitmap:b".to_string()];
+    let ok = match crate::nbd::client::handshake(&mut wire, "", &contexts) {
+        Ok(neg) => {
+            let size = neg.size;
+            let mut client = crate::nbd::client::NbdClient::from_parts(wire, neg);
+            let mut buf = vec![0u8; size.min(4096) as usize];
+            let _ = client.read(0, &mut buf);
+            let _ = client.block_status(0, size.min(1 << 20) as u32);
+            true
+        }
+        Err(_) => false,
+    };
+    // Kept open until the client is done: its writes must not meet a
+    // closed peer.
+    drop(theirs);
+    ok
+}
+
+/// A remote vault's gc mark (`gc/NAME.json`), as gc and backups read it.
+#[cfg(feature = "object-store")]
+pub fn gc_mark(data: &[u8]) -> bool {
+    match crate::vault::remote::Mark::parse(data, "fuzz gc mark") {
+        Ok(m) => {
+            // What a backup checks a mark against.
+            let age = jiff::Timestamp::UNIX_EPOCH.duration_since(m.created).as_secs_f64();
+            let _ = age < m.grace_secs as f64 / 2.0;
+            let _ = std::time::SystemTime::from(m.created);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// A point's domain XML rewritten for a domain restored from it (and for a
+/// throwaway one), as `restore --to-libvirt` and `verify --boot` do.
+#[cfg(feature = "libvirt")]
+pub fn domain_rewrite(data: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(data) else { return false };
+    crate::recovery::fuzz_rewrite(text)
 }

@@ -66,6 +66,12 @@ impl NbdClient {
         Ok(NbdClient { wire, neg, cookie: 0 })
     }
 
+    /// A client over a connection whose handshake is done (the fuzz
+    /// target drives one over a socket pair).
+    pub(crate) fn from_parts(wire: Wire, neg: Negotiated) -> NbdClient {
+        NbdClient { wire, neg, cookie: 0 }
+    }
+
     /// Changes the timeout of the exchanges to come.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.wire.set_timeout(timeout);
@@ -308,7 +314,7 @@ fn option_refused(opt: &str, kind: u32, data: &[u8]) -> io::Error {
 }
 
 /// The fixed newstyle handshake, through `NBD_OPT_GO`.
-fn handshake(w: &mut Wire, export: &str, contexts: &[String]) -> io::Result<Negotiated> {
+pub(crate) fn handshake(w: &mut Wire, export: &str, contexts: &[String]) -> io::Result<Negotiated> {
     w.begin();
     let magic = w.u64()?;
     if magic != NBDMAGIC {

@@ -31,7 +31,7 @@
 //! skipped; `NBD_STATE_HOLE` alone promises nothing about the bytes and is
 //! read.
 
-mod client;
+pub(crate) mod client;
 pub(crate) mod proto;
 mod provider;
 mod qemu;

@@ -222,3 +222,24 @@ pub(crate) fn remove_dead(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     }
     removed
 }
+
+/// The rewrites of a point's domain XML, for `fuzzing::domain_rewrite`:
+/// whether both worked, and their output parses again.
+pub(crate) fn fuzz_rewrite(xml: &str) -> bool {
+    use domain_def::{DiskSource, NewDomain, rewrite};
+    let Ok((disks, _)) = crate::libvirt::parse_disks(xml) else { return false };
+    let mut files = std::collections::BTreeMap::new();
+    let mut overlays = std::collections::BTreeMap::new();
+    for d in &disks {
+        let path = PathBuf::from(format!("/pool/new-{}.qcow2", d.target));
+        files.insert(d.target.clone(), DiskSource::File { path: path.clone(), format: "qcow2".into() });
+        let socket = PathBuf::from(format!("/run/x/{}.sock", d.target));
+        overlays.insert(d.target.clone(), DiskSource::Overlay { path, socket, export: d.target.clone() });
+    }
+    let restored = NewDomain { name: "new", disks: &files, console_dir: Path::new("/pool"), throwaway: false };
+    let throwaway = NewDomain { name: "verify", disks: &overlays, console_dir: Path::new("/w"), throwaway: true };
+    [restored, throwaway].iter().all(|n| match rewrite(xml, n) {
+        Ok((out, _)) => xml_tree::Element::parse(&out).is_ok(),
+        Err(_) => false,
+    })
+}

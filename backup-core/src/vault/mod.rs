@@ -85,6 +85,59 @@ pub use verdict::BootVerdict;
 /// What prune and gc need of the vault's insides: the pack format's writer
 /// and the durable-write helpers, so that a repacked pack is written exactly
 /// as a backup writes one.
+/// A vault's config file and the keys it gives with `key`: its JSON, its
+/// format version, and a chunk key (plain) or key slots unlocked by `key`
+/// (encrypted). Nothing in it is trusted before the key check.
+pub(crate) fn parse_config(bytes: &[u8], key: Option<&KeySource>, root: &Path) -> Result<(Config, Keys)> {
+    let config_path = root.join("config");
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::corrupt(format!("vault config {}", config_path.display()), e.to_string()))?;
+    let version = value.get("format_version").and_then(|v| v.as_u64());
+    match version {
+        None => return Err(Error::NotAVault { path: root.to_path_buf() }),
+        Some(v) if v != u64::from(FORMAT_VERSION) && v != u64::from(PLAIN_FORMAT_VERSION) => {
+            return Err(Error::UnsupportedVersion {
+                path: root.to_path_buf(),
+                found: u32::try_from(v).unwrap_or(u32::MAX),
+                supported: FORMAT_VERSION,
+            });
+        }
+        Some(_) => {}
+    }
+    let config: Config = serde_json::from_value(value)
+        .map_err(|e| Error::corrupt(format!("vault config {}", config_path.display()), e.to_string()))?;
+    let keys = match (&config.encryption, &config.chunk_key, config.format_version) {
+        (None, Some(_), PLAIN_FORMAT_VERSION) if key.is_some() => {
+            // Whoever can write the config could swap an encrypted
+            // vault's for a plain one; a caller who brings a key expects
+            // encryption, so nothing is read or written in clear for it.
+            return Err(Error::WrongKey {
+                path: root.to_path_buf(),
+                detail: "the vault is not encrypted (format version 1), yet a key was given: refusing to use it \
+                         in clear (open it without a key if it was made without encryption)"
+                    .into(),
+            });
+        }
+        (None, Some(chunk_key), PLAIN_FORMAT_VERSION) => {
+            let chunk = unhex(chunk_key).and_then(|k| <[u8; 32]>::try_from(k).ok()).ok_or_else(|| {
+                Error::corrupt(format!("vault config {}", config_path.display()), "chunk_key is not 64 hex digits")
+            })?;
+            Keys::from_chunk_key(chunk)
+        }
+        (Some(encryption), None, FORMAT_VERSION) => {
+            let source = key.ok_or_else(|| Error::KeyRequired { path: root.to_path_buf() })?;
+            Keys::from_master(encryption.unlock(&config.vault_id, source, root)?)
+        }
+        _ => {
+            return Err(Error::corrupt(
+                format!("vault config {}", config_path.display()),
+                "it needs a chunk_key (format version 1) or key slots (format version 2), and not both",
+            ));
+        }
+    };
+    Ok((config, keys))
+}
+
 pub(crate) mod internals {
     pub(crate) use super::beneath::{Kind, Stat};
     pub(crate) use super::files::mkdirs;
@@ -205,7 +258,7 @@ impl VaultOptions {
 
 /// The vault's config file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Config {
+pub(crate) struct Config {
     format_version: u32,
     vault_id: String,
     created: jiff::Timestamp,
@@ -224,7 +277,7 @@ struct Config {
 }
 
 impl Config {
-    fn check_value(&self) -> String {
+    pub(crate) fn check_value(&self) -> String {
         let mut h = blake3::Hasher::new_derive_key("vmbackup 2026-11-25 config key check");
         h.update(self.vault_id.as_bytes());
         h.update(b"\0");
@@ -235,7 +288,7 @@ impl Config {
 
 /// The keys of a vault.
 #[derive(Clone)]
-struct Keys {
+pub(crate) struct Keys {
     chunk: [u8; 32],
     segment: [u8; 32],
     mac: [u8; 32],
@@ -453,51 +506,7 @@ impl Vault {
             Err(e) if not_found(&e) => return Err(Error::NotAVault { path: root }),
             Err(e) => return Err(e),
         };
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::corrupt(format!("vault config {}", config_path.display()), e.to_string()))?;
-        let version = value.get("format_version").and_then(|v| v.as_u64());
-        match version {
-            None => return Err(Error::NotAVault { path: root }),
-            Some(v) if v != u64::from(FORMAT_VERSION) && v != u64::from(PLAIN_FORMAT_VERSION) => {
-                return Err(Error::UnsupportedVersion {
-                    path: root,
-                    found: u32::try_from(v).unwrap_or(u32::MAX),
-                    supported: FORMAT_VERSION,
-                });
-            }
-            Some(_) => {}
-        }
-        let config: Config = serde_json::from_value(value)
-            .map_err(|e| Error::corrupt(format!("vault config {}", config_path.display()), e.to_string()))?;
-        let keys = match (&config.encryption, &config.chunk_key, config.format_version) {
-            (None, Some(_), PLAIN_FORMAT_VERSION) if options.key.is_some() => {
-                // Whoever can write the config could swap an encrypted
-                // vault's for a plain one; a caller who brings a key expects
-                // encryption, so nothing is read or written in clear for it.
-                return Err(Error::WrongKey {
-                    path: root,
-                    detail: "the vault is not encrypted (format version 1), yet a key was given: refusing to use it \
-                             in clear (open it without a key if it was made without encryption)"
-                        .into(),
-                });
-            }
-            (None, Some(chunk_key), PLAIN_FORMAT_VERSION) => {
-                let key = unhex(chunk_key).and_then(|k| <[u8; 32]>::try_from(k).ok()).ok_or_else(|| {
-                    Error::corrupt(format!("vault config {}", config_path.display()), "chunk_key is not 64 hex digits")
-                })?;
-                Keys::from_chunk_key(key)
-            }
-            (Some(encryption), None, FORMAT_VERSION) => {
-                let source = options.key.as_ref().ok_or_else(|| Error::KeyRequired { path: root.clone() })?;
-                Keys::from_master(encryption.unlock(&config.vault_id, source, &root)?)
-            }
-            _ => {
-                return Err(Error::corrupt(
-                    format!("vault config {}", config_path.display()),
-                    "it needs a chunk_key (format version 1) or key slots (format version 2), and not both",
-                ));
-            }
-        };
+        let (config, keys) = parse_config(&bytes, options.key.as_ref(), &root)?;
         Self::from_parts(root, config, keys, options)
     }
 

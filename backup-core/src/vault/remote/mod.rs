@@ -202,6 +202,19 @@ pub(crate) struct Mark {
     pub segments: Vec<String>,
 }
 
+impl Mark {
+    /// A mark as stored (`gc/NAME.json`): its JSON, with every pack and
+    /// segment it names a plain name (the sweep builds store keys from
+    /// them, so a forged mark must not name anything else).
+    pub(crate) fn parse(bytes: &[u8], object: &str) -> Result<Mark> {
+        let mark: Mark = serde_json::from_slice(bytes).map_err(|e| Error::corrupt(object, e.to_string()))?;
+        for name in mark.packs.iter().chain(&mark.segments) {
+            validate_name("gc mark entry", name).map_err(|e| Error::corrupt(object, e.to_string()))?;
+        }
+        Ok(mark)
+    }
+}
+
 /// The URL a location names, if it is one.
 fn url_of(location: &Path) -> Option<&str> {
     location.to_str().filter(|s| is_vault_url(s))
@@ -390,9 +403,7 @@ impl Remote {
         for name in listed {
             let path = dir.join(&name);
             let Ok(bytes) = std::fs::read(&path) else { continue };
-            let mark: Mark = serde_json::from_slice(&bytes).map_err(|e| {
-                Error::corrupt(format!("gc mark {}", self.store.url(&format!("gc/{name}"))), e.to_string())
-            })?;
+            let mark = Mark::parse(&bytes, &format!("gc mark {}", self.store.url(&format!("gc/{name}"))))?;
             out.push((name, mark));
         }
         Ok(out)

@@ -1,0 +1,5 @@
+#![no_main]
+//! Fuzzes `backup_core::fuzzing::gc_mark`; it must never panic.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = backup_core::fuzzing::gc_mark(data);
+});
