@@ -331,7 +331,7 @@ fn write_the_seed_corpus() {
 }
 
 /// An encrypted vault's config (opened by the fuzzing key file) and a
-/// plain one; sealed files and an encrypted vault's pack frames.
+/// plain one; sealed files.
 fn encrypted_corpus() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = dir.path().join("key");
@@ -349,22 +349,13 @@ fn encrypted_corpus() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
         std::fs::read(vault.path().join("config")).expect("config"),
         std::fs::read(plain.path().join("config")).expect("config"),
     ];
-    let mut sealed: Vec<Vec<u8>> = files(&vault.path().join("packs"))
-        .iter()
-        .map(|p| std::fs::read(p).expect("pack"))
-        .map(|p| p[..p.len().min(16 + 52 + 4096)].to_vec())
-        .collect();
-    sealed.retain(|s| s.len() > 16);
+    // Sealed with the fuzzing key: the vault's own sealed objects would
+    // fail its AEAD, so only their plaintexts are used.
     let manifest = files(&vault.path().join("points")).first().map(|p| std::fs::read(p).expect("point"));
-    for plaintext in [b"{\"vm\":\"web\"}".to_vec(), manifest.unwrap_or_default(), vec![0u8; 300]] {
-        sealed.push(fuzzing::seal_for_corpus(&plaintext));
-    }
-    // Only sealed files open with the fuzzing key; the vault's frames are
-    // kept for their headers (they fail the AEAD), so the corpus check in
-    // `run` needs what parses first.
-    sealed.sort_by_key(|s| !fuzzing::sealed(s));
-    let parses = sealed.iter().take_while(|s| fuzzing::sealed(s)).count();
-    sealed.truncate(parses.max(1));
+    let sealed = [b"{\"vm\":\"web\"}".to_vec(), manifest.unwrap_or_default(), vec![0u8; 300]]
+        .iter()
+        .map(|p| fuzzing::seal_for_corpus(p))
+        .collect();
     (configs, sealed)
 }
 

@@ -30,6 +30,13 @@ pub struct vmb_domain_target {
     target: DomainTarget,
 }
 
+/// The target behind a pointer, to change.
+fn target_mut<'a>(target: *mut vmb_domain_target) -> FfiResult<&'a mut vmb_domain_target> {
+    // SAFETY: NULL is refused; the C contract: live and not in use by a
+    // call while it is changed.
+    unsafe { target.as_mut() }.ok_or_else(|| crate::status::Failure::null("target"))
+}
+
 /// A new target: the domain `name` on connection `uri` (NULL:
 /// `qemu:///system`), disks into `/var/lib/libvirt/images` as qcow2, not
 /// replacing, not started.
@@ -78,8 +85,7 @@ pub unsafe extern "C" fn vmb_domain_target_free(target: *mut vmb_domain_target) 
 pub unsafe extern "C" fn vmb_domain_target_set_pool(target: *mut vmb_domain_target, dir: *const c_char) -> vmb_status {
     ffi! {
         let dir = arg_str!(dir, "dir");
-        // SAFETY: NULL is refused; the C contract: live and not in use.
-        let t = unsafe { target.as_mut() }.ok_or_else(|| crate::status::Failure::null("target"))?;
+        let t = target_mut(target)?;
         t.target.pool = dir.into();
         Ok(())
     }
@@ -97,8 +103,7 @@ pub unsafe extern "C" fn vmb_domain_target_set_work_dir(
 ) -> vmb_status {
     ffi! {
         let dir = arg_str!(dir, "dir");
-        // SAFETY: NULL is refused; the C contract: live and not in use.
-        let t = unsafe { target.as_mut() }.ok_or_else(|| crate::status::Failure::null("target"))?;
+        let t = target_mut(target)?;
         t.target.work_dir = dir.into();
         Ok(())
     }
@@ -117,8 +122,7 @@ pub unsafe extern "C" fn vmb_domain_target_set_options(
     start: bool,
 ) -> vmb_status {
     ffi! {
-        // SAFETY: NULL is refused; the C contract: live and not in use.
-        let t = unsafe { target.as_mut() }.ok_or_else(|| crate::status::Failure::null("target"))?;
+        let t = target_mut(target)?;
         t.target.format = match format {
             vmb_image_format::VMB_IMAGE_QCOW2 => ImageFormat::Qcow2,
             vmb_image_format::VMB_IMAGE_RAW => ImageFormat::Raw,

@@ -278,9 +278,11 @@ fn job_pid(xml: &str, work_dir: &Path, domain: &str) -> Option<i32> {
     xml[at..].split('/').next()?.parse().ok()
 }
 
-fn alive(pid: i32) -> bool {
+/// Whether process `pid` lives (0 and negative pids, which name process
+/// groups, never do).
+pub(crate) fn alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid, 0) == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) }
+    pid > 0 && unsafe { libc::kill(pid, 0) == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) }
 }
 
 /// A libvirt error handler that does nothing (the error stays retrievable).

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::domain_def::{self, DiskSource, NewDomain};
 use super::exports::Exports;
-use super::{alive, fail, qemu_owner, saved_xml, work_folder};
+use super::{dead_pid, fail, qemu_owner, saved_xml, work_folder};
 use crate::error::{Error, Result};
 use crate::libvirt::agent::Agent;
 use crate::libvirt::domains::{self, Libvirt};
@@ -258,10 +258,9 @@ fn tail(bytes: &[u8]) -> String {
 /// process is gone; what it removed.
 pub(crate) fn remove_leftovers(lv: &Libvirt, work_dir: &Path) -> Vec<String> {
     let mut removed = Vec::new();
-    let dead = |pid: &str| pid.parse::<i32>().is_ok_and(|p| !alive(p));
     for name in lv.names() {
         let Some(rest) = name.strip_prefix(PREFIX) else { continue };
-        if rest.split('-').next().is_some_and(dead)
+        if rest.split('-').next().is_some_and(dead_pid)
             && let Some(dom) = lv.lookup(&name)
             && domains::remove(&dom).is_ok()
         {

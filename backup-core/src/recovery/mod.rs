@@ -29,6 +29,7 @@ pub use instant::{InstantOptions, InstantReport, instant_restore};
 pub use to_domain::{DomainRestore, restore_to_domain};
 
 use crate::error::{Error, Result};
+use crate::libvirt::alive;
 use crate::libvirt::domains::Libvirt;
 use crate::model::validate_name;
 use crate::vault::PointManifest;
@@ -196,10 +197,9 @@ pub(crate) fn work_folder(path: &Path) -> Result<()> {
         .map_err(|e| Error::io("set the mode of", path, e))
 }
 
-/// Whether process `pid` lives.
-pub(crate) fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    pid > 0 && unsafe { libc::kill(pid, 0) == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) }
+/// Whether `pid` (text, as in a name) is a number whose process is gone.
+pub(crate) fn dead_pid(pid: &str) -> bool {
+    pid.parse::<i32>().is_ok_and(|p| !alive(p))
 }
 
 /// Removes the entries of `dir` named `PREFIX<pid>` (or
@@ -210,8 +210,7 @@ pub(crate) fn remove_dead(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(rest) = name.strip_prefix(prefix) else { continue };
-        let pid = rest.split(|c: char| !c.is_ascii_digit()).next().and_then(|p| p.parse::<i32>().ok());
-        if pid.is_none_or(alive) {
+        if !rest.split(|c: char| !c.is_ascii_digit()).next().is_some_and(dead_pid) {
             continue;
         }
         let path = entry.path();
