@@ -62,6 +62,17 @@ pub enum Error {
         /// The target's error.
         source: std::io::Error,
     },
+    /// A point was not committed to a vault shared through an object store
+    /// because gc (on this host or another) condemned or removed an object
+    /// it needs; nothing was committed, and running the backup again
+    /// commits (its refresh no longer trusts those objects).
+    #[error("cannot commit {point}: {why}; nothing was committed, run the backup again")]
+    CommitRaced {
+        /// The point, its VM and its vault.
+        point: String,
+        /// What gc did.
+        why: String,
+    },
     /// The path holds no vault.
     #[error("{path} is not a vmbackup vault (no readable config file)")]
     NotAVault {
@@ -257,7 +268,7 @@ impl Error {
     /// Whether the failed call may succeed if tried again.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Locked { .. } => ErrorKind::Retryable,
+            Error::Locked { .. } | Error::CommitRaced { .. } => ErrorKind::Retryable,
             Error::Provider { retryable, .. } if *retryable => ErrorKind::Retryable,
             Error::Io { source, .. }
             | Error::DeviceRead { source, .. }

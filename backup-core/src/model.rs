@@ -240,6 +240,14 @@ impl<'de> Deserialize<'de> for ContentId {
 }
 
 /// Lower-case hex of bytes.
+/// `n` random bytes as hex: unique names for staging files, packs and
+/// gc marks. `what` says what they name, for the error.
+pub(crate) fn random_hex(n: usize, what: &str) -> Result<String> {
+    let mut r = vec![0u8; n];
+    getrandom::fill(&mut r).map_err(|e| Error::io("get random bytes for", what, std::io::Error::other(e)))?;
+    Ok(hex(&r))
+}
+
 pub(crate) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);

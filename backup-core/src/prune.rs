@@ -4,7 +4,6 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::model::validate_name;
 use crate::policy::{KeepReason, PointRef, Retention};
 use crate::vault::{LockMode, Vault};
 
@@ -217,7 +216,7 @@ pub fn prune(vault: &Vault, plan: &PrunePlan) -> Result<PruneReport> {
     let _lock = vault.lock(LockMode::Exclusive)?;
     let mut report = PruneReport { dry_run: plan.dry_run, ..PruneReport::default() };
     let mut newest: std::collections::HashMap<&str, Option<String>> = std::collections::HashMap::new();
-    let mut doomed: Vec<(&PlannedPoint, std::path::PathBuf)> = Vec::new();
+    let mut doomed: Vec<&PlannedPoint> = Vec::new();
     for p in plan.to_remove() {
         if !newest.contains_key(p.vm.as_str()) {
             // Read again now: a backup may have committed since the plan.
@@ -227,18 +226,13 @@ pub fn prune(vault: &Vault, plan: &PrunePlan) -> Result<PruneReport> {
             report.spared.push(format!("point {} of vm {}: it is the vm's newest point", p.id, p.vm));
             continue;
         }
-        let path = vault.point_path(&p.vm, &p.id);
-        let len = match vault.dir().stat(&path) {
-            Ok(m) => m.len,
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                report.spared.push(format!("point {} of vm {}: already gone", p.id, p.vm));
-                continue;
-            }
-            Err(e) => return Err(e),
+        let Some(len) = vault.manifest_len(&p.vm, &p.id)? else {
+            report.spared.push(format!("point {} of vm {}: already gone", p.id, p.vm));
+            continue;
         };
         report.manifest_bytes_removed += len;
         report.removed.push(p.clone());
-        doomed.push((p, path));
+        doomed.push(p);
     }
     report.job_logs_removed = plan.job_logs.iter().map(|j| format!("{}/{}", j.vm, j.job)).collect();
     if plan.dry_run {
@@ -247,30 +241,14 @@ pub fn prune(vault: &Vault, plan: &PrunePlan) -> Result<PruneReport> {
     // Say which points prune removes before removing them, so that verify
     // can tell them from manifests lost otherwise.
     let mut by_vm: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
-    for (p, _) in &doomed {
+    for p in &doomed {
         by_vm.entry(p.vm.as_str()).or_default().push(p.id.as_str());
     }
     for (vm, ids) in by_vm {
         record_pruned(vault, vm, &ids)?;
     }
-    if let Some(r) = vault.remote() {
-        for (p, _) in &doomed {
-            r.delete_point(&p.vm, &p.id)?;
-        }
-    }
-    let mut touched = std::collections::BTreeSet::new();
-    for (p, _) in &doomed {
-        vault.remove_boot_verdict(&p.vm, &p.id)?;
-    }
-    for (_, path) in doomed {
-        vault.dir().remove_file(&path)?;
-        if let Some(dir) = path.parent() {
-            touched.insert(dir.to_path_buf());
-        }
-    }
-    for dir in touched {
-        vault.dir().sync_dir(&dir)?;
-    }
+    let points: Vec<(&str, &str)> = doomed.iter().map(|p| (p.vm.as_str(), p.id.as_str())).collect();
+    vault.remove_points(&points)?;
     remove_job_logs(vault, &plan.job_logs)?;
     Ok(report)
 }
@@ -284,21 +262,11 @@ fn remove_job_logs(vault: &Vault, logs: &[PlannedJobLog]) -> Result<()> {
         by_vm.entry(j.vm.as_str()).or_default().push(j);
     }
     for (vm, jobs) in by_vm {
-        validate_name("vm name", vm)?;
-        let dir = vault.path().join("jobs").join(vm);
-        for j in &jobs {
-            // The plan's names come from file names, checked again here:
-            // nothing read from the vault may name a file outside it.
-            validate_name("job id", &j.job)?;
-            vault.dir().remove_file_if_exists(&dir.join(format!("{}.jsonl", j.job)))?;
-        }
+        let ids: Vec<&str> = jobs.iter().map(|j| j.job.as_str()).collect();
+        vault.remove_job_logs(vm, &ids)?;
         let gone: std::collections::HashSet<&str> = jobs.iter().filter_map(|j| j.point.as_deref()).collect();
-        let path = pruned_path(vault, vm);
-        let bytes = match vault.dir().read(&path, crate::job::log::MAX_JOB_LOG_LEN) {
-            Ok(b) => b,
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
+        vault.forget_pruned(vm, &gone.iter().copied().collect::<Vec<_>>())?;
+        let bytes = vault.read_pruned_log(vm)?;
         let keep: Vec<&[u8]> = bytes
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
@@ -309,19 +277,17 @@ fn remove_job_logs(vault: &Vault, logs: &[PlannedJobLog]) -> Result<()> {
             if !out.is_empty() {
                 out.push(b'\n');
             }
-            vault.dir().write_durable(&dir.join("pruned.log.tmp"), &path, &out)?;
+            vault.rewrite_pruned_log(vm, &out)?;
         }
-        vault.dir().sync_dir(&dir)?;
     }
     Ok(())
 }
 
-/// The file where prune records the points it removed from a VM, one JSON
+/// The record where prune notes the points it removed from a VM, one JSON
 /// object a line (`{"time":...,"point":...}`), appended and flushed before
-/// the manifests go. Not a job log (those end in `.jsonl`).
-pub(crate) fn pruned_path(vault: &Vault, vm: &str) -> std::path::PathBuf {
-    vault.path().join("jobs").join(vm).join("pruned.log")
-}
+/// the manifests go; it lives beside the VM's job logs. The same is
+/// recorded in the store (`pruned/<vm>/<point>`), where every host of a
+/// shared vault sees it.
 
 #[derive(Serialize, serde::Deserialize)]
 struct PrunedLine {
@@ -330,11 +296,6 @@ struct PrunedLine {
 }
 
 fn record_pruned(vault: &Vault, vm: &str, ids: &[&str]) -> Result<()> {
-    use std::io::Write;
-    let path = pruned_path(vault, vm);
-    if let Some(dir) = path.parent() {
-        vault.dir().mkdirs(dir)?;
-    }
     let time = Timestamp::now();
     let mut bytes = Vec::new();
     for id in ids {
@@ -343,20 +304,20 @@ fn record_pruned(vault: &Vault, vm: &str, ids: &[&str]) -> Result<()> {
         bytes.extend_from_slice(&line);
         bytes.push(b'\n');
     }
-    let mut f = vault.dir().open_append(&path, true)?;
-    f.write_all(&bytes).map_err(|e| Error::io("write", &path, e))?;
-    f.sync_data().map_err(|e| Error::io("flush", &path, e))?;
-    if let Some(dir) = path.parent() {
-        vault.dir().sync_dir(dir)?;
-    }
-    Ok(())
+    vault.append_pruned_log(vm, &bytes)?;
+    let json = serde_json::to_vec(&serde_json::json!({ "time": time }))
+        .map_err(|e| Error::invalid("prune", format!("cannot encode a pruned-point record: {e}")))?;
+    vault.record_pruned(vm, ids, &json)
 }
 
 /// The ids of the points prune removed from a VM (empty when none, or when
 /// the record cannot be read; a line cut short is skipped).
 pub(crate) fn pruned_points(vault: &Vault, vm: &str) -> std::collections::HashSet<String> {
-    let Ok(bytes) = vault.dir().read(&pruned_path(vault, vm), crate::job::log::MAX_JOB_LOG_LEN) else {
-        return std::collections::HashSet::new();
-    };
-    bytes.split(|b| *b == b'\n').filter_map(|l| serde_json::from_slice::<PrunedLine>(l).ok()).map(|l| l.point).collect()
+    let mut out: std::collections::HashSet<String> =
+        vault.pruned_in_store(vm).unwrap_or_default().into_iter().collect();
+    let Ok(bytes) = vault.read_pruned_log(vm) else { return out };
+    out.extend(
+        bytes.split(|b| *b == b'\n').filter_map(|l| serde_json::from_slice::<PrunedLine>(l).ok()).map(|l| l.point),
+    );
+    out
 }

@@ -93,12 +93,6 @@ fn is_manifest_problem(p: &Problem) -> bool {
 /// [`Error::Locked`] when another process holds the vault; I/O errors
 /// writing an index file. Damage is reported, not returned.
 pub fn repair(vault: &Vault, options: &RepairOptions) -> Result<RepairReport> {
-    if vault.is_remote() {
-        return Err(Error::invalid(
-            format!("repair of vault {}", vault.location()),
-            "repair rewrites index files from whole packs and works on local vaults only",
-        ));
-    }
     let mut report = RepairReport { dry_run: options.dry_run, ..RepairReport::default() };
     {
         let _lock = vault.lock(LockMode::Exclusive)?;
@@ -116,7 +110,7 @@ pub fn repair(vault: &Vault, options: &RepairOptions) -> Result<RepairReport> {
             // listed: a damaged chunk left in the index would be
             // deduplicated against by every later backup, never stored again.
             let (entries, damaged) = good_frames(vault, &pack, entries)?;
-            let why = match vault.read_idx(&pack) {
+            let why = match vault.read_idx_from_store(&pack) {
                 Ok(idx) if idx == entries => continue,
                 Ok(_) if damaged > 0 => format!("{damaged} damaged frames dropped so that backups store them again"),
                 Ok(_) => "it differs from the pack".to_string(),
@@ -131,23 +125,16 @@ pub fn repair(vault: &Vault, options: &RepairOptions) -> Result<RepairReport> {
                 dropped: damaged,
             });
             if !options.dry_run {
-                let blob = crate::vault::internals::encode_trailer(&entries, 0);
-                let bytes = crate::vault::internals::encode_idx(&blob);
-                let tmp = vault.path().join("tmp").join(format!("repair-{}-{pack}.idx", std::process::id()));
-                vault.dir().write_durable(&tmp, &vault.idx_path(&pack), &bytes)?;
+                vault.write_idx(&pack, &entries)?;
             }
         }
         // An index file whose pack is gone: the pack was lost (gc removes
         // both, the pack first, so a crash between leaves one behind too).
         let packs: std::collections::HashSet<String> = vault.pack_ids()?.into_iter().collect();
-        let index_dir = vault.path().join("index");
-        for name in vault.dir().list(&index_dir)? {
-            if let Some(pack) = name.strip_suffix(".idx").filter(|p| !packs.contains(*p)) {
-                report.unreadable_packs.push(format!("{pack}: missing (its chunk index file remains)"));
+        for idx in vault.list_chunk_index_files()? {
+            if !packs.contains(&idx.name) {
+                report.unreadable_packs.push(format!("{}: missing (its chunk index file remains)", idx.name));
             }
-        }
-        if !options.dry_run && !report.rebuilt.is_empty() {
-            vault.dir().sync_dir(&vault.path().join("index"))?;
         }
         vault.forget_index();
     }
@@ -164,10 +151,16 @@ pub fn repair(vault: &Vault, options: &RepairOptions) -> Result<RepairReport> {
 
 /// The entries whose frames read back intact, and how many did not.
 pub(crate) fn good_frames(vault: &Vault, pack: &str, entries: Vec<PackEntry>) -> Result<(Vec<PackEntry>, u64)> {
-    let path = vault.pack_path(pack);
-    let file = vault.dir().open(&path)?;
     let total = entries.len() as u64;
-    let good: Vec<PackEntry> = entries.into_iter().filter(|e| vault.read_frame(&file, pack, e).is_ok()).collect();
+    let mut good = Vec::with_capacity(entries.len());
+    vault.check_frames(pack, &entries, |e, _, checked| {
+        if checked.is_ok() {
+            good.push(*e);
+        }
+        Ok(())
+    })?;
+    // In the pack's order, as a trailer lists them.
+    good.sort_by_key(|e| e.offset);
     let dropped = total - good.len() as u64;
     Ok((good, dropped))
 }

@@ -151,17 +151,17 @@ pub fn verify(vault: &Vault, options: &VerifyOptions) -> Result<VerifyReport> {
     for e in bad {
         report.problems.push(Problem::of_vault(Finding::from(&e)));
     }
-    // Job logs and prune records are per host on a remote vault (in its
-    // cache): another host's prune would look like a lost manifest here.
-    if options.point.is_none() && !vault.is_remote() {
+    // Job logs are this host's (in a remote vault's cache); prune records
+    // are in the store too, so another host's prune is told apart.
+    if options.point.is_none() {
         check_lost_manifests(vault, options.vm.as_deref(), &points, &mut report)?;
     }
     // id -> None when good, Some(why) when bad.
     let memo: Mutex<HashMap<ContentId, Option<Finding>>> = Mutex::new(HashMap::new());
     let whole_vault = options.vm.is_none() && options.point.is_none();
-    // A remote vault's packs are not read whole (that would download the
-    // store); its points' chunks are read and checked below.
-    if whole_vault && !vault.is_remote() {
+    // Every pack, frame by frame (on a remote vault, in ranged GETs of
+    // large windows: the whole store is downloaded once).
+    if whole_vault {
         check_packs(vault, &memo, &mut report, options)?;
     }
     options.progress.start(points.iter().flat_map(|p| &p.disks).map(|d| d.size).sum());
@@ -188,22 +188,19 @@ fn check_lost_manifests(
 ) -> Result<()> {
     let vms = match vm {
         Some(v) => vec![v.to_string()],
-        None => vault.dir().list(&vault.path().join("jobs"))?,
+        None => vault.job_log_vms()?,
     };
     for vm in vms {
         if crate::model::validate_name("vm name", &vm).is_err() {
             continue;
         }
-        let dir = vault.path().join("jobs").join(&vm);
         let mut pruned = None;
-        for name in vault.dir().list(&dir)? {
-            let Some(job) = name.strip_suffix(".jsonl") else { continue };
-            let Ok(job) = crate::job::log::read_vault_job(vault, &vm, job) else { continue };
+        for job in vault.job_log_ids(&vm)? {
+            let Ok(job) = crate::job::log::read_vault_job(vault, &vm, &job) else { continue };
             let Some(id) = job.point.filter(|_| job.result == crate::job::log::JobResult::Succeeded) else {
                 continue;
             };
-            if crate::model::validate_name("point id", &id).is_err() || vault.dir().exists(&vault.point_path(&vm, &id))
-            {
+            if crate::model::validate_name("point id", &id).is_err() || vault.has_point(&vm, &id)? {
                 continue;
             }
             if pruned.get_or_insert_with(|| crate::prune::pruned_points(vault, &vm)).contains(&id) {
@@ -218,7 +215,7 @@ fn check_lost_manifests(
                 "manifest missing: the job log says it was committed (job {}), and prune did not remove it; \
                  the point cannot be restored (manifest {} is gone)",
                 job.job,
-                vault.point_path(&vm, &id).display()
+                vault.describe_manifest(&vm, &id)
             );
             if !children.is_empty() {
                 what.push_str(&format!("; point {} names it as its parent", children.join(", ")));
@@ -357,15 +354,19 @@ fn check_packs(
                 problems.push(Finding::from(&f));
             }
             // repair leaves damaged frames out of the index file.
-            let path = vault.pack_path(pack);
-            let file = match vault.dir().open(&path) {
-                Ok(f) => f,
-                Err(e) => return vec![Finding::from(&e)],
-            };
-            let read: Vec<Option<Finding>> =
-                entries.iter().map(|e| vault.read_frame(&file, pack, e).err().as_ref().map(Finding::from)).collect();
+            let mut bad: HashMap<u64, Finding> = HashMap::new();
+            let checked = vault.check_frames(pack, &entries, |e, _, r| {
+                if let Err(why) = r {
+                    bad.insert(e.offset, Finding::from(&why));
+                }
+                Ok(())
+            });
+            if let Err(e) = checked {
+                return vec![Finding::from(&e)];
+            }
+            let read: Vec<Option<Finding>> = entries.iter().map(|e| bad.get(&e.offset).cloned()).collect();
             let good: Vec<_> = entries.iter().zip(&read).filter(|(_, r)| r.is_none()).map(|(e, _)| *e).collect();
-            match vault.read_idx(pack) {
+            match vault.read_idx_from_store(pack) {
                 Ok(idx) if idx == entries || idx == good => {}
                 Ok(_) => problems
                     .push(format!("chunk index file of pack {pack} differs from the pack (repair rebuilds it)").into()),

@@ -143,7 +143,7 @@ impl Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
         let status = match &e {
-            Error::Io { .. } => VMB_ERR_IO,
+            Error::Io { .. } | Error::CommitRaced { .. } => VMB_ERR_IO,
             Error::DeviceRead { .. } => VMB_ERR_DEVICE_READ,
             Error::RestoreWrite { .. } => VMB_ERR_RESTORE_WRITE,
             Error::NotAVault { .. } => VMB_ERR_NOT_A_VAULT,

@@ -256,21 +256,10 @@ pub(crate) fn new_job_id(time: Timestamp) -> String {
     format!("{}-{}", time.strftime("%Y%m%dT%H%M%SZ"), hex(&r))
 }
 
-fn jobs_dir(vault: &Vault, vm: &str) -> PathBuf {
-    vault.path().join("jobs").join(vm)
-}
-
 impl JobLog {
     /// Creates the log of a new job and takes its lock.
     pub(crate) fn create(vault: &Vault, vm: &str, job: &str) -> Result<JobLog> {
-        validate_name("vm name", vm)?;
-        validate_name("job id", job)?;
-        let dir = jobs_dir(vault, vm);
-        vault.dir().mkdirs(&dir)?;
-        let path = dir.join(format!("{job}.jsonl"));
-        let file = vault.dir().create_new(&path)?;
-        file.try_lock().map_err(|e| Error::io("lock job log", &path, std::io::Error::other(e.to_string())))?;
-        vault.dir().sync_dir(&dir)?;
+        let (path, file) = vault.create_job_log(vm, job)?;
         Ok(JobLog { path, file: Mutex::new(file), broken: std::sync::atomic::AtomicBool::new(false) })
     }
 
@@ -347,10 +336,6 @@ pub struct JobRecord {
     pub events: Vec<JobEvent>,
 }
 
-/// The largest job log read: a day-long job logs progress once a second
-/// in well under this.
-pub(crate) const MAX_JOB_LOG_LEN: u64 = 64 << 20;
-
 /// Reads one job log, a file of your choosing (the job and VM are named
 /// after the file and its folder).
 ///
@@ -368,11 +353,8 @@ pub fn read_job(path: &Path) -> Result<JobRecord> {
 /// # Errors
 /// Bad names; I/O errors reading it (a link or FIFO in its place included).
 pub(crate) fn read_vault_job(vault: &Vault, vm: &str, job: &str) -> Result<JobRecord> {
-    validate_name("vm name", vm)?;
-    validate_name("job id", job)?;
-    let path = jobs_dir(vault, vm).join(format!("{job}.jsonl"));
-    let bytes = vault.dir().read(&path, MAX_JOB_LOG_LEN)?;
-    Ok(parse_job(&bytes, &path, job.to_string(), vm.to_string(), |p| is_locked(&vault.dir().open(p).ok())))
+    let (path, bytes, locked) = vault.read_job_log(vm, job)?;
+    Ok(parse_job(&bytes, &path, job.to_string(), vm.to_string(), |_| locked))
 }
 
 /// A job's record from its log's bytes. The job id and VM are the ones of
@@ -446,10 +428,7 @@ fn is_locked(file: &Option<File>) -> bool {
 
 /// Whether the job that wrote this log still runs (holds its lock).
 pub(crate) fn job_running(vault: &Vault, vm: &str, job: &str) -> bool {
-    if validate_name("vm name", vm).is_err() || validate_name("job id", job).is_err() {
-        return false;
-    }
-    is_locked(&vault.dir().open(&jobs_dir(vault, vm).join(format!("{job}.jsonl"))).ok())
+    vault.job_log_locked(vm, job)
 }
 
 /// The history of backup jobs in a vault, of one VM or of all, oldest first.
@@ -472,23 +451,17 @@ pub(crate) fn job_running(vault: &Vault, vm: &str, job: &str) -> bool {
 /// # Errors
 /// A bad VM name; I/O errors listing or reading the logs.
 pub fn job_history(vault: &Vault, vm: Option<&str>) -> Result<Vec<JobRecord>> {
-    let root = vault.path().join("jobs");
     let vms = match vm {
         Some(v) => {
             validate_name("vm name", v)?;
             vec![v.to_string()]
         }
-        None => vault.dir().list(&root)?.into_iter().filter(|v| validate_name("vm name", v).is_ok()).collect(),
+        None => vault.job_log_vms()?,
     };
     let mut out = Vec::new();
     for vm in vms {
-        for name in vault.dir().list(&root.join(&vm))? {
-            // Names that are not job ids are not ours to read.
-            if let Some(job) = name.strip_suffix(".jsonl")
-                && validate_name("job id", job).is_ok()
-            {
-                out.push(read_vault_job(vault, &vm, job)?);
-            }
+        for job in vault.job_log_ids(&vm)? {
+            out.push(read_vault_job(vault, &vm, &job)?);
         }
     }
     out.sort_by(|a, b| (a.started, &a.job).cmp(&(b.started, &b.job)));

@@ -44,7 +44,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::{hex, validate_name};
+use crate::model::validate_name;
 use crate::restore::{RestoreOptions, RestoreStats};
 use crate::snapshot::KeptDisk;
 use crate::vault::{PointManifest, Vault};
@@ -115,16 +115,8 @@ impl KeptSnapshot {
     }
 }
 
-fn snapshots_dir(vault: &Vault, vm: &str) -> PathBuf {
-    vault.path().join("snapshots").join(vm)
-}
-
 /// The kind of host record a kept snapshot's record is (see `Vault::seal_host_record`).
 const RECORD_KIND: &str = "kept snapshot";
-
-fn record_path(vault: &Vault, vm: &str, point: &str) -> PathBuf {
-    snapshots_dir(vault, vm).join(format!("{point}.json"))
-}
 
 /// Writes the record of a snapshot about to be kept.
 #[allow(clippy::too_many_arguments)] // each is a field of the record; a struct would only rename them
@@ -165,23 +157,15 @@ pub(crate) fn write_kept(
         expires,
         disks: files,
     };
-    let dir = snapshots_dir(vault, vm);
-    vault.dir().mkdirs(&dir)?;
     let json = serde_json::to_vec_pretty(&record).map_err(|e| Error::invalid("kept snapshot record", e.to_string()))?;
     let bytes = vault.seal_host_record(RECORD_KIND, &[vm, point], &json)?;
-    let mut r = [0u8; 6];
-    let _ = getrandom::fill(&mut r);
-    let tmp = vault.path().join("tmp").join(format!("snapshot-{vm}-{point}.{}", hex(&r)));
-    vault.dir().write_durable(&tmp, &record_path(vault, vm, point), &bytes)?;
+    vault.write_kept_record(vm, point, &bytes)?;
     Ok(record)
 }
 
 /// Removes a kept snapshot's record (after its files, or when they are gone).
 pub(crate) fn remove_kept(vault: &Vault, vm: &str, point: &str) -> Result<()> {
-    if vault.dir().remove_file_if_exists(&record_path(vault, vm, point))? {
-        vault.dir().sync_dir(&snapshots_dir(vault, vm))?;
-    }
-    Ok(())
+    vault.remove_kept_record(vm, point)
 }
 
 /// The snapshots kept for instant restore, of one VM or of all, with the
@@ -190,24 +174,25 @@ pub(crate) fn remove_kept(vault: &Vault, vm: &str, point: &str) -> Result<()> {
 /// # Errors
 /// A bad VM name; I/O errors listing the folders.
 pub fn kept_snapshots(vault: &Vault, vm: Option<&str>) -> Result<(Vec<KeptSnapshot>, Vec<Error>)> {
-    let root = vault.path().join("snapshots");
     let vms = match vm {
         Some(v) => {
             validate_name("vm name", v)?;
             vec![v.to_string()]
         }
-        None => vault.dir().list(&root)?,
+        None => vault.kept_record_vms()?,
     };
     let mut out = Vec::new();
     let mut bad = Vec::new();
     for vm in vms {
         if let Err(e) = validate_name("vm name", &vm) {
-            bad.push(Error::corrupt(format!("kept snapshot folder {}", root.join(&vm).display()), e.to_string()));
+            bad.push(Error::corrupt(
+                format!("kept snapshot folder {vm:?} of vault {}", vault.location()),
+                e.to_string(),
+            ));
             continue;
         }
-        for name in vault.dir().list(&root.join(&vm))? {
-            let Some(point) = name.strip_suffix(".json") else { continue };
-            match read_record(vault, &vm, point) {
+        for point in vault.kept_record_points(&vm)? {
+            match read_record(vault, &vm, &point) {
                 Ok(Some(k)) => out.push(k),
                 Ok(None) => {}
                 Err(e) => bad.push(e),
@@ -232,15 +217,8 @@ pub fn kept_snapshot(vault: &Vault, vm: &str, point: &str) -> Result<Option<Kept
 /// # Errors
 /// Bad names; a record that is damaged, forged, or names another point.
 fn read_record(vault: &Vault, vm: &str, point: &str) -> Result<Option<KeptSnapshot>> {
-    validate_name("vm name", vm)?;
-    validate_name("point id", point)?;
-    let path = record_path(vault, vm, point);
-    let object = format!("kept snapshot record {}", path.display());
-    let bytes = match vault.dir().read(&path, crate::vault::MAX_RECORD_LEN) {
-        Ok(b) => b,
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
+    let (object, bytes) = vault.read_kept_record(vm, point)?;
+    let Some(bytes) = bytes else { return Ok(None) };
     let json = vault.open_host_record(RECORD_KIND, &[vm, point], &bytes, &object)?;
     let k: KeptSnapshot = serde_json::from_slice(&json).map_err(|e| Error::corrupt(&object, e.to_string()))?;
     if k.vm != vm || k.point != point {
@@ -275,10 +253,8 @@ pub fn point_tiers(vault: &Vault, point: &PointManifest) -> Result<Vec<String>> 
 /// A bad VM name; I/O errors listing the folders.
 pub fn snapshot_only_points(vault: &Vault, vm: Option<&str>) -> Result<(Vec<KeptSnapshot>, Vec<Error>)> {
     let (records, bad) = kept_snapshots(vault, vm)?;
-    let only = records
-        .into_iter()
-        .filter(|k| !vault.dir().exists(&vault.point_path(&k.vm, &k.point)) && k.usable(vault))
-        .collect();
+    let only =
+        records.into_iter().filter(|k| !vault.has_point(&k.vm, &k.point).unwrap_or(true) && k.usable(vault)).collect();
     Ok((only, bad))
 }
 
@@ -314,7 +290,7 @@ pub fn release_expired(vault: &Vault, vm: Option<&str>, now: Timestamp) -> Resul
         }
         let why = if k.expires <= now {
             "expired"
-        } else if vault.dir().exists(&vault.point_path(&k.vm, &k.point)) {
+        } else if vault.has_point(&k.vm, &k.point).unwrap_or(true) {
             report.kept.push(k);
             continue;
         } else if job_committed(vault, &k) {

@@ -14,7 +14,8 @@
 //! keyed hash against its id); the pack being filled when the process died
 //! has no trailer and is dropped, as are segments (cheap to remake). The
 //! folder is then removed. A staging folder without a lock file (made by an
-//! older build) is left to gc. Adoption runs under the vault's shared lock,
+//! older build) is left to gc. On a remote vault the staging folder is in
+//! this host's cache, and adopted packs are uploaded as a backup's are. Adoption runs under the vault's shared lock,
 //! like any backup, so gc (exclusive) never sees it half done; two sessions
 //! adopting at once are kept apart by the folder's own lock.
 
@@ -22,7 +23,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use super::{Vault, pack};
+use super::{Vault, layout, pack};
 use crate::error::{Error, Result};
 use crate::model::ContentId;
 
@@ -64,7 +65,7 @@ pub(super) fn lock_session(vault: &Vault, dir: &Path) -> Result<File> {
 /// for gc, and never fails the backup that found it.
 pub(super) fn adopt_abandoned(vault: &Vault, own: Option<&Path>) -> Adopted {
     let mut total = Adopted::default();
-    let tmp = vault.path().join("tmp");
+    let tmp = vault.path().join(layout::TMP);
     let Ok(names) = vault.dir().list(&tmp) else { return total };
     for name in names.into_iter().filter(|n| n.starts_with("backup-")) {
         let dir = tmp.join(&name);
@@ -82,33 +83,33 @@ pub(super) fn adopt_abandoned(vault: &Vault, own: Option<&Path>) -> Adopted {
         }
         drop(lock);
     }
-    if total.packs > 0 {
-        let _ = vault.dir().sync_dir(&vault.path().join("packs"));
-        let _ = vault.dir().sync_dir(&vault.path().join("index"));
-    }
     total
 }
 
 fn adopt_folder(vault: &Vault, dir: &Path) -> Result<Adopted> {
     let mut a = Adopted::default();
-    let packs_dir = dir.join("packs");
-    let names = match vault.dir().list(&packs_dir) {
+    let names = match vault.dir().list(&dir.join(layout::PACKS)) {
         Ok(n) => n,
         Err(_) => return Ok(a),
     };
     for name in names {
-        let Some(id) = name.strip_suffix(".pack") else { continue };
-        let path = packs_dir.join(&name);
+        let key = format!("{}{name}", layout::PACKS);
+        let Some(id) = layout::pack_of(&key) else { continue };
+        let path = dir.join(&key);
         let Ok(trailer) = check_pack(vault, &path) else { continue };
-        let dest = vault.pack_path(id);
-        if crate::model::validate_name("pack id", id).is_err() || vault.dir().exists(&dest) {
+        if vault.store().head(&key)?.is_some() {
             continue;
         }
-        vault.dir().rename(&path, &dest)?;
-        let idx_tmp = dir.join(format!("{id}.idx.adopt"));
-        vault.dir().write_durable(&idx_tmp, &vault.idx_path(id), &pack::encode_idx(&trailer))?;
+        let len = vault.dir().stat(&path).map(|m| m.len).unwrap_or(0);
+        let idx_key = layout::chunk_index(id);
+        let idx_path = dir.join(format!("{id}.idx.adopt"));
+        let _ = vault.dir().remove_file(&idx_path);
+        vault.dir().write_flushed(&idx_path, &pack::encode_idx(&trailer))?;
+        // The pack, then its index file, as a backup publishes them.
+        vault.store().publish(&[(key.clone(), path)], 1)?;
+        vault.store().publish(&[(idx_key, idx_path)], 1)?;
         a.packs += 1;
-        a.bytes += vault.dir().stat(&dest).map(|m| m.len).unwrap_or(0);
+        a.bytes += len;
     }
     Ok(a)
 }

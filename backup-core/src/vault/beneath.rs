@@ -200,6 +200,11 @@ impl VaultDir {
         Ok(VaultDir { root: root.to_path_buf(), fd: std::sync::Arc::new(fd.into()) })
     }
 
+    /// The folder's path, as it was opened.
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// `path` relative to the root: an absolute path must lie under it,
     /// and no component may be `..`.
     fn rel<'p>(&self, path: &'p Path) -> std::io::Result<&'p Path> {
@@ -281,7 +286,7 @@ impl VaultDir {
         }
         let mut out = Vec::with_capacity(len as usize);
         // One more byte than allowed tells a file that grew since the stat.
-        (&mut f).take(limit + 1).read_to_end(&mut out).map_err(|e| Error::io("read", path, e))?;
+        (&mut f).take(limit.saturating_add(1)).read_to_end(&mut out).map_err(|e| Error::io("read", path, e))?;
         if out.len() as u64 > limit {
             return Err(Error::corrupt(format!("vault object {}", path.display()), "it grew past its size limit"));
         }
@@ -301,11 +306,6 @@ impl VaultDir {
         })?;
         let st = fstat(fd.as_raw_fd()).map_err(|e| Error::io("stat", path, e))?;
         Ok(stat_of(&st))
-    }
-
-    /// Whether `path` exists as a regular file or folder beneath the root.
-    pub(crate) fn exists(&self, path: &Path) -> bool {
-        self.stat(path).is_ok()
     }
 
     /// Creates `path` (which must not exist, not even as a link) for

@@ -1,4 +1,5 @@
-//! The vault: a folder of immutable objects holding recovery points.
+//! The vault: immutable objects holding recovery points, in a local folder
+//! or an object store (`store` is that seam, `layout` names every object).
 //!
 //! ```text
 //! VAULT/
@@ -11,8 +12,13 @@
 //!   vms/<vm>.json               what `prepare` did to each VM
 //!   jobs/<vm>/<job id>.jsonl    backup job logs, append-only (see `job::log`); made on first use
 //!   snapshots/<vm>/<point>.json snapshots kept for instant restore (see `job::tiers`); made on first use
+//!   verdicts/<vm>/<point>       boot verdicts (see `verdict`)
+//!   pruned/<vm>/<point>         points prune removed, for verify on every host
 //!   tmp/                        staging of backups in flight; never read as vault data
 //! ```
+//!
+//! `jobs/`, `snapshots/`, `tmp/` and `lock` concern one host and stay in
+//! its local folder (a remote vault's cache); the rest is in the store.
 //!
 //! Nothing is rewritten in place. A backup stages its packs, chunk index
 //! files and segments under `tmp/`, and on commit moves them into place,
@@ -50,18 +56,25 @@ mod adopt;
 mod beneath;
 pub(crate) mod crypto;
 mod files;
+mod host_files;
+pub(crate) mod layout;
 pub(crate) mod manifest;
 pub(crate) mod pack;
 mod pack_writer;
 mod run_reader;
 pub(crate) use run_reader::SpanBuffer;
 pub(crate) mod remote;
+pub(crate) use remote::Mark;
+mod objects;
+pub(crate) use objects::Stored;
 pub(crate) mod segment;
 mod session;
+pub(crate) mod store;
 mod verdict;
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -72,6 +85,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::model::{ContentId, hex, unhex, validate_name};
 use crate::snapshot::PrepareReport;
+use store::Store;
 
 pub use crypto::{KdfParams, KeySlotInfo, KeySource, SlotKind, generate_key_file};
 pub use manifest::{DiskRecord, DiskStats, MANIFEST_FORMAT, PointManifest, PointStats, disk_root};
@@ -82,9 +96,6 @@ pub use segment::{ENTRIES_PER_SEGMENT, Entries};
 pub use session::BackupSession;
 pub use verdict::BootVerdict;
 
-/// What prune and gc need of the vault's insides: the pack format's writer
-/// and the durable-write helpers, so that a repacked pack is written exactly
-/// as a backup writes one.
 /// A vault's config file and the keys it gives with `key`: its JSON, its
 /// format version, and a chunk key (plain) or key slots unlocked by `key`
 /// (encrypted). Nothing in it is trusted before the key check.
@@ -138,10 +149,9 @@ pub(crate) fn parse_config(bytes: &[u8], key: Option<&KeySource>, root: &Path) -
     Ok((config, keys))
 }
 
+/// What restore needs of the vault's file helpers (for its targets).
 pub(crate) mod internals {
-    pub(crate) use super::beneath::{Kind, Stat};
     pub(crate) use super::files::mkdirs;
-    pub(crate) use super::pack::{encode_idx, encode_trailer, header as pack_header};
 }
 
 /// The newest vault format version this build reads and writes: 2, a vault
@@ -154,6 +164,9 @@ const PLAIN_FORMAT_VERSION: u32 = 1;
 pub(crate) const MAX_CONFIG_LEN: u64 = 1 << 20;
 /// The largest VM record or kept-snapshot record read.
 pub(crate) const MAX_RECORD_LEN: u64 = 4 << 20;
+/// The bytes of a pack read at once when its frames are walked or checked
+/// in bulk (one request per window on a remote vault).
+const FRAME_WINDOW: u64 = 16 << 20;
 
 /// Where the engine writes a backup. Implemented by [`BackupSession`]; a
 /// host may implement it to route a backup elsewhere.
@@ -372,17 +385,23 @@ pub struct VaultLock {
 /// ```
 pub struct Vault {
     root: PathBuf,
-    /// The vault's folder, held open: every vault path resolves beneath it.
+    /// The vault's folder (a remote vault's cache), held open: every path
+    /// in it resolves beneath it.
     dir: beneath::VaultDir,
+    /// Where the vault's objects are: the folder itself, or an object
+    /// store cached in the folder.
+    store: Arc<dyn Store>,
     config: Config,
     keys: Keys,
     options: VaultOptions,
     index: RwLock<ChunkIndex>,
+    /// Pack files opened for reads, by pack number (local vaults).
     open_packs: Mutex<HashMap<u32, Arc<File>>>,
     /// Packs opened with `O_DIRECT` for a restore's spans (`None`: the
     /// file system refused it); see `run_reader`.
     direct_packs: Mutex<HashMap<u32, Option<Arc<File>>>>,
-    /// The object store of a vault opened from a URL; `root` is then its cache.
+    /// What a vault shared through an object store needs besides its
+    /// store (its URL, the gc marks); `root` is then the store's cache.
     remote: Option<Arc<remote::Remote>>,
 }
 
@@ -391,8 +410,6 @@ impl std::fmt::Debug for Vault {
         f.debug_struct("Vault").field("root", &self.root).field("id", &self.config.vault_id).finish()
     }
 }
-
-const SUBDIRS: [&str; 6] = ["packs", "index", "segments", "points", "vms", "tmp"];
 
 impl Vault {
     /// Creates a new vault in a folder that does not exist or is empty.
@@ -453,12 +470,12 @@ impl Vault {
         let made_root = !root.exists();
         let written = (|| {
             files::mkdirs(&root)?;
-            for d in SUBDIRS {
+            for d in layout::FOLDERS {
                 files::mkdirs(&root.join(d))?;
             }
-            files::write_durable(&root.join("tmp").join("config.new"), &root.join("config"), &bytes)?;
-            files::write_flushed(&root.join("lock"), b"")
-                .or_else(|e| if root.join("lock").exists() { Ok(()) } else { Err(e) })?;
+            let lock = root.join(layout::LOCK);
+            files::write_durable(&root.join(layout::staging("config.new")), &root.join(layout::CONFIG), &bytes)?;
+            files::write_flushed(&lock, b"").or_else(|e| if lock.exists() { Ok(()) } else { Err(e) })?;
             files::sync_dir(&root)
         })();
         if let Err(e) = written {
@@ -466,7 +483,7 @@ impl Vault {
             if made_root {
                 let _ = std::fs::remove_dir_all(&root);
             } else if let Ok(d) = beneath::VaultDir::open_root(&root) {
-                for name in SUBDIRS.iter().copied().chain(["config", "lock"]) {
+                for name in layout::FOLDERS.iter().copied().chain([layout::CONFIG, layout::LOCK]) {
                     let p = root.join(name);
                     let _ = d.remove_dir_all(&p);
                 }
@@ -496,7 +513,7 @@ impl Vault {
     /// As [`open`](Self::open).
     pub fn open_with(path: impl AsRef<Path>, options: VaultOptions) -> Result<Vault> {
         let root = path.as_ref().to_path_buf();
-        let config_path = root.join("config");
+        let config_path = root.join(layout::CONFIG);
         let not_found = |e: &Error| {
             matches!(e, Error::Io { source, .. }
                 if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory))
@@ -513,7 +530,7 @@ impl Vault {
     /// A vault from its parsed config and its keys, once the config's check
     /// value and the vault's folders are checked.
     fn from_parts(root: PathBuf, config: Config, keys: Keys, options: VaultOptions) -> Result<Vault> {
-        let config_path = root.join("config");
+        let config_path = root.join(layout::CONFIG);
         if config.encryption.is_none() && config.key_check.as_ref().is_some_and(|c| *c != config.check_value()) {
             return Err(Error::corrupt(
                 format!("vault config {}", config_path.display()),
@@ -522,16 +539,17 @@ impl Vault {
             ));
         }
         let dir = beneath::VaultDir::open_root(&root)?;
-        for d in SUBDIRS {
+        for d in layout::FOLDERS {
             if !dir.stat(&root.join(d)).is_ok_and(|s| s.kind == beneath::Kind::Dir) {
                 return Err(Error::corrupt(
                     format!("vault {}", root.display()),
-                    format!("folder {d}/ is missing, or is not a real folder (a link is never followed)"),
+                    format!("folder {d} is missing, or is not a real folder (a link is never followed)"),
                 ));
             }
         }
         Ok(Vault {
             root,
+            store: Arc::new(store::local::LocalStore::new(dir.clone())),
             dir,
             config,
             keys,
@@ -568,7 +586,7 @@ impl Vault {
     /// # Errors
     /// [`Error::Locked`] after the timeout; I/O errors.
     pub fn lock(&self, mode: LockMode) -> Result<VaultLock> {
-        let path = self.root.join("lock");
+        let path = self.root.join(layout::LOCK);
         // Never through a link, and only a regular file (a FIFO or device
         // planted as `lock` is refused).
         let file = self.dir.open_append(&path, true)?;
@@ -601,49 +619,48 @@ impl Vault {
         &self.keys.chunk
     }
 
-    pub(crate) fn pack_path(&self, pack: &str) -> PathBuf {
-        self.root.join("packs").join(format!("{pack}.pack"))
+    /// Where the vault's objects are kept.
+    pub(crate) fn store(&self) -> &dyn Store {
+        self.store.as_ref()
     }
 
-    pub(crate) fn idx_path(&self, pack: &str) -> PathBuf {
-        self.root.join("index").join(format!("{pack}.idx"))
+    /// How errors name an object of the vault: its path, or its URL.
+    pub(crate) fn describe(&self, key: &str) -> String {
+        self.store.describe(key)
     }
 
-    pub(crate) fn segment_path(&self, id: &ContentId) -> PathBuf {
-        let h = id.to_hex();
-        self.root.join("segments").join(&h[..2]).join(h)
-    }
-
-    fn vm_points_dir(&self, vm: &str) -> PathBuf {
-        self.root.join("points").join(vm)
+    /// How errors name a pack.
+    pub(crate) fn pack_object(&self, pack: &str) -> String {
+        format!("pack {}", self.describe(&layout::pack(pack)))
     }
 
     /// The packs the vault holds, by id.
     ///
     /// # Errors
-    /// I/O errors listing `packs/`.
+    /// Errors listing `packs/`.
     pub fn pack_ids(&self) -> Result<Vec<String>> {
-        if let Some(r) = &self.remote {
-            return r.pack_ids(self);
-        }
-        Ok(self
-            .dir
-            .list(&self.root.join("packs"))?
-            .into_iter()
-            .filter_map(|n| n.strip_suffix(".pack").map(str::to_string))
-            .collect())
+        Ok(self.store.list(layout::PACKS)?.iter().filter_map(|o| layout::pack_of(&o.key)).map(str::to_string).collect())
     }
 
     /// Loads the chunk index entries of packs published since the last
-    /// call (by this or another process). An index file that is missing or
-    /// damaged is rebuilt from its pack's trailer.
+    /// call (by this or another process or host). A chunk index file that
+    /// is missing or damaged is rebuilt from its pack's trailer.
     ///
     /// # Errors
-    /// A pack whose index file and trailer are both unreadable.
+    /// Errors listing the packs.
     pub fn refresh_index(&self) -> Result<()> {
-        if let Some(r) = &self.remote {
-            r.sync_index(self)?;
-        }
+        // On a shared vault, a chunk in a pack gc condemned is found in
+        // another pack where there is one (gc rewrote it there): packs the
+        // marks name are loaded last, afresh when the marks changed.
+        let condemned = match &self.remote {
+            Some(r) => {
+                if r.sync_marks(self)? {
+                    self.forget_index();
+                }
+                r.condemned()
+            }
+            None => std::collections::HashSet::new(),
+        };
         let packs = self.pack_ids()?;
         // A pack that is gone was removed or repacked by gc (in any
         // process): forget the whole index, or a backup through this handle
@@ -654,36 +671,51 @@ impl Vault {
             idx.known.iter().any(|p| !now.contains(p))
         };
         if gone {
-            *self.index.write().unwrap_or_else(|p| p.into_inner()) = ChunkIndex::default();
-            self.open_packs.lock().unwrap_or_else(|p| p.into_inner()).clear();
-            self.direct_packs.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            self.forget_index();
         }
-        let new: Vec<String> = {
+        let mut new: Vec<String> = {
             let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
             packs.into_iter().filter(|p| !idx.known.contains(p)).collect()
         };
+        new.sort_by_key(|p| condemned.contains(p));
         if new.is_empty() {
             return Ok(());
         }
+        // The listing also drops a cache's copies of index files rewritten
+        // since (by repair, on any host).
+        let indexed: std::collections::HashSet<String> = self
+            .store
+            .list(layout::INDEX)?
+            .iter()
+            .filter_map(|o| layout::index_of(&o.key))
+            .map(str::to_string)
+            .collect();
         let mut loaded = Vec::with_capacity(new.len());
-        for pack in new {
-            let entries = match self.read_idx(&pack) {
-                Ok(e) => e,
-                Err(_) => {
-                    // Rebuild from the pack; a pack whose trailer is also
-                    // gone is left out (verify and repair report it).
-                    match self.read_trailer(&pack) {
-                        Ok(e) => {
-                            let blob = pack::encode_trailer(&e, 0);
-                            let tmp = self.root.join("tmp").join(format!("{pack}.idx.rebuild"));
-                            let _ = self.dir.write_durable(&tmp, &self.idx_path(&pack), &pack::encode_idx(&blob));
-                            e
+        for batch in new.chunks(256) {
+            let keys: Vec<String> =
+                batch.iter().filter(|p| indexed.contains(*p)).map(|p| layout::chunk_index(p)).collect();
+            let mut got = self.store.get_many(&keys, pack::MAX_IDX_LEN)?.into_iter();
+            for pack in batch {
+                let key = layout::chunk_index(pack);
+                let got = if indexed.contains(pack) { got.next().flatten() } else { None };
+                let parsed = got.map(|b| pack::parse_idx(&b, &format!("chunk index file {}", self.describe(&key))));
+                let entries = match parsed {
+                    Some(Ok(e)) => e,
+                    _ => {
+                        // Rebuild from the pack; a pack whose trailer is also
+                        // gone is left out (verify and repair report it).
+                        match self.read_trailer(pack) {
+                            Ok(e) => {
+                                let blob = pack::encode_trailer(&e, 0);
+                                let _ = self.store.put(&key, pack::encode_idx(&blob).into());
+                                e
+                            }
+                            Err(_) => Vec::new(),
                         }
-                        Err(_) => Vec::new(),
                     }
-                }
-            };
-            loaded.push((pack, entries));
+                };
+                loaded.push((pack.clone(), entries));
+            }
         }
         let mut idx = self.index.write().unwrap_or_else(|p| p.into_inner());
         for (pack, entries) in loaded {
@@ -701,27 +733,60 @@ impl Vault {
 
     /// The entries of a pack's chunk index file.
     pub(crate) fn read_idx(&self, pack: &str) -> Result<Vec<PackEntry>> {
-        let path = self.idx_path(pack);
-        let bytes = self.dir.read(&path, pack::MAX_IDX_LEN)?;
-        pack::parse_idx(&bytes, &format!("chunk index file {}", path.display()))
+        let key = layout::chunk_index(pack);
+        let bytes = self.store.get(&key, pack::MAX_IDX_LEN)?.ok_or_else(|| self.missing("read", &key))?;
+        pack::parse_idx(&bytes, &format!("chunk index file {}", self.describe(&key)))
+    }
+
+    /// The entries of a pack's chunk index file as the store holds it now,
+    /// not as a cache remembers it: what repair and verify's pack scan
+    /// compare with the pack.
+    pub(crate) fn read_idx_from_store(&self, pack: &str) -> Result<Vec<PackEntry>> {
+        self.store.uncache(&[layout::chunk_index(pack)])?;
+        self.read_idx(pack)
+    }
+
+    /// Writes a pack's chunk index file (replacing one).
+    pub(crate) fn write_idx(&self, pack: &str, entries: &[PackEntry]) -> Result<()> {
+        let blob = pack::encode_trailer(entries, 0);
+        self.store.put(&layout::chunk_index(pack), pack::encode_idx(&blob).into())
+    }
+
+    /// An I/O error of kind `NotFound` naming an object.
+    fn missing(&self, action: &'static str, key: &str) -> Error {
+        Error::io(action, self.describe(key), std::io::Error::from(std::io::ErrorKind::NotFound))
+    }
+
+    /// A pack's length in bytes.
+    pub(crate) fn pack_len(&self, pack: &str) -> Result<u64> {
+        let key = layout::pack(pack);
+        Ok(self.store.head(&key)?.ok_or_else(|| self.missing("stat", &key))?.size)
+    }
+
+    /// Bytes `range` of a pack, fewer when the pack ends first: a read of
+    /// the file in a local vault, one ranged GET in a remote one.
+    pub(crate) fn read_pack_range(&self, pack: &str, range: Range<u64>) -> Result<Vec<u8>> {
+        self.store.get_range(&layout::pack(pack), range)
     }
 
     /// The entries of a pack's trailer, read from the pack itself.
     pub(crate) fn read_trailer(&self, pack: &str) -> Result<Vec<PackEntry>> {
-        let path = self.pack_path(pack);
-        let object = format!("pack {}", path.display());
-        let f = self.dir.open(&path)?;
-        let len = f.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
+        let object = self.pack_object(pack);
+        let len = self.pack_len(pack)?;
         if len < (pack::PACK_HEADER_LEN + pack::FOOTER_LEN) as u64 {
             return Err(Error::corrupt(object, format!("only {len} bytes: truncated")));
         }
-        let mut footer = [0u8; pack::FOOTER_LEN];
-        f.read_exact_at(&mut footer, len - pack::FOOTER_LEN as u64).map_err(|e| Error::io("read", &path, e))?;
+        let footer = self.read_pack_range(pack, len - pack::FOOTER_LEN as u64..len)?;
+        if footer.len() != pack::FOOTER_LEN {
+            return Err(Error::corrupt(object, "it shrank while being read"));
+        }
         let (toff, count, crc) = pack::parse_footer(&footer, &object)?;
         pack::check_trailer_bounds(toff, count, len, &object)?;
         let tlen = u64::from(count) * pack::ENTRY_LEN as u64;
-        let mut t = vec![0u8; tlen as usize];
-        f.read_exact_at(&mut t, toff).map_err(|e| Error::io("read", &path, e))?;
+        let t = self.read_pack_range(pack, toff..toff + tlen)?;
+        if t.len() as u64 != tlen {
+            return Err(Error::corrupt(object, "it shrank while being read"));
+        }
         let entries = pack::parse_entries(&t, count, crc, &object)?;
         pack::check_entries_within(&entries, toff, &object)?;
         Ok(entries)
@@ -733,27 +798,34 @@ impl Vault {
     /// trailer, or where the walk had to stop.
     ///
     /// # Errors
-    /// The pack cannot be opened, or has no pack header.
+    /// The pack cannot be read, or has no pack header.
     pub(crate) fn pack_frames(&self, pack: &str) -> Result<(Vec<PackEntry>, Option<Error>)> {
-        let path = self.pack_path(pack);
-        let object = format!("pack {}", path.display());
-        let f = self.dir.open(&path)?;
-        let len = f.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
-        let mut head = [0u8; pack::PACK_HEADER_LEN];
-        f.read_exact_at(&mut head, 0).map_err(|_| Error::corrupt(&object, "shorter than a pack header"))?;
+        let object = self.pack_object(pack);
+        let head = self.read_pack_range(pack, 0..pack::PACK_HEADER_LEN as u64)?;
+        let len = self.pack_len(pack)?;
+        if head.len() < pack::PACK_HEADER_LEN {
+            return Err(Error::corrupt(&object, "shorter than a pack header"));
+        }
         pack::check_header(&head, &object)?;
         let trailer_fault = match self.read_trailer(pack) {
             Ok(entries) => return Ok((entries, None)),
             Err(e) => e,
         };
+        // The frame headers, read in windows: one request per window on a
+        // remote vault, not one per frame.
         let mut entries = Vec::new();
         let mut off = pack::PACK_HEADER_LEN as u64;
-        while off < len {
-            let mut h = [0u8; pack::FRAME_HEADER_LEN];
-            if f.read_exact_at(&mut h, off).is_err() {
-                break;
+        let mut window: (u64, Vec<u8>) = (0, Vec::new());
+        let header_len = pack::FRAME_HEADER_LEN as u64;
+        while off + header_len <= len {
+            if off < window.0 || off + header_len > window.0 + window.1.len() as u64 {
+                window = (off, self.read_pack_range(pack, off..len.min(off + FRAME_WINDOW))?);
+                if (window.1.len() as u64) < header_len {
+                    break;
+                }
             }
-            match pack::parse_frame_header(&h, off, &object) {
+            let at = (off - window.0) as usize;
+            match pack::parse_frame_header(&window.1[at..at + pack::FRAME_HEADER_LEN], off, &object) {
                 Ok(e) if off + e.frame_len() <= len => {
                     entries.push(e);
                     off += e.frame_len();
@@ -762,6 +834,43 @@ impl Vault {
             }
         }
         Ok((entries, Some(trailer_fault)))
+    }
+
+    /// Reads the frames of `entries` (of one pack) in windows of the pack,
+    /// and hands each to `each` with its plaintext, decoded, crc-checked
+    /// and re-hashed against its id (or why it is not intact). The frame's
+    /// bytes come first, as stored.
+    ///
+    /// # Errors
+    /// What `each` returns; errors reading the pack (a frame past its end
+    /// is handed to `each` as damage).
+    pub(crate) fn check_frames(
+        &self,
+        pack: &str,
+        entries: &[PackEntry],
+        mut each: impl FnMut(&PackEntry, &[u8], Result<Vec<u8>>) -> Result<()>,
+    ) -> Result<()> {
+        let object = self.pack_object(pack);
+        let mut order: Vec<&PackEntry> = entries.iter().collect();
+        order.sort_by_key(|e| e.offset);
+        let mut window: (u64, Vec<u8>) = (0, Vec::new());
+        for e in order {
+            let (start, end) = (e.offset, e.offset + e.frame_len());
+            if start < window.0 || end > window.0 + window.1.len() as u64 {
+                window = (start, self.read_pack_range(pack, start..end.max(start + FRAME_WINDOW))?);
+            }
+            if end > window.0 + window.1.len() as u64 {
+                let fault =
+                    Error::corrupt(format!("{object} at byte {start}"), "pack ends inside this chunk (truncated)");
+                each(e, &[], Err(fault))?;
+                continue;
+            }
+            let frame = &window.1[(start - window.0) as usize..(end - window.0) as usize];
+            let mut out = vec![0u8; e.raw_len as usize];
+            let checked = self.open_frame(frame, &object, e, &mut out).map(|()| out);
+            each(e, frame, checked)?;
+        }
+        Ok(())
     }
 
     /// Reads one frame of a pack, checks its crc, decodes it and re-hashes
@@ -785,14 +894,13 @@ impl Vault {
         frame: &mut Vec<u8>,
         out: &mut [u8],
     ) -> Result<()> {
-        let path = self.pack_path(pack);
-        let object = format!("pack {}", path.display());
+        let object = self.pack_object(pack);
         frame.resize(entry.frame_len() as usize, 0);
         file.read_exact_at(frame, entry.offset).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 Error::corrupt(format!("{object} at byte {}", entry.offset), "pack ends inside this chunk (truncated)")
             } else {
-                Error::io("read", &path, e)
+                Error::io("read", self.describe(&layout::pack(pack)), e)
             }
         })?;
         self.open_frame(frame, &object, entry, out)
@@ -803,11 +911,13 @@ impl Vault {
         self.locate(id).map(|(_, p, e)| (p, e.offset))
     }
 
+    /// Whether a backup may deduplicate against a chunk: the index has it,
+    /// in a pack no gc mark condemns.
     pub(crate) fn has_chunk(&self, id: &ContentId) -> bool {
-        if let Some(r) = &self.remote {
-            return self.locate(id).is_some_and(|(_, pack, _)| r.dedup_allowed(&pack));
+        match &self.remote {
+            Some(r) => self.locate(id).is_some_and(|(_, pack, _)| r.dedup_allowed(&pack)),
+            None => self.index.read().unwrap_or_else(|p| p.into_inner()).map.contains_key(id),
         }
-        self.index.read().unwrap_or_else(|p| p.into_inner()).map.contains_key(id)
     }
 
     fn locate(&self, id: &ContentId) -> Option<(u32, Arc<str>, PackEntry)> {
@@ -815,14 +925,19 @@ impl Vault {
         idx.map.get(id).map(|(p, e)| (*p, idx.packs[*p as usize].clone(), *e))
     }
 
-    fn pack_file(&self, n: u32, pack: &str) -> Result<Arc<File>> {
+    /// A pack's file, opened once per handle; None when the store is not
+    /// a folder (a remote vault reads packs with ranged GETs).
+    fn pack_file(&self, n: u32, pack: &str) -> Option<Result<Arc<File>>> {
         let mut open = self.open_packs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = open.get(&n) {
-            return Ok(f.clone());
+            return Some(Ok(f.clone()));
         }
-        let f = Arc::new(self.dir.open(&self.pack_path(pack))?);
+        let f = match self.store.open_file(&layout::pack(pack), 0)? {
+            Ok(f) => Arc::new(f),
+            Err(e) => return Some(Err(e)),
+        };
         open.insert(n, f.clone());
-        Ok(f)
+        Some(Ok(f))
     }
 
     /// Where a chunk is: its pack's id and its entry.
@@ -845,25 +960,18 @@ impl Vault {
     pub fn read_point(&self, vm: &str, id: &str) -> Result<PointManifest> {
         validate_name("vm name", vm)?;
         validate_name("point id", id)?;
-        let path = self.vm_points_dir(vm).join(id);
-        let bytes = match self.dir.read(&path, manifest::MAX_MANIFEST_LEN) {
-            Ok(b) => b,
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotFound { what: format!("point {id} of vm {vm}") });
-            }
-            Err(e) => return Err(e),
+        let key = layout::manifest(vm, id);
+        let Some(bytes) = self.store.get(&key, manifest::MAX_MANIFEST_LEN)? else {
+            return Err(Error::NotFound { what: format!("point {id} of vm {vm}") });
         };
-        let object = format!("manifest {}", path.display());
+        let object = format!("manifest {}", self.describe(&key));
         let bytes = match &self.keys.sealer {
             None => bytes,
             Some(s) => crypto::open_file(s, &self.manifest_aad(vm, id), &bytes, &object)?,
         };
         let m = manifest::decode(&bytes, &self.keys.mac, &object)?;
         if m.vm != vm || m.id != id {
-            return Err(Error::corrupt(
-                format!("manifest {}", path.display()),
-                format!("it names point {} of vm {}", m.id, m.vm),
-            ));
+            return Err(Error::corrupt(object, format!("it names point {} of vm {}", m.id, m.vm)));
         }
         Ok(m)
     }
@@ -873,12 +981,9 @@ impl Vault {
     /// # Errors
     /// I/O errors listing `points/`.
     pub fn vms(&self) -> Result<Vec<String>> {
-        if let Some(r) = &self.remote {
-            r.sync_points(self, None)?;
-        }
         Ok(self
-            .dir
-            .list(&self.root.join("points"))?
+            .store
+            .list_folders(layout::POINTS)?
             .into_iter()
             .filter(|n| validate_name("vm name", n).is_ok())
             .collect())
@@ -890,14 +995,11 @@ impl Vault {
     /// I/O errors.
     pub fn point_ids(&self, vm: &str) -> Result<Vec<String>> {
         validate_name("vm name", vm)?;
-        if let Some(r) = &self.remote {
-            r.sync_points(self, Some(vm))?;
-        }
         Ok(self
-            .dir
-            .list(&self.vm_points_dir(vm))?
-            .into_iter()
-            .filter(|n| !n.starts_with('.') && validate_name("point id", n).is_ok())
+            .store
+            .list(&layout::points_of(vm))?
+            .iter()
+            .filter_map(|o| layout::manifest_of(&o.key).filter(|(v, _)| *v == vm).map(|(_, id)| id.to_string()))
             .collect())
     }
 
@@ -1006,34 +1108,23 @@ impl Vault {
     /// A damaged record; I/O errors.
     pub fn vm_record(&self, vm: &str) -> Result<Option<VmRecord>> {
         validate_name("vm name", vm)?;
-        let path = self.root.join("vms").join(format!("{vm}.json"));
-        let object = format!("vm record {}", path.display());
-        match self.dir.read(&path, MAX_RECORD_LEN) {
-            Ok(b) => {
-                let b = match &self.keys.sealer {
-                    None => b,
-                    Some(s) => crypto::open_file(s, &self.vm_record_aad(vm), &b, &object)?,
-                };
-                serde_json::from_slice(&b).map(Some).map_err(|e| Error::corrupt(object, e.to_string()))
-            }
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        let key = layout::vm_record(vm);
+        let object = format!("vm record {}", self.describe(&key));
+        let Some(b) = self.store.get(&key, MAX_RECORD_LEN)? else { return Ok(None) };
+        let b = match &self.keys.sealer {
+            None => b,
+            Some(s) => crypto::open_file(s, &self.vm_record_aad(vm), &b, &object)?,
+        };
+        serde_json::from_slice(&b).map(Some).map_err(|e| Error::corrupt(object, e.to_string()))
     }
 
     pub(crate) fn write_vm_record(&self, record: &VmRecord) -> Result<()> {
-        let path = self.root.join("vms").join(format!("{}.json", record.vm));
+        validate_name("vm name", &record.vm)?;
         let mut bytes = serde_json::to_vec_pretty(record).map_err(|e| Error::invalid("vm record", e.to_string()))?;
         if let Some(s) = &self.keys.sealer {
             bytes = crypto::seal_file(s, &self.vm_record_aad(&record.vm), &bytes)?;
         }
-        let mut r = [0u8; 6];
-        let _ = getrandom::fill(&mut r);
-        let tmp = self.root.join("tmp").join(format!("vm-{}.{}", record.vm, hex(&r)));
-        if let Some(remote) = &self.remote {
-            remote.put_vm_record(&record.vm, &bytes)?;
-        }
-        self.dir.write_durable(&tmp, &path, &bytes)
+        self.store.put(&layout::vm_record(&record.vm), bytes.into())
     }
 
     /// Starts a backup: a staging area whose objects become part of the
@@ -1047,17 +1138,10 @@ impl Vault {
 
     /// Reads and checks an index segment.
     fn read_segment(&self, id: &ContentId) -> Result<Entries> {
-        if let Some(r) = &self.remote {
-            r.ensure_segment(self, id)?;
-        }
-        let path = self.segment_path(id);
-        let object = format!("index segment {}", path.display());
-        let bytes = match self.dir.read(&path, segment::MAX_SEGMENT_FILE_LEN) {
-            Ok(b) => b,
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::corrupt(object, "missing"));
-            }
-            Err(e) => return Err(e),
+        let key = layout::segment(id);
+        let object = format!("index segment {}", self.describe(&key));
+        let Some(bytes) = self.store.get(&key, segment::MAX_SEGMENT_FILE_LEN)? else {
+            return Err(Error::corrupt(object, "missing"));
         };
         let bytes = match &self.keys.sealer {
             None => bytes,
@@ -1076,34 +1160,42 @@ impl Vault {
         }
         let (n, pack, entry) =
             self.locate(id).ok_or_else(|| Error::corrupt(format!("chunk {id}"), "missing: no pack holds it"))?;
-        if let Some(r) = &self.remote {
-            // One ranged GET of the frame, checked as a local read is.
-            let object = format!("pack {}", r.pack_url(&pack));
-            let frame = r.read_pack_range(&pack, entry.offset..entry.offset + entry.frame_len())?;
-            if frame.len() as u64 != entry.frame_len() {
-                return Err(Error::corrupt(
-                    format!("{object} at byte {}", entry.offset),
-                    "pack ends inside this chunk (truncated)",
-                ));
-            }
-            let mut out = vec![0u8; entry.raw_len as usize];
-            self.open_frame(&frame, &object, &entry, &mut out)?;
-            return Ok(out);
+        if let Some(f) = self.pack_file(n, &pack) {
+            let f = f?;
+            return self.read_frame(&f, &pack, &entry);
         }
-        let f = self.pack_file(n, &pack)?;
-        self.read_frame(&f, &pack, &entry)
+        // One ranged GET of the frame, checked as a local read is.
+        let object = self.pack_object(&pack);
+        let frame = self.read_pack_range(&pack, entry.offset..entry.offset + entry.frame_len())?;
+        if frame.len() as u64 != entry.frame_len() {
+            return Err(Error::corrupt(
+                format!("{object} at byte {}", entry.offset),
+                "pack ends inside this chunk (truncated)",
+            ));
+        }
+        let mut out = vec![0u8; entry.raw_len as usize];
+        self.open_frame(&frame, &object, &entry, &mut out)?;
+        Ok(out)
     }
 
-    /// The file of a point's manifest.
-    pub(crate) fn point_path(&self, vm: &str, id: &str) -> PathBuf {
-        self.vm_points_dir(vm).join(id)
+    /// How errors name a point's manifest: its path or URL.
+    pub(crate) fn describe_manifest(&self, vm: &str, id: &str) -> String {
+        self.describe(&layout::manifest(vm, id))
     }
 
-    /// Forgets the loaded chunk index and open pack files, so that the next
-    /// read loads them again: gc calls it after it removed or replaced packs.
-    pub(crate) fn reload_index(&self) -> Result<()> {
-        // refresh_index notices the packs that are gone and starts afresh.
-        self.refresh_index()
+    /// Whether the vault holds an index segment (read or not).
+    pub(crate) fn has_segment(&self, id: &ContentId) -> Result<bool> {
+        Ok(self.store.head(&layout::segment(id))?.is_some())
+    }
+
+    /// Whether a point's manifest exists (read or not).
+    ///
+    /// # Errors
+    /// Errors asking the store.
+    pub(crate) fn has_point(&self, vm: &str, id: &str) -> Result<bool> {
+        validate_name("vm name", vm)?;
+        validate_name("point id", id)?;
+        Ok(self.store.head(&layout::manifest(vm, id))?.is_some())
     }
 
     /// Forgets the loaded chunk index and open pack files: repair calls it
@@ -1279,10 +1371,11 @@ impl Vault {
         let _lock = self.lock(LockMode::Exclusive)?;
         let mut config = self.read_config()?;
         let enc = config.encryption.as_mut().ok_or_else(|| self.not_encrypted())?;
-        let i =
-            enc.slots.iter().position(|s| s.id() == slot_id).ok_or_else(|| Error::NotFound {
-                what: format!("key slot {slot_id} of vault {}", self.root.display()),
-            })?;
+        let i = enc
+            .slots
+            .iter()
+            .position(|s| s.id() == slot_id)
+            .ok_or_else(|| Error::NotFound { what: format!("key slot {slot_id} of vault {}", self.location()) })?;
         if enc.slots.len() == 1 {
             return Err(Error::invalid(
                 format!("key slot {slot_id}"),
@@ -1295,28 +1388,27 @@ impl Vault {
     }
 
     fn not_encrypted(&self) -> Error {
-        Error::invalid(format!("vault {}", self.root.display()), "it is not encrypted, so it has no key slots")
+        Error::invalid(format!("vault {}", self.location()), "it is not encrypted, so it has no key slots")
     }
 
+    /// The config as the store holds it now: key slots change there, not
+    /// in a remote vault's cache.
     fn read_config(&self) -> Result<Config> {
-        let path = self.root.join("config");
-        let bytes = match self.remote() {
-            Some(r) => r.config_bytes()?,
-            None => self.dir.read(&path, MAX_CONFIG_LEN)?,
-        };
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::corrupt(format!("vault config {}", path.display()), e.to_string()))
+        let object = format!("vault config {}", self.describe(layout::CONFIG));
+        let bytes = self
+            .store
+            .get(layout::CONFIG, MAX_CONFIG_LEN)?
+            .ok_or_else(|| Error::NotAVault { path: PathBuf::from(self.location()) })?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(object, e.to_string()))
     }
 
+    /// Replaces the config (a key slot added or removed): the one object
+    /// of a vault that is ever rewritten. On a remote vault two hosts
+    /// changing key slots at the same moment: the last write wins (a slot
+    /// is lost, never the data, which every remaining slot still opens).
     fn write_config(&self, config: &Config) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(config).map_err(|e| Error::invalid("config", e.to_string()))?;
-        let mut r = [0u8; 6];
-        getrandom::fill(&mut r).map_err(|e| Error::io("get random bytes in", &self.root, std::io::Error::other(e)))?;
-        if let Some(remote) = self.remote() {
-            remote.put_config(bytes.clone())?;
-        }
-        let tmp = self.root.join("tmp").join(format!("config.{}", hex(&r)));
-        self.dir.write_durable(&tmp, &self.root.join("config"), &bytes)
+        self.store.put(layout::CONFIG, bytes.into())
     }
 }
 

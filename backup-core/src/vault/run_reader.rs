@@ -19,7 +19,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use super::{PackEntry, Vault, pack};
+use super::{PackEntry, Vault, layout, pack};
 use crate::error::{Error, Result};
 use crate::model::ContentId;
 
@@ -167,7 +167,7 @@ impl Vault {
         if span.frame(loc).is_none() {
             self.fill_span(plan, k, loc, span)?;
         }
-        let object = self.pack_object_name(&loc.pack);
+        let object = self.pack_object(&loc.pack);
         let Some(frame) = span.frame(loc) else {
             return Err(Error::corrupt(
                 format!("{object} at byte {}", loc.entry.offset),
@@ -228,29 +228,22 @@ impl Vault {
         Ok(())
     }
 
-    /// How errors name a pack: its path, or its URL in a remote vault.
-    fn pack_object_name(&self, pack: &str) -> String {
-        match &self.remote {
-            Some(r) => format!("pack {}", r.pack_url(pack)),
-            None => format!("pack {}", self.pack_path(pack).display()),
-        }
-    }
-
     /// Reads the span that starts at chunk `k`'s frame and takes in the
     /// run's later frames of the same pack while they follow closely.
     fn fill_span(&self, plan: &RunPlan, k: usize, loc: &Location, span: &mut SpanBuffer) -> Result<()> {
         let start = loc.entry.offset;
         let end = span_end(plan, k, loc);
-        if let Some(r) = &self.remote {
-            let bytes = r.read_pack_range(&loc.pack, start..end)?;
+        let Some(opened) = self.pack_file_for_span(loc.pack_no, &loc.pack) else {
+            // A remote vault: one ranged GET.
+            let bytes = self.read_pack_range(&loc.pack, start..end)?;
             span.room(bytes.len()).copy_from_slice(&bytes);
             span.len = bytes.len();
             span.pack_no = Some(loc.pack_no);
             span.offset = start;
             return Ok(());
-        }
-        let (file, direct) = self.pack_file_for_span(loc.pack_no, &loc.pack)?;
-        let path = self.pack_path(&loc.pack);
+        };
+        let (file, direct) = opened?;
+        let path = self.describe(&layout::pack(&loc.pack));
         let (from, to) = if direct { (start / ALIGN * ALIGN, end.div_ceil(ALIGN) * ALIGN) } else { (start, end) };
         let buf = span.room((to - from) as usize);
         let n = match read_full(&file, buf, from) {
@@ -270,26 +263,27 @@ impl Vault {
 
     /// A pack opened with `O_DIRECT` (true), or through the page cache
     /// where the file system refuses it (false).
-    fn pack_file_for_span(&self, n: u32, pack: &str) -> Result<(Arc<File>, bool)> {
+    /// None for a store that is not a folder (a remote vault).
+    fn pack_file_for_span(&self, n: u32, pack: &str) -> Option<Result<(Arc<File>, bool)>> {
+        let cached = |n, pack| self.pack_file(n, pack).map(|r| r.map(|f| (f, false)));
         if !self.options.direct_io {
-            return Ok((self.pack_file(n, pack)?, false));
+            return cached(n, pack);
         }
         let known = self.direct_packs.lock().unwrap_or_else(|p| p.into_inner()).get(&n).cloned();
         match known {
-            Some(Some(f)) => return Ok((f, true)),
-            Some(None) => return Ok((self.pack_file(n, pack)?, false)),
+            Some(Some(f)) => return Some(Ok((f, true))),
+            Some(None) => return cached(n, pack),
             None => {}
         }
-        let path = self.pack_path(pack);
-        let direct = match self.dir().open_with(&path, libc::O_DIRECT) {
+        let direct = match self.store.open_file(&layout::pack(pack), libc::O_DIRECT)? {
             Ok(f) => Some(Arc::new(f)),
             Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => None,
-            Err(e) => return Err(e),
+            Err(e) => return Some(Err(e)),
         };
         self.direct_packs.lock().unwrap_or_else(|p| p.into_inner()).insert(n, direct.clone());
         match direct {
-            Some(f) => Ok((f, true)),
-            None => Ok((self.pack_file(n, pack)?, false)),
+            Some(f) => Some(Ok((f, true))),
+            None => cached(n, pack),
         }
     }
 }

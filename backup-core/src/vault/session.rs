@@ -10,9 +10,9 @@ use std::thread::JoinHandle;
 
 use super::beneath::VaultDir;
 use super::pack_writer::{BufferPool, Handoff, PackWriter};
-use super::{Codec, LockMode, PackEntry, PointManifest, Vault, VaultLock, VaultSink, pack};
+use super::{Codec, LockMode, PackEntry, PointManifest, Vault, VaultLock, VaultSink, layout, pack};
 use crate::error::{Error, Result};
-use crate::model::{ContentId, hex};
+use crate::model::{ContentId, random_hex};
 
 /// The pack being filled.
 struct OpenPack {
@@ -68,7 +68,7 @@ fn finish_pack(vdir: &VaultDir, dir: &std::path::Path, p: OpenPack) -> Result<(S
     out.write_all(&trailer)?;
     out.finish()?;
     let idx = pack::encode_idx(&trailer);
-    vdir.write_flushed(&dir.join("index").join(format!("{id}.idx")), &idx)?;
+    vdir.write_flushed(&dir.join(layout::chunk_index(&id)), &idx)?;
     Ok((id, (trailer.len() + idx.len()) as u64))
 }
 
@@ -97,16 +97,11 @@ impl<'v> BackupSession<'v> {
         let lock = vault.lock(LockMode::Shared)?;
         // Before the index is loaded, so that this backup deduplicates
         // against what a killed one had already stored.
-        // (A remote vault's cache adopts nothing: its packs are not in the store.)
-        if !vault.is_remote() {
-            super::adopt::adopt_abandoned(vault, None);
-        }
+        super::adopt::adopt_abandoned(vault, None);
         vault.refresh_index()?;
-        let mut r = [0u8; 8];
-        getrandom::fill(&mut r)
-            .map_err(|e| Error::io("get random bytes in", vault.path(), std::io::Error::other(e)))?;
-        let dir = vault.path().join("tmp").join(format!("backup-{}-{}", std::process::id(), hex(&r)));
-        for sub in ["packs", "index", "segments"] {
+        let name = format!("backup-{}-{}", std::process::id(), random_hex(8, "a backup's staging folder")?);
+        let dir = vault.path().join(layout::staging(&name));
+        for sub in [layout::PACKS, layout::INDEX, layout::SEGMENTS] {
             vault.dir().mkdirs(&dir.join(sub))?;
         }
         let session_lock = super::adopt::lock_session(vault, &dir)?;
@@ -129,6 +124,12 @@ impl<'v> BackupSession<'v> {
         self.vault
     }
 
+    /// Where a segment is staged: flat under `segments/`, not in the
+    /// vault's two-level layout.
+    fn staged_segment(&self, id: &ContentId) -> PathBuf {
+        self.dir.join(layout::SEGMENTS).join(id.to_hex())
+    }
+
     fn staged(&self) -> std::sync::MutexGuard<'_, Staged> {
         self.staged.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -138,10 +139,8 @@ impl<'v> BackupSession<'v> {
     }
 
     fn new_pack(&self) -> Result<OpenPack> {
-        let mut r = [0u8; 16];
-        getrandom::fill(&mut r).map_err(|e| Error::io("get random bytes in", &self.dir, std::io::Error::other(e)))?;
-        let id = hex(&r);
-        let path = self.dir.join("packs").join(format!("{id}.pack"));
+        let id = random_hex(16, "a pack id")?;
+        let path = self.dir.join(layout::pack(&id));
         let mut out =
             PackWriter::create(self.vault.dir(), &path, self.buffers.clone(), self.vault.options().direct_io)?;
         let header = pack::header();
@@ -173,40 +172,23 @@ impl<'v> BackupSession<'v> {
             (st.packs.clone(), st.segments.iter().copied().collect::<Vec<_>>())
         };
         let vault = self.vault;
-        if let Some(r) = vault.remote() {
-            return r.publish(vault, &self.dir, &packs, &segments);
-        }
-        for id in &packs {
-            let from = self.dir.join("packs").join(format!("{id}.pack"));
-            let to = vault.pack_path(id);
-            vault.dir().rename(&from, &to)?;
-        }
-        vault.dir().sync_dir(&vault.path().join("packs"))?;
-        for id in &packs {
-            let from = self.dir.join("index").join(format!("{id}.idx"));
-            let to = vault.idx_path(id);
-            vault.dir().rename(&from, &to)?;
-        }
-        vault.dir().sync_dir(&vault.path().join("index"))?;
         for id in &segments {
-            let path = self.dir.join("segments").join(id.to_hex());
+            let path = self.staged_segment(id);
             vault.dir().open(&path)?.sync_all().map_err(|e| Error::io("flush", &path, e))?;
         }
-        let mut dirs = HashSet::new();
-        for id in &segments {
-            let from = self.dir.join("segments").join(id.to_hex());
-            let to = vault.segment_path(id);
-            let parent = to.parent().map(PathBuf::from).unwrap_or_default();
-            if dirs.insert(parent.clone()) {
-                vault.dir().mkdirs(&parent)?;
-            }
-            vault.dir().rename(&from, &to)?;
-        }
-        for d in &dirs {
-            vault.dir().sync_dir(d)?;
-        }
-        vault.dir().sync_dir(&vault.path().join("segments"))?;
-        Ok(())
+        // Packs and segments first, then the packs' index files: an index
+        // file always names a pack that is there.
+        let staged = |key: String| {
+            let from = self.dir.join(&key);
+            (key, from)
+        };
+        let mut first: Vec<(String, PathBuf)> = packs.iter().map(|id| staged(layout::pack(id))).collect();
+        first.extend(segments.iter().map(|id| (layout::segment(id), self.staged_segment(id))));
+        let concurrency =
+            usize::try_from(super::UPLOAD_BUDGET / vault.options().pack_target_size.max(1)).unwrap_or(1).clamp(1, 16);
+        vault.store().publish(&first, concurrency)?;
+        let idx: Vec<(String, PathBuf)> = packs.iter().map(|id| staged(layout::chunk_index(id))).collect();
+        vault.store().publish(&idx, concurrency.max(8))
     }
 }
 
@@ -269,11 +251,11 @@ impl VaultSink for BackupSession<'_> {
 
     fn put_segment(&self, bytes: &[u8]) -> Result<(ContentId, u64)> {
         let id = ContentId(*blake3::keyed_hash(self.vault.segment_key(), bytes).as_bytes());
-        if self.staged().segments.contains(&id) || self.vault.dir().exists(&self.vault.segment_path(&id)) {
+        if self.staged().segments.contains(&id) || self.vault.has_segment(&id)? {
             return Ok((id, 0));
         }
         let bytes = &*self.vault.seal_segment(&id, bytes)?;
-        let path = self.dir.join("segments").join(id.to_hex());
+        let path = self.staged_segment(&id);
         // Another thread of this session may stage the same segment at once.
         // It is flushed in `publish`: an fsync here would stall every
         // worker between two segments of a disk.
@@ -293,8 +275,6 @@ impl VaultSink for BackupSession<'_> {
         self.publish()?;
         crate::model::validate_name("vm name", &m.vm)?;
         crate::model::validate_name("point id", &m.id)?;
-        let dir = self.vault.path().join("points").join(&m.vm);
-        self.vault.dir().mkdirs(&dir)?;
         // The manifest's own length counts as added; it is known only once
         // encoded, and its digits change its length: settle in two passes.
         let base = self.bytes_added.load(Ordering::Relaxed);
@@ -309,18 +289,17 @@ impl VaultSink for BackupSession<'_> {
                 let st = self.staged();
                 (st.packs.clone(), st.segments.iter().copied().collect::<Vec<_>>(), self.chunks().clone())
             };
-            r.commit_manifest(self.vault, &m, &bytes, &packs, &segments, &chunks)?;
-            self.committed.store(true, Ordering::SeqCst);
-            self.vault.refresh_index()?;
-            return Ok(m);
+            r.check_commit(self.vault, &m, &packs, &segments, &chunks)?;
         }
-        let tmp = self.dir.join("manifest");
-        self.vault.dir().write_flushed(&tmp, &bytes)?;
-        let dest = dir.join(&m.id);
-        // A hard link never replaces: two points can never share an id.
-        self.vault.dir().hard_link(&tmp, &dest)?;
-        self.vault.dir().sync_dir(&dir)?;
-        self.vault.dir().sync_dir(&self.vault.path().join("points"))?;
+        let key = layout::manifest(&m.vm, &m.id);
+        // Create-only: two points can never share an id.
+        if !self.vault.store().put_new(&key, bytes.into())? {
+            return Err(Error::io(
+                "publish manifest",
+                self.vault.describe(&key),
+                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            ));
+        }
         self.committed.store(true, Ordering::SeqCst);
         self.vault.refresh_index()?;
         Ok(m)

@@ -7,9 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{MAX_RECORD_LEN, Vault};
+use super::{MAX_RECORD_LEN, Vault, layout};
 use crate::error::{Error, Result};
-use crate::model::{hex, validate_name};
+use crate::model::validate_name;
 
 /// The kind of host record a verdict is.
 const RECORD_KIND: &str = "boot verdict";
@@ -74,50 +74,30 @@ mod b64 {
 }
 
 impl Vault {
-    fn verdict_key(vm: &str, point: &str) -> String {
-        format!("verdicts/{vm}/{point}")
-    }
-
     /// Records a point's boot verdict, replacing an older one.
     ///
     /// # Errors
-    /// Invalid names; I/O errors; the remote store's errors.
+    /// Invalid names; errors writing to the store.
+    #[cfg_attr(not(feature = "libvirt"), allow(dead_code))]
     pub(crate) fn write_boot_verdict(&self, verdict: &BootVerdict) -> Result<()> {
         validate_name("vm name", &verdict.vm)?;
         validate_name("point id", &verdict.point)?;
         let json = serde_json::to_vec(verdict).map_err(|e| Error::invalid("boot verdict", e.to_string()))?;
         let bytes = self.seal_host_record(RECORD_KIND, &[&verdict.vm, &verdict.point], &json)?;
-        let key = Self::verdict_key(&verdict.vm, &verdict.point);
-        if let Some(remote) = &self.remote {
-            remote.store().put(&key, bytes.clone())?;
-        }
-        let dir = self.root.join("verdicts").join(&verdict.vm);
-        self.dir.mkdirs(&dir)?;
-        let mut r = [0u8; 6];
-        let _ = getrandom::fill(&mut r);
-        let tmp = self.root.join("tmp").join(format!("verdict-{}.{}", verdict.point, hex(&r)));
-        self.dir.write_durable(&tmp, &self.root.join(&key), &bytes)
+        self.store().put(&layout::verdict(&verdict.vm, &verdict.point), bytes.into())
     }
 
     /// The boot verdict of a point, if it was ever booted.
     ///
     /// # Errors
-    /// [`Error::Tampered`] for a verdict that does not authenticate; I/O
-    /// errors.
+    /// [`Error::Tampered`] for a verdict that does not authenticate; errors
+    /// reading the store.
     pub fn boot_verdict(&self, vm: &str, point: &str) -> Result<Option<BootVerdict>> {
         validate_name("vm name", vm)?;
         validate_name("point id", point)?;
-        let key = Self::verdict_key(vm, point);
-        let bytes = match &self.remote {
-            Some(remote) => remote.store().get(&key)?,
-            None => match self.dir.read(&self.root.join(&key), MAX_RECORD_LEN) {
-                Ok(b) => Some(b),
-                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => return Err(e),
-            },
-        };
-        let Some(bytes) = bytes else { return Ok(None) };
-        let object = format!("boot verdict {key} of vault {}", self.location());
+        let key = layout::verdict(vm, point);
+        let Some(bytes) = self.store().get(&key, MAX_RECORD_LEN)? else { return Ok(None) };
+        let object = format!("boot verdict {}", self.describe(&key));
         let json = self.open_host_record(RECORD_KIND, &[vm, point], &bytes, &object)?;
         serde_json::from_slice(&json).map(Some).map_err(|e| Error::corrupt(object, e.to_string()))
     }
@@ -128,15 +108,14 @@ impl Vault {
     /// As [`boot_verdict`](Self::boot_verdict).
     pub fn boot_verdicts(&self, vm: &str) -> Result<std::collections::BTreeMap<String, BootVerdict>> {
         validate_name("vm name", vm)?;
-        let ids: Vec<String> = match &self.remote {
-            Some(remote) => remote
-                .store()
-                .list(&format!("verdicts/{vm}/"))?
-                .into_iter()
-                .filter_map(|o| o.key.rsplit('/').next().map(str::to_string))
-                .collect(),
-            None => self.dir.list(&self.root.join("verdicts").join(vm))?,
-        };
+        let folder = layout::verdicts_of(vm);
+        let ids: Vec<String> = self
+            .store()
+            .list(&folder)?
+            .iter()
+            .filter_map(|o| layout::name_in(&o.key, &folder))
+            .map(str::to_string)
+            .collect();
         let mut out = std::collections::BTreeMap::new();
         for id in ids.into_iter().filter(|id| validate_name("point id", id).is_ok()) {
             if let Some(v) = self.boot_verdict(vm, &id)? {
@@ -144,14 +123,5 @@ impl Vault {
             }
         }
         Ok(out)
-    }
-
-    /// Removes a point's verdict (prune, when it removes the point).
-    pub(crate) fn remove_boot_verdict(&self, vm: &str, point: &str) -> Result<()> {
-        let key = Self::verdict_key(vm, point);
-        if let Some(remote) = &self.remote {
-            remote.store().delete(&key)?;
-        }
-        self.dir.remove_file_if_exists(&self.root.join(&key)).map(|_| ())
     }
 }

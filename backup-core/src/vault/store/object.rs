@@ -21,7 +21,9 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{BackoffConfig, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig};
 
-use super::store::{ObjectInfo, Store};
+use bytes::Bytes;
+
+use super::{ObjectInfo, Store};
 use crate::error::{Error, Result};
 
 /// How long `object_store` keeps retrying one request.
@@ -179,7 +181,7 @@ impl ObjectBackend {
             _ if transient(&e) => std::io::ErrorKind::TimedOut,
             _ => std::io::ErrorKind::Other,
         };
-        Error::io(action, self.url(key), std::io::Error::new(kind, e.to_string()))
+        Error::io(action, self.describe(key), std::io::Error::new(kind, e.to_string()))
     }
 }
 
@@ -239,25 +241,25 @@ fn info(key: String, m: &object_store::ObjectMeta) -> ObjectInfo {
 /// Whoever can write the store must not make a reader hold gigabytes.
 const MAX_WHOLE_OBJECT: u64 = 64 << 20;
 
-fn too_big(path: &ObjectPath, size: u64) -> object_store::Error {
+fn too_big(path: &ObjectPath, size: u64, limit: u64) -> object_store::Error {
     object_store::Error::Generic {
         store: "vault",
-        source: format!("{path} holds {size} bytes, more than any vault object fetched whole may ({MAX_WHOLE_OBJECT})")
-            .into(),
+        source: format!("{path} holds {size} bytes, more than such a vault object may ({limit})").into(),
     }
 }
 
 impl Store for ObjectBackend {
-    fn url(&self, key: &str) -> String {
+    fn describe(&self, key: &str) -> String {
         if key.is_empty() { self.url.clone() } else { format!("{}/{key}", self.url) }
     }
 
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+    fn get(&self, key: &str, limit: u64) -> Result<Option<Vec<u8>>> {
         let path = self.path(key);
         let store = &self.store;
+        let limit = limit.min(MAX_WHOLE_OBJECT);
         let r = self.run(with_retries(|| async {
             match store.get(&path).await {
-                Ok(g) if g.meta.size > MAX_WHOLE_OBJECT => Err(too_big(&path, g.meta.size)),
+                Ok(g) if g.meta.size > limit => Err(too_big(&path, g.meta.size, limit)),
                 Ok(g) => g.bytes().await.map(|b| Some(b.to_vec())),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(e),
@@ -266,14 +268,15 @@ impl Store for ObjectBackend {
         r.map_err(|e| self.err("download", key, e))
     }
 
-    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+    fn get_many(&self, keys: &[String], limit: u64) -> Result<Vec<Option<Vec<u8>>>> {
         let store = &self.store;
+        let limit = limit.min(MAX_WHOLE_OBJECT);
         let futs = keys.iter().map(|k| {
             let path = self.path(k);
             async move {
                 let r = with_retries(|| async {
                     match store.get(&path).await {
-                        Ok(g) if g.meta.size > MAX_WHOLE_OBJECT => Err(too_big(&path, g.meta.size)),
+                        Ok(g) if g.meta.size > limit => Err(too_big(&path, g.meta.size, limit)),
                         Ok(g) => g.bytes().await.map(|b| Some(b.to_vec())),
                         Err(object_store::Error::NotFound { .. }) => Ok(None),
                         Err(e) => Err(e),
@@ -295,13 +298,13 @@ impl Store for ObjectBackend {
             let what = format!("bytes {}..{} of", range.start, range.end);
             let mut err = self.err("download", key, e);
             if let Error::Io { path, .. } = &mut err {
-                *path = PathBuf::from(format!("{what} {}", self.url(key)));
+                *path = PathBuf::from(format!("{what} {}", self.describe(key)));
             }
             err
         })
     }
 
-    fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+    fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
         let path = self.path(key);
         let payload = PutPayload::from(bytes);
         let store = &self.store;
@@ -309,7 +312,7 @@ impl Store for ObjectBackend {
         r.map_err(|e| self.err("upload", key, e))
     }
 
-    fn put_new(&self, key: &str, bytes: Vec<u8>) -> Result<bool> {
+    fn put_new(&self, key: &str, bytes: Bytes) -> Result<bool> {
         let path = self.path(key);
         let payload = PutPayload::from(bytes.clone());
         let store = &self.store;
@@ -328,7 +331,7 @@ impl Store for ObjectBackend {
                         // our own, written before the answer was lost.
                         if again {
                             let found = store.get(path).await?.bytes().await?;
-                            Ok(found.as_ref() == bytes.as_slice())
+                            Ok(found.as_ref() == bytes.as_ref())
                         } else {
                             Ok(false)
                         }
@@ -340,7 +343,7 @@ impl Store for ObjectBackend {
         r.map_err(|e| self.err("create", key, e))
     }
 
-    fn put_files(&self, files: &[(String, PathBuf)], concurrency: usize) -> Result<()> {
+    fn publish(&self, files: &[(String, PathBuf)], concurrency: usize) -> Result<()> {
         let store = &self.store;
         let futs = files.iter().map(|(key, file)| {
             let path = self.path(key);
@@ -386,16 +389,38 @@ impl Store for ObjectBackend {
         r.map_err(|(k, e)| self.err("stat", &k, e))
     }
 
-    fn delete(&self, key: &str) -> Result<()> {
-        let path = self.path(key);
+    fn list_folders(&self, folder: &str) -> Result<Vec<String>> {
+        let path = self.path(folder.trim_end_matches('/'));
         let store = &self.store;
-        let r = self.run(with_retries(|| async {
-            match store.delete(&path).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(e),
+        let r = self.run(with_retries(|| async { store.list_with_delimiter(Some(&path)).await }));
+        let listing = r.map_err(|e| self.err("list", folder, e))?;
+        let mut out: Vec<String> =
+            listing.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn delete_many(&self, keys: &[String]) -> Result<()> {
+        let store = &self.store;
+        let futs = keys.iter().map(|k| {
+            let path = self.path(k);
+            async move {
+                let r = with_retries(|| async {
+                    match store.delete(&path).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                        Err(e) => Err(e),
+                    }
+                })
+                .await;
+                r.map_err(|e| (k.clone(), e))
             }
-        }));
-        r.map_err(|e| self.err("delete", key, e))
+        });
+        let r = self.run(futures::stream::iter(futs).buffer_unordered(FETCH_CONCURRENCY).try_collect::<Vec<()>>());
+        r.map(drop).map_err(|(k, e)| self.err("delete", &k, e))
+    }
+
+    fn open_file(&self, _key: &str, _flags: libc::c_int) -> Option<Result<std::fs::File>> {
+        None
     }
 }
 

@@ -71,26 +71,26 @@
 //! so, until a gc has swept the mark, after which a rerun stores the
 //! segment anew.
 
-pub(crate) mod gc;
-#[cfg(feature = "object-store")]
-mod object;
-pub(crate) mod store;
-
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{PointManifest, SUBDIRS, Vault, VaultOptions, files};
+use super::store::Store;
+use super::store::cached::CachedStore;
+use super::store::local::LocalStore;
+use super::{PointManifest, Vault, VaultOptions, beneath, files, layout};
 use crate::error::{Error, Result};
-use crate::model::{ContentId, hex, validate_name};
-use store::Store;
+use crate::model::{ContentId, random_hex, validate_name};
 
 /// Bytes of files held in memory by a backup's parallel uploads, at most
 /// (each pack in flight is read whole; packs are 32 MiB by default, so 8 at
 /// once).
 pub const UPLOAD_BUDGET: u64 = 256 << 20;
+
+/// The largest gc mark read.
+const MAX_MARK_LEN: u64 = 64 << 20;
 
 /// How a remote vault is reached and cached (see the module doc of
 /// `vault::remote`).
@@ -117,9 +117,9 @@ pub fn is_vault_url(location: &str) -> bool {
     location.starts_with("az://") || location.starts_with("s3://")
 }
 
-/// The remote side of a vault opened from a URL.
+/// What a vault shared through an object store needs besides its store:
+/// its URL, and the packs gc marks condemn.
 pub(crate) struct Remote {
-    store: Box<dyn Store>,
     url: String,
     /// Packs a gc mark names, as of the last refresh: still read (a point
     /// committed just before the mark may need them until the sweep spares
@@ -135,7 +135,7 @@ impl std::fmt::Debug for Remote {
 
 #[cfg(feature = "object-store")]
 fn connect(url: &str, options: &RemoteOptions) -> Result<Box<dyn Store>> {
-    Ok(Box::new(object::ObjectBackend::connect(url, options.endpoint.as_deref())?))
+    Ok(Box::new(super::store::object::ObjectBackend::connect(url, options.endpoint.as_deref())?))
 }
 
 #[cfg(not(feature = "object-store"))]
@@ -166,29 +166,6 @@ fn default_cache(url: &str) -> Result<PathBuf> {
 
 /// The file in a cache folder naming the vault it caches.
 const CACHE_OF: &str = "cache-of";
-
-/// Writes a cache file: under a temporary name, then renamed, so that a
-/// reader never sees half of one. Cache files are not flushed: the cache is
-/// rebuilt from the store.
-fn write_cache(root: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(parent) = dest.parent() {
-        files::mkdirs(parent)?;
-    }
-    let mut r = [0u8; 8];
-    let _ = getrandom::fill(&mut r);
-    let tmp = root.join("tmp").join(format!("fetch-{}", hex(&r)));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io("write", &tmp, e))?;
-    std::fs::rename(&tmp, dest).map_err(|e| Error::io("rename into place", dest, e))
-}
-
-/// Removes a file; a missing one is no error.
-fn remove(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("remove", path, e)),
-    }
-}
 
 /// A gc mark: what one gc run condemned, and when.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -255,14 +232,18 @@ impl Vault {
     pub fn open_url(url: &str, options: VaultOptions, remote: &RemoteOptions) -> Result<Vault> {
         let url = url.trim_end_matches('/');
         let store = connect(url, remote)?;
-        let config = store.get("config")?.ok_or_else(|| Error::NotAVault { path: PathBuf::from(url) })?;
+        let config = store
+            .get(layout::CONFIG, super::MAX_CONFIG_LEN)?
+            .ok_or_else(|| Error::NotAVault { path: PathBuf::from(url) })?;
         let cache = match &remote.cache {
             Some(c) => c.clone(),
             None => default_cache(url)?,
         };
         prepare_cache(&cache, url, &config)?;
         let mut vault = Vault::open_with(&cache, options)?;
-        vault.remote = Some(Arc::new(Remote { store, url: url.to_string(), condemned: Default::default() }));
+        let local = LocalStore::new(beneath::VaultDir::open_root(&cache)?);
+        vault.store = Arc::new(CachedStore::new(store, local));
+        vault.remote = Some(Arc::new(Remote { url: url.to_string(), condemned: Default::default() }));
         Ok(vault)
     }
 
@@ -275,14 +256,18 @@ impl Vault {
     pub fn init_url(url: &str, options: VaultOptions, remote: &RemoteOptions) -> Result<Vault> {
         let url = url.trim_end_matches('/');
         let store = connect(url, remote)?;
-        if store.get("config")?.is_some() {
+        if store.get(layout::CONFIG, super::MAX_CONFIG_LEN)?.is_some() {
             return Err(Error::AlreadyExists { path: PathBuf::from(url) });
         }
         // The config is made exactly as a local vault's, in a scratch folder.
-        let scratch = std::env::temp_dir().join(format!("vmbackup-init-{}-{}", std::process::id(), random_hex(8)?));
-        let made = Vault::init_with(&scratch, options.clone()).and_then(|_| files::read(&scratch.join("config")));
+        let scratch = std::env::temp_dir().join(format!(
+            "vmbackup-init-{}-{}",
+            std::process::id(),
+            random_hex(8, "a scratch folder")?
+        ));
+        let made = Vault::init_with(&scratch, options.clone()).and_then(|_| files::read(&scratch.join(layout::CONFIG)));
         let _ = std::fs::remove_dir_all(&scratch);
-        if !store.put_new("config", made?)? {
+        if !store.put_new(layout::CONFIG, made?.into())? {
             return Err(Error::AlreadyExists { path: PathBuf::from(url) });
         }
         Self::open_url(url, options, remote)
@@ -319,284 +304,115 @@ fn prepare_cache(cache: &Path, url: &str, config: &[u8]) -> Result<()> {
         ));
     }
     files::mkdirs(cache)?;
-    for d in SUBDIRS {
+    for d in layout::FOLDERS {
         files::mkdirs(&cache.join(d))?;
     }
-    let current = std::fs::read(cache.join("config")).ok();
+    let current = std::fs::read(cache.join(layout::CONFIG)).ok();
     if current.as_deref() != Some(config) {
         // Another vault's cache: what it cached does not belong to this one.
-        for d in ["index", "segments", "points", "vms", "gc"] {
+        for d in [layout::INDEX, layout::SEGMENTS, layout::POINTS, layout::VMS, layout::MARKS] {
             let p = cache.join(d);
             if p.exists() {
                 std::fs::remove_dir_all(&p).map_err(|e| Error::io("clear cache folder", &p, e))?;
             }
             files::mkdirs(&p)?;
         }
-        write_cache(cache, &cache.join("config"), config)?;
     }
-    write_cache(cache, &marker, format!("{url}\n").as_bytes())?;
-    let lock = cache.join("lock");
+    let local = LocalStore::new(beneath::VaultDir::open_root(cache)?);
+    local.write_cached(layout::CONFIG, config)?;
+    local.write_cached(CACHE_OF, format!("{url}\n").as_bytes())?;
+    let lock = cache.join(layout::LOCK);
     if !lock.exists() {
         std::fs::write(&lock, b"").map_err(|e| Error::io("create", &lock, e))?;
     }
     Ok(())
 }
 
-fn random_hex(n: usize) -> Result<String> {
-    let mut r = vec![0u8; n];
-    getrandom::fill(&mut r)
-        .map_err(|e| Error::io("get random bytes for", "a remote vault", std::io::Error::other(e)))?;
-    Ok(hex(&r))
-}
+impl Vault {
+    /// Writes a new gc mark (create-only, under a name of its time and
+    /// random digits).
+    pub(crate) fn put_mark(&self, mark: &Mark) -> Result<()> {
+        let name = format!("{}-{}.json", mark.created.strftime("%Y%m%dT%H%M%SZ"), random_hex(6, "a gc mark")?);
+        let bytes = serde_json::to_vec(mark).map_err(|e| Error::invalid("gc mark", e.to_string()))?;
+        let key = layout::mark(&name);
+        if !self.store().put_new(&key, bytes.into())? {
+            return Err(Error::io(
+                "create",
+                self.describe(&key),
+                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            ));
+        }
+        Ok(())
+    }
 
-fn segment_key(id: &ContentId) -> String {
-    let h = id.to_hex();
-    format!("segments/{}/{h}", &h[..2])
+    /// Removes a gc mark that was swept.
+    pub(crate) fn remove_mark(&self, name: &str) -> Result<()> {
+        validate_name("gc mark", name)?;
+        self.store().delete(&layout::mark(name))
+    }
 }
 
 impl Remote {
+    /// The packs gc marks condemn, as of the last refresh.
+    pub(crate) fn condemned(&self) -> HashSet<String> {
+        self.condemned.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Whether a backup may deduplicate against a pack: no gc mark names it.
     pub(crate) fn dedup_allowed(&self, pack: &str) -> bool {
         !self.condemned.lock().unwrap_or_else(|p| p.into_inner()).contains(pack)
     }
 
-    /// The store's URL of an object.
-    pub(crate) fn url_of(&self, key: &str) -> String {
-        self.store.url(key)
-    }
-
-    pub(crate) fn store(&self) -> &dyn Store {
-        self.store.as_ref()
-    }
-
-    /// The packs the cache's chunk index knows: its `index/*.idx` files.
-    pub(crate) fn pack_ids(&self, vault: &Vault) -> Result<Vec<String>> {
-        Ok(files::list(&vault.root.join("index"))?
-            .into_iter()
-            .filter_map(|n| n.strip_suffix(".idx").map(str::to_string))
-            .collect())
-    }
-
-    /// Every gc mark in the store, fetched once into the cache's `gc/`;
-    /// cached marks gone from the store are dropped.
+    /// Every gc mark in the store (each fetched once into the cache).
     pub(crate) fn marks(&self, vault: &Vault) -> Result<Vec<(String, Mark)>> {
-        let dir = vault.root.join("gc");
-        files::mkdirs(&dir)?;
-        let listed: Vec<String> = self
-            .store
-            .list("gc/")?
-            .into_iter()
-            .filter_map(|o| o.key.strip_prefix("gc/").map(str::to_string))
-            .filter(|n| n.ends_with(".json") && validate_name("gc mark", n).is_ok())
-            .collect();
-        let have: HashSet<String> = files::list(&dir)?.into_iter().collect();
-        for name in have.iter().filter(|n| !listed.contains(n)) {
-            remove(&dir.join(name))?;
-        }
-        let new: Vec<String> = listed.iter().filter(|n| !have.contains(*n)).map(|n| format!("gc/{n}")).collect();
-        for (key, bytes) in new.iter().zip(self.store.get_many(&new)?) {
-            if let Some(bytes) = bytes {
-                write_cache(&vault.root, &vault.root.join(key), &bytes)?;
-            }
-        }
+        let store = vault.store();
+        let keys: Vec<String> =
+            store.list(layout::MARKS)?.into_iter().map(|o| o.key).filter(|k| layout::mark_of(k).is_some()).collect();
         let mut out = Vec::new();
-        for name in listed {
-            let path = dir.join(&name);
-            let Ok(bytes) = std::fs::read(&path) else { continue };
-            let mark = Mark::parse(&bytes, &format!("gc mark {}", self.store.url(&format!("gc/{name}"))))?;
-            out.push((name, mark));
+        for (key, got) in keys.iter().zip(store.get_many(&keys, MAX_MARK_LEN)?) {
+            // A mark swept since the listing is gone: nothing to heed.
+            let (Some(bytes), Some(name)) = (got, layout::mark_of(key)) else { continue };
+            out.push((name.to_string(), Mark::parse(&bytes, &format!("gc mark {}", store.describe(key)))?));
         }
         Ok(out)
     }
 
-    /// Brings the cache's chunk index files in line with the store: fetches
-    /// the index files of new packs, drops those whose pack gc removed, and
-    /// notes the packs a gc mark condemns (dropping the cached segments it
-    /// condemns), so that no backup deduplicates against them.
-    pub(crate) fn sync_index(&self, vault: &Vault) -> Result<()> {
+    /// Notes the packs the gc marks condemn, so that no backup
+    /// deduplicates against them, and drops the segments they condemn
+    /// from the cache, so that a backup stores them anew. Returns whether
+    /// the condemned packs changed.
+    pub(crate) fn sync_marks(&self, vault: &Vault) -> Result<bool> {
         let marks = self.marks(vault)?;
-        *self.condemned.lock().unwrap_or_else(|p| p.into_inner()) =
-            marks.iter().flat_map(|(_, m)| m.packs.iter().cloned()).collect();
-        let condemned: HashSet<String> =
-            marks.into_iter().flat_map(|(_, m)| m.segments.into_iter().map(|s| format!("s/{s}"))).collect();
-        let listed: BTreeSet<String> = self
-            .store
-            .list("index/")?
-            .into_iter()
-            .filter_map(|o| o.key.strip_prefix("index/").map(str::to_string))
-            .filter(|n| n.ends_with(".idx") && validate_name("chunk index file", n).is_ok())
-            .collect();
-        let dir = vault.root.join("index");
-        let have: HashSet<String> = files::list(&dir)?.into_iter().collect();
-        for name in have.iter().filter(|n| !listed.contains(*n)) {
-            remove(&dir.join(name))?;
-        }
-        for s in condemned.iter().filter_map(|c| c.strip_prefix("s/")) {
-            if let Ok(id) = ContentId::from_hex(s) {
-                remove(&vault.segment_path(&id))?;
-            }
-        }
-        let new: Vec<String> = listed.iter().filter(|n| !have.contains(*n)).map(|n| format!("index/{n}")).collect();
-        for chunk in new.chunks(256) {
-            for (key, bytes) in chunk.iter().zip(self.store.get_many(chunk)?) {
-                // An index file deleted since the listing: its pack went with it.
-                if let Some(bytes) = bytes {
-                    write_cache(&vault.root, &vault.root.join(key), &bytes)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Brings the cache's manifests of one VM (or of all) in line with the
-    /// store: fetches new ones, drops those that prune removed.
-    pub(crate) fn sync_points(&self, vault: &Vault, vm: Option<&str>) -> Result<()> {
-        let prefix = match vm {
-            Some(vm) => format!("points/{vm}/"),
-            None => "points/".to_string(),
+        let now: HashSet<String> = marks.iter().flat_map(|(_, m)| m.packs.iter().cloned()).collect();
+        let changed = {
+            let mut condemned = self.condemned.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = *condemned != now;
+            *condemned = now;
+            changed
         };
-        let listed: BTreeSet<String> = self
-            .store
-            .list(&prefix)?
-            .into_iter()
-            .map(|o| o.key)
-            .filter(|k| {
-                let mut parts = k.split('/').skip(1);
-                matches!((parts.next(), parts.next(), parts.next()), (Some(v), Some(id), None)
-                    if validate_name("vm name", v).is_ok() && validate_name("point id", id).is_ok())
-            })
-            .collect();
-        let root = vault.root.join("points");
-        let mut have = HashSet::new();
-        let vms = match vm {
-            Some(vm) => vec![vm.to_string()],
-            None => files::list(&root)?,
-        };
-        for v in vms {
-            for id in files::list(&root.join(&v))? {
-                have.insert(format!("points/{v}/{id}"));
-            }
-        }
-        for key in have.iter().filter(|k| !listed.contains(*k)) {
-            remove(&vault.root.join(key))?;
-        }
-        let new: Vec<String> = listed.iter().filter(|k| !have.contains(*k)).cloned().collect();
-        for chunk in new.chunks(256) {
-            for (key, bytes) in chunk.iter().zip(self.store.get_many(chunk)?) {
-                if let Some(bytes) = bytes {
-                    write_cache(&vault.root, &vault.root.join(key), &bytes)?;
-                }
-            }
-        }
-        for key in &listed {
-            if let Some(dir) = vault.root.join(key).parent() {
-                files::mkdirs(dir)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The vault's config as the store holds it now: key slots change
-    /// there, not in a host's cache.
-    pub(crate) fn config_bytes(&self) -> Result<Vec<u8>> {
-        self.store.get("config")?.ok_or_else(|| Error::NotAVault { path: PathBuf::from(&self.url) })
-    }
-
-    /// Replaces the config in the store (a key slot added or removed): the
-    /// one object of a vault that is ever rewritten. Two hosts changing key
-    /// slots at the same moment: the last write wins (a slot is lost, never
-    /// the data, which every remaining slot still opens).
-    pub(crate) fn put_config(&self, bytes: Vec<u8>) -> Result<()> {
-        self.store.put("config", bytes)
-    }
-
-    /// Fetches an index segment into the cache unless it is there; a
-    /// segment missing from the store stays missing.
-    pub(crate) fn ensure_segment(&self, vault: &Vault, id: &ContentId) -> Result<()> {
-        let path = vault.segment_path(id);
-        if path.exists() {
-            return Ok(());
-        }
-        if let Some(bytes) = self.store.get(&segment_key(id))? {
-            write_cache(&vault.root, &path, &bytes)?;
-        }
-        Ok(())
-    }
-
-    /// The URL of a pack in the store, for errors.
-    pub(crate) fn pack_url(&self, pack_id: &str) -> String {
-        self.store.url(&format!("packs/{pack_id}.pack"))
-    }
-
-    /// Bytes `range` of a pack, in one ranged GET; fewer when the pack
-    /// ends first.
-    pub(crate) fn read_pack_range(&self, pack_id: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
-        self.store.get_range(&format!("packs/{pack_id}.pack"), range)
-    }
-
-    /// Publishes a backup's staged objects: packs and segments in
-    /// parallel, then the packs' index files (an index file in the store
-    /// always names a pack that is there), then moves the index files and
-    /// segments into the cache.
-    pub(crate) fn publish(
-        &self,
-        vault: &Vault,
-        staging: &Path,
-        packs: &[String],
-        segments: &[ContentId],
-    ) -> Result<()> {
-        let concurrency =
-            usize::try_from(UPLOAD_BUDGET / vault.options.pack_target_size.max(1)).unwrap_or(1).clamp(1, 16);
-        let mut first: Vec<(String, PathBuf)> = packs
+        let segments: Vec<String> = marks
             .iter()
-            .map(|id| (format!("packs/{id}.pack"), staging.join("packs").join(format!("{id}.pack"))))
+            .flat_map(|(_, m)| &m.segments)
+            .filter_map(|s| ContentId::from_hex(s).ok())
+            .map(|id| layout::segment(&id))
             .collect();
-        first.extend(segments.iter().map(|id| (segment_key(id), staging.join("segments").join(id.to_hex()))));
-        self.store.put_files(&first, concurrency)?;
-        let idx: Vec<(String, PathBuf)> = packs
-            .iter()
-            .map(|id| (format!("index/{id}.idx"), staging.join("index").join(format!("{id}.idx"))))
-            .collect();
-        self.store.put_files(&idx, concurrency.max(8))?;
-        for (key, from) in idx {
-            let to = vault.root.join(&key);
-            std::fs::rename(&from, &to).map_err(|e| Error::io("move chunk index into the cache", &to, e))?;
-        }
-        for id in segments {
-            let from = staging.join("segments").join(id.to_hex());
-            let to = vault.segment_path(id);
-            if let Some(parent) = to.parent() {
-                files::mkdirs(parent)?;
-            }
-            std::fs::rename(&from, &to).map_err(|e| Error::io("move index segment into the cache", &to, e))?;
-        }
-        Ok(())
+        vault.store().uncache(&segments)?;
+        Ok(changed)
     }
 
-    /// Checks that a point may be committed (see the module doc), then
-    /// writes its manifest with a create-only put and into the cache.
-    /// `own_packs`, `own_segments` and `own_chunks` are those this backup
-    /// uploaded.
-    pub(crate) fn commit_manifest(
+    /// Checks that a point may be committed (see the module doc), before
+    /// its manifest is written with a create-only put. `own_packs`,
+    /// `own_segments` and `own_chunks` are those this backup uploaded.
+    pub(crate) fn check_commit(
         &self,
         vault: &Vault,
         m: &PointManifest,
-        bytes: &[u8],
         own_packs: &[String],
         own_segments: &[ContentId],
         own_chunks: &HashSet<ContentId>,
     ) -> Result<()> {
         let what = format!("point {} of vm {} in vault {}", m.id, m.vm, self.url);
-        let refuse = |why: String| {
-            Error::io(
-                "commit",
-                PathBuf::from(&what),
-                std::io::Error::new(
-                    std::io::ErrorKind::Interrupted,
-                    format!("{why}; nothing was committed, run the backup again"),
-                ),
-            )
-        };
+        let refuse = |why: String| Error::CommitRaced { point: what.clone(), why };
         // What the point depends on besides what this backup uploaded: the
         // packs of the other chunks, by the chunk index as the backup used
         // it (refreshed only for a chunk it does not place).
@@ -641,7 +457,8 @@ impl Remote {
         for p in &packs {
             if let Some(mark) = condemned.get(p) {
                 return Err(refuse(format!(
-                    "gc marked pack {p}, which holds chunks of the point, for removal (gc/{mark})"
+                    "gc marked pack {p}, which holds chunks of the point, for removal ({})",
+                    layout::mark(mark)
                 )));
             }
         }
@@ -649,56 +466,39 @@ impl Remote {
             if let Some(mark) = condemned.get(&s.to_hex()) {
                 // The sweep will remove it from the store: the cache must
                 // not vouch for it then, or the rerun would not upload it.
-                remove(&vault.segment_path(s))?;
+                vault.store().uncache(&[layout::segment(s)])?;
                 return Err(refuse(format!(
-                    "gc marked index segment {s} of the point for removal (gc/{mark}); a segment is named by its \
-                     content, so a backup can commit it again once a gc has swept that mark"
+                    "gc marked index segment {s} of the point for removal ({}); a segment is named by its \
+                     content, so a backup can commit it again once a gc has swept that mark",
+                    layout::mark(mark)
                 )));
             }
         }
         // (2) What other backups wrote is still there.
         let own_p: HashSet<&String> = own_packs.iter().collect();
         let own_s: HashSet<&ContentId> = own_segments.iter().collect();
-        let mut keys: Vec<String> =
-            packs.iter().filter(|p| !own_p.contains(p)).map(|p| format!("packs/{p}.pack")).collect();
-        keys.extend(segments.iter().filter(|s| !own_s.contains(s)).map(segment_key));
-        let found = self.store.head_many(&keys)?;
+        let mut keys: Vec<String> = packs.iter().filter(|p| !own_p.contains(p)).map(|p| layout::pack(p)).collect();
+        keys.extend(segments.iter().filter(|s| !own_s.contains(s)).map(layout::segment));
+        let found = vault.store().head_many(&keys)?;
         let missing: Vec<&String> = keys.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(k, _)| k).collect();
         if !missing.is_empty() {
             // The cache trusted them: forget them, so that the rerun does not.
-            for key in &missing {
-                if let Some(p) = key.strip_prefix("packs/").and_then(|k| k.strip_suffix(".pack")) {
-                    remove(&vault.idx_path(p))?;
-                } else {
-                    remove(&vault.root.join(key))?;
-                }
-            }
+            let forget: Vec<String> = missing
+                .iter()
+                .map(|k| match layout::pack_of(k) {
+                    Some(p) => layout::chunk_index(p),
+                    None => (*k).clone(),
+                })
+                .collect();
+            vault.store().uncache(&forget)?;
             vault.forget_index();
             return Err(refuse(format!(
                 "{} object(s) the point needs are gone from the store (removed by gc), first {}",
                 missing.len(),
-                self.store.url(missing[0])
+                vault.describe(missing[0])
             )));
         }
-        let key = format!("points/{}/{}", m.vm, m.id);
-        if !self.store.put_new(&key, bytes.to_vec())? {
-            return Err(Error::io(
-                "publish manifest",
-                self.store.url(&key),
-                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-            ));
-        }
-        write_cache(&vault.root, &vault.root.join(&key), bytes)
-    }
-
-    /// Deletes a point's manifest from the store.
-    pub(crate) fn delete_point(&self, vm: &str, id: &str) -> Result<()> {
-        self.store.delete(&format!("points/{vm}/{id}"))
-    }
-
-    /// Writes a VM's record through to the store.
-    pub(crate) fn put_vm_record(&self, vm: &str, bytes: &[u8]) -> Result<()> {
-        self.store.put(&format!("vms/{vm}.json"), bytes.to_vec())
+        Ok(())
     }
 }
 
@@ -718,7 +518,7 @@ mod tests {
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
-        let url = format!("az://vmbackup/young-mark-{}", random_hex(6).expect("random"));
+        let url = format!("az://vmbackup/young-mark-{}", random_hex(6, "a test").expect("random"));
         let remote = RemoteOptions { cache: Some(d.join("cache")), endpoint: Some(endpoint.clone()) };
         let vault = Vault::init_url(&url, VaultOptions::default(), &remote).expect("init");
         let data: Vec<u8> = (0..1u32 << 18).flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()).collect();
@@ -730,14 +530,14 @@ mod tests {
         };
         let first = point("a").expect("first backup").point;
         let segment = first.disks[0].segments[0].to_hex();
-        let store = object::ObjectBackend::connect(&url, Some(&endpoint)).expect("store");
+        let store = crate::vault::store::object::ObjectBackend::connect(&url, Some(&endpoint)).expect("store");
         let mark = |created: jiff::Timestamp, name: &str| {
             let m = Mark { created, grace_secs: 3600, packs: Vec::new(), segments: vec![segment.clone()] };
-            store.put(&format!("gc/{name}.json"), serde_json::to_vec(&m).expect("json")).expect("put mark");
+            store.put(&format!("gc/{name}.json"), serde_json::to_vec(&m).expect("json").into()).expect("put mark");
         };
         mark(jiff::Timestamp::now(), "young");
         point("b").expect("a young mark is no obstacle");
-        store.delete("gc/young.json").expect("delete");
+        store.delete_many(&["gc/young.json".to_string()]).expect("delete");
         let two_hours_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(2);
         mark(two_hours_ago, "ripe");
         let e = point("c").expect_err("a ripe mark on the point's segment");
@@ -756,7 +556,7 @@ mod tests {
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
-        let url = format!("az://vmbackup/marked-pack-{}", random_hex(6).expect("random"));
+        let url = format!("az://vmbackup/marked-pack-{}", random_hex(6, "a test").expect("random"));
         let remote = RemoteOptions { cache: Some(d.join("cache")), endpoint: Some(endpoint.clone()) };
         let vault = Vault::init_url(&url, VaultOptions::default(), &remote).expect("init");
         let data: Vec<u8> = (0..1u32 << 18).flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()).collect();
@@ -766,7 +566,7 @@ mod tests {
         let first = backup(&vault, &provider, &Vm::from_images("a", &[&img]).expect("vm"), &BackupOptions::default())
             .expect("backup")
             .point;
-        let store = object::ObjectBackend::connect(&url, Some(&endpoint)).expect("store");
+        let store = crate::vault::store::object::ObjectBackend::connect(&url, Some(&endpoint)).expect("store");
         let packs: Vec<String> = store
             .list("packs/")
             .expect("list")
@@ -774,7 +574,7 @@ mod tests {
             .filter_map(|o| o.key.strip_prefix("packs/")?.strip_suffix(".pack").map(str::to_string))
             .collect();
         let m = Mark { created: jiff::Timestamp::now(), grace_secs: 3600, packs, segments: Vec::new() };
-        store.put("gc/by-hand.json", serde_json::to_vec(&m).expect("json")).expect("put mark");
+        store.put("gc/by-hand.json", serde_json::to_vec(&m).expect("json").into()).expect("put mark");
         // Another host restores the point from the marked packs.
         let other = RemoteOptions { cache: Some(d.join("other")), endpoint: Some(endpoint.clone()) };
         let reader = Vault::open_url(&url, VaultOptions::default(), &other).expect("open");
