@@ -358,6 +358,11 @@ enum Command {
         /// Leave alone anything modified in the last MINUTES.
         #[arg(long, default_value_t = 60, value_name = "MINUTES")]
         grace: u64,
+        /// Rewrite a pack once this share (0 to 1) of its chunk bytes is
+        /// dead: 0 rewrites every pack with a dead chunk, 1 none (wholly
+        /// dead packs are removed either way).
+        #[arg(long, default_value_t = 0.5, value_name = "SHARE")]
+        repack_threshold: f64,
         /// Show what would be removed; change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -820,7 +825,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Prune { vault, policy, vm, dry_run, json } => {
             return maintenance::prune(&vault, &policy, vm, dry_run, json);
         }
-        Command::Gc { vault, grace, dry_run, json } => return maintenance::gc(&vault, grace, dry_run, json),
+        Command::Gc { vault, grace, repack_threshold, dry_run, json } => {
+            return maintenance::gc(&vault, grace, repack_threshold, dry_run, json);
+        }
         Command::Policy { action: PolicyAction::Check { file, runs, json } } => {
             return maintenance::policy_check(&file, runs, json);
         }

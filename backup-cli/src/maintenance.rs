@@ -73,10 +73,11 @@ pub fn prune(vault: &Path, policy: &Path, vm: Option<String>, dry_run: bool, as_
 }
 
 /// `vmbackup gc`: removes what no point references.
-pub fn gc(vault: &Path, grace_minutes: u64, dry_run: bool, as_json: bool) -> Result<ExitCode> {
+pub fn gc(vault: &Path, grace_minutes: u64, repack_threshold: f64, dry_run: bool, as_json: bool) -> Result<ExitCode> {
     let vault = crate::repair::open(vault)?;
     let mut options = GcOptions::default();
     options.grace = Duration::from_secs(grace_minutes.saturating_mul(60));
+    options.repack_threshold = repack_threshold;
     options.dry_run = dry_run;
     let r = backup_core::gc(&vault, &options)?;
     if as_json {
