@@ -59,6 +59,8 @@ mod repair;
 mod restore;
 mod restore_output;
 mod snapshot;
+#[doc(hidden)]
+pub mod testing;
 mod throttle;
 mod vault;
 mod verify;
