@@ -66,7 +66,7 @@ mod vault;
 mod verify;
 
 pub use device::{BlockDevice, RawImage};
-pub use engine::{DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, check_block_size};
+pub use vault::{DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, check_block_size};
 pub use error::{Error, ErrorKind, Result};
 pub use gc::{GcOptions, GcReport, gc};
 pub use job::log::{JobEvent, JobRecord, JobResult, Phase, PhaseRecord, job_history, read_job};

@@ -24,7 +24,8 @@ use jiff::Timestamp;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::engine::{self, DEFAULT_BLOCK_SIZE, EngineParams};
+use crate::engine::{self, EngineParams};
+use crate::vault::{DEFAULT_BLOCK_SIZE, check_block_size};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{CancelToken, Consistency, NoProgress, Progress, Vm, hex, validate_name};
 use crate::snapshot::{PrepareReport, Snapshot, SnapshotProvider};
@@ -290,7 +291,7 @@ pub fn backup(
 ) -> Result<BackupReport> {
     let started = Instant::now();
     vm.validate()?;
-    engine::check_block_size(options.block_size)?;
+    check_block_size(options.block_size)?;
     if !(0.0..=1.0).contains(&options.cbt_audit_rate) {
         return Err(Error::invalid("cbt audit rate", format!("{} is not between 0 and 1", options.cbt_audit_rate)));
     }

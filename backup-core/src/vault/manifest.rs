@@ -252,7 +252,7 @@ fn check_geometry(m: &PointManifest) -> std::result::Result<(), String> {
         if !names.insert(d.name.as_str()) {
             return Err(format!("disk name {} appears twice", d.name));
         }
-        crate::engine::check_block_size(d.block_size).map_err(|e| format!("disk {}: {e}", d.name))?;
+        super::check_block_size(d.block_size).map_err(|e| format!("disk {}: {e}", d.name))?;
         if d.entries_per_segment == 0 || d.entries_per_segment > crate::vault::segment::MAX_ENTRIES_PER_SEGMENT {
             return Err(format!("disk {}: {} entries per segment", d.name, d.entries_per_segment));
         }

@@ -54,6 +54,8 @@
 
 mod adopt;
 mod beneath;
+mod block_size;
+pub use block_size::{DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, check_block_size};
 pub(crate) mod crypto;
 mod files;
 mod host_files;
