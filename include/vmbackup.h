@@ -228,6 +228,13 @@ typedef struct vmb_point vmb_point;
 typedef struct vmb_point_list vmb_point_list;
 
 /**
+ * A backup policy (schedule and retention), parsed and checked. Made by
+ * `vmb_policy_parse` or `vmb_policy_load`, applied by `vmb_vault_prune_by`,
+ * freed with `vmb_policy_free`. Immutable: usable from any thread.
+ */
+typedef struct vmb_policy vmb_policy;
+
+/**
  * A libvirt domain to back up, with its settings. Created with
  * `vmb_provider_libvirt_new`, freed with `vmb_provider_libvirt_free`.
  * Thread-safe; a setting changed during a backup applies to the next one.
@@ -370,6 +377,41 @@ typedef struct vmb_gc_stats {
    */
   uint64_t protected_;
 } vmb_gc_stats;
+
+/**
+ * What a repair did.
+ */
+typedef struct vmb_repair_stats {
+  /**
+   * Packs examined.
+   */
+  uint64_t packs;
+  /**
+   * Chunk index files rebuilt (or, in a dry run, that would be).
+   */
+  uint64_t rebuilt;
+  /**
+   * Damaged chunks left out of the rebuilt index files, so that backups
+   * store them again.
+   */
+  uint64_t dropped;
+  /**
+   * Packs that cannot be read at all.
+   */
+  uint64_t unreadable_packs;
+  /**
+   * Byte ranges of points' disks that cannot be restored.
+   */
+  uint64_t lost_ranges;
+  /**
+   * Other damage found (unreadable manifests, damaged frames).
+   */
+  uint64_t other_problems;
+  /**
+   * Whether no point lost data and no manifest is unreadable.
+   */
+  bool nothing_lost;
+} vmb_repair_stats;
 
 /**
  * What a backup did, summed over the point's disks.
@@ -820,6 +862,46 @@ enum vmb_status vmb_vault_backup_libvirt(const struct vmb_vault *vault,
                                          struct vmb_point **out);
 
 /**
+ * Parses a policy from TOML text (the format of `vmbackup policy check`).
+ * A bad policy is `VMB_ERR_INVALID_ARGUMENT`, and `vmb_last_error` names
+ * the field.
+ *
+ * # Safety
+ * `toml` is NULL or NUL-terminated; `out` is NULL or writable.
+ */
+enum vmb_status vmb_policy_parse(const char *toml, struct vmb_policy **out);
+
+/**
+ * Reads and parses a policy file.
+ *
+ * # Safety
+ * `path` is NULL or NUL-terminated; `out` is NULL or writable.
+ */
+enum vmb_status vmb_policy_load(const char *path, struct vmb_policy **out);
+
+/**
+ * Frees a policy; NULL is ignored.
+ *
+ * # Safety
+ * `policy` is NULL or from `vmb_policy_parse`/`vmb_policy_load`, not
+ * freed before.
+ */
+void vmb_policy_free(struct vmb_policy *policy);
+
+/**
+ * As `vmb_vault_prune`, with a parsed policy.
+ *
+ * # Safety
+ * Pointers are NULL or live/NUL-terminated/writable as their types say;
+ * `vm` may be NULL.
+ */
+enum vmb_status vmb_vault_prune_by(const struct vmb_vault *vault,
+                                   const struct vmb_policy *policy,
+                                   const char *vm,
+                                   bool dry_run,
+                                   struct vmb_prune_report **out);
+
+/**
  * Prunes the vault by the retention rules of a policy given as TOML text
  * (the format of `vmbackup policy check`): removes the manifests of the
  * points the rules do not keep (the newest point of a VM is always kept)
@@ -899,6 +981,35 @@ enum vmb_status vmb_vault_gc(const struct vmb_vault *vault,
                              uint64_t grace_seconds,
                              bool dry_run,
                              struct vmb_gc_stats *out);
+
+/**
+ * As `vmb_vault_gc`, with the share (0 to 1) of a pack's chunk bytes that
+ * must be dead for it to be rewritten without them (`vmb_vault_gc` uses
+ * 0.5; 0 rewrites every pack with a dead chunk, 1 none). On a vault on
+ * object storage a run marks what is dead and a later run removes it.
+ *
+ * # Safety
+ * `vault` is NULL or live; `out` is NULL or writable.
+ */
+enum vmb_status vmb_vault_gc_repack(const struct vmb_vault *vault,
+                                    uint64_t grace_seconds,
+                                    double repack_threshold,
+                                    bool dry_run,
+                                    struct vmb_gc_stats *out);
+
+/**
+ * Rebuilds the chunk index files from the packs (leaving damaged chunks
+ * out, so that backups store them again), then verifies the vault and
+ * counts what is lost: `vmb_vault_verify` names the ranges. Damage is
+ * counted, not an error. Other open handles of the vault keep the index
+ * they loaded: open them again. `out` may be NULL.
+ *
+ * # Safety
+ * `vault` is NULL or live; `out` is NULL or writable.
+ */
+enum vmb_status vmb_vault_repair(const struct vmb_vault *vault,
+                                 bool dry_run,
+                                 struct vmb_repair_stats *out);
 
 /**
  * Frees a point. NULL is ignored.
@@ -1516,6 +1627,24 @@ enum vmb_status vmb_vault_restore_disk_to_file(const struct vmb_vault *vault,
                                                const char *path,
                                                const struct vmb_job *job,
                                                struct vmb_restore_stats *stats);
+
+/**
+ * As `vmb_vault_restore_disk_to_file`, but a damaged or missing chunk
+ * does not stop the restore: its block is written as zeros. The bytes so
+ * written go to `damaged_bytes` (0 when nothing was damaged); `verify`
+ * or the command line's `restore --allow-damaged` name the ranges.
+ * `job`, `stats` and `damaged_bytes` may be NULL.
+ *
+ * # Safety
+ * Pointers are NULL or live/NUL-terminated/writable as their types say.
+ */
+enum vmb_status vmb_vault_restore_disk_to_file_allow_damaged(const struct vmb_vault *vault,
+                                                             const struct vmb_point *point,
+                                                             const char *disk,
+                                                             const char *path,
+                                                             const struct vmb_job *job,
+                                                             struct vmb_restore_stats *stats,
+                                                             uint64_t *damaged_bytes);
 
 /**
  * Restores disk `disk` of a point through the host's `target` callbacks

@@ -1,10 +1,11 @@
 //! Keeping a vault in shape: prune by a policy's retention rules, then
-//! garbage collection of what no point references.
+//! garbage collection of what no point references; repair of a damaged
+//! vault.
 
 use std::ffi::{CString, c_char};
 use std::time::Duration;
 
-use backup_core::{GcOptions, GcReport, Policy, PruneOptions, PruneReport};
+use backup_core::{GcOptions, GcReport, Policy, PruneOptions, PruneReport, RepairOptions, RepairReport};
 
 use crate::status::{Failure, arg_out, arg_ref, arg_str, c_string, ffi, ffi_free, vmb_status, write_out};
 use crate::vault::vmb_vault;
@@ -16,6 +17,104 @@ pub struct vmb_prune_report {
     kept: usize,
     /// (vm, point id) of each removed point.
     removed: Vec<(CString, CString)>,
+}
+
+/// A backup policy (schedule and retention), parsed and checked. Made by
+/// `vmb_policy_parse` or `vmb_policy_load`, applied by `vmb_vault_prune_by`,
+/// freed with `vmb_policy_free`. Immutable: usable from any thread.
+pub struct vmb_policy {
+    policy: Policy,
+}
+
+/// Parses a policy from TOML text (the format of `vmbackup policy check`).
+/// A bad policy is `VMB_ERR_INVALID_ARGUMENT`, and `vmb_last_error` names
+/// the field.
+///
+/// # Safety
+/// `toml` is NULL or NUL-terminated; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_policy_parse(toml: *const c_char, out: *mut *mut vmb_policy) -> vmb_status {
+    ffi! {
+        let text = arg_str!(toml, "policy");
+        let out = arg_out!(out, "out");
+        let policy = Policy::from_toml_str(text)?;
+        write_out!(out, Box::into_raw(Box::new(vmb_policy { policy })));
+        Ok(())
+    }
+}
+
+/// Reads and parses a policy file.
+///
+/// # Safety
+/// `path` is NULL or NUL-terminated; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_policy_load(path: *const c_char, out: *mut *mut vmb_policy) -> vmb_status {
+    ffi! {
+        let path = arg_str!(path, "path");
+        let out = arg_out!(out, "out");
+        let policy = Policy::from_file(path)?;
+        write_out!(out, Box::into_raw(Box::new(vmb_policy { policy })));
+        Ok(())
+    }
+}
+
+/// Frees a policy; NULL is ignored.
+///
+/// # Safety
+/// `policy` is NULL or from `vmb_policy_parse`/`vmb_policy_load`, not
+/// freed before.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_policy_free(policy: *mut vmb_policy) {
+    ffi_free! {
+        if !policy.is_null() {
+            // SAFETY: from `Box::into_raw`, freed once (the C contract).
+            drop(unsafe { Box::from_raw(policy) });
+        }
+    }
+}
+
+/// As `vmb_vault_prune`, with a parsed policy.
+///
+/// # Safety
+/// Pointers are NULL or live/NUL-terminated/writable as their types say;
+/// `vm` may be NULL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_prune_by(
+    vault: *const vmb_vault,
+    policy: *const vmb_policy,
+    vm: *const c_char,
+    dry_run: bool,
+    out: *mut *mut vmb_prune_report,
+) -> vmb_status {
+    ffi! {
+        let v = arg_ref!(vault, "vault");
+        let policy = arg_ref!(policy, "policy");
+        let out = arg_out!(out, "out");
+        let vm = if vm.is_null() { None } else { Some(arg_str!(vm, "vm name").to_string()) };
+        write_out!(out, prune_with(v, &policy.policy, vm, dry_run)?);
+        Ok(())
+    }
+}
+
+/// Prunes and makes the report handed to C.
+fn prune_with(
+    v: &vmb_vault,
+    policy: &Policy,
+    vm: Option<String>,
+    dry_run: bool,
+) -> Result<*mut vmb_prune_report, Failure> {
+    let mut options = PruneOptions::default();
+    options.vm = vm;
+    options.dry_run = dry_run;
+    let plan = backup_core::prune_plan(&v.vault, &policy.retention, jiff::Timestamp::now(), &options)?;
+    let report = backup_core::prune(&v.vault, &plan)?;
+    let removed = report
+        .removed
+        .iter()
+        .map(|p| Ok((c_string(&p.vm, "vm name")?, c_string(&p.id, "point id")?)))
+        .collect::<Result<Vec<_>, Failure>>()?;
+    let kept = plan.to_keep().count();
+    Ok(Box::into_raw(Box::new(vmb_prune_report { report, kept, removed })))
 }
 
 /// Prunes the vault by the retention rules of a policy given as TOML text
@@ -43,20 +142,8 @@ pub unsafe extern "C" fn vmb_vault_prune(
         let text = arg_str!(policy_toml, "policy");
         let out = arg_out!(out, "out");
         let policy = Policy::from_toml_str(text)?;
-        let mut options = PruneOptions::default();
-        if !vm.is_null() {
-            options.vm = Some(arg_str!(vm, "vm name").to_string());
-        }
-        options.dry_run = dry_run;
-        let plan = backup_core::prune_plan(&v.vault, &policy.retention, jiff::Timestamp::now(), &options)?;
-        let report = backup_core::prune(&v.vault, &plan)?;
-        let removed = report
-            .removed
-            .iter()
-            .map(|p| Ok((c_string(&p.vm, "vm name")?, c_string(&p.id, "point id")?)))
-            .collect::<Result<Vec<_>, Failure>>()?;
-        let kept = plan.to_keep().count();
-        write_out!(out, Box::into_raw(Box::new(vmb_prune_report { report, kept, removed })));
+        let vm = if vm.is_null() { None } else { Some(arg_str!(vm, "vm name").to_string()) };
+        write_out!(out, prune_with(v, &policy, vm, dry_run)?);
         Ok(())
     }
 }
@@ -209,6 +296,96 @@ pub unsafe extern "C" fn vmb_vault_gc(
         let report = backup_core::gc(&v.vault, &options)?;
         if !out.is_null() {
             write_out!(out, vmb_gc_stats::from(&report));
+        }
+        Ok(())
+    }
+}
+
+/// As `vmb_vault_gc`, with the share (0 to 1) of a pack's chunk bytes that
+/// must be dead for it to be rewritten without them (`vmb_vault_gc` uses
+/// 0.5; 0 rewrites every pack with a dead chunk, 1 none). On a vault on
+/// object storage a run marks what is dead and a later run removes it.
+///
+/// # Safety
+/// `vault` is NULL or live; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_gc_repack(
+    vault: *const vmb_vault,
+    grace_seconds: u64,
+    repack_threshold: f64,
+    dry_run: bool,
+    out: *mut vmb_gc_stats,
+) -> vmb_status {
+    ffi! {
+        let v = arg_ref!(vault, "vault");
+        let mut options = GcOptions::default();
+        options.grace = Duration::from_secs(grace_seconds);
+        options.repack_threshold = repack_threshold;
+        options.dry_run = dry_run;
+        let report = backup_core::gc(&v.vault, &options)?;
+        if !out.is_null() {
+            write_out!(out, vmb_gc_stats::from(&report));
+        }
+        Ok(())
+    }
+}
+
+/// What a repair did.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct vmb_repair_stats {
+    /// Packs examined.
+    pub packs: u64,
+    /// Chunk index files rebuilt (or, in a dry run, that would be).
+    pub rebuilt: u64,
+    /// Damaged chunks left out of the rebuilt index files, so that backups
+    /// store them again.
+    pub dropped: u64,
+    /// Packs that cannot be read at all.
+    pub unreadable_packs: u64,
+    /// Byte ranges of points' disks that cannot be restored.
+    pub lost_ranges: u64,
+    /// Other damage found (unreadable manifests, damaged frames).
+    pub other_problems: u64,
+    /// Whether no point lost data and no manifest is unreadable.
+    pub nothing_lost: bool,
+}
+
+impl From<&RepairReport> for vmb_repair_stats {
+    fn from(r: &RepairReport) -> Self {
+        vmb_repair_stats {
+            packs: r.packs,
+            rebuilt: r.rebuilt.len() as u64,
+            dropped: r.rebuilt.iter().map(|i| i.dropped).sum(),
+            unreadable_packs: r.unreadable_packs.len() as u64,
+            lost_ranges: r.lost.len() as u64,
+            other_problems: r.other.len() as u64,
+            nothing_lost: r.nothing_lost(),
+        }
+    }
+}
+
+/// Rebuilds the chunk index files from the packs (leaving damaged chunks
+/// out, so that backups store them again), then verifies the vault and
+/// counts what is lost: `vmb_vault_verify` names the ranges. Damage is
+/// counted, not an error. Other open handles of the vault keep the index
+/// they loaded: open them again. `out` may be NULL.
+///
+/// # Safety
+/// `vault` is NULL or live; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_repair(
+    vault: *const vmb_vault,
+    dry_run: bool,
+    out: *mut vmb_repair_stats,
+) -> vmb_status {
+    ffi! {
+        let v = arg_ref!(vault, "vault");
+        let mut options = RepairOptions::default();
+        options.dry_run = dry_run;
+        let report = backup_core::repair(&v.vault, &options)?;
+        if !out.is_null() {
+            write_out!(out, vmb_repair_stats::from(&report));
         }
         Ok(())
     }

@@ -663,6 +663,42 @@ pub unsafe extern "C" fn vmb_vault_restore_disk_to_file(
     }
 }
 
+/// As `vmb_vault_restore_disk_to_file`, but a damaged or missing chunk
+/// does not stop the restore: its block is written as zeros. The bytes so
+/// written go to `damaged_bytes` (0 when nothing was damaged); `verify`
+/// or the command line's `restore --allow-damaged` name the ranges.
+/// `job`, `stats` and `damaged_bytes` may be NULL.
+///
+/// # Safety
+/// Pointers are NULL or live/NUL-terminated/writable as their types say.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_restore_disk_to_file_allow_damaged(
+    vault: *const vmb_vault,
+    point: *const vmb_point,
+    disk: *const c_char,
+    path: *const c_char,
+    job: *const vmb_job,
+    stats: *mut vmb_restore_stats,
+    damaged_bytes: *mut u64,
+) -> vmb_status {
+    ffi! {
+        let v = arg_ref!(vault, "vault");
+        let p = arg_ref!(point, "point");
+        let disk = arg_str!(disk, "disk");
+        let path = arg_str!(path, "path");
+        let mut options = restore_options(job);
+        options.allow_damaged = true;
+        let s = backup_core::restore_disk_to_path(&v.vault, &p.manifest, disk, Path::new(path), &options)?;
+        if !damaged_bytes.is_null() {
+            let n: u64 = s.damaged.iter().map(|d| d.range.end - d.range.start).sum();
+            // SAFETY: not NULL; writable by the C contract.
+            unsafe { damaged_bytes.write(n) };
+        }
+        hand_out_stats(stats, s);
+        Ok(())
+    }
+}
+
 /// Restores disk `disk` of a point through the host's `target` callbacks
 /// (see `vmb_write_target` for the threads they come from). `job` may be
 /// NULL; `stats` may be NULL.

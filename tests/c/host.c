@@ -647,6 +647,22 @@ static void prune_and_gc(void) {
     REQUIRE_OK(vmb_prune_report_kept_count(r, &kept));
     CHECK(removed == 2 && kept == 1);
     vmb_prune_report_free(r);
+    /* The same through a parsed policy object. */
+    vmb_policy *parsed = NULL;
+    REQUIRE_OK(vmb_policy_parse(policy, &parsed));
+    REQUIRE_OK(vmb_vault_prune_by(v, parsed, NULL, true, &r));
+    REQUIRE_OK(vmb_prune_report_removed_count(r, &removed));
+    CHECK(removed == 2);
+    vmb_prune_report_free(r);
+    r = NULL;
+    CHECK(vmb_vault_prune_by(v, NULL, NULL, true, &r) == VMB_ERR_NULL_ARGUMENT);
+    vmb_policy_free(parsed);
+    vmb_policy_free(NULL);
+    vmb_policy *none = NULL;
+    CHECK(vmb_policy_parse("[retention]\nkeep_last = -1\n", &none) == VMB_ERR_INVALID_ARGUMENT && none == NULL);
+    char *missing = join(g_dir, "no-such-policy.toml");
+    CHECK(vmb_policy_load(missing, &none) == VMB_ERR_IO && none == NULL);
+    free(missing);
     vmb_point_list *list = NULL;
     size_t n = 0;
     REQUIRE_OK(vmb_vault_list_points(v, "prunevm", &list));
@@ -668,8 +684,12 @@ static void prune_and_gc(void) {
     CHECK(n == 1);
     vmb_point_list_free(list);
 
-    /* gc with no grace reclaims the two removed points' data. */
+    /* gc with no grace reclaims the two removed points' data; a dry run
+       with a repack threshold of 1 rewrites nothing. */
     vmb_gc_stats gc;
+    memset(&gc, 0, sizeof gc);
+    REQUIRE_OK(vmb_vault_gc_repack(v, 0, 1.0, true, &gc));
+    CHECK(gc.packs_repacked == 0 && gc.packs_removed > 0);
     memset(&gc, 0, sizeof gc);
     REQUIRE_OK(vmb_vault_gc(v, 0, false, &gc));
     CHECK(gc.points == 1);
@@ -696,6 +716,38 @@ static void prune_and_gc(void) {
     free(path);
 }
 
+/* After the damage above: repair rebuilds the damaged packs' index files
+   without their damaged chunks and counts what is lost; a restore that
+   allows damage writes zeros where chunks are lost, a plain one fails. */
+static void repair_and_allow_damaged_restore(void) {
+    REQUIRE(g_vault != NULL);
+    vmb_repair_stats st;
+    memset(&st, 0, sizeof st);
+    REQUIRE_OK(vmb_vault_repair(g_vault, false, &st));
+    CHECK(st.packs > 0 && st.rebuilt > 0 && st.dropped > 0);
+    CHECK(!st.nothing_lost && st.lost_ranges > 0);
+    vmb_point *p = NULL;
+    REQUIRE_OK(vmb_vault_find_point(g_vault, "hostvm", "latest", &p));
+    char *out = join(g_dir, "damaged.img");
+    uint64_t total = 0;
+    const char *disks[] = {"mem", "file"};
+    for (int i = 0; i < 2; i++) {
+        uint64_t damaged = 0;
+        vmb_restore_stats rs;
+        memset(&rs, 0, sizeof rs);
+        REQUIRE_OK(vmb_vault_restore_disk_to_file_allow_damaged(g_vault, p, disks[i], out, NULL, &rs, &damaged));
+        CHECK(damaged < rs.size && access(out, F_OK) == 0);
+        if (damaged > 0) {
+            CHECK(vmb_vault_restore_disk_to_file(g_vault, p, disks[i], out, NULL, NULL) == VMB_ERR_CORRUPT);
+        }
+        total += damaged;
+    }
+    CHECK(total > 0);
+    CHECK(vmb_vault_repair(NULL, false, NULL) == VMB_ERR_NULL_ARGUMENT);
+    free(out);
+    vmb_point_free(p);
+}
+
 int main(void) {
     g_dir = make_temp_dir("host-c");
     if (g_dir == NULL) {
@@ -712,6 +764,7 @@ int main(void) {
     RUN(restore_and_verify_progress);
     RUN(prune_and_gc);
     RUN(verify_reports_damage);
+    RUN(repair_and_allow_damaged_restore);
     vmb_vault_free(g_vault);
     free(g_file_disk);
     remove_tree(g_dir);
