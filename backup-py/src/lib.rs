@@ -42,6 +42,8 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<types::KeySlot>()?;
     m.add_class::<maintenance::PruneReport>()?;
     m.add_class::<maintenance::GcReport>()?;
+    m.add_class::<maintenance::RepairReport>()?;
+    m.add_class::<maintenance::Policy>()?;
     #[cfg(feature = "libvirt")]
     m.add_class::<libvirt::LibvirtProvider>()?;
     #[cfg(feature = "libvirt")]

@@ -1,6 +1,53 @@
-//! What `Vault.prune` and `Vault.gc` report.
+//! What `Vault.prune`, `Vault.gc` and `Vault.repair` report, and
+//! policies as objects.
 
+use std::path::PathBuf;
+
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+
+use crate::types::Problem;
+
+/// A backup policy (schedule and retention), parsed and checked: what
+/// `Vault.prune` applies. `Policy.from_toml(text)` or `Policy.load(path)`;
+/// a bad policy raises `ValueError` naming the field.
+#[pyclass(module = "vmbackup", frozen)]
+pub(crate) struct Policy {
+    pub(crate) policy: backup_core::Policy,
+}
+
+#[pymethods]
+impl Policy {
+    /// Parses a policy from TOML text (the format `vmbackup policy check`
+    /// reads).
+    #[staticmethod]
+    fn from_toml(text: &str) -> PyResult<Policy> {
+        backup_core::Policy::from_toml_str(text)
+            .map(|policy| Policy { policy })
+            .map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+
+    /// Reads and parses a policy file (`OSError` when it cannot be read,
+    /// `ValueError` naming the file and field when it is not a policy).
+    #[staticmethod]
+    fn load(py: Python<'_>, path: PathBuf) -> PyResult<Policy> {
+        match backup_core::Policy::from_file(&path) {
+            Ok(policy) => Ok(Policy { policy }),
+            Err(e @ backup_core::Error::InvalidArgument { .. }) => Err(PyValueError::new_err(e.to_string())),
+            Err(e) => Err(crate::errors::to_py(py, e)),
+        }
+    }
+
+    /// The policy in a few lines of English, as `vmbackup policy check`
+    /// says it.
+    fn summary(&self) -> Vec<String> {
+        self.policy.summary()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Policy({})", self.policy.summary().join("; "))
+    }
+}
 
 /// What a prune did (or, in a dry run, would do).
 #[pyclass(module = "vmbackup", frozen, get_all)]
@@ -45,6 +92,11 @@ impl PruneReport {
 /// What a garbage collection did (or, in a dry run, would do).
 #[pyclass(module = "vmbackup", frozen, get_all)]
 pub(crate) struct GcReport {
+    /// On a vault on object storage: packs this run marked for removal by
+    /// a later gc (rewritten ones included).
+    packs_marked: u64,
+    /// On a vault on object storage: segments this run marked.
+    segments_marked: u64,
     /// Whether it was a dry run (nothing removed).
     dry_run: bool,
     /// Points whose objects were kept.
@@ -68,6 +120,8 @@ pub(crate) struct GcReport {
 impl From<backup_core::GcReport> for GcReport {
     fn from(r: backup_core::GcReport) -> Self {
         GcReport {
+            packs_marked: r.packs_marked,
+            segments_marked: r.segments_marked,
             dry_run: r.dry_run,
             points: r.points,
             packs_removed: r.packs_removed,
@@ -90,6 +144,57 @@ impl GcReport {
             self.packs_removed,
             self.packs_repacked,
             self.bytes_removed
+        )
+    }
+}
+
+/// What a repair did: chunk index files rebuilt from their packs, then a
+/// verify of what is lost.
+#[pyclass(module = "vmbackup", frozen, get_all)]
+pub(crate) struct RepairReport {
+    /// Whether it was a dry run (nothing rewritten).
+    dry_run: bool,
+    /// Whether no point lost data and no manifest is unreadable.
+    nothing_lost: bool,
+    /// Packs examined.
+    packs: u64,
+    /// The packs whose index file was (or would be) rebuilt, with why.
+    rebuilt: Vec<(String, String)>,
+    /// Damaged chunks left out of the rebuilt index files (so that backups
+    /// store them again).
+    dropped: u64,
+    /// Packs that cannot be read at all, with why.
+    unreadable_packs: Vec<String>,
+    /// The byte ranges of points' disks that cannot be restored.
+    lost: Vec<Problem>,
+    /// Other damage verify found.
+    other: Vec<Problem>,
+}
+
+impl From<backup_core::RepairReport> for RepairReport {
+    fn from(r: backup_core::RepairReport) -> Self {
+        RepairReport {
+            dry_run: r.dry_run,
+            nothing_lost: r.nothing_lost(),
+            packs: r.packs,
+            dropped: r.rebuilt.iter().map(|i| i.dropped).sum(),
+            rebuilt: r.rebuilt.into_iter().map(|i| (i.pack, i.why)).collect(),
+            unreadable_packs: r.unreadable_packs,
+            lost: r.lost.into_iter().map(Problem::from).collect(),
+            other: r.other.into_iter().map(Problem::from).collect(),
+        }
+    }
+}
+
+#[pymethods]
+impl RepairReport {
+    fn __repr__(&self) -> String {
+        format!(
+            "RepairReport(nothing_lost={}, packs={}, rebuilt={}, lost={})",
+            if self.nothing_lost { "True" } else { "False" },
+            self.packs,
+            self.rebuilt.len(),
+            self.lost.len()
         )
     }
 }

@@ -256,6 +256,9 @@ pub(crate) struct RestoreStats {
     bytes_zero: u64,
     /// Wall-clock seconds.
     seconds: f64,
+    /// With `allow_damaged=True`: the byte ranges that could not be read
+    /// and were written as zeros, as `(start, end, why)`; else empty.
+    damaged: Vec<(u64, u64, String)>,
 }
 
 impl From<backup_core::RestoreStats> for RestoreStats {
@@ -266,6 +269,7 @@ impl From<backup_core::RestoreStats> for RestoreStats {
             bytes_written: s.bytes_written,
             bytes_zero: s.bytes_zero,
             seconds: s.seconds,
+            damaged: s.damaged.into_iter().map(|d| (d.range.start, d.range.end, d.detail)).collect(),
         }
     }
 }
@@ -308,8 +312,15 @@ impl KeySlot {
 
 /// One thing verify found wrong.
 #[pyclass(module = "vmbackup", frozen)]
+#[derive(Clone)]
 pub(crate) struct Problem {
     problem: backup_core::Problem,
+}
+
+impl From<backup_core::Problem> for Problem {
+    fn from(problem: backup_core::Problem) -> Self {
+        Problem { problem }
+    }
 }
 
 #[pymethods]

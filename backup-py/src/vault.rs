@@ -454,14 +454,17 @@ impl Vault {
     /// (negative from the end) or its name.
     ///
     /// `progress` works as for `backup()`; an exception it raises stops
-    /// the restore and is re-raised.
-    #[pyo3(signature = (point, *, disk, to, progress = None))]
+    /// the restore and is re-raised. With `allow_damaged=True` a damaged
+    /// or missing chunk does not stop the restore: its block is written as
+    /// zeros and listed in the stats' `damaged`.
+    #[pyo3(signature = (point, *, disk, to, allow_damaged = false, progress = None))]
     fn restore(
         &self,
         py: Python<'_>,
         point: PyRef<'_, RecoveryPoint>,
         disk: &Bound<'_, PyAny>,
         to: PathBuf,
+        allow_damaged: bool,
         progress: Option<Bound<'_, PyAny>>,
     ) -> PyResult<RestoreStats> {
         let vault = self.get()?;
@@ -474,6 +477,7 @@ impl Vault {
             let mut o = RestoreOptions::default();
             o.progress = p;
             o.cancel = cancel;
+            o.allow_damaged = allow_damaged;
             backup_core::restore_disk_to_path(&vault, &m, &name, &to, &o)
         })
         .map(RestoreStats::from)
@@ -637,8 +641,8 @@ impl Vault {
         .map(VerifyReport::from)
     }
 
-    /// Prunes by the retention rules of a policy, given as TOML text (the
-    /// format `vmbackup policy check` reads): removes the points the rules
+    /// Prunes by the retention rules of a policy, a `Policy` or TOML text
+    /// (the format `vmbackup policy check` reads): removes the points the rules
     /// do not keep (a VM's newest point is always kept) and the logs of
     /// finished jobs whose point is gone, once older than the policy's
     /// `job_logs` days. `vm=` prunes one VM's points; `dry_run=True`
@@ -653,34 +657,53 @@ impl Vault {
         dry_run: bool,
     ) -> PyResult<PruneReport> {
         let vault = self.get()?;
-        let text = str_arg(policy, "policy")?;
+        let policy = match policy.cast::<crate::maintenance::Policy>() {
+            Ok(p) => p.get().policy.clone(),
+            Err(_) => {
+                Policy::from_toml_str(&str_arg(policy, "policy")?).map_err(|e| PyValueError::new_err(e.to_string()))?
+            }
+        };
         let mut o = PruneOptions::default();
         if let Some(v) = vm.filter(|v| !v.is_none()) {
             o.vm = Some(str_arg(v, "vm")?);
         }
         o.dry_run = dry_run;
         job::run(py, None, move |_, _| {
-            let policy = Policy::from_toml_str(&text)?;
             let plan = backup_core::prune_plan(&vault, &policy.retention, jiff::Timestamp::now(), &o)?;
             let report = backup_core::prune(&vault, &plan)?;
             Ok(PruneReport::new(&plan, report))
         })
     }
 
-    /// Removes what no point references (dead packs, or packs mostly dead
-    /// rewritten without their dead chunks; unreferenced segments; what
-    /// killed backups left). Objects younger than `grace` seconds are
-    /// spared: a backup in flight may be about to name them.
-    #[pyo3(signature = (*, grace = 3600.0, dry_run = false))]
-    fn gc(&self, py: Python<'_>, grace: f64, dry_run: bool) -> PyResult<GcReport> {
+    /// Removes what no point references (dead packs, or packs whose dead
+    /// share of bytes reaches `repack_threshold` rewritten without their
+    /// dead chunks; unreferenced segments; what killed backups left).
+    /// Objects younger than `grace` seconds are spared: a backup in flight
+    /// may be about to name them. On object storage a run marks, and a
+    /// later run removes (see the README).
+    #[pyo3(signature = (*, grace = 3600.0, repack_threshold = 0.5, dry_run = false))]
+    fn gc(&self, py: Python<'_>, grace: f64, repack_threshold: f64, dry_run: bool) -> PyResult<GcReport> {
         let vault = self.get()?;
         if !(0.0..=1e9).contains(&grace) {
             return Err(PyValueError::new_err(format!("grace must be a number of seconds from 0 to 1e9, not {grace}")));
         }
         let mut o = GcOptions::default();
         o.grace = Duration::from_secs_f64(grace);
+        o.repack_threshold = repack_threshold;
         o.dry_run = dry_run;
         job::run(py, None, move |_, _| backup_core::gc(&vault, &o)).map(GcReport::from)
+    }
+
+    /// Rebuilds the chunk index files from the packs (leaving damaged
+    /// chunks out, so that backups store them again), then verifies the
+    /// vault and reports what is lost. Other open handles of the vault keep
+    /// the index they loaded: open them again.
+    #[pyo3(signature = (*, dry_run = false))]
+    fn repair(&self, py: Python<'_>, dry_run: bool) -> PyResult<crate::maintenance::RepairReport> {
+        let vault = self.get()?;
+        let mut o = backup_core::RepairOptions::default();
+        o.dry_run = dry_run;
+        job::run(py, None, move |_, _| backup_core::repair(&vault, &o)).map(crate::maintenance::RepairReport::from)
     }
 
     /// The key slots of an encrypted vault (empty for a vault without

@@ -21,6 +21,8 @@ __all__ = [
     "KeySlot",
     "LibvirtProvider",
     "BootVerdict",
+    "Policy",
+    "RepairReport",
 ]
 
 __version__: str
@@ -108,9 +110,11 @@ class Vault:
         *,
         disk: Union[int, str],
         to: _StrPath,
+        allow_damaged: bool = False,
         progress: Optional[_Progress] = None,
     ) -> "RestoreStats":
-        """Restores one disk of a point (by index or name) to a file or device."""
+        """Restores one disk of a point (by index or name) to a file or device;
+        with ``allow_damaged``, damaged blocks are written as zeros and listed."""
     def restore_vm(
         self,
         point: "RecoveryPoint",
@@ -168,10 +172,16 @@ class Vault:
         progress: Optional[_Progress] = None,
     ) -> "VerifyReport":
         """Verifies a point, a VM's points, or the whole vault."""
-    def prune(self, policy: str, *, vm: Optional[str] = None, dry_run: bool = False) -> "PruneReport":
-        """Removes the points a policy's retention rules (TOML text) do not keep."""
-    def gc(self, *, grace: float = 3600.0, dry_run: bool = False) -> "GcReport":
+    def prune(
+        self, policy: Union["Policy", str], *, vm: Optional[str] = None, dry_run: bool = False
+    ) -> "PruneReport":
+        """Removes the points a policy's retention rules (a Policy or TOML text) do not keep."""
+    def gc(
+        self, *, grace: float = 3600.0, repack_threshold: float = 0.5, dry_run: bool = False
+    ) -> "GcReport":
         """Removes what no point references, sparing objects younger than ``grace`` seconds."""
+    def repair(self, *, dry_run: bool = False) -> "RepairReport":
+        """Rebuilds the chunk index files from the packs and reports what is lost."""
     def key_slots(self) -> List["KeySlot"]:
         """The key slots of an encrypted vault (empty without encryption)."""
     def add_key(
@@ -322,6 +332,10 @@ class RestoreStats:
     @property
     def seconds(self) -> float:
         """Wall-clock seconds."""
+    @property
+    def damaged(self) -> List[Tuple[int, int, str]]:
+        """With ``allow_damaged=True``: the byte ranges that could not be
+        read and were written as zeros, as ``(start, end, why)``."""
 
 @final
 class Problem:
@@ -443,6 +457,54 @@ class GcReport:
     @property
     def protected(self) -> int:
         """Objects spared because they are newer than the grace period."""
+    @property
+    def packs_marked(self) -> int:
+        """On object storage: packs this run marked for a later gc to remove."""
+    @property
+    def segments_marked(self) -> int:
+        """On object storage: segments this run marked."""
+
+@final
+class Policy:
+    """A backup policy (schedule and retention), parsed and checked."""
+
+    @staticmethod
+    def from_toml(text: str) -> "Policy":
+        """Parses a policy from TOML text; ``ValueError`` names a bad field."""
+    @staticmethod
+    def load(path: _StrPath) -> "Policy":
+        """Reads and parses a policy file."""
+    def summary(self) -> List[str]:
+        """The policy in a few lines of English."""
+
+@final
+class RepairReport:
+    """What :meth:`Vault.repair` did."""
+
+    @property
+    def dry_run(self) -> bool:
+        """Whether nothing was rewritten."""
+    @property
+    def nothing_lost(self) -> bool:
+        """Whether no point lost data and no manifest is unreadable."""
+    @property
+    def packs(self) -> int:
+        """Packs examined."""
+    @property
+    def rebuilt(self) -> List[Tuple[str, str]]:
+        """The packs whose index file was rebuilt, with why."""
+    @property
+    def dropped(self) -> int:
+        """Damaged chunks left out of the rebuilt index files."""
+    @property
+    def unreadable_packs(self) -> List[str]:
+        """Packs that cannot be read at all, with why."""
+    @property
+    def lost(self) -> List["Problem"]:
+        """The byte ranges of points' disks that cannot be restored."""
+    @property
+    def other(self) -> List["Problem"]:
+        """Other damage verify found."""
 
 @final
 class BootVerdict:
