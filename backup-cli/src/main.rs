@@ -473,13 +473,30 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vmbackup: error: {e:#}");
+            eprintln!("vmbackup: error: {}", error_text(&e));
             let usage = e
                 .downcast_ref::<backup_core::Error>()
                 .is_some_and(|e| matches!(e, backup_core::Error::InvalidArgument { .. }));
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
+}
+
+/// An error and its causes on one line, each cause said once: the
+/// engine's errors already end with the operating system's message, which
+/// is also their source.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for part in e.chain().map(ToString::to_string) {
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {

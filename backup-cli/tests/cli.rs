@@ -127,7 +127,10 @@ fn bad_usage_exits_2_and_failures_exit_1_with_what_and_where() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("audit rate"));
     let out = run(&["backup", "--vault", s(&vault), "--vm", "w", "--disk", s(&d.join("missing.img"))]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.img"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("missing.img"), "{stderr}");
+    // The operating system's message, once: it ends the engine's error and is its source too.
+    assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
     let out = run(&["restore", "--vault", s(&vault), "--vm", "w", "--to", s(&d.join("r"))]);
     assert_eq!(out.status.code(), Some(1), "no points yet");
 }
