@@ -66,7 +66,6 @@ mod vault;
 mod verify;
 
 pub use device::{BlockDevice, RawImage};
-pub use vault::{DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, check_block_size};
 pub use error::{Error, ErrorKind, Result};
 pub use gc::{GcOptions, GcReport, gc};
 pub use job::log::{JobEvent, JobRecord, JobResult, Phase, PhaseRecord, job_history, read_job};
@@ -113,4 +112,5 @@ pub use vault::{
     LockMode, PointManifest, PointStats, RemoteOptions, SlotKind, UPLOAD_BUDGET, Vault, VaultLock, VaultOptions,
     VaultSink, VaultSource, VmRecord, generate_key_file, is_vault_url,
 };
+pub use vault::{DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, check_block_size};
 pub use verify::{Problem, VerifyOptions, VerifyReport, verify};

@@ -25,10 +25,10 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::engine::{self, EngineParams};
-use crate::vault::{DEFAULT_BLOCK_SIZE, check_block_size};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{CancelToken, Consistency, NoProgress, Progress, Vm, hex, validate_name};
 use crate::snapshot::{PrepareReport, Snapshot, SnapshotProvider};
+use crate::vault::{DEFAULT_BLOCK_SIZE, check_block_size};
 use crate::vault::{MANIFEST_FORMAT, PointManifest, PointStats, Vault, VaultSink, VmRecord};
 
 use log::{JobEvent, JobLog, JobResult, Phase};
