@@ -288,17 +288,8 @@ pub unsafe extern "C" fn vmb_vault_gc(
     dry_run: bool,
     out: *mut vmb_gc_stats,
 ) -> vmb_status {
-    ffi! {
-        let v = arg_ref!(vault, "vault");
-        let mut options = GcOptions::default();
-        options.grace = Duration::from_secs(grace_seconds);
-        options.dry_run = dry_run;
-        let report = backup_core::gc(&v.vault, &options)?;
-        if !out.is_null() {
-            write_out!(out, vmb_gc_stats::from(&report));
-        }
-        Ok(())
-    }
+    // SAFETY: the same contract, passed on.
+    unsafe { vmb_vault_gc_repack(vault, grace_seconds, GcOptions::default().repack_threshold, dry_run, out) }
 }
 
 /// As `vmb_vault_gc`, with the share (0 to 1) of a pack's chunk bytes that

@@ -646,18 +646,37 @@ pub unsafe extern "C" fn vmb_vault_restore_disk_to_file(
     job: *const vmb_job,
     stats: *mut vmb_restore_stats,
 ) -> vmb_status {
+    // SAFETY: the same contract, passed on; the damage count is not asked for.
+    unsafe { restore_to_file(vault, point, disk, path, job, stats, None) }
+}
+
+/// Both file restores: `damaged_bytes` is Some (possibly NULL) when damage
+/// is allowed.
+///
+/// # Safety
+/// As `vmb_vault_restore_disk_to_file_allow_damaged`.
+unsafe fn restore_to_file(
+    vault: *const vmb_vault,
+    point: *const vmb_point,
+    disk: *const c_char,
+    path: *const c_char,
+    job: *const vmb_job,
+    stats: *mut vmb_restore_stats,
+    damaged_bytes: Option<*mut u64>,
+) -> vmb_status {
     ffi! {
         let v = arg_ref!(vault, "vault");
         let p = arg_ref!(point, "point");
         let disk = arg_str!(disk, "disk");
         let path = arg_str!(path, "path");
-        let s = backup_core::restore_disk_to_path(
-            &v.vault,
-            &p.manifest,
-            disk,
-            Path::new(path),
-            &restore_options(job),
-        )?;
+        let mut options = restore_options(job);
+        options.allow_damaged = damaged_bytes.is_some();
+        let s = backup_core::restore_disk_to_path(&v.vault, &p.manifest, disk, Path::new(path), &options)?;
+        if let Some(out) = damaged_bytes.filter(|p| !p.is_null()) {
+            let n: u64 = s.damaged.iter().map(|d| d.range.end - d.range.start).sum();
+            // SAFETY: not NULL; writable by the C contract.
+            unsafe { out.write(n) };
+        }
         hand_out_stats(stats, s);
         Ok(())
     }
@@ -681,22 +700,8 @@ pub unsafe extern "C" fn vmb_vault_restore_disk_to_file_allow_damaged(
     stats: *mut vmb_restore_stats,
     damaged_bytes: *mut u64,
 ) -> vmb_status {
-    ffi! {
-        let v = arg_ref!(vault, "vault");
-        let p = arg_ref!(point, "point");
-        let disk = arg_str!(disk, "disk");
-        let path = arg_str!(path, "path");
-        let mut options = restore_options(job);
-        options.allow_damaged = true;
-        let s = backup_core::restore_disk_to_path(&v.vault, &p.manifest, disk, Path::new(path), &options)?;
-        if !damaged_bytes.is_null() {
-            let n: u64 = s.damaged.iter().map(|d| d.range.end - d.range.start).sum();
-            // SAFETY: not NULL; writable by the C contract.
-            unsafe { damaged_bytes.write(n) };
-        }
-        hand_out_stats(stats, s);
-        Ok(())
-    }
+    // SAFETY: the same contract, passed on.
+    unsafe { restore_to_file(vault, point, disk, path, job, stats, Some(damaged_bytes)) }
 }
 
 /// Restores disk `disk` of a point through the host's `target` callbacks
