@@ -23,7 +23,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_vmbackup");
 const BLOCK: usize = 64 << 10;
 
 /// Where a test's vault lives.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Local,
     Azurite,
@@ -190,10 +190,19 @@ fn staged_packs(folder: &Path) -> Vec<String> {
     out
 }
 
+/// The ids of the packs a backup uploaded as they closed: their index
+/// files, moved into the cache once uploaded (a remote vault's local
+/// folder is its cache; a local vault publishes only at commit).
+fn uploaded_packs(folder: &Path) -> Vec<String> {
+    let idx = fs::read_dir(folder.join("index")).into_iter().flatten().flatten();
+    idx.filter_map(|f| f.file_name().to_str()?.strip_suffix(".idx").map(str::to_string)).collect()
+}
+
 on_every_store!(a_killed_backups_finished_packs_are_adopted);
-/// A backup killed (SIGKILL) once it has finished a pack leaves it staged;
-/// the next backup publishes it, deduplicates against it, and the vault
-/// verifies and restores bit for bit.
+/// A backup killed (SIGKILL) once it has finished a pack leaves it staged,
+/// or, on an object store, uploaded already; the next backup publishes
+/// what is staged, deduplicates against it all, and the vault verifies and
+/// restores bit for bit.
 fn a_killed_backups_finished_packs_are_adopted(p: &Place) {
     let image = p.path("disk.img");
     let data = Rng(7).bytes(16 << 20);
@@ -202,7 +211,10 @@ fn a_killed_backups_finished_packs_are_adopted(p: &Place) {
     let mut child = p.cmd(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
     let started = Instant::now();
     let staged = loop {
-        let staged = staged_packs(&p.local_folder());
+        let mut staged = staged_packs(&p.local_folder());
+        if p.kind != Kind::Local {
+            staged.extend(uploaded_packs(&p.local_folder()));
+        }
         if !staged.is_empty() {
             let _ = child.kill();
             break staged;
@@ -219,7 +231,7 @@ fn a_killed_backups_finished_packs_are_adopted(p: &Place) {
     let next = p.backup("kv", &image);
     let published = vault.pack_ids().expect("packs");
     for pack in &staged {
-        assert!(published.contains(pack), "{:?}: staged pack {pack} was not adopted", p.kind);
+        assert!(published.contains(pack), "{:?}: finished pack {pack} was not adopted", p.kind);
     }
     assert!(
         next["bytes_deduplicated"].as_u64().expect("bytes_deduplicated") > 0,

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use super::{GcOptions, GcReport, count_segments, live, protect, repack};
 use crate::error::Result;
 use crate::model::ContentId;
+use crate::vault::lease;
 use crate::vault::remote::Remote;
 use crate::vault::{Mark, Vault};
 
@@ -79,6 +80,8 @@ pub(super) fn collect(
         .collect();
     let idx: HashMap<String, SystemTime> =
         vault.list_chunk_index_files()?.into_iter().map(|i| (i.name, i.modified)).collect();
+    // Packs of backups in flight: uploaded, not yet named by a manifest.
+    let leases = lease::read(vault.store(), cutoff)?;
     let mut mark = Mark { created: jiff::Timestamp::now(), grace_secs: options.grace.as_secs(), ..Mark::default() };
     let mut placed: HashSet<ContentId> = HashSet::new();
     let mut candidates = Vec::new();
@@ -86,7 +89,9 @@ pub(super) fn collect(
         if unripe.contains(&p.name) || swept.contains(&p.name) {
             continue;
         }
-        let recent = p.modified >= cutoff || idx.get(&p.name).is_some_and(|t| *t >= cutoff);
+        let recent = p.modified >= cutoff
+            || idx.get(&p.name).is_some_and(|t| *t >= cutoff)
+            || leases.spare_since.is_some_and(|since| p.modified >= since);
         let entries = vault.read_idx(&p.name).ok();
         if recent {
             report.protected += 1;
@@ -133,6 +138,7 @@ pub(super) fn collect(
     report.orphan_index_files_removed += orphans.len() as u64;
     if !options.dry_run {
         vault.remove_chunk_index_files(&orphans)?;
+        vault.store().delete_many(&leases.stale)?;
     }
     report.packs_marked = mark.packs.len() as u64;
     report.segments_marked = mark.segments.len() as u64;

@@ -36,6 +36,8 @@ pub(crate) const VERDICTS: &str = "verdicts/";
 pub(crate) const PRUNED: &str = "pruned/";
 /// gc marks of a shared (remote) vault.
 pub(crate) const MARKS: &str = "gc/";
+/// Leases of backups in flight on a shared (remote) vault.
+pub(crate) const LEASES: &str = "leases/";
 /// Staging of work in flight; never read as vault data.
 pub(crate) const TMP: &str = "tmp/";
 
@@ -123,6 +125,16 @@ pub(crate) fn mark(name: &str) -> String {
     format!("{MARKS}{name}")
 }
 
+/// The lease of a backup in flight on a shared vault.
+pub(crate) fn lease(name: &str) -> String {
+    format!("{LEASES}{name}.json")
+}
+
+/// The name of a lease's key, if it is one.
+pub(crate) fn lease_of(key: &str) -> Option<&str> {
+    key.strip_prefix(LEASES)?.strip_suffix(".json").filter(|n| validate_name("lease", n).is_ok())
+}
+
 /// A staging entry (a file or a folder) under `tmp/`.
 pub(crate) fn staging(name: &str) -> String {
     format!("{TMP}{name}")
@@ -173,6 +185,8 @@ mod tests {
         assert_eq!(segment_of(&segment(&id)), Some(id));
         assert_eq!(pack_of(&pack("0123abcd")), Some("0123abcd"));
         assert_eq!(index_of(&chunk_index("0123abcd")), Some("0123abcd"));
+        assert_eq!(lease_of(&lease("host-1-ab")), Some("host-1-ab"));
+        assert_eq!(lease_of("leases/../x.json"), None);
         assert_eq!(manifest_of(&manifest("web", "20261203T000000Z-1")), Some(("web", "20261203T000000Z-1")));
         assert_eq!(pack_of("packs/../config.pack"), None);
         assert_eq!(pack_of("packs/a/b.pack"), None);

@@ -65,6 +65,7 @@ pub(crate) mod pack;
 mod pack_writer;
 mod run_reader;
 pub(crate) use run_reader::SpanBuffer;
+pub(crate) mod lease;
 pub(crate) mod remote;
 pub(crate) use remote::Mark;
 mod objects;
@@ -626,6 +627,12 @@ impl Vault {
         self.store.as_ref()
     }
 
+    /// The vault's store, shared with a thread that outlives a borrow of
+    /// the vault (a pack uploading, a lease being renewed).
+    pub(crate) fn store_handle(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
     /// How errors name an object of the vault: its path, or its URL.
     pub(crate) fn describe(&self, key: &str) -> String {
         self.store.describe(key)
@@ -1129,8 +1136,9 @@ impl Vault {
         self.store.put(&layout::vm_record(&record.vm), bytes.into())
     }
 
-    /// Starts a backup: a staging area whose objects become part of the
-    /// vault only on commit. Holds a shared lock until dropped.
+    /// Starts a backup: a staging area whose point becomes part of the
+    /// vault only on commit (on an object store, its packs are uploaded as
+    /// they close). Holds a shared lock until dropped.
     ///
     /// # Errors
     /// [`Error::Locked`]; I/O errors.

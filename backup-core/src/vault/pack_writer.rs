@@ -271,13 +271,16 @@ impl PackWriter {
         }
     }
 
-    /// Writes what is left, cuts the file to its length and flushes it.
-    pub(super) fn finish(mut self) -> Result<()> {
+    /// Writes what is left and cuts the file to its length; with `flush`,
+    /// flushes it to the disk.
+    pub(super) fn finish(mut self, flush: bool) -> Result<()> {
         self.join()?;
         let len = self.offset + self.buf.len as u64;
         write_at(&self.file, self.buf.padded(), self.offset).map_err(|e| Error::io("write", &self.path, e))?;
         self.file.set_len(len).map_err(|e| Error::io("write", &self.path, e))?;
-        self.file.sync_all().map_err(|e| Error::io("flush", &self.path, e))?;
+        if flush {
+            self.file.sync_all().map_err(|e| Error::io("flush", &self.path, e))?;
+        }
         let buf = std::mem::replace(&mut self.buf, AlignedBuf { raw: Vec::new(), start: 0, len: 0 });
         self.pool.give(buf);
         Ok(())
@@ -312,13 +315,13 @@ mod tests {
             for piece in data.chunks(33_333) {
                 w.write_all(piece).expect("pack writer");
             }
-            w.finish().expect("pack writer");
+            w.finish(true).expect("pack writer");
             assert_eq!(std::fs::read(&path).expect("read back"), data, "length {len}, direct {direct}");
             // All at once: longer than a buffer.
             let path = dir.path().join(format!("q{len}-{direct}"));
             let mut w = PackWriter::create(&vdir, &path, pool.clone(), direct).expect("pack writer");
             w.write_all(&data).expect("pack writer");
-            w.finish().expect("pack writer");
+            w.finish(true).expect("pack writer");
             assert_eq!(std::fs::read(&path).expect("read back"), data, "length {len}, direct {direct}, one write");
         }
     }
@@ -341,7 +344,7 @@ mod tests {
         let path = dir.path().join("p");
         let mut w = PackWriter::create(&vdir, &path, Arc::new(BufferPool::default()), true).expect("pack writer");
         w.write_all(&[5u8; BUFFER_BYTES + 10]).expect("pack writer");
-        w.finish().expect("pack writer");
+        w.finish(true).expect("pack writer");
         assert_eq!(std::fs::read(&path).expect("read back"), vec![5u8; BUFFER_BYTES + 10]);
     }
 }

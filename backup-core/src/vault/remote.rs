@@ -29,11 +29,15 @@
 //!
 //! ## Writing
 //!
-//! A backup stages locally as on a local vault. On commit it uploads its
-//! packs and segments in parallel (at most [`UPLOAD_BUDGET`] bytes of files
-//! in memory at once), then their index files, then checks that the point
-//! may be committed (below), then writes the manifest with a create-only
-//! put, so two points never share a name. Restore and verify read the
+//! A backup stages locally as on a local vault, and holds a lease in the
+//! store while it runs (`vault/lease.rs`). Each pack is uploaded as soon
+//! as it closes, then its index file, several at once (at most
+//! [`UPLOAD_BUDGET`] bytes of packs in memory), and its staged copy is
+//! removed: the transfer and the upload overlap, and the local disk holds
+//! only the packs being filled or sent. On commit the backup uploads the
+//! last packs and its segments, checks that the point may be committed
+//! (below), then writes the manifest with a create-only put, so two points
+//! never share a name. Restore and verify read the
 //! frames they need with ranged GETs of stretches of a pack (see
 //! `vault/run_reader.rs`).
 //!
@@ -45,8 +49,10 @@
 //! still no point references, then the mark. It then *marks*: the packs
 //! (with no chunk any point references) and segments (that no point names)
 //! last written more than the grace period ago, not yet marked, go into a
-//! new mark object `gc/<time>-<rand>.json`. Partly dead packs are not
-//! rewritten on a remote vault.
+//! new mark object `gc/<time>-<rand>.json`. Partly dead packs are
+//! rewritten as on a local vault; the old copy is then marked like a dead
+//! pack (`gc/shared.rs`). Packs a backup in flight has uploaded are spared
+//! by its lease (`vault/lease.rs`).
 //!
 //! A backup never relies on a condemned object: when its cache is
 //! refreshed, packs named by a mark are no longer deduplicated against
@@ -454,7 +460,10 @@ impl Remote {
                 mark.packs.into_iter().chain(segments).map(move |o| (o, name.clone())).collect::<Vec<_>>()
             })
             .collect();
-        for p in &packs {
+        // The backup's own packs too: uploaded as they closed, they are
+        // spared by its lease, unless that lapsed (a grace period shorter
+        // than the lease's renewal).
+        for p in packs.iter().chain(own_packs) {
             if let Some(mark) = condemned.get(p) {
                 return Err(refuse(format!(
                     "gc marked pack {p}, which holds chunks of the point, for removal ({})",

@@ -1,5 +1,7 @@
 //! A backup in flight: the staging area where new packs, chunk index files
-//! and segments wait until the point is committed.
+//! and segments wait until the point is committed. On a store that copies
+//! (an object store) each pack is uploaded as soon as it closes instead,
+//! while the workers go on filling the next ones.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -22,16 +24,26 @@ struct OpenPack {
     entries: Vec<PackEntry>,
 }
 
+/// A pack closed: its id, the bytes it added past its frames, and whether
+/// it is already in the store.
+struct Finished {
+    id: String,
+    added: u64,
+    published: bool,
+}
+
 #[derive(Default)]
 struct Staged {
     /// Segments staged in this session.
     segments: HashSet<ContentId>,
-    /// Finished packs, by id.
+    /// Finished packs, by id, published or not.
     packs: Vec<String>,
-    /// Full packs being finished (trailer, fsync, index file) on threads
-    /// of their own, oldest first: the workers keep hashing and
-    /// compressing while the disk catches up.
-    finishing: std::collections::VecDeque<JoinHandle<Result<(String, u64)>>>,
+    /// Those of them still staged, to publish at commit.
+    unpublished: Vec<String>,
+    /// Full packs being finished (trailer, flush, index file, upload) on
+    /// threads of their own, oldest first: the workers keep hashing and
+    /// compressing while the disk or the network catches up.
+    finishing: std::collections::VecDeque<JoinHandle<Result<Finished>>>,
 }
 
 /// The packs being filled, one per worker thread: a worker's blocks are
@@ -56,24 +68,49 @@ impl OpenPacks {
     }
 }
 
-/// Full packs finished at once, at most; one more waits for the oldest, so
-/// memory and dirty pages stay bounded when the disk is the bottleneck.
+/// Full packs finished at once on a local folder, at most; one more waits
+/// for the oldest, so memory and dirty pages stay bounded when the disk is
+/// the bottleneck. (On an object store, as many as [`UPLOAD_BUDGET`] holds.)
+///
+/// [`UPLOAD_BUDGET`]: super::UPLOAD_BUDGET
 const MAX_FINISHING: usize = 2;
 
-/// Writes the trailer, flushes the pack and stages its index file.
-/// Returns the pack's id and the bytes it added past its frames.
-fn finish_pack(vdir: &VaultDir, dir: &std::path::Path, p: OpenPack) -> Result<(String, u64)> {
+/// Writes the trailer and stages the pack's index file. On a local folder
+/// the pack is flushed, to be published at commit. With `upload`, the pack
+/// and then its index file go to the store now, and the staged pack is
+/// removed (it is not flushed first: adoption checks a staged pack whole).
+fn finish_pack(
+    vdir: &VaultDir,
+    dir: &std::path::Path,
+    p: OpenPack,
+    upload: Option<&dyn super::store::Store>,
+) -> Result<Finished> {
     let OpenPack { id, mut out, offset, entries } = p;
     let trailer = pack::encode_trailer(&entries, offset);
     out.write_all(&trailer)?;
-    out.finish()?;
+    out.finish(upload.is_none())?;
     let idx = pack::encode_idx(&trailer);
-    vdir.write_flushed(&dir.join(layout::chunk_index(&id)), &idx)?;
-    Ok((id, (trailer.len() + idx.len()) as u64))
+    let idx_path = dir.join(layout::chunk_index(&id));
+    vdir.write_flushed(&idx_path, &idx)?;
+    let added = (trailer.len() + idx.len()) as u64;
+    let Some(store) = upload else {
+        return Ok(Finished { id, added, published: false });
+    };
+    // The pack, then its index file: an index file names a pack that is there.
+    let pack_path = dir.join(layout::pack(&id));
+    store.publish(&[(layout::pack(&id), pack_path.clone())], 1)?;
+    store.publish(&[(layout::chunk_index(&id), idx_path)], 1)?;
+    // Local disk holds only the packs being filled or sent; a copy left by
+    // a failed removal goes with the staging folder.
+    let _ = vdir.remove_file(&pack_path);
+    Ok(Finished { id, added, published: true })
 }
 
 /// A backup's staging area; implements [`VaultSink`]. Dropping it without
 /// [`commit_point`](VaultSink::commit_point) removes everything it staged.
+/// Packs it already uploaded to an object store stay there, with their
+/// index files, like packs a killed backup leaves and the next one adopts:
+/// a rerun deduplicates against them, and gc removes them if none comes.
 pub struct BackupSession<'v> {
     vault: &'v Vault,
     dir: PathBuf,
@@ -86,6 +123,12 @@ pub struct BackupSession<'v> {
     buffers: Arc<BufferPool>,
     bytes_added: AtomicU64,
     committed: std::sync::atomic::AtomicBool,
+    /// Packs finishing at once, at most (see [`MAX_FINISHING`]).
+    max_finishing: usize,
+    /// On a shared vault: tells gc that the packs uploaded before the
+    /// manifest are not dead (see `vault/lease.rs`). Dropped after the
+    /// threads finishing packs are joined.
+    _lease: Option<super::lease::HeldLease>,
     /// Held while the session lives: a staging folder whose lock is free
     /// belongs to a dead session (see `adopt`).
     _session_lock: File,
@@ -95,6 +138,11 @@ pub struct BackupSession<'v> {
 impl<'v> BackupSession<'v> {
     pub(super) fn new(vault: &'v Vault) -> Result<Self> {
         let lock = vault.lock(LockMode::Shared)?;
+        // Before anything is uploaded, adopted packs included.
+        let lease = match vault.remote() {
+            Some(_) => Some(super::lease::HeldLease::take(vault.store_handle())?),
+            None => None,
+        };
         // Before the index is loaded, so that this backup deduplicates
         // against what a killed one had already stored.
         super::adopt::adopt_abandoned(vault, None);
@@ -114,6 +162,11 @@ impl<'v> BackupSession<'v> {
             buffers: Arc::new(BufferPool::default()),
             bytes_added: AtomicU64::new(0),
             committed: std::sync::atomic::AtomicBool::new(false),
+            max_finishing: match vault.remote() {
+                Some(_) => upload_concurrency(vault),
+                None => MAX_FINISHING,
+            },
+            _lease: lease,
             _session_lock: session_lock,
             _lock: lock,
         })
@@ -150,11 +203,19 @@ impl<'v> BackupSession<'v> {
     }
 
     /// Waits for a pack finishing on its own thread and records it.
-    fn join_finishing(&self, h: JoinHandle<Result<(String, u64)>>) -> Result<()> {
-        let (id, added) = h.join().map_err(|_| Error::invalid("pack", "the thread finishing a pack panicked"))??;
-        self.bytes_added.fetch_add(added, Ordering::Relaxed);
-        self.staged().packs.push(id);
+    fn join_finishing(&self, h: JoinHandle<Result<Finished>>) -> Result<()> {
+        let done = h.join().map_err(|_| Error::invalid("pack", "the thread finishing a pack panicked"))??;
+        self.record(done);
         Ok(())
+    }
+
+    fn record(&self, done: Finished) {
+        self.bytes_added.fetch_add(done.added, Ordering::Relaxed);
+        let mut st = self.staged();
+        if !done.published {
+            st.unpublished.push(done.id.clone());
+        }
+        st.packs.push(done.id);
     }
 
     fn publish(&self) -> Result<()> {
@@ -162,14 +223,13 @@ impl<'v> BackupSession<'v> {
         for h in finishing {
             self.join_finishing(h)?;
         }
+        // The last packs, uploaded below with the segments, in parallel.
         for open in self.open.take_all() {
-            let (id, added) = finish_pack(self.vault.dir(), &self.dir, open)?;
-            self.bytes_added.fetch_add(added, Ordering::Relaxed);
-            self.staged().packs.push(id);
+            self.record(finish_pack(self.vault.dir(), &self.dir, open, None)?);
         }
         let (packs, segments) = {
             let st = self.staged();
-            (st.packs.clone(), st.segments.iter().copied().collect::<Vec<_>>())
+            (st.unpublished.clone(), st.segments.iter().copied().collect::<Vec<_>>())
         };
         let vault = self.vault;
         for id in &segments {
@@ -184,12 +244,17 @@ impl<'v> BackupSession<'v> {
         };
         let mut first: Vec<(String, PathBuf)> = packs.iter().map(|id| staged(layout::pack(id))).collect();
         first.extend(segments.iter().map(|id| (layout::segment(id), self.staged_segment(id))));
-        let concurrency =
-            usize::try_from(super::UPLOAD_BUDGET / vault.options().pack_target_size.max(1)).unwrap_or(1).clamp(1, 16);
+        let concurrency = upload_concurrency(vault);
         vault.store().publish(&first, concurrency)?;
         let idx: Vec<(String, PathBuf)> = packs.iter().map(|id| staged(layout::chunk_index(id))).collect();
         vault.store().publish(&idx, concurrency.max(8))
     }
+}
+
+/// Packs uploaded at once: as many as [`UPLOAD_BUDGET`](super::UPLOAD_BUDGET)
+/// holds (each is read whole), 1 to 16.
+fn upload_concurrency(vault: &Vault) -> usize {
+    usize::try_from(super::UPLOAD_BUDGET / vault.options().pack_target_size.max(1)).unwrap_or(1).clamp(1, 16)
 }
 
 impl VaultSink for BackupSession<'_> {
@@ -229,14 +294,15 @@ impl VaultSink for BackupSession<'_> {
             // The fsync of a full pack runs on a thread of its own, outside
             // this lock: under it, every worker would wait for the disk.
             let (vdir, dir) = (self.vault.dir().clone(), self.dir.clone());
+            let upload = self.vault.remote().map(|_| self.vault.store_handle());
             let h = std::thread::Builder::new()
                 .name("vmbackup-pack".into())
-                .spawn(move || finish_pack(&vdir, &dir, done))
+                .spawn(move || finish_pack(&vdir, &dir, done, upload.as_deref()))
                 .map_err(|e| Error::io("start a thread to finish a pack in", &self.dir, e))?;
             let oldest = {
                 let mut st = self.staged();
                 st.finishing.push_back(h);
-                if st.finishing.len() > MAX_FINISHING { st.finishing.pop_front() } else { None }
+                if st.finishing.len() > self.max_finishing { st.finishing.pop_front() } else { None }
             };
             handoff.send()?;
             if let Some(h) = oldest {
