@@ -9,6 +9,7 @@ use anyhow::Result;
 use backup_core::{JobRecord, PointManifest, RestoreOptions, RestoreStats, Vault};
 use serde_json::json;
 
+use crate::globals::Globals;
 use crate::output::outln;
 
 /// The JSON of one job as `vmbackup jobs --json` prints it.
@@ -50,8 +51,8 @@ fn phases_text(j: &JobRecord) -> String {
 }
 
 /// `vmbackup jobs`: prints the history of backup jobs, oldest first.
-pub fn jobs(vault: &Path, vm: Option<&str>, json: bool) -> Result<ExitCode> {
-    let vault = crate::open(vault)?;
+pub fn jobs(g: &Globals, vault: &Path, vm: Option<&str>, json: bool) -> Result<ExitCode> {
+    let vault = g.open(vault)?;
     let jobs = backup_core::job_history(&vault, vm)?;
     if json {
         let all: Vec<_> = jobs.iter().map(job_json).collect();
@@ -88,8 +89,14 @@ pub fn jobs(vault: &Path, vm: Option<&str>, json: bool) -> Result<ExitCode> {
 /// `vmbackup release-expired`: releases kept snapshots whose
 /// instant-restore days are over, whose job committed nothing, or whose
 /// point was pruned.
-pub fn release_expired(vault: &Path, vm: Option<&str>, now: Option<jiff::Timestamp>, json: bool) -> Result<ExitCode> {
-    let vault = crate::open(vault)?;
+pub fn release_expired(
+    g: &Globals,
+    vault: &Path,
+    vm: Option<&str>,
+    now: Option<jiff::Timestamp>,
+    json: bool,
+) -> Result<ExitCode> {
+    let vault = g.open(vault)?;
     let report = backup_core::release_expired(&vault, vm, now.unwrap_or_else(jiff::Timestamp::now))?;
     if json {
         outln!(

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use backup_core::{KeySource, Vault, VaultOptions};
+use backup_core::{KeySource, Vault};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use crate::globals::Globals;
 use crate::output::outln;
 
 /// The environment variable that holds a vault's passphrase.
@@ -70,18 +71,6 @@ pub enum KeyCommand {
     },
 }
 
-static GIVEN: std::sync::OnceLock<KeyArgs> = std::sync::OnceLock::new();
-
-/// Records the key options of the command line, for every vault it opens.
-pub fn set(key: KeyArgs) {
-    let _ = GIVEN.set(key);
-}
-
-/// The key options of the command line.
-pub fn given_args() -> KeyArgs {
-    GIVEN.get().cloned().unwrap_or_default()
-}
-
 /// A bad-usage error (exit code 2).
 fn usage(what: &str, why: String) -> anyhow::Error {
     backup_core::Error::InvalidArgument { what: what.into(), why }.into()
@@ -124,23 +113,24 @@ impl KeyArgs {
 
 /// Opens a vault: with the key given, or, when the vault is encrypted and
 /// none was given, with a passphrase asked on the terminal.
-pub fn open(path: &Path, options: VaultOptions, key: &KeyArgs) -> Result<Vault> {
-    let given = key.given()?;
+pub fn open(path: &Path, g: &Globals) -> Result<Vault> {
+    let given = g.key.given()?;
     let prompted = given.is_none();
-    let mut options = options;
+    let mut options = g.options.clone();
     options.key = given;
-    match crate::repair::open_with(path, options.clone()) {
+    match g.open_with(path, options.clone()) {
         Err(backup_core::Error::KeyRequired { .. }) if prompted && std::io::stdin().is_terminal() => {
             let p = prompt(&format!("passphrase of vault {}: ", path.display()))?;
-            Ok(crate::repair::open_with(path, options.with_key(KeySource::passphrase(p)))?)
+            Ok(g.open_with(path, options.with_key(KeySource::passphrase(p)))?)
         }
         r => Ok(r?),
     }
 }
 
 /// `vmbackup init VAULT [--encrypt]`.
-pub fn init(path: &Path, encrypt: bool, options: VaultOptions, key: &KeyArgs) -> Result<Vault> {
-    let mut options = options;
+pub fn init(path: &Path, encrypt: bool, g: &Globals) -> Result<Vault> {
+    let mut options = g.options.clone();
+    let key = &g.key;
     if encrypt {
         if let Some(f) = &key.key_file
             && !f.exists()
@@ -165,7 +155,7 @@ pub fn init(path: &Path, encrypt: bool, options: VaultOptions, key: &KeyArgs) ->
     } else if key.key_file.is_some() || key.passphrase_file.is_some() {
         return Err(usage("init", "a passphrase or key file was given without --encrypt".into()));
     }
-    Ok(crate::repair::init_with(path, options)?)
+    Ok(g.init_with(path, options)?)
 }
 
 fn new_passphrase_prompt() -> Result<String> {
@@ -177,10 +167,10 @@ fn new_passphrase_prompt() -> Result<String> {
 }
 
 /// Runs `vmbackup key ...`.
-pub fn run(command: KeyCommand, options: VaultOptions, key: &KeyArgs) -> Result<ExitCode> {
+pub fn run(command: KeyCommand, g: &Globals) -> Result<ExitCode> {
     match command {
         KeyCommand::List { vault, json } => {
-            let v = open(&vault, options, key)?;
+            let v = open(&vault, g)?;
             let slots = v.key_slots()?;
             if json {
                 outln!("{}", json!({ "vault": vault, "encrypted": v.is_encrypted(), "slots": slots }));
@@ -202,7 +192,7 @@ pub fn run(command: KeyCommand, options: VaultOptions, key: &KeyArgs) -> Result<
             }
         }
         KeyCommand::Add { vault, new_passphrase_file, new_key_file, json } => {
-            let v = open(&vault, options, key)?;
+            let v = open(&vault, g)?;
             let new = if let Some(f) = new_key_file {
                 if !f.exists() {
                     backup_core::generate_key_file(&f)?;
@@ -231,7 +221,7 @@ pub fn run(command: KeyCommand, options: VaultOptions, key: &KeyArgs) -> Result<
             }
         }
         KeyCommand::Remove { vault, slot } => {
-            let v = open(&vault, options, key)?;
+            let v = open(&vault, g)?;
             let removed = v.remove_key(&slot)?;
             outln!("removed {} slot {} from vault {}", removed.kind, removed.id, vault.display());
         }

@@ -4,6 +4,7 @@
 //! 2 bad usage.
 
 mod demo;
+mod globals;
 mod jobs;
 mod keys;
 mod maintenance;
@@ -21,11 +22,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use backup_core::{
     BackupOptions, Consistency, ConsistentProvider, ImageFileProvider, PointManifest, RestoreOptions, ScriptsConfig,
-    Vault, VerifyOptions, Vm, VmDisk,
+    VerifyOptions, Vm, VmDisk,
 };
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
+use crate::globals::Globals;
 use crate::output::outln;
 
 /// Back up virtual machine disks: only changed blocks, into a deduplicating vault.
@@ -500,16 +502,15 @@ fn error_text(e: &anyhow::Error) -> String {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    repair::set_vault_options(cli.lock_timeout, cli.pack_target_size, cli.direct_io)?;
-    repair::set_remote_options(cli.cache, cli.endpoint);
-    keys::set(cli.key.clone());
+    let g = Globals::new(cli.lock_timeout, cli.pack_target_size, cli.direct_io, cli.cache, cli.endpoint, cli.key)?;
+    let g = &g;
     match cli.command {
         Command::Init { vault, encrypt } => {
-            let v = keys::init(&vault, encrypt, repair::options(), &cli.key)?;
+            let v = keys::init(&vault, encrypt, g)?;
             let how = if v.is_encrypted() { "encrypted vault" } else { "vault" };
             outln!("initialized {how} {} (id {})", v.location(), v.id());
         }
-        Command::Key { command } => return keys::run(command, repair::options(), &cli.key),
+        Command::Key { command } => return keys::run(command, g),
         Command::Backup {
             vault,
             vm,
@@ -535,7 +536,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             read_retries,
             json,
         } => {
-            let vault = open(&vault)?;
+            let vault = g.open(&vault)?;
             let mut options = BackupOptions::default();
             // SIGINT and SIGTERM take the cancel path: scripts killed and
             // the post-script run, file systems thawed, clones released.
@@ -618,7 +619,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::List { vault, vm, json } => {
-            let vault = open(&vault)?;
+            let vault = g.open(&vault)?;
             let (points, bad) = vault.scan_points(vm.as_deref())?;
             for e in &bad {
                 eprintln!("warning: {e}");
@@ -733,16 +734,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Repair { vault, dry_run, json } => return repair::run(&vault, dry_run, json),
+        Command::Repair { vault, dry_run, json } => return repair::run(g, &vault, dry_run, json),
         Command::Restore { vault, vm, point, disk, to, allow_damaged, domain, json } => {
             if let Some(args) = domain.args() {
                 if disk.is_some() || allow_damaged {
                     bail!("--to-libvirt restores every disk, and never with damaged data");
                 }
-                return recovery::restore_as_domain(&vault, &vm, &point, &args, json);
+                return recovery::restore_as_domain(g, &vault, &vm, &point, &args, json);
             }
             let Some(to) = to else { bail!("--to or --to-libvirt is needed") };
-            let vault = open(&vault)?;
+            let vault = g.open(&vault)?;
             let mut options = RestoreOptions::default();
             options.allow_damaged = allow_damaged;
             // A signal removes the partly written file instead of leaving it.
@@ -801,15 +802,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::InstantRestore { vault, vm, point, domain, bandwidth, json } => {
             let Some(args) = domain.args() else { bail!("--to-libvirt NAME is needed") };
-            return recovery::instant(&vault, &vm, &point, &args, bandwidth, json);
+            return recovery::instant(g, &vault, &vm, &point, &args, bandwidth, json);
         }
         Command::Verify { vault, vm, point, boot, script, timeout, connect, json } => {
             if boot {
                 let vm = vm.as_deref().unwrap_or_default();
                 let point = point.as_deref().unwrap_or("latest");
-                return recovery::boot_verify(&vault, vm, point, script.as_deref(), timeout, &connect, json);
+                let args = recovery::BootArgs { script: script.as_deref(), timeout_secs: timeout, connect: &connect };
+                return recovery::boot_verify(g, &vault, vm, point, &args, json);
             }
-            let vault = open(&vault)?;
+            let vault = g.open(&vault)?;
             let mut options = VerifyOptions::default();
             options.cancel = signals::cancel_on_signals();
             options.vm = vm;
@@ -836,33 +838,36 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Export { vault, vm, point, disk, socket, listen, allow_remote } => {
-            return nbd::export(nbd::ExportArgs { vault, vm, point, disk, socket, listen, allow_remote });
+            return nbd::export(g, nbd::ExportArgs { vault, vm, point, disk, socket, listen, allow_remote });
         }
         Command::Demo { dir, live_guest, connect } => demo::run(dir, live_guest.map(|g| (g, connect)))?,
         Command::Prune { vault, policy, vm, dry_run, json } => {
-            return maintenance::prune(&vault, &policy, vm, dry_run, json);
+            return maintenance::prune(g, &vault, &policy, vm, dry_run, json);
         }
         Command::Gc { vault, grace, repack_threshold, dry_run, json } => {
-            return maintenance::gc(&vault, grace, repack_threshold, dry_run, json);
+            return maintenance::gc(g, &vault, grace, repack_threshold, dry_run, json);
         }
         Command::Policy { action: PolicyAction::Check { file, runs, json } } => {
             return maintenance::policy_check(&file, runs, json);
         }
-        Command::Jobs { vault, vm, json } => return jobs::jobs(&vault, vm.as_deref(), json),
+        Command::Jobs { vault, vm, json } => return jobs::jobs(g, &vault, vm.as_deref(), json),
         Command::ReleaseExpired { vault, vm, now, json } => {
-            return jobs::release_expired(&vault, vm.as_deref(), now, json);
+            return jobs::release_expired(g, &vault, vm.as_deref(), now, json);
         }
         Command::Schedule { vault, policy, vms, concurrency, limit, max_reads, once, now } => {
-            return schedule::run(schedule::Args {
-                vault: &vault,
-                policy: &policy,
-                vms: &vms,
-                concurrency,
-                limit: limit.map(u64::from),
-                max_reads,
-                once,
-                now,
-            });
+            return schedule::run(
+                g,
+                schedule::Args {
+                    vault: &vault,
+                    policy: &policy,
+                    vms: &vms,
+                    concurrency,
+                    limit: limit.map(u64::from),
+                    max_reads,
+                    once,
+                    now,
+                },
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -979,10 +984,6 @@ impl LibvirtVm {
     fn as_provider(&self) -> &dyn backup_core::SnapshotProvider {
         match *self {}
     }
-}
-
-fn open(path: &std::path::Path) -> Result<Vault> {
-    repair::open(path)
 }
 
 fn vm_from_args(name: &str, disks: &[String]) -> Result<Vm> {

@@ -8,13 +8,21 @@ use anyhow::Result;
 use backup_core::{GcOptions, Policy, PruneOptions};
 use serde_json::json;
 
+use crate::globals::Globals;
 use crate::output::outln;
 
 /// `vmbackup prune`: judges every point by the policy's retention, then
 /// removes the condemned manifests (unless `dry_run`).
-pub fn prune(vault: &Path, policy: &Path, vm: Option<String>, dry_run: bool, as_json: bool) -> Result<ExitCode> {
+pub fn prune(
+    g: &Globals,
+    vault: &Path,
+    policy: &Path,
+    vm: Option<String>,
+    dry_run: bool,
+    as_json: bool,
+) -> Result<ExitCode> {
     let policy = Policy::from_file(policy)?;
-    let vault = crate::repair::open(vault)?;
+    let vault = g.open(vault)?;
     let mut options = PruneOptions::default();
     options.vm = vm;
     options.dry_run = dry_run;
@@ -73,8 +81,15 @@ pub fn prune(vault: &Path, policy: &Path, vm: Option<String>, dry_run: bool, as_
 }
 
 /// `vmbackup gc`: removes what no point references.
-pub fn gc(vault: &Path, grace_minutes: u64, repack_threshold: f64, dry_run: bool, as_json: bool) -> Result<ExitCode> {
-    let vault = crate::repair::open(vault)?;
+pub fn gc(
+    g: &Globals,
+    vault: &Path,
+    grace_minutes: u64,
+    repack_threshold: f64,
+    dry_run: bool,
+    as_json: bool,
+) -> Result<ExitCode> {
+    let vault = g.open(vault)?;
     let mut options = GcOptions::default();
     options.grace = Duration::from_secs(grace_minutes.saturating_mul(60));
     options.repack_threshold = repack_threshold;

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use backup_core::{ExportAddress, ExportOptions, NbdAddress, NbdOptions, NbdProvider, NbdServer, QemuProvider, VmDisk};
 
+use crate::globals::Globals;
 use crate::output::outln;
 
 /// The name and location of a `--disk` given as a bare NBD URI: the
@@ -82,8 +83,8 @@ pub struct ExportArgs {
 }
 
 /// Serves a point's disk read-only over NBD until SIGINT or SIGTERM.
-pub fn export(a: ExportArgs) -> Result<ExitCode> {
-    let vault = crate::repair::open(&a.vault)?;
+pub fn export(g: &Globals, a: ExportArgs) -> Result<ExitCode> {
+    let vault = g.open(&a.vault)?;
     let point = vault.find_point(&a.vm, &a.point)?;
     let at = match (&a.socket, &a.listen) {
         (Some(s), None) => ExportAddress::Unix(s.clone()),

@@ -9,8 +9,9 @@ use anyhow::Result;
 #[cfg(feature = "libvirt")]
 use serde_json::json;
 
+use crate::globals::Globals;
 #[cfg(feature = "libvirt")]
-use crate::{human, open, outln, progress, signals};
+use crate::{human, outln, progress, signals};
 
 /// Where and how the new domain is made (the command line's flags).
 pub(crate) struct DomainArgs {
@@ -35,8 +36,15 @@ fn target(a: &DomainArgs) -> Result<backup_core::DomainTarget> {
 
 /// `restore --to-libvirt NAME`.
 #[cfg(feature = "libvirt")]
-pub(crate) fn restore_as_domain(vault: &Path, vm: &str, point: &str, a: &DomainArgs, json: bool) -> Result<ExitCode> {
-    let vault = open(vault)?;
+pub(crate) fn restore_as_domain(
+    g: &Globals,
+    vault: &Path,
+    vm: &str,
+    point: &str,
+    a: &DomainArgs,
+    json: bool,
+) -> Result<ExitCode> {
+    let vault = g.open(vault)?;
     let point = vault.find_point(vm, point)?;
     let mut options = backup_core::RestoreOptions::default();
     options.cancel = signals::cancel_on_signals();
@@ -57,6 +65,7 @@ pub(crate) fn restore_as_domain(vault: &Path, vm: &str, point: &str, a: &DomainA
 /// `instant-restore --to-libvirt NAME`.
 #[cfg(feature = "libvirt")]
 pub(crate) fn instant(
+    g: &Globals,
     vault: &Path,
     vm: &str,
     point: &str,
@@ -64,7 +73,7 @@ pub(crate) fn instant(
     bandwidth_mib: u64,
     json: bool,
 ) -> Result<ExitCode> {
-    let vault = open(vault)?;
+    let vault = g.open(vault)?;
     let point = vault.find_point(vm, point)?;
     let mut options = backup_core::InstantOptions::default();
     options.bandwidth = bandwidth_mib << 20;
@@ -88,24 +97,33 @@ pub(crate) fn instant(
     Ok(ExitCode::SUCCESS)
 }
 
+/// How `verify --boot` judges a point (the command line's flags).
+pub(crate) struct BootArgs<'a> {
+    /// The test script run in the guest, if any.
+    pub script: Option<&'a Path>,
+    /// How long the boot (and the script) may take.
+    pub timeout_secs: u64,
+    /// The libvirt connection URI.
+    pub connect: &'a str,
+}
+
 /// `verify --boot`: exit code 1 when the point fails.
 #[cfg(feature = "libvirt")]
 pub(crate) fn boot_verify(
+    g: &Globals,
     vault: &Path,
     vm: &str,
     point: &str,
-    script: Option<&Path>,
-    timeout_secs: u64,
-    connect: &str,
+    a: &BootArgs,
     json: bool,
 ) -> Result<ExitCode> {
-    let vault = open(vault)?;
+    let vault = g.open(vault)?;
     let point = vault.find_point(vm, point)?;
     let mut options = backup_core::BootVerifyOptions::default();
-    options.uri = connect.to_string();
-    options.timeout = std::time::Duration::from_secs(timeout_secs);
+    options.uri = a.connect.to_string();
+    options.timeout = std::time::Duration::from_secs(a.timeout_secs);
     options.script_timeout = options.timeout;
-    if let Some(s) = script {
+    if let Some(s) = a.script {
         options.script =
             Some(std::fs::read(s).map_err(|e| anyhow::anyhow!("cannot read the test {}: {e}", s.display()))?);
     }
@@ -126,16 +144,16 @@ pub(crate) fn boot_verify(
 }
 
 #[cfg(not(feature = "libvirt"))]
-pub(crate) fn restore_as_domain(_: &Path, _: &str, _: &str, _: &DomainArgs, _: bool) -> Result<ExitCode> {
+pub(crate) fn restore_as_domain(_: &Globals, _: &Path, _: &str, _: &str, _: &DomainArgs, _: bool) -> Result<ExitCode> {
     anyhow::bail!("this vmbackup was built without the libvirt feature")
 }
 
 #[cfg(not(feature = "libvirt"))]
-pub(crate) fn instant(_: &Path, _: &str, _: &str, _: &DomainArgs, _: u64, _: bool) -> Result<ExitCode> {
+pub(crate) fn instant(_: &Globals, _: &Path, _: &str, _: &str, _: &DomainArgs, _: u64, _: bool) -> Result<ExitCode> {
     anyhow::bail!("this vmbackup was built without the libvirt feature")
 }
 
 #[cfg(not(feature = "libvirt"))]
-pub(crate) fn boot_verify(_: &Path, _: &str, _: &str, _: Option<&Path>, _: u64, _: &str, _: bool) -> Result<ExitCode> {
+pub(crate) fn boot_verify(_: &Globals, _: &Path, _: &str, _: &str, _: &BootArgs, _: bool) -> Result<ExitCode> {
     anyhow::bail!("this vmbackup was built without the libvirt feature")
 }

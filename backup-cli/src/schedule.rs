@@ -29,6 +29,8 @@ use backup_core::{
 use jiff::{SignedDuration, Timestamp};
 use serde::Deserialize;
 
+use crate::globals::Globals;
+
 /// The VMs file: `{"vms": [{"name": "web", "disks": ["root=/images/web.img"], "consistency": "crash"},
 /// {"name": "db", "libvirt": "db", "connect": "qemu:///system", "consistency": "app"}]}`: a VM
 /// is image files (`disks`) or a libvirt domain (`libvirt`, with `connect`, `include`,
@@ -152,7 +154,7 @@ fn served_run(rule: Option<&str>) -> Option<Timestamp> {
 }
 
 /// Runs the daemon until a signal (or, with `once`, until nothing is due).
-pub fn run(args: Args<'_>) -> Result<ExitCode> {
+pub fn run(g: &Globals, args: Args<'_>) -> Result<ExitCode> {
     let policy = Policy::from_file(args.policy)?;
     let text = std::fs::read_to_string(args.vms).with_context(|| format!("cannot read {}", args.vms.display()))?;
     let file: VmsFile =
@@ -169,7 +171,7 @@ pub fn run(args: Args<'_>) -> Result<ExitCode> {
     if args.concurrency == 0 {
         anyhow::bail!("--concurrency must be at least 1");
     }
-    let vault = crate::repair::open(args.vault)?;
+    let vault = g.open(args.vault)?;
     let throttle: Option<Arc<Throttle>> = match (args.limit, args.max_reads) {
         (None, None) => None,
         (rate, reads) => {

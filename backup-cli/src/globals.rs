@@ -1,0 +1,70 @@
+//! The command line's global options (`--lock-timeout`, `--cache`,
+//! `--endpoint`, the key options, ...), read once by `main` and handed to
+//! every command that opens a vault.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use backup_core::{RemoteOptions, Vault, VaultOptions};
+
+use crate::keys::KeyArgs;
+
+/// How this run of the command opens vaults.
+#[derive(Debug, Clone, Default)]
+pub struct Globals {
+    /// The lock timeout, pack size and direct I/O asked for.
+    pub options: VaultOptions,
+    /// How a vault given as a URL is cached and reached.
+    pub remote: RemoteOptions,
+    /// The key or passphrase given, if any.
+    pub key: KeyArgs,
+}
+
+impl Globals {
+    /// Checks and gathers the global options: `--lock-timeout` in
+    /// seconds, the hidden `--pack-target-size`, `--direct-io`, `--cache`,
+    /// `--endpoint` and the key options.
+    pub fn new(
+        lock_timeout: Option<f64>,
+        pack_target_size: Option<u32>,
+        direct_io: bool,
+        cache: Option<PathBuf>,
+        endpoint: Option<String>,
+        key: KeyArgs,
+    ) -> Result<Self> {
+        let mut options = VaultOptions::default();
+        options.direct_io = direct_io;
+        if let Some(s) = lock_timeout {
+            if !(s.is_finite() && (0.0..=86_400.0).contains(&s)) {
+                bail!("--lock-timeout {s} is not between 0 and 86400 seconds");
+            }
+            options.lock_timeout = Duration::from_secs_f64(s);
+        }
+        if let Some(n) = pack_target_size {
+            options.pack_target_size = u64::from(n.max(4096));
+        }
+        let mut remote = RemoteOptions::default();
+        remote.cache = cache;
+        remote.endpoint = endpoint;
+        Ok(Self { options, remote, key })
+    }
+
+    /// Opens a vault (a path or a URL such as `az://CONTAINER/PREFIX` or
+    /// `s3://BUCKET/PREFIX`) with the key given, or with a passphrase
+    /// asked on the terminal when it is encrypted and none was.
+    pub fn open(&self, path: &Path) -> Result<Vault> {
+        crate::keys::open(path, self)
+    }
+
+    /// Opens the vault at a path or a URL with these options (the key
+    /// among them) instead of the global ones.
+    pub fn open_with(&self, path: &Path, options: VaultOptions) -> backup_core::Result<Vault> {
+        Vault::open_location(path, options, &self.remote)
+    }
+
+    /// Creates a vault at a path or a URL with these options.
+    pub fn init_with(&self, path: &Path, options: VaultOptions) -> backup_core::Result<Vault> {
+        Vault::init_location(path, options, &self.remote)
+    }
+}
