@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import List, Tuple
+from typing import Iterator, List, Tuple
 
 import pytest
 
@@ -36,6 +36,16 @@ class SlowDisk(vmbackup.BlockDevice):
         self.reads += 1
         time.sleep(0.002)
         return bytes([offset // length % 251 + 1]) * length
+
+
+@pytest.fixture
+def ctrl_c() -> Iterator[None]:
+    """Python's Ctrl-C handler, installed for the test: a suite started in
+    the background (`.ci/run &`) inherits SIGINT ignored, and then Python
+    never raises KeyboardInterrupt."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def vault_files(vault: vmbackup.Vault) -> List[str]:
@@ -115,7 +125,7 @@ def test_exception_from_progress_stops_a_long_backup(vault: vmbackup.Vault) -> N
     assert vault.points() == []
 
 
-def test_keyboard_interrupt_stops_a_running_backup(vault: vmbackup.Vault) -> None:
+def test_keyboard_interrupt_stops_a_running_backup(vault: vmbackup.Vault, ctrl_c: None) -> None:
     disk = SlowDisk()
     files = vault_files(vault)
 
@@ -134,7 +144,9 @@ def test_keyboard_interrupt_stops_a_running_backup(vault: vmbackup.Vault) -> Non
     assert list((Path(vault.path) / "tmp").iterdir()) == []
 
 
-def test_sigint_stops_a_running_backup(vault: vmbackup.Vault, make_image: MakeImage) -> None:
+def test_sigint_stops_a_running_backup(
+    vault: vmbackup.Vault, make_image: MakeImage, ctrl_c: None
+) -> None:
     image = make_image("root.img", 2 * MiB)
     first = vault.backup("web", [image])
     disk = SlowDisk()
@@ -150,7 +162,9 @@ def test_sigint_stops_a_running_backup(vault: vmbackup.Vault, make_image: MakeIm
     assert vault.points() == [first]
 
 
-def test_keyboard_interrupt_from_progress(vault: vmbackup.Vault, make_image: MakeImage) -> None:
+def test_keyboard_interrupt_from_progress(
+    vault: vmbackup.Vault, make_image: MakeImage, ctrl_c: None
+) -> None:
     image = make_image("root.img", 4 * MiB)
 
     def progress(done: int, total: int) -> None:
