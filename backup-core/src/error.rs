@@ -6,8 +6,10 @@ use std::path::PathBuf;
 /// The result type of every fallible call in this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Whether retrying the same call may succeed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Whether retrying the same call may succeed. Job logs write it as
+/// `retryable`, `permanent` or `cancelled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ErrorKind {
     /// A condition that may pass: a lock held by another process, a host
     /// callback reporting a transient failure, an interrupted read.

@@ -47,7 +47,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{hex, validate_name};
+use crate::model::{Consistency, hex, validate_name};
 use crate::vault::Vault;
 
 /// The phases of a backup job, in order.
@@ -136,7 +136,7 @@ pub enum JobEvent {
         /// The process running the job.
         pid: u32,
         /// The consistency asked for.
-        consistency: String,
+        consistency: Consistency,
         /// The policy rule that started the job, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         policy_rule: Option<String>,
@@ -203,8 +203,8 @@ pub enum JobEvent {
         phase: Phase,
         /// The error, as displayed.
         message: String,
-        /// "retryable", "permanent" or "cancelled".
-        kind: String,
+        /// Whether retrying may succeed, or the job was cancelled.
+        kind: ErrorKind,
     },
     /// What `prepare` changed on the VM.
     Prepared {
@@ -468,16 +468,31 @@ pub fn job_history(vault: &Vault, vm: Option<&str>) -> Result<Vec<JobRecord>> {
     Ok(out)
 }
 
-/// The name of an error kind as the log writes it.
-pub(crate) fn kind_name(kind: ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::Retryable => "retryable",
-        ErrorKind::Permanent => "permanent",
-        ErrorKind::Cancelled => "cancelled",
-    }
-}
-
 /// Seconds since an instant, for phase ends.
 pub(crate) fn since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines as earlier versions wrote them, when `consistency` and `kind` were
+    /// plain strings: logs already in vaults must stay readable.
+    #[test]
+    fn older_lines_parse_into_the_enums() {
+        let start = r#"{"event":"start","time":"2026-11-01T10:00:00Z","job":"j1","vm":"web","pid":7,"consistency":"filesystem"}"#;
+        let error =
+            r#"{"event":"error","time":"2026-11-01T10:00:01Z","phase":"transfer","message":"boom","kind":"retryable"}"#;
+        match serde_json::from_str::<JobEvent>(start).expect("start parses") {
+            JobEvent::Start { consistency, .. } => assert_eq!(consistency, Consistency::FileSystem),
+            other => panic!("not a start: {other:?}"),
+        }
+        match serde_json::from_str::<JobEvent>(error).expect("error parses") {
+            JobEvent::Error { kind, .. } => assert_eq!(kind, ErrorKind::Retryable),
+            other => panic!("not an error: {other:?}"),
+        }
+        let bad = start.replace("filesystem", "sideways");
+        assert!(serde_json::from_str::<JobEvent>(&bad).is_err(), "an unknown consistency is refused");
+    }
 }

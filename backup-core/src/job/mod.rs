@@ -178,12 +178,7 @@ impl Job<'_> {
         let r = f();
         if let Err(e) = &r {
             self.write(
-                &JobEvent::Error {
-                    time: crate::model::now(),
-                    phase,
-                    message: e.to_string(),
-                    kind: log::kind_name(e.kind()).into(),
-                },
+                &JobEvent::Error { time: crate::model::now(), phase, message: e.to_string(), kind: e.kind() },
                 true,
             );
         }
@@ -333,7 +328,7 @@ pub fn backup(
             job: job.id.clone(),
             vm: vm.name.clone(),
             pid: std::process::id(),
-            consistency: options.consistency.as_str().into(),
+            consistency: options.consistency,
             policy_rule: options.policy_rule.clone(),
             instant_restore_days: options.instant_restore_days,
         },

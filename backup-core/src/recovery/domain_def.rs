@@ -8,13 +8,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::ImageFormat;
 use super::xml_tree::{Element, Node};
 
 /// What a disk of the new domain stands on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum DiskSource {
     /// A restored image file.
-    File { path: PathBuf, format: String },
+    File { path: PathBuf, format: ImageFormat },
     /// A qcow2 overlay whose backing is an NBD export of the point on a
     /// unix socket; the guest pauses when the export fails.
     Overlay { path: PathBuf, socket: PathBuf, export: String },
@@ -136,7 +137,7 @@ fn set_disk(disk: &mut Element, source: &DiskSource) {
     disk.set_attr("type", "file");
     disk.retain_elements(|c| !matches!(c.name.as_str(), "source" | "backingStore" | "auth" | "encryption"));
     let (path, format) = match source {
-        DiskSource::File { path, format } => (path, format.as_str()),
+        DiskSource::File { path, format } => (path, format.name()),
         DiskSource::Overlay { path, .. } => (path, "qcow2"),
     };
     let driver = disk.child_or_add("driver");
@@ -237,7 +238,7 @@ mod tests {
                 if overlay {
                     DiskSource::Overlay { path, socket: format!("/run/x/{d}.sock").into(), export: d.into() }
                 } else {
-                    DiskSource::File { path, format: "qcow2".into() }
+                    DiskSource::File { path, format: ImageFormat::Qcow2 }
                 },
             );
         }
@@ -288,7 +289,7 @@ mod tests {
     #[test]
     fn a_point_disk_missing_from_the_xml_or_xml_that_is_no_domain_is_refused() {
         let mut disks = plan(false);
-        disks.insert("vdz".into(), DiskSource::File { path: "/p/z".into(), format: "raw".into() });
+        disks.insert("vdz".into(), DiskSource::File { path: "/p/z".into(), format: ImageFormat::Raw });
         let new = NewDomain { name: "n", disks: &disks, console_dir: Path::new("/p"), throwaway: false };
         assert!(rewrite(XML, &new).expect_err("vdz").contains("vdz"));
         assert!(rewrite("<network/>", &new).expect_err("not a domain").contains("network"));

@@ -231,7 +231,7 @@ pub(crate) fn fuzz_rewrite(xml: &str) -> bool {
     let mut overlays = std::collections::BTreeMap::new();
     for d in &disks {
         let path = PathBuf::from(format!("/pool/new-{}.qcow2", d.target));
-        files.insert(d.target.clone(), DiskSource::File { path: path.clone(), format: "qcow2".into() });
+        files.insert(d.target.clone(), DiskSource::File { path: path.clone(), format: ImageFormat::Qcow2 });
         let socket = PathBuf::from(format!("/run/x/{}.sock", d.target));
         overlays.insert(d.target.clone(), DiskSource::Overlay { path, socket, export: d.target.clone() });
     }

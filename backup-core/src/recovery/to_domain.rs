@@ -78,10 +78,8 @@ pub fn restore_to_domain(
     {
         return Err(fail(point, &target.name, STEP, format!("{} exists (replace it explicitly)", p.display())));
     }
-    let disks: BTreeMap<String, DiskSource> = paths
-        .iter()
-        .map(|(d, p)| (d.clone(), DiskSource::File { path: p.clone(), format: target.format.name().into() }))
-        .collect();
+    let disks: BTreeMap<String, DiskSource> =
+        paths.iter().map(|(d, p)| (d.clone(), DiskSource::File { path: p.clone(), format: target.format })).collect();
     let new = NewDomain { name: &target.name, disks: &disks, console_dir: &target.pool, throwaway: false };
     let (new_xml, notes) = domain_def::rewrite(xml, &new).map_err(|e| fail(point, &target.name, STEP, e))?;
     for n in &notes {
