@@ -63,6 +63,16 @@
 #define VMB_MAP_UNKNOWN 1
 
 /**
+ * The point can be restored from the snapshot kept after its job.
+ */
+#define VMB_TIER_SNAPSHOT 1
+
+/**
+ * The point is committed to the vault.
+ */
+#define VMB_TIER_VAULT 2
+
+/**
  * Bytes of a key slot's id with its NUL: 8 hex digits.
  */
 #define VMB_SLOT_ID_LEN 9
@@ -252,6 +262,12 @@ typedef struct vmb_prune_report vmb_prune_report;
  * library; valid only during the callback it was passed to.
  */
 typedef struct vmb_ranges vmb_ranges;
+
+/**
+ * What `vmb_vault_release_expired` did. Immutable: accessors are
+ * thread-safe; every string lives as long as the report.
+ */
+typedef struct vmb_release_report vmb_release_report;
 
 /**
  * A snapshot being built by a host's `snapshot` callback. Owned by the
@@ -457,6 +473,28 @@ typedef struct vmb_backup_stats {
 } vmb_backup_stats;
 
 /**
+ * What a restore of one disk did.
+ */
+typedef struct vmb_restore_stats {
+  /**
+   * The disk's size.
+   */
+  uint64_t size;
+  /**
+   * Bytes of data written.
+   */
+  uint64_t bytes_written;
+  /**
+   * Bytes of zeros (holes in a sparse file, `write_zeros` for a host).
+   */
+  uint64_t bytes_zero;
+  /**
+   * Wall-clock seconds.
+   */
+  double seconds;
+} vmb_restore_stats;
+
+/**
  * The key of an encrypted vault: a passphrase or a key file (set one, the
  * other NULL), and the Argon2id cost of a passphrase slot that
  * `vmb_vault_init_with_key` makes. Zero-initialize it for the defaults.
@@ -558,28 +596,6 @@ typedef struct vmb_provider {
    */
   int (*release)(void *userdata, const char *vm);
 } vmb_provider;
-
-/**
- * What a restore of one disk did.
- */
-typedef struct vmb_restore_stats {
-  /**
-   * The disk's size.
-   */
-  uint64_t size;
-  /**
-   * Bytes of data written.
-   */
-  uint64_t bytes_written;
-  /**
-   * Bytes of zeros (holes in a sparse file, `write_zeros` for a host).
-   */
-  uint64_t bytes_zero;
-  /**
-   * Wall-clock seconds.
-   */
-  double seconds;
-} vmb_restore_stats;
 
 /**
  * Where a host receives a restored disk. Borrowed for the duration of the
@@ -735,6 +751,18 @@ enum vmb_status vmb_job_set_consistency(struct vmb_job *job, vmb_consistency con
  * `job` is NULL or a live job.
  */
 enum vmb_status vmb_job_set_block_size(struct vmb_job *job, uint32_t block_size);
+
+/**
+ * Sets the days a backup keeps its snapshot after the job for instant
+ * restore (0, the default, releases it at once; at most 30). Only a
+ * snapshot that outlives the job can be kept: reflink clones of image
+ * files. Otherwise the backup succeeds with the vault tier only. See
+ * `vmb_vault_point_tiers` and `vmb_vault_release_expired`.
+ *
+ * # Safety
+ * `job` is NULL or a live job.
+ */
+enum vmb_status vmb_job_set_instant_restore_days(struct vmb_job *job, uint32_t days);
 
 /**
  * Sets (or, with a NULL callback, removes) the progress callback.
@@ -1378,6 +1406,145 @@ enum vmb_status vmb_boot_verdict_evidence(const struct vmb_boot_verdict *verdict
  * `verdict` is NULL or from this library, not yet freed.
  */
 void vmb_boot_verdict_free(struct vmb_boot_verdict *verdict);
+
+/**
+ * Where a point can be restored from now: `VMB_TIER_SNAPSHOT` while its
+ * kept snapshot is there and unchanged, and `VMB_TIER_VAULT` (always, for
+ * a point read from the vault), or-ed together into `out`. A damaged
+ * snapshot record is an error (`VMB_ERR_CORRUPT` or `VMB_ERR_TAMPERED`)
+ * naming it; the vault tier is not affected by it.
+ *
+ * # Safety
+ * `vault` and `point` are NULL or live; `out` is NULL or writable.
+ */
+enum vmb_status vmb_vault_point_tiers(const struct vmb_vault *vault,
+                                      const struct vmb_point *point,
+                                      uint32_t *out);
+
+/**
+ * Restores disk `disk` (its name, or its index written as a number) of a
+ * point from the snapshot kept after its job: a reflink copy of the clone
+ * where the file system allows, else a sparse copy, checked against the
+ * size and time the clone had when kept. `*restored` is false, and nothing
+ * is written, when the point has no usable snapshot tier: restore it from
+ * the vault (`vmb_vault_restore_disk_to_file`) then. `job` and `stats`
+ * may be NULL.
+ *
+ * # Safety
+ * Pointers are NULL or live/NUL-terminated/writable as their types say.
+ */
+enum vmb_status vmb_vault_restore_disk_from_snapshot(const struct vmb_vault *vault,
+                                                     const struct vmb_point *point,
+                                                     const char *disk,
+                                                     const char *path,
+                                                     const struct vmb_job *job,
+                                                     struct vmb_restore_stats *stats,
+                                                     bool *restored);
+
+/**
+ * Releases the snapshots kept for instant restore whose days are over,
+ * whose job ended without committing their point, or whose point was
+ * pruned: removes each clone (only a file marked as this vault's clone of
+ * that point and disk), then its record. Of `vm`'s points, or of every
+ * VM's when `vm` is NULL. A snapshot that cannot be released is listed
+ * among the report's problems and tried again next time; the call still
+ * succeeds. Backups run this for their own VM when they end. The caller
+ * frees the report with `vmb_release_report_free`.
+ *
+ * # Safety
+ * Pointers are NULL or live/NUL-terminated/writable as their types say;
+ * `vm` may be NULL.
+ */
+enum vmb_status vmb_vault_release_expired(const struct vmb_vault *vault,
+                                          const char *vm,
+                                          struct vmb_release_report **out);
+
+/**
+ * As `vmb_vault_release_expired`, with the time taken as now given in
+ * seconds since the Unix epoch (for a host with its own clock, and for
+ * tests).
+ *
+ * # Safety
+ * As `vmb_vault_release_expired`.
+ */
+enum vmb_status vmb_vault_release_expired_at(const struct vmb_vault *vault,
+                                             const char *vm,
+                                             int64_t now_unix_seconds,
+                                             struct vmb_release_report **out);
+
+/**
+ * The number of snapshots released.
+ *
+ * # Safety
+ * `report` is NULL or a live report; `out` is NULL or writable.
+ */
+enum vmb_status vmb_release_report_released_count(const struct vmb_release_report *report,
+                                                  size_t *out);
+
+/**
+ * Released snapshot `index`: its VM, its point's id, and why it was
+ * released ("expired", "job ended without its point", "point pruned").
+ *
+ * # Safety
+ * `report` is NULL or a live report; the other pointers are NULL or
+ * writable.
+ */
+enum vmb_status vmb_release_report_released(const struct vmb_release_report *report,
+                                            size_t index,
+                                            const char **vm,
+                                            const char **point_id,
+                                            const char **why);
+
+/**
+ * The number of snapshots still kept.
+ *
+ * # Safety
+ * As `vmb_release_report_released_count`.
+ */
+enum vmb_status vmb_release_report_kept_count(const struct vmb_release_report *report, size_t *out);
+
+/**
+ * Kept snapshot `index`: its VM, its point's id, and when it expires (in
+ * whole seconds since the Unix epoch, rounded down: a release at that
+ * second may still keep it, one second later releases it).
+ *
+ * # Safety
+ * `report` is NULL or a live report; the other pointers are NULL or
+ * writable.
+ */
+enum vmb_status vmb_release_report_kept(const struct vmb_release_report *report,
+                                        size_t index,
+                                        const char **vm,
+                                        const char **point_id,
+                                        int64_t *expires_unix_seconds);
+
+/**
+ * The number of problems: snapshots that could not be released, and
+ * damaged records.
+ *
+ * # Safety
+ * As `vmb_release_report_released_count`.
+ */
+enum vmb_status vmb_release_report_problem_count(const struct vmb_release_report *report,
+                                                 size_t *out);
+
+/**
+ * Problem `index`, as a sentence naming the snapshot or record.
+ *
+ * # Safety
+ * `report` is NULL or a live report; `out` is NULL or writable.
+ */
+enum vmb_status vmb_release_report_problem(const struct vmb_release_report *report,
+                                           size_t index,
+                                           const char **out);
+
+/**
+ * Frees a release report. NULL is ignored.
+ *
+ * # Safety
+ * `report` is NULL or a report from this library not yet freed.
+ */
+void vmb_release_report_free(struct vmb_release_report *report);
 
 /**
  * Creates a vault in `path` (a new or empty folder) and opens it. `path`

@@ -73,7 +73,7 @@ pub use job::tiers::{
     KeptFile, KeptSnapshot, ReleaseReport, kept_snapshot, kept_snapshots, point_tiers, release_expired,
     restore_disk_from_snapshot, restore_from_snapshot, snapshot_only_points,
 };
-pub use job::{BackupOptions, BackupReport, backup};
+pub use job::{BackupOptions, BackupReport, backup, check_instant_restore_days};
 #[cfg(feature = "libvirt")]
 pub use libvirt::{
     DomainDisk, GUEST_CONFIG, GUEST_POST_SCRIPT, GUEST_PRE_SCRIPT, GuestAgentInfo, LibvirtProvider, SkippedDisks,

@@ -64,6 +64,7 @@ unsafe impl Sync for HostProgress {}
 struct JobSettings {
     consistency: Consistency,
     block_size: u32,
+    instant_restore_days: u32,
     progress: Option<HostProgress>,
 }
 
@@ -116,6 +117,7 @@ impl Progress for Reporter {
 pub(crate) struct RunSettings {
     pub consistency: Consistency,
     pub block_size: u32,
+    pub instant_restore_days: u32,
     pub progress: Arc<dyn Progress>,
     pub cancel: CancelToken,
 }
@@ -127,6 +129,7 @@ pub(crate) fn settings(job: *const vmb_job) -> RunSettings {
         return RunSettings {
             consistency: Consistency::Crash,
             block_size: backup_core::DEFAULT_BLOCK_SIZE,
+            instant_restore_days: 0,
             progress: Arc::new(backup_core::NoProgress),
             cancel: CancelToken::new(),
         };
@@ -138,7 +141,13 @@ pub(crate) fn settings(job: *const vmb_job) -> RunSettings {
         }
         None => Arc::new(backup_core::NoProgress),
     };
-    RunSettings { consistency: s.consistency, block_size: s.block_size, progress, cancel: job.cancel.clone() }
+    RunSettings {
+        consistency: s.consistency,
+        block_size: s.block_size,
+        instant_restore_days: s.instant_restore_days,
+        progress,
+        cancel: job.cancel.clone(),
+    }
 }
 
 /// Creates a job with default settings: crash consistency, 64 KiB blocks,
@@ -154,6 +163,7 @@ pub unsafe extern "C" fn vmb_job_new(out: *mut *mut vmb_job) -> vmb_status {
             settings: Mutex::new(JobSettings {
                 consistency: Consistency::Crash,
                 block_size: backup_core::DEFAULT_BLOCK_SIZE,
+                instant_restore_days: 0,
                 progress: None,
             }),
             cancel: CancelToken::new(),
@@ -202,6 +212,24 @@ pub unsafe extern "C" fn vmb_job_set_block_size(job: *mut vmb_job, block_size: u
         let job = arg_ref!(job, "job");
         backup_core::check_block_size(block_size)?;
         job.settings.lock().unwrap_or_else(|p| p.into_inner()).block_size = block_size;
+        Ok(())
+    }
+}
+
+/// Sets the days a backup keeps its snapshot after the job for instant
+/// restore (0, the default, releases it at once; at most 30). Only a
+/// snapshot that outlives the job can be kept: reflink clones of image
+/// files. Otherwise the backup succeeds with the vault tier only. See
+/// `vmb_vault_point_tiers` and `vmb_vault_release_expired`.
+///
+/// # Safety
+/// `job` is NULL or a live job.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_job_set_instant_restore_days(job: *mut vmb_job, days: u32) -> vmb_status {
+    ffi! {
+        let job = arg_ref!(job, "job");
+        backup_core::check_instant_restore_days(days)?;
+        job.settings.lock().unwrap_or_else(|p| p.into_inner()).instant_restore_days = days;
         Ok(())
     }
 }

@@ -10,7 +10,7 @@
 //! (options, progress, cancel), [`host`] (the host's disks, snapshots and
 //! restore targets as function-pointer tables), [`point`] (points, lists,
 //! verify reports), [`vault`] (the vault and its operations), [`maintenance`]
-//! (prune and gc).
+//! (prune and gc), [`tiers`] (instant-restore tiers and kept snapshots).
 
 // The C names are the API: `vmb_vault`, `vmb_status`, `VMB_OK`.
 #![allow(non_camel_case_types)]
@@ -24,6 +24,7 @@ pub mod point;
 #[cfg(feature = "libvirt")]
 pub mod recovery;
 pub mod status;
+pub mod tiers;
 pub mod vault;
 
 use std::ffi::{c_char, c_int};

@@ -471,6 +471,7 @@ pub(crate) fn backup_options(job: *const vmb_job) -> BackupOptions {
     let mut o = BackupOptions::default();
     o.consistency = s.consistency;
     o.block_size = s.block_size;
+    o.instant_restore_days = s.instant_restore_days;
     o.progress = s.progress;
     o.cancel = s.cancel;
     o
@@ -615,7 +616,7 @@ pub unsafe extern "C" fn vmb_vault_find_point(
     }
 }
 
-fn restore_options(job: *const vmb_job) -> RestoreOptions {
+pub(crate) fn restore_options(job: *const vmb_job) -> RestoreOptions {
     let s = settings(job);
     let mut o = RestoreOptions::default();
     o.progress = s.progress;
@@ -623,7 +624,7 @@ fn restore_options(job: *const vmb_job) -> RestoreOptions {
     o
 }
 
-fn hand_out_stats(out: *mut vmb_restore_stats, stats: RestoreStats) {
+pub(crate) fn hand_out_stats(out: *mut vmb_restore_stats, stats: RestoreStats) {
     if !out.is_null() {
         // SAFETY: not NULL; writable by the C contract.
         unsafe { out.write(stats.into()) };

@@ -24,6 +24,7 @@ mod maintenance;
 mod provider;
 #[cfg(feature = "libvirt")]
 mod recovery;
+mod tiers;
 mod types;
 mod vault;
 
@@ -44,6 +45,8 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<maintenance::GcReport>()?;
     m.add_class::<maintenance::RepairReport>()?;
     m.add_class::<maintenance::Policy>()?;
+    m.add_class::<tiers::KeptSnapshot>()?;
+    m.add_class::<tiers::ReleaseReport>()?;
     #[cfg(feature = "libvirt")]
     m.add_class::<libvirt::LibvirtProvider>()?;
     #[cfg(feature = "libvirt")]

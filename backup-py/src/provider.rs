@@ -216,6 +216,31 @@ impl SnapshotProvider for MixedProvider {
         r
     }
 
+    /// Keepable only when every disk is an image file (a Python device is
+    /// read live and cannot be kept) and the image provider's snapshot is
+    /// keepable: reflink clones, in the VM's order.
+    fn keepable(&self, snapshot: &Snapshot) -> Option<Vec<backup_core::KeptDisk>> {
+        if snapshot.disks.iter().any(|d| self.devices.contains_key(&d.name)) {
+            return None;
+        }
+        let taken = snapshot.provider_data.as_ref()?.downcast_ref::<Taken>()?;
+        let mut inner = taken.image_snapshot()?;
+        inner.disks = snapshot
+            .disks
+            .iter()
+            .map(|d| SnapshotDisk {
+                name: d.name.clone(),
+                device: d.device.clone(),
+                change_token: d.change_token.clone(),
+                method: d.method.clone(),
+            })
+            .collect();
+        let kept = self.images.keepable(&inner);
+        inner.disks.clear();
+        taken.give_back(inner);
+        kept
+    }
+
     fn release(&self, vm: &Vm, snapshot: Snapshot) -> backup_core::Result<()> {
         let Snapshot { disks, provider_data, .. } = snapshot;
         // Close the images (and let go of the Python objects) first.

@@ -43,7 +43,7 @@ fn quote_opt(s: &Option<String>) -> String {
 }
 
 /// `datetime.datetime(...)` in UTC for a timestamp.
-fn utc_datetime<'py>(py: Python<'py>, ts: jiff::Timestamp) -> PyResult<Bound<'py, PyAny>> {
+pub(crate) fn utc_datetime<'py>(py: Python<'py>, ts: jiff::Timestamp) -> PyResult<Bound<'py, PyAny>> {
     static DATETIME: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     static UTC: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let class = DATETIME.import(py, "datetime", "datetime")?;

@@ -17,6 +17,7 @@ use crate::errors::{callable_arg, int_arg, new_error, to_py, type_name};
 use crate::job;
 use crate::maintenance::{GcReport, PruneReport};
 use crate::provider::{MixedProvider, PyDevice};
+use crate::tiers::{KeptSnapshot, ReleaseReport};
 use crate::types::{KeySlot, RecoveryPoint, RestoreStats, VerifyReport};
 
 /// A vault of recovery points in a local folder.
@@ -343,15 +344,21 @@ impl Vault {
     /// 16384 to 4194304, used for a disk's first point (a disk keeps its
     /// chain's block size).
     ///
+    /// `instant_restore_days` (0 to 30) keeps the snapshot after the job
+    /// for that many days, where it outlives the job (reflink clones of
+    /// image files): the point can then be restored from it
+    /// (`restore_from_snapshot`) until `release_expired` releases it.
+    ///
     /// `progress(done_bytes, total_bytes)` is called from the calling
     /// thread, at most ten times a second and once with `done == total`
     /// before the point is committed. An exception it raises cancels the
     /// backup, which commits nothing, and is re-raised as it is; so is
     /// `KeyboardInterrupt` (Ctrl-C) while a backup runs.
     #[pyo3(
-        signature = (vm, disks, *, consistency = None, block_size = None, progress = None),
-        text_signature = "(self, vm, disks, *, consistency='crash', block_size=65536, progress=None)"
+        signature = (vm, disks, *, consistency = None, block_size = None, instant_restore_days = 0, progress = None),
+        text_signature = "(self, vm, disks, *, consistency='crash', block_size=65536, instant_restore_days=0, progress=None)"
     )]
+    #[allow(clippy::too_many_arguments)] // Python keyword arguments
     fn backup(
         &self,
         py: Python<'_>,
@@ -359,6 +366,7 @@ impl Vault {
         disks: &Bound<'_, PyAny>,
         consistency: Option<&Bound<'_, PyAny>>,
         block_size: Option<&Bound<'_, PyAny>>,
+        instant_restore_days: u32,
         progress: Option<Bound<'_, PyAny>>,
     ) -> PyResult<RecoveryPoint> {
         let vault = self.get()?;
@@ -383,13 +391,15 @@ impl Vault {
                 b
             }
         };
+        backup_core::check_instant_restore_days(instant_restore_days).map_err(|e| to_py(py, e))?;
+        let settings = Settings { consistency, block_size, instant_restore_days };
         let progress = callable_arg(progress, "progress")?;
         #[cfg(feature = "libvirt")]
         if let Ok(lp) = disks.cast::<crate::libvirt::LibvirtProvider>() {
             let mut provider = lp.get().inner.clone();
             let report = job::run(py, progress, move |p, cancel| {
                 provider.cancel = cancel.clone();
-                let o = options(consistency, block_size, p, cancel);
+                let o = options(settings, p, cancel);
                 let (vm, _skipped) = provider.vm(&vm)?;
                 backup_core::backup(&vault, &provider, &vm, &o)
             })?;
@@ -401,7 +411,7 @@ impl Vault {
         let provider = MixedProvider::new(devices);
         let provider = &provider;
         let report = job::run(py, progress, move |p, cancel| {
-            backup_core::backup(&vault, provider, &vm, &options(consistency, block_size, p, cancel))
+            backup_core::backup(&vault, provider, &vm, &options(settings, p, cancel))
         })?;
         Ok(RecoveryPoint::new(report.point))
     }
@@ -504,6 +514,80 @@ impl Vault {
             backup_core::restore_vm(&vault, &m, &to_dir, &o)
         })?;
         Ok(stats.into_iter().map(RestoreStats::from).collect())
+    }
+
+    /// Where a point can be restored from now: `"snapshot"` while the
+    /// snapshot kept after its job is there and unchanged, then `"vault"`.
+    /// A damaged snapshot record raises (`CorruptError`, `TamperedError`).
+    fn tiers(&self, py: Python<'_>, point: PyRef<'_, RecoveryPoint>) -> PyResult<Vec<String>> {
+        let vault = self.get()?;
+        let m = point.manifest.clone();
+        job::run(py, None, move |_, _| backup_core::point_tiers(&vault, &m))
+    }
+
+    /// The snapshots kept for instant restore, of one VM or of all, oldest
+    /// first; a damaged record raises.
+    #[pyo3(signature = (vm = None))]
+    fn kept_snapshots(&self, py: Python<'_>, vm: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<KeptSnapshot>> {
+        let vault = self.get()?;
+        let vm = vm.filter(|v| !v.is_none()).map(|v| str_arg(v, "vm")).transpose()?;
+        let (kept, mut bad) = job::run(py, None, move |_, _| backup_core::kept_snapshots(&vault, vm.as_deref()))?;
+        if !bad.is_empty() {
+            return Err(to_py(py, bad.swap_remove(0)));
+        }
+        Ok(kept.into_iter().map(KeptSnapshot::new).collect())
+    }
+
+    /// Restores one disk of a point from the snapshot kept after its job
+    /// (a reflink copy of the clone where the file system allows, else a
+    /// sparse copy), checked against the clone's size and time when kept.
+    /// Returns None, and writes nothing, when the point has no usable
+    /// snapshot tier: `restore()` from the vault then. `disk` is an index
+    /// or a name, as for `restore()`.
+    #[pyo3(signature = (point, *, disk, to, progress = None))]
+    fn restore_from_snapshot(
+        &self,
+        py: Python<'_>,
+        point: PyRef<'_, RecoveryPoint>,
+        disk: &Bound<'_, PyAny>,
+        to: PathBuf,
+        progress: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Option<RestoreStats>> {
+        let vault = self.get()?;
+        let name = disk_name(&point, disk)?;
+        let progress = callable_arg(progress, "progress")?;
+        let m = point.manifest.clone();
+        let stats = job::run(py, progress, move |p, cancel| {
+            let mut o = RestoreOptions::default();
+            o.progress = p;
+            o.cancel = cancel;
+            backup_core::restore_disk_from_snapshot(&vault, &m, &name, &to, &o)
+        })?;
+        Ok(stats.map(RestoreStats::from))
+    }
+
+    /// Releases the snapshots kept for instant restore whose days are over
+    /// at `now` (a time-zone aware `datetime`; default the current time),
+    /// whose job ended without committing their point, or whose point was
+    /// pruned: removes each clone (only a file marked as this vault's clone
+    /// of that point and disk), then its record. `vm=` releases one VM's.
+    /// A snapshot that cannot be released is listed in the report's
+    /// `problems` and tried again next time.
+    #[pyo3(signature = (*, vm = None, now = None))]
+    fn release_expired(
+        &self,
+        py: Python<'_>,
+        vm: Option<&Bound<'_, PyAny>>,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<ReleaseReport> {
+        let vault = self.get()?;
+        let vm = vm.filter(|v| !v.is_none()).map(|v| str_arg(v, "vm")).transpose()?;
+        let now = match now.filter(|n| !n.is_none()) {
+            None => jiff::Timestamp::now(),
+            Some(n) => timestamp_arg(n, "now")?,
+        };
+        let report = job::run(py, None, move |_, _| backup_core::release_expired(&vault, vm.as_deref(), now))?;
+        ReleaseReport::new(py, report)
     }
 
     /// Restores every disk of a point (in parallel) into `pool` as
@@ -732,26 +816,54 @@ impl Vault {
     }
 }
 
-/// A `str` argument: `TypeError` for anything else.
+/// What `Vault.backup`'s keyword arguments set.
+#[derive(Clone, Copy)]
+struct Settings {
+    consistency: Consistency,
+    block_size: u32,
+    instant_restore_days: u32,
+}
+
 /// A backup's options from `Vault.backup`'s arguments and its job's
 /// progress and cancel.
 fn options(
-    consistency: Consistency,
-    block_size: u32,
+    s: Settings,
     progress: std::sync::Arc<dyn backup_core::Progress>,
     cancel: backup_core::CancelToken,
 ) -> BackupOptions {
     let mut o = BackupOptions::default();
-    o.consistency = consistency;
-    o.block_size = block_size;
+    o.consistency = s.consistency;
+    o.block_size = s.block_size;
+    o.instant_restore_days = s.instant_restore_days;
     o.progress = progress;
     o.cancel = cancel;
     o
 }
 
+/// A `str` argument: `TypeError` for anything else.
 fn str_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
     obj.cast::<PyString>()
         .map_err(|_| PyTypeError::new_err(format!("{what} must be a str, not {}", type_name(obj))))?
         .to_cow()
         .map(|s| s.into_owned())
+}
+
+/// A time-zone aware `datetime` argument as a timestamp: `TypeError` for
+/// anything else, `ValueError` for a naive one (its zone would be a guess).
+fn timestamp_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<jiff::Timestamp> {
+    let datetime = obj.py().import("datetime")?.getattr("datetime")?;
+    if !obj.is_instance(&datetime)? {
+        return Err(PyTypeError::new_err(format!("{what} must be a datetime, not {}", type_name(obj))));
+    }
+    if obj.getattr("tzinfo")?.is_none() {
+        return Err(PyValueError::new_err(format!("{what} must be time-zone aware (give it tzinfo)")));
+    }
+    // Exactly, to the microsecond: `timestamp()` is a float.
+    let epoch = obj.call_method1("fromtimestamp", (0, obj.getattr("tzinfo")?))?;
+    let delta = obj.call_method1("__sub__", (epoch,))?;
+    let days: i64 = delta.getattr("days")?.extract()?;
+    let seconds: i64 = delta.getattr("seconds")?.extract()?;
+    let micros: i64 = delta.getattr("microseconds")?.extract()?;
+    let total = (i128::from(days) * 86_400 + i128::from(seconds)) * 1_000_000_000 + i128::from(micros) * 1000;
+    jiff::Timestamp::from_nanosecond(total).map_err(|e| PyValueError::new_err(format!("{what}: {e}")))
 }

@@ -40,6 +40,22 @@ const MAX_INSTANT_RESTORE_DAYS: u32 = 30;
 /// The least time between two progress lines in the job log.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Checks the days a snapshot is to be kept for instant restore (at most 30).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for more than 30.
+///
+/// ```
+/// assert!(backup_core::check_instant_restore_days(7).is_ok());
+/// assert!(backup_core::check_instant_restore_days(31).is_err());
+/// ```
+pub fn check_instant_restore_days(days: u32) -> Result<()> {
+    if days > MAX_INSTANT_RESTORE_DAYS {
+        return Err(Error::invalid("instant restore days", format!("{days} is more than {MAX_INSTANT_RESTORE_DAYS}")));
+    }
+    Ok(())
+}
+
 /// How a backup runs.
 #[derive(Clone)]
 #[non_exhaustive]
@@ -290,12 +306,7 @@ pub fn backup(
     if !(0.0..=1.0).contains(&options.cbt_audit_rate) {
         return Err(Error::invalid("cbt audit rate", format!("{} is not between 0 and 1", options.cbt_audit_rate)));
     }
-    if options.instant_restore_days > MAX_INSTANT_RESTORE_DAYS {
-        return Err(Error::invalid(
-            "instant restore days",
-            format!("{} is more than {MAX_INSTANT_RESTORE_DAYS}", options.instant_restore_days),
-        ));
-    }
+    check_instant_restore_days(options.instant_restore_days)?;
     // Two jobs of one VM starting in the same second draw 24 random bits
     // each; on the rare clash the log's exclusive create fails: draw again.
     let (id, log) = {

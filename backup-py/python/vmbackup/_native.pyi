@@ -23,6 +23,8 @@ __all__ = [
     "BootVerdict",
     "Policy",
     "RepairReport",
+    "KeptSnapshot",
+    "ReleaseReport",
 ]
 
 __version__: str
@@ -95,9 +97,11 @@ class Vault:
         *,
         consistency: str = "crash",
         block_size: int = 65536,
+        instant_restore_days: int = 0,
         progress: Optional[_Progress] = None,
     ) -> "RecoveryPoint":
-        """Backs up a VM and returns its new recovery point."""
+        """Backs up a VM and returns its new recovery point; with
+        ``instant_restore_days``, keeps its snapshot (a reflink clone) that long."""
     def points(self, vm: Optional[str] = None) -> List["RecoveryPoint"]:
         """The recovery points of one VM (or of all VMs), oldest first."""
     def point(self, vm: str, id: str = "latest") -> "RecoveryPoint":
@@ -115,6 +119,25 @@ class Vault:
     ) -> "RestoreStats":
         """Restores one disk of a point (by index or name) to a file or device;
         with ``allow_damaged``, damaged blocks are written as zeros and listed."""
+    def tiers(self, point: "RecoveryPoint") -> List[str]:
+        """Where a point can be restored from now: ``"snapshot"``, then ``"vault"``."""
+    def kept_snapshots(self, vm: Optional[str] = None) -> List["KeptSnapshot"]:
+        """The snapshots kept for instant restore, oldest first."""
+    def restore_from_snapshot(
+        self,
+        point: "RecoveryPoint",
+        *,
+        disk: Union[int, str],
+        to: _StrPath,
+        progress: Optional[_Progress] = None,
+    ) -> Optional["RestoreStats"]:
+        """Restores one disk from the snapshot kept after its job; None when
+        the point has no usable snapshot tier."""
+    def release_expired(
+        self, *, vm: Optional[str] = None, now: Optional[datetime.datetime] = None
+    ) -> "ReleaseReport":
+        """Releases kept snapshots whose days are over at ``now``, whose job
+        committed nothing, or whose point was pruned."""
     def restore_vm(
         self,
         point: "RecoveryPoint",
@@ -505,6 +528,46 @@ class RepairReport:
     @property
     def other(self) -> List["Problem"]:
         """Other damage verify found."""
+
+@final
+class KeptSnapshot:
+    """A snapshot kept after its job for instant restore."""
+
+    @property
+    def vm(self) -> str:
+        """The VM."""
+    @property
+    def point(self) -> str:
+        """The id of the point it belongs to."""
+    @property
+    def job(self) -> str:
+        """The id of the job that took it."""
+    @property
+    def provider(self) -> str:
+        """The snapshot provider's name and version."""
+    @property
+    def taken(self) -> datetime.datetime:
+        """When it was taken (UTC)."""
+    @property
+    def expires(self) -> datetime.datetime:
+        """When it is released (UTC)."""
+    @property
+    def disks(self) -> List[Tuple[str, pathlib.Path]]:
+        """Each disk's clone, as ``(disk name, path)``."""
+
+@final
+class ReleaseReport:
+    """What :meth:`Vault.release_expired` did."""
+
+    @property
+    def released(self) -> List[Tuple[KeptSnapshot, str]]:
+        """The snapshots released, each with why."""
+    @property
+    def kept(self) -> List[KeptSnapshot]:
+        """The snapshots still kept."""
+    @property
+    def problems(self) -> List[str]:
+        """Snapshots that could not be released, and damaged records."""
 
 @final
 class BootVerdict:
