@@ -207,3 +207,12 @@ fn wait<T>(rx: &Receiver<Event>, handle: &std::thread::ScopedJoinHandle<'_, T>, 
         }
     }
 }
+
+/// A restore's options reporting to a job's progress and stopped by its
+/// cancel token (what `run` hands its closure).
+pub(crate) fn restore_options(progress: Arc<dyn Progress>, cancel: CancelToken) -> backup_core::RestoreOptions {
+    let mut o = backup_core::RestoreOptions::default();
+    o.progress = progress;
+    o.cancel = cancel;
+    o
+}

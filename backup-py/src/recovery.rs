@@ -47,10 +47,7 @@ pub(crate) fn restore_to_domain(
     let (vm, id) = (point.vm.clone(), point.id.clone());
     job::run(py, progress, move |p, cancel| {
         let m = vault.read_point(&vm, &id)?;
-        let mut o = backup_core::RestoreOptions::default();
-        o.progress = p;
-        o.cancel = cancel;
-        backup_core::restore_to_domain(&vault, &m, &args.target()?, &o).map(|r| r.stats)
+        backup_core::restore_to_domain(&vault, &m, &args.target()?, &job::restore_options(p, cancel)).map(|r| r.stats)
     })
 }
 

@@ -6,8 +6,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use backup_core::{
-    BackupOptions, Consistency, GcOptions, OsType, Policy, PruneOptions, RestoreOptions, VaultOptions, VerifyOptions,
-    Vm, VmDisk, validate_name,
+    BackupOptions, Consistency, GcOptions, OsType, Policy, PruneOptions, VaultOptions, VerifyOptions, Vm, VmDisk,
+    validate_name,
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -484,9 +484,7 @@ impl Vault {
         job::run(py, progress, move |p, cancel| {
             // Read the point again: it must be this vault's.
             let m = vault.read_point(&vm, &id)?;
-            let mut o = RestoreOptions::default();
-            o.progress = p;
-            o.cancel = cancel;
+            let mut o = job::restore_options(p, cancel);
             o.allow_damaged = allow_damaged;
             backup_core::restore_disk_to_path(&vault, &m, &name, &to, &o)
         })
@@ -508,10 +506,7 @@ impl Vault {
         let (vm, id) = (point.manifest.vm.clone(), point.manifest.id.clone());
         let stats = job::run(py, progress, move |p, cancel| {
             let m = vault.read_point(&vm, &id)?;
-            let mut o = RestoreOptions::default();
-            o.progress = p;
-            o.cancel = cancel;
-            backup_core::restore_vm(&vault, &m, &to_dir, &o)
+            backup_core::restore_vm(&vault, &m, &to_dir, &job::restore_options(p, cancel))
         })?;
         Ok(stats.into_iter().map(RestoreStats::from).collect())
     }
@@ -556,12 +551,11 @@ impl Vault {
         let vault = self.get()?;
         let name = disk_name(&point, disk)?;
         let progress = callable_arg(progress, "progress")?;
-        let m = point.manifest.clone();
+        let (vm, id) = (point.manifest.vm.clone(), point.manifest.id.clone());
         let stats = job::run(py, progress, move |p, cancel| {
-            let mut o = RestoreOptions::default();
-            o.progress = p;
-            o.cancel = cancel;
-            backup_core::restore_disk_from_snapshot(&vault, &m, &name, &to, &o)
+            // Read the point again, as `restore` does: it must be this vault's.
+            let m = vault.read_point(&vm, &id)?;
+            backup_core::restore_disk_from_snapshot(&vault, &m, &name, &to, &job::restore_options(p, cancel))
         })?;
         Ok(stats.map(RestoreStats::from))
     }
