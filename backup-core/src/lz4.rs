@@ -15,12 +15,21 @@
 //! Both write and read the plain LZ4 block format, so a vault's frames
 //! decode whichever of the two wrote them.
 
+use bytes::{Bytes, BytesMut};
+
 use crate::error::{Error, Result};
 
-/// Compresses `src` into `dst` (grown as needed) and returns the compressed
-/// length, or `None` when the result would not be shorter than `src` (the
-/// caller then stores the bytes raw).
-pub(crate) fn compress(src: &[u8], dst: &mut Vec<u8>) -> Option<usize> {
+/// The size of a fresh arena for [`compress_to_bytes`] (or four blocks'
+/// room, if larger): compressed blocks are packed into it one after
+/// another, so a pack held in memory pins about its own size, not a whole
+/// block's room per compressed block.
+const ARENA_BYTES: usize = 1 << 20;
+
+/// Compresses `src` into the free room of `arena` and splits the result
+/// off it, or returns `None` when the result would not be shorter than
+/// `src` (the caller then stores the bytes raw). The result is shares the arena's allocation, so it goes on to a pack or an
+/// upload without being copied.
+pub(crate) fn compress_to_bytes(src: &[u8], arena: &mut BytesMut) -> Option<Bytes> {
     if src.len() < 2 {
         return None;
     }
@@ -28,13 +37,31 @@ pub(crate) fn compress(src: &[u8], dst: &mut Vec<u8>) -> Option<usize> {
     // as its output would not fit, so a block that does not shrink costs
     // only the part of the work done before it knew.
     let room = src.len() - 1;
-    if dst.len() < room {
-        dst.resize(room, 0);
+    arena.clear();
+    if arena.capacity() < room {
+        // The old allocation lives on in the bytes split off it, and is
+        // freed with the last of them.
+        *arena = BytesMut::with_capacity(ARENA_BYTES.max(room * 4));
     }
+    arena.resize(room, 0);
+    match compress_into(src, &mut arena[..room]) {
+        Some(n) => {
+            arena.truncate(n);
+            Some(arena.split().freeze())
+        }
+        None => {
+            arena.clear();
+            None
+        }
+    }
+}
+
+/// Compresses `src` into `dst`, which holds `src.len() - 1` bytes.
+fn compress_into(src: &[u8], dst: &mut [u8]) -> Option<usize> {
     // Acceleration 1, liblz4's default: a faster setting loses 2% or more
     // of stored bytes on that image, more than the margin the incremental
     // target has against borg (which uses acceleration 1 too).
-    lz4::block::compress_to_buffer(src, Some(lz4::block::CompressionMode::FAST(1)), false, &mut dst[..room])
+    lz4::block::compress_to_buffer(src, Some(lz4::block::CompressionMode::FAST(1)), false, dst)
         .ok()
         .filter(|&n| n > 0 && n < src.len())
 }
@@ -85,14 +112,34 @@ mod tests {
 
     #[test]
     fn round_trip_and_incompressible_is_refused() {
-        let mut buf = Vec::new();
+        let mut arena = BytesMut::new();
         let plain = text(65536);
-        let n = compress(&plain, &mut buf).expect("text compresses");
+        let c = compress_to_bytes(&plain, &mut arena).expect("text compresses");
         let mut out = vec![0u8; plain.len()];
-        decompress_into(&buf[..n], &mut out, "t").expect("decodes");
+        decompress_into(&c, &mut out, "t").expect("decodes");
         assert_eq!(out, plain);
-        assert_eq!(compress(&random(65536), &mut buf), None);
-        assert_eq!(compress(b"x", &mut buf), None);
+        assert_eq!(compress_to_bytes(&random(65536), &mut arena), None);
+        assert_eq!(compress_to_bytes(b"x", &mut arena), None);
+    }
+
+    /// Blocks compressed one after another share an arena, and each stays
+    /// intact while the next ones are written beside it, also across a
+    /// fresh arena.
+    #[test]
+    fn compressed_blocks_share_an_arena_without_overwriting_each_other() {
+        let mut arena = BytesMut::new();
+        let plains: Vec<Vec<u8>> = (0..64).map(|i| text(65536 + i)).collect();
+        let packed: Vec<Bytes> = plains.iter().map(|p| compress_to_bytes(p, &mut arena).expect("compresses")).collect();
+        let first = packed[0].as_ptr() as usize;
+        assert!(
+            packed[1..8].iter().all(|b| (b.as_ptr() as usize).abs_diff(first) < ARENA_BYTES),
+            "neighbours were not packed into one arena"
+        );
+        for (p, c) in plains.iter().zip(&packed) {
+            let mut out = vec![0u8; p.len()];
+            decompress_into(c, &mut out, "t").expect("decodes");
+            assert!(&out == p);
+        }
     }
 
     /// Vaults written before the switch hold lz4_flex blocks, and older
@@ -104,16 +151,15 @@ mod tests {
         let mut out = vec![0u8; plain.len()];
         decompress_into(&flex, &mut out, "flex").expect("a lz4_flex block decodes");
         assert_eq!(out, plain);
-        let mut buf = Vec::new();
-        let n = compress(&plain, &mut buf).expect("compresses");
-        assert_eq!(lz4_flex::block::decompress(&buf[..n], plain.len()).expect("lz4_flex decodes it"), plain);
+        let c = compress_to_bytes(&plain, &mut BytesMut::new()).expect("compresses");
+        assert_eq!(lz4_flex::block::decompress(&c, plain.len()).expect("lz4_flex decodes it"), plain);
     }
 
     #[test]
     fn damage_and_wrong_length_are_errors() {
         let plain = text(65536);
-        let mut buf = Vec::new();
-        let n = compress(&plain, &mut buf).expect("compresses");
+        let buf = compress_to_bytes(&plain, &mut BytesMut::new()).expect("compresses");
+        let n = buf.len();
         let mut out = vec![0u8; plain.len() - 1];
         assert!(decompress_into(&buf[..n], &mut out, "short").is_err());
         let mut out = vec![0u8; plain.len() + 1];

@@ -2,16 +2,20 @@
 
 use std::ops::Range;
 
+use bytes::{Bytes, BytesMut};
+
 use crate::device::{BlockDevice, overlaps};
 use crate::error::{Error, Result};
 use crate::model::ContentId;
 use crate::vault::{Codec, DiskStats, VaultSink};
 
-/// A worker's reusable buffers.
+/// A worker's buffers: `data` is reused for every block read, and the
+/// compressed blocks are packed one after another into `arena`, from which
+/// the vault takes them as [`Bytes`] without a copy.
 #[derive(Default)]
 pub(super) struct Buffers {
     data: Vec<u8>,
-    compressed: Vec<u8>,
+    arena: BytesMut,
 }
 
 /// Everything a block needs to know about its segment.
@@ -153,9 +157,11 @@ impl BlockJob<'_> {
             o.dedup = true;
             return Ok(o);
         }
-        let (codec, payload) = match crate::lz4::compress(data, &mut buf.compressed) {
-            Some(n) => (Codec::Lz4, &buf.compressed[..n]),
-            None => (Codec::Raw, &data[..]),
+        let (codec, payload) = match crate::lz4::compress_to_bytes(data, &mut buf.arena) {
+            Some(compressed) => (Codec::Lz4, compressed),
+            // Stored as read: the buffer itself goes, and the next block
+            // gets a new one.
+            None => (Codec::Raw, Bytes::from(std::mem::take(data))),
         };
         let added = self.sink.put_chunk(&id, codec, len as u32, payload)?;
         if added == 0 {

@@ -14,8 +14,12 @@
 //! keyed hash against its id); the pack being filled when the process died
 //! has no trailer and is dropped, as are segments (cheap to remake). The
 //! folder is then removed. A staging folder without a lock file (made by an
-//! older build) is left to gc. On a remote vault the staging folder is in
-//! this host's cache, and adopted packs are uploaded as a backup's are. Adoption runs under the vault's shared lock,
+//! older build) is left to gc. A backup into a remote vault builds its
+//! packs in memory and uploads each as it closes, with its index file, so
+//! a killed one leaves its finished packs in the store already, where the
+//! next backup's index refresh finds them; a staging folder in a remote
+//! vault's cache (left by an older build) is adopted by uploading its
+//! packs. Adoption runs under the vault's shared lock,
 //! like any backup, so gc (exclusive) never sees it half done; two sessions
 //! adopting at once are kept apart by the folder's own lock.
 

@@ -162,7 +162,7 @@ mod tests {
             for i in 0..8u32 {
                 let data: Vec<u8> = (0..100_000u32).map(|j| (j.wrapping_mul(2_654_435_761) ^ i) as u8).collect();
                 let id = session.chunk_id(&data);
-                session.put_chunk(&id, Codec::Raw, data.len() as u32, &data).expect("put chunk");
+                session.put_chunk(&id, Codec::Raw, data.len() as u32, data.into()).expect("put chunk");
             }
         }
         let uploaded = packs();

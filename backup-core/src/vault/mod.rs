@@ -83,6 +83,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -179,11 +180,13 @@ pub trait VaultSink: Send + Sync {
     /// Whether the vault (or this backup) already holds the chunk.
     fn has_chunk(&self, id: &ContentId) -> bool;
     /// Stores an encoded chunk. Returns the bytes added to the vault: 0
-    /// when the chunk was already there.
+    /// when the chunk was already there. The payload is shared, not
+    /// copied, where the sink can keep it as it is (a pack bound for an
+    /// object store is a list of such buffers).
     ///
     /// # Errors
     /// Any failure to write it.
-    fn put_chunk(&self, id: &ContentId, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<u64>;
+    fn put_chunk(&self, id: &ContentId, codec: Codec, raw_len: u32, payload: Bytes) -> Result<u64>;
     /// Stores an index segment. Returns its id and the bytes added.
     ///
     /// # Errors
@@ -1319,18 +1322,18 @@ impl Vault {
 
     /// A chunk's frame payload: sealed in an encrypted vault (the second
     /// value says so).
-    pub(crate) fn seal_chunk<'b>(
+    pub(crate) fn seal_chunk(
         &self,
         id: &ContentId,
         codec: Codec,
         raw_len: u32,
-        payload: &'b [u8],
-    ) -> Result<(std::borrow::Cow<'b, [u8]>, bool)> {
+        payload: Bytes,
+    ) -> Result<(Bytes, bool)> {
         match &self.keys.sealer {
-            None => Ok((std::borrow::Cow::Borrowed(payload), false)),
+            None => Ok((payload, false)),
             Some(s) => {
-                let sealed = crypto::seal(s, &pack::chunk_aad(id, codec, raw_len), payload)?;
-                Ok((std::borrow::Cow::Owned(sealed), true))
+                let sealed = crypto::seal(s, &pack::chunk_aad(id, codec, raw_len), &payload)?;
+                Ok((Bytes::from(sealed), true))
             }
         }
     }

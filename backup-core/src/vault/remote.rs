@@ -29,13 +29,15 @@
 //!
 //! ## Writing
 //!
-//! A backup stages locally as on a local vault, and holds a lease in the
-//! store while it runs (`vault/lease.rs`). Each pack is uploaded as soon
-//! as it closes, then its index file, several at once (at most
-//! [`UPLOAD_BUDGET`] bytes of packs in memory), and its staged copy is
-//! removed: the transfer and the upload overlap, and the local disk holds
-//! only the packs being filled or sent. On commit the backup uploads the
-//! last packs and its segments, checks that the point may be committed
+//! A backup holds a lease in the store while it runs (`vault/lease.rs`).
+//! Each worker fills a pack in memory, as the list of its frames' buffers
+//! (the compressed payloads are the engine's own buffers, handed to
+//! `object_store` without a copy). A pack is uploaded as soon as it
+//! closes, then its index file, several at once: at most [`UPLOAD_BUDGET`]
+//! bytes of closed packs are in flight, so memory stays below that plus
+//! one pack per worker, and no pack touches the local disk. Segments are
+//! staged in the cache folder as on a local vault. On commit the backup
+//! uploads the last packs and its segments, checks that the point may be committed
 //! (below), then writes the manifest with a create-only put, so two points
 //! never share a name. Restore and verify read the
 //! frames they need with ranged GETs of stretches of a pack (see
@@ -90,9 +92,9 @@ use super::{PointManifest, Vault, VaultOptions, beneath, files, layout};
 use crate::error::{Error, Result};
 use crate::model::{ContentId, random_hex, validate_name};
 
-/// Bytes of files held in memory by a backup's parallel uploads, at most
-/// (each pack in flight is read whole; packs are 32 MiB by default, so 8 at
-/// once).
+/// Bytes of closed packs held in memory by a backup's parallel uploads, at
+/// most (packs are 32 MiB by default, so 8 at once); the packs being filled
+/// add one per worker.
 pub const UPLOAD_BUDGET: u64 = 256 << 20;
 
 /// The largest gc mark read.

@@ -1,7 +1,8 @@
 //! A backup in flight: the staging area where new packs, chunk index files
-//! and segments wait until the point is committed. On a store that copies
-//! (an object store) each pack is uploaded as soon as it closes instead,
-//! while the workers go on filling the next ones.
+//! and segments wait until the point is committed. On an object store a
+//! pack is built in memory instead, as the list of its frames' buffers
+//! (the payloads the engine compressed, shared, not copied), and uploaded
+//! as soon as it closes, while the workers go on filling the next ones.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -10,8 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use bytes::{Bytes, BytesMut};
+
 use super::beneath::VaultDir;
 use super::pack_writer::{BufferPool, Handoff, PackWriter};
+use super::store::Store;
 use super::{Codec, LockMode, PackEntry, PointManifest, Vault, VaultLock, VaultSink, layout, pack};
 use crate::error::{Error, Result};
 use crate::model::{ContentId, random_hex};
@@ -19,10 +23,45 @@ use crate::model::{ContentId, random_hex};
 /// The pack being filled.
 struct OpenPack {
     id: String,
-    out: PackWriter,
+    out: PackBody,
     offset: u64,
     entries: Vec<PackEntry>,
 }
+
+/// Where a pack's bytes go while it is filled.
+enum PackBody {
+    /// A file in the staging folder, published at commit (a local vault).
+    File(PackWriter),
+    /// Memory, uploaded whole when the pack closes (an object store): the
+    /// header, each frame's header and payload, then the trailer, as
+    /// separate buffers handed to the store as they are. Frame headers
+    /// are packed into `headers`, from which each is split off.
+    Memory { parts: Vec<Bytes>, headers: BytesMut },
+}
+
+impl PackBody {
+    fn append(&mut self, header: &[u8], payload: Bytes, handoff: &mut Handoff) -> Result<()> {
+        match self {
+            PackBody::File(out) => {
+                out.append(header, handoff)?;
+                out.append(&payload, handoff)
+            }
+            PackBody::Memory { parts, headers } => {
+                if headers.capacity() < header.len() {
+                    *headers = BytesMut::with_capacity(HEADER_ARENA);
+                }
+                headers.extend_from_slice(header);
+                parts.push(headers.split().freeze());
+                parts.push(payload);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Bytes of frame headers gathered in one allocation for a pack held in
+/// memory (a thousand 52-byte headers).
+const HEADER_ARENA: usize = 52 << 10;
 
 /// A pack closed: its id, the bytes it added past its frames, and whether
 /// it is already in the store.
@@ -75,35 +114,30 @@ impl OpenPacks {
 /// [`UPLOAD_BUDGET`]: super::UPLOAD_BUDGET
 const MAX_FINISHING: usize = 2;
 
-/// Writes the trailer and stages the pack's index file. On a local folder
-/// the pack is flushed, to be published at commit. With `upload`, the pack
-/// and then its index file go to the store now, and the staged pack is
-/// removed (it is not flushed first: adoption checks a staged pack whole).
-fn finish_pack(
-    vdir: &VaultDir,
-    dir: &std::path::Path,
-    p: OpenPack,
-    upload: Option<&dyn super::store::Store>,
-) -> Result<Finished> {
-    let OpenPack { id, mut out, offset, entries } = p;
+/// Writes the trailer. A pack file is flushed and its index file staged,
+/// both to be published at commit. A pack in memory goes to `store` now,
+/// then its index file.
+fn finish_pack(vdir: &VaultDir, dir: &std::path::Path, p: OpenPack, store: &dyn Store) -> Result<Finished> {
+    let OpenPack { id, out, offset, entries } = p;
     let trailer = pack::encode_trailer(&entries, offset);
-    out.write_all(&trailer)?;
-    out.finish(upload.is_none())?;
     let idx = pack::encode_idx(&trailer);
-    let idx_path = dir.join(layout::chunk_index(&id));
-    vdir.write_flushed(&idx_path, &idx)?;
     let added = (trailer.len() + idx.len()) as u64;
-    let Some(store) = upload else {
-        return Ok(Finished { id, added, published: false });
-    };
-    // The pack, then its index file: an index file names a pack that is there.
-    let pack_path = dir.join(layout::pack(&id));
-    store.publish(&[(layout::pack(&id), pack_path.clone())], 1)?;
-    store.publish(&[(layout::chunk_index(&id), idx_path)], 1)?;
-    // Local disk holds only the packs being filled or sent; a copy left by
-    // a failed removal goes with the staging folder.
-    let _ = vdir.remove_file(&pack_path);
-    Ok(Finished { id, added, published: true })
+    match out {
+        PackBody::File(mut out) => {
+            out.write_all(&trailer)?;
+            out.finish(true)?;
+            vdir.write_flushed(&dir.join(layout::chunk_index(&id)), &idx)?;
+            Ok(Finished { id, added, published: false })
+        }
+        PackBody::Memory { mut parts, .. } => {
+            parts.push(Bytes::from(trailer));
+            // The pack, then its index file: an index file names a pack
+            // that is there.
+            store.put_parts(&layout::pack(&id), parts)?;
+            store.put(&layout::chunk_index(&id), Bytes::from(idx))?;
+            Ok(Finished { id, added, published: true })
+        }
+    }
 }
 
 /// A backup's staging area; implements [`VaultSink`]. Dropping it without
@@ -193,11 +227,16 @@ impl<'v> BackupSession<'v> {
 
     fn new_pack(&self) -> Result<OpenPack> {
         let id = random_hex(16, "a pack id")?;
-        let path = self.dir.join(layout::pack(&id));
-        let mut out =
-            PackWriter::create(self.vault.dir(), &path, self.buffers.clone(), self.vault.options().direct_io)?;
         let header = pack::header();
-        out.write_all(&header)?;
+        let out = if self.vault.remote().is_some() {
+            PackBody::Memory { parts: vec![Bytes::copy_from_slice(&header)], headers: BytesMut::new() }
+        } else {
+            let path = self.dir.join(layout::pack(&id));
+            let direct = self.vault.options().direct_io;
+            let mut out = PackWriter::create(self.vault.dir(), &path, self.buffers.clone(), direct)?;
+            out.write_all(&header)?;
+            PackBody::File(out)
+        };
         self.bytes_added.fetch_add(header.len() as u64, Ordering::Relaxed);
         Ok(OpenPack { id, out, offset: header.len() as u64, entries: Vec::new() })
     }
@@ -223,9 +262,25 @@ impl<'v> BackupSession<'v> {
         for h in finishing {
             self.join_finishing(h)?;
         }
-        // The last packs, uploaded below with the segments, in parallel.
-        for open in self.open.take_all() {
-            self.record(finish_pack(self.vault.dir(), &self.dir, open, None)?);
+        // The last packs: files published below with the segments; packs
+        // in memory uploaded now, in parallel.
+        let store = self.vault.store();
+        let finished: Vec<Result<Finished>> = std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .open
+                .take_all()
+                .into_iter()
+                .map(|open| s.spawn(move || finish_pack(self.vault.dir(), &self.dir, open, store)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| Err(Error::invalid("pack", "the thread finishing a pack panicked")))
+                })
+                .collect()
+        });
+        for done in finished {
+            self.record(done?);
         }
         let (packs, segments) = {
             let st = self.staged();
@@ -252,7 +307,7 @@ impl<'v> BackupSession<'v> {
 }
 
 /// Packs uploaded at once: as many as [`UPLOAD_BUDGET`](super::UPLOAD_BUDGET)
-/// holds (each is read whole), 1 to 16.
+/// holds (each is held whole in memory), 1 to 16.
 fn upload_concurrency(vault: &Vault) -> usize {
     usize::try_from(super::UPLOAD_BUDGET / vault.options().pack_target_size.max(1)).unwrap_or(1).clamp(1, 16)
 }
@@ -266,7 +321,7 @@ impl VaultSink for BackupSession<'_> {
         self.vault.has_chunk(id) || self.chunks().contains(id)
     }
 
-    fn put_chunk(&self, id: &ContentId, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<u64> {
+    fn put_chunk(&self, id: &ContentId, codec: Codec, raw_len: u32, payload: Bytes) -> Result<u64> {
         let (payload, sealed) = self.vault.seal_chunk(id, codec, raw_len, payload)?;
         let header = pack::frame_header(id, codec, sealed, raw_len, &payload);
         if self.vault.has_chunk(id) || !self.chunks().insert(*id) {
@@ -280,9 +335,9 @@ impl VaultSink for BackupSession<'_> {
         let Some(p) = slot.as_mut() else {
             return Err(Error::invalid("pack", "no open pack"));
         };
-        p.out.append(&header, &mut handoff)?;
-        p.out.append(&payload, &mut handoff)?;
-        let entry = PackEntry { id: *id, offset: p.offset, raw_len, stored_len: payload.len() as u32, codec, sealed };
+        let stored_len = payload.len() as u32;
+        p.out.append(&header, payload, &mut handoff)?;
+        let entry = PackEntry { id: *id, offset: p.offset, raw_len, stored_len, codec, sealed };
         p.entries.push(entry);
         p.offset += entry.frame_len();
         let full =
@@ -291,13 +346,12 @@ impl VaultSink for BackupSession<'_> {
         self.bytes_added.fetch_add(added, Ordering::Relaxed);
         if full && let Some(done) = slot.take() {
             drop(slot);
-            // The fsync of a full pack runs on a thread of its own, outside
-            // this lock: under it, every worker would wait for the disk.
-            let (vdir, dir) = (self.vault.dir().clone(), self.dir.clone());
-            let upload = self.vault.remote().map(|_| self.vault.store_handle());
+            // The fsync or upload of a full pack runs on a thread of its
+            // own, outside this lock: under it, every worker would wait.
+            let (vdir, dir, store) = (self.vault.dir().clone(), self.dir.clone(), self.vault.store_handle());
             let h = std::thread::Builder::new()
                 .name("vmbackup-pack".into())
-                .spawn(move || finish_pack(&vdir, &dir, done, upload.as_deref()))
+                .spawn(move || finish_pack(&vdir, &dir, done, store.as_ref()))
                 .map_err(|e| Error::io("start a thread to finish a pack in", &self.dir, e))?;
             let oldest = {
                 let mut st = self.staged();
@@ -383,5 +437,34 @@ impl Drop for BackupSession<'_> {
             let _ = h.join();
         }
         let _ = self.vault.dir().remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pack bound for an object store keeps each payload as the buffer
+    /// it was given: the frames reach `put_parts` without a copy.
+    #[test]
+    fn a_pack_in_memory_holds_the_payloads_it_was_given() {
+        let mut body = PackBody::Memory { parts: vec![Bytes::from_static(b"header")], headers: BytesMut::new() };
+        let payloads: Vec<Bytes> = (0..3000u32).map(|i| Bytes::from(vec![i as u8; 100 + i as usize % 7])).collect();
+        let mut handoff = Handoff::default();
+        for (i, p) in payloads.iter().enumerate() {
+            let header = [i as u8; pack::FRAME_HEADER_LEN];
+            body.append(&header, p.clone(), &mut handoff).expect("append");
+        }
+        let PackBody::Memory { parts, .. } = body else { panic!("a memory pack") };
+        assert_eq!(parts.len(), 1 + 2 * payloads.len());
+        for (i, p) in payloads.iter().enumerate() {
+            let (header, payload) = (&parts[1 + 2 * i], &parts[2 + 2 * i]);
+            assert_eq!(payload.as_ptr(), p.as_ptr(), "payload {i} was copied");
+            assert_eq!(&header[..], &[i as u8; pack::FRAME_HEADER_LEN][..], "header {i}");
+        }
+        // Headers share a few allocations, not one each.
+        let distinct: HashSet<usize> =
+            parts[1..].iter().step_by(2).map(|h| h.as_ptr() as usize / HEADER_ARENA).collect();
+        assert!(distinct.len() < 10, "{} header allocations for 3000 frames", distinct.len());
     }
 }

@@ -96,6 +96,15 @@ impl Store for CachedStore {
         Ok(())
     }
 
+    fn put_parts(&self, key: &str, parts: Vec<Bytes>) -> Result<()> {
+        if cached(key) {
+            let joined = parts.concat();
+            self.remote.put_parts(key, parts)?;
+            return self.cache.write_cached(key, &joined);
+        }
+        self.remote.put_parts(key, parts)
+    }
+
     fn put_new(&self, key: &str, bytes: Bytes) -> Result<bool> {
         let made = self.remote.put_new(key, bytes.clone())?;
         if made && cached(key) {

@@ -130,6 +130,21 @@ impl Store for LocalStore {
         self.sync_up(&path)
     }
 
+    fn put_parts(&self, key: &str, parts: Vec<Bytes>) -> Result<()> {
+        let path = self.path(key);
+        self.make_parent(&path)?;
+        let tmp = self.tmp_path("put")?;
+        let mut file = self.dir.create_new(&tmp)?;
+        let written =
+            parts.iter().try_for_each(|p| std::io::Write::write_all(&mut file, p)).and_then(|()| file.sync_all());
+        if let Err(e) = written {
+            let _ = self.dir.remove_file(&tmp);
+            return Err(Error::io("write", &tmp, e));
+        }
+        self.dir.rename(&tmp, &path)?;
+        self.sync_up(&path)
+    }
+
     fn put_new(&self, key: &str, bytes: Bytes) -> Result<bool> {
         let path = self.path(key);
         self.make_parent(&path)?;

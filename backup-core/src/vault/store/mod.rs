@@ -59,6 +59,11 @@ pub(crate) trait Store: Send + Sync {
     /// Writes an object durably, replacing any (only the config, VM records
     /// and boot verdicts are ever replaced).
     fn put(&self, key: &str, bytes: Bytes) -> Result<()>;
+    /// Writes an object made of `parts`, in order, durably, replacing any.
+    /// An object store sends the parts as they are, without joining them
+    /// into one buffer first (a pack built in memory: its frames' payloads
+    /// are the buffers the engine compressed into).
+    fn put_parts(&self, key: &str, parts: Vec<Bytes>) -> Result<()>;
     /// Writes an object durably only if none exists under the key (a
     /// create-only put): Ok(false) when one does.
     fn put_new(&self, key: &str, bytes: Bytes) -> Result<bool>;

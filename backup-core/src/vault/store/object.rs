@@ -312,6 +312,15 @@ impl Store for ObjectBackend {
         r.map_err(|e| self.err("upload", key, e))
     }
 
+    fn put_parts(&self, key: &str, parts: Vec<Bytes>) -> Result<()> {
+        let path = self.path(key);
+        // A payload of many buffers: a retry clones the list, not the bytes.
+        let payload = PutPayload::from_iter(parts);
+        let store = &self.store;
+        let r = self.run(with_retries(|| async { store.put(&path, payload.clone()).await.map(|_| ()) }));
+        r.map_err(|e| self.err("upload", key, e))
+    }
+
     fn put_new(&self, key: &str, bytes: Bytes) -> Result<bool> {
         let path = self.path(key);
         let payload = PutPayload::from(bytes.clone());
