@@ -334,7 +334,17 @@ fn an_application_consistent_chain_through_the_agent_while_the_guest_writes() {
     assert_eq!(d.snapshot_method, "libvirt-offline-incremental", "{:?}", off.warnings);
     assert_eq!(d.stats.change_detection, "cbt", "{:?}", d.stats);
     assert!(d.stats.bytes_read < 32 << 20, "{:?}", d.stats);
-    restore_clean(&vault, &off.point, "vda", &g.dir.join("restored-off.img"));
+    let restored_off = g.dir.join("restored-off.img");
+    restore_clean(&vault, &off.point, "vda", &restored_off);
+    // The disk no longer changes: the point is that disk, bit for bit,
+    // though most of it came from the points before (the qcow2 bitmaps).
+    let disk_now = g.dir.join("disk-now.img");
+    sh("qemu-img", &["convert", "-f", "qcow2", "-O", "raw", s(&g.dir.join("guest.qcow2")), s(&disk_now)])
+        .expect("qemu-img");
+    assert!(
+        fs::read(&restored_off).expect("read") == fs::read(&disk_now).expect("read"),
+        "the shut-off point differs from its disk"
+    );
     assert!(fs::read_dir(&provider.work_dir).map(|d| d.count()).unwrap_or(0) == 0, "a work folder is left");
     // And with a point that must be at least file-system-consistent, a
     // shut-off domain fails instead.
