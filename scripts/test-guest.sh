@@ -64,6 +64,7 @@ sleep 1
 kill -KILL -1 2>/dev/null
 sync
 if ! mount -o remount,ro /; then
+  echo "shutdown: / stayed writable, forcing the remount" > /dev/console
   echo s > /proc/sysrq-trigger
   echo u > /proc/sysrq-trigger
   sleep 1
