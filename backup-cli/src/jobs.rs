@@ -125,10 +125,10 @@ pub fn release_expired(
     Ok(if report.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-/// Where a point can be restored from now ("snapshot", "vault"); a damaged
-/// snapshot record counts as no snapshot tier.
-pub fn tiers(vault: &Vault, p: &PointManifest) -> Vec<String> {
-    backup_core::point_tiers(vault, p).unwrap_or_else(|_| vec!["vault".to_string()])
+/// Where a point can be restored from now; a damaged snapshot record
+/// counts as no snapshot tier.
+pub fn tiers(vault: &Vault, p: &PointManifest) -> Vec<backup_core::Tier> {
+    backup_core::point_tiers(vault, p).unwrap_or_else(|_| vec![backup_core::Tier::Vault])
 }
 
 /// Restores one disk: from the point's kept snapshot when it has one (a

@@ -697,7 +697,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         p.disks.len(),
                         human(p.disks.iter().map(|d| u128::from(d.size)).sum::<u128>()),
                         human(p.stats.bytes_added),
-                        jobs::tiers(&vault, p).join(","),
+                        jobs::tiers(&vault, p).iter().map(|t| t.as_str()).collect::<Vec<_>>().join(","),
                         verdict(p).map_or_else(|| "-".to_string(), |v| v.summary())
                     );
                 }

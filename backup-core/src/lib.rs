@@ -70,7 +70,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use gc::{GcOptions, GcReport, gc};
 pub use job::log::{JobEvent, JobRecord, JobResult, Phase, PhaseRecord, job_history, read_job};
 pub use job::tiers::{
-    KeptFile, KeptSnapshot, ReleaseReport, kept_snapshot, kept_snapshots, point_tiers, release_expired,
+    KeptFile, KeptSnapshot, ReleaseReport, Tier, kept_snapshot, kept_snapshots, point_tiers, release_expired,
     restore_disk_from_snapshot, restore_from_snapshot, snapshot_only_points,
 };
 pub use job::{BackupOptions, BackupReport, backup, check_instant_restore_days};

@@ -478,7 +478,7 @@ fn a_kept_snapshot_gives_the_snapshot_tier_until_it_is_released() {
     let first = backup(&vault, &provider, &vm, &options).expect("backup");
     let until = first.snapshot_kept_until.expect("kept");
     assert_eq!(until, first.point.time.checked_add(jiff::SignedDuration::from_hours(48)).expect("ts"));
-    assert_eq!(point_tiers(&vault, &first.point).expect("tiers"), ["snapshot", "vault"]);
+    assert_eq!(point_tiers(&vault, &first.point).expect("tiers"), [Tier::Snapshot, Tier::Vault]);
     assert_eq!(leftover_clones(dir.path()).len(), 1, "the copy is kept");
     let job = the_only_job(&vault, "web", JobResult::Succeeded);
     assert!(job.events.iter().any(|e| matches!(e, JobEvent::SnapshotKept { .. })));
@@ -495,8 +495,8 @@ fn a_kept_snapshot_gives_the_snapshot_tier_until_it_is_released() {
 
     // A second job keeps its own; the first is not expired yet.
     let second = backup(&vault, &provider, &vm, &options).expect("backup");
-    assert_eq!(point_tiers(&vault, &second.point).expect("tiers"), ["snapshot", "vault"]);
-    assert_eq!(point_tiers(&vault, &first.point).expect("tiers"), ["snapshot", "vault"]);
+    assert_eq!(point_tiers(&vault, &second.point).expect("tiers"), [Tier::Snapshot, Tier::Vault]);
+    assert_eq!(point_tiers(&vault, &first.point).expect("tiers"), [Tier::Snapshot, Tier::Vault]);
     assert_eq!(kept_snapshots(&vault, Some("web")).expect("kept").0.len(), 2);
 
     // Past the first's expiry: it is released, the second stays.
@@ -505,8 +505,8 @@ fn a_kept_snapshot_gives_the_snapshot_tier_until_it_is_released() {
     assert_eq!(report.released.len(), 1);
     assert_eq!(report.released[0].0.point, first.point.id);
     assert_eq!(report.released[0].1, "expired");
-    assert_eq!(point_tiers(&vault, &first.point).expect("tiers"), ["vault"]);
-    assert_eq!(point_tiers(&vault, &second.point).expect("tiers"), ["snapshot", "vault"]);
+    assert_eq!(point_tiers(&vault, &first.point).expect("tiers"), [Tier::Vault]);
+    assert_eq!(point_tiers(&vault, &second.point).expect("tiers"), [Tier::Snapshot, Tier::Vault]);
     assert!(
         restore_disk_from_snapshot(&vault, &first.point, "root.img", &out, &RestoreOptions::default())
             .expect("restore")
@@ -517,7 +517,7 @@ fn a_kept_snapshot_gives_the_snapshot_tier_until_it_is_released() {
     // A changed snapshot file is no tier: the listing stays true.
     let kept = kept_snapshot(&vault, "web", &second.point.id).expect("read").expect("kept");
     fs::write(&kept.disks[0].path, b"scribbled").expect("write");
-    assert_eq!(point_tiers(&vault, &second.point).expect("tiers"), ["vault"]);
+    assert_eq!(point_tiers(&vault, &second.point).expect("tiers"), [Tier::Vault]);
 }
 
 /// A device whose first read blocks until the test says go: the job holds
@@ -625,7 +625,7 @@ fn a_point_restores_from_its_snapshot_tier_while_its_job_still_transfers() {
         report
     });
     assert!(snapshot_only_points(&vault, Some("web")).expect("in flight").0.is_empty());
-    assert_eq!(point_tiers(&vault, &report.point).expect("tiers"), ["snapshot", "vault"]);
+    assert_eq!(point_tiers(&vault, &report.point).expect("tiers"), [Tier::Snapshot, Tier::Vault]);
 
     // A clone changed since it was kept is no tier: nothing is restored.
     let (kept, _) = kept_snapshots(&vault, Some("web")).expect("kept");
@@ -667,7 +667,7 @@ fn a_snapshot_that_cannot_outlive_its_job_is_released_with_a_warning() {
     let report = backup(&vault, &provider, &vm, &options).expect("backup");
     assert!(report.snapshot_kept_until.is_none());
     assert!(report.warnings.iter().any(|w| w.contains("cannot be kept for instant restore")), "{report:?}");
-    assert_eq!(point_tiers(&vault, &report.point).expect("tiers"), ["vault"]);
+    assert_eq!(point_tiers(&vault, &report.point).expect("tiers"), [Tier::Vault]);
     options.instant_restore_days = 31;
     assert!(matches!(backup(&vault, &provider, &vm, &options), Err(Error::InvalidArgument { .. })));
 }
@@ -706,7 +706,7 @@ fn snapshots_of_pruned_points_and_of_killed_jobs_are_released_before_their_expir
     assert_eq!(why, want);
     assert_eq!(report.kept.len(), 1);
     assert_eq!(leftover_clones(dir.path()).len(), 1);
-    assert_eq!(point_tiers(&vault, &kept.point).expect("tiers"), ["snapshot", "vault"]);
+    assert_eq!(point_tiers(&vault, &kept.point).expect("tiers"), [Tier::Snapshot, Tier::Vault]);
 }
 
 /// Hands out a change token per snapshot and records the previous tokens

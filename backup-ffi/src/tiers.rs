@@ -39,8 +39,8 @@ pub unsafe extern "C" fn vmb_vault_point_tiers(
         let tiers = backup_core::point_tiers(&v.vault, &p.manifest)?;
         let mut bits = 0;
         for t in tiers {
-            bits |= match t.as_str() {
-                "snapshot" => VMB_TIER_SNAPSHOT,
+            bits |= match t {
+                backup_core::Tier::Snapshot => VMB_TIER_SNAPSHOT,
                 _ => VMB_TIER_VAULT,
             };
         }

@@ -517,7 +517,8 @@ impl Vault {
     fn tiers(&self, py: Python<'_>, point: PyRef<'_, RecoveryPoint>) -> PyResult<Vec<String>> {
         let vault = self.get()?;
         let m = point.manifest.clone();
-        job::run(py, None, move |_, _| backup_core::point_tiers(&vault, &m))
+        let tiers = job::run(py, None, move |_, _| backup_core::point_tiers(&vault, &m))?;
+        Ok(tiers.into_iter().map(|t| t.as_str().to_string()).collect())
     }
 
     /// The snapshots kept for instant restore, of one VM or of all, oldest

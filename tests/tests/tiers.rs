@@ -71,7 +71,7 @@ fn a_reflink_snapshot_is_kept_restored_from_and_released_after_its_days() {
     let (vault, img, first, report) = kept_point(&fs_, 1);
     assert_eq!(report.point.disks[0].snapshot_method, "reflink");
     let until = report.snapshot_kept_until.expect("the clone is kept");
-    assert_eq!(point_tiers(&vault, &report.point).expect("tiers"), ["snapshot", "vault"]);
+    assert_eq!(point_tiers(&vault, &report.point).expect("tiers"), [Tier::Snapshot, Tier::Vault]);
     assert_eq!(clones(&fs_.at).len(), 1, "the clone stays beside the image");
     let kept = kept_snapshot(&vault, "web", &report.point.id).expect("record").expect("usable");
     assert_eq!(kept.expires, until);
@@ -93,7 +93,7 @@ fn a_reflink_snapshot_is_kept_restored_from_and_released_after_its_days() {
     let r = release_expired(&vault, None, until).expect("release");
     assert_eq!(r.released.len(), 1);
     assert!(clones(&fs_.at).is_empty());
-    assert_eq!(point_tiers(&vault, &report.point).expect("tiers"), ["vault"]);
+    assert_eq!(point_tiers(&vault, &report.point).expect("tiers"), [Tier::Vault]);
     assert!(
         restore_disk_from_snapshot(&vault, &report.point, "root.img", &out, &RestoreOptions::default())
             .expect("restore")
@@ -192,7 +192,7 @@ fn the_snapshot_tier_exists_from_the_snapshot_phase_and_a_cancel_releases_it() {
             } else {
                 let report = result.expect("backup");
                 assert_eq!(report.point.id, pending[0].point);
-                assert_eq!(point_tiers(&vault, &report.point).expect("tiers"), ["snapshot", "vault"]);
+                assert_eq!(point_tiers(&vault, &report.point).expect("tiers"), [Tier::Snapshot, Tier::Vault]);
             }
         });
         let after = vault.points(Some("web")).expect("points").len();

@@ -231,17 +231,53 @@ fn read_record(vault: &Vault, vm: &str, point: &str) -> Result<Option<KeptSnapsh
     Ok(Some(k))
 }
 
-/// Where a point can be restored from now: "snapshot" (its kept snapshot,
-/// there and unchanged) and "vault" (it is committed), in that order.
+/// Where a point can be restored from. Serialized as its name in lower
+/// case (`"snapshot"`, `"vault"`), as the command line prints it.
+///
+/// ```
+/// use backup_core::Tier;
+/// assert_eq!(Tier::Snapshot.to_string(), "snapshot");
+/// assert_eq!(serde_json::to_string(&[Tier::Snapshot, Tier::Vault]).unwrap(), r#"["snapshot","vault"]"#);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Tier {
+    /// The snapshot kept after its job, there and unchanged: the fastest
+    /// restore.
+    Snapshot,
+    /// The vault: the point is committed.
+    Vault,
+}
+
+impl Tier {
+    /// The tier's name: `"snapshot"` or `"vault"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Snapshot => "snapshot",
+            Tier::Vault => "vault",
+        }
+    }
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a point can be restored from now: [`Tier::Snapshot`] (its kept
+/// snapshot, there and unchanged) and [`Tier::Vault`] (it is committed),
+/// in that order.
 ///
 /// # Errors
 /// A damaged kept-snapshot record.
-pub fn point_tiers(vault: &Vault, point: &PointManifest) -> Result<Vec<String>> {
+pub fn point_tiers(vault: &Vault, point: &PointManifest) -> Result<Vec<Tier>> {
     let mut tiers = Vec::new();
     if kept_snapshot(vault, &point.vm, &point.id)?.is_some() {
-        tiers.push("snapshot".to_string());
+        tiers.push(Tier::Snapshot);
     }
-    tiers.push("vault".to_string());
+    tiers.push(Tier::Vault);
     Ok(tiers)
 }
 
