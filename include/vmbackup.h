@@ -291,8 +291,10 @@ typedef struct vmb_verify_report vmb_verify_report;
  * A host's disk (or a snapshot of one), read by position.
  *
  * Every callback gets `userdata` first and returns 0 on success; a
- * failure is any other value, best an `errno` value (`EIO`, positive),
- * and may be explained by calling `vmb_callback_error` before returning.
+ * failure is any other value: a positive one is read as an `errno` value
+ * (`EIO`) and named as one in the error, a negative one is shown as the
+ * host's own code. It may be explained by calling `vmb_callback_error`
+ * before returning.
  * Callbacks come from the library's worker threads (a rayon pool),
  * **several at once** for the same disk, and must not throw or `longjmp`.
  */
@@ -602,7 +604,8 @@ typedef struct vmb_provider {
  * restore call.
  *
  * Callbacks get `userdata` first and return 0 on success, anything else
- * on failure (best an `errno` value; explained with `vmb_callback_error`).
+ * on failure (a positive value is read as an `errno` value, a negative one
+ * is the host's own code; explained with `vmb_callback_error`).
  * `write_at` and `write_zeros` come from the library's worker threads (a
  * rayon pool), **several at once**, for different offsets; `finish` comes
  * once, last, from the calling thread.
@@ -682,7 +685,10 @@ enum vmb_status vmb_ranges_add(struct vmb_ranges *ranges, uint64_t offset, uint6
 /**
  * Explains the failure a callback is about to return. Call it from inside
  * the callback, on the thread the callback runs on; the text is copied and
- * becomes part of the job's error message.
+ * becomes part of the job's error message. Called anywhere else (no
+ * callback of this library running on the thread) it returns
+ * `VMB_ERR_INVALID_ARGUMENT` and keeps nothing: the text would explain no
+ * failure.
  *
  * # Safety
  * `message` is NULL or a NUL-terminated string.

@@ -3,7 +3,7 @@
 //! ([`vmb_provider`] as a core `SnapshotProvider`) and restore targets
 //! ([`vmb_write_target`] as a core `RestoreTarget`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::io;
 use std::ops::Range;
@@ -23,8 +23,10 @@ pub const VMB_MAP_UNKNOWN: c_int = 1;
 /// A host's disk (or a snapshot of one), read by position.
 ///
 /// Every callback gets `userdata` first and returns 0 on success; a
-/// failure is any other value, best an `errno` value (`EIO`, positive),
-/// and may be explained by calling `vmb_callback_error` before returning.
+/// failure is any other value: a positive one is read as an `errno` value
+/// (`EIO`) and named as one in the error, a negative one is shown as the
+/// host's own code. It may be explained by calling `vmb_callback_error`
+/// before returning.
 /// Callbacks come from the library's worker threads (a rayon pool),
 /// **several at once** for the same disk, and must not throw or `longjmp`.
 #[repr(C)]
@@ -101,11 +103,17 @@ pub unsafe extern "C" fn vmb_ranges_add(ranges: *mut vmb_ranges, offset: u64, le
 
 thread_local! {
     static CALLBACK_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// How many host callbacks this thread is inside. They nest: a
+    /// snapshot callback adds disks, whose size callback runs at once.
+    static CALLBACK_DEPTH: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Explains the failure a callback is about to return. Call it from inside
 /// the callback, on the thread the callback runs on; the text is copied and
-/// becomes part of the job's error message.
+/// becomes part of the job's error message. Called anywhere else (no
+/// callback of this library running on the thread) it returns
+/// `VMB_ERR_INVALID_ARGUMENT` and keeps nothing: the text would explain no
+/// failure.
 ///
 /// # Safety
 /// `message` is NULL or a NUL-terminated string.
@@ -113,23 +121,49 @@ thread_local! {
 pub unsafe extern "C" fn vmb_callback_error(message: *const c_char) -> vmb_status {
     ffi! {
         let s = arg_str!(message, "message");
+        if CALLBACK_DEPTH.with(Cell::get) == 0 {
+            return Err(Failure::invalid(format!(
+                "vmb_callback_error explains a failing callback, and no callback of this library runs on this thread; its message was: {s}"
+            )));
+        }
         CALLBACK_ERROR.with(|c| *c.borrow_mut() = Some(s.to_string()));
         Ok(())
     }
 }
 
-/// Clears any stale explanation before a callback runs.
-fn clear_callback_error() {
-    CALLBACK_ERROR.with(|c| c.borrow_mut().take());
+/// A host callback running on this thread: entering clears any stale
+/// explanation, and while it lives `vmb_callback_error` is accepted.
+struct InCallback;
+
+impl InCallback {
+    fn enter() -> InCallback {
+        CALLBACK_ERROR.with(|c| c.borrow_mut().take());
+        CALLBACK_DEPTH.with(|d| d.set(d.get().saturating_add(1)));
+        InCallback
+    }
 }
 
-/// What a callback that returned `code` said went wrong.
+impl Drop for InCallback {
+    fn drop(&mut self) {
+        CALLBACK_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+/// What a callback that returned `code` said went wrong. A positive code
+/// is read as an `errno` value and named as one; a negative one is the
+/// host's own.
 fn callback_failure(callback: &str, code: c_int) -> String {
     let said = CALLBACK_ERROR.with(|c| c.borrow_mut().take());
-    let os = if code > 0 { format!(" ({})", io::Error::from_raw_os_error(code)) } else { String::new() };
+    let code = if code > 0 {
+        let text = io::Error::from_raw_os_error(code).to_string();
+        let text = text.strip_suffix(&format!(" (os error {code})")).unwrap_or(&text).to_string();
+        format!("errno {code} ({text})")
+    } else {
+        format!("code {code}")
+    };
     match said {
-        Some(s) => format!("host {callback} callback failed with code {code}{os}: {s}"),
-        None => format!("host {callback} callback failed with code {code}{os}"),
+        Some(s) => format!("host {callback} callback failed with {code}: {s}"),
+        None => format!("host {callback} callback failed with {code}"),
     }
 }
 
@@ -176,7 +210,7 @@ impl HostDisk {
         };
         let mut disk = HostDisk { ops, read_at, size: 0 };
         let mut size = 0u64;
-        clear_callback_error();
+        let _in = InCallback::enter();
         // SAFETY: a host callback with its own userdata and a valid out
         // pointer.
         let r = unsafe { size_fn(ops.userdata, &mut size) };
@@ -198,7 +232,7 @@ impl HostDisk {
         callback: &str,
     ) -> io::Result<Option<Vec<Range<u64>>>> {
         let mut ranges = vmb_ranges { window, ranges: Vec::new() };
-        clear_callback_error();
+        let _in = InCallback::enter();
         match call(&mut ranges) {
             0 => {}
             VMB_MAP_UNKNOWN => return Ok(None),
@@ -230,7 +264,7 @@ impl BlockDevice for HostDisk {
                 format!("read of {} bytes past the end ({})", buf.len(), self.size),
             ));
         }
-        clear_callback_error();
+        let _in = InCallback::enter();
         // SAFETY: the buffer is valid and exclusively ours for `len` bytes
         // during the call; the callback may run on any thread (contract).
         let r = unsafe { (self.read_at)(self.ops.userdata, offset, buf.as_mut_ptr(), buf.len()) };
@@ -445,7 +479,7 @@ impl SnapshotProvider for HostProvider {
     fn prepare(&self, vm: &Vm) -> backup_core::Result<PrepareReport> {
         if let Some(prepare) = self.table.prepare {
             let name = vm_cstring(vm);
-            clear_callback_error();
+            let _in = InCallback::enter();
             // SAFETY: the host's callback with its userdata and a
             // NUL-terminated name valid during the call.
             let r = unsafe { prepare(self.table.userdata, name.as_ptr()) };
@@ -469,7 +503,7 @@ impl SnapshotProvider for HostProvider {
             warnings: Vec::new(),
         };
         let mut achieved: vmb_consistency = crate::job::VMB_CONSISTENCY_CRASH;
-        clear_callback_error();
+        let _in = InCallback::enter();
         // SAFETY: the host's callback with its userdata; the name, the
         // achieved slot and the snapshot builder are valid during the call.
         let r = unsafe {
@@ -523,7 +557,7 @@ impl HostProvider {
             return Ok(());
         };
         let name = vm_cstring(vm);
-        clear_callback_error();
+        let _in = InCallback::enter();
         // SAFETY: the host's callback with its userdata and a
         // NUL-terminated name valid during the call.
         let r = unsafe { release(self.table.userdata, name.as_ptr()) };
@@ -538,7 +572,8 @@ impl HostProvider {
 /// restore call.
 ///
 /// Callbacks get `userdata` first and return 0 on success, anything else
-/// on failure (best an `errno` value; explained with `vmb_callback_error`).
+/// on failure (a positive value is read as an `errno` value, a negative one
+/// is the host's own code; explained with `vmb_callback_error`).
 /// `write_at` and `write_zeros` come from the library's worker threads (a
 /// rayon pool), **several at once**, for different offsets; `finish` comes
 /// once, last, from the calling thread.
@@ -579,7 +614,7 @@ impl HostTarget {
 
 impl RestoreTarget for HostTarget {
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        clear_callback_error();
+        let _in = InCallback::enter();
         // SAFETY: the host's callback with its userdata; `data` is valid
         // for `len` bytes during the call.
         let r = unsafe { (self.write_at)(self.table.userdata, offset, data.as_ptr(), data.len()) };
@@ -588,7 +623,7 @@ impl RestoreTarget for HostTarget {
 
     fn write_zeros(&self, offset: u64, len: u64) -> io::Result<()> {
         if let Some(f) = self.table.write_zeros {
-            clear_callback_error();
+            let _in = InCallback::enter();
             // SAFETY: the host's callback with its userdata.
             let r = unsafe { f(self.table.userdata, offset, len) };
             return if r == 0 { Ok(()) } else { Err(callback_io_error("write_zeros", r)) };
@@ -608,7 +643,7 @@ impl RestoreTarget for HostTarget {
         let Some(f) = self.table.finish else {
             return Ok(());
         };
-        clear_callback_error();
+        let _in = InCallback::enter();
         // SAFETY: the host's callback with its userdata.
         let r = unsafe { f(self.table.userdata) };
         if r == 0 { Ok(()) } else { Err(callback_io_error("finish", r)) }

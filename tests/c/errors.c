@@ -25,6 +25,7 @@ typedef struct {
     uint8_t *data;
     uint64_t size;
     uint64_t fail_at;  /* a read covering this offset fails; UINT64_MAX: none */
+    int fail_code;     /* what that read returns: 0 for EIO and an explanation */
     long sleep_ms;     /* each read sleeps this long */
     int bad_ranges;    /* allocated() answers with messy ranges */
     atomic_int reads;
@@ -55,6 +56,7 @@ static int bd_read(void *ud, uint64_t offset, uint8_t *buf, size_t len) {
     atomic_fetch_add(&d->reads, 1);
     if (d->sleep_ms > 0) sleep_ms(d->sleep_ms);
     if (d->fail_at >= offset && d->fail_at < offset + len) {
+        if (d->fail_code != 0) return d->fail_code;
         char msg[96];
         snprintf(msg, sizeof msg, "sector %llu is unreadable",
                  (unsigned long long)(d->fail_at / 512));
@@ -188,6 +190,10 @@ static void null_pointers(void) {
     REQUIRE_STATUS(vmb_job_set_progress(NULL, NULL, NULL), VMB_ERR_NULL_ARGUMENT);
     REQUIRE_STATUS(vmb_ranges_add(NULL, 0, 1), VMB_ERR_NULL_ARGUMENT);
     REQUIRE_STATUS(vmb_callback_error(NULL), VMB_ERR_NULL_ARGUMENT);
+    /* Outside a callback there is no failure to explain: refused, not
+     * silently kept for whatever fails next. */
+    REQUIRE_STATUS(vmb_callback_error("too early"), VMB_ERR_INVALID_ARGUMENT);
+    CHECK(LAST_ERROR_HAS("no callback of this library runs on this thread"));
     REQUIRE_STATUS(vmb_snapshot_warn(NULL, "w"), VMB_ERR_NULL_ARGUMENT);
 
     /* A disk added to no snapshot: refused, and its userdata destroyed. */
@@ -355,6 +361,9 @@ static void read_callback_error(void) {
     CHECK(strstr(m, "at byte 1048576") != NULL);
     CHECK(strstr(m, "sector 2049 is unreadable") != NULL);
     CHECK(strstr(m, "read_at") != NULL);
+    /* A positive code is named as the errno it is read as. */
+    CHECK(strstr(m, "errno 5 (Input/output error)") != NULL);
+    CHECK(strstr(m, "os error") == NULL);
     if (strstr(m, "at byte 1048576") == NULL) fprintf(stderr, "message: %s\n", m);
     CHECK(out == NULL);
     CHECK(atomic_load(&g_releases) == releases + 1);
@@ -365,6 +374,18 @@ static void read_callback_error(void) {
     REQUIRE_OK(vmb_point_list_len(l, &n));
     CHECK(n == 0);
     vmb_point_list_free(l);
+
+    /* A negative code is the host's own, shown as it is, not as an errno;
+     * the explanation of the failure before does not linger. */
+    p.disk = buf_disk_new(2 * MiB, 4);
+    REQUIRE(p.disk != NULL);
+    p.disk->fail_at = MiB + 1000;
+    p.disk->fail_code = -42;
+    REQUIRE_STATUS(vmb_vault_backup_host(g_vault, "failing", disks, 1, &t, NULL, NULL),
+                   VMB_ERR_DEVICE_READ);
+    CHECK(LAST_ERROR_HAS("read_at callback failed with code -42"));
+    CHECK(!LAST_ERROR_HAS("errno"));
+    CHECK(!LAST_ERROR_HAS("unreadable"));
 }
 
 /* Provider failures: a failed snapshot (no release, disks destroyed), a
