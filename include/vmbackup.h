@@ -55,6 +55,29 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Marks a function whose returned status must not be dropped unread. */
+#if defined(__GNUC__) || defined(__clang__)
+#define VMB_MUST_USE __attribute__((warn_unused_result))
+#else
+#define VMB_MUST_USE
+#endif
+
+/**
+ * The major version of the header, known at compile time; the library a
+ * program runs with says its own with `vmb_version()`.
+ */
+#define VMB_VERSION_MAJOR 0
+
+/**
+ * The minor version of the header (see `VMB_VERSION_MAJOR`).
+ */
+#define VMB_VERSION_MINOR 1
+
+/**
+ * The patch version of the header (see `VMB_VERSION_MAJOR`).
+ */
+#define VMB_VERSION_PATCH 0
+
 /**
  * What a map callback returns when it cannot tell (every byte of the
  * window may hold data / may have changed). Any other non-zero value is an
@@ -680,7 +703,10 @@ const char *vmb_last_error(void);
  * # Safety
  * `ranges` is NULL or the pointer passed to the running callback.
  */
-enum vmb_status vmb_ranges_add(struct vmb_ranges *ranges, uint64_t offset, uint64_t length);
+VMB_MUST_USE
+enum vmb_status vmb_ranges_add(struct vmb_ranges *ranges,
+                               uint64_t offset,
+                               uint64_t length);
 
 /**
  * Explains the failure a callback is about to return. Call it from inside
@@ -688,7 +714,8 @@ enum vmb_status vmb_ranges_add(struct vmb_ranges *ranges, uint64_t offset, uint6
  * becomes part of the job's error message. Called anywhere else (no
  * callback of this library running on the thread) it returns
  * `VMB_ERR_INVALID_ARGUMENT` and keeps nothing: the text would explain no
- * failure.
+ * failure. Its status may be ignored (it is not marked `VMB_MUST_USE`):
+ * the callback returns its own failure either way.
  *
  * # Safety
  * `message` is NULL or a NUL-terminated string.
@@ -710,6 +737,7 @@ enum vmb_status vmb_callback_error(const char *message);
  * `name` and `change_token` are NULL or NUL-terminated; `ops` is NULL or a
  * readable `vmb_disk_ops`.
  */
+VMB_MUST_USE
 enum vmb_status vmb_snapshot_add_disk(struct vmb_snapshot *snapshot,
                                       const char *name,
                                       const struct vmb_disk_ops *ops,
@@ -717,7 +745,9 @@ enum vmb_status vmb_snapshot_add_disk(struct vmb_snapshot *snapshot,
 
 /**
  * Adds a warning a user should see (a fallback taken) to the snapshot
- * being taken; it is recorded in the point.
+ * being taken; it is recorded in the point. Its status may be ignored
+ * (it is not marked `VMB_MUST_USE`): a warning that could not be added
+ * leaves nothing for the callback to undo.
  *
  * # Safety
  * As `vmb_snapshot_add_disk`.
@@ -731,7 +761,7 @@ enum vmb_status vmb_snapshot_warn(struct vmb_snapshot *snapshot, const char *mes
  * # Safety
  * `out` must point to writable memory for one pointer.
  */
-enum vmb_status vmb_job_new(struct vmb_job **out);
+VMB_MUST_USE enum vmb_status vmb_job_new(struct vmb_job **out);
 
 /**
  * Frees a job. NULL is ignored. The job must not be in use by a call.
@@ -747,7 +777,9 @@ void vmb_job_free(struct vmb_job *job);
  * # Safety
  * `job` is NULL or a live job.
  */
-enum vmb_status vmb_job_set_consistency(struct vmb_job *job, vmb_consistency consistency);
+VMB_MUST_USE
+enum vmb_status vmb_job_set_consistency(struct vmb_job *job,
+                                        vmb_consistency consistency);
 
 /**
  * Sets the block size of a disk's first backup (a power of two from 16 KiB
@@ -756,7 +788,7 @@ enum vmb_status vmb_job_set_consistency(struct vmb_job *job, vmb_consistency con
  * # Safety
  * `job` is NULL or a live job.
  */
-enum vmb_status vmb_job_set_block_size(struct vmb_job *job, uint32_t block_size);
+VMB_MUST_USE enum vmb_status vmb_job_set_block_size(struct vmb_job *job, uint32_t block_size);
 
 /**
  * Sets the days a backup keeps its snapshot after the job for instant
@@ -768,7 +800,7 @@ enum vmb_status vmb_job_set_block_size(struct vmb_job *job, uint32_t block_size)
  * # Safety
  * `job` is NULL or a live job.
  */
-enum vmb_status vmb_job_set_instant_restore_days(struct vmb_job *job, uint32_t days);
+VMB_MUST_USE enum vmb_status vmb_job_set_instant_restore_days(struct vmb_job *job, uint32_t days);
 
 /**
  * Sets (or, with a NULL callback, removes) the progress callback.
@@ -778,7 +810,10 @@ enum vmb_status vmb_job_set_instant_restore_days(struct vmb_job *job, uint32_t d
  * # Safety
  * `job` is NULL or a live job; `callback` follows `vmb_progress_fn`'s rules.
  */
-enum vmb_status vmb_job_set_progress(struct vmb_job *job, vmb_progress_fn callback, void *userdata);
+VMB_MUST_USE
+enum vmb_status vmb_job_set_progress(struct vmb_job *job,
+                                     vmb_progress_fn callback,
+                                     void *userdata);
 
 /**
  * Asks every call running with this job to stop, as soon as it can;
@@ -788,7 +823,7 @@ enum vmb_status vmb_job_set_progress(struct vmb_job *job, vmb_progress_fn callba
  * # Safety
  * `job` is NULL or a live job.
  */
-enum vmb_status vmb_job_cancel(const struct vmb_job *job);
+VMB_MUST_USE enum vmb_status vmb_job_cancel(const struct vmb_job *job);
 
 /**
  * Whether the job was cancelled (by `vmb_job_cancel` or its progress
@@ -797,7 +832,7 @@ enum vmb_status vmb_job_cancel(const struct vmb_job *job);
  * # Safety
  * `job` is NULL or a live job; `out` points to a writable bool.
  */
-enum vmb_status vmb_job_is_cancelled(const struct vmb_job *job, bool *out);
+VMB_MUST_USE enum vmb_status vmb_job_is_cancelled(const struct vmb_job *job, bool *out);
 
 /**
  * Creates a provider for libvirt domain `domain` on connection `uri`
@@ -807,6 +842,7 @@ enum vmb_status vmb_job_is_cancelled(const struct vmb_job *job, bool *out);
  * `domain` is NULL or NUL-terminated; `uri` is NULL or NUL-terminated;
  * `out` is NULL or writable.
  */
+VMB_MUST_USE
 enum vmb_status vmb_provider_libvirt_new(const char *domain,
                                          const char *uri,
                                          struct vmb_provider_libvirt **out);
@@ -826,6 +862,7 @@ void vmb_provider_libvirt_free(struct vmb_provider_libvirt *provider);
  * # Safety
  * `provider` is NULL or live; `disk` is NULL or NUL-terminated.
  */
+VMB_MUST_USE
 enum vmb_status vmb_provider_libvirt_include(const struct vmb_provider_libvirt *provider,
                                              const char *disk);
 
@@ -836,6 +873,7 @@ enum vmb_status vmb_provider_libvirt_include(const struct vmb_provider_libvirt *
  * # Safety
  * As `vmb_provider_libvirt_include`.
  */
+VMB_MUST_USE
 enum vmb_status vmb_provider_libvirt_exclude(const struct vmb_provider_libvirt *provider,
                                              const char *disk);
 
@@ -848,6 +886,7 @@ enum vmb_status vmb_provider_libvirt_exclude(const struct vmb_provider_libvirt *
  * # Safety
  * `provider` is NULL or live; `config` is NULL or NUL-terminated.
  */
+VMB_MUST_USE
 enum vmb_status vmb_provider_libvirt_set_guest_scripts(const struct vmb_provider_libvirt *provider,
                                                        const char *config);
 
@@ -859,6 +898,7 @@ enum vmb_status vmb_provider_libvirt_set_guest_scripts(const struct vmb_provider
  * # Safety
  * `provider` is NULL or live.
  */
+VMB_MUST_USE
 enum vmb_status vmb_provider_libvirt_set_min_consistency(const struct vmb_provider_libvirt *provider,
                                                          vmb_consistency consistency);
 
@@ -869,6 +909,7 @@ enum vmb_status vmb_provider_libvirt_set_min_consistency(const struct vmb_provid
  * # Safety
  * `provider` is NULL or live; `dir` is NULL or NUL-terminated.
  */
+VMB_MUST_USE
 enum vmb_status vmb_provider_libvirt_set_work_dir(const struct vmb_provider_libvirt *provider,
                                                   const char *dir);
 
@@ -889,6 +930,7 @@ enum vmb_status vmb_provider_libvirt_set_work_dir(const struct vmb_provider_libv
  * `vault` and `provider` are NULL or live; `vm` is NULL or
  * NUL-terminated; `job` is NULL or live; `out` is NULL or writable.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_backup_libvirt(const struct vmb_vault *vault,
                                          const struct vmb_provider_libvirt *provider,
                                          const char *vm,
@@ -903,7 +945,7 @@ enum vmb_status vmb_vault_backup_libvirt(const struct vmb_vault *vault,
  * # Safety
  * `toml` is NULL or NUL-terminated; `out` is NULL or writable.
  */
-enum vmb_status vmb_policy_parse(const char *toml, struct vmb_policy **out);
+VMB_MUST_USE enum vmb_status vmb_policy_parse(const char *toml, struct vmb_policy **out);
 
 /**
  * Reads and parses a policy file.
@@ -911,7 +953,7 @@ enum vmb_status vmb_policy_parse(const char *toml, struct vmb_policy **out);
  * # Safety
  * `path` is NULL or NUL-terminated; `out` is NULL or writable.
  */
-enum vmb_status vmb_policy_load(const char *path, struct vmb_policy **out);
+VMB_MUST_USE enum vmb_status vmb_policy_load(const char *path, struct vmb_policy **out);
 
 /**
  * Frees a policy; NULL is ignored.
@@ -929,6 +971,7 @@ void vmb_policy_free(struct vmb_policy *policy);
  * Pointers are NULL or live/NUL-terminated/writable as their types say;
  * `vm` may be NULL.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_prune_by(const struct vmb_vault *vault,
                                    const struct vmb_policy *policy,
                                    const char *vm,
@@ -949,6 +992,7 @@ enum vmb_status vmb_vault_prune_by(const struct vmb_vault *vault,
  * Pointers are NULL or live/NUL-terminated/writable as their types say;
  * `vm` may be NULL.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_prune(const struct vmb_vault *vault,
                                 const char *policy_toml,
                                 const char *vm,
@@ -961,7 +1005,9 @@ enum vmb_status vmb_vault_prune(const struct vmb_vault *vault,
  * # Safety
  * `report` is NULL or a live report; `out` is NULL or writable.
  */
-enum vmb_status vmb_prune_report_removed_count(const struct vmb_prune_report *report, size_t *out);
+VMB_MUST_USE
+enum vmb_status vmb_prune_report_removed_count(const struct vmb_prune_report *report,
+                                               size_t *out);
 
 /**
  * Removed point `index`: its VM and id (both live as long as the report).
@@ -970,6 +1016,7 @@ enum vmb_status vmb_prune_report_removed_count(const struct vmb_prune_report *re
  * `report` is NULL or a live report; `vm` and `point_id` are NULL or
  * writable.
  */
+VMB_MUST_USE
 enum vmb_status vmb_prune_report_removed(const struct vmb_prune_report *report,
                                          size_t index,
                                          const char **vm,
@@ -981,7 +1028,9 @@ enum vmb_status vmb_prune_report_removed(const struct vmb_prune_report *report,
  * # Safety
  * As `vmb_prune_report_removed_count`.
  */
-enum vmb_status vmb_prune_report_kept_count(const struct vmb_prune_report *report, size_t *out);
+VMB_MUST_USE
+enum vmb_status vmb_prune_report_kept_count(const struct vmb_prune_report *report,
+                                            size_t *out);
 
 /**
  * The number of job logs removed (or that a dry run would remove).
@@ -989,6 +1038,7 @@ enum vmb_status vmb_prune_report_kept_count(const struct vmb_prune_report *repor
  * # Safety
  * As `vmb_prune_report_removed_count`.
  */
+VMB_MUST_USE
 enum vmb_status vmb_prune_report_job_logs_removed(const struct vmb_prune_report *report,
                                                   size_t *out);
 
@@ -1011,6 +1061,7 @@ void vmb_prune_report_free(struct vmb_prune_report *report);
  * # Safety
  * `vault` is NULL or live; `out` is NULL or writable.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_gc(const struct vmb_vault *vault,
                              uint64_t grace_seconds,
                              bool dry_run,
@@ -1025,6 +1076,7 @@ enum vmb_status vmb_vault_gc(const struct vmb_vault *vault,
  * # Safety
  * `vault` is NULL or live; `out` is NULL or writable.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_gc_repack(const struct vmb_vault *vault,
                                     uint64_t grace_seconds,
                                     double repack_threshold,
@@ -1041,6 +1093,7 @@ enum vmb_status vmb_vault_gc_repack(const struct vmb_vault *vault,
  * # Safety
  * `vault` is NULL or live; `out` is NULL or writable.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_repair(const struct vmb_vault *vault,
                                  bool dry_run,
                                  struct vmb_repair_stats *out);
@@ -1059,7 +1112,7 @@ void vmb_point_free(struct vmb_point *point);
  * # Safety
  * `point` is NULL or a live point; `out` is NULL or writable.
  */
-enum vmb_status vmb_point_id(const struct vmb_point *point, const char **out);
+VMB_MUST_USE enum vmb_status vmb_point_id(const struct vmb_point *point, const char **out);
 
 /**
  * The VM's configuration stored with the point, when its provider gave
@@ -1070,6 +1123,7 @@ enum vmb_status vmb_point_id(const struct vmb_point *point, const char **out);
  * # Safety
  * `point` is NULL or a live point; `kind` and `text` are NULL or writable.
  */
+VMB_MUST_USE
 enum vmb_status vmb_point_configuration(const struct vmb_point *point,
                                         const char **kind,
                                         const char **text);
@@ -1080,7 +1134,7 @@ enum vmb_status vmb_point_configuration(const struct vmb_point *point,
  * # Safety
  * As `vmb_point_id`.
  */
-enum vmb_status vmb_point_vm(const struct vmb_point *point, const char **out);
+VMB_MUST_USE enum vmb_status vmb_point_vm(const struct vmb_point *point, const char **out);
 
 /**
  * The id of the point this one was taken against (the VM's previous point),
@@ -1089,7 +1143,7 @@ enum vmb_status vmb_point_vm(const struct vmb_point *point, const char **out);
  * # Safety
  * As `vmb_point_id`.
  */
-enum vmb_status vmb_point_parent(const struct vmb_point *point, const char **out);
+VMB_MUST_USE enum vmb_status vmb_point_parent(const struct vmb_point *point, const char **out);
 
 /**
  * When the snapshot was taken, in seconds since the Unix epoch (UTC).
@@ -1097,7 +1151,7 @@ enum vmb_status vmb_point_parent(const struct vmb_point *point, const char **out
  * # Safety
  * As `vmb_point_id`.
  */
-enum vmb_status vmb_point_time(const struct vmb_point *point, int64_t *out);
+VMB_MUST_USE enum vmb_status vmb_point_time(const struct vmb_point *point, int64_t *out);
 
 /**
  * When the snapshot was taken, as RFC 3339 text in UTC (lives as long as
@@ -1106,7 +1160,7 @@ enum vmb_status vmb_point_time(const struct vmb_point *point, int64_t *out);
  * # Safety
  * As `vmb_point_id`.
  */
-enum vmb_status vmb_point_time_text(const struct vmb_point *point, const char **out);
+VMB_MUST_USE enum vmb_status vmb_point_time_text(const struct vmb_point *point, const char **out);
 
 /**
  * The consistency the snapshot really achieved.
@@ -1114,7 +1168,9 @@ enum vmb_status vmb_point_time_text(const struct vmb_point *point, const char **
  * # Safety
  * As `vmb_point_id`.
  */
-enum vmb_status vmb_point_consistency(const struct vmb_point *point, vmb_consistency *out);
+VMB_MUST_USE
+enum vmb_status vmb_point_consistency(const struct vmb_point *point,
+                                      vmb_consistency *out);
 
 /**
  * The consistency the backup asked for.
@@ -1122,7 +1178,9 @@ enum vmb_status vmb_point_consistency(const struct vmb_point *point, vmb_consist
  * # Safety
  * As `vmb_point_id`.
  */
-enum vmb_status vmb_point_wanted_consistency(const struct vmb_point *point, vmb_consistency *out);
+VMB_MUST_USE
+enum vmb_status vmb_point_wanted_consistency(const struct vmb_point *point,
+                                             vmb_consistency *out);
 
 /**
  * The number of disks in the point.
@@ -1130,7 +1188,7 @@ enum vmb_status vmb_point_wanted_consistency(const struct vmb_point *point, vmb_
  * # Safety
  * As `vmb_point_id`.
  */
-enum vmb_status vmb_point_disk_count(const struct vmb_point *point, size_t *out);
+VMB_MUST_USE enum vmb_status vmb_point_disk_count(const struct vmb_point *point, size_t *out);
 
 /**
  * The name of disk `index` (lives as long as the point).
@@ -1141,7 +1199,10 @@ enum vmb_status vmb_point_disk_count(const struct vmb_point *point, size_t *out)
  * # Safety
  * As `vmb_point_id`.
  */
-enum vmb_status vmb_point_disk_name(const struct vmb_point *point, size_t index, const char **out);
+VMB_MUST_USE
+enum vmb_status vmb_point_disk_name(const struct vmb_point *point,
+                                    size_t index,
+                                    const char **out);
 
 /**
  * The size in bytes of disk `index`.
@@ -1149,7 +1210,10 @@ enum vmb_status vmb_point_disk_name(const struct vmb_point *point, size_t index,
  * # Safety
  * As `vmb_point_id`.
  */
-enum vmb_status vmb_point_disk_size(const struct vmb_point *point, size_t index, uint64_t *out);
+VMB_MUST_USE
+enum vmb_status vmb_point_disk_size(const struct vmb_point *point,
+                                    size_t index,
+                                    uint64_t *out);
 
 /**
  * The statistics of the whole point.
@@ -1157,7 +1221,9 @@ enum vmb_status vmb_point_disk_size(const struct vmb_point *point, size_t index,
  * # Safety
  * As `vmb_point_id`; `out` points to a writable `vmb_backup_stats`.
  */
-enum vmb_status vmb_point_stats(const struct vmb_point *point, struct vmb_backup_stats *out);
+VMB_MUST_USE
+enum vmb_status vmb_point_stats(const struct vmb_point *point,
+                                struct vmb_backup_stats *out);
 
 /**
  * The statistics of disk `index` (`bytes_added` is 0: it is counted per
@@ -1166,6 +1232,7 @@ enum vmb_status vmb_point_stats(const struct vmb_point *point, struct vmb_backup
  * # Safety
  * As `vmb_point_stats`.
  */
+VMB_MUST_USE
 enum vmb_status vmb_point_disk_stats(const struct vmb_point *point,
                                      size_t index,
                                      struct vmb_backup_stats *out);
@@ -1177,7 +1244,7 @@ enum vmb_status vmb_point_disk_stats(const struct vmb_point *point,
  * # Safety
  * As `vmb_point_id`.
  */
-enum vmb_status vmb_point_warning_count(const struct vmb_point *point, size_t *out);
+VMB_MUST_USE enum vmb_status vmb_point_warning_count(const struct vmb_point *point, size_t *out);
 
 /**
  * Warning `index` (lives as long as the point).
@@ -1185,7 +1252,10 @@ enum vmb_status vmb_point_warning_count(const struct vmb_point *point, size_t *o
  * # Safety
  * As `vmb_point_id`.
  */
-enum vmb_status vmb_point_warning(const struct vmb_point *point, size_t index, const char **out);
+VMB_MUST_USE
+enum vmb_status vmb_point_warning(const struct vmb_point *point,
+                                  size_t index,
+                                  const char **out);
 
 /**
  * The number of points in the list.
@@ -1193,7 +1263,7 @@ enum vmb_status vmb_point_warning(const struct vmb_point *point, size_t index, c
  * # Safety
  * `list` is NULL or a live list; `out` is NULL or writable.
  */
-enum vmb_status vmb_point_list_len(const struct vmb_point_list *list, size_t *out);
+VMB_MUST_USE enum vmb_status vmb_point_list_len(const struct vmb_point_list *list, size_t *out);
 
 /**
  * A new point handle for entry `index` of the list (0 is the oldest); the
@@ -1202,6 +1272,7 @@ enum vmb_status vmb_point_list_len(const struct vmb_point_list *list, size_t *ou
  * # Safety
  * As `vmb_point_list_len`.
  */
+VMB_MUST_USE
 enum vmb_status vmb_point_list_get(const struct vmb_point_list *list,
                                    size_t index,
                                    struct vmb_point **out);
@@ -1220,7 +1291,9 @@ void vmb_point_list_free(struct vmb_point_list *list);
  * # Safety
  * `report` is NULL or a live report; `out` is NULL or writable.
  */
-enum vmb_status vmb_verify_report_ok(const struct vmb_verify_report *report, bool *out);
+VMB_MUST_USE
+enum vmb_status vmb_verify_report_ok(const struct vmb_verify_report *report,
+                                     bool *out);
 
 /**
  * The number of points checked.
@@ -1228,7 +1301,9 @@ enum vmb_status vmb_verify_report_ok(const struct vmb_verify_report *report, boo
  * # Safety
  * As `vmb_verify_report_ok`.
  */
-enum vmb_status vmb_verify_report_points(const struct vmb_verify_report *report, uint64_t *out);
+VMB_MUST_USE
+enum vmb_status vmb_verify_report_points(const struct vmb_verify_report *report,
+                                         uint64_t *out);
 
 /**
  * The number of problems found.
@@ -1236,6 +1311,7 @@ enum vmb_status vmb_verify_report_points(const struct vmb_verify_report *report,
  * # Safety
  * As `vmb_verify_report_ok`.
  */
+VMB_MUST_USE
 enum vmb_status vmb_verify_report_problem_count(const struct vmb_verify_report *report,
                                                 size_t *out);
 
@@ -1246,6 +1322,7 @@ enum vmb_status vmb_verify_report_problem_count(const struct vmb_verify_report *
  * # Safety
  * As `vmb_verify_report_ok`.
  */
+VMB_MUST_USE
 enum vmb_status vmb_verify_report_problem(const struct vmb_verify_report *report,
                                           size_t index,
                                           const char **out);
@@ -1267,6 +1344,7 @@ void vmb_verify_report_free(struct vmb_verify_report *report);
  * `name` is a NUL-terminated string (NULL is refused); `uri` is NULL or
  * NUL-terminated; `out` is writable (NULL is refused).
  */
+VMB_MUST_USE
 enum vmb_status vmb_domain_target_new(const char *name,
                                       const char *uri,
                                       struct vmb_domain_target **out);
@@ -1286,7 +1364,9 @@ void vmb_domain_target_free(struct vmb_domain_target *target);
  * `target` is a live target and `dir` a NUL-terminated string (NULL is
  * refused for both).
  */
-enum vmb_status vmb_domain_target_set_pool(struct vmb_domain_target *target, const char *dir);
+VMB_MUST_USE
+enum vmb_status vmb_domain_target_set_pool(struct vmb_domain_target *target,
+                                           const char *dir);
 
 /**
  * Where export sockets and other temporary files live (default
@@ -1295,7 +1375,9 @@ enum vmb_status vmb_domain_target_set_pool(struct vmb_domain_target *target, con
  * # Safety
  * As `vmb_domain_target_set_pool`.
  */
-enum vmb_status vmb_domain_target_set_work_dir(struct vmb_domain_target *target, const char *dir);
+VMB_MUST_USE
+enum vmb_status vmb_domain_target_set_work_dir(struct vmb_domain_target *target,
+                                               const char *dir);
 
 /**
  * The restored disks' format, whether to replace a domain of that name
@@ -1304,6 +1386,7 @@ enum vmb_status vmb_domain_target_set_work_dir(struct vmb_domain_target *target,
  * # Safety
  * `target` is a live target not in use by a call (NULL is refused).
  */
+VMB_MUST_USE
 enum vmb_status vmb_domain_target_set_options(struct vmb_domain_target *target,
                                               enum vmb_image_format format,
                                               bool replace,
@@ -1320,6 +1403,7 @@ enum vmb_status vmb_domain_target_set_options(struct vmb_domain_target *target,
  * `vault`, `point` and `target` are live (NULL is refused); `job` is NULL
  * or live.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_restore_to_domain(const struct vmb_vault *vault,
                                             const struct vmb_point *point,
                                             const struct vmb_domain_target *target,
@@ -1339,6 +1423,7 @@ enum vmb_status vmb_vault_restore_to_domain(const struct vmb_vault *vault,
  * `vault`, `point` and `target` are live (NULL is refused); `job` is NULL
  * or live; `seconds_to_start` is NULL or writable.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_instant_restore(const struct vmb_vault *vault,
                                           const struct vmb_point *point,
                                           const struct vmb_domain_target *target,
@@ -1359,6 +1444,7 @@ enum vmb_status vmb_vault_instant_restore(const struct vmb_vault *vault,
  * NULL or NUL-terminated; `job` is NULL or live; `out` is writable (NULL
  * is refused).
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_boot_verify(const struct vmb_vault *vault,
                                       const struct vmb_point *point,
                                       const char *uri,
@@ -1375,6 +1461,7 @@ enum vmb_status vmb_vault_boot_verify(const struct vmb_vault *vault,
  * `vault` and `point` are live (NULL is refused); `out` is writable (NULL
  * is refused).
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_boot_verdict(const struct vmb_vault *vault,
                                        const struct vmb_point *point,
                                        struct vmb_boot_verdict **out);
@@ -1388,6 +1475,7 @@ enum vmb_status vmb_vault_boot_verdict(const struct vmb_vault *vault,
  * `verdict` is live (NULL is refused); `passed` and `reason` are NULL or
  * writable.
  */
+VMB_MUST_USE
 enum vmb_status vmb_boot_verdict_passed(const struct vmb_boot_verdict *verdict,
                                         bool *passed,
                                         const char **reason);
@@ -1400,6 +1488,7 @@ enum vmb_status vmb_boot_verdict_passed(const struct vmb_boot_verdict *verdict,
  * # Safety
  * `verdict` is live (NULL is refused); the others are NULL or writable.
  */
+VMB_MUST_USE
 enum vmb_status vmb_boot_verdict_evidence(const struct vmb_boot_verdict *verdict,
                                           const char **console,
                                           const uint8_t **screenshot,
@@ -1423,6 +1512,7 @@ void vmb_boot_verdict_free(struct vmb_boot_verdict *verdict);
  * # Safety
  * `vault` and `point` are NULL or live; `out` is NULL or writable.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_point_tiers(const struct vmb_vault *vault,
                                       const struct vmb_point *point,
                                       uint32_t *out);
@@ -1439,6 +1529,7 @@ enum vmb_status vmb_vault_point_tiers(const struct vmb_vault *vault,
  * # Safety
  * Pointers are NULL or live/NUL-terminated/writable as their types say.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_restore_disk_from_snapshot(const struct vmb_vault *vault,
                                                      const struct vmb_point *point,
                                                      const char *disk,
@@ -1461,6 +1552,7 @@ enum vmb_status vmb_vault_restore_disk_from_snapshot(const struct vmb_vault *vau
  * Pointers are NULL or live/NUL-terminated/writable as their types say;
  * `vm` may be NULL.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_release_expired(const struct vmb_vault *vault,
                                           const char *vm,
                                           struct vmb_release_report **out);
@@ -1473,6 +1565,7 @@ enum vmb_status vmb_vault_release_expired(const struct vmb_vault *vault,
  * # Safety
  * As `vmb_vault_release_expired`.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_release_expired_at(const struct vmb_vault *vault,
                                              const char *vm,
                                              int64_t now_unix_seconds,
@@ -1484,6 +1577,7 @@ enum vmb_status vmb_vault_release_expired_at(const struct vmb_vault *vault,
  * # Safety
  * `report` is NULL or a live report; `out` is NULL or writable.
  */
+VMB_MUST_USE
 enum vmb_status vmb_release_report_released_count(const struct vmb_release_report *report,
                                                   size_t *out);
 
@@ -1495,6 +1589,7 @@ enum vmb_status vmb_release_report_released_count(const struct vmb_release_repor
  * `report` is NULL or a live report; the other pointers are NULL or
  * writable.
  */
+VMB_MUST_USE
 enum vmb_status vmb_release_report_released(const struct vmb_release_report *report,
                                             size_t index,
                                             const char **vm,
@@ -1507,7 +1602,9 @@ enum vmb_status vmb_release_report_released(const struct vmb_release_report *rep
  * # Safety
  * As `vmb_release_report_released_count`.
  */
-enum vmb_status vmb_release_report_kept_count(const struct vmb_release_report *report, size_t *out);
+VMB_MUST_USE
+enum vmb_status vmb_release_report_kept_count(const struct vmb_release_report *report,
+                                              size_t *out);
 
 /**
  * Kept snapshot `index`: its VM, its point's id, and when it expires (in
@@ -1518,6 +1615,7 @@ enum vmb_status vmb_release_report_kept_count(const struct vmb_release_report *r
  * `report` is NULL or a live report; the other pointers are NULL or
  * writable.
  */
+VMB_MUST_USE
 enum vmb_status vmb_release_report_kept(const struct vmb_release_report *report,
                                         size_t index,
                                         const char **vm,
@@ -1531,6 +1629,7 @@ enum vmb_status vmb_release_report_kept(const struct vmb_release_report *report,
  * # Safety
  * As `vmb_release_report_released_count`.
  */
+VMB_MUST_USE
 enum vmb_status vmb_release_report_problem_count(const struct vmb_release_report *report,
                                                  size_t *out);
 
@@ -1540,6 +1639,7 @@ enum vmb_status vmb_release_report_problem_count(const struct vmb_release_report
  * # Safety
  * `report` is NULL or a live report; `out` is NULL or writable.
  */
+VMB_MUST_USE
 enum vmb_status vmb_release_report_problem(const struct vmb_release_report *report,
                                            size_t index,
                                            const char **out);
@@ -1562,7 +1662,7 @@ void vmb_release_report_free(struct vmb_release_report *report);
  * # Safety
  * `path` is NULL or NUL-terminated; `out` is NULL or writable.
  */
-enum vmb_status vmb_vault_init(const char *path, struct vmb_vault **out);
+VMB_MUST_USE enum vmb_status vmb_vault_init(const char *path, struct vmb_vault **out);
 
 /**
  * Opens the vault in `path`, or at a URL as `vmb_vault_init` takes.
@@ -1570,7 +1670,7 @@ enum vmb_status vmb_vault_init(const char *path, struct vmb_vault **out);
  * # Safety
  * As `vmb_vault_init`.
  */
-enum vmb_status vmb_vault_open(const char *path, struct vmb_vault **out);
+VMB_MUST_USE enum vmb_status vmb_vault_open(const char *path, struct vmb_vault **out);
 
 /**
  * Creates a vault on object storage and opens it: `url` is
@@ -1587,6 +1687,7 @@ enum vmb_status vmb_vault_open(const char *path, struct vmb_vault **out);
  * `url` is NULL or NUL-terminated; `cache` and `endpoint` are NULL or
  * NUL-terminated; `out` is NULL or writable.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_init_url(const char *url,
                                    const char *cache,
                                    const char *endpoint,
@@ -1598,6 +1699,7 @@ enum vmb_status vmb_vault_init_url(const char *url,
  * # Safety
  * As `vmb_vault_init_url`.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_open_url(const char *url,
                                    const char *cache,
                                    const char *endpoint,
@@ -1613,6 +1715,7 @@ enum vmb_status vmb_vault_open_url(const char *url,
  * `path` is NULL or NUL-terminated; `key` is NULL or readable, its strings
  * NULL or NUL-terminated; `out` is NULL or writable.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_init_with_key(const char *path,
                                         const struct vmb_key *key,
                                         struct vmb_vault **out);
@@ -1627,6 +1730,7 @@ enum vmb_status vmb_vault_init_with_key(const char *path,
  * # Safety
  * As `vmb_vault_init_with_key`.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_open_with_key(const char *path,
                                         const struct vmb_key *key,
                                         struct vmb_vault **out);
@@ -1641,6 +1745,7 @@ enum vmb_status vmb_vault_open_with_key(const char *path,
  * `path` is NULL or NUL-terminated; `options` is NULL or readable, its
  * pointers NULL or valid as their fields say; `out` is NULL or writable.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_init_with_options(const char *path,
                                             const struct vmb_vault_options *options,
                                             struct vmb_vault **out);
@@ -1653,6 +1758,7 @@ enum vmb_status vmb_vault_init_with_options(const char *path,
  * # Safety
  * As `vmb_vault_init_with_options`.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_open_with_options(const char *path,
                                             const struct vmb_vault_options *options,
                                             struct vmb_vault **out);
@@ -1664,7 +1770,7 @@ enum vmb_status vmb_vault_open_with_options(const char *path,
  * # Safety
  * `vault` is NULL or a live vault; `out` is NULL or writable.
  */
-enum vmb_status vmb_vault_key_slot_count(const struct vmb_vault *vault, size_t *out);
+VMB_MUST_USE enum vmb_status vmb_vault_key_slot_count(const struct vmb_vault *vault, size_t *out);
 
 /**
  * Key slot `index` (from 0, in the order they were added): its id into
@@ -1675,6 +1781,7 @@ enum vmb_status vmb_vault_key_slot_count(const struct vmb_vault *vault, size_t *
  * `vault` is NULL or a live vault; `slot_id` is NULL or a writable buffer
  * of `VMB_SLOT_ID_LEN` bytes; `kind` is NULL or writable.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_key_slot(const struct vmb_vault *vault,
                                    size_t index,
                                    char *slot_id,
@@ -1692,6 +1799,7 @@ enum vmb_status vmb_vault_key_slot(const struct vmb_vault *vault,
  * NULL or NUL-terminated; `slot_id` is NULL or a writable buffer of
  * `VMB_SLOT_ID_LEN` bytes.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_add_key(const struct vmb_vault *vault,
                                   const struct vmb_key *key,
                                   char *slot_id);
@@ -1704,7 +1812,9 @@ enum vmb_status vmb_vault_add_key(const struct vmb_vault *vault,
  * # Safety
  * `vault` is NULL or a live vault; `slot_id` is NULL or NUL-terminated.
  */
-enum vmb_status vmb_vault_remove_key(const struct vmb_vault *vault, const char *slot_id);
+VMB_MUST_USE
+enum vmb_status vmb_vault_remove_key(const struct vmb_vault *vault,
+                                     const char *slot_id);
 
 /**
  * Closes a vault. NULL is ignored. No call may be using it.
@@ -1729,6 +1839,7 @@ void vmb_vault_free(struct vmb_vault *vault);
  * `vault` is NULL or live; `images` is NULL or an array of `count`
  * strings; `job` is NULL or live; `out` is NULL or writable.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_backup_images(const struct vmb_vault *vault,
                                         const char *vm,
                                         const char *const *images,
@@ -1753,6 +1864,7 @@ enum vmb_status vmb_vault_backup_images(const struct vmb_vault *vault,
  * `provider` is NULL or a readable table following `vmb_provider`'s rules;
  * `job` is NULL or live; `out` is NULL or writable.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_backup_host(const struct vmb_vault *vault,
                                       const char *vm,
                                       const char *const *disks,
@@ -1769,6 +1881,7 @@ enum vmb_status vmb_vault_backup_host(const struct vmb_vault *vault,
  * `vault` is NULL or live; `vm` is NULL or NUL-terminated; `out` is NULL
  * or writable.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_list_points(const struct vmb_vault *vault,
                                       const char *vm,
                                       struct vmb_point_list **out);
@@ -1780,6 +1893,7 @@ enum vmb_status vmb_vault_list_points(const struct vmb_vault *vault,
  * # Safety
  * As `vmb_vault_list_points`; `id` is NULL or NUL-terminated.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_find_point(const struct vmb_vault *vault,
                                      const char *vm,
                                      const char *id,
@@ -1794,6 +1908,7 @@ enum vmb_status vmb_vault_find_point(const struct vmb_vault *vault,
  * # Safety
  * Pointers are NULL or live/NUL-terminated/writable as their types say.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_restore_disk_to_file(const struct vmb_vault *vault,
                                                const struct vmb_point *point,
                                                const char *disk,
@@ -1811,6 +1926,7 @@ enum vmb_status vmb_vault_restore_disk_to_file(const struct vmb_vault *vault,
  * # Safety
  * Pointers are NULL or live/NUL-terminated/writable as their types say.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_restore_disk_to_file_allow_damaged(const struct vmb_vault *vault,
                                                              const struct vmb_point *point,
                                                              const char *disk,
@@ -1828,6 +1944,7 @@ enum vmb_status vmb_vault_restore_disk_to_file_allow_damaged(const struct vmb_va
  * Pointers are NULL or live/NUL-terminated/writable as their types say;
  * `target` follows `vmb_write_target`'s rules.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_restore_disk(const struct vmb_vault *vault,
                                        const struct vmb_point *point,
                                        const char *disk,
@@ -1844,6 +1961,7 @@ enum vmb_status vmb_vault_restore_disk(const struct vmb_vault *vault,
  * # Safety
  * Pointers are NULL or live/NUL-terminated/writable as their types say.
  */
+VMB_MUST_USE
 enum vmb_status vmb_vault_verify(const struct vmb_vault *vault,
                                  const char *vm,
                                  const char *point_id,

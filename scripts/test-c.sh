@@ -74,6 +74,22 @@ if echo '#include <vmbackup.h>' | c++ -std=c++17 -Wall -Wextra -Werror -pedantic
 else
     fail "header compiles as C++17"
 fi
+# A status dropped unread is a warning (VMB_MUST_USE), and the version is
+# known to the preprocessor.
+dropped='#include <vmbackup.h>
+int main(void) { vmb_job_cancel(0); return 0; }'
+checked='#include <vmbackup.h>
+#if !defined(VMB_VERSION_MAJOR) || !defined(VMB_VERSION_MINOR) || !defined(VMB_VERSION_PATCH)
+#error no version macros
+#endif
+int main(void) { return vmb_job_cancel(0) == VMB_OK; }'
+# shellcheck disable=SC2086
+if ! echo "$dropped" | cc -std=c11 -Werror=unused-result $cflags -x c -c -o /dev/null - 2>/dev/null &&
+    echo "$checked" | cc -std=c11 -Wall -Werror $cflags -x c -fsyntax-only -; then
+    pass "a dropped status warns; version macros"
+else
+    fail "a dropped status warns; version macros"
+fi
 
 # The hosts, built as a user would: pkg-config and the installed header.
 programs=()

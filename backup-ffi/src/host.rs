@@ -80,6 +80,7 @@ pub struct vmb_ranges {
 ///
 /// # Safety
 /// `ranges` is NULL or the pointer passed to the running callback.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_ranges_add(ranges: *mut vmb_ranges, offset: u64, length: u64) -> vmb_status {
     ffi! {
@@ -113,7 +114,8 @@ thread_local! {
 /// becomes part of the job's error message. Called anywhere else (no
 /// callback of this library running on the thread) it returns
 /// `VMB_ERR_INVALID_ARGUMENT` and keeps nothing: the text would explain no
-/// failure.
+/// failure. Its status may be ignored (it is not marked `VMB_MUST_USE`):
+/// the callback returns its own failure either way.
 ///
 /// # Safety
 /// `message` is NULL or a NUL-terminated string.
@@ -317,6 +319,7 @@ pub struct vmb_snapshot {
 /// `snapshot` is the pointer passed to the running `snapshot` callback;
 /// `name` and `change_token` are NULL or NUL-terminated; `ops` is NULL or a
 /// readable `vmb_disk_ops`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_snapshot_add_disk(
     snapshot: *mut vmb_snapshot,
@@ -364,7 +367,9 @@ pub unsafe extern "C" fn vmb_snapshot_add_disk(
 }
 
 /// Adds a warning a user should see (a fallback taken) to the snapshot
-/// being taken; it is recorded in the point.
+/// being taken; it is recorded in the point. Its status may be ignored
+/// (it is not marked `VMB_MUST_USE`): a warning that could not be added
+/// leaves nothing for the callback to undo.
 ///
 /// # Safety
 /// As `vmb_snapshot_add_disk`.

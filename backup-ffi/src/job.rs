@@ -155,6 +155,7 @@ pub(crate) fn settings(job: *const vmb_job) -> RunSettings {
 ///
 /// # Safety
 /// `out` must point to writable memory for one pointer.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_job_new(out: *mut *mut vmb_job) -> vmb_status {
     ffi! {
@@ -191,6 +192,7 @@ pub unsafe extern "C" fn vmb_job_free(job: *mut vmb_job) {
 ///
 /// # Safety
 /// `job` is NULL or a live job.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_job_set_consistency(job: *mut vmb_job, consistency: vmb_consistency) -> vmb_status {
     ffi! {
@@ -206,6 +208,7 @@ pub unsafe extern "C" fn vmb_job_set_consistency(job: *mut vmb_job, consistency:
 ///
 /// # Safety
 /// `job` is NULL or a live job.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_job_set_block_size(job: *mut vmb_job, block_size: u32) -> vmb_status {
     ffi! {
@@ -224,6 +227,7 @@ pub unsafe extern "C" fn vmb_job_set_block_size(job: *mut vmb_job, block_size: u
 ///
 /// # Safety
 /// `job` is NULL or a live job.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_job_set_instant_restore_days(job: *mut vmb_job, days: u32) -> vmb_status {
     ffi! {
@@ -240,6 +244,7 @@ pub unsafe extern "C" fn vmb_job_set_instant_restore_days(job: *mut vmb_job, day
 ///
 /// # Safety
 /// `job` is NULL or a live job; `callback` follows `vmb_progress_fn`'s rules.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_job_set_progress(
     job: *mut vmb_job,
@@ -260,6 +265,7 @@ pub unsafe extern "C" fn vmb_job_set_progress(
 ///
 /// # Safety
 /// `job` is NULL or a live job.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_job_cancel(job: *const vmb_job) -> vmb_status {
     ffi! {
@@ -273,6 +279,7 @@ pub unsafe extern "C" fn vmb_job_cancel(job: *const vmb_job) -> vmb_status {
 ///
 /// # Safety
 /// `job` is NULL or a live job; `out` points to a writable bool.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_job_is_cancelled(job: *const vmb_job, out: *mut bool) -> vmb_status {
     ffi! {

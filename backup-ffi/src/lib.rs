@@ -31,6 +31,14 @@ use std::ffi::{c_char, c_int};
 
 pub use status::vmb_status;
 
+/// The major version of the header, known at compile time; the library a
+/// program runs with says its own with `vmb_version()`.
+pub const VMB_VERSION_MAJOR: u32 = 0;
+/// The minor version of the header (see `VMB_VERSION_MAJOR`).
+pub const VMB_VERSION_MINOR: u32 = 1;
+/// The patch version of the header (see `VMB_VERSION_MAJOR`).
+pub const VMB_VERSION_PATCH: u32 = 0;
+
 /// The library's version ("MAJOR.MINOR.PATCH"), a static string.
 #[unsafe(no_mangle)]
 pub extern "C" fn vmb_version() -> *const c_char {
@@ -60,4 +68,17 @@ pub extern "C" fn vmb_status_str(code: c_int) -> *const c_char {
 #[unsafe(no_mangle)]
 pub extern "C" fn vmb_last_error() -> *const c_char {
     std::panic::catch_unwind(status::last_error_ptr).unwrap_or(c"".as_ptr())
+}
+
+#[cfg(test)]
+mod tests {
+    /// cbindgen writes only literal constants into the header, so the
+    /// version macros are literals: a version bump must update them too.
+    #[test]
+    fn the_version_macros_are_the_crate_version() {
+        let macros = [super::VMB_VERSION_MAJOR, super::VMB_VERSION_MINOR, super::VMB_VERSION_PATCH];
+        let crate_version =
+            [env!("CARGO_PKG_VERSION_MAJOR"), env!("CARGO_PKG_VERSION_MINOR"), env!("CARGO_PKG_VERSION_PATCH")];
+        assert_eq!(macros.map(|v| v.to_string()), crate_version.map(str::to_string), "update VMB_VERSION_* in lib.rs");
+    }
 }

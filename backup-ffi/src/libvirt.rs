@@ -32,6 +32,7 @@ impl vmb_provider_libvirt {
 /// # Safety
 /// `domain` is NULL or NUL-terminated; `uri` is NULL or NUL-terminated;
 /// `out` is NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_provider_libvirt_new(
     domain: *const c_char,
@@ -70,6 +71,7 @@ pub unsafe extern "C" fn vmb_provider_libvirt_free(provider: *mut vmb_provider_l
 ///
 /// # Safety
 /// `provider` is NULL or live; `disk` is NULL or NUL-terminated.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_provider_libvirt_include(
     provider: *const vmb_provider_libvirt,
@@ -84,6 +86,7 @@ pub unsafe extern "C" fn vmb_provider_libvirt_include(
 ///
 /// # Safety
 /// As `vmb_provider_libvirt_include`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_provider_libvirt_exclude(
     provider: *const vmb_provider_libvirt,
@@ -117,6 +120,7 @@ unsafe fn add_disk(
 ///
 /// # Safety
 /// `provider` is NULL or live; `config` is NULL or NUL-terminated.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_provider_libvirt_set_guest_scripts(
     provider: *const vmb_provider_libvirt,
@@ -136,6 +140,7 @@ pub unsafe extern "C" fn vmb_provider_libvirt_set_guest_scripts(
 ///
 /// # Safety
 /// `provider` is NULL or live.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_provider_libvirt_set_min_consistency(
     provider: *const vmb_provider_libvirt,
@@ -154,6 +159,7 @@ pub unsafe extern "C" fn vmb_provider_libvirt_set_min_consistency(
 ///
 /// # Safety
 /// `provider` is NULL or live; `dir` is NULL or NUL-terminated.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_provider_libvirt_set_work_dir(
     provider: *const vmb_provider_libvirt,
@@ -182,6 +188,7 @@ pub unsafe extern "C" fn vmb_provider_libvirt_set_work_dir(
 /// # Safety
 /// `vault` and `provider` are NULL or live; `vm` is NULL or
 /// NUL-terminated; `job` is NULL or live; `out` is NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_backup_libvirt(
     vault: *const vmb_vault,

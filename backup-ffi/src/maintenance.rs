@@ -32,6 +32,7 @@ pub struct vmb_policy {
 ///
 /// # Safety
 /// `toml` is NULL or NUL-terminated; `out` is NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_policy_parse(toml: *const c_char, out: *mut *mut vmb_policy) -> vmb_status {
     ffi! {
@@ -47,6 +48,7 @@ pub unsafe extern "C" fn vmb_policy_parse(toml: *const c_char, out: *mut *mut vm
 ///
 /// # Safety
 /// `path` is NULL or NUL-terminated; `out` is NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_policy_load(path: *const c_char, out: *mut *mut vmb_policy) -> vmb_status {
     ffi! {
@@ -78,6 +80,7 @@ pub unsafe extern "C" fn vmb_policy_free(policy: *mut vmb_policy) {
 /// # Safety
 /// Pointers are NULL or live/NUL-terminated/writable as their types say;
 /// `vm` may be NULL.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_prune_by(
     vault: *const vmb_vault,
@@ -129,6 +132,7 @@ fn prune_with(
 /// # Safety
 /// Pointers are NULL or live/NUL-terminated/writable as their types say;
 /// `vm` may be NULL.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_prune(
     vault: *const vmb_vault,
@@ -152,6 +156,7 @@ pub unsafe extern "C" fn vmb_vault_prune(
 ///
 /// # Safety
 /// `report` is NULL or a live report; `out` is NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_prune_report_removed_count(
     report: *const vmb_prune_report,
@@ -170,6 +175,7 @@ pub unsafe extern "C" fn vmb_prune_report_removed_count(
 /// # Safety
 /// `report` is NULL or a live report; `vm` and `point_id` are NULL or
 /// writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_prune_report_removed(
     report: *const vmb_prune_report,
@@ -194,6 +200,7 @@ pub unsafe extern "C" fn vmb_prune_report_removed(
 ///
 /// # Safety
 /// As `vmb_prune_report_removed_count`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_prune_report_kept_count(report: *const vmb_prune_report, out: *mut usize) -> vmb_status {
     ffi! {
@@ -208,6 +215,7 @@ pub unsafe extern "C" fn vmb_prune_report_kept_count(report: *const vmb_prune_re
 ///
 /// # Safety
 /// As `vmb_prune_report_removed_count`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_prune_report_job_logs_removed(
     report: *const vmb_prune_report,
@@ -281,6 +289,7 @@ impl From<&GcReport> for vmb_gc_stats {
 ///
 /// # Safety
 /// `vault` is NULL or live; `out` is NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_gc(
     vault: *const vmb_vault,
@@ -299,6 +308,7 @@ pub unsafe extern "C" fn vmb_vault_gc(
 ///
 /// # Safety
 /// `vault` is NULL or live; `out` is NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_gc_repack(
     vault: *const vmb_vault,
@@ -364,6 +374,7 @@ impl From<&RepairReport> for vmb_repair_stats {
 ///
 /// # Safety
 /// `vault` is NULL or live; `out` is NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_repair(
     vault: *const vmb_vault,

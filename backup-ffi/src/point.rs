@@ -102,6 +102,7 @@ pub unsafe extern "C" fn vmb_point_free(point: *mut vmb_point) {
 ///
 /// # Safety
 /// `point` is NULL or a live point; `out` is NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_point_id(point: *const vmb_point, out: *mut *const c_char) -> vmb_status {
     ffi! {
@@ -119,6 +120,7 @@ pub unsafe extern "C" fn vmb_point_id(point: *const vmb_point, out: *mut *const 
 ///
 /// # Safety
 /// `point` is NULL or a live point; `kind` and `text` are NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_point_configuration(
     point: *const vmb_point,
@@ -140,6 +142,7 @@ pub unsafe extern "C" fn vmb_point_configuration(
 ///
 /// # Safety
 /// As `vmb_point_id`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_point_vm(point: *const vmb_point, out: *mut *const c_char) -> vmb_status {
     ffi! {
@@ -155,6 +158,7 @@ pub unsafe extern "C" fn vmb_point_vm(point: *const vmb_point, out: *mut *const 
 ///
 /// # Safety
 /// As `vmb_point_id`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_point_parent(point: *const vmb_point, out: *mut *const c_char) -> vmb_status {
     ffi! {
@@ -169,6 +173,7 @@ pub unsafe extern "C" fn vmb_point_parent(point: *const vmb_point, out: *mut *co
 ///
 /// # Safety
 /// As `vmb_point_id`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_point_time(point: *const vmb_point, out: *mut i64) -> vmb_status {
     ffi! {
@@ -184,6 +189,7 @@ pub unsafe extern "C" fn vmb_point_time(point: *const vmb_point, out: *mut i64) 
 ///
 /// # Safety
 /// As `vmb_point_id`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_point_time_text(point: *const vmb_point, out: *mut *const c_char) -> vmb_status {
     ffi! {
@@ -198,6 +204,7 @@ pub unsafe extern "C" fn vmb_point_time_text(point: *const vmb_point, out: *mut 
 ///
 /// # Safety
 /// As `vmb_point_id`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_point_consistency(point: *const vmb_point, out: *mut vmb_consistency) -> vmb_status {
     ffi! {
@@ -212,6 +219,7 @@ pub unsafe extern "C" fn vmb_point_consistency(point: *const vmb_point, out: *mu
 ///
 /// # Safety
 /// As `vmb_point_id`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_point_wanted_consistency(
     point: *const vmb_point,
@@ -229,6 +237,7 @@ pub unsafe extern "C" fn vmb_point_wanted_consistency(
 ///
 /// # Safety
 /// As `vmb_point_id`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_point_disk_count(point: *const vmb_point, out: *mut usize) -> vmb_status {
     ffi! {
@@ -246,6 +255,7 @@ pub unsafe extern "C" fn vmb_point_disk_count(point: *const vmb_point, out: *mut
 ///
 /// # Safety
 /// As `vmb_point_id`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_point_disk_name(
     point: *const vmb_point,
@@ -266,6 +276,7 @@ pub unsafe extern "C" fn vmb_point_disk_name(
 ///
 /// # Safety
 /// As `vmb_point_id`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_point_disk_size(point: *const vmb_point, index: usize, out: *mut u64) -> vmb_status {
     ffi! {
@@ -280,6 +291,7 @@ pub unsafe extern "C" fn vmb_point_disk_size(point: *const vmb_point, index: usi
 ///
 /// # Safety
 /// As `vmb_point_id`; `out` points to a writable `vmb_backup_stats`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_point_stats(point: *const vmb_point, out: *mut vmb_backup_stats) -> vmb_status {
     ffi! {
@@ -306,6 +318,7 @@ pub unsafe extern "C" fn vmb_point_stats(point: *const vmb_point, out: *mut vmb_
 ///
 /// # Safety
 /// As `vmb_point_stats`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_point_disk_stats(
     point: *const vmb_point,
@@ -336,6 +349,7 @@ pub unsafe extern "C" fn vmb_point_disk_stats(
 ///
 /// # Safety
 /// As `vmb_point_id`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_point_warning_count(point: *const vmb_point, out: *mut usize) -> vmb_status {
     ffi! {
@@ -350,6 +364,7 @@ pub unsafe extern "C" fn vmb_point_warning_count(point: *const vmb_point, out: *
 ///
 /// # Safety
 /// As `vmb_point_id`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_point_warning(
     point: *const vmb_point,
@@ -376,6 +391,7 @@ pub struct vmb_point_list {
 ///
 /// # Safety
 /// `list` is NULL or a live list; `out` is NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_point_list_len(list: *const vmb_point_list, out: *mut usize) -> vmb_status {
     ffi! {
@@ -391,6 +407,7 @@ pub unsafe extern "C" fn vmb_point_list_len(list: *const vmb_point_list, out: *m
 ///
 /// # Safety
 /// As `vmb_point_list_len`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_point_list_get(
     list: *const vmb_point_list,
@@ -443,6 +460,7 @@ impl vmb_verify_report {
 ///
 /// # Safety
 /// `report` is NULL or a live report; `out` is NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_verify_report_ok(report: *const vmb_verify_report, out: *mut bool) -> vmb_status {
     ffi! {
@@ -457,6 +475,7 @@ pub unsafe extern "C" fn vmb_verify_report_ok(report: *const vmb_verify_report, 
 ///
 /// # Safety
 /// As `vmb_verify_report_ok`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_verify_report_points(report: *const vmb_verify_report, out: *mut u64) -> vmb_status {
     ffi! {
@@ -471,6 +490,7 @@ pub unsafe extern "C" fn vmb_verify_report_points(report: *const vmb_verify_repo
 ///
 /// # Safety
 /// As `vmb_verify_report_ok`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_verify_report_problem_count(
     report: *const vmb_verify_report,
@@ -489,6 +509,7 @@ pub unsafe extern "C" fn vmb_verify_report_problem_count(
 ///
 /// # Safety
 /// As `vmb_verify_report_ok`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_verify_report_problem(
     report: *const vmb_verify_report,

@@ -44,6 +44,7 @@ fn target_mut<'a>(target: *mut vmb_domain_target) -> FfiResult<&'a mut vmb_domai
 /// # Safety
 /// `name` is a NUL-terminated string (NULL is refused); `uri` is NULL or
 /// NUL-terminated; `out` is writable (NULL is refused).
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_domain_target_new(
     name: *const c_char,
@@ -81,6 +82,7 @@ pub unsafe extern "C" fn vmb_domain_target_free(target: *mut vmb_domain_target) 
 /// # Safety
 /// `target` is a live target and `dir` a NUL-terminated string (NULL is
 /// refused for both).
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_domain_target_set_pool(target: *mut vmb_domain_target, dir: *const c_char) -> vmb_status {
     ffi! {
@@ -96,6 +98,7 @@ pub unsafe extern "C" fn vmb_domain_target_set_pool(target: *mut vmb_domain_targ
 ///
 /// # Safety
 /// As `vmb_domain_target_set_pool`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_domain_target_set_work_dir(
     target: *mut vmb_domain_target,
@@ -114,6 +117,7 @@ pub unsafe extern "C" fn vmb_domain_target_set_work_dir(
 ///
 /// # Safety
 /// `target` is a live target not in use by a call (NULL is refused).
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_domain_target_set_options(
     target: *mut vmb_domain_target,
@@ -142,6 +146,7 @@ pub unsafe extern "C" fn vmb_domain_target_set_options(
 /// # Safety
 /// `vault`, `point` and `target` are live (NULL is refused); `job` is NULL
 /// or live.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_restore_to_domain(
     vault: *const vmb_vault,
@@ -174,6 +179,7 @@ pub unsafe extern "C" fn vmb_vault_restore_to_domain(
 /// # Safety
 /// `vault`, `point` and `target` are live (NULL is refused); `job` is NULL
 /// or live; `seconds_to_start` is NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_instant_restore(
     vault: *const vmb_vault,
@@ -240,6 +246,7 @@ fn hand_out_verdict(out: *mut *mut vmb_boot_verdict, verdict: Option<BootVerdict
 /// `vault` and `point` are live (NULL is refused); `uri` and `script` are
 /// NULL or NUL-terminated; `job` is NULL or live; `out` is writable (NULL
 /// is refused).
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_boot_verify(
     vault: *const vmb_vault,
@@ -277,6 +284,7 @@ pub unsafe extern "C" fn vmb_vault_boot_verify(
 /// # Safety
 /// `vault` and `point` are live (NULL is refused); `out` is writable (NULL
 /// is refused).
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_boot_verdict(
     vault: *const vmb_vault,
@@ -299,6 +307,7 @@ pub unsafe extern "C" fn vmb_vault_boot_verdict(
 /// # Safety
 /// `verdict` is live (NULL is refused); `passed` and `reason` are NULL or
 /// writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_boot_verdict_passed(
     verdict: *const vmb_boot_verdict,
@@ -326,6 +335,7 @@ pub unsafe extern "C" fn vmb_boot_verdict_passed(
 ///
 /// # Safety
 /// `verdict` is live (NULL is refused); the others are NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_boot_verdict_evidence(
     verdict: *const vmb_boot_verdict,

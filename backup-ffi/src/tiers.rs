@@ -26,6 +26,7 @@ pub const VMB_TIER_VAULT: u32 = 2;
 ///
 /// # Safety
 /// `vault` and `point` are NULL or live; `out` is NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_point_tiers(
     vault: *const vmb_vault,
@@ -59,6 +60,7 @@ pub unsafe extern "C" fn vmb_vault_point_tiers(
 ///
 /// # Safety
 /// Pointers are NULL or live/NUL-terminated/writable as their types say.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_restore_disk_from_snapshot(
     vault: *const vmb_vault,
@@ -139,6 +141,7 @@ impl vmb_release_report {
 /// # Safety
 /// Pointers are NULL or live/NUL-terminated/writable as their types say;
 /// `vm` may be NULL.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_release_expired(
     vault: *const vmb_vault,
@@ -155,6 +158,7 @@ pub unsafe extern "C" fn vmb_vault_release_expired(
 ///
 /// # Safety
 /// As `vmb_vault_release_expired`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_release_expired_at(
     vault: *const vmb_vault,
@@ -178,6 +182,7 @@ pub unsafe extern "C" fn vmb_vault_release_expired_at(
 ///
 /// # Safety
 /// `report` is NULL or a live report; `out` is NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_release_report_released_count(
     report: *const vmb_release_report,
@@ -197,6 +202,7 @@ pub unsafe extern "C" fn vmb_release_report_released_count(
 /// # Safety
 /// `report` is NULL or a live report; the other pointers are NULL or
 /// writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_release_report_released(
     report: *const vmb_release_report,
@@ -224,6 +230,7 @@ pub unsafe extern "C" fn vmb_release_report_released(
 ///
 /// # Safety
 /// As `vmb_release_report_released_count`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_release_report_kept_count(
     report: *const vmb_release_report,
@@ -244,6 +251,7 @@ pub unsafe extern "C" fn vmb_release_report_kept_count(
 /// # Safety
 /// `report` is NULL or a live report; the other pointers are NULL or
 /// writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_release_report_kept(
     report: *const vmb_release_report,
@@ -272,6 +280,7 @@ pub unsafe extern "C" fn vmb_release_report_kept(
 ///
 /// # Safety
 /// As `vmb_release_report_released_count`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_release_report_problem_count(
     report: *const vmb_release_report,
@@ -289,6 +298,7 @@ pub unsafe extern "C" fn vmb_release_report_problem_count(
 ///
 /// # Safety
 /// `report` is NULL or a live report; `out` is NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_release_report_problem(
     report: *const vmb_release_report,

@@ -49,6 +49,7 @@ impl From<RestoreStats> for vmb_restore_stats {
 ///
 /// # Safety
 /// `path` is NULL or NUL-terminated; `out` is NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_init(path: *const c_char, out: *mut *mut vmb_vault) -> vmb_status {
     ffi! {
@@ -60,6 +61,7 @@ pub unsafe extern "C" fn vmb_vault_init(path: *const c_char, out: *mut *mut vmb_
 ///
 /// # Safety
 /// As `vmb_vault_init`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_open(path: *const c_char, out: *mut *mut vmb_vault) -> vmb_status {
     ffi! {
@@ -92,6 +94,7 @@ fn remote_options(cache: *const c_char, endpoint: *const c_char) -> FfiResult<Re
 /// # Safety
 /// `url` is NULL or NUL-terminated; `cache` and `endpoint` are NULL or
 /// NUL-terminated; `out` is NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_init_url(
     url: *const c_char,
@@ -109,6 +112,7 @@ pub unsafe extern "C" fn vmb_vault_init_url(
 ///
 /// # Safety
 /// As `vmb_vault_init_url`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_open_url(
     url: *const c_char,
@@ -178,6 +182,7 @@ fn key_options(key: &vmb_key) -> FfiResult<VaultOptions> {
 /// # Safety
 /// `path` is NULL or NUL-terminated; `key` is NULL or readable, its strings
 /// NULL or NUL-terminated; `out` is NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_init_with_key(
     path: *const c_char,
@@ -199,6 +204,7 @@ pub unsafe extern "C" fn vmb_vault_init_with_key(
 ///
 /// # Safety
 /// As `vmb_vault_init_with_key`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_open_with_key(
     path: *const c_char,
@@ -274,6 +280,7 @@ fn make_vault(
 /// # Safety
 /// `path` is NULL or NUL-terminated; `options` is NULL or readable, its
 /// pointers NULL or valid as their fields say; `out` is NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_init_with_options(
     path: *const c_char,
@@ -292,6 +299,7 @@ pub unsafe extern "C" fn vmb_vault_init_with_options(
 ///
 /// # Safety
 /// As `vmb_vault_init_with_options`.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_open_with_options(
     path: *const c_char,
@@ -339,6 +347,7 @@ fn write_slot_id(id: &str, out: *mut c_char) -> FfiResult {
 ///
 /// # Safety
 /// `vault` is NULL or a live vault; `out` is NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_key_slot_count(vault: *const vmb_vault, out: *mut usize) -> vmb_status {
     ffi! {
@@ -357,6 +366,7 @@ pub unsafe extern "C" fn vmb_vault_key_slot_count(vault: *const vmb_vault, out: 
 /// # Safety
 /// `vault` is NULL or a live vault; `slot_id` is NULL or a writable buffer
 /// of `VMB_SLOT_ID_LEN` bytes; `kind` is NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_key_slot(
     vault: *const vmb_vault,
@@ -393,6 +403,7 @@ pub unsafe extern "C" fn vmb_vault_key_slot(
 /// `vault` is NULL or a live vault; `key` is NULL or readable, its strings
 /// NULL or NUL-terminated; `slot_id` is NULL or a writable buffer of
 /// `VMB_SLOT_ID_LEN` bytes.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_add_key(
     vault: *const vmb_vault,
@@ -417,6 +428,7 @@ pub unsafe extern "C" fn vmb_vault_add_key(
 ///
 /// # Safety
 /// `vault` is NULL or a live vault; `slot_id` is NULL or NUL-terminated.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_remove_key(vault: *const vmb_vault, slot_id: *const c_char) -> vmb_status {
     ffi! {
@@ -499,6 +511,7 @@ pub(crate) fn hand_out_point(out: *mut *mut vmb_point, manifest: backup_core::Po
 /// # Safety
 /// `vault` is NULL or live; `images` is NULL or an array of `count`
 /// strings; `job` is NULL or live; `out` is NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_backup_images(
     vault: *const vmb_vault,
@@ -538,6 +551,7 @@ pub unsafe extern "C" fn vmb_vault_backup_images(
 /// `vault` is NULL or live; `disks` is NULL or an array of `count` strings;
 /// `provider` is NULL or a readable table following `vmb_provider`'s rules;
 /// `job` is NULL or live; `out` is NULL or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_backup_host(
     vault: *const vmb_vault,
@@ -576,6 +590,7 @@ pub unsafe extern "C" fn vmb_vault_backup_host(
 /// # Safety
 /// `vault` is NULL or live; `vm` is NULL or NUL-terminated; `out` is NULL
 /// or writable.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_list_points(
     vault: *const vmb_vault,
@@ -598,6 +613,7 @@ pub unsafe extern "C" fn vmb_vault_list_points(
 ///
 /// # Safety
 /// As `vmb_vault_list_points`; `id` is NULL or NUL-terminated.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_find_point(
     vault: *const vmb_vault,
@@ -638,6 +654,7 @@ pub(crate) fn hand_out_stats(out: *mut vmb_restore_stats, stats: RestoreStats) {
 ///
 /// # Safety
 /// Pointers are NULL or live/NUL-terminated/writable as their types say.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_restore_disk_to_file(
     vault: *const vmb_vault,
@@ -691,6 +708,7 @@ unsafe fn restore_to_file(
 ///
 /// # Safety
 /// Pointers are NULL or live/NUL-terminated/writable as their types say.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_restore_disk_to_file_allow_damaged(
     vault: *const vmb_vault,
@@ -712,6 +730,7 @@ pub unsafe extern "C" fn vmb_vault_restore_disk_to_file_allow_damaged(
 /// # Safety
 /// Pointers are NULL or live/NUL-terminated/writable as their types say;
 /// `target` follows `vmb_write_target`'s rules.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_restore_disk(
     vault: *const vmb_vault,
@@ -745,6 +764,7 @@ pub unsafe extern "C" fn vmb_vault_restore_disk(
 ///
 /// # Safety
 /// Pointers are NULL or live/NUL-terminated/writable as their types say.
+#[must_use]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmb_vault_verify(
     vault: *const vmb_vault,

@@ -74,9 +74,9 @@ static int bd_allocated(void *ud, uint64_t start, uint64_t end, vmb_ranges *rang
     buf_disk *d = (buf_disk *)ud;
     (void)end;
     if (!d->bad_ranges || start != 0) return VMB_MAP_UNKNOWN;
-    vmb_ranges_add(ranges, 600000, 100000000);
-    vmb_ranges_add(ranges, 0, 300000);
-    vmb_ranges_add(ranges, 200000, 150000);
+    if (vmb_ranges_add(ranges, 600000, 100000000) != VMB_OK || vmb_ranges_add(ranges, 0, 300000) != VMB_OK ||
+        vmb_ranges_add(ranges, 200000, 150000) != VMB_OK)
+        return EINVAL;
     if (vmb_ranges_add(ranges, UINT64_MAX, 2) != VMB_ERR_INVALID_ARGUMENT) return EINVAL;
     return 0;
 }
@@ -147,6 +147,15 @@ static void status_texts_and_version(void) {
     CHECK(strcmp(vmb_status_str(VMB_ERR_CANCELLED), vmb_status_str(15)) == 0);
     const char *v = vmb_version();
     CHECK(v != NULL && v[0] >= '0' && v[0] <= '9' && strchr(v, '.') != NULL);
+    /* The header's compile-time version is the library's. */
+    char built[32];
+    snprintf(built, sizeof built, "%d.%d.%d", VMB_VERSION_MAJOR, VMB_VERSION_MINOR, VMB_VERSION_PATCH);
+    CHECK(strcmp(v, built) == 0);
+#if VMB_VERSION_MAJOR > 0 || VMB_VERSION_MINOR >= 1
+    CHECK(1); /* usable in #if */
+#else
+    CHECK(0);
+#endif
 }
 
 static void null_pointers(void) {

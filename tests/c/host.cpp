@@ -165,7 +165,7 @@ std::vector<std::string> point_ids(const char *vm) {
     if (vmb_vault_list_points(g_vault.get(), vm, &raw) != VMB_OK) return ids;
     List list(raw);
     size_t n = 0;
-    vmb_point_list_len(list.get(), &n);
+    if (vmb_point_list_len(list.get(), &n) != VMB_OK) return ids;
     for (size_t i = 0; i < n; i++) {
         vmb_point *p = nullptr;
         if (vmb_point_list_get(list.get(), i, &p) != VMB_OK) continue;
