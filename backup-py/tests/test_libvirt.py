@@ -96,7 +96,7 @@ def test_errors_name_the_domain_and_the_setting(vault: vmbackup.Vault, domain: s
     with pytest.raises(vmbackup.VmBackupError, match="shut off"):
         vault.backup("x", vmbackup.LibvirtProvider(domain, uri=URI, min_consistency="filesystem"))
     with pytest.raises(ValueError):
-        vmbackup.LibvirtProvider(domain, min_consistency="perfect")
+        vmbackup.LibvirtProvider(domain, min_consistency="perfect")  # type: ignore[arg-type]
     assert repr(vmbackup.LibvirtProvider("web")) == "LibvirtProvider('web', uri='qemu:///system')"
 
 

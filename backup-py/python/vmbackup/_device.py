@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 __all__ = ["BlockDevice"]
 
@@ -34,7 +34,7 @@ class BlockDevice(abc.ABC):
         """The size of the disk in bytes."""
 
     @abc.abstractmethod
-    def read_at(self, offset: int, length: int) -> bytes:
+    def read_at(self, offset: int, length: int) -> Union[bytes, bytearray, memoryview]:
         """Return exactly ``length`` bytes of the disk starting at byte
         ``offset`` (``bytes``, ``bytearray`` or ``memoryview``)."""
 

@@ -3,7 +3,7 @@
 import datetime
 import os
 import pathlib
-from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union, final
+from typing import Callable, List, Literal, Mapping, Optional, Sequence, Tuple, Union, final
 
 from ._device import BlockDevice
 
@@ -34,6 +34,8 @@ _Disk = Union[str, "os.PathLike[str]", BlockDevice]
 #: A progress callback: ``progress(done_bytes, total_bytes)``.
 _Progress = Callable[[int, int], object]
 _StrPath = Union[str, "os.PathLike[str]"]
+#: A consistency level; the runtime also takes "fs" and "file-system".
+_Consistency = Literal["crash", "filesystem", "application"]
 
 @final
 class Vault:
@@ -89,13 +91,13 @@ class Vault:
     def close(self) -> None:
         """Closes the vault: later calls raise ``ValueError``."""
     def __enter__(self) -> "Vault": ...
-    def __exit__(self, *_exc: object) -> bool: ...
+    def __exit__(self, *_exc: object) -> Literal[False]: ...
     def backup(
         self,
         vm: str,
         disks: Union[Sequence[_Disk], Mapping[str, _Disk], "LibvirtProvider"],
         *,
-        consistency: str = "crash",
+        consistency: _Consistency = "crash",
         block_size: int = 65536,
         instant_restore_days: int = 0,
         progress: Optional[_Progress] = None,
@@ -229,7 +231,7 @@ class LibvirtProvider:
         include: Optional[Sequence[str]] = None,
         exclude: Optional[Sequence[str]] = None,
         guest_scripts: Optional[_StrPath] = None,
-        min_consistency: Optional[str] = None,
+        min_consistency: Optional[_Consistency] = None,
         work_dir: Optional[_StrPath] = None,
     ) -> "LibvirtProvider": ...
     @property
@@ -261,10 +263,10 @@ class RecoveryPoint:
     def time(self) -> datetime.datetime:
         """When the snapshot was taken, time-zone aware, in UTC."""
     @property
-    def consistency(self) -> str:
+    def consistency(self) -> _Consistency:
         """The consistency achieved: "crash", "filesystem" or "application"."""
     @property
-    def wanted_consistency(self) -> str:
+    def wanted_consistency(self) -> _Consistency:
         """The consistency asked for."""
     @property
     def parent(self) -> Optional[str]:
