@@ -67,7 +67,7 @@ pub(crate) fn to_py(py: Python<'_>, e: Error) -> PyErr {
             &[("vm", obj(vm)), ("disk", obj(disk)), ("offset", obj(offset)), ("filename", obj(target))],
         ),
         Error::AlreadyExists { path } => {
-            new_error(py, "VmBackupIOError", (libc::EEXIST, msg), &[("filename", obj(&path.display().to_string()))])
+            new_error(py, "AlreadyExistsError", (libc::EEXIST, msg), &[("filename", obj(&path.display().to_string()))])
         }
         Error::Cancelled { .. } => new_error(py, "CancelledError", (msg,), &[]),
         Error::Tampered { object, .. } => new_error(py, "TamperedError", (msg,), &[("object", obj(object))]),
@@ -85,10 +85,12 @@ pub(crate) fn to_py(py: Python<'_>, e: Error) -> PyErr {
     err
 }
 
-/// A `VmBackupIOError` with the OS error number, and the Python exception a
+/// A `VmBackupIOError` with the OS error number (an `AlreadyExistsError`,
+/// also a `FileExistsError`, for `EEXIST`), and the Python exception a
 /// `BlockDevice` raised as its cause.
 fn io_error<'py>(py: Python<'py>, msg: String, source: &io::Error, attrs: &[(&str, Bound<'py, PyAny>)]) -> PyErr {
     let err = match source.raw_os_error() {
+        Some(libc::EEXIST) => new_error(py, "AlreadyExistsError", (libc::EEXIST, msg), attrs),
         Some(errno) => new_error(py, "VmBackupIOError", (errno, msg), attrs),
         None => new_error(py, "VmBackupIOError", (msg,), attrs),
     };

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from pathlib import Path
@@ -32,9 +33,15 @@ def test_init_and_open_errors(tmp_path: Path) -> None:
         vmbackup.Vault.open(tmp_path / "nothing")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "file").write_text("x")
-    with pytest.raises(vmbackup.VmBackupIOError) as e:
+    # Builtin-style handling works: an existing folder or vault is a
+    # FileExistsError, and still a VmBackupIOError.
+    with pytest.raises(FileExistsError) as fe:
         vmbackup.Vault.init(tmp_path / "busy")
-    assert isinstance(e.value, FileExistsError) or e.value.errno == 17
+    assert isinstance(fe.value, vmbackup.AlreadyExistsError) and isinstance(fe.value, vmbackup.VmBackupIOError)
+    assert fe.value.errno == errno.EEXIST
+    vmbackup.Vault.init(tmp_path / "made").close()
+    with pytest.raises(vmbackup.AlreadyExistsError):
+        vmbackup.Vault.init(tmp_path / "made")
     with pytest.raises(TypeError):
         vmbackup.Vault.init(42)  # type: ignore[arg-type]
     with pytest.raises(ValueError):

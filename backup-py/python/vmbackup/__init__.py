@@ -19,6 +19,7 @@ raise :class:`ValueError` or :class:`TypeError`.
 
 from ._device import BlockDevice
 from ._errors import (
+    AlreadyExistsError,
     CancelledError,
     CorruptionError,
     KeyRequiredError,
@@ -74,6 +75,7 @@ __all__ = [
     "VaultLockedError",
     "NotFoundError",
     "VmBackupIOError",
+    "AlreadyExistsError",
     "CancelledError",
     "TamperedError",
     "VaultKeyError",

@@ -15,6 +15,7 @@ __all__ = [
     "VaultLockedError",
     "NotFoundError",
     "VmBackupIOError",
+    "AlreadyExistsError",
     "CancelledError",
     "TamperedError",
     "VaultKeyError",
@@ -84,6 +85,12 @@ class VmBackupIOError(VmBackupError, OSError):
     vm: Optional[str] = None
     disk: Optional[str] = None
     offset: Optional[int] = None
+
+
+class AlreadyExistsError(VmBackupIOError, FileExistsError):
+    """What was to be created exists already: a vault where ``init`` was
+    asked for one, a file a restore must not overwrite. Also a
+    :class:`FileExistsError` (``errno`` is ``EEXIST``)."""
 
 
 class CancelledError(VmBackupError):
