@@ -138,7 +138,7 @@ pub fn prune_plan(vault: &Vault, retention: &Retention, now: Timestamp, options:
         Some(vm) => {
             crate::model::validate_name("vm name", vm)?;
             if vault.point_ids(vm)?.is_empty() {
-                return Err(Error::NotFound { what: format!("any point of vm {vm}") });
+                return Err(Error::NotFound { what: format!("points of vm {vm}") });
             }
             vec![vm.clone()]
         }

@@ -621,7 +621,11 @@ fn prune_dry_run_and_one_vm() {
     assert_eq!(report.removed.len(), 2);
     assert_eq!(vault.points(None).expect("points").len(), 11);
     o.vm = Some("nope".into());
-    assert!(matches!(prune_plan(&vault, &keep_last(1), Timestamp::now(), &o), Err(Error::NotFound { .. })));
+    let err = prune_plan(&vault, &keep_last(1), Timestamp::now(), &o).expect_err("an unknown VM");
+    assert!(matches!(err, Error::NotFound { .. }));
+    assert_eq!(err.to_string(), "points of vm nope not found");
+    let err = vault.find_point("nope", "latest").expect_err("an unknown VM");
+    assert_eq!(err.to_string(), "points of vm nope not found");
 }
 
 #[test]
@@ -709,7 +713,9 @@ fn throttle_holds_a_job_within_ten_percent_of_its_limit() {
 
 /// Backups and prune + gc at the same time through two handles (each takes
 /// the vault's flock as a separate process would), many times: no point
-/// loses a block.
+/// loses a block. gc goes on until the last backup is done (at least as
+/// many rounds as there are backups), so that it cannot finish before the
+/// backups have made anything to collect.
 #[test]
 fn backups_and_gc_at_the_same_time_lose_no_block() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -721,8 +727,18 @@ fn backups_and_gc_at_the_same_time_lose_no_block() {
     let vm = Vm::from_images("web", &[&image]).expect("vm");
     let contents = std::sync::Mutex::new(HashMap::new());
     let rounds = 25;
+    let backups_done = std::sync::atomic::AtomicBool::new(false);
+    /// Says the backups are over however their thread ends (a failed one
+    /// must not leave gc looping).
+    struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
     std::thread::scope(|s| {
         s.spawn(|| {
+            let _done = Done(&backups_done);
             let mut rng = Rng(4242);
             let mut data = rng.bytes(16 * BLOCK);
             for _ in 0..rounds {
@@ -739,7 +755,9 @@ fn backups_and_gc_at_the_same_time_lose_no_block() {
         s.spawn(|| {
             let other = Vault::open_with(&root, options.clone()).expect("open");
             let mut removed = 0;
-            for _ in 0..rounds {
+            let mut round = 0;
+            while round < rounds || !backups_done.load(std::sync::atomic::Ordering::SeqCst) {
+                round += 1;
                 let plan = prune_plan(&other, &keep_last(2), Timestamp::now(), &PruneOptions::default()).expect("plan");
                 prune(&other, &plan).expect("prune");
                 removed += gc(&other, &gc_now(0.0)).expect("gc").chunks_removed;

@@ -1100,7 +1100,7 @@ impl Vault {
                     ),
                 ));
             }
-            return Err(Error::NotFound { what: format!("any point of vm {vm}") });
+            return Err(Error::NotFound { what: format!("points of vm {vm}") });
         }
         let ids = self.point_ids(vm)?;
         let matches: Vec<&String> = ids.iter().filter(|p| p.starts_with(id)).collect();
