@@ -108,18 +108,13 @@ pub(crate) struct Leases {
     pub stale: Vec<String>,
 }
 
-/// How much older than its write a store's timestamp may be: HTTP dates
-/// (Azure's, S3's listings through some servers) are cut to the second.
-const TIMESTAMP_GRAIN: Duration = Duration::from_secs(1);
-
-/// Reads the leases of a store; `cutoff` is now less the grace period. A
-/// lease whose timestamp is within [`TIMESTAMP_GRAIN`] of the cutoff counts
-/// as live: a renewal cut to the second must not look lapsed.
+/// Reads the leases of a store; `cutoff` is now less the grace period.
+/// Store timestamps may be cut to the second (HTTP dates), so a grace
+/// period should exceed [`RENEW_EVERY`] by more than a second.
 pub(crate) fn read(store: &dyn Store, cutoff: SystemTime) -> Result<Leases> {
     let listed: Vec<_> =
         store.list(layout::LEASES)?.into_iter().filter(|o| layout::lease_of(&o.key).is_some()).collect();
-    let (live, stale): (Vec<_>, Vec<_>) =
-        listed.into_iter().partition(|o| o.modified.checked_add(TIMESTAMP_GRAIN).is_some_and(|m| m >= cutoff));
+    let (live, stale): (Vec<_>, Vec<_>) = listed.into_iter().partition(|o| o.modified >= cutoff);
     let keys: Vec<String> = live.iter().map(|o| o.key.clone()).collect();
     let mut spare_since: Option<SystemTime> = None;
     for got in store.get_many(&keys, MAX_LEASE_LEN)? {
@@ -150,8 +145,8 @@ mod tests {
     /// (they might be its own); once no lease is live, gc marks them, and
     /// removes a lease that is no longer renewed. Against Azurite
     /// (`VMB_AZURITE`, set by scripts/test). The grace period is 3 s, 15
-    /// renewals: with 1 s, Azurite's timestamps cut to the second once made
-    /// gc take the live lease for a lapsed one.
+    /// renewals: with 1 s, Azurite's timestamps, cut to the second, once
+    /// made gc take the live lease for a lapsed one.
     #[test]
     fn a_live_lease_spares_packs_uploaded_before_a_manifest_and_a_lapsed_one_is_removed() {
         let Ok(endpoint) = std::env::var("VMB_AZURITE") else {
@@ -185,8 +180,7 @@ mod tests {
         let dead = layout::lease("dead-host");
         let lease = Lease { started: jiff::Timestamp::now(), host: "dead".into(), pid: 1 };
         store.put(&dead, serde_json::to_vec(&lease).expect("json").into()).expect("put lease");
-        // Past the grace period and the timestamp's grain.
-        std::thread::sleep(Duration::from_millis(5000));
+        std::thread::sleep(Duration::from_millis(3500));
         let r = gc(&vault, &options).expect("gc with a lapsed lease");
         assert_eq!(r.packs_marked, uploaded, "{r:?}");
         assert!(store.head(&dead).expect("head").is_none(), "gc left a lapsed lease");
