@@ -37,23 +37,15 @@ pub(crate) fn compress_to_bytes(src: &[u8], arena: &mut BytesMut) -> Option<Byte
     // as its output would not fit, so a block that does not shrink costs
     // only the part of the work done before it knew.
     let room = src.len() - 1;
-    arena.clear();
-    if arena.capacity() < room {
+    // The arena's length is its free room, zeroed once when it is made
+    // (calloc'd), so no block pays for clearing its destination.
+    if arena.len() < room {
         // The old allocation lives on in the bytes split off it, and is
         // freed with the last of them.
-        *arena = BytesMut::with_capacity(ARENA_BYTES.max(room * 4));
+        *arena = BytesMut::zeroed(ARENA_BYTES.max(room * 4));
     }
-    arena.resize(room, 0);
-    match compress_into(src, &mut arena[..room]) {
-        Some(n) => {
-            arena.truncate(n);
-            Some(arena.split().freeze())
-        }
-        None => {
-            arena.clear();
-            None
-        }
-    }
+    let n = compress_into(src, &mut arena[..room])?;
+    Some(arena.split_to(n).freeze())
 }
 
 /// Compresses `src` into `dst`, which holds `src.len() - 1` bytes.
