@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use backup_core::{GcOptions, GcReport, Policy, PruneOptions, PruneReport, RepairOptions, RepairReport};
 
-use crate::status::{Failure, arg_out, arg_ref, arg_str, c_string, ffi, ffi_free, vmb_status, write_out};
+use crate::status::{Failure, arg_out, arg_ref, arg_str, c_string, ffi, ffi_free, nth, vmb_status, write_out};
 use crate::vault::vmb_vault;
 
 /// What a prune did (or, in a dry run, would do). Immutable: accessors are
@@ -187,9 +187,7 @@ pub unsafe extern "C" fn vmb_prune_report_removed(
         let r = arg_ref!(report, "report");
         let vm = arg_out!(vm, "vm");
         let point_id = arg_out!(point_id, "point_id");
-        let (v, p) = r.removed.get(index).ok_or_else(|| {
-            Failure::invalid(format!("removed point index {index}: the report has {}", r.removed.len()))
-        })?;
+        let (v, p) = nth(&r.removed, index, "removed point", "report")?;
         write_out!(vm, v.as_ptr());
         write_out!(point_id, p.as_ptr());
         Ok(())

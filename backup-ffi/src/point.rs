@@ -6,7 +6,7 @@ use std::ffi::{CString, c_char};
 use backup_core::{PointManifest, VerifyReport};
 
 use crate::job::{consistency_to_c, vmb_consistency};
-use crate::status::{Failure, FfiResult, arg_out, arg_ref, c_string, ffi, ffi_free, vmb_status, write_out};
+use crate::status::{Failure, FfiResult, arg_out, arg_ref, c_string, ffi, ffi_free, nth, vmb_status, write_out};
 
 /// A recovery point (a copy of its manifest). Immutable: every accessor is
 /// thread-safe. Strings it hands out live as long as the point.
@@ -374,9 +374,7 @@ pub unsafe extern "C" fn vmb_point_warning(
     ffi! {
         let p = arg_ref!(point, "point");
         let out = arg_out!(out, "out");
-        let w = p.warnings.get(index).ok_or_else(|| {
-            Failure::invalid(format!("warning index {index}: the point has {}", p.warnings.len()))
-        })?;
+        let w = nth(&p.warnings, index, "warning", "point")?;
         write_out!(out, w.as_ptr());
         Ok(())
     }
@@ -417,9 +415,7 @@ pub unsafe extern "C" fn vmb_point_list_get(
     ffi! {
         let l = arg_ref!(list, "list");
         let out = arg_out!(out, "out");
-        let m = l.points.get(index).ok_or_else(|| {
-            Failure::invalid(format!("point index {index}: the list has {}", l.points.len()))
-        })?;
+        let m = nth(&l.points, index, "point", "list")?;
         write_out!(out, vmb_point::new(m.clone())?.into_raw());
         Ok(())
     }
@@ -519,9 +515,7 @@ pub unsafe extern "C" fn vmb_verify_report_problem(
     ffi! {
         let r = arg_ref!(report, "report");
         let out = arg_out!(out, "out");
-        let p = r.problems.get(index).ok_or_else(|| {
-            Failure::invalid(format!("problem index {index}: the report has {}", r.problems.len()))
-        })?;
+        let p = nth(&r.problems, index, "problem", "report")?;
         write_out!(out, p.as_ptr());
         Ok(())
     }

@@ -140,6 +140,12 @@ impl Failure {
     }
 }
 
+/// Item `index` of a list a handle holds, or an invalid-argument failure
+/// such as "problem index 3: the report has 2".
+pub(crate) fn nth<'a, T>(items: &'a [T], index: usize, item: &str, holder: &str) -> Result<&'a T, Failure> {
+    items.get(index).ok_or_else(|| Failure::invalid(format!("{item} index {index}: the {holder} has {}", items.len())))
+}
+
 impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
         let status = match &e {

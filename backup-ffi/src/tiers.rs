@@ -10,7 +10,9 @@ use std::path::Path;
 use backup_core::{KeptSnapshot, ReleaseReport};
 
 use crate::point::vmb_point;
-use crate::status::{Failure, FfiResult, arg_out, arg_ref, arg_str, c_string, ffi, ffi_free, vmb_status, write_out};
+use crate::status::{
+    Failure, FfiResult, arg_out, arg_ref, arg_str, c_string, ffi, ffi_free, nth, vmb_status, write_out,
+};
 use crate::vault::{hand_out_stats, restore_options, vmb_restore_stats, vmb_vault};
 
 /// The point can be restored from the snapshot kept after its job.
@@ -216,9 +218,7 @@ pub unsafe extern "C" fn vmb_release_report_released(
         let vm = arg_out!(vm, "vm");
         let point_id = arg_out!(point_id, "point_id");
         let why = arg_out!(why, "why");
-        let (k, w) = r.released.get(index).ok_or_else(|| {
-            Failure::invalid(format!("released snapshot index {index}: the report has {}", r.released.len()))
-        })?;
+        let (k, w) = nth(&r.released, index, "released snapshot", "report")?;
         write_out!(vm, k.vm.as_ptr());
         write_out!(point_id, k.point.as_ptr());
         write_out!(why, w.as_ptr());
@@ -265,9 +265,7 @@ pub unsafe extern "C" fn vmb_release_report_kept(
         let vm = arg_out!(vm, "vm");
         let point_id = arg_out!(point_id, "point_id");
         let expires = arg_out!(expires_unix_seconds, "expires_unix_seconds");
-        let k = r.kept.get(index).ok_or_else(|| {
-            Failure::invalid(format!("kept snapshot index {index}: the report has {}", r.kept.len()))
-        })?;
+        let k = nth(&r.kept, index, "kept snapshot", "report")?;
         write_out!(vm, k.vm.as_ptr());
         write_out!(point_id, k.point.as_ptr());
         write_out!(expires, k.expires);
@@ -308,9 +306,7 @@ pub unsafe extern "C" fn vmb_release_report_problem(
     ffi! {
         let r = arg_ref!(report, "report");
         let out = arg_out!(out, "out");
-        let p = r.problems.get(index).ok_or_else(|| {
-            Failure::invalid(format!("problem index {index}: the report has {}", r.problems.len()))
-        })?;
+        let p = nth(&r.problems, index, "problem", "report")?;
         write_out!(out, p.as_ptr());
         Ok(())
     }
