@@ -628,6 +628,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // snapshot, not committed yet.
             let in_flight =
                 backup_core::snapshot_only_points(&vault, vm.as_deref()).map(|(k, _)| k).unwrap_or_default();
+            if let Some(vm) = &vm
+                && points.is_empty()
+                && bad.is_empty()
+                && in_flight.is_empty()
+            {
+                // A typo in a VM's name must not look like a VM without points.
+                return Err(backup_core::Error::NotFound { what: format!("points of vm {vm}") }.into());
+            }
             // What booting each point showed (`verify --boot`).
             let mut verdicts = std::collections::BTreeMap::new();
             for p in &points {

@@ -66,6 +66,14 @@ fn backup_list_restore_verify_round_trip_with_json() {
     assert_eq!(points.len(), 2);
     assert_eq!(points[0]["point"], first["point"]);
     assert!(ok(&["list", "--vault", s(&vault)]).contains("web"));
+    // A typo in a VM's name fails, rather than listing nothing or
+    // verifying nothing as "ok".
+    for args in [["list", "--vault", s(&vault), "--vm", "wbe"], ["verify", "--vault", s(&vault), "--vm", "wbe"]] {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("points of vm wbe not found"), "{args:?}: {err}");
+    }
 
     let p1 = first["point"].as_str().expect("id");
     let one = d.join("one.img");

@@ -148,6 +148,7 @@ pub fn verify(vault: &Vault, options: &VerifyOptions) -> Result<VerifyReport> {
         (None, Some(_)) => return Err(Error::invalid("verify", "a point needs its vm")),
         (vm, None) => vault.scan_points(vm.as_deref())?,
     };
+    let nothing_of_the_vm = points.is_empty() && bad.is_empty();
     for e in bad {
         report.problems.push(Problem::of_vault(Finding::from(&e)));
     }
@@ -155,6 +156,14 @@ pub fn verify(vault: &Vault, options: &VerifyOptions) -> Result<VerifyReport> {
     // are in the store too, so another host's prune is told apart.
     if options.point.is_none() {
         check_lost_manifests(vault, options.vm.as_deref(), &points, &mut report)?;
+    }
+    // A VM named that the vault holds nothing of (a typo) must not pass as
+    // "verified, ok"; one whose manifests are lost has problems by now.
+    if let Some(vm) = &options.vm
+        && nothing_of_the_vm
+        && report.problems.is_empty()
+    {
+        return Err(Error::NotFound { what: format!("points of vm {vm}") });
     }
     // id -> None when good, Some(why) when bad.
     let memo: Mutex<HashMap<ContentId, Option<Finding>>> = Mutex::new(HashMap::new());

@@ -187,6 +187,9 @@ def test_bad_restore_and_verify_arguments(
         vault.point("web", "nope")
     with pytest.raises(vmbackup.NotFoundError):
         vault.point("nobody")
+    # A typo in a VM's name is an error, not an empty list or a clean bill.
+    with pytest.raises(vmbackup.NotFoundError, match="points of vm nobody not found"):
+        vault.verify(vm="nobody")
 
 
 def test_verify_finds_a_flipped_byte_in_a_pack(

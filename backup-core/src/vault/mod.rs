@@ -1049,6 +1049,21 @@ impl Vault {
         Ok(self.scan_points(vm)?.0)
     }
 
+    /// Every readable point of one VM, oldest first, for a caller that
+    /// names a VM it expects the vault to hold: a VM of which the vault
+    /// holds no point at all (a typo) is an error, not an empty list.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] ("points of vm X not found") when the vault
+    /// holds no point of `vm`, readable or damaged; I/O errors.
+    pub fn vm_points(&self, vm: &str) -> Result<Vec<PointManifest>> {
+        let (points, bad) = self.scan_points(Some(vm))?;
+        if points.is_empty() && bad.is_empty() {
+            return Err(Error::NotFound { what: format!("points of vm {vm}") });
+        }
+        Ok(points)
+    }
+
     /// The newest readable point of a VM, or None when it has none.
     ///
     /// A point's id starts with its time in UTC to the second, so ids sort
