@@ -233,6 +233,14 @@ typedef enum vmb_slot_kind {
 typedef struct vmb_boot_verdict vmb_boot_verdict;
 
 /**
+ * The disks of one VM, in order. Made by `vmb_disks_new`, filled by
+ * `vmb_disks_add_image` and `vmb_disks_add_host`, freed by
+ * `vmb_disks_free`. A list may be backed up any number of times, also by
+ * several threads at once; it must not be changed while a backup uses it.
+ */
+typedef struct vmb_disks vmb_disks;
+
+/**
  * Where and how a point becomes a libvirt domain. Created with
  * `vmb_domain_target_new`, freed with `vmb_domain_target_free`; not to be
  * changed while a call uses it.
@@ -696,6 +704,96 @@ const char *vmb_status_str(int code);
 const char *vmb_last_error(void);
 
 /**
+ * Makes an empty disk list. Free it with `vmb_disks_free`.
+ *
+ * # Safety
+ * `out` must point to writable memory for one pointer.
+ */
+VMB_MUST_USE enum vmb_status vmb_disks_new(struct vmb_disks **out);
+
+/**
+ * Frees a disk list, and with it the host disks' userdata (each
+ * `destroy` is called here, once). NULL is ignored. The list must not be
+ * in use by a backup.
+ *
+ * # Safety
+ * `disks` is NULL or a list from `vmb_disks_new` not yet freed.
+ */
+void vmb_disks_free(struct vmb_disks *disks);
+
+/**
+ * Adds a raw image file at `path` as the disk `name` (NULL: the file's
+ * name, as `vmb_vault_backup_images` names it). Names are unique within
+ * the list: two `disk.img` files from different folders need names.
+ * The file is opened when a backup runs, not here.
+ *
+ * # Safety
+ * `disks` is NULL or a live list; `name` is NULL or NUL-terminated;
+ * `path` is NUL-terminated (NULL is refused).
+ */
+VMB_MUST_USE
+enum vmb_status vmb_disks_add_image(struct vmb_disks *disks,
+                                    const char *name,
+                                    const char *path);
+
+/**
+ * Adds a disk the host serves through `ops` (the table is copied) as the
+ * disk `name`. Its size is asked now. `change_token` (NULL when the host
+ * tracks no changes) names this state of the disk: the next backup of the
+ * VM passes it to `changed_since`. The disk is read as it is while a
+ * backup runs, so the host serves a stable view (its own snapshot).
+ *
+ * From this call on the library owns `ops->userdata`, **whatever the
+ * result**: `ops->destroy` is called exactly once, by `vmb_disks_free`
+ * (at once on failure).
+ *
+ * # Safety
+ * `disks` is NULL or a live list; `name` is NUL-terminated (NULL is
+ * refused); `change_token` is NULL or NUL-terminated; `ops` is NULL or a
+ * readable `vmb_disk_ops` following its rules.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_disks_add_host(struct vmb_disks *disks,
+                                   const char *name,
+                                   const struct vmb_disk_ops *ops,
+                                   const char *change_token);
+
+/**
+ * Backs up the VM `vm` whose disks are `disks`, in the list's order, and
+ * returns its new point in `*out` (NULL: not wanted). Image files are
+ * snapshotted as `vmb_vault_backup_images` does; host disks are read
+ * through their callbacks on the library's worker threads, several at
+ * once. Only blocks that changed since the VM's previous point are
+ * stored.
+ *
+ * Image files and host disks are crash-consistent: a job asking more
+ * (`vmb_job_set_consistency`) gets a point with a warning saying so, or
+ * `VMB_ERR_PROVIDER` below `vmb_job_set_min_consistency`.
+ *
+ * # Safety
+ * `vault` is NULL or live; `vm` is NUL-terminated (NULL is refused);
+ * `disks` is NULL or a live list; `job` is NULL or live; `out` is NULL or
+ * writable.
+ *
+ * # Example
+ * ```c
+ * vmb_disks *disks = NULL;
+ * if (vmb_disks_new(&disks) != VMB_OK ||
+ *     vmb_disks_add_image(disks, "boot", "/srv/web/disk.img") != VMB_OK ||
+ *     vmb_disks_add_host(disks, "data", &data_ops, NULL) != VMB_OK ||
+ *     vmb_vault_backup_disks(vault, "web", disks, NULL, &point) != VMB_OK)
+ *     fprintf(stderr, "backup: %s\n", vmb_last_error());
+ * vmb_disks_free(disks);
+ * ```
+ */
+VMB_MUST_USE
+enum vmb_status vmb_vault_backup_disks(const struct vmb_vault *vault,
+                                       const char *vm,
+                                       const struct vmb_disks *disks,
+                                       const struct vmb_job *job,
+                                       struct vmb_point **out);
+
+/**
  * Adds `[offset, offset + length)` to the ranges of a map callback. They
  * may come in any order and overlap; parts outside the asked window are
  * ignored.
@@ -780,6 +878,20 @@ void vmb_job_free(struct vmb_job *job);
 VMB_MUST_USE
 enum vmb_status vmb_job_set_consistency(struct vmb_job *job,
                                         vmb_consistency consistency);
+
+/**
+ * Sets the weakest consistency a backup accepts (`VMB_CONSISTENCY_CRASH`,
+ * the default, accepts all): a backup whose snapshot would fall below it
+ * fails with `VMB_ERR_PROVIDER` and commits nothing. Above it, a point
+ * that got less than `vmb_job_set_consistency` asked for carries a
+ * warning saying so (`vmb_point_warning`).
+ *
+ * # Safety
+ * `job` is NULL or a live job.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_job_set_min_consistency(struct vmb_job *job,
+                                            vmb_consistency consistency);
 
 /**
  * Sets the block size of a disk's first backup (a power of two from 16 KiB
@@ -1874,8 +1986,9 @@ enum vmb_status vmb_vault_backup_host(const struct vmb_vault *vault,
                                       struct vmb_point **out);
 
 /**
- * Lists the points of a VM, oldest first (an empty list for a VM without
- * points). Free the list with `vmb_point_list_free`.
+ * Lists the points of a VM, oldest first. A VM the vault holds no point
+ * of (a typo) is `VMB_ERR_NOT_FOUND`. Free the list with
+ * `vmb_point_list_free`.
  *
  * # Safety
  * `vault` is NULL or live; `vm` is NULL or NUL-terminated; `out` is NULL

@@ -103,8 +103,8 @@ pub use restore::{
 };
 pub use snapshot::{
     ConsistentProvider, DEFAULT_FREEZE_TIMEOUT, DEFAULT_SCRIPT_TIMEOUT, FreezeGuard, ImageFileProvider, KeptDisk,
-    MAX_SCRIPT_RETRIES, MAX_SCRIPT_TIMEOUT_SECS, OUTPUT_LIMIT, PrepareReport, ScriptsConfig, Snapshot, SnapshotDisk,
-    SnapshotProvider, ThawReport,
+    MAX_SCRIPT_RETRIES, MAX_SCRIPT_TIMEOUT_SECS, MixedProvider, OUTPUT_LIMIT, PrepareReport, ScriptsConfig, Snapshot,
+    SnapshotDisk, SnapshotProvider, ThawReport,
 };
 pub use throttle::{Throttle, ThrottledDevice, ThrottledProvider};
 pub use vault::{

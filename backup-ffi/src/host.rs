@@ -198,7 +198,7 @@ impl Drop for HostDisk {
 
 impl HostDisk {
     /// Takes ownership of the ops' userdata, whatever the outcome.
-    fn new(ops: vmb_disk_ops, name: &str) -> Result<HostDisk, Failure> {
+    pub(crate) fn new(ops: vmb_disk_ops, name: &str) -> Result<HostDisk, Failure> {
         let destroy_now = |why: String| {
             if let Some(destroy) = ops.destroy {
                 // SAFETY: the library owns the userdata from now on and
@@ -388,7 +388,7 @@ pub unsafe extern "C" fn vmb_snapshot_warn(snapshot: *mut vmb_snapshot, message:
 
 /// A UTF-8 copy of a C string argument, without the early-return macros
 /// (for paths that must clean up first).
-fn checked_str(p: *const c_char, what: &str) -> Result<String, Failure> {
+pub(crate) fn checked_str(p: *const c_char, what: &str) -> Result<String, Failure> {
     if p.is_null() {
         return Err(Failure::null(what));
     }
@@ -397,7 +397,7 @@ fn checked_str(p: *const c_char, what: &str) -> Result<String, Failure> {
     Ok(crate::status::utf8(c, what)?.to_string())
 }
 
-fn checked_opt_str(p: *const c_char, what: &str) -> Result<Option<String>, Failure> {
+pub(crate) fn checked_opt_str(p: *const c_char, what: &str) -> Result<Option<String>, Failure> {
     if p.is_null() { Ok(None) } else { checked_str(p, what).map(Some) }
 }
 
@@ -451,6 +451,8 @@ pub(crate) struct HostProvider {
         *mut vmb_snapshot,
     ) -> c_int,
     version: String,
+    /// The weakest consistency the job accepts.
+    min: Consistency,
 }
 
 // SAFETY: the provider's callbacks run on the calling thread only (the core
@@ -461,10 +463,10 @@ unsafe impl Send for HostProvider {}
 unsafe impl Sync for HostProvider {}
 
 impl HostProvider {
-    pub(crate) fn new(table: &vmb_provider) -> Result<HostProvider, Failure> {
+    pub(crate) fn new(table: &vmb_provider, min: Consistency) -> Result<HostProvider, Failure> {
         let snapshot = table.snapshot.ok_or_else(|| Failure::invalid("provider: its snapshot callback is NULL"))?;
         let version = checked_opt_str(table.version, "provider version")?.unwrap_or_default();
-        Ok(HostProvider { table: *table, snapshot, version })
+        Ok(HostProvider { table: *table, snapshot, version, min })
     }
 
     fn provider_error(vm: &Vm, step: &'static str, code: c_int) -> Error {
@@ -520,6 +522,10 @@ impl SnapshotProvider for HostProvider {
         }
         let problem = match consistency_from_c(achieved) {
             Err(e) => Some(format!("achieved {}", e.message)),
+            Ok(level) if level < self.min => Some(format!(
+                "the snapshot is only {level}-consistent, and at least {} consistency is required",
+                self.min
+            )),
             Ok(_) => {
                 let missing: Vec<&str> = snap
                     .wanted

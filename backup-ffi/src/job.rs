@@ -63,6 +63,7 @@ unsafe impl Sync for HostProgress {}
 
 struct JobSettings {
     consistency: Consistency,
+    min_consistency: Consistency,
     block_size: u32,
     instant_restore_days: u32,
     progress: Option<HostProgress>,
@@ -116,6 +117,7 @@ impl Progress for Reporter {
 /// What an operation takes from a job (or from no job).
 pub(crate) struct RunSettings {
     pub consistency: Consistency,
+    pub min_consistency: Consistency,
     pub block_size: u32,
     pub instant_restore_days: u32,
     pub progress: Arc<dyn Progress>,
@@ -128,6 +130,7 @@ pub(crate) fn settings(job: *const vmb_job) -> RunSettings {
     let Some(job) = (unsafe { job.as_ref() }) else {
         return RunSettings {
             consistency: Consistency::Crash,
+            min_consistency: Consistency::Crash,
             block_size: backup_core::DEFAULT_BLOCK_SIZE,
             instant_restore_days: 0,
             progress: Arc::new(backup_core::NoProgress),
@@ -143,6 +146,7 @@ pub(crate) fn settings(job: *const vmb_job) -> RunSettings {
     };
     RunSettings {
         consistency: s.consistency,
+        min_consistency: s.min_consistency,
         block_size: s.block_size,
         instant_restore_days: s.instant_restore_days,
         progress,
@@ -163,6 +167,7 @@ pub unsafe extern "C" fn vmb_job_new(out: *mut *mut vmb_job) -> vmb_status {
         let job = Box::new(vmb_job {
             settings: Mutex::new(JobSettings {
                 consistency: Consistency::Crash,
+                min_consistency: Consistency::Crash,
                 block_size: backup_core::DEFAULT_BLOCK_SIZE,
                 instant_restore_days: 0,
                 progress: None,
@@ -199,6 +204,25 @@ pub unsafe extern "C" fn vmb_job_set_consistency(job: *mut vmb_job, consistency:
         let job = arg_ref!(job, "job");
         let c = consistency_from_c(consistency)?;
         job.settings.lock().unwrap_or_else(|p| p.into_inner()).consistency = c;
+        Ok(())
+    }
+}
+
+/// Sets the weakest consistency a backup accepts (`VMB_CONSISTENCY_CRASH`,
+/// the default, accepts all): a backup whose snapshot would fall below it
+/// fails with `VMB_ERR_PROVIDER` and commits nothing. Above it, a point
+/// that got less than `vmb_job_set_consistency` asked for carries a
+/// warning saying so (`vmb_point_warning`).
+///
+/// # Safety
+/// `job` is NULL or a live job.
+#[must_use]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_job_set_min_consistency(job: *mut vmb_job, consistency: vmb_consistency) -> vmb_status {
+    ffi! {
+        let job = arg_ref!(job, "job");
+        let c = consistency_from_c(consistency)?;
+        job.settings.lock().unwrap_or_else(|p| p.into_inner()).min_consistency = c;
         Ok(())
     }
 }

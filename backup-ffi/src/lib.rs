@@ -8,13 +8,15 @@
 //!
 //! Layout: [`status`] (codes, last error, the entry-point macro), [`job`]
 //! (options, progress, cancel), [`host`] (the host's disks, snapshots and
-//! restore targets as function-pointer tables), [`point`] (points, lists,
+//! restore targets as function-pointer tables), [`disks`] (a VM's disk
+//! list: image files and host disks, each named once), [`point`] (points, lists,
 //! verify reports), [`vault`] (the vault and its operations), [`maintenance`]
 //! (prune and gc), [`tiers`] (instant-restore tiers and kept snapshots).
 
 // The C names are the API: `vmb_vault`, `vmb_status`, `VMB_OK`.
 #![allow(non_camel_case_types)]
 
+pub mod disks;
 pub mod host;
 pub mod job;
 #[cfg(feature = "libvirt")]

@@ -200,8 +200,10 @@ pub unsafe extern "C" fn vmb_vault_backup_libvirt(
     ffi! {
         let v = arg_ref!(vault, "vault");
         let p = arg_ref!(provider, "provider");
-        let options = crate::vault::backup_options(job);
+        let (options, min) = crate::vault::backup_options(job);
         let mut provider = p.with(|p| p.clone());
+        // The stricter of the provider's minimum and the job's.
+        provider.min_consistency = provider.min_consistency.max(min);
         provider.cancel = options.cancel.clone();
         let name = if vm.is_null() { provider.domain.clone() } else { arg_str!(vm, "vm name").to_string() };
         let (vm, _skipped) = provider.vm(&name)?;

@@ -5,8 +5,8 @@ use std::ffi::c_char;
 use std::path::Path;
 
 use backup_core::{
-    BackupOptions, ImageFileProvider, KdfParams, KeySource, RemoteOptions, RestoreOptions, RestoreStats, SlotKind,
-    Vault, VaultOptions, VerifyOptions, Vm, VmDisk,
+    BackupOptions, Consistency, ConsistentProvider, ImageFileProvider, KdfParams, KeySource, RemoteOptions,
+    RestoreOptions, RestoreStats, SlotKind, Vault, VaultOptions, VerifyOptions, Vm, VmDisk,
 };
 
 use crate::host::{HostProvider, HostTarget, vmb_provider, vmb_write_target};
@@ -478,7 +478,8 @@ fn str_array<'a>(items: *const *const c_char, count: usize, what: &str) -> FfiRe
         .collect()
 }
 
-pub(crate) fn backup_options(job: *const vmb_job) -> BackupOptions {
+/// A backup's options from a job, and the weakest consistency it accepts.
+pub(crate) fn backup_options(job: *const vmb_job) -> (BackupOptions, Consistency) {
     let s = settings(job);
     let mut o = BackupOptions::default();
     o.consistency = s.consistency;
@@ -486,7 +487,7 @@ pub(crate) fn backup_options(job: *const vmb_job) -> BackupOptions {
     o.instant_restore_days = s.instant_restore_days;
     o.progress = s.progress;
     o.cancel = s.cancel;
-    o
+    (o, s.min_consistency)
 }
 
 pub(crate) fn hand_out_point(out: *mut *mut vmb_point, manifest: backup_core::PointManifest) -> FfiResult {
@@ -526,12 +527,13 @@ pub unsafe extern "C" fn vmb_vault_backup_images(
         let name = arg_str!(vm, "vm name");
         let paths = str_array(images, count, "images")?;
         let vm = Vm::from_images(name, &paths.iter().map(Path::new).collect::<Vec<_>>())?;
-        let report = backup_core::backup(
-            &v.vault,
-            &ImageFileProvider::new(),
-            &vm,
-            &backup_options(job),
-        )?;
+        let (options, min) = backup_options(job);
+        // No scripts and no freeze: it settles what was achieved against
+        // what was asked for, and warns or fails below the minimum.
+        let provider = ConsistentProvider::new(ImageFileProvider::new())
+            .with_min_consistency(min)
+            .with_cancel(options.cancel.clone());
+        let report = backup_core::backup(&v.vault, &provider, &vm, &options)?;
         hand_out_point(out, report.point)
     }
 }
@@ -566,7 +568,8 @@ pub unsafe extern "C" fn vmb_vault_backup_host(
         let v = arg_ref!(vault, "vault");
         let name = arg_str!(vm, "vm name");
         let names = str_array(disks, count, "disks")?;
-        let provider = HostProvider::new(arg_ref!(provider, "provider"))?;
+        let (options, min) = backup_options(job);
+        let provider = HostProvider::new(arg_ref!(provider, "provider"), min)?;
         let vm = Vm {
             name: name.to_string(),
             os: backup_core::OsType::Other,
@@ -579,13 +582,14 @@ pub unsafe extern "C" fn vmb_vault_backup_host(
                 .collect(),
         };
         vm.validate()?;
-        let report = backup_core::backup(&v.vault, &provider, &vm, &backup_options(job))?;
+        let report = backup_core::backup(&v.vault, &provider, &vm, &options)?;
         hand_out_point(out, report.point)
     }
 }
 
-/// Lists the points of a VM, oldest first (an empty list for a VM without
-/// points). Free the list with `vmb_point_list_free`.
+/// Lists the points of a VM, oldest first. A VM the vault holds no point
+/// of (a typo) is `VMB_ERR_NOT_FOUND`. Free the list with
+/// `vmb_point_list_free`.
 ///
 /// # Safety
 /// `vault` is NULL or live; `vm` is NULL or NUL-terminated; `out` is NULL
@@ -602,7 +606,7 @@ pub unsafe extern "C" fn vmb_vault_list_points(
         let vm = arg_str!(vm, "vm name");
         let out = arg_out!(out, "out");
         backup_core::validate_name("vm name", vm)?;
-        let points = v.vault.points(Some(vm))?;
+        let points = v.vault.vm_points(vm)?;
         write_out!(out, Box::into_raw(Box::new(vmb_point_list { points })));
         Ok(())
     }

@@ -9,8 +9,9 @@
 //!   short waits it takes the GIL to call the progress callback (throttled)
 //!   and to check for Ctrl-C. A progress exception or KeyboardInterrupt
 //!   trips the core's `CancelToken` and is re-raised once the job stopped.
-//! - [`provider::MixedProvider`]: a VM whose disks are image files and
-//!   Python `BlockDevice` objects at once.
+//! - [`provider::PyDevice`]: a Python `BlockDevice` as a core block
+//!   device (a VM mixing it with image files goes through the core's
+//!   `MixedProvider`).
 //! - [`errors`]: core errors to the exception classes of
 //!   `vmbackup._errors`.
 

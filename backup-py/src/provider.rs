@@ -1,20 +1,11 @@
-//! A snapshot provider for a VM whose disks are image files and Python
-//! `BlockDevice` objects at once.
-//!
-//! Image disks are delegated to the core's `ImageFileProvider` (a reflink
-//! clone where the file system has one, else an in-place read that is
-//! refused at commit if the file changed). Python disks are read through
-//! [`PyDevice`], which takes the GIL for each read.
+//! Python `BlockDevice` objects as core block devices. A VM whose disks
+//! are image files and Python devices at once is backed up through the
+//! core's `MixedProvider`; [`PyDevice`] takes the GIL for each read.
 
-use std::any::Any;
-use std::collections::HashMap;
 use std::io;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
 
-use backup_core::{
-    BlockDevice, Consistency, ImageFileProvider, PrepareReport, Snapshot, SnapshotDisk, SnapshotProvider, Vm,
-};
+use backup_core::BlockDevice;
 use pyo3::exceptions::PyTypeError;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -123,134 +114,4 @@ fn copy_into(data: &Bound<'_, PyAny>, offset: u64, buf: &mut [u8]) -> io::Result
     }
     buf.copy_from_slice(bytes);
     Ok(())
-}
-
-/// Image files through the core's provider, Python devices as they are.
-pub(crate) struct MixedProvider {
-    images: ImageFileProvider,
-    /// The Python disks, by disk name.
-    devices: HashMap<String, Arc<PyDevice>>,
-}
-
-impl MixedProvider {
-    pub(crate) fn new(devices: HashMap<String, Arc<PyDevice>>) -> Self {
-        MixedProvider { images: ImageFileProvider::new(), devices }
-    }
-
-    fn image_vm(&self, vm: &Vm) -> Vm {
-        Vm {
-            name: vm.name.clone(),
-            os: vm.os,
-            disks: vm.disks.iter().filter(|d| !self.devices.contains_key(&d.name)).cloned().collect(),
-        }
-    }
-}
-
-/// What release needs: the image provider's own data, lent back to it for
-/// `check_intact` and `release`.
-struct Taken {
-    images: Mutex<Option<Option<Box<dyn Any + Send + Sync>>>>,
-    consistency: Consistency,
-}
-
-impl Taken {
-    fn image_snapshot(&self) -> Option<Snapshot> {
-        let data = self.images.lock().unwrap_or_else(|p| p.into_inner()).take()?;
-        Some(Snapshot { disks: Vec::new(), consistency: self.consistency, warnings: Vec::new(), provider_data: data })
-    }
-
-    fn give_back(&self, snapshot: Snapshot) {
-        *self.images.lock().unwrap_or_else(|p| p.into_inner()) = Some(snapshot.provider_data);
-    }
-}
-
-impl SnapshotProvider for MixedProvider {
-    fn prepare(&self, vm: &Vm) -> backup_core::Result<PrepareReport> {
-        self.images.prepare(vm)
-    }
-
-    fn version(&self) -> String {
-        self.images.version()
-    }
-
-    fn snapshot(&self, vm: &Vm, wanted: Consistency) -> backup_core::Result<Snapshot> {
-        let image_vm = self.image_vm(vm);
-        let (mut image_disks, consistency, warnings, data) = if image_vm.disks.is_empty() {
-            (HashMap::new(), Consistency::Crash, Vec::new(), None)
-        } else {
-            let s = self.images.snapshot(&image_vm, wanted)?;
-            let disks: HashMap<String, SnapshotDisk> = s.disks.into_iter().map(|d| (d.name.clone(), d)).collect();
-            (disks, s.consistency, s.warnings, Some(s.provider_data))
-        };
-        let mut disks = Vec::with_capacity(vm.disks.len());
-        for d in &vm.disks {
-            if let Some(dev) = self.devices.get(&d.name) {
-                disks.push(SnapshotDisk {
-                    name: d.name.clone(),
-                    device: dev.clone(),
-                    change_token: None,
-                    method: "python".into(),
-                });
-            } else if let Some(sd) = image_disks.remove(&d.name) {
-                disks.push(sd);
-            }
-        }
-        Ok(Snapshot {
-            disks,
-            // A Python device is read as it is: crash-consistent.
-            consistency,
-            warnings,
-            provider_data: Some(Box::new(Taken { images: Mutex::new(data), consistency })),
-        })
-    }
-
-    fn check_intact(&self, vm: &Vm, snapshot: &Snapshot) -> backup_core::Result<()> {
-        let Some(taken) = snapshot.provider_data.as_ref().and_then(|d| d.downcast_ref::<Taken>()) else {
-            return Ok(());
-        };
-        let Some(inner) = taken.image_snapshot() else {
-            return Ok(());
-        };
-        let r = self.images.check_intact(&self.image_vm(vm), &inner);
-        taken.give_back(inner);
-        r
-    }
-
-    /// Keepable only when every disk is an image file (a Python device is
-    /// read live and cannot be kept) and the image provider's snapshot is
-    /// keepable: reflink clones, in the VM's order.
-    fn keepable(&self, snapshot: &Snapshot) -> Option<Vec<backup_core::KeptDisk>> {
-        if snapshot.disks.iter().any(|d| self.devices.contains_key(&d.name)) {
-            return None;
-        }
-        let taken = snapshot.provider_data.as_ref()?.downcast_ref::<Taken>()?;
-        let mut inner = taken.image_snapshot()?;
-        inner.disks = snapshot
-            .disks
-            .iter()
-            .map(|d| SnapshotDisk {
-                name: d.name.clone(),
-                device: d.device.clone(),
-                change_token: d.change_token.clone(),
-                method: d.method.clone(),
-            })
-            .collect();
-        let kept = self.images.keepable(&inner);
-        inner.disks.clear();
-        taken.give_back(inner);
-        kept
-    }
-
-    fn release(&self, vm: &Vm, snapshot: Snapshot) -> backup_core::Result<()> {
-        let Snapshot { disks, provider_data, .. } = snapshot;
-        // Close the images (and let go of the Python objects) first.
-        drop(disks);
-        let Some(taken) = provider_data.and_then(|d| d.downcast::<Taken>().ok()) else {
-            return Ok(());
-        };
-        match taken.image_snapshot() {
-            Some(inner) => self.images.release(&self.image_vm(vm), inner),
-            None => Ok(()),
-        }
-    }
 }

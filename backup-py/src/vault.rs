@@ -1,13 +1,12 @@
 //! `vmbackup.Vault`: a vault opened from Python, and the operations on it.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use backup_core::{
-    BackupOptions, Consistency, GcOptions, OsType, Policy, PruneOptions, VaultOptions, VerifyOptions, Vm, VmDisk,
-    validate_name,
+    BackupOptions, Consistency, ConsistentProvider, GcOptions, MixedProvider, OsType, Policy, PruneOptions,
+    VaultOptions, VerifyOptions, Vm, VmDisk, validate_name,
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -16,7 +15,7 @@ use pyo3::types::{PyBytes, PyMapping, PyString};
 use crate::errors::{callable_arg, int_arg, new_error, to_py, type_name};
 use crate::job;
 use crate::maintenance::{GcReport, PruneReport};
-use crate::provider::{MixedProvider, PyDevice};
+use crate::provider::PyDevice;
 use crate::tiers::{KeptSnapshot, ReleaseReport};
 use crate::types::{KeySlot, RecoveryPoint, RestoreStats, VerifyReport};
 
@@ -91,7 +90,7 @@ impl Vault {
 }
 
 /// The disks of a backup: the core's VM and the Python devices by name.
-fn resolve_disks(py: Python<'_>, vm: &str, disks: &Bound<'_, PyAny>) -> PyResult<(Vm, HashMap<String, Arc<PyDevice>>)> {
+fn resolve_disks(py: Python<'_>, vm: &str, disks: &Bound<'_, PyAny>) -> PyResult<(Vm, MixedProvider)> {
     let device_class = py.import("vmbackup._device")?.getattr("BlockDevice")?;
     let os_pathlike = py.import("os")?.getattr("PathLike")?;
     if disks.is_instance_of::<PyString>()
@@ -123,7 +122,7 @@ fn resolve_disks(py: Python<'_>, vm: &str, disks: &Bound<'_, PyAny>) -> PyResult
         iter.map(|i| i.map(|v| (None, v))).collect::<PyResult<Vec<_>>>()?
     };
     let mut vm_disks = Vec::with_capacity(items.len());
-    let mut devices = HashMap::new();
+    let mut provider = MixedProvider::new();
     for (i, (name, item)) in items.into_iter().enumerate() {
         if item.is_instance(&device_class)? {
             let name = match name {
@@ -146,8 +145,9 @@ fn resolve_disks(py: Python<'_>, vm: &str, disks: &Bound<'_, PyAny>) -> PyResult
             let size = u64::try_from(size)
                 .map_err(|_| PyValueError::new_err(format!("disk {name}: size() returned {size} < 0")))?;
             let has_allocated = !item.get_type().getattr("allocated")?.is(&device_class.getattr("allocated")?);
-            devices.insert(name.clone(), Arc::new(PyDevice::new(item.clone().unbind(), size, has_allocated)));
-            vm_disks.push(VmDisk { name: name.clone(), location: format!("python:{name}") });
+            let device = Arc::new(PyDevice::new(item.clone().unbind(), size, has_allocated));
+            provider.add_device(&name, device, None, "python");
+            vm_disks.extend(provider.disk(&name));
         } else {
             let path: PathBuf = item.extract().map_err(|_| {
                 PyTypeError::new_err(format!(
@@ -176,7 +176,7 @@ fn resolve_disks(py: Python<'_>, vm: &str, disks: &Bound<'_, PyAny>) -> PyResult
     }
     let vm = Vm { name: vm.to_string(), os: OsType::Other, disks: vm_disks };
     vm.validate().map_err(|e| to_py(py, e))?;
-    Ok((vm, devices))
+    Ok((vm, provider))
 }
 
 /// The index of a disk given by position (an int, negative from the end)
@@ -340,7 +340,10 @@ impl Vault {
     ///
     /// `consistency` is the level asked for ("crash", "filesystem" or
     /// "application"); image files and Python disks give "crash", and the
-    /// point records what was achieved. `block_size` is a power of two from
+    /// point records what was achieved, with a warning (`point.warnings`)
+    /// when it is less than was asked for. `min_consistency` is the weakest
+    /// level accepted: a backup that would fall below it fails with
+    /// `ProviderError` and commits nothing. `block_size` is a power of two from
     /// 16384 to 4194304, used for a disk's first point (a disk keeps its
     /// chain's block size).
     ///
@@ -355,8 +358,8 @@ impl Vault {
     /// backup, which commits nothing, and is re-raised as it is; so is
     /// `KeyboardInterrupt` (Ctrl-C) while a backup runs.
     #[pyo3(
-        signature = (vm, disks, *, consistency = None, block_size = None, instant_restore_days = 0, progress = None),
-        text_signature = "(self, vm, disks, *, consistency='crash', block_size=65536, instant_restore_days=0, progress=None)"
+        signature = (vm, disks, *, consistency = None, min_consistency = None, block_size = None, instant_restore_days = 0, progress = None),
+        text_signature = "(self, vm, disks, *, consistency='crash', min_consistency='crash', block_size=65536, instant_restore_days=0, progress=None)"
     )]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments
     fn backup(
@@ -365,6 +368,7 @@ impl Vault {
         vm: &Bound<'_, PyAny>,
         disks: &Bound<'_, PyAny>,
         consistency: Option<&Bound<'_, PyAny>>,
+        min_consistency: Option<&Bound<'_, PyAny>>,
         block_size: Option<&Bound<'_, PyAny>>,
         instant_restore_days: u32,
         progress: Option<Bound<'_, PyAny>>,
@@ -375,6 +379,10 @@ impl Vault {
         let consistency: Consistency = match consistency {
             None => Consistency::Crash,
             Some(c) => str_arg(c, "consistency")?.parse().map_err(|e| to_py(py, e))?,
+        };
+        let min_consistency: Consistency = match min_consistency {
+            None => Consistency::Crash,
+            Some(c) => str_arg(c, "min_consistency")?.parse().map_err(|e| to_py(py, e))?,
         };
         let block_size = match block_size {
             None => backup_core::DEFAULT_BLOCK_SIZE,
@@ -397,6 +405,8 @@ impl Vault {
         #[cfg(feature = "libvirt")]
         if let Ok(lp) = disks.cast::<crate::libvirt::LibvirtProvider>() {
             let mut provider = lp.get().inner.clone();
+            // The stricter of the provider's minimum and this call's.
+            provider.min_consistency = provider.min_consistency.max(min_consistency);
             let report = job::run(py, progress, move |p, cancel| {
                 provider.cancel = cancel.clone();
                 let o = options(settings, p, cancel);
@@ -405,18 +415,24 @@ impl Vault {
             })?;
             return Ok(RecoveryPoint::new(report.point));
         }
-        let (vm, devices) = resolve_disks(py, &vm, disks)?;
+        let (vm, provider) = resolve_disks(py, &vm, disks)?;
         // Borrowed by the job, so that the Python devices are dropped here,
         // with the GIL held.
-        let provider = MixedProvider::new(devices);
         let provider = &provider;
         let report = job::run(py, progress, move |p, cancel| {
-            backup_core::backup(&vault, provider, &vm, &options(settings, p, cancel))
+            // No scripts and no freeze: it settles what was achieved
+            // against what was asked for, warns or fails below the minimum.
+            let provider =
+                ConsistentProvider::new(provider).with_min_consistency(min_consistency).with_cancel(cancel.clone());
+            backup_core::backup(&vault, &provider, &vm, &options(settings, p, cancel))
         })?;
         Ok(RecoveryPoint::new(report.point))
     }
 
     /// The recovery points of one VM (or of all VMs), oldest first.
+    ///
+    /// Raises `NotFoundError` when `vm` names a VM the vault holds no point
+    /// of (see `vms()`).
     #[pyo3(signature = (vm = None))]
     fn points(&self, py: Python<'_>, vm: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<RecoveryPoint>> {
         let vault = self.get()?;
@@ -427,12 +443,10 @@ impl Vault {
         if let Some(v) = &vm {
             validate_name("vm name", v).map_err(|e| to_py(py, e))?;
         }
-        let points = job::run(py, None, |_, _| {
-            match &vm {
-                // A VM without points has none, rather than an error.
-                Some(v) if !vault.vms()?.contains(v) => Ok(Vec::new()),
-                _ => vault.points(vm.as_deref()),
-            }
+        let points = job::run(py, None, |_, _| match &vm {
+            // A VM the vault holds nothing of is a NotFoundError (a typo).
+            Some(v) => vault.vm_points(v),
+            None => vault.points(None),
         })?;
         Ok(points.into_iter().map(RecoveryPoint::new).collect())
     }

@@ -52,7 +52,8 @@ def test_full_and_incremental_round_trip(
     assert first != second and first != first.id and len({first, second, vault.point("web")}) == 2
     assert repr(first).startswith("RecoveryPoint(vm='web', id=")
     assert vault.points() == [first, second]
-    assert vault.points("nobody") == []
+    with pytest.raises(vmbackup.NotFoundError, match="points of vm nobody not found"):
+        vault.points("nobody")
     assert vault.point("web") == second
     assert vault.point("web", first.id[:20]) == first
     assert vault.vms() == ["web"]
@@ -216,3 +217,20 @@ def test_block_device_allocated_skips_holes(vault: vmbackup.Vault, tmp_path: Pat
         vault.backup("sparse", [Unsorted()])
     assert isinstance(e.value.__cause__, ValueError)
     assert vault.points() == [point]
+
+
+def test_asking_more_consistency_than_image_files_give_warns_or_fails(
+    vault: vmbackup.Vault, make_image: MakeImage
+) -> None:
+    image = make_image("root.img", 2 * MiB)
+    # Image files are read as they are: asking for more is a warning on the
+    # point, as the command line prints it, not a silent downgrade.
+    p = vault.backup("web", [image, MemoryDisk(b"d" * MiB, "data")], consistency="application")
+    assert (p.wanted_consistency, p.consistency) == ("application", "crash")
+    assert any("asked for application consistency, got crash" in w for w in p.warnings), p.warnings
+    # Under a minimum it cannot meet, the backup fails and commits nothing.
+    with pytest.raises(vmbackup.VmBackupError, match="at least filesystem consistency is required"):
+        vault.backup("web", [image], consistency="application", min_consistency="filesystem")
+    assert vault.points("web") == [p]
+    with pytest.raises(ValueError):
+        vault.backup("web", [image], min_consistency="perfect")  # type: ignore[arg-type]

@@ -31,6 +31,8 @@ class Memory(vmbackup.BlockDevice):
 def back_up(v: vmbackup.Vault) -> str:
     p = v.backup("vm", ["a.img", Memory(b"x" * 512)], consistency="filesystem")
     level: str = p.consistency
+    v.backup("vm", ("a.img",), min_consistency="crash")
+    v.backup("vm", {"boot": "a.img", "data": Memory(b"")})
     return level
 '''
 
@@ -42,6 +44,9 @@ def typo(v: vmbackup.Vault) -> None:
 
 def level_typo(p: vmbackup.RecoveryPoint) -> bool:
     return p.consistency == "file-system-consistent"
+
+def one_path(v: vmbackup.Vault) -> None:
+    v.backup("vm", "a.img")
 '''
 
 
@@ -66,9 +71,11 @@ def test_consistency_typos_are_type_errors(tmp_path: Path) -> None:
     assert any("user.py:5:" in line and "filesytem" in line for line in lines), out
     # --strict has --strict-equality: a level that can never be equal.
     assert any("user.py:8:" in line and "Non-overlapping equality" in line for line in lines), out
+    # A bare str is a Sequence of str, so `disks` takes lists and tuples.
+    assert any("user.py:11:" in line and '"backup" of "Vault"' in line for line in lines), out
 
 
 def test_a_bare_path_for_disks_is_a_type_error_at_run_time(vault: vmbackup.Vault) -> None:
-    # Typing cannot tell one str from a Sequence of str; the call can.
+    # mypy refuses it (above); the call refuses it too, for untyped code.
     with pytest.raises(TypeError, match="not a single disk"):
         vault.backup("vm", "a.img")

@@ -2,7 +2,8 @@
  * disks the host serves through callbacks (one disk from memory with
  * allocation maps and changed block tracking, one from a file), two
  * backups with a change in between, a cancelled job that leaves the vault
- * as it was, restores compared with the source bytes, verify.
+ * as it was, restores compared with the source bytes, verify; one disk
+ * list mixing named image files and a callback disk.
  *
  * Built with: cc -std=c11 -Wall -Wextra -Werror host.c $(pkg-config --cflags --libs vmbackup) */
 #define _XOPEN_SOURCE 700
@@ -513,11 +514,11 @@ static void list_and_find_points(void) {
     vmb_point_free(last);
     vmb_point_free(found);
 
+    /* A typo in a VM's name is an error, not an empty list. */
     vmb_point_list *none = NULL;
-    REQUIRE_OK(vmb_vault_list_points(g_vault, "no-such-vm", &none));
-    REQUIRE_OK(vmb_point_list_len(none, &n));
-    CHECK(n == 0);
-    vmb_point_list_free(none);
+    CHECK(vmb_vault_list_points(g_vault, "no-such-vm", &none) == VMB_ERR_NOT_FOUND);
+    CHECK(none == NULL);
+    CHECK(LAST_ERROR_HAS("points of vm no-such-vm not found"));
 }
 
 static void verify_vault(void) {
@@ -748,6 +749,131 @@ static void repair_and_allow_damaged_restore(void) {
     vmb_point_free(p);
 }
 
+/* ------------------------------------------------------- a mixed disk list */
+
+static atomic_int g_list_destroys;
+
+static void list_file_destroy(void *ud) {
+    close(((file_dev *)ud)->fd);
+    free(ud);
+    atomic_fetch_add(&g_list_destroys, 1);
+}
+
+/* One VM, one call: two image files that are both "disk.img" (in different
+ * folders), named once each, and a disk the host serves by callbacks. */
+static void mixed_named_disks_in_one_list(void) {
+    REQUIRE(g_vault != NULL);
+    atomic_init(&g_list_destroys, 0);
+    size_t img_len = 1 * MiB, host_len = 2 * MiB;
+    uint8_t *boot = (uint8_t *)malloc(img_len), *extra = (uint8_t *)malloc(img_len);
+    uint8_t *data = (uint8_t *)malloc(host_len);
+    REQUIRE(boot != NULL && extra != NULL && data != NULL);
+    fill_pattern(boot, img_len, 11);
+    fill_pattern(extra, img_len, 12);
+    fill_pattern(data, host_len, 13);
+    char *d1 = join(g_dir, "one"), *d2 = join(g_dir, "two");
+    REQUIRE(mkdir(d1, 0700) == 0 && mkdir(d2, 0700) == 0);
+    char *p1 = join(d1, "disk.img"), *p2 = join(d2, "disk.img"), *ph = join(g_dir, "data.raw");
+    REQUIRE(write_file(p1, boot, img_len) == 0 && write_file(p2, extra, img_len) == 0);
+    REQUIRE(write_file(ph, data, host_len) == 0);
+
+    vmb_disks *disks = NULL;
+    REQUIRE_OK(vmb_disks_new(&disks));
+    REQUIRE_OK(vmb_disks_add_image(disks, "boot", p1));
+    REQUIRE_OK(vmb_disks_add_image(disks, NULL, p2)); /* named after its file: disk.img */
+    /* A second unnamed disk.img would be a second disk of that name. */
+    CHECK(vmb_disks_add_image(disks, NULL, p1) == VMB_ERR_INVALID_ARGUMENT);
+    CHECK(LAST_ERROR_HAS("already has a disk named disk.img"));
+    CHECK(vmb_disks_add_image(disks, "../up", p1) == VMB_ERR_INVALID_ARGUMENT);
+    CHECK(vmb_disks_add_image(disks, "x", NULL) == VMB_ERR_NULL_ARGUMENT);
+
+    file_dev *dev = (file_dev *)malloc(sizeof *dev);
+    REQUIRE(dev != NULL);
+    dev->fd = open(ph, O_RDONLY);
+    REQUIRE(dev->fd >= 0);
+    vmb_disk_ops ops = {.userdata = dev, .size = file_size, .read_at = file_read,
+                        .destroy = list_file_destroy};
+    REQUIRE_OK(vmb_disks_add_host(disks, "data", &ops, NULL));
+    CHECK(atomic_load(&g_list_destroys) == 0);
+    /* A refused host disk is given back at once: its destroy runs. */
+    file_dev *dup = (file_dev *)malloc(sizeof *dup);
+    REQUIRE(dup != NULL);
+    dup->fd = open(ph, O_RDONLY);
+    vmb_disk_ops dup_ops = ops;
+    dup_ops.userdata = dup;
+    CHECK(vmb_disks_add_host(disks, "boot", &dup_ops, NULL) == VMB_ERR_INVALID_ARGUMENT);
+    CHECK(atomic_load(&g_list_destroys) == 1);
+
+    /* Asking for application consistency of disks read as they are: the
+     * point says what it got, and a warning says why. */
+    vmb_job *job = NULL;
+    REQUIRE_OK(vmb_job_new(&job));
+    REQUIRE_OK(vmb_job_set_consistency(job, VMB_CONSISTENCY_APPLICATION));
+    vmb_point *first = NULL, *second = NULL;
+    REQUIRE_OK(vmb_vault_backup_disks(g_vault, "mixedvm", disks, job, &first));
+    vmb_consistency got = 99, wanted = 99;
+    REQUIRE_OK(vmb_point_consistency(first, &got));
+    REQUIRE_OK(vmb_point_wanted_consistency(first, &wanted));
+    CHECK(got == VMB_CONSISTENCY_CRASH && wanted == VMB_CONSISTENCY_APPLICATION);
+    size_t nw = 0, found = 0;
+    REQUIRE_OK(vmb_point_warning_count(first, &nw));
+    for (size_t i = 0; i < nw; i++) {
+        const char *w = NULL;
+        REQUIRE_OK(vmb_point_warning(first, i, &w));
+        if (strstr(w, "asked for application consistency, got crash") != NULL) found++;
+    }
+    CHECK(found == 1);
+    size_t n = 0;
+    const char *name = NULL;
+    REQUIRE_OK(vmb_point_disk_count(first, &n));
+    CHECK(n == 3);
+    const char *want_names[] = {"boot", "disk.img", "data"};
+    for (size_t i = 0; i < n && i < 3; i++) {
+        REQUIRE_OK(vmb_point_disk_name(first, i, &name));
+        CHECK(strcmp(name, want_names[i]) == 0);
+    }
+
+    /* Under a minimum it cannot meet, nothing is committed. */
+    REQUIRE_OK(vmb_job_set_min_consistency(job, VMB_CONSISTENCY_FILESYSTEM));
+    CHECK(vmb_vault_backup_disks(g_vault, "mixedvm", disks, job, NULL) == VMB_ERR_PROVIDER);
+    CHECK(LAST_ERROR_HAS("at least filesystem consistency is required"));
+    CHECK(vmb_job_set_min_consistency(job, 7) == VMB_ERR_INVALID_ARGUMENT);
+    vmb_job_free(job);
+
+    /* The list is reused: one block of the host disk changes. */
+    data[host_len / 2] ^= 0xff;
+    REQUIRE(write_file(ph, data, host_len) == 0);
+    REQUIRE_OK(vmb_vault_backup_disks(g_vault, "mixedvm", disks, NULL, &second));
+    vmb_backup_stats st;
+    REQUIRE_OK(vmb_point_stats(second, &st));
+    CHECK(st.bytes_new == 64 * 1024);
+    vmb_point_list *list = NULL;
+    REQUIRE_OK(vmb_vault_list_points(g_vault, "mixedvm", &list));
+    size_t count = 0;
+    REQUIRE_OK(vmb_point_list_len(list, &count));
+    CHECK(count == 2);
+    vmb_point_list_free(list);
+
+    CHECK(file_restore_matches(second, "boot", boot, img_len));
+    CHECK(file_restore_matches(second, "disk.img", extra, img_len));
+    CHECK(file_restore_matches(second, "data", data, host_len));
+
+    CHECK(atomic_load(&g_list_destroys) == 1);
+    vmb_disks_free(disks); /* gives the host disk back */
+    CHECK(atomic_load(&g_list_destroys) == 2);
+    vmb_disks_free(NULL);
+    vmb_point_free(first);
+    vmb_point_free(second);
+    free(boot);
+    free(extra);
+    free(data);
+    free(p1);
+    free(p2);
+    free(ph);
+    free(d1);
+    free(d2);
+}
+
 int main(void) {
     g_dir = make_temp_dir("host-c");
     if (g_dir == NULL) {
@@ -765,6 +891,7 @@ int main(void) {
     RUN(prune_and_gc);
     RUN(verify_reports_damage);
     RUN(repair_and_allow_damaged_restore);
+    RUN(mixed_named_disks_in_one_list);
     vmb_vault_free(g_vault);
     free(g_file_disk);
     remove_tree(g_dir);

@@ -9,6 +9,7 @@ pub(crate) mod consistent;
 mod freeze;
 pub(crate) mod guardian;
 mod image_files;
+mod mixed;
 pub(crate) mod scripts;
 
 use std::any::Any;
@@ -23,6 +24,7 @@ use crate::model::{Consistency, Vm};
 pub use consistent::ConsistentProvider;
 pub use freeze::{DEFAULT_FREEZE_TIMEOUT, FreezeGuard, ThawReport};
 pub use image_files::ImageFileProvider;
+pub use mixed::MixedProvider;
 pub use scripts::{DEFAULT_SCRIPT_TIMEOUT, MAX_SCRIPT_RETRIES, MAX_SCRIPT_TIMEOUT_SECS, OUTPUT_LIMIT, ScriptsConfig};
 
 /// What a provider's `prepare` did to a VM before its first backup (for a
@@ -156,30 +158,39 @@ pub trait SnapshotProvider: Send + Sync {
     fn release(&self, vm: &Vm, snapshot: Snapshot) -> Result<()>;
 }
 
-/// A boxed provider is a provider: hosts choose one per VM at run time.
-impl<P: SnapshotProvider + ?Sized> SnapshotProvider for Box<P> {
-    fn prepare(&self, vm: &Vm) -> Result<PrepareReport> {
-        (**self).prepare(vm)
-    }
-    fn version(&self) -> String {
-        (**self).version()
-    }
-    fn snapshot(&self, vm: &Vm, wanted: Consistency) -> Result<Snapshot> {
-        (**self).snapshot(vm, wanted)
-    }
-    fn snapshot_since(&self, vm: &Vm, wanted: Consistency, previous: &[(String, String)]) -> Result<Snapshot> {
-        (**self).snapshot_since(vm, wanted, previous)
-    }
-    fn check_intact(&self, vm: &Vm, snapshot: &Snapshot) -> Result<()> {
-        (**self).check_intact(vm, snapshot)
-    }
-    fn keepable(&self, snapshot: &Snapshot) -> Option<Vec<KeptDisk>> {
-        (**self).keepable(snapshot)
-    }
-    fn configuration(&self, vm: &Vm, snapshot: &Snapshot) -> Option<crate::model::VmConfiguration> {
-        (**self).configuration(vm, snapshot)
-    }
-    fn release(&self, vm: &Vm, snapshot: Snapshot) -> Result<()> {
-        (**self).release(vm, snapshot)
-    }
+/// A provider behind a pointer is a provider: forwards every call.
+macro_rules! forward_provider {
+    ($($ty:ty),*) => {$(
+        impl<P: SnapshotProvider + ?Sized> SnapshotProvider for $ty {
+            fn prepare(&self, vm: &Vm) -> Result<PrepareReport> {
+                (**self).prepare(vm)
+            }
+            fn version(&self) -> String {
+                (**self).version()
+            }
+            fn snapshot(&self, vm: &Vm, wanted: Consistency) -> Result<Snapshot> {
+                (**self).snapshot(vm, wanted)
+            }
+            fn snapshot_since(&self, vm: &Vm, wanted: Consistency, previous: &[(String, String)]) -> Result<Snapshot> {
+                (**self).snapshot_since(vm, wanted, previous)
+            }
+            fn check_intact(&self, vm: &Vm, snapshot: &Snapshot) -> Result<()> {
+                (**self).check_intact(vm, snapshot)
+            }
+            fn keepable(&self, snapshot: &Snapshot) -> Option<Vec<KeptDisk>> {
+                (**self).keepable(snapshot)
+            }
+            fn configuration(&self, vm: &Vm, snapshot: &Snapshot) -> Option<crate::model::VmConfiguration> {
+                (**self).configuration(vm, snapshot)
+            }
+            fn release(&self, vm: &Vm, snapshot: Snapshot) -> Result<()> {
+                (**self).release(vm, snapshot)
+            }
+        }
+    )*};
 }
+
+// A boxed provider: hosts choose one per VM at run time. A borrowed one:
+// a wrapper (`ConsistentProvider`) made per job around a provider that
+// must outlive it.
+forward_provider!(Box<P>, &P);

@@ -95,9 +95,12 @@ class Vault:
     def backup(
         self,
         vm: str,
-        disks: Union[Sequence[_Disk], Mapping[str, _Disk], "LibvirtProvider"],
+        # A list or tuple, not any Sequence: a bare str is a Sequence of str,
+        # and the runtime refuses it as "a single disk".
+        disks: Union[List[_Disk], Tuple[_Disk, ...], Mapping[str, _Disk], "LibvirtProvider"],
         *,
         consistency: _Consistency = "crash",
+        min_consistency: _Consistency = "crash",
         block_size: int = 65536,
         instant_restore_days: int = 0,
         progress: Optional[_Progress] = None,
