@@ -1630,7 +1630,8 @@ enum vmb_status vmb_vault_point_tiers(const struct vmb_vault *vault,
                                       uint32_t *out);
 
 /**
- * Restores disk `disk` (its name, or its index written as a number) of a
+ * Restores the disk named `disk` (a name only, as in
+ * `vmb_vault_restore_disk_to_file`) of a
  * point from the snapshot kept after its job: a reflink copy of the clone
  * where the file system allows, else a sparse copy, checked against the
  * size and time the clone had when kept. `*restored` is false, and nothing
@@ -2013,8 +2014,8 @@ enum vmb_status vmb_vault_find_point(const struct vmb_vault *vault,
                                      struct vmb_point **out);
 
 /**
- * Restores disk `disk` (its name, or its index written as a number) of a
- * point to the file `path`: written sparse under a temporary name beside
+ * Restores the disk named `disk` (a name only: `vmb_point_disk_name`
+ * gives the name of disk N) of a point to the file `path`: written sparse under a temporary name beside
  * it and renamed into place when complete. A block device is written in
  * place. `job` may be NULL; `stats` may be NULL.
  *
@@ -2049,7 +2050,7 @@ enum vmb_status vmb_vault_restore_disk_to_file_allow_damaged(const struct vmb_va
                                                              uint64_t *damaged_bytes);
 
 /**
- * Restores disk `disk` of a point through the host's `target` callbacks
+ * Restores the disk named `disk` of a point through the host's `target` callbacks
  * (see `vmb_write_target` for the threads they come from). `job` may be
  * NULL; `stats` may be NULL.
  *

@@ -48,6 +48,23 @@ impl vmb_point {
         Box::into_raw(Box::new(self))
     }
 
+    /// The disk named `name`, by its name only: a disk named "1" is never
+    /// confused with disk 1, whose name `vmb_point_disk_name` gives.
+    pub(crate) fn disk_named<'a>(&self, name: &'a str) -> FfiResult<&'a str> {
+        if self.manifest.disks.iter().any(|d| d.name == name) {
+            return Ok(name);
+        }
+        Err(Failure::new(
+            crate::status::vmb_status::VMB_ERR_NOT_FOUND,
+            format!(
+                "disk {name} not found in point {} of vm {} (it has: {}); a disk is named, and vmb_point_disk_name gives the name of disk N",
+                self.manifest.id,
+                self.manifest.vm,
+                self.manifest.disks.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        ))
+    }
+
     fn disk(&self, index: usize) -> FfiResult<&backup_core::DiskRecord> {
         self.manifest.disks.get(index).ok_or_else(|| {
             Failure::invalid(format!(

@@ -52,7 +52,8 @@ pub unsafe extern "C" fn vmb_vault_point_tiers(
     }
 }
 
-/// Restores disk `disk` (its name, or its index written as a number) of a
+/// Restores the disk named `disk` (a name only, as in
+/// `vmb_vault_restore_disk_to_file`) of a
 /// point from the snapshot kept after its job: a reflink copy of the clone
 /// where the file system allows, else a sparse copy, checked against the
 /// size and time the clone had when kept. `*restored` is false, and nothing
@@ -76,7 +77,7 @@ pub unsafe extern "C" fn vmb_vault_restore_disk_from_snapshot(
     ffi! {
         let v = arg_ref!(vault, "vault");
         let p = arg_ref!(point, "point");
-        let disk = arg_str!(disk, "disk");
+        let disk = p.disk_named(arg_str!(disk, "disk"))?;
         let path = arg_str!(path, "path");
         let restored = arg_out!(restored, "restored");
         let options = restore_options(job);

@@ -651,8 +651,8 @@ pub(crate) fn hand_out_stats(out: *mut vmb_restore_stats, stats: RestoreStats) {
     }
 }
 
-/// Restores disk `disk` (its name, or its index written as a number) of a
-/// point to the file `path`: written sparse under a temporary name beside
+/// Restores the disk named `disk` (a name only: `vmb_point_disk_name`
+/// gives the name of disk N) of a point to the file `path`: written sparse under a temporary name beside
 /// it and renamed into place when complete. A block device is written in
 /// place. `job` may be NULL; `stats` may be NULL.
 ///
@@ -689,7 +689,7 @@ unsafe fn restore_to_file(
     ffi! {
         let v = arg_ref!(vault, "vault");
         let p = arg_ref!(point, "point");
-        let disk = arg_str!(disk, "disk");
+        let disk = p.disk_named(arg_str!(disk, "disk"))?;
         let path = arg_str!(path, "path");
         let mut options = restore_options(job);
         options.allow_damaged = damaged_bytes.is_some();
@@ -727,7 +727,7 @@ pub unsafe extern "C" fn vmb_vault_restore_disk_to_file_allow_damaged(
     unsafe { restore_to_file(vault, point, disk, path, job, stats, Some(damaged_bytes)) }
 }
 
-/// Restores disk `disk` of a point through the host's `target` callbacks
+/// Restores the disk named `disk` of a point through the host's `target` callbacks
 /// (see `vmb_write_target` for the threads they come from). `job` may be
 /// NULL; `stats` may be NULL.
 ///
@@ -747,7 +747,7 @@ pub unsafe extern "C" fn vmb_vault_restore_disk(
     ffi! {
         let v = arg_ref!(vault, "vault");
         let p = arg_ref!(point, "point");
-        let disk = arg_str!(disk, "disk");
+        let disk = p.disk_named(arg_str!(disk, "disk"))?;
         let target = HostTarget::new(arg_ref!(target, "target"))?;
         let s = backup_core::restore_disk(
             &v.vault,

@@ -351,7 +351,7 @@ static void bad_names_and_values(void) {
     CHECK(none == NULL);
     vmb_point_list_free(l);
     vmb_write_target no_write = {NULL, NULL, NULL, NULL};
-    REQUIRE_STATUS(vmb_vault_restore_disk(g_vault, pt, "0", &no_write, NULL, NULL),
+    REQUIRE_STATUS(vmb_vault_restore_disk(g_vault, pt, "small.img", &no_write, NULL, NULL),
                    VMB_ERR_INVALID_ARGUMENT);
     vmb_point_free(pt);
 }

@@ -328,7 +328,14 @@ static void image_vm_twice(void) {
     CHECK(file_restore_matches(p2, "a.img", a, a_len));
     CHECK(file_restore_matches(p2, "b.img", b, b_len));
     CHECK(file_restore_matches(p1, "a.img", a0, a_len));
-    CHECK(restore_matches(p1, "0", a0, a_len)); /* a disk by its index */
+    /* A disk is restored by name; disk N's name comes from the point. */
+    const char *first_name = NULL;
+    REQUIRE_OK(vmb_point_disk_name(p1, 0, &first_name));
+    CHECK(restore_matches(p1, first_name, a0, a_len));
+    char *nowhere = join(g_dir, "nowhere.img");
+    CHECK(vmb_vault_restore_disk_to_file(g_vault, p1, "0", nowhere, NULL, NULL) == VMB_ERR_NOT_FOUND);
+    CHECK(LAST_ERROR_HAS("vmb_point_disk_name gives the name of disk N"));
+    free(nowhere);
 
     vmb_point_free(p1);
     vmb_point_free(p2);
@@ -857,6 +864,18 @@ static void mixed_named_disks_in_one_list(void) {
     CHECK(file_restore_matches(second, "boot", boot, img_len));
     CHECK(file_restore_matches(second, "disk.img", extra, img_len));
     CHECK(file_restore_matches(second, "data", data, host_len));
+
+    /* Names that look like indexes are names: disk "1" is index 0 here. */
+    vmb_disks *numbered = NULL;
+    vmb_point *third = NULL;
+    REQUIRE_OK(vmb_disks_new(&numbered));
+    REQUIRE_OK(vmb_disks_add_image(numbered, "1", p2));
+    REQUIRE_OK(vmb_disks_add_image(numbered, "0", p1));
+    REQUIRE_OK(vmb_vault_backup_disks(g_vault, "numbered", numbered, NULL, &third));
+    vmb_disks_free(numbered);
+    CHECK(file_restore_matches(third, "1", extra, img_len));
+    CHECK(file_restore_matches(third, "0", boot, img_len));
+    vmb_point_free(third);
 
     CHECK(atomic_load(&g_list_destroys) == 1);
     vmb_disks_free(disks); /* gives the host disk back */

@@ -90,7 +90,9 @@ static void a_kept_snapshot_is_a_tier_restored_from_and_released(void) {
     REQUIRE(write_file(disk, second, size) == 0);
     bool restored = false;
     vmb_restore_stats st;
-    REQUIRE_OK(vmb_vault_restore_disk_from_snapshot(v, pt, "0", from_snapshot, NULL, &st, &restored));
+    const char *name = NULL;
+    REQUIRE_OK(vmb_point_disk_name(pt, 0, &name));
+    REQUIRE_OK(vmb_vault_restore_disk_from_snapshot(v, pt, name, from_snapshot, NULL, &st, &restored));
     CHECK(restored);
     CHECK(st.size == size);
     CHECK(file_equals(from_snapshot, first, size));
