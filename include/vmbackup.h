@@ -697,9 +697,12 @@ const char *vmb_status_str(int code);
 /**
  * The detailed message of the last call on the calling thread that
  * returned an error (what failed and where: path, VM, disk, byte offset);
- * the empty string after a call that succeeded. Owned by the library and
- * valid until the next call into the library on this thread; copy it to
- * keep it. Never NULL.
+ * the empty string after a call that succeeded. Never NULL. Owned by the
+ * library: it stays valid and unchanged until this thread next calls a
+ * function that returns a `vmb_status` (copy it to keep it longer).
+ * `vmb_last_error`, `vmb_status_str`, `vmb_version` and the `_free`
+ * functions leave it intact, so
+ * `printf("%s: %s", vmb_status_str(st), vmb_last_error())` is safe.
  */
 const char *vmb_last_error(void);
 

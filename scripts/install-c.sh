@@ -57,6 +57,8 @@ ln -sfn "libvmbackup.so.$version" "$prefix/lib/$soname"
 ln -sfn "$soname" "$prefix/lib/libvmbackup.so"
 install -m 0644 "$out/libvmbackup.a" "$prefix/lib/libvmbackup.a"
 install -m 0644 include/vmbackup.h "$prefix/include/vmbackup.h"
+install -d "$prefix/share/vmbackup"
+install -m 0644 backup-ffi/vmbackup.supp "$prefix/share/vmbackup/vmbackup.supp"
 cat > "$prefix/lib/pkgconfig/vmbackup.pc" <<PC
 prefix=$prefix
 libdir=\${prefix}/lib

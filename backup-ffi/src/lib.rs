@@ -64,9 +64,12 @@ pub extern "C" fn vmb_status_str(code: c_int) -> *const c_char {
 
 /// The detailed message of the last call on the calling thread that
 /// returned an error (what failed and where: path, VM, disk, byte offset);
-/// the empty string after a call that succeeded. Owned by the library and
-/// valid until the next call into the library on this thread; copy it to
-/// keep it. Never NULL.
+/// the empty string after a call that succeeded. Never NULL. Owned by the
+/// library: it stays valid and unchanged until this thread next calls a
+/// function that returns a `vmb_status` (copy it to keep it longer).
+/// `vmb_last_error`, `vmb_status_str`, `vmb_version` and the `_free`
+/// functions leave it intact, so
+/// `printf("%s: %s", vmb_status_str(st), vmb_last_error())` is safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn vmb_last_error() -> *const c_char {
     std::panic::catch_unwind(status::last_error_ptr).unwrap_or(c"".as_ptr())

@@ -158,6 +158,34 @@ static void status_texts_and_version(void) {
 #endif
 }
 
+/* The last error survives the calls the header says leave it intact, so
+ * that printing it beside its status text, after freeing, is safe. */
+static void last_error_lifetime(void) {
+    vmb_job *job = NULL;
+    REQUIRE_OK(vmb_job_new(&job));
+    vmb_status st = vmb_vault_open("/nonexistent/vault", NULL);
+    CHECK(st == VMB_ERR_NULL_ARGUMENT);
+    const char *e = vmb_last_error();
+    char copy[256];
+    snprintf(copy, sizeof copy, "%s", e);
+    CHECK(strlen(copy) > 0);
+    (void)vmb_status_str(st);
+    (void)vmb_version();
+    vmb_job_free(job);
+    vmb_point_free(NULL);
+    vmb_disks_free(NULL);
+    CHECK(vmb_last_error() == e);
+    CHECK(strcmp(e, copy) == 0);
+    char line[512];
+    snprintf(line, sizeof line, "%s: %s", vmb_status_str(st), vmb_last_error());
+    CHECK(strstr(line, copy) != NULL);
+    /* A call that returns a status replaces it. */
+    vmb_job *other = NULL;
+    REQUIRE_OK(vmb_job_new(&other));
+    CHECK(strcmp(vmb_last_error(), "") == 0);
+    vmb_job_free(other);
+}
+
 static void null_pointers(void) {
     vmb_vault *sentinel = (vmb_vault *)&g_destroys, *v = sentinel;
     REQUIRE_STATUS(vmb_vault_open(NULL, &v), VMB_ERR_NULL_ARGUMENT);
@@ -571,6 +599,7 @@ int main(void) {
     RUN(setup);
     if (g_vault == NULL) return SUMMARY("errors.c");
     RUN(status_texts_and_version);
+    RUN(last_error_lifetime);
     RUN(null_pointers);
     RUN(bad_paths);
     RUN(non_utf8_strings);
