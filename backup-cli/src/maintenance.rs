@@ -21,12 +21,13 @@ pub fn prune(
     dry_run: bool,
     as_json: bool,
 ) -> Result<ExitCode> {
-    let policy = Policy::from_file(policy)?;
+    // Retention alone: a policy file for prune needs no [schedule].
+    let retention = Policy::retention_from_file(policy)?;
     let vault = g.open(vault)?;
     let mut options = PruneOptions::default();
     options.vm = vm;
     options.dry_run = dry_run;
-    let plan = backup_core::prune_plan(&vault, &policy.retention, jiff::Timestamp::now(), &options)?;
+    let plan = backup_core::prune_plan(&vault, &retention, jiff::Timestamp::now(), &options)?;
     let report = backup_core::prune(&vault, &plan)?;
     if as_json {
         let out = json!({
@@ -56,7 +57,7 @@ pub fn prune(
                 verdict,
                 p.vm,
                 p.id,
-                p.time.to_zoned(policy.time_zone.clone()).strftime("%Y-%m-%d %H:%M %Z"),
+                p.time.to_zoned(retention.time_zone.clone()).strftime("%Y-%m-%d %H:%M %Z"),
                 why.join(",")
             );
         }
@@ -66,7 +67,7 @@ pub fn prune(
         let kept = plan.to_keep().count();
         let logs = match report.job_logs_removed.len() {
             0 => String::new(),
-            n => format!(" and {n} job logs older than {} days", policy.retention.job_log_days),
+            n => format!(" and {n} job logs older than {} days", retention.job_log_days),
         };
         if dry_run {
             outln!("dry run: would remove {} points{logs}, keep {kept}", report.removed.len());

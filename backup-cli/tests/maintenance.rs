@@ -58,6 +58,11 @@ fn prune_then_gc_keep_a_vault_that_verifies() {
     assert_eq!(plan["points"].as_array().map(Vec::len), Some(4));
     let list = json(&["list", "--vault", s(&vault), "--json"]);
     assert_eq!(list["points"].as_array().map(Vec::len), Some(4), "a dry run removed points");
+    // A prune needs only the retention rules: a file without [schedule].
+    let retention = d.join("retention.toml");
+    fs::write(&retention, "timezone = \"UTC\"\n[retention]\nkeep_last = 2\n").expect("write");
+    let same = json(&["prune", "--vault", s(&vault), "--policy", s(&retention), "--dry-run", "--json"]);
+    assert_eq!(same["removed"], plan["removed"], "{same}");
 
     let done = json(&["prune", "--vault", s(&vault), "--policy", s(&policy), "--json"]);
     assert_eq!(done["removed"].as_array().map(Vec::len), Some(2));

@@ -94,7 +94,7 @@ pub unsafe extern "C" fn vmb_vault_prune_by(
         let policy = arg_ref!(policy, "policy");
         let out = arg_out!(out, "out");
         let vm = if vm.is_null() { None } else { Some(arg_str!(vm, "vm name").to_string()) };
-        write_out!(out, prune_with(v, &policy.policy, vm, dry_run)?);
+        write_out!(out, prune_with(v, &policy.policy.retention, vm, dry_run)?);
         Ok(())
     }
 }
@@ -102,14 +102,14 @@ pub unsafe extern "C" fn vmb_vault_prune_by(
 /// Prunes and makes the report handed to C.
 fn prune_with(
     v: &vmb_vault,
-    policy: &Policy,
+    retention: &backup_core::Retention,
     vm: Option<String>,
     dry_run: bool,
 ) -> Result<*mut vmb_prune_report, Failure> {
     let mut options = PruneOptions::default();
     options.vm = vm;
     options.dry_run = dry_run;
-    let plan = backup_core::prune_plan(&v.vault, &policy.retention, jiff::Timestamp::now(), &options)?;
+    let plan = backup_core::prune_plan(&v.vault, retention, jiff::Timestamp::now(), &options)?;
     let report = backup_core::prune(&v.vault, &plan)?;
     let removed = report
         .removed
@@ -121,7 +121,8 @@ fn prune_with(
 }
 
 /// Prunes the vault by the retention rules of a policy given as TOML text
-/// (the format of `vmbackup policy check`): removes the manifests of the
+/// (the format of `vmbackup policy check`; only `timezone` and
+/// `[retention]` are needed, a `[schedule]` is checked when present): removes the manifests of the
 /// points the rules do not keep (the newest point of a VM is always kept)
 /// and the logs of finished jobs whose point is gone once they are older
 /// than the policy's `job_logs` days. Only `vm`'s points when `vm` is not
@@ -145,9 +146,9 @@ pub unsafe extern "C" fn vmb_vault_prune(
         let v = arg_ref!(vault, "vault");
         let text = arg_str!(policy_toml, "policy");
         let out = arg_out!(out, "out");
-        let policy = Policy::from_toml_str(text)?;
+        let retention = Policy::retention_from_toml_str(text)?;
         let vm = if vm.is_null() { None } else { Some(arg_str!(vm, "vm name").to_string()) };
-        write_out!(out, prune_with(v, &policy, vm, dry_run)?);
+        write_out!(out, prune_with(v, &retention, vm, dry_run)?);
         Ok(())
     }
 }

@@ -735,7 +735,9 @@ impl Vault {
     }
 
     /// Prunes by the retention rules of a policy, a `Policy` or TOML text
-    /// (the format `vmbackup policy check` reads): removes the points the rules
+    /// (the format `vmbackup policy check` reads; text needs only
+    /// `timezone` and `[retention]`, and a `[schedule]` in it is checked):
+    /// removes the points the rules
     /// do not keep (a VM's newest point is always kept) and the logs of
     /// finished jobs whose point is gone, once older than the policy's
     /// `job_logs` days. `vm=` prunes one VM's points; `dry_run=True`
@@ -750,11 +752,10 @@ impl Vault {
         dry_run: bool,
     ) -> PyResult<PruneReport> {
         let vault = self.get()?;
-        let policy = match policy.cast::<crate::maintenance::Policy>() {
-            Ok(p) => p.get().policy.clone(),
-            Err(_) => {
-                Policy::from_toml_str(&str_arg(policy, "policy")?).map_err(|e| PyValueError::new_err(e.to_string()))?
-            }
+        let retention = match policy.cast::<crate::maintenance::Policy>() {
+            Ok(p) => p.get().policy.retention.clone(),
+            Err(_) => Policy::retention_from_toml_str(&str_arg(policy, "policy")?)
+                .map_err(|e| PyValueError::new_err(e.to_string()))?,
         };
         let mut o = PruneOptions::default();
         if let Some(v) = vm.filter(|v| !v.is_none()) {
@@ -762,7 +763,7 @@ impl Vault {
         }
         o.dry_run = dry_run;
         job::run(py, None, move |_, _| {
-            let plan = backup_core::prune_plan(&vault, &policy.retention, jiff::Timestamp::now(), &o)?;
+            let plan = backup_core::prune_plan(&vault, &retention, jiff::Timestamp::now(), &o)?;
             let report = backup_core::prune(&vault, &plan)?;
             Ok(PruneReport::new(&plan, report))
         })

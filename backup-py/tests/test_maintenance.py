@@ -34,6 +34,9 @@ def test_prune_then_gc_keeps_what_the_rules_keep(
     assert dry.kept == 2
     assert len(vault.points("web")) == 4
 
+    # A prune needs only the retention rules: no [schedule] table.
+    retention_only = 'timezone = "UTC"\n[retention]\nkeep_last = 2\n'
+    assert vault.prune(retention_only, dry_run=True).removed == dry.removed
     report = vault.prune(POLICY, vm="web")
     assert not report.dry_run
     assert [id for _, id in report.removed] == [p.id for p in points[:2]]
@@ -53,6 +56,12 @@ def test_prune_then_gc_keeps_what_the_rules_keep(
 def test_a_bad_policy_is_a_value_error_naming_the_field(vault: vmbackup.Vault) -> None:
     with pytest.raises(ValueError, match="retention.keep_last"):
         vault.prune(POLICY.replace("keep_last = 2", "keep_last = 0"))
+    # A schedule, when given, is checked with the rules it constrains.
+    weekly = POLICY.replace('frequency = "daily"', 'frequency = "weekly"\ndays = ["mon"]').replace(
+        "keep_last = 2", "keep_last = 2\ndaily = { days = 7 }"
+    )
+    with pytest.raises(ValueError, match="retention.daily"):
+        vault.prune(weekly)
     with pytest.raises(TypeError):
         vault.prune(None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="grace"):

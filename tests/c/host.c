@@ -655,6 +655,13 @@ static void prune_and_gc(void) {
     REQUIRE_OK(vmb_prune_report_kept_count(r, &kept));
     CHECK(removed == 2 && kept == 1);
     vmb_prune_report_free(r);
+    /* A prune needs only the retention rules: no [schedule] table. */
+    r = NULL;
+    removed = 0;
+    REQUIRE_OK(vmb_vault_prune(v, "timezone = \"UTC\"\n[retention]\nkeep_last = 1\n", NULL, true, &r));
+    REQUIRE_OK(vmb_prune_report_removed_count(r, &removed));
+    CHECK(removed == 2);
+    vmb_prune_report_free(r);
     /* The same through a parsed policy object. */
     vmb_policy *parsed = NULL;
     REQUIRE_OK(vmb_policy_parse(policy, &parsed));

@@ -144,7 +144,8 @@ pub struct BootVerifyRule {
 struct RawPolicy {
     timezone: String,
     instant_restore_days: Option<i64>,
-    schedule: RawSchedule,
+    /// Needed by a whole policy; retention alone (a prune) goes without.
+    schedule: Option<RawSchedule>,
     retention: RawRetention,
     boot_verify: Option<RawBootVerify>,
 }
@@ -378,14 +379,41 @@ impl Policy {
     /// file and the field for a malformed, out-of-range or contradictory
     /// policy.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Policy> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io("read policy", path, e))?;
-        Self::from_toml_str(&text).map_err(|e| match e {
-            Error::InvalidArgument { what, why } => {
-                Error::InvalidArgument { what: format!("{what} in {}", path.display()), why }
-            }
-            other => other,
-        })
+        read_policy_file(path.as_ref(), Self::from_toml_str)
+    }
+
+    /// The retention rules of a policy, which may leave out `[schedule]`:
+    /// a prune needs only `timezone` and `[retention]`. When the text has a
+    /// schedule, the whole policy is checked as [`from_toml_str`]
+    /// (Self::from_toml_str) checks it (weekday rules against a weekly
+    /// schedule's days, ...).
+    ///
+    /// ```
+    /// let r = backup_core::Policy::retention_from_toml_str(
+    ///     "timezone = \"UTC\"\n[retention]\nkeep_last = 3\n",
+    /// )?;
+    /// assert_eq!(r.keep_last, Some(3));
+    /// # Ok::<(), backup_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`from_toml_str`](Self::from_toml_str).
+    pub fn retention_from_toml_str(text: &str) -> Result<Retention> {
+        let raw = parse_raw(text)?;
+        if raw.schedule.is_some() {
+            return Self::check(raw).map(|p| p.retention);
+        }
+        let time_zone = check_time_zone(&raw.timezone)?;
+        check_retention(raw.retention, time_zone, None)
+    }
+
+    /// [`retention_from_toml_str`](Self::retention_from_toml_str) of a
+    /// file; errors name the file.
+    ///
+    /// # Errors
+    /// The file cannot be read, or its rules are bad.
+    pub fn retention_from_file(path: impl AsRef<Path>) -> Result<Retention> {
+        read_policy_file(path.as_ref(), Self::retention_from_toml_str)
     }
 
     /// Parses and checks a policy from TOML text.
@@ -394,23 +422,23 @@ impl Policy {
     /// [`Error::InvalidArgument`] naming the field for a malformed,
     /// out-of-range or contradictory policy.
     pub fn from_toml_str(text: &str) -> Result<Policy> {
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
-            let why = e.message().to_string();
-            let at = e.span().map(|s| line_of(text, s.start)).map(|l| format!(" (line {l})")).unwrap_or_default();
-            Error::invalid(format!("policy{at}"), why)
-        })?;
-        Self::check(raw)
+        Self::check(parse_raw(text)?)
     }
 
     fn check(raw: RawPolicy) -> Result<Policy> {
-        let time_zone = TimeZone::get(raw.timezone.trim())
-            .map_err(|e| bad("timezone", format!("{:?} is not a known IANA time zone: {e}", raw.timezone)))?;
+        let time_zone = check_time_zone(&raw.timezone)?;
         let instant_restore_days = match raw.instant_restore_days {
             Some(v) => in_range("instant_restore_days", v, INSTANT_RESTORE_DAYS)?,
             None => 2,
         };
-        let schedule = check_schedule(raw.schedule)?;
-        let retention = check_retention(raw.retention, time_zone.clone(), &schedule)?;
+        let schedule = check_schedule(raw.schedule.ok_or_else(|| {
+            bad("schedule", "a policy needs a [schedule] table (a prune reads only timezone and [retention])")
+        })?)?;
+        let weekly_days = match &schedule {
+            Schedule::Weekly { days, .. } => Some(days.as_slice()),
+            _ => None,
+        };
+        let retention = check_retention(raw.retention, time_zone.clone(), weekly_days)?;
         if let Some(d) = retention.daily_days
             && instant_restore_days > d
         {
@@ -540,12 +568,34 @@ fn check_schedule(raw: RawSchedule) -> Result<Schedule> {
     }
 }
 
-fn check_retention(raw: RawRetention, time_zone: TimeZone, schedule: &Schedule) -> Result<Retention> {
+/// The TOML of a policy, unchecked.
+fn parse_raw(text: &str) -> Result<RawPolicy> {
+    toml::from_str(text).map_err(|e| {
+        let why = e.message().to_string();
+        let at = e.span().map(|s| line_of(text, s.start)).map(|l| format!(" (line {l})")).unwrap_or_default();
+        Error::invalid(format!("policy{at}"), why)
+    })
+}
+
+/// Reads a policy file and parses it with `parse`; errors name the file.
+fn read_policy_file<T>(path: &Path, parse: fn(&str) -> Result<T>) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read policy", path, e))?;
+    parse(&text).map_err(|e| match e {
+        Error::InvalidArgument { what, why } => {
+            Error::InvalidArgument { what: format!("{what} in {}", path.display()), why }
+        }
+        other => other,
+    })
+}
+
+fn check_time_zone(name: &str) -> Result<TimeZone> {
+    TimeZone::get(name.trim()).map_err(|e| bad("timezone", format!("{name:?} is not a known IANA time zone: {e}")))
+}
+
+/// `weekly_days`: the days of a weekly schedule, which weekday-based rules
+/// must fall on; None for any other schedule, or none.
+fn check_retention(raw: RawRetention, time_zone: TimeZone, weekly_days: Option<&[Weekday]>) -> Result<Retention> {
     let mut r = Retention::new(time_zone);
-    let weekly_days = match schedule {
-        Schedule::Weekly { days, .. } => Some(days.as_slice()),
-        _ => None,
-    };
     // Weekday-based rules on days a weekly schedule never runs keep nothing.
     let on_schedule = |field: &str, days: &[Weekday]| -> Result<()> {
         if let Some(sched) = weekly_days
@@ -627,6 +677,25 @@ mod tests {
             Ok(_) => panic!("accepted a bad policy:\n{text}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn retention_alone_needs_no_schedule_but_a_policy_does() {
+        let text = "timezone = \"Europe/Berlin\"\n[retention]\ndaily = { days = 30 }\n";
+        let r = Policy::retention_from_toml_str(text).expect("retention alone");
+        assert_eq!(r.daily_days, Some(30));
+        assert!(err_of(text).contains("a policy needs a [schedule] table"), "{}", err_of(text));
+        // With a schedule, the rules are checked against it.
+        assert_eq!(
+            Policy::retention_from_toml_str(BASE).expect("whole"),
+            Policy::from_toml_str(BASE).expect("p").retention
+        );
+        let weekly = BASE.replace("frequency = \"daily\"", "frequency = \"weekly\"\ndays = [\"mon\"]");
+        let e = Policy::retention_from_toml_str(&weekly).expect_err("daily rules on a weekly schedule");
+        assert!(e.to_string().contains("retention.daily"), "{e}");
+        // Bad rules are refused alike.
+        let e = Policy::retention_from_toml_str("timezone = \"UTC\"\n[retention]\nkeep_last = 0\n").expect_err("0");
+        assert!(e.to_string().contains("retention.keep_last"), "{e}");
     }
 
     #[test]
