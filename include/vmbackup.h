@@ -8,14 +8,22 @@
  *   `vmb_version`, `vmb_status_str`, `vmb_last_error` and the `_free`
  *   functions. On failure `vmb_last_error()` gives a message that says what
  *   failed and where (path, VM, disk, byte offset). It is per thread, owned
- *   by the library, and valid until the next call into the library on the
- *   same thread; it is "" after a call that succeeded.
+ *   by the library, "" after a call that succeeded, and stays valid and
+ *   unchanged until the thread next calls a function that returns a
+ *   `vmb_status` (`vmb_status_str`, `vmb_version`, `vmb_last_error` and the
+ *   `_free` functions leave it intact).
  * - No panic crosses the ABI. Every entry point catches it and returns
  *   VMB_ERR_PANIC with a message; the process goes on.
  * - A NULL or invalid argument returns an error (VMB_ERR_NULL_ARGUMENT,
  *   VMB_ERR_INVALID_ARGUMENT), never crashes. Pointers that are not NULL
  *   must point to live objects of the right type: the library cannot check
- *   that. Parameters documented as "may be NULL" are optional.
+ *   that. Parameters documented as "may be NULL" (or "NULL: ...") are
+ *   optional; every other pointer is required, and NULL is refused with
+ *   VMB_ERR_NULL_ARGUMENT.
+ * - "# Safety" sections are about memory safety only: "`x` is NULL or
+ *   NUL-terminated" says what `x` must point to when it is not NULL, and
+ *   that NULL itself is safe to pass. Whether NULL is accepted is said by
+ *   the rule above, not there.
  * - Out-parameters come last and are written only on success; on failure
  *   they keep what the caller put there.
  * - Strings are UTF-8 and NUL-terminated, in and out. A string argument
@@ -24,7 +32,8 @@
  *   long as it (or are static); never free them.
  * - Handles are opaque. Every handle the library gives you is freed with
  *   its `_free` function (`vmb_vault_free`, `vmb_point_free`,
- *   `vmb_point_list_free`, `vmb_verify_report_free`, `vmb_job_free`);
+ *   `vmb_point_list_free`, `vmb_verify_report_free`, `vmb_job_free`,
+ *   `vmb_disks_free`, ...);
  *   `_free(NULL)` does nothing. A handle must not be freed while a call is
  *   using it.
  * - Threads. A `vmb_vault` may be used by several threads at once (the
@@ -38,7 +47,8 @@
  *   restore writes (`vmb_write_target`) and progress (`vmb_progress_fn`)
  *   come from the library's worker threads (a rayon pool), SEVERAL AT ONCE,
  *   and must be thread-safe. Provider callbacks (`vmb_provider`) come one
- *   at a time from the thread that called `vmb_vault_backup_host`. Buffers passed
+ *   at a time from the thread that called `vmb_vault_backup_host`. Progress
+ *   also comes from the thread that started the job. Buffers passed
  *   to a callback are owned by the library and valid only during that
  *   call. A callback may explain a failure with `vmb_callback_error()`.
  *   Callbacks must not throw C++ exceptions or `longjmp` out.
@@ -319,6 +329,12 @@ typedef struct vmb_vault vmb_vault;
 typedef struct vmb_verify_report vmb_verify_report;
 
 /**
+ * The names of the VMs a vault holds points of, sorted. Immutable:
+ * accessors are thread-safe. Freed with `vmb_vm_list_free`.
+ */
+typedef struct vmb_vm_list vmb_vm_list;
+
+/**
  * A host's disk (or a snapshot of one), read by position.
  *
  * Every callback gets `userdata` first and returns 0 on success; a
@@ -463,11 +479,14 @@ typedef struct vmb_repair_stats {
 } vmb_repair_stats;
 
 /**
- * What a backup did, summed over the point's disks.
+ * What a backup did, for one disk (`vmb_point_disk_stats`) or a whole
+ * point (`vmb_point_stats`: the disks' figures added up). Each field has
+ * the name and meaning it has in Rust (`backup_core::DiskStats`), Python
+ * (`BackupStats`) and the command line's `--json`.
  */
 typedef struct vmb_backup_stats {
   /**
-   * Bytes of disk covered.
+   * Bytes of disk covered (the disks' sizes).
    */
   uint64_t bytes_scanned;
   /**
@@ -476,34 +495,91 @@ typedef struct vmb_backup_stats {
    */
   uint64_t bytes_read;
   /**
-   * Bytes of all-zero blocks (never stored).
+   * Bytes in all-zero blocks and holes (never stored).
    */
   uint64_t bytes_zero;
   /**
-   * Bytes of blocks unchanged since the parent point.
+   * Bytes in blocks equal to the previous point's.
    */
   uint64_t bytes_unchanged;
   /**
-   * Bytes of blocks that changed or are new.
+   * Bytes in blocks whose content was not in the previous point.
    */
   uint64_t bytes_new;
   /**
-   * Bytes of new blocks the vault already held (deduplicated).
+   * Of the new bytes, those the vault already held (deduplicated).
    */
   uint64_t bytes_deduplicated;
   /**
-   * Bytes written for new chunks, after compression.
+   * Bytes of chunk frames (compressed) and index segments written.
    */
   uint64_t bytes_stored;
   /**
-   * Bytes the vault grew by for this point (packs, indexes, manifest).
+   * Everything the point added to the vault: `bytes_stored` plus pack
+   * trailers, chunk index files and the manifest. A point's only: 0 for
+   * a disk.
    */
   uint64_t bytes_added;
   /**
-   * Wall-clock seconds of the transfer (the slowest disk).
+   * Wall-clock seconds (for a point: of the slowest disk).
    */
   double seconds;
+  /**
+   * Bytes change tracking reported as changed (0 without it).
+   */
+  uint64_t bytes_dirty;
+  /**
+   * Blocks change tracking called clean that were re-read to audit it.
+   */
+  uint64_t audited_blocks;
+  /**
+   * How changes were found: "none" (first backup), "compare", "cbt" or
+   * "cbt distrusted: why"; for a point, its disks' values each once,
+   * joined by ", ". Lives as long as the point.
+   */
+  const char *change_detection;
 } vmb_backup_stats;
+
+/**
+ * One problem verify found, as fields. Strings live as long as the
+ * report; one that is not known is NULL.
+ */
+typedef struct vmb_verify_problem {
+  /**
+   * The VM it hurts, or NULL (a problem of the vault itself).
+   */
+  const char *vm;
+  /**
+   * The point it hurts, or NULL.
+   */
+  const char *point;
+  /**
+   * The disk it hurts, or NULL.
+   */
+  const char *disk;
+  /**
+   * Whether `start` and `end` are known.
+   */
+  bool has_range;
+  /**
+   * The first byte of the disk that cannot be restored.
+   */
+  uint64_t start;
+  /**
+   * The byte after the last one that cannot be restored.
+   */
+  uint64_t end;
+  /**
+   * What is wrong, naming the damaged object.
+   */
+  const char *what;
+  /**
+   * Whether a sealed object of an encrypted vault failed authentication
+   * (changed on purpose, swapped or forged) rather than being damaged by
+   * chance.
+   */
+  bool tampered;
+} vmb_verify_problem;
 
 /**
  * What a restore of one disk did.
@@ -1095,7 +1171,8 @@ enum vmb_status vmb_vault_prune_by(const struct vmb_vault *vault,
 
 /**
  * Prunes the vault by the retention rules of a policy given as TOML text
- * (the format of `vmbackup policy check`): removes the manifests of the
+ * (the format of `vmbackup policy check`; only `timezone` and
+ * `[retention]` are needed, a `[schedule]` is checked when present): removes the manifests of the
  * points the rules do not keep (the newest point of a VM is always kept)
  * and the logs of finished jobs whose point is gone once they are older
  * than the policy's `job_logs` days. Only `vm`'s points when `vm` is not
@@ -1331,6 +1408,30 @@ enum vmb_status vmb_point_disk_size(const struct vmb_point *point,
                                     uint64_t *out);
 
 /**
+ * The block size in bytes of disk `index` (its chain's, fixed at its
+ * first point).
+ *
+ * # Safety
+ * As `vmb_point_id`.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_point_disk_block_size(const struct vmb_point *point,
+                                          size_t index,
+                                          uint32_t *out);
+
+/**
+ * How the snapshot of disk `index` was taken ("reflink", "in-place",
+ * "host", "libvirt-backup", ...; lives as long as the point).
+ *
+ * # Safety
+ * As `vmb_point_id`.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_point_disk_snapshot_method(const struct vmb_point *point,
+                                               size_t index,
+                                               const char **out);
+
+/**
  * The statistics of the whole point.
  *
  * # Safety
@@ -1441,6 +1542,18 @@ VMB_MUST_USE
 enum vmb_status vmb_verify_report_problem(const struct vmb_verify_report *report,
                                           size_t index,
                                           const char **out);
+
+/**
+ * Problem `index` as fields: the VM, point, disk and byte range it hurts
+ * (each when known), what is wrong, and whether it was tampered with.
+ *
+ * # Safety
+ * As `vmb_verify_report_ok`.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_verify_report_problem_detail(const struct vmb_verify_report *report,
+                                                 size_t index,
+                                                 struct vmb_verify_problem *out);
 
 /**
  * Frees a verify report. NULL is ignored.
@@ -1990,6 +2103,44 @@ enum vmb_status vmb_vault_backup_host(const struct vmb_vault *vault,
                                       struct vmb_point **out);
 
 /**
+ * Lists the VMs the vault holds points of, sorted by name. Free the list
+ * with `vmb_vm_list_free`.
+ *
+ * # Safety
+ * `vault` is NULL or live; `out` is NULL or writable.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_vault_list_vms(const struct vmb_vault *vault,
+                                   struct vmb_vm_list **out);
+
+/**
+ * The number of VMs in the list.
+ *
+ * # Safety
+ * `list` is NULL or a live list; `out` is NULL or writable.
+ */
+VMB_MUST_USE enum vmb_status vmb_vm_list_len(const struct vmb_vm_list *list, size_t *out);
+
+/**
+ * The name of VM `index` (lives as long as the list).
+ *
+ * # Safety
+ * `list` is NULL or a live list; `out` is NULL or writable.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_vm_list_get(const struct vmb_vm_list *list,
+                                size_t index,
+                                const char **out);
+
+/**
+ * Frees a VM list. NULL is ignored.
+ *
+ * # Safety
+ * `list` is NULL or a list from `vmb_vault_list_vms` not yet freed.
+ */
+void vmb_vm_list_free(struct vmb_vm_list *list);
+
+/**
  * Lists the points of a VM, oldest first. A VM the vault holds no point
  * of (a typo) is `VMB_ERR_NOT_FOUND`. Free the list with
  * `vmb_point_list_free`.
@@ -2051,6 +2202,25 @@ enum vmb_status vmb_vault_restore_disk_to_file_allow_damaged(const struct vmb_va
                                                              const struct vmb_job *job,
                                                              struct vmb_restore_stats *stats,
                                                              uint64_t *damaged_bytes);
+
+/**
+ * Restores every disk of a point (a whole VM) into the folder `dir`
+ * (made when missing), each to a sparse file named after its disk,
+ * written under a temporary name and renamed into place when complete.
+ * The disks are restored in parallel. `job` may be NULL; `stats` may be
+ * NULL, else it receives the disks' figures added up (`seconds`: the
+ * whole restore's).
+ *
+ * # Safety
+ * `vault` and `point` are NULL or live; `dir` is NULL or NUL-terminated
+ * (NULL is refused); `job` is NULL or live; `stats` is NULL or writable.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_vault_restore_vm(const struct vmb_vault *vault,
+                                     const struct vmb_point *point,
+                                     const char *dir,
+                                     const struct vmb_job *job,
+                                     struct vmb_restore_stats *stats);
 
 /**
  * Restores the disk named `disk` of a point through the host's `target` callbacks

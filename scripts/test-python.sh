@@ -40,6 +40,15 @@ started=$SECONDS
   ./backup-py pytest mypy
 echo "test-python: installed in $((SECONDS - started)) s"
 
+# The command line and the C library, for the test that reads one backup's
+# statistics through Rust, C, Python and JSON (test_statistics.py); cargo
+# reuses what the Rust and C suites built.
+echo "test-python: building the vmbackup command and libvmbackup"
+cargo build --quiet -p backup-cli -p backup-ffi --lib --bins
+target_dir="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+export VMB_CLI="$target_dir/debug/vmbackup"
+export VMB_LIBVMBACKUP="$target_dir/debug/libvmbackup.so"
+
 status=0
 # From the tests' folder, so that the installed package is the one
 # imported, never the source tree's (which has no native module).

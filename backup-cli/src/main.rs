@@ -1025,10 +1025,11 @@ fn vm_from_args(name: &str, disks: &[String]) -> Result<Vm> {
     Ok(vm)
 }
 
-/// The JSON of a point as the CLI prints it.
+/// The JSON of a point as the CLI prints it. The statistics carry the
+/// names and meanings of `backup_core::DiskStats` (a point's are its
+/// disks' totals, plus `bytes_added`).
 fn point_json(p: &PointManifest) -> serde_json::Value {
-    let t = &p.stats.totals;
-    json!({
+    let mut out = json!({
         "point": p.id,
         "vm": p.vm,
         "time": p.time.to_string(),
@@ -1036,31 +1037,41 @@ fn point_json(p: &PointManifest) -> serde_json::Value {
         "wanted_consistency": p.wanted_consistency.as_str(),
         "parent": p.parent,
         "tiers": p.tiers,
-        "bytes_scanned": t.bytes_scanned,
-        "bytes_read": t.bytes_read,
-        "bytes_zero": t.bytes_zero,
-        "bytes_unchanged": t.bytes_unchanged,
-        "bytes_new": t.bytes_new,
-        "bytes_deduplicated": t.bytes_deduplicated,
-        "bytes_stored": p.stats.bytes_added,
-        "seconds": t.seconds,
         "warnings": p.warnings,
-        "disks": p.disks.iter().map(|d| json!({
-            "name": d.name,
-            "size": d.size,
-            "block_size": d.block_size,
-            "snapshot_method": d.snapshot_method,
-            "change_detection": d.stats.change_detection,
-            "bytes_scanned": d.stats.bytes_scanned,
-            "bytes_read": d.stats.bytes_read,
-            "bytes_zero": d.stats.bytes_zero,
-            "bytes_unchanged": d.stats.bytes_unchanged,
-            "bytes_new": d.stats.bytes_new,
-            "bytes_deduplicated": d.stats.bytes_deduplicated,
-            "bytes_stored": d.stats.bytes_stored,
-            "seconds": d.stats.seconds,
-        })).collect::<Vec<_>>(),
-    })
+        "bytes_added": p.stats.bytes_added,
+        "disks": p.disks.iter().map(|d| {
+            let mut disk = json!({
+                "name": d.name,
+                "size": d.size,
+                "block_size": d.block_size,
+                "snapshot_method": d.snapshot_method,
+            });
+            add_stats(&mut disk, &d.stats);
+            disk
+        }).collect::<Vec<_>>(),
+    });
+    add_stats(&mut out, &p.stats.totals);
+    out
+}
+
+/// The statistics of a disk or of a point's totals into a JSON object.
+fn add_stats(obj: &mut serde_json::Value, s: &backup_core::DiskStats) {
+    let fields = json!({
+        "bytes_scanned": s.bytes_scanned,
+        "bytes_read": s.bytes_read,
+        "bytes_zero": s.bytes_zero,
+        "bytes_unchanged": s.bytes_unchanged,
+        "bytes_new": s.bytes_new,
+        "bytes_deduplicated": s.bytes_deduplicated,
+        "bytes_stored": s.bytes_stored,
+        "bytes_dirty": s.bytes_dirty,
+        "audited_blocks": s.audited_blocks,
+        "change_detection": s.change_detection,
+        "seconds": s.seconds,
+    });
+    if let (Some(o), Some(f)) = (obj.as_object_mut(), fields.as_object()) {
+        o.extend(f.clone());
+    }
 }
 
 fn print_point_summary(p: &PointManifest) {

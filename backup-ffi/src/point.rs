@@ -19,6 +19,10 @@ pub struct vmb_point {
     disk_names: Vec<CString>,
     warnings: Vec<CString>,
     configuration: Option<(CString, CString)>,
+    /// The point's `change_detection`, then each disk's.
+    change_detection: CString,
+    disk_change_detection: Vec<CString>,
+    snapshot_methods: Vec<CString>,
 }
 
 impl vmb_point {
@@ -26,7 +30,20 @@ impl vmb_point {
         let disk_names =
             manifest.disks.iter().map(|d| c_string(&d.name, "disk name")).collect::<FfiResult<Vec<_>>>()?;
         let warnings = manifest.warnings.iter().map(|w| c_string(w, "warning")).collect::<FfiResult<Vec<_>>>()?;
+        let disk_change_detection = manifest
+            .disks
+            .iter()
+            .map(|d| c_string(&d.stats.change_detection, "change detection"))
+            .collect::<FfiResult<Vec<_>>>()?;
+        let snapshot_methods = manifest
+            .disks
+            .iter()
+            .map(|d| c_string(&d.snapshot_method, "snapshot method"))
+            .collect::<FfiResult<Vec<_>>>()?;
         Ok(vmb_point {
+            snapshot_methods,
+            change_detection: c_string(&manifest.stats.totals.change_detection, "change detection")?,
+            disk_change_detection,
             id: c_string(&manifest.id, "point id")?,
             vm: c_string(&manifest.vm, "vm name")?,
             time: c_string(&manifest.time.to_string(), "time")?,
@@ -76,29 +93,61 @@ impl vmb_point {
     }
 }
 
-/// What a backup did, summed over the point's disks.
+/// What a backup did, for one disk (`vmb_point_disk_stats`) or a whole
+/// point (`vmb_point_stats`: the disks' figures added up). Each field has
+/// the name and meaning it has in Rust (`backup_core::DiskStats`), Python
+/// (`BackupStats`) and the command line's `--json`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct vmb_backup_stats {
-    /// Bytes of disk covered.
+    /// Bytes of disk covered (the disks' sizes).
     pub bytes_scanned: u64,
     /// Bytes read from the disks (unchanged and unallocated areas are not
     /// read).
     pub bytes_read: u64,
-    /// Bytes of all-zero blocks (never stored).
+    /// Bytes in all-zero blocks and holes (never stored).
     pub bytes_zero: u64,
-    /// Bytes of blocks unchanged since the parent point.
+    /// Bytes in blocks equal to the previous point's.
     pub bytes_unchanged: u64,
-    /// Bytes of blocks that changed or are new.
+    /// Bytes in blocks whose content was not in the previous point.
     pub bytes_new: u64,
-    /// Bytes of new blocks the vault already held (deduplicated).
+    /// Of the new bytes, those the vault already held (deduplicated).
     pub bytes_deduplicated: u64,
-    /// Bytes written for new chunks, after compression.
+    /// Bytes of chunk frames (compressed) and index segments written.
     pub bytes_stored: u64,
-    /// Bytes the vault grew by for this point (packs, indexes, manifest).
+    /// Everything the point added to the vault: `bytes_stored` plus pack
+    /// trailers, chunk index files and the manifest. A point's only: 0 for
+    /// a disk.
     pub bytes_added: u64,
-    /// Wall-clock seconds of the transfer (the slowest disk).
+    /// Wall-clock seconds (for a point: of the slowest disk).
     pub seconds: f64,
+    /// Bytes change tracking reported as changed (0 without it).
+    pub bytes_dirty: u64,
+    /// Blocks change tracking called clean that were re-read to audit it.
+    pub audited_blocks: u64,
+    /// How changes were found: "none" (first backup), "compare", "cbt" or
+    /// "cbt distrusted: why"; for a point, its disks' values each once,
+    /// joined by ", ". Lives as long as the point.
+    pub change_detection: *const c_char,
+}
+
+impl vmb_backup_stats {
+    fn of(s: &backup_core::DiskStats, bytes_added: u64, change_detection: &CString) -> vmb_backup_stats {
+        vmb_backup_stats {
+            bytes_scanned: s.bytes_scanned,
+            bytes_read: s.bytes_read,
+            bytes_zero: s.bytes_zero,
+            bytes_unchanged: s.bytes_unchanged,
+            bytes_new: s.bytes_new,
+            bytes_deduplicated: s.bytes_deduplicated,
+            bytes_stored: s.bytes_stored,
+            bytes_added,
+            seconds: s.seconds,
+            bytes_dirty: s.bytes_dirty,
+            audited_blocks: s.audited_blocks,
+            change_detection: change_detection.as_ptr(),
+        }
+    }
 }
 
 /// Frees a point. NULL is ignored.
@@ -304,6 +353,44 @@ pub unsafe extern "C" fn vmb_point_disk_size(point: *const vmb_point, index: usi
     }
 }
 
+/// The block size in bytes of disk `index` (its chain's, fixed at its
+/// first point).
+///
+/// # Safety
+/// As `vmb_point_id`.
+#[must_use]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_point_disk_block_size(point: *const vmb_point, index: usize, out: *mut u32) -> vmb_status {
+    ffi! {
+        let p = arg_ref!(point, "point");
+        let out = arg_out!(out, "out");
+        write_out!(out, p.disk(index)?.block_size);
+        Ok(())
+    }
+}
+
+/// How the snapshot of disk `index` was taken ("reflink", "in-place",
+/// "host", "libvirt-backup", ...; lives as long as the point).
+///
+/// # Safety
+/// As `vmb_point_id`.
+#[must_use]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_point_disk_snapshot_method(
+    point: *const vmb_point,
+    index: usize,
+    out: *mut *const c_char,
+) -> vmb_status {
+    ffi! {
+        let p = arg_ref!(point, "point");
+        let out = arg_out!(out, "out");
+        p.disk(index)?;
+        let m = nth(&p.snapshot_methods, index, "disk", "point")?;
+        write_out!(out, m.as_ptr());
+        Ok(())
+    }
+}
+
 /// The statistics of the whole point.
 ///
 /// # Safety
@@ -314,18 +401,8 @@ pub unsafe extern "C" fn vmb_point_stats(point: *const vmb_point, out: *mut vmb_
     ffi! {
         let p = arg_ref!(point, "point");
         let out = arg_out!(out, "out");
-        let t = &p.manifest.stats.totals;
-        write_out!(out, vmb_backup_stats {
-            bytes_scanned: t.bytes_scanned,
-            bytes_read: t.bytes_read,
-            bytes_zero: t.bytes_zero,
-            bytes_unchanged: t.bytes_unchanged,
-            bytes_new: t.bytes_new,
-            bytes_deduplicated: t.bytes_deduplicated,
-            bytes_stored: t.bytes_stored,
-            bytes_added: p.manifest.stats.bytes_added,
-            seconds: t.seconds,
-        });
+        let s = &p.manifest.stats;
+        write_out!(out, vmb_backup_stats::of(&s.totals, s.bytes_added, &p.change_detection));
         Ok(())
     }
 }
@@ -345,18 +422,9 @@ pub unsafe extern "C" fn vmb_point_disk_stats(
     ffi! {
         let p = arg_ref!(point, "point");
         let out = arg_out!(out, "out");
-        let t = &p.disk(index)?.stats;
-        write_out!(out, vmb_backup_stats {
-            bytes_scanned: t.bytes_scanned,
-            bytes_read: t.bytes_read,
-            bytes_zero: t.bytes_zero,
-            bytes_unchanged: t.bytes_unchanged,
-            bytes_new: t.bytes_new,
-            bytes_deduplicated: t.bytes_deduplicated,
-            bytes_stored: t.bytes_stored,
-            bytes_added: 0,
-            seconds: t.seconds,
-        });
+        let stats = &p.disk(index)?.stats;
+        let method = p.disk_change_detection.get(index).ok_or_else(|| Failure::invalid("disk index"))?;
+        write_out!(out, vmb_backup_stats::of(stats, 0, method));
         Ok(())
     }
 }
@@ -456,17 +524,63 @@ pub unsafe extern "C" fn vmb_point_list_free(list: *mut vmb_point_list) {
 pub struct vmb_verify_report {
     report: VerifyReport,
     problems: Vec<CString>,
+    details: Vec<ProblemStrings>,
+}
+
+/// The strings of one problem's fields, owned by the report.
+struct ProblemStrings {
+    vm: Option<CString>,
+    point: Option<CString>,
+    disk: Option<CString>,
+    what: CString,
+}
+
+/// A C string of report text; a NUL inside (never written by the engine)
+/// becomes a space rather than losing the text.
+fn text(s: &str) -> CString {
+    CString::new(s.replace('\0', " ")).unwrap_or_default()
 }
 
 impl vmb_verify_report {
     pub(crate) fn new(report: VerifyReport) -> vmb_verify_report {
-        let problems = report
+        let problems = report.problems.iter().map(|p| text(&p.to_string())).collect();
+        let details = report
             .problems
             .iter()
-            .map(|p| CString::new(p.to_string().replace('\0', " ")).unwrap_or_default())
+            .map(|p| ProblemStrings {
+                vm: p.vm.as_deref().map(text),
+                point: p.point.as_deref().map(text),
+                disk: p.disk.as_deref().map(text),
+                what: text(&p.what),
+            })
             .collect();
-        vmb_verify_report { report, problems }
+        vmb_verify_report { report, problems, details }
     }
+}
+
+/// One problem verify found, as fields. Strings live as long as the
+/// report; one that is not known is NULL.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct vmb_verify_problem {
+    /// The VM it hurts, or NULL (a problem of the vault itself).
+    pub vm: *const c_char,
+    /// The point it hurts, or NULL.
+    pub point: *const c_char,
+    /// The disk it hurts, or NULL.
+    pub disk: *const c_char,
+    /// Whether `start` and `end` are known.
+    pub has_range: bool,
+    /// The first byte of the disk that cannot be restored.
+    pub start: u64,
+    /// The byte after the last one that cannot be restored.
+    pub end: u64,
+    /// What is wrong, naming the damaged object.
+    pub what: *const c_char,
+    /// Whether a sealed object of an encrypted vault failed authentication
+    /// (changed on purpose, swapped or forged) rather than being damaged by
+    /// chance.
+    pub tampered: bool,
 }
 
 /// Whether nothing was found wrong.
@@ -534,6 +648,38 @@ pub unsafe extern "C" fn vmb_verify_report_problem(
         let out = arg_out!(out, "out");
         let p = nth(&r.problems, index, "problem", "report")?;
         write_out!(out, p.as_ptr());
+        Ok(())
+    }
+}
+
+/// Problem `index` as fields: the VM, point, disk and byte range it hurts
+/// (each when known), what is wrong, and whether it was tampered with.
+///
+/// # Safety
+/// As `vmb_verify_report_ok`.
+#[must_use]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_verify_report_problem_detail(
+    report: *const vmb_verify_report,
+    index: usize,
+    out: *mut vmb_verify_problem,
+) -> vmb_status {
+    ffi! {
+        let r = arg_ref!(report, "report");
+        let out = arg_out!(out, "out");
+        let p = nth(&r.report.problems, index, "problem", "report")?;
+        let s = nth(&r.details, index, "problem", "report")?;
+        let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+        write_out!(out, vmb_verify_problem {
+            vm: ptr(&s.vm),
+            point: ptr(&s.point),
+            disk: ptr(&s.disk),
+            has_range: p.range.is_some(),
+            start: p.range.as_ref().map_or(0, |r| r.start),
+            end: p.range.as_ref().map_or(0, |r| r.end),
+            what: s.what.as_ptr(),
+            tampered: p.tampered,
+        });
         Ok(())
     }
 }

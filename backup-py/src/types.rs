@@ -126,17 +126,17 @@ impl RecoveryPoint {
                 size: d.size,
                 block_size: d.block_size,
                 snapshot_method: d.snapshot_method.clone(),
-                stats: BackupStats::from_disk(&d.stats, d.stats.bytes_stored),
+                stats: BackupStats::new(&d.stats, None),
             })
             .collect()
     }
 
-    /// What the backup did, all disks added up. `bytes_stored` is what the
-    /// point added to the vault in all (chunks, index segments, metadata).
+    /// What the backup did, all disks added up, and `bytes_added`: all it
+    /// added to the vault.
     #[getter]
     fn stats(&self) -> BackupStats {
         let s = &self.manifest.stats;
-        BackupStats::from_disk(&s.totals, s.bytes_added)
+        BackupStats::new(&s.totals, Some(s.bytes_added))
     }
 
     /// What a user should know about how the point was made.
@@ -189,13 +189,17 @@ impl DiskInfo {
     }
 }
 
-/// What a backup did, for one disk or a whole point.
+/// What a backup did, for one disk (`DiskInfo.stats`) or a whole point
+/// (`RecoveryPoint.stats`: the disks' figures added up). Each statistic has
+/// the name and meaning it has in Rust (`backup_core::DiskStats`), C
+/// (`vmb_backup_stats`) and the command line's `--json`.
 #[pyclass(module = "vmbackup", frozen, get_all)]
 #[derive(Clone)]
 pub(crate) struct BackupStats {
     /// Bytes of the disks covered (their sizes).
     bytes_scanned: u64,
-    /// Bytes read from the disks.
+    /// Bytes read from the disks (unchanged and unallocated areas are not
+    /// read).
     bytes_read: u64,
     /// Bytes in all-zero blocks and holes, never stored.
     bytes_zero: u64,
@@ -205,19 +209,26 @@ pub(crate) struct BackupStats {
     bytes_new: u64,
     /// Of the new bytes, those the vault already held (deduplicated).
     bytes_deduplicated: u64,
-    /// Bytes added to the vault.
+    /// Bytes of chunk frames (compressed) and index segments written.
     bytes_stored: u64,
-    /// Wall-clock seconds (of the slowest disk, for a point).
+    /// Everything the point added to the vault: `bytes_stored` plus pack
+    /// trailers, chunk index files and the manifest. A point's only: None
+    /// for a disk.
+    bytes_added: Option<u64>,
+    /// Wall-clock seconds (for a point: of the slowest disk).
     seconds: f64,
     /// How changes were found: "none" (first backup), "compare", "cbt", or
-    /// "cbt distrusted: why"; empty for a point's totals.
+    /// "cbt distrusted: why"; for a point, its disks' values each once,
+    /// joined by ", ".
     change_detection: String,
-    /// Blocks re-read to audit change tracking.
+    /// Bytes change tracking reported as changed (0 without it).
+    bytes_dirty: u64,
+    /// Blocks change tracking called clean that were re-read to audit it.
     audited_blocks: u64,
 }
 
 impl BackupStats {
-    fn from_disk(s: &DiskStats, bytes_stored: u64) -> Self {
+    fn new(s: &DiskStats, bytes_added: Option<u64>) -> Self {
         BackupStats {
             bytes_scanned: s.bytes_scanned,
             bytes_read: s.bytes_read,
@@ -225,9 +236,11 @@ impl BackupStats {
             bytes_unchanged: s.bytes_unchanged,
             bytes_new: s.bytes_new,
             bytes_deduplicated: s.bytes_deduplicated,
-            bytes_stored,
+            bytes_stored: s.bytes_stored,
+            bytes_added,
             seconds: s.seconds,
             change_detection: s.change_detection.clone(),
+            bytes_dirty: s.bytes_dirty,
             audited_blocks: s.audited_blocks,
         }
     }

@@ -105,7 +105,7 @@ vmb() { # domain step
   t1=$(now)
   record vmbackup "$2" "$(awk "BEGIN { printf \"%.3f\", $t1 - $t0 }")" \
     "$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes_read"])')" \
-    "$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes_stored"])')"
+    "$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes_added"])')"
 }
 vnb() { # domain level outdir step
   local t0 t1 before log

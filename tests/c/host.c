@@ -318,12 +318,40 @@ static void image_vm_twice(void) {
     REQUIRE_OK(vmb_point_stats(p2, &st));
     CHECK(st.bytes_new == 64 * 1024);
     CHECK(st.bytes_scanned == a_len + b_len);
+    CHECK(st.change_detection != NULL && strcmp(st.change_detection, "compare") == 0);
+    CHECK(st.bytes_added > st.bytes_stored && st.bytes_stored > 0);
     size_t n = 0;
     const char *name = NULL;
     REQUIRE_OK(vmb_point_disk_count(p2, &n));
     CHECK(n == 2);
     REQUIRE_OK(vmb_point_disk_name(p2, 1, &name));
     CHECK(strcmp(name, "b.img") == 0);
+    uint32_t block_size = 0;
+    REQUIRE_OK(vmb_point_disk_block_size(p2, 1, &block_size));
+    CHECK(block_size == 64 * 1024);
+    const char *method = NULL;
+    REQUIRE_OK(vmb_point_disk_snapshot_method(p2, 0, &method));
+    CHECK(method != NULL && (strcmp(method, "reflink") == 0 || strcmp(method, "in-place") == 0));
+    CHECK(vmb_point_disk_snapshot_method(p2, 2, &method) == VMB_ERR_INVALID_ARGUMENT);
+    vmb_backup_stats ds;
+    REQUIRE_OK(vmb_point_disk_stats(p2, 0, &ds));
+    CHECK(strcmp(ds.change_detection, "compare") == 0 && ds.bytes_added == 0);
+
+    /* The whole VM into a folder, one file per disk. */
+    char *vmdir = join(g_dir, "imagevm-restored");
+    vmb_restore_stats rs;
+    REQUIRE_OK(vmb_vault_restore_vm(g_vault, p2, vmdir, NULL, &rs));
+    CHECK(rs.size == a_len + b_len);
+    char *ra = join(vmdir, "a.img"), *rb = join(vmdir, "b.img");
+    size_t la = 0, lb = 0;
+    uint8_t *ga = read_file(ra, &la), *gb = read_file(rb, &lb);
+    CHECK(ga != NULL && la == a_len && memcmp(ga, a, a_len) == 0);
+    CHECK(gb != NULL && lb == b_len && memcmp(gb, b, b_len) == 0);
+    free(ga);
+    free(gb);
+    free(ra);
+    free(rb);
+    free(vmdir);
 
     CHECK(file_restore_matches(p2, "a.img", a, a_len));
     CHECK(file_restore_matches(p2, "b.img", b, b_len));
@@ -521,6 +549,19 @@ static void list_and_find_points(void) {
     vmb_point_free(last);
     vmb_point_free(found);
 
+    /* The VMs the vault holds points of, sorted. */
+    vmb_vm_list *vms = NULL;
+    REQUIRE_OK(vmb_vault_list_vms(g_vault, &vms));
+    size_t nvms = 0;
+    REQUIRE_OK(vmb_vm_list_len(vms, &nvms));
+    CHECK(nvms == 2);
+    const char *vm0 = NULL, *vm1 = NULL;
+    REQUIRE_OK(vmb_vm_list_get(vms, 0, &vm0));
+    REQUIRE_OK(vmb_vm_list_get(vms, 1, &vm1));
+    CHECK(strcmp(vm0, "hostvm") == 0 && strcmp(vm1, "imagevm") == 0);
+    CHECK(vmb_vm_list_get(vms, 2, &vm0) == VMB_ERR_INVALID_ARGUMENT);
+    vmb_vm_list_free(vms);
+    vmb_vm_list_free(NULL);
     /* A typo in a VM's name is an error, not an empty list. */
     vmb_point_list *none = NULL;
     CHECK(vmb_vault_list_points(g_vault, "no-such-vm", &none) == VMB_ERR_NOT_FOUND);
@@ -623,6 +664,22 @@ static void verify_reports_damage(void) {
         CHECK(text != NULL && strlen(text) > 0);
     }
     CHECK(vmb_verify_report_problem(r, problems, &text) == VMB_ERR_INVALID_ARGUMENT);
+    /* The same problems as fields: a damaged block names its VM, point,
+     * disk and byte range. */
+    size_t located = 0;
+    for (size_t i = 0; i < problems; i++) {
+        vmb_verify_problem d;
+        REQUIRE_OK(vmb_verify_report_problem_detail(r, i, &d));
+        CHECK(d.what != NULL && strlen(d.what) > 0 && !d.tampered);
+        if (d.vm != NULL && d.point != NULL && d.disk != NULL && d.has_range) {
+            CHECK(d.start < d.end);
+            CHECK(strstr(d.what, "crc32") != NULL || strlen(d.what) > 0);
+            located++;
+        }
+    }
+    CHECK(located > 0);
+    vmb_verify_problem none;
+    CHECK(vmb_verify_report_problem_detail(r, problems, &none) == VMB_ERR_INVALID_ARGUMENT);
     vmb_verify_report_free(r);
 }
 

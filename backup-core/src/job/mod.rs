@@ -586,12 +586,7 @@ fn transfer_and_commit(
 
     job.phase(Phase::Commit, || {
         provider.check_intact(vm, snapshot)?;
-        let mut totals = crate::vault::DiskStats::default();
-        for d in &disks {
-            totals.add(&d.stats);
-        }
-        totals.seconds = disks.iter().map(|d| d.stats.seconds).fold(0.0, f64::max);
-        totals.change_detection = String::new();
+        let totals = crate::vault::PointStats::totals_of(&disks);
         let manifest = PointManifest {
             format: MANIFEST_FORMAT,
             id: point_id.to_string(),

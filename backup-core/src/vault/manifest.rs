@@ -21,7 +21,10 @@ use crate::model::{Consistency, ContentId, OsType};
 /// The manifest format version.
 pub const MANIFEST_FORMAT: u32 = 1;
 
-/// What the engine did for one disk.
+/// What the engine did for one disk: the one definition of each backup
+/// statistic. The C ABI (`vmb_backup_stats`), Python (`BackupStats`) and
+/// the command line's `--json` use these names with these meanings, for a
+/// disk and, added up as [`PointStats`] says, for a point.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct DiskStats {
@@ -44,6 +47,8 @@ pub struct DiskStats {
     pub seconds: f64,
     /// How changes were found: "none" (first backup), "compare" (read and
     /// compared), "cbt" (change tracking used), or "cbt distrusted: why".
+    /// For a point: its disks' values, each once, in disk order, joined by
+    /// ", ".
     pub change_detection: String,
     /// Blocks that change tracking called clean which were re-read to audit it.
     pub audited_blocks: u64,
@@ -111,12 +116,31 @@ impl DiskRecord {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct PointStats {
-    /// The disks' figures added up.
+    /// The disks' figures, as [`PointStats::totals_of`] adds them up.
     #[serde(flatten)]
     pub totals: DiskStats,
     /// Bytes this backup added to the vault in all: chunks, segments, pack
     /// trailers, chunk index files and the manifest.
     pub bytes_added: u64,
+}
+
+impl PointStats {
+    /// A point's totals from its disks: the byte and block counts added up,
+    /// `seconds` of the slowest disk (they run in parallel), and
+    /// `change_detection` each disk's once, in disk order, joined by ", ".
+    pub fn totals_of(disks: &[DiskRecord]) -> DiskStats {
+        let mut totals = DiskStats::default();
+        let mut methods: Vec<&str> = Vec::new();
+        for d in disks {
+            totals.add(&d.stats);
+            totals.seconds = totals.seconds.max(d.stats.seconds);
+            if !methods.contains(&d.stats.change_detection.as_str()) {
+                methods.push(&d.stats.change_detection);
+            }
+        }
+        totals.change_detection = methods.join(", ");
+        totals
+    }
 }
 
 /// A recovery point: a VM's disks at one instant.
