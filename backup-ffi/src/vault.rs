@@ -587,6 +587,80 @@ pub unsafe extern "C" fn vmb_vault_backup_host(
     }
 }
 
+/// The names of the VMs a vault holds points of, sorted. Immutable:
+/// accessors are thread-safe. Freed with `vmb_vm_list_free`.
+pub struct vmb_vm_list {
+    names: Vec<std::ffi::CString>,
+}
+
+/// Lists the VMs the vault holds points of, sorted by name. Free the list
+/// with `vmb_vm_list_free`.
+///
+/// # Safety
+/// `vault` is NULL or live; `out` is NULL or writable.
+#[must_use]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_list_vms(vault: *const vmb_vault, out: *mut *mut vmb_vm_list) -> vmb_status {
+    ffi! {
+        let v = arg_ref!(vault, "vault");
+        let out = arg_out!(out, "out");
+        let mut vms = v.vault.vms()?;
+        vms.sort();
+        let names = vms.iter().map(|n| crate::status::c_string(n, "vm name")).collect::<FfiResult<Vec<_>>>()?;
+        write_out!(out, Box::into_raw(Box::new(vmb_vm_list { names })));
+        Ok(())
+    }
+}
+
+/// The number of VMs in the list.
+///
+/// # Safety
+/// `list` is NULL or a live list; `out` is NULL or writable.
+#[must_use]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vm_list_len(list: *const vmb_vm_list, out: *mut usize) -> vmb_status {
+    ffi! {
+        let l = arg_ref!(list, "list");
+        let out = arg_out!(out, "out");
+        write_out!(out, l.names.len());
+        Ok(())
+    }
+}
+
+/// The name of VM `index` (lives as long as the list).
+///
+/// # Safety
+/// `list` is NULL or a live list; `out` is NULL or writable.
+#[must_use]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vm_list_get(
+    list: *const vmb_vm_list,
+    index: usize,
+    out: *mut *const c_char,
+) -> vmb_status {
+    ffi! {
+        let l = arg_ref!(list, "list");
+        let out = arg_out!(out, "out");
+        let name = crate::status::nth(&l.names, index, "vm", "list")?;
+        write_out!(out, name.as_ptr());
+        Ok(())
+    }
+}
+
+/// Frees a VM list. NULL is ignored.
+///
+/// # Safety
+/// `list` is NULL or a list from `vmb_vault_list_vms` not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vm_list_free(list: *mut vmb_vm_list) {
+    ffi_free! {
+        if !list.is_null() {
+            // SAFETY: from `Box::into_raw` in `vmb_vault_list_vms`, freed once.
+            drop(unsafe { Box::from_raw(list) });
+        }
+    }
+}
+
 /// Lists the points of a VM, oldest first. A VM the vault holds no point
 /// of (a typo) is `VMB_ERR_NOT_FOUND`. Free the list with
 /// `vmb_point_list_free`.
@@ -725,6 +799,46 @@ pub unsafe extern "C" fn vmb_vault_restore_disk_to_file_allow_damaged(
 ) -> vmb_status {
     // SAFETY: the same contract, passed on.
     unsafe { restore_to_file(vault, point, disk, path, job, stats, Some(damaged_bytes)) }
+}
+
+/// Restores every disk of a point (a whole VM) into the folder `dir`
+/// (made when missing), each to a sparse file named after its disk,
+/// written under a temporary name and renamed into place when complete.
+/// The disks are restored in parallel. `job` may be NULL; `stats` may be
+/// NULL, else it receives the disks' figures added up (`seconds`: the
+/// whole restore's).
+///
+/// # Safety
+/// `vault` and `point` are NULL or live; `dir` is NULL or NUL-terminated
+/// (NULL is refused); `job` is NULL or live; `stats` is NULL or writable.
+#[must_use]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_restore_vm(
+    vault: *const vmb_vault,
+    point: *const vmb_point,
+    dir: *const c_char,
+    job: *const vmb_job,
+    stats: *mut vmb_restore_stats,
+) -> vmb_status {
+    ffi! {
+        let v = arg_ref!(vault, "vault");
+        let p = arg_ref!(point, "point");
+        let dir = arg_str!(dir, "dir");
+        let started = std::time::Instant::now();
+        let all = backup_core::restore_vm(&v.vault, &p.manifest, Path::new(dir), &restore_options(job))?;
+        if !stats.is_null() {
+            let mut total = vmb_restore_stats::default();
+            for s in all {
+                total.size += s.size;
+                total.bytes_written += s.bytes_written;
+                total.bytes_zero += s.bytes_zero;
+            }
+            total.seconds = started.elapsed().as_secs_f64();
+            // SAFETY: not NULL; writable by the C contract.
+            unsafe { stats.write(total) };
+        }
+        Ok(())
+    }
 }
 
 /// Restores the disk named `disk` of a point through the host's `target` callbacks
