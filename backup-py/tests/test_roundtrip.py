@@ -233,4 +233,4 @@ def test_asking_more_consistency_than_image_files_give_warns_or_fails(
         vault.backup("web", [image], consistency="application", min_consistency="filesystem")
     assert vault.points("web") == [p]
     with pytest.raises(ValueError):
-        vault.backup("web", [image], min_consistency="perfect")  # type: ignore[arg-type]
+        vault.backup("web", [image], min_consistency="perfect")  # type: ignore[call-overload]

@@ -3,7 +3,7 @@
 import datetime
 import os
 import pathlib
-from typing import Callable, List, Literal, Mapping, Optional, Sequence, Tuple, Union, final
+from typing import Callable, List, Literal, Mapping, Optional, Sequence, Tuple, TypeVar, Union, final, overload
 
 from ._device import BlockDevice
 
@@ -31,6 +31,9 @@ __version__: str
 
 #: A disk given to :meth:`Vault.backup`: a raw image file or a Python device.
 _Disk = Union[str, "os.PathLike[str]", BlockDevice]
+# A list of one kind of disk (`list[Path]`, `list[MyDevice]`): lists are
+# invariant, so `List[_Disk]` alone would refuse them.
+_OneKindOfDisk = TypeVar("_OneKindOfDisk", bound=_Disk)
 #: A progress callback: ``progress(done_bytes, total_bytes)``.
 _Progress = Callable[[int, int], object]
 _StrPath = Union[str, "os.PathLike[str]"]
@@ -92,11 +95,12 @@ class Vault:
         """Closes the vault: later calls raise ``ValueError``."""
     def __enter__(self) -> "Vault": ...
     def __exit__(self, *_exc: object) -> Literal[False]: ...
+    # Lists, tuples and mappings, not any Sequence: a bare str is a
+    # Sequence of str, and the runtime refuses it as "a single disk".
+    @overload
     def backup(
         self,
         vm: str,
-        # A list or tuple, not any Sequence: a bare str is a Sequence of str,
-        # and the runtime refuses it as "a single disk".
         disks: Union[List[_Disk], Tuple[_Disk, ...], Mapping[str, _Disk], "LibvirtProvider"],
         *,
         consistency: _Consistency = "crash",
@@ -107,6 +111,18 @@ class Vault:
     ) -> "RecoveryPoint":
         """Backs up a VM and returns its new recovery point; with
         ``instant_restore_days``, keeps its snapshot (a reflink clone) that long."""
+    @overload
+    def backup(
+        self,
+        vm: str,
+        disks: List[_OneKindOfDisk],
+        *,
+        consistency: _Consistency = "crash",
+        min_consistency: _Consistency = "crash",
+        block_size: int = 65536,
+        instant_restore_days: int = 0,
+        progress: Optional[_Progress] = None,
+    ) -> "RecoveryPoint": ...
     def points(self, vm: Optional[str] = None) -> List["RecoveryPoint"]:
         """The recovery points of one VM (or of all VMs), oldest first."""
     def point(self, vm: str, id: str = "latest") -> "RecoveryPoint":
@@ -308,14 +324,18 @@ class DiskInfo:
 
 @final
 class BackupStats:
-    """What a backup did, for one disk or a whole point."""
+    """What a backup did, for one disk (``DiskInfo.stats``) or a whole point
+    (``RecoveryPoint.stats``: the disks' figures added up). Each statistic
+    has the name and meaning it has in Rust (``backup_core::DiskStats``), C
+    (``vmb_backup_stats``) and the command line's ``--json``."""
 
     @property
     def bytes_scanned(self) -> int:
         """Bytes of the disks covered (their sizes)."""
     @property
     def bytes_read(self) -> int:
-        """Bytes read from the disks."""
+        """Bytes read from the disks (unchanged and unallocated areas are not
+        read)."""
     @property
     def bytes_zero(self) -> int:
         """Bytes in all-zero blocks and holes, never stored."""
@@ -327,19 +347,29 @@ class BackupStats:
         """Bytes in blocks whose content was not in the previous point."""
     @property
     def bytes_deduplicated(self) -> int:
-        """Of the new bytes, those the vault already held."""
+        """Of the new bytes, those the vault already held (deduplicated)."""
     @property
     def bytes_stored(self) -> int:
-        """Bytes added to the vault."""
+        """Bytes of chunk frames (compressed) and index segments written."""
+    @property
+    def bytes_added(self) -> Optional[int]:
+        """Everything the point added to the vault: ``bytes_stored`` plus pack
+        trailers, chunk index files and the manifest. A point's only: None
+        for a disk."""
     @property
     def seconds(self) -> float:
-        """Wall-clock seconds."""
+        """Wall-clock seconds (for a point: of the slowest disk)."""
     @property
     def change_detection(self) -> str:
-        """How changes were found."""
+        """How changes were found: "none" (first backup), "compare", "cbt", or
+        "cbt distrusted: why"; for a point, its disks' values each once,
+        joined by ", "."""
+    @property
+    def bytes_dirty(self) -> int:
+        """Bytes change tracking reported as changed (0 without it)."""
     @property
     def audited_blocks(self) -> int:
-        """Blocks re-read to audit change tracking."""
+        """Blocks change tracking called clean that were re-read to audit it."""
 
 @final
 class RestoreStats:
