@@ -19,7 +19,7 @@ use crate::provider::PyDevice;
 use crate::tiers::{KeptSnapshot, ReleaseReport};
 use crate::types::{KeySlot, RecoveryPoint, RestoreStats, VerifyReport};
 
-/// A vault of recovery points in a local folder.
+/// A vault of recovery points, in a local folder or on object storage.
 ///
 /// Open one with `Vault.init(path)` (a new vault) or `Vault.open(path)`.
 /// A vault is a context manager: leaving the `with` block closes it. It may
@@ -343,7 +343,7 @@ impl Vault {
     /// point records what was achieved, with a warning (`point.warnings`)
     /// when it is less than was asked for. `min_consistency` is the weakest
     /// level accepted: a backup that would fall below it fails with
-    /// `ProviderError` and commits nothing. `block_size` is a power of two from
+    /// `VmBackupError` and commits nothing. `block_size` is a power of two from
     /// 16384 to 4194304, used for a disk's first point (a disk keeps its
     /// chain's block size).
     ///

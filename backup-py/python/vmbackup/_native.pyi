@@ -42,7 +42,14 @@ _Consistency = Literal["crash", "filesystem", "application"]
 
 @final
 class Vault:
-    """A vault of recovery points in a local folder; a context manager."""
+    """A vault of recovery points, in a local folder or on object storage.
+
+    Open one with `Vault.init(path)` (a new vault) or `Vault.open(path)`.
+    A vault is a context manager: leaving the `with` block closes it. It may
+    be shared by several Python threads, and several backups may run into it
+    at once (from threads or processes). Every operation releases the GIL
+    while the engine works.
+    """
 
     @staticmethod
     def init(
@@ -56,11 +63,17 @@ class Vault:
         direct_io: bool = False,
     ) -> "Vault":
         """Creates a new vault in a folder that does not exist or is empty, or
-        on object storage at a URL (``az://CONTAINER/PREFIX``,
-        ``s3://BUCKET/PREFIX``; ``cache`` is then the local cache folder,
-        ``endpoint`` the store's endpoint, e.g. an emulator's); encrypted with
-        ``passphrase`` or ``key_file``; ``direct_io`` writes packs, and reads
-        them for restores, around the page cache (``O_DIRECT``)."""
+        on object storage at a URL (`az://CONTAINER/PREFIX`,
+        `s3://BUCKET/PREFIX`; `cache` is then the local cache folder,
+        `endpoint` the store's endpoint, e.g. an emulator's).
+
+        `lock_timeout` is how many seconds an operation waits for a lock
+        held by another process before it raises `VaultLockedError`. With
+        `passphrase` or `key_file` the vault is encrypted: every chunk,
+        index segment and manifest is sealed before it is written.
+        `direct_io` writes packs, and reads them for restores, around the
+        page cache (`O_DIRECT`).
+        """
     @staticmethod
     def open(
         path: _StrPath,
@@ -72,16 +85,17 @@ class Vault:
         endpoint: Optional[str] = None,
         direct_io: bool = False,
     ) -> "Vault":
-        """Opens an existing vault (a folder or a URL, as ``init`` takes);
-        ``NotFoundError`` when ``path`` holds none,
-        ``KeyRequiredError``/``WrongKeyError`` for an encrypted vault without
-        its key."""
+        """Opens an existing vault (a folder or a URL, as `init` takes);
+        `NotFoundError` when `path` holds none. An encrypted vault needs its
+        `passphrase` or `key_file` (`KeyRequiredError` without,
+        `WrongKeyError` with a wrong one). `direct_io` as `init` takes it.
+        """
     @property
     def location(self) -> str:
         """Where the vault is: its URL, or its folder, as a string."""
     @property
     def path(self) -> pathlib.Path:
-        """The vault's folder (a :class:`pathlib.Path`)."""
+        """The vault's folder."""
     @property
     def id(self) -> str:
         """The vault's random id, made at init."""
@@ -90,9 +104,11 @@ class Vault:
         """Whether the vault is encrypted."""
     @property
     def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
+        """Whether `close()` was called."""
     def close(self) -> None:
-        """Closes the vault: later calls raise ``ValueError``."""
+        """Closes the vault: later calls raise `ValueError`. Operations still
+        running in other threads finish first. Closing twice is allowed.
+        """
     def __enter__(self) -> "Vault": ...
     def __exit__(self, *_exc: object) -> Literal[False]: ...
     # Lists, tuples and mappings, not any Sequence: a bare str is a
@@ -109,8 +125,34 @@ class Vault:
         instant_restore_days: int = 0,
         progress: Optional[_Progress] = None,
     ) -> "RecoveryPoint":
-        """Backs up a VM and returns its new recovery point; with
-        ``instant_restore_days``, keeps its snapshot (a reflink clone) that long."""
+        """Backs up a VM and returns its new recovery point.
+
+        `disks` is a list whose items are paths of raw image files (`str` or
+        `os.PathLike`, named after their file names) or `vmbackup.BlockDevice`
+        objects; or a dict of them by disk name; or a
+        `vmbackup.LibvirtProvider`, whose domain's disks are backed up. Only
+        blocks that changed since the VM's previous point are stored.
+
+        `consistency` is the level asked for ("crash", "filesystem" or
+        "application"); image files and Python disks give "crash", and the
+        point records what was achieved, with a warning (`point.warnings`)
+        when it is less than was asked for. `min_consistency` is the weakest
+        level accepted: a backup that would fall below it fails with
+        `VmBackupError` and commits nothing. `block_size` is a power of two from
+        16384 to 4194304, used for a disk's first point (a disk keeps its
+        chain's block size).
+
+        `instant_restore_days` (0 to 30) keeps the snapshot after the job
+        for that many days, where it outlives the job (reflink clones of
+        image files): the point can then be restored from it
+        (`restore_from_snapshot`) until `release_expired` releases it.
+
+        `progress(done_bytes, total_bytes)` is called from the calling
+        thread, at most ten times a second and once with `done == total`
+        before the point is committed. An exception it raises cancels the
+        backup, which commits nothing, and is re-raised as it is; so is
+        `KeyboardInterrupt` (Ctrl-C) while a backup runs.
+        """
     @overload
     def backup(
         self,
@@ -124,9 +166,15 @@ class Vault:
         progress: Optional[_Progress] = None,
     ) -> "RecoveryPoint": ...
     def points(self, vm: Optional[str] = None) -> List["RecoveryPoint"]:
-        """The recovery points of one VM (or of all VMs), oldest first."""
+        """The recovery points of one VM (or of all VMs), oldest first.
+
+        Raises `NotFoundError` when `vm` names a VM the vault holds no point
+        of (see `vms()`).
+        """
     def point(self, vm: str, id: str = "latest") -> "RecoveryPoint":
-        """A point of a VM by id, by a unique prefix of its id, or "latest"."""
+        """A point of a VM by id, by a unique prefix of its id, or "latest".
+        `NotFoundError` when none (or several) match.
+        """
     def vms(self) -> List[str]:
         """The names of the VMs that have points, sorted."""
     def restore(
@@ -138,12 +186,25 @@ class Vault:
         allow_damaged: bool = False,
         progress: Optional[_Progress] = None,
     ) -> "RestoreStats":
-        """Restores one disk of a point (by index or name) to a file or device;
-        with ``allow_damaged``, damaged blocks are written as zeros and listed."""
+        """Restores one disk of a point to the file `to` (created sparse, or
+        replaced; written under a temporary name and renamed when complete)
+        or to a block device. `disk` is the disk's index in `point.disks`
+        (negative from the end) or its name.
+
+        `progress` works as for `backup()`; an exception it raises stops
+        the restore and is re-raised. With `allow_damaged=True` a damaged
+        or missing chunk does not stop the restore: its block is written as
+        zeros and listed in the stats' `damaged`.
+        """
     def tiers(self, point: "RecoveryPoint") -> List[str]:
-        """Where a point can be restored from now: ``"snapshot"``, then ``"vault"``."""
+        """Where a point can be restored from now: `"snapshot"` while the
+        snapshot kept after its job is there and unchanged, then `"vault"`.
+        A damaged snapshot record raises (`CorruptError`, `TamperedError`).
+        """
     def kept_snapshots(self, vm: Optional[str] = None) -> List["KeptSnapshot"]:
-        """The snapshots kept for instant restore, oldest first."""
+        """The snapshots kept for instant restore, of one VM or of all, oldest
+        first; a damaged record raises.
+        """
     def restore_from_snapshot(
         self,
         point: "RecoveryPoint",
@@ -152,13 +213,24 @@ class Vault:
         to: _StrPath,
         progress: Optional[_Progress] = None,
     ) -> Optional["RestoreStats"]:
-        """Restores one disk from the snapshot kept after its job; None when
-        the point has no usable snapshot tier."""
+        """Restores one disk of a point from the snapshot kept after its job
+        (a reflink copy of the clone where the file system allows, else a
+        sparse copy), checked against the clone's size and time when kept.
+        Returns None, and writes nothing, when the point has no usable
+        snapshot tier: `restore()` from the vault then. `disk` is an index
+        or a name, as for `restore()`.
+        """
     def release_expired(
         self, *, vm: Optional[str] = None, now: Optional[datetime.datetime] = None
     ) -> "ReleaseReport":
-        """Releases kept snapshots whose days are over at ``now``, whose job
-        committed nothing, or whose point was pruned."""
+        """Releases the snapshots kept for instant restore whose days are over
+        at `now` (a time-zone aware `datetime`; default the current time),
+        whose job ended without committing their point, or whose point was
+        pruned: removes each clone (only a file marked as this vault's clone
+        of that point and disk), then its record. `vm=` releases one VM's.
+        A snapshot that cannot be released is listed in the report's
+        `problems` and tried again next time.
+        """
     def restore_vm(
         self,
         point: "RecoveryPoint",
@@ -166,7 +238,9 @@ class Vault:
         *,
         progress: Optional[_Progress] = None,
     ) -> List["RestoreStats"]:
-        """Restores every disk of a point into a folder, one file per disk."""
+        """Restores every disk of a point into the folder `to_dir` (created if
+        needed), each as a file named after the disk, in parallel.
+        """
     def restore_to_domain(
         self,
         point: "RecoveryPoint",
@@ -179,8 +253,12 @@ class Vault:
         start: bool = False,
         progress: Optional[_Progress] = None,
     ) -> List["RestoreStats"]:
-        """Restores every disk into ``pool`` and defines a new libvirt domain
-        ``name`` from the point's saved XML (new UUID, MACs and disks)."""
+        """Restores every disk of a point (in parallel) into `pool` as
+        `NAME-DISK.FORMAT` and defines a new libvirt domain `name` from the
+        point's saved domain XML, with a new UUID, new MAC addresses and the
+        restored disks; `start=True` starts it. A domain of that name is
+        refused unless `replace=True`, and the point's own domain always.
+        """
     def instant_restore(
         self,
         point: "RecoveryPoint",
@@ -192,9 +270,14 @@ class Vault:
         bandwidth: int = 0,
         progress: Optional[_Progress] = None,
     ) -> float:
-        """Runs the point as domain ``name`` at once on overlays over this
-        process's export, moves the data in, and returns the seconds until
-        the domain ran once it stands on local disks only."""
+        """Starts a point as the new libvirt domain `name` within seconds, on
+        qcow2 overlays in `pool` over this process's NBD export of the
+        point, moves the data into them (at most `bandwidth` bytes per
+        second per disk; 0: no limit) and returns, when the domain stands on
+        local disks only, the seconds until it ran. KeyboardInterrupt
+        discards the recovery; any other failure leaves the domain paused
+        and the same call resumes it.
+        """
     def boot_verify(
         self,
         point: "RecoveryPoint",
@@ -204,10 +287,16 @@ class Vault:
         script: Union[bytes, str, None] = None,
         progress: Optional[_Progress] = None,
     ) -> "BootVerdict":
-        """Boots the point in a throwaway domain with no network, judges it
-        by its guest agent (and ``script``), and records the verdict."""
+        """Boots a point in a throwaway libvirt domain with no network, on
+        discarded overlays; waits up to `timeout` seconds for its guest
+        agent, then runs `script` (bytes or str: a script copied into the
+        guest; exit status 0 passes). The verdict is recorded beside the
+        point and returned (a failed boot is a verdict, not an exception).
+        """
     def boot_verdict(self, point: "RecoveryPoint") -> Optional["BootVerdict"]:
-        """The last boot verdict recorded for a point, or None."""
+        """The last boot verdict recorded for a point, or None if it was never
+        booted.
+        """
     def verify(
         self,
         point: Optional["RecoveryPoint"] = None,
@@ -215,32 +304,70 @@ class Vault:
         vm: Optional[str] = None,
         progress: Optional[_Progress] = None,
     ) -> "VerifyReport":
-        """Verifies a point, a VM's points, or the whole vault."""
+        """Verifies one point, one VM's points (`vm=`), or the whole vault
+        (every pack read frame by frame, then every point). Damage is
+        reported in the returned report, with the disk's byte ranges it
+        hurts, not raised; call `report.check()` to raise it.
+        """
     def prune(
         self, policy: Union["Policy", str], *, vm: Optional[str] = None, dry_run: bool = False
     ) -> "PruneReport":
-        """Removes the points a policy's retention rules (a Policy or TOML text) do not keep."""
+        """Prunes by the retention rules of a policy, a `Policy` or TOML text
+        (the format `vmbackup policy check` reads; text needs only
+        `timezone` and `[retention]`, and a `[schedule]` in it is checked):
+        removes the points the rules
+        do not keep (a VM's newest point is always kept) and the logs of
+        finished jobs whose point is gone, once older than the policy's
+        `job_logs` days. `vm=` prunes one VM's points; `dry_run=True`
+        removes nothing and reports what it would. `gc()` then reclaims the
+        space. A bad policy raises `ValueError` naming the field.
+        """
     def gc(
         self, *, grace: float = 3600.0, repack_threshold: float = 0.5, dry_run: bool = False
     ) -> "GcReport":
-        """Removes what no point references, sparing objects younger than ``grace`` seconds."""
+        """Removes what no point references (dead packs, or packs whose dead
+        share of bytes reaches `repack_threshold` rewritten without their
+        dead chunks; unreferenced segments; what killed backups left).
+        Objects younger than `grace` seconds are spared: a backup in flight
+        may be about to name them. On object storage a run marks, and a
+        later run removes (see the README).
+        """
     def repair(self, *, dry_run: bool = False) -> "RepairReport":
-        """Rebuilds the chunk index files from the packs and reports what is lost."""
+        """Rebuilds the chunk index files from the packs (leaving damaged
+        chunks out, so that backups store them again), then verifies the
+        vault and reports what is lost. Other open handles of the vault keep
+        the index they loaded: open them again.
+        """
     def key_slots(self) -> List["KeySlot"]:
-        """The key slots of an encrypted vault (empty without encryption)."""
+        """The key slots of an encrypted vault (empty for a vault without
+        encryption): what opens it, never the keys themselves.
+        """
     def add_key(
         self, *, passphrase: Optional[str] = None, key_file: Optional[_StrPath] = None
     ) -> "KeySlot":
-        """Adds a key slot: ``passphrase`` or ``key_file`` opens the vault too
-        from now on; only the config is rewritten."""
+        """Adds a key slot: `passphrase` or `key_file` opens the vault too from
+        now on. Only the vault's config is rewritten; no data is
+        re-encrypted. `ValueError` for a vault without encryption.
+        """
     def remove_key(self, slot_id: str) -> "KeySlot":
-        """Removes a key slot by id; refuses the vault's last one."""
+        """Removes a key slot by its id; refuses the last one, which would lock
+        everyone out for good. `NotFoundError` for an unknown id.
+        """
 
 @final
 class LibvirtProvider:
-    """A libvirt domain to back up with ``Vault.backup(vm, provider)``: its disks
-    from the domain's XML, a checkpoint and pull-mode backup job per point,
-    quiesced through the guest agent; a shut-off domain is read in place."""
+    """A libvirt domain to back up: its disks come from the domain's XML, each
+    snapshot is a libvirt checkpoint and pull-mode backup job (incremental
+    from the VM's previous point), quiesced through the guest agent (in-guest
+    pre/post scripts, then a freeze) as far as the backup's consistency asks
+    and the guest allows; a shut-off domain's disks are read in place. The
+    point stores the domain's XML (`RecoveryPoint.configuration`).
+
+    `include`/`exclude` select disks by target name (`"vda"`);
+    `guest_scripts` is a `VMSnapshotScriptPluginConfig.json` on this host
+    whose scripts are installed into the guest when the VM is prepared;
+    `min_consistency` makes a weaker fallback fail the backup.
+    """
 
     def __new__(
         cls,
@@ -260,27 +387,34 @@ class LibvirtProvider:
     def uri(self) -> str:
         """The libvirt connection URI."""
     def disks(self) -> Tuple[List[str], List[Tuple[str, str]]]:
-        """The disks the next backup takes, and the skipped ones as (target, why)."""
+        """The disks the next backup takes (target names), and the ones it
+        skips as `(target, why)`: asks libvirt now.
+        """
 
 @final
 class RecoveryPoint:
-    """A recovery point: a VM's disks at one instant."""
+    """A recovery point: a VM's disks at one instant, as committed to a vault.
+
+    Points compare equal when they name the same point of the same VM.
+    """
 
     @property
     def id(self) -> str:
-        """The point's id."""
+        """The point's id: the snapshot's time and a random suffix."""
     @property
     def vm(self) -> str:
         """The VM's name."""
     @property
     def configuration(self) -> Optional[str]:
-        """The VM's configuration stored with the point (a libvirt domain's XML), or None."""
+        """The VM's configuration stored with the point (a libvirt domain's
+        XML), or None.
+        """
     @property
     def configuration_kind(self) -> Optional[str]:
-        """What ``configuration`` is ("libvirt-domain-xml"), or None."""
+        """What `configuration` is (`"libvirt-domain-xml"`), or None."""
     @property
     def time(self) -> datetime.datetime:
-        """When the snapshot was taken, time-zone aware, in UTC."""
+        """When the snapshot was taken, as a time-zone aware `datetime` in UTC."""
     @property
     def consistency(self) -> _Consistency:
         """The consistency achieved: "crash", "filesystem" or "application"."""
@@ -289,13 +423,17 @@ class RecoveryPoint:
         """The consistency asked for."""
     @property
     def parent(self) -> Optional[str]:
-        """The id of the previous point it was compared against, if any."""
+        """The id of the VM's previous point this one was compared against, or
+        None for a VM's first point.
+        """
     @property
     def disks(self) -> List["DiskInfo"]:
         """The disks, in the VM's order."""
     @property
     def stats(self) -> "BackupStats":
-        """What the backup did, all disks added up."""
+        """What the backup did, all disks added up, and `bytes_added`: all it
+        added to the vault.
+        """
     @property
     def warnings(self) -> List[str]:
         """What a user should know about how the point was made."""
@@ -324,10 +462,11 @@ class DiskInfo:
 
 @final
 class BackupStats:
-    """What a backup did, for one disk (``DiskInfo.stats``) or a whole point
-    (``RecoveryPoint.stats``: the disks' figures added up). Each statistic
-    has the name and meaning it has in Rust (``backup_core::DiskStats``), C
-    (``vmb_backup_stats``) and the command line's ``--json``."""
+    """What a backup did, for one disk (`DiskInfo.stats`) or a whole point
+    (`RecoveryPoint.stats`: the disks' figures added up). Each statistic has
+    the name and meaning it has in Rust (`backup_core::DiskStats`), C
+    (`vmb_backup_stats`) and the command line's `--json`.
+    """
 
     @property
     def bytes_scanned(self) -> int:
@@ -353,9 +492,10 @@ class BackupStats:
         """Bytes of chunk frames (compressed) and index segments written."""
     @property
     def bytes_added(self) -> Optional[int]:
-        """Everything the point added to the vault: ``bytes_stored`` plus pack
+        """Everything the point added to the vault: `bytes_stored` plus pack
         trailers, chunk index files and the manifest. A point's only: None
-        for a disk."""
+        for a disk.
+        """
     @property
     def seconds(self) -> float:
         """Wall-clock seconds (for a point: of the slowest disk)."""
@@ -386,14 +526,15 @@ class RestoreStats:
         """Bytes written to the target."""
     @property
     def bytes_zero(self) -> int:
-        """Bytes left as zeros."""
+        """Bytes left as zeros (holes in a sparse file)."""
     @property
     def seconds(self) -> float:
         """Wall-clock seconds."""
     @property
     def damaged(self) -> List[Tuple[int, int, str]]:
-        """With ``allow_damaged=True``: the byte ranges that could not be
-        read and were written as zeros, as ``(start, end, why)``."""
+        """With `allow_damaged=True`: the byte ranges that could not be read
+        and were written as zeros, as `(start, end, why)`; else empty.
+        """
 
 @final
 class Problem:
@@ -410,19 +551,24 @@ class Problem:
         """The disk it hurts, when known."""
     @property
     def range(self) -> Optional[Tuple[int, int]]:
-        """The disk's damaged bytes as ``(start, end)``, or ``None``."""
+        """The disk's bytes that cannot be restored as `(start, end)`, end
+        exclusive; None when the damage is not tied to a disk (a damaged
+        pack frame no point uses).
+        """
     @property
     def start(self) -> Optional[int]:
-        """The first damaged byte, or ``None``."""
+        """The first damaged byte, or None."""
     @property
     def end(self) -> Optional[int]:
-        """One past the last damaged byte, or ``None``."""
+        """One past the last damaged byte, or None."""
     @property
     def what(self) -> str:
         """What is wrong, naming the damaged object."""
     @property
     def tampered(self) -> bool:
-        """Whether a sealed object failed authentication (encrypted vaults)."""
+        """Whether a sealed object of an encrypted vault failed authentication
+        (changed on purpose, swapped or forged).
+        """
 
 @final
 class VerifyReport:
@@ -442,23 +588,25 @@ class VerifyReport:
         """Distinct chunks checked."""
     @property
     def packs(self) -> int:
-        """Packs read whole."""
+        """Packs read whole (whole-vault verify only)."""
     @property
     def bytes(self) -> int:
         """Bytes of disk covered by the checked points."""
     def check(self) -> None:
-        """Raises ``CorruptionError`` for the first problem, if any."""
+        """Raises `CorruptionError` for the first problem (preferring one with
+        a byte range); does nothing when all is well.
+        """
 
 @final
 class PruneReport:
-    """What :meth:`Vault.prune` did (or, in a dry run, would do)."""
+    """What a prune did (or, in a dry run, would do)."""
 
     @property
     def dry_run(self) -> bool:
-        """Whether nothing was removed."""
+        """Whether it was a dry run (nothing removed)."""
     @property
     def removed(self) -> List[Tuple[str, str]]:
-        """The points removed (or that would be), as ``(vm, point id)``."""
+        """The points removed (or that would be), as `(vm, point id)`."""
     @property
     def kept(self) -> int:
         """How many points the rules keep."""
@@ -467,7 +615,7 @@ class PruneReport:
         """Points the rules condemned that were kept after all, and why."""
     @property
     def job_logs_removed(self) -> List[str]:
-        """Job logs removed (or that would be), as ``vm/job id``."""
+        """Job logs removed (or that would be), as `vm/job id`."""
 
 @final
 class KeySlot:
@@ -476,27 +624,27 @@ class KeySlot:
 
     @property
     def id(self) -> str:
-        """The slot's id (8 hex digits), as :meth:`Vault.remove_key` takes it."""
+        """The slot's id (8 hex digits), as `Vault.remove_key` takes it."""
     @property
     def kind(self) -> str:
-        """``"passphrase"`` or ``"key_file"``."""
+        """`"passphrase"` or `"key_file"`."""
     @property
     def created(self) -> str:
         """When it was added, as RFC 3339 text in UTC."""
 
 @final
 class GcReport:
-    """What :meth:`Vault.gc` did (or, in a dry run, would do)."""
+    """What a garbage collection did (or, in a dry run, would do)."""
 
     @property
     def dry_run(self) -> bool:
-        """Whether nothing was removed."""
+        """Whether it was a dry run (nothing removed)."""
     @property
     def points(self) -> int:
         """Points whose objects were kept."""
     @property
     def packs_removed(self) -> int:
-        """Packs removed whole."""
+        """Packs removed whole (no live chunk)."""
     @property
     def packs_repacked(self) -> int:
         """Packs rewritten without their dead chunks."""
@@ -517,31 +665,44 @@ class GcReport:
         """Objects spared because they are newer than the grace period."""
     @property
     def packs_marked(self) -> int:
-        """On object storage: packs this run marked for a later gc to remove."""
+        """On a vault on object storage: packs this run marked for removal by
+        a later gc (rewritten ones included).
+        """
     @property
     def segments_marked(self) -> int:
-        """On object storage: segments this run marked."""
+        """On a vault on object storage: segments this run marked."""
 
 @final
 class Policy:
-    """A backup policy (schedule and retention), parsed and checked."""
+    """A backup policy (schedule and retention), parsed and checked: what
+    `Vault.prune` applies. `Policy.from_toml(text)` or `Policy.load(path)`;
+    a bad policy raises `ValueError` naming the field.
+    """
 
     @staticmethod
     def from_toml(text: str) -> "Policy":
-        """Parses a policy from TOML text; ``ValueError`` names a bad field."""
+        """Parses a policy from TOML text (the format `vmbackup policy check`
+        reads).
+        """
     @staticmethod
     def load(path: _StrPath) -> "Policy":
-        """Reads and parses a policy file."""
+        """Reads and parses a policy file (`OSError` when it cannot be read,
+        `ValueError` naming the file and field when it is not a policy).
+        """
     def summary(self) -> List[str]:
-        """The policy in a few lines of English."""
+        """The policy in a few lines of English, as `vmbackup policy check`
+        says it.
+        """
 
 @final
 class RepairReport:
-    """What :meth:`Vault.repair` did."""
+    """What a repair did: chunk index files rebuilt from their packs, then a
+    verify of what is lost.
+    """
 
     @property
     def dry_run(self) -> bool:
-        """Whether nothing was rewritten."""
+        """Whether it was a dry run (nothing rewritten)."""
     @property
     def nothing_lost(self) -> bool:
         """Whether no point lost data and no manifest is unreadable."""
@@ -550,10 +711,12 @@ class RepairReport:
         """Packs examined."""
     @property
     def rebuilt(self) -> List[Tuple[str, str]]:
-        """The packs whose index file was rebuilt, with why."""
+        """The packs whose index file was (or would be) rebuilt, with why."""
     @property
     def dropped(self) -> int:
-        """Damaged chunks left out of the rebuilt index files."""
+        """Damaged chunks left out of the rebuilt index files (so that backups
+        store them again).
+        """
     @property
     def unreadable_packs(self) -> List[str]:
         """Packs that cannot be read at all, with why."""
@@ -566,7 +729,10 @@ class RepairReport:
 
 @final
 class KeptSnapshot:
-    """A snapshot kept after its job for instant restore."""
+    """A snapshot kept after its job for instant restore (`Vault.backup(...,
+    instant_restore_days=N)` on a file system with reflinks): the point it
+    belongs to, until when it is kept, and each disk's clone.
+    """
 
     @property
     def vm(self) -> str:
@@ -582,52 +748,69 @@ class KeptSnapshot:
         """The snapshot provider's name and version."""
     @property
     def taken(self) -> datetime.datetime:
-        """When it was taken (UTC)."""
+        """When it was taken, as a time-zone aware `datetime` in UTC."""
     @property
     def expires(self) -> datetime.datetime:
-        """When it is released (UTC)."""
+        """When it is released, as a time-zone aware `datetime` in UTC."""
     @property
     def disks(self) -> List[Tuple[str, pathlib.Path]]:
-        """Each disk's clone, as ``(disk name, path)``."""
+        """Each disk's clone, as `(disk name, path)`."""
 
 @final
 class ReleaseReport:
-    """What :meth:`Vault.release_expired` did."""
+    """What `Vault.release_expired` did."""
 
     @property
     def released(self) -> List[Tuple[KeptSnapshot, str]]:
-        """The snapshots released, each with why."""
+        """The snapshots released, each with why: `"expired"`, `"job ended
+        without its point"` or `"point pruned"`.
+        """
     @property
     def kept(self) -> List[KeptSnapshot]:
         """The snapshots still kept."""
     @property
     def problems(self) -> List[str]:
-        """Snapshots that could not be released, and damaged records."""
+        """Snapshots that could not be released (tried again next time) and
+        damaged records, as sentences naming them.
+        """
 
 @final
 class BootVerdict:
-    """What booting a point in a throwaway domain showed."""
+    """What booting a point in a throwaway domain showed (`Vault.boot_verify`,
+    `Vault.boot_verdict`).
+    """
 
     @property
-    def vm(self) -> str: ...
+    def vm(self) -> str:
+        """The point's VM."""
     @property
-    def point_id(self) -> str: ...
+    def point_id(self) -> str:
+        """The point's id."""
     @property
-    def passed(self) -> bool: ...
+    def passed(self) -> bool:
+        """Whether the guest's agent answered and the in-guest test passed."""
     @property
-    def reason(self) -> Optional[str]: ...
+    def reason(self) -> Optional[str]:
+        """Why it failed (None when it passed)."""
     @property
-    def checked_at(self) -> int: ...
+    def checked_at(self) -> int:
+        """When it was booted (Unix seconds)."""
     @property
-    def agent_seconds(self) -> Optional[float]: ...
+    def agent_seconds(self) -> Optional[float]:
+        """Seconds from the start until the agent answered (None if never)."""
     @property
-    def script_exit(self) -> Optional[int]: ...
+    def script_exit(self) -> Optional[int]:
+        """The in-guest test's exit status (None without a test)."""
     @property
-    def script_output(self) -> Optional[str]: ...
+    def script_output(self) -> Optional[str]:
+        """The in-guest test's output."""
     @property
-    def console(self) -> str: ...
+    def console(self) -> str:
+        """The end of the guest's serial console."""
     @property
-    def screenshot(self) -> bytes: ...
+    def screenshot(self) -> bytes:
+        """A PNG of the screen (empty when none could be taken)."""
     @property
-    def notes(self) -> List[str]: ...
+    def notes(self) -> List[str]:
+        """What was done to judge it beyond the boot."""
     def __bool__(self) -> bool: ...
