@@ -26,6 +26,17 @@
  *   the rule above, not there.
  * - Out-parameters come last and are written only on success; on failure
  *   they keep what the caller put there.
+ * - Extensible structs. Every struct starts with `uint32_t struct_size`,
+ *   so that a later version can append fields without breaking programs
+ *   built against this header (the scheme of Linux's openat2 and clone3).
+ *   Set it to `sizeof` the struct, or leave it 0, which means this
+ *   version's (the first) layout: zero-initialize (`= {0}`) and it is
+ *   right. A struct passed in is read up to its struct_size (fields the
+ *   program does not know are zero to the library; a larger struct whose
+ *   extra bytes are not zero is refused, VMB_ERR_INVALID_ARGUMENT). A
+ *   struct the library fills (stats, a problem) is written up to its
+ *   struct_size, which is then set to the bytes written: initialize it
+ *   before the call. A struct_size below the first layout is refused.
  * - Strings are UTF-8 and NUL-terminated, in and out. A string argument
  *   that is not valid UTF-8 returns VMB_ERR_INVALID_UTF8. Strings the
  *   library hands out are owned by the handle they come from and live as
@@ -347,6 +358,13 @@ typedef struct vmb_vm_list vmb_vm_list;
  */
 typedef struct vmb_disk_ops {
   /**
+   * The size of this struct as the caller's header declares it:
+   * `sizeof(struct vmb_disk_ops)`, or 0 for the first layout (0.1). Fields
+   * added by a later version are appended; see "Extensible structs" in
+   * the header's rules.
+   */
+  uint32_t struct_size;
+  /**
    * Passed to every callback; owned by the library from
    * `vmb_snapshot_add_disk` on, and given back through `destroy`.
    */
@@ -410,6 +428,12 @@ typedef int (*vmb_progress_fn)(void *userdata, uint64_t done, uint64_t total);
  */
 typedef struct vmb_gc_stats {
   /**
+   * Set by the caller before the call: `sizeof(struct vmb_gc_stats)`, or 0 for
+   * the first layout (0.1); the library fills that much and sets it to
+   * the bytes it wrote. See "Extensible structs" in the header's rules.
+   */
+  uint32_t struct_size;
+  /**
    * Points whose objects were kept.
    */
   uint64_t points;
@@ -448,6 +472,12 @@ typedef struct vmb_gc_stats {
  */
 typedef struct vmb_repair_stats {
   /**
+   * Set by the caller before the call: `sizeof(struct vmb_repair_stats)`, or 0 for
+   * the first layout (0.1); the library fills that much and sets it to
+   * the bytes it wrote. See "Extensible structs" in the header's rules.
+   */
+  uint32_t struct_size;
+  /**
    * Packs examined.
    */
   uint64_t packs;
@@ -485,6 +515,12 @@ typedef struct vmb_repair_stats {
  * (`BackupStats`) and the command line's `--json`.
  */
 typedef struct vmb_backup_stats {
+  /**
+   * Set by the caller before the call: `sizeof(struct vmb_backup_stats)`, or 0 for
+   * the first layout (0.1); the library fills that much and sets it to
+   * the bytes it wrote. See "Extensible structs" in the header's rules.
+   */
+  uint32_t struct_size;
   /**
    * Bytes of disk covered (the disks' sizes).
    */
@@ -546,6 +582,12 @@ typedef struct vmb_backup_stats {
  */
 typedef struct vmb_verify_problem {
   /**
+   * Set by the caller before the call: `sizeof(struct vmb_verify_problem)`, or 0 for
+   * the first layout (0.1); the library fills that much and sets it to
+   * the bytes it wrote. See "Extensible structs" in the header's rules.
+   */
+  uint32_t struct_size;
+  /**
    * The VM it hurts, or NULL (a problem of the vault itself).
    */
   const char *vm;
@@ -586,6 +628,12 @@ typedef struct vmb_verify_problem {
  */
 typedef struct vmb_restore_stats {
   /**
+   * Set by the caller before the call: `sizeof(struct vmb_restore_stats)`, or 0 for
+   * the first layout (0.1); the library fills that much and sets it to
+   * the bytes it wrote. See "Extensible structs" in the header's rules.
+   */
+  uint32_t struct_size;
+  /**
    * The disk's size.
    */
   uint64_t size;
@@ -609,6 +657,13 @@ typedef struct vmb_restore_stats {
  * `vmb_vault_init_with_key` makes. Zero-initialize it for the defaults.
  */
 typedef struct vmb_key {
+  /**
+   * The size of this struct as the caller's header declares it:
+   * `sizeof(struct vmb_key)`, or 0 for the first layout (0.1). Fields
+   * added by a later version are appended; see "Extensible structs" in
+   * the header's rules.
+   */
+  uint32_t struct_size;
   /**
    * The passphrase, NUL-terminated UTF-8, or NULL. The library keeps no
    * copy of it after the call.
@@ -634,6 +689,13 @@ typedef struct vmb_key {
  * make or open a vault. Zero-initialize it for the defaults.
  */
 typedef struct vmb_vault_options {
+  /**
+   * The size of this struct as the caller's header declares it:
+   * `sizeof(struct vmb_vault_options)`, or 0 for the first layout (0.1). Fields
+   * added by a later version are appended; see "Extensible structs" in
+   * the header's rules.
+   */
+  uint32_t struct_size;
   /**
    * The key of an encrypted vault (as `vmb_vault_init_with_key` and
    * `vmb_vault_open_with_key` take it), or NULL for none.
@@ -671,6 +733,13 @@ typedef struct vmb_vault_options {
  * throw or `longjmp`.
  */
 typedef struct vmb_provider {
+  /**
+   * The size of this struct as the caller's header declares it:
+   * `sizeof(struct vmb_provider)`, or 0 for the first layout (0.1). Fields
+   * added by a later version are appended; see "Extensible structs" in
+   * the header's rules.
+   */
+  uint32_t struct_size;
   /**
    * Passed to every callback.
    */
@@ -718,6 +787,13 @@ typedef struct vmb_provider {
  * once, last, from the calling thread.
  */
 typedef struct vmb_write_target {
+  /**
+   * The size of this struct as the caller's header declares it:
+   * `sizeof(struct vmb_write_target)`, or 0 for the first layout (0.1). Fields
+   * added by a later version are appended; see "Extensible structs" in
+   * the header's rules.
+   */
+  uint32_t struct_size;
   /**
    * Passed to every callback.
    */
@@ -824,7 +900,8 @@ enum vmb_status vmb_disks_add_image(struct vmb_disks *disks,
  *
  * From this call on the library owns `ops->userdata`, **whatever the
  * result**: `ops->destroy` is called exactly once, by `vmb_disks_free`
- * (at once on failure).
+ * (at once on failure). Only a table it cannot read (`ops` NULL, or a
+ * `struct_size` it refuses) stays the caller's.
  *
  * # Safety
  * `disks` is NULL or a live list; `name` is NUL-terminated (NULL is
@@ -907,7 +984,8 @@ enum vmb_status vmb_callback_error(const char *message);
  *
  * From this call on the library owns `ops->userdata`, **whatever the
  * result**: `ops->destroy` is called exactly once when it is no longer
- * needed (at once on failure).
+ * needed (at once on failure). Only a table it cannot read (`ops` NULL,
+ * or a `struct_size` it refuses) stays the caller's.
  *
  * # Safety
  * `snapshot` is the pointer passed to the running `snapshot` callback;

@@ -121,7 +121,8 @@ pub unsafe extern "C" fn vmb_disks_add_image(
 ///
 /// From this call on the library owns `ops->userdata`, **whatever the
 /// result**: `ops->destroy` is called exactly once, by `vmb_disks_free`
-/// (at once on failure).
+/// (at once on failure). Only a table it cannot read (`ops` NULL, or a
+/// `struct_size` it refuses) stays the caller's.
 ///
 /// # Safety
 /// `disks` is NULL or a live list; `name` is NUL-terminated (NULL is
@@ -136,7 +137,7 @@ pub unsafe extern "C" fn vmb_disks_add_host(
     change_token: *const c_char,
 ) -> vmb_status {
     ffi! {
-        let ops = *arg_ref!(ops, "ops");
+        let ops = crate::extensible::arg_in!(ops, "ops");
         // From here on every failure destroys the userdata: HostDisk owns
         // it, and dropping it calls `destroy`.
         let (name, device) = match checked_str(name, "disk name") {

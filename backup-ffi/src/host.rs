@@ -13,7 +13,7 @@ use backup_core::{
 };
 
 use crate::job::{consistency_from_c, consistency_to_c, vmb_consistency};
-use crate::status::{Failure, arg_ref, arg_str, ffi, vmb_status};
+use crate::status::{Failure, arg_str, ffi, vmb_status};
 
 /// What a map callback returns when it cannot tell (every byte of the
 /// window may hold data / may have changed). Any other non-zero value is an
@@ -32,6 +32,11 @@ pub const VMB_MAP_UNKNOWN: c_int = 1;
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct vmb_disk_ops {
+    /// The size of this struct as the caller's header declares it:
+    /// `sizeof(struct vmb_disk_ops)`, or 0 for the first layout (0.1). Fields
+    /// added by a later version are appended; see "Extensible structs" in
+    /// the header's rules.
+    pub struct_size: u32,
     /// Passed to every callback; owned by the library from
     /// `vmb_snapshot_add_disk` on, and given back through `destroy`.
     pub userdata: *mut c_void,
@@ -313,7 +318,8 @@ pub struct vmb_snapshot {
 ///
 /// From this call on the library owns `ops->userdata`, **whatever the
 /// result**: `ops->destroy` is called exactly once when it is no longer
-/// needed (at once on failure).
+/// needed (at once on failure). Only a table it cannot read (`ops` NULL,
+/// or a `struct_size` it refuses) stays the caller's.
 ///
 /// # Safety
 /// `snapshot` is the pointer passed to the running `snapshot` callback;
@@ -328,7 +334,7 @@ pub unsafe extern "C" fn vmb_snapshot_add_disk(
     change_token: *const c_char,
 ) -> vmb_status {
     ffi! {
-        let ops = *arg_ref!(ops, "ops");
+        let ops = crate::extensible::arg_in!(ops, "ops");
         // From here on every failure path destroys the userdata: HostDisk
         // takes it first.
         let disk_name = match checked_str(name, "disk name") {
@@ -411,6 +417,11 @@ pub(crate) fn checked_opt_str(p: *const c_char, what: &str) -> Result<Option<Str
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct vmb_provider {
+    /// The size of this struct as the caller's header declares it:
+    /// `sizeof(struct vmb_provider)`, or 0 for the first layout (0.1). Fields
+    /// added by a later version are appended; see "Extensible structs" in
+    /// the header's rules.
+    pub struct_size: u32,
     /// Passed to every callback.
     pub userdata: *mut c_void,
     /// Optional: the provider's name and version. When it differs from the
@@ -463,10 +474,10 @@ unsafe impl Send for HostProvider {}
 unsafe impl Sync for HostProvider {}
 
 impl HostProvider {
-    pub(crate) fn new(table: &vmb_provider, min: Consistency) -> Result<HostProvider, Failure> {
+    pub(crate) fn new(table: vmb_provider, min: Consistency) -> Result<HostProvider, Failure> {
         let snapshot = table.snapshot.ok_or_else(|| Failure::invalid("provider: its snapshot callback is NULL"))?;
         let version = checked_opt_str(table.version, "provider version")?.unwrap_or_default();
-        Ok(HostProvider { table: *table, snapshot, version, min })
+        Ok(HostProvider { table, snapshot, version, min })
     }
 
     fn provider_error(vm: &Vm, step: &'static str, code: c_int) -> Error {
@@ -591,6 +602,11 @@ impl HostProvider {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct vmb_write_target {
+    /// The size of this struct as the caller's header declares it:
+    /// `sizeof(struct vmb_write_target)`, or 0 for the first layout (0.1). Fields
+    /// added by a later version are appended; see "Extensible structs" in
+    /// the header's rules.
+    pub struct_size: u32,
     /// Passed to every callback.
     pub userdata: *mut c_void,
     /// Required. Writes `len` bytes of `data` (owned by the library, valid
@@ -617,9 +633,9 @@ unsafe impl Send for HostTarget {}
 unsafe impl Sync for HostTarget {}
 
 impl HostTarget {
-    pub(crate) fn new(table: &vmb_write_target) -> Result<HostTarget, Failure> {
+    pub(crate) fn new(table: vmb_write_target) -> Result<HostTarget, Failure> {
         let write_at = table.write_at.ok_or_else(|| Failure::invalid("write target: its write_at callback is NULL"))?;
-        Ok(HostTarget { table: *table, write_at })
+        Ok(HostTarget { table, write_at })
     }
 }
 
@@ -664,3 +680,9 @@ impl RestoreTarget for HostTarget {
         "the host's write target".into()
     }
 }
+
+crate::extensible::extensible!(vmb_disk_ops, destroy: Option<unsafe extern "C" fn(userdata: *mut c_void)>);
+
+crate::extensible::extensible!(vmb_provider, release: Option<unsafe extern "C" fn(userdata: *mut c_void, vm: *const c_char) -> c_int>);
+
+crate::extensible::extensible!(vmb_write_target, finish: Option<unsafe extern "C" fn(userdata: *mut c_void) -> c_int>);

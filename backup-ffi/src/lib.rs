@@ -17,6 +17,7 @@
 #![allow(non_camel_case_types)]
 
 pub mod disks;
+mod extensible;
 pub mod host;
 pub mod job;
 #[cfg(feature = "libvirt")]

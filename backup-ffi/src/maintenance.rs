@@ -246,6 +246,10 @@ pub unsafe extern "C" fn vmb_prune_report_free(report: *mut vmb_prune_report) {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct vmb_gc_stats {
+    /// Set by the caller before the call: `sizeof(struct vmb_gc_stats)`, or 0 for
+    /// the first layout (0.1); the library fills that much and sets it to
+    /// the bytes it wrote. See "Extensible structs" in the header's rules.
+    pub struct_size: u32,
     /// Points whose objects were kept.
     pub points: u64,
     /// Packs removed whole (no live chunk).
@@ -267,6 +271,7 @@ pub struct vmb_gc_stats {
 impl From<&GcReport> for vmb_gc_stats {
     fn from(r: &GcReport) -> Self {
         vmb_gc_stats {
+            struct_size: 0,
             points: r.points,
             packs_removed: r.packs_removed,
             packs_repacked: r.packs_repacked,
@@ -318,14 +323,13 @@ pub unsafe extern "C" fn vmb_vault_gc_repack(
 ) -> vmb_status {
     ffi! {
         let v = arg_ref!(vault, "vault");
+        crate::extensible::check_out!(out, "out");
         let mut options = GcOptions::default();
         options.grace = Duration::from_secs(grace_seconds);
         options.repack_threshold = repack_threshold;
         options.dry_run = dry_run;
         let report = backup_core::gc(&v.vault, &options)?;
-        if !out.is_null() {
-            write_out!(out, vmb_gc_stats::from(&report));
-        }
+        crate::extensible::fill_out!(out, vmb_gc_stats::from(&report));
         Ok(())
     }
 }
@@ -334,6 +338,10 @@ pub unsafe extern "C" fn vmb_vault_gc_repack(
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct vmb_repair_stats {
+    /// Set by the caller before the call: `sizeof(struct vmb_repair_stats)`, or 0 for
+    /// the first layout (0.1); the library fills that much and sets it to
+    /// the bytes it wrote. See "Extensible structs" in the header's rules.
+    pub struct_size: u32,
     /// Packs examined.
     pub packs: u64,
     /// Chunk index files rebuilt (or, in a dry run, that would be).
@@ -354,6 +362,7 @@ pub struct vmb_repair_stats {
 impl From<&RepairReport> for vmb_repair_stats {
     fn from(r: &RepairReport) -> Self {
         vmb_repair_stats {
+            struct_size: 0,
             packs: r.packs,
             rebuilt: r.rebuilt.len() as u64,
             dropped: r.rebuilt.iter().map(|i| i.dropped).sum(),
@@ -382,12 +391,15 @@ pub unsafe extern "C" fn vmb_vault_repair(
 ) -> vmb_status {
     ffi! {
         let v = arg_ref!(vault, "vault");
+        crate::extensible::check_out!(out, "out");
         let mut options = RepairOptions::default();
         options.dry_run = dry_run;
         let report = backup_core::repair(&v.vault, &options)?;
-        if !out.is_null() {
-            write_out!(out, vmb_repair_stats::from(&report));
-        }
+        crate::extensible::fill_out!(out, vmb_repair_stats::from(&report));
         Ok(())
     }
 }
+
+crate::extensible::extensible!(vmb_gc_stats, protected: u64);
+
+crate::extensible::extensible!(vmb_repair_stats, nothing_lost: bool);

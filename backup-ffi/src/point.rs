@@ -100,6 +100,10 @@ impl vmb_point {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct vmb_backup_stats {
+    /// Set by the caller before the call: `sizeof(struct vmb_backup_stats)`, or 0 for
+    /// the first layout (0.1); the library fills that much and sets it to
+    /// the bytes it wrote. See "Extensible structs" in the header's rules.
+    pub struct_size: u32,
     /// Bytes of disk covered (the disks' sizes).
     pub bytes_scanned: u64,
     /// Bytes read from the disks (unchanged and unallocated areas are not
@@ -134,6 +138,7 @@ pub struct vmb_backup_stats {
 impl vmb_backup_stats {
     fn of(s: &backup_core::DiskStats, bytes_added: u64, change_detection: &CString) -> vmb_backup_stats {
         vmb_backup_stats {
+            struct_size: 0,
             bytes_scanned: s.bytes_scanned,
             bytes_read: s.bytes_read,
             bytes_zero: s.bytes_zero,
@@ -401,8 +406,9 @@ pub unsafe extern "C" fn vmb_point_stats(point: *const vmb_point, out: *mut vmb_
     ffi! {
         let p = arg_ref!(point, "point");
         let out = arg_out!(out, "out");
+        crate::extensible::check_out!(out, "out");
         let s = &p.manifest.stats;
-        write_out!(out, vmb_backup_stats::of(&s.totals, s.bytes_added, &p.change_detection));
+        crate::extensible::fill_out!(out, vmb_backup_stats::of(&s.totals, s.bytes_added, &p.change_detection));
         Ok(())
     }
 }
@@ -424,7 +430,8 @@ pub unsafe extern "C" fn vmb_point_disk_stats(
         let out = arg_out!(out, "out");
         let stats = &p.disk(index)?.stats;
         let method = p.disk_change_detection.get(index).ok_or_else(|| Failure::invalid("disk index"))?;
-        write_out!(out, vmb_backup_stats::of(stats, 0, method));
+        crate::extensible::check_out!(out, "out");
+        crate::extensible::fill_out!(out, vmb_backup_stats::of(stats, 0, method));
         Ok(())
     }
 }
@@ -563,6 +570,10 @@ impl vmb_verify_report {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct vmb_verify_problem {
+    /// Set by the caller before the call: `sizeof(struct vmb_verify_problem)`, or 0 for
+    /// the first layout (0.1); the library fills that much and sets it to
+    /// the bytes it wrote. See "Extensible structs" in the header's rules.
+    pub struct_size: u32,
     /// The VM it hurts, or NULL (a problem of the vault itself).
     pub vm: *const c_char,
     /// The point it hurts, or NULL.
@@ -670,7 +681,9 @@ pub unsafe extern "C" fn vmb_verify_report_problem_detail(
         let p = nth(&r.report.problems, index, "problem", "report")?;
         let s = nth(&r.details, index, "problem", "report")?;
         let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
-        write_out!(out, vmb_verify_problem {
+        crate::extensible::check_out!(out, "out");
+        crate::extensible::fill_out!(out, vmb_verify_problem {
+            struct_size: 0,
             vm: ptr(&s.vm),
             point: ptr(&s.point),
             disk: ptr(&s.disk),
@@ -697,3 +710,7 @@ pub unsafe extern "C" fn vmb_verify_report_free(report: *mut vmb_verify_report) 
         }
     }
 }
+
+crate::extensible::extensible!(vmb_backup_stats, change_detection: *const c_char);
+
+crate::extensible::extensible!(vmb_verify_problem, tampered: bool);

@@ -80,11 +80,12 @@ pub unsafe extern "C" fn vmb_vault_restore_disk_from_snapshot(
         let disk = p.disk_named(arg_str!(disk, "disk"))?;
         let path = arg_str!(path, "path");
         let restored = arg_out!(restored, "restored");
+        crate::extensible::check_out!(stats, "stats");
         let options = restore_options(job);
         let r = backup_core::restore_disk_from_snapshot(&v.vault, &p.manifest, disk, Path::new(path), &options)?;
         write_out!(restored, r.is_some());
         if let Some(s) = r {
-            hand_out_stats(stats, s);
+            hand_out_stats(stats, s)?;
         }
         Ok(())
     }

@@ -25,6 +25,10 @@ pub struct vmb_vault {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct vmb_restore_stats {
+    /// Set by the caller before the call: `sizeof(struct vmb_restore_stats)`, or 0 for
+    /// the first layout (0.1); the library fills that much and sets it to
+    /// the bytes it wrote. See "Extensible structs" in the header's rules.
+    pub struct_size: u32,
     /// The disk's size.
     pub size: u64,
     /// Bytes of data written.
@@ -37,7 +41,13 @@ pub struct vmb_restore_stats {
 
 impl From<RestoreStats> for vmb_restore_stats {
     fn from(s: RestoreStats) -> Self {
-        vmb_restore_stats { size: s.size, bytes_written: s.bytes_written, bytes_zero: s.bytes_zero, seconds: s.seconds }
+        vmb_restore_stats {
+            struct_size: 0,
+            size: s.size,
+            bytes_written: s.bytes_written,
+            bytes_zero: s.bytes_zero,
+            seconds: s.seconds,
+        }
     }
 }
 
@@ -132,6 +142,11 @@ pub unsafe extern "C" fn vmb_vault_open_url(
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct vmb_key {
+    /// The size of this struct as the caller's header declares it:
+    /// `sizeof(struct vmb_key)`, or 0 for the first layout (0.1). Fields
+    /// added by a later version are appended; see "Extensible structs" in
+    /// the header's rules.
+    pub struct_size: u32,
     /// The passphrase, NUL-terminated UTF-8, or NULL. The library keeps no
     /// copy of it after the call.
     pub passphrase: *const c_char,
@@ -147,6 +162,7 @@ pub struct vmb_key {
 impl Default for vmb_vault_options {
     fn default() -> Self {
         vmb_vault_options {
+            struct_size: 0,
             key: std::ptr::null(),
             cache: std::ptr::null(),
             endpoint: std::ptr::null(),
@@ -222,6 +238,11 @@ pub unsafe extern "C" fn vmb_vault_open_with_key(
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct vmb_vault_options {
+    /// The size of this struct as the caller's header declares it:
+    /// `sizeof(struct vmb_vault_options)`, or 0 for the first layout (0.1). Fields
+    /// added by a later version are appended; see "Extensible structs" in
+    /// the header's rules.
+    pub struct_size: u32,
     /// The key of an encrypted vault (as `vmb_vault_init_with_key` and
     /// `vmb_vault_open_with_key` take it), or NULL for none.
     pub key: *const vmb_key,
@@ -241,8 +262,11 @@ pub struct vmb_vault_options {
 
 /// The vault and remote options a `vmb_vault_options` asks for.
 fn options_of(o: &vmb_vault_options) -> FfiResult<(VaultOptions, RemoteOptions)> {
-    let mut options =
-        if o.key.is_null() { VaultOptions::default() } else { key_options(arg_ref!(o.key, "options->key"))? };
+    let mut options = if o.key.is_null() {
+        VaultOptions::default()
+    } else {
+        key_options(&crate::extensible::arg_in!(o.key, "options->key"))?
+    };
     let t = o.lock_timeout_seconds;
     if !(t.is_finite() && (0.0..=1e9).contains(&t)) {
         return Err(Failure::invalid(format!("options->lock_timeout_seconds {t} is not from 0 to 1e9")));
@@ -288,7 +312,7 @@ pub unsafe extern "C" fn vmb_vault_init_with_options(
     out: *mut *mut vmb_vault,
 ) -> vmb_status {
     ffi! {
-        let options = if options.is_null() { vmb_vault_options::default() } else { *arg_ref!(options, "options") };
+        let options = if options.is_null() { vmb_vault_options::default() } else { crate::extensible::arg_in!(options, "options") };
         make_vault(path, "path", &options, out, |p, o, r| Vault::init_location(p, o, r))
     }
 }
@@ -307,7 +331,7 @@ pub unsafe extern "C" fn vmb_vault_open_with_options(
     out: *mut *mut vmb_vault,
 ) -> vmb_status {
     ffi! {
-        let options = if options.is_null() { vmb_vault_options::default() } else { *arg_ref!(options, "options") };
+        let options = if options.is_null() { vmb_vault_options::default() } else { crate::extensible::arg_in!(options, "options") };
         make_vault(path, "path", &options, out, |p, o, r| Vault::open_location(p, o, r))
     }
 }
@@ -412,7 +436,7 @@ pub unsafe extern "C" fn vmb_vault_add_key(
 ) -> vmb_status {
     ffi! {
         let vault = arg_ref!(vault, "vault");
-        let key = key_options(arg_ref!(key, "key"))?;
+        let key = key_options(&crate::extensible::arg_in!(key, "key"))?;
         let Some(source) = key.key.as_ref() else { return Err(Failure::invalid("key: set passphrase or key_file")) };
         let info = vault.vault.add_key_with_kdf(source, key.kdf)?;
         if !slot_id.is_null() {
@@ -569,7 +593,7 @@ pub unsafe extern "C" fn vmb_vault_backup_host(
         let name = arg_str!(vm, "vm name");
         let names = str_array(disks, count, "disks")?;
         let (options, min) = backup_options(job);
-        let provider = HostProvider::new(arg_ref!(provider, "provider"), min)?;
+        let provider = HostProvider::new(crate::extensible::arg_in!(provider, "provider"), min)?;
         let vm = Vm {
             name: name.to_string(),
             os: backup_core::OsType::Other,
@@ -718,11 +742,11 @@ pub(crate) fn restore_options(job: *const vmb_job) -> RestoreOptions {
     o
 }
 
-pub(crate) fn hand_out_stats(out: *mut vmb_restore_stats, stats: RestoreStats) {
-    if !out.is_null() {
-        // SAFETY: not NULL; writable by the C contract.
-        unsafe { out.write(stats.into()) };
-    }
+/// Fills the caller's restore stats (NULL: nothing), whose size
+/// `crate::extensible::check_out!` accepted before the restore.
+pub(crate) fn hand_out_stats(out: *mut vmb_restore_stats, stats: RestoreStats) -> FfiResult {
+    crate::extensible::fill_out!(out, vmb_restore_stats::from(stats));
+    Ok(())
 }
 
 /// Restores the disk named `disk` (a name only: `vmb_point_disk_name`
@@ -765,6 +789,7 @@ unsafe fn restore_to_file(
         let p = arg_ref!(point, "point");
         let disk = p.disk_named(arg_str!(disk, "disk"))?;
         let path = arg_str!(path, "path");
+        crate::extensible::check_out!(stats, "stats");
         let mut options = restore_options(job);
         options.allow_damaged = damaged_bytes.is_some();
         let s = backup_core::restore_disk_to_path(&v.vault, &p.manifest, disk, Path::new(path), &options)?;
@@ -773,7 +798,7 @@ unsafe fn restore_to_file(
             // SAFETY: not NULL; writable by the C contract.
             unsafe { out.write(n) };
         }
-        hand_out_stats(stats, s);
+        hand_out_stats(stats, s)?;
         Ok(())
     }
 }
@@ -824,19 +849,17 @@ pub unsafe extern "C" fn vmb_vault_restore_vm(
         let v = arg_ref!(vault, "vault");
         let p = arg_ref!(point, "point");
         let dir = arg_str!(dir, "dir");
+        crate::extensible::check_out!(stats, "stats");
         let started = std::time::Instant::now();
         let all = backup_core::restore_vm(&v.vault, &p.manifest, Path::new(dir), &restore_options(job))?;
-        if !stats.is_null() {
-            let mut total = vmb_restore_stats::default();
-            for s in all {
-                total.size += s.size;
-                total.bytes_written += s.bytes_written;
-                total.bytes_zero += s.bytes_zero;
-            }
-            total.seconds = started.elapsed().as_secs_f64();
-            // SAFETY: not NULL; writable by the C contract.
-            unsafe { stats.write(total) };
+        let mut total = vmb_restore_stats::default();
+        for s in all {
+            total.size += s.size;
+            total.bytes_written += s.bytes_written;
+            total.bytes_zero += s.bytes_zero;
         }
+        total.seconds = started.elapsed().as_secs_f64();
+        crate::extensible::fill_out!(stats, total);
         Ok(())
     }
 }
@@ -862,7 +885,8 @@ pub unsafe extern "C" fn vmb_vault_restore_disk(
         let v = arg_ref!(vault, "vault");
         let p = arg_ref!(point, "point");
         let disk = p.disk_named(arg_str!(disk, "disk"))?;
-        let target = HostTarget::new(arg_ref!(target, "target"))?;
+        let target = HostTarget::new(crate::extensible::arg_in!(target, "target"))?;
+        crate::extensible::check_out!(stats, "stats");
         let s = backup_core::restore_disk(
             &v.vault,
             &p.manifest,
@@ -870,7 +894,7 @@ pub unsafe extern "C" fn vmb_vault_restore_disk(
             &target,
             &restore_options(job),
         )?;
-        hand_out_stats(stats, s);
+        hand_out_stats(stats, s)?;
         Ok(())
     }
 }
@@ -918,3 +942,9 @@ mod tests {
         shared::<super::vmb_vault>();
     }
 }
+
+crate::extensible::extensible!(vmb_restore_stats, seconds: f64);
+
+crate::extensible::extensible!(vmb_key, kdf_iterations: u32);
+
+crate::extensible::extensible!(vmb_vault_options, direct_io: bool);

@@ -45,6 +45,7 @@ class CStats(ctypes.Structure):
     """`vmb_backup_stats` as include/vmbackup.h declares it."""
 
     _fields_ = [
+        ("struct_size", ctypes.c_uint32),
         ("bytes_scanned", ctypes.c_uint64),
         ("bytes_read", ctypes.c_uint64),
         ("bytes_zero", ctypes.c_uint64),
@@ -89,7 +90,8 @@ def c_stats(vault: Path, vm: str, point_id: str) -> Dict[str, Any]:
 
 
 def as_dict(s: CStats) -> Dict[str, Any]:
-    out: Dict[str, Any] = {f[0]: getattr(s, f[0]) for f in CStats._fields_}
+    assert s.struct_size == ctypes.sizeof(CStats), "the library fills the whole struct"
+    out: Dict[str, Any] = {f[0]: getattr(s, f[0]) for f in CStats._fields_ if f[0] != "struct_size"}
     out["change_detection"] = s.change_detection.decode()
     return out
 

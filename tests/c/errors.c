@@ -105,7 +105,7 @@ static int p_snapshot(void *ud, const char *vm, vmb_consistency wanted, vmb_cons
     (void)vm;
     p->snapshots++;
     if (!p->skip_disk) {
-        vmb_disk_ops ops = {p->disk, bd_size, bd_read, bd_allocated, NULL, bd_destroy};
+        vmb_disk_ops ops = {0, p->disk, bd_size, bd_read, bd_allocated, NULL, bd_destroy};
         p->disk = NULL; /* the library owns it now */
         if (vmb_snapshot_add_disk(snap, p->disk_name, &ops, NULL) != VMB_OK) return EINVAL;
     }
@@ -125,7 +125,7 @@ static int p_release(void *ud, const char *vm) {
 }
 
 static vmb_provider provider_of(prov *p) {
-    vmb_provider t = {p, NULL, NULL, p_snapshot, p_release};
+    vmb_provider t = {0, p, NULL, NULL, p_snapshot, p_release};
     return t;
 }
 
@@ -236,7 +236,7 @@ static void null_pointers(void) {
     /* A disk added to no snapshot: refused, and its userdata destroyed. */
     buf_disk *d = buf_disk_new(4096, 1);
     REQUIRE(d != NULL);
-    vmb_disk_ops ops = {d, bd_size, bd_read, NULL, NULL, bd_destroy};
+    vmb_disk_ops ops = {0, d, bd_size, bd_read, NULL, NULL, bd_destroy};
     int destroys = atomic_load(&g_destroys);
     REQUIRE_STATUS(vmb_snapshot_add_disk(NULL, "d", &ops, NULL), VMB_ERR_NULL_ARGUMENT);
     CHECK(atomic_load(&g_destroys) == destroys + 1);
@@ -350,7 +350,7 @@ static void bad_names_and_values(void) {
     REQUIRE_STATUS(vmb_vault_backup_host(g_vault, "vm", twice, 2, &t, NULL, NULL),
                    VMB_ERR_INVALID_ARGUMENT);
     CHECK(p.snapshots == 0);
-    vmb_provider no_snapshot = {NULL, NULL, NULL, NULL, NULL};
+    vmb_provider no_snapshot = {0, NULL, NULL, NULL, NULL, NULL};
     REQUIRE_STATUS(vmb_vault_backup_host(g_vault, "vm", images, 1, &no_snapshot, NULL, NULL),
                    VMB_ERR_INVALID_ARGUMENT);
     CHECK(LAST_ERROR_HAS("snapshot callback"));
@@ -378,7 +378,7 @@ static void bad_names_and_values(void) {
     REQUIRE_STATUS(vmb_point_list_get(l, 5, &none), VMB_ERR_INVALID_ARGUMENT);
     CHECK(none == NULL);
     vmb_point_list_free(l);
-    vmb_write_target no_write = {NULL, NULL, NULL, NULL};
+    vmb_write_target no_write = {0, NULL, NULL, NULL, NULL};
     REQUIRE_STATUS(vmb_vault_restore_disk(g_vault, pt, "small.img", &no_write, NULL, NULL),
                    VMB_ERR_INVALID_ARGUMENT);
     vmb_point_free(pt);
@@ -488,7 +488,7 @@ static void slow_callback_completes(void) {
     const char *disks[] = {"slow"};
     vmb_point *pt = NULL;
     REQUIRE_OK(vmb_vault_backup_host(g_vault, "slowvm", disks, 1, &t, NULL, &pt));
-    vmb_backup_stats st;
+    vmb_backup_stats st = {0};
     REQUIRE_OK(vmb_point_stats(pt, &st));
     CHECK(st.bytes_scanned == 2 * MiB);
     /* Whole blocks outside every range read as zeros, as the map said. */
@@ -521,15 +521,17 @@ static int failing_write(void *ud, uint64_t offset, const uint8_t *data, size_t 
 static void write_callback_error(void) {
     vmb_point *pt = NULL;
     REQUIRE_OK(vmb_vault_find_point(g_vault, "small", "latest", &pt));
-    vmb_write_target t = {NULL, failing_write, NULL, NULL};
-    vmb_restore_stats st;
+    vmb_write_target t = {0, NULL, failing_write, NULL, NULL};
+    vmb_restore_stats st = {0};
     memset(&st, 0x55, sizeof st);
+    st.struct_size = sizeof st;
     REQUIRE_STATUS(vmb_vault_restore_disk(g_vault, pt, "small.img", &t, NULL, &st),
                    VMB_ERR_RESTORE_WRITE);
     CHECK(LAST_ERROR_HAS("disk small.img"));
     CHECK(LAST_ERROR_HAS("at byte 65536"));
     CHECK(LAST_ERROR_HAS("the target disk is full"));
     CHECK(st.size == 0x5555555555555555ull); /* untouched on failure */
+    CHECK(st.struct_size == sizeof st);
     vmb_point_free(pt);
 }
 
@@ -588,6 +590,50 @@ static void remote_vault(void) {
     free(cache2);
 }
 
+/* Extensible structs: a program built against a newer header (a larger
+ * struct_size) is served when what it adds is zero, refused when it asks
+ * for more; a size below the first layout is refused; an output struct
+ * says how much was written. */
+static void extensible_structs(void) {
+    struct newer_ops {
+        vmb_disk_ops ops;
+        uint64_t added_by_a_later_version;
+    } n;
+    memset(&n, 0, sizeof n);
+    n.ops.struct_size = sizeof n;
+    n.ops.size = bd_size;
+    n.ops.read_at = bd_read;
+    n.ops.destroy = bd_destroy;
+    vmb_disks *disks = NULL;
+    REQUIRE_OK(vmb_disks_new(&disks));
+    n.ops.userdata = buf_disk_new(MiB, 9);
+    n.added_by_a_later_version = 1;
+    CHECK(vmb_disks_add_host(disks, "newer", &n.ops, NULL) == VMB_ERR_INVALID_ARGUMENT);
+    CHECK(LAST_ERROR_HAS("newer vmbackup.h"));
+    /* A table the library cannot read is not taken: it stays the caller's. */
+    bd_destroy(n.ops.userdata);
+    n.ops.userdata = buf_disk_new(MiB, 9);
+    n.added_by_a_later_version = 0;
+    REQUIRE_OK(vmb_disks_add_host(disks, "newer", &n.ops, NULL));
+    vmb_disk_ops older = n.ops;
+    older.struct_size = 8; /* below the first layout */
+    older.userdata = NULL;
+    CHECK(vmb_disks_add_host(disks, "older", &older, NULL) == VMB_ERR_INVALID_ARGUMENT);
+    CHECK(LAST_ERROR_HAS("smaller than its first layout"));
+    vmb_point *pt = NULL;
+    REQUIRE_OK(vmb_vault_backup_disks(g_vault, "extensible", disks, NULL, &pt));
+    vmb_disks_free(disks);
+
+    vmb_backup_stats st = {0};
+    REQUIRE_OK(vmb_point_stats(pt, &st));
+    CHECK(st.struct_size == sizeof st && st.bytes_scanned == MiB);
+    vmb_backup_stats tiny = {0};
+    tiny.struct_size = 8;
+    CHECK(vmb_point_stats(pt, &tiny) == VMB_ERR_INVALID_ARGUMENT);
+    CHECK(tiny.bytes_scanned == 0); /* nothing written */
+    vmb_point_free(pt);
+}
+
 int main(void) {
     g_dir = make_temp_dir("errors-c");
     if (g_dir == NULL) {
@@ -604,6 +650,7 @@ int main(void) {
     RUN(bad_paths);
     RUN(non_utf8_strings);
     RUN(bad_names_and_values);
+    RUN(extensible_structs);
     RUN(read_callback_error);
     RUN(provider_errors);
     RUN(slow_callback_completes);

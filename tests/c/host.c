@@ -161,7 +161,7 @@ static int host_snapshot(void *ud, const char *vm, vmb_consistency wanted,
     char token[32];
     snprintf(token, sizeof token, "gen-%u", g_generation);
 
-    vmb_disk_ops mem_ops = {m, mem_size, mem_read, mem_allocated, mem_changed, mem_destroy};
+    vmb_disk_ops mem_ops = {0, m, mem_size, mem_read, mem_allocated, mem_changed, mem_destroy};
     /* From here the library owns m, whatever the result. */
     if (vmb_snapshot_add_disk(snap, "mem", &mem_ops, token) != VMB_OK) {
         free(f);
@@ -172,7 +172,7 @@ static int host_snapshot(void *ud, const char *vm, vmb_consistency wanted,
         free(f);
         return errno;
     }
-    vmb_disk_ops file_ops = {f, file_size, file_read, NULL, NULL, file_destroy};
+    vmb_disk_ops file_ops = {0, f, file_size, file_read, NULL, NULL, file_destroy};
     if (vmb_snapshot_add_disk(snap, "file", &file_ops, NULL) != VMB_OK) return EINVAL;
 
     if (wanted == VMB_CONSISTENCY_APPLICATION) {
@@ -195,7 +195,7 @@ static int host_release(void *ud, const char *vm) {
 static const char *const HOST_DISKS[] = {"mem", "file"};
 
 static vmb_provider host_provider(void) {
-    vmb_provider p = {NULL, "c-host-test 1", host_prepare, host_snapshot, host_release};
+    vmb_provider p = {0, NULL, "c-host-test 1", host_prepare, host_snapshot, host_release};
     return p;
 }
 
@@ -251,8 +251,8 @@ static int restore_matches(const vmb_point *point, const char *disk, const uint8
     atomic_init(&t.finished, 0);
     if (t.buf == NULL) return 0;
     memset(t.buf, 0xAA, size);
-    vmb_write_target target = {&t, target_write, target_zeros, target_finish};
-    vmb_restore_stats stats;
+    vmb_write_target target = {0, &t, target_write, target_zeros, target_finish};
+    vmb_restore_stats stats = {0};
     memset(&stats, 0, sizeof stats);
     vmb_status s = vmb_vault_restore_disk(g_vault, point, disk, &target, NULL, &stats);
     int ok = s == VMB_OK && memcmp(t.buf, want, size) == 0 && stats.size == size &&
@@ -314,7 +314,7 @@ static void image_vm_twice(void) {
     REQUIRE(write_file(pa, a, a_len) == 0);
     REQUIRE_OK(vmb_vault_backup_images(g_vault, "imagevm", images, 2, NULL, &p2));
 
-    vmb_backup_stats st;
+    vmb_backup_stats st = {0};
     REQUIRE_OK(vmb_point_stats(p2, &st));
     CHECK(st.bytes_new == 64 * 1024);
     CHECK(st.bytes_scanned == a_len + b_len);
@@ -333,13 +333,13 @@ static void image_vm_twice(void) {
     REQUIRE_OK(vmb_point_disk_snapshot_method(p2, 0, &method));
     CHECK(method != NULL && (strcmp(method, "reflink") == 0 || strcmp(method, "in-place") == 0));
     CHECK(vmb_point_disk_snapshot_method(p2, 2, &method) == VMB_ERR_INVALID_ARGUMENT);
-    vmb_backup_stats ds;
+    vmb_backup_stats ds = {0};
     REQUIRE_OK(vmb_point_disk_stats(p2, 0, &ds));
     CHECK(strcmp(ds.change_detection, "compare") == 0 && ds.bytes_added == 0);
 
     /* The whole VM into a folder, one file per disk. */
     char *vmdir = join(g_dir, "imagevm-restored");
-    vmb_restore_stats rs;
+    vmb_restore_stats rs = {0};
     REQUIRE_OK(vmb_vault_restore_vm(g_vault, p2, vmdir, NULL, &rs));
     CHECK(rs.size == a_len + b_len);
     char *ra = join(vmdir, "a.img"), *rb = join(vmdir, "b.img");
@@ -600,7 +600,7 @@ static void restore_and_verify_progress(void) {
     memset(&prog, 0, sizeof prog);
     REQUIRE_OK(vmb_job_set_progress(job, on_progress, &prog));
     char *out = join(g_dir, "progress.img");
-    vmb_restore_stats st;
+    vmb_restore_stats st = {0};
     REQUIRE_OK(vmb_vault_restore_disk_to_file(g_vault, p, "file", out, job, &st));
     CHECK(st.size == FILE_SIZE && st.bytes_written + st.bytes_zero == FILE_SIZE);
     CHECK(atomic_load(&prog.total) == FILE_SIZE && atomic_load(&prog.max_done) == FILE_SIZE);
@@ -668,7 +668,7 @@ static void verify_reports_damage(void) {
      * disk and byte range. */
     size_t located = 0;
     for (size_t i = 0; i < problems; i++) {
-        vmb_verify_problem d;
+        vmb_verify_problem d = {0};
         REQUIRE_OK(vmb_verify_report_problem_detail(r, i, &d));
         CHECK(d.what != NULL && strlen(d.what) > 0 && !d.tampered);
         if (d.vm != NULL && d.point != NULL && d.disk != NULL && d.has_range) {
@@ -678,7 +678,7 @@ static void verify_reports_damage(void) {
         }
     }
     CHECK(located > 0);
-    vmb_verify_problem none;
+    vmb_verify_problem none = {0};
     CHECK(vmb_verify_report_problem_detail(r, problems, &none) == VMB_ERR_INVALID_ARGUMENT);
     vmb_verify_report_free(r);
 }
@@ -758,7 +758,7 @@ static void prune_and_gc(void) {
 
     /* gc with no grace reclaims the two removed points' data; a dry run
        with a repack threshold of 1 rewrites nothing. */
-    vmb_gc_stats gc;
+    vmb_gc_stats gc = {0};
     memset(&gc, 0, sizeof gc);
     REQUIRE_OK(vmb_vault_gc_repack(v, 0, 1.0, true, &gc));
     CHECK(gc.packs_repacked == 0 && gc.packs_removed > 0);
@@ -793,7 +793,7 @@ static void prune_and_gc(void) {
    allows damage writes zeros where chunks are lost, a plain one fails. */
 static void repair_and_allow_damaged_restore(void) {
     REQUIRE(g_vault != NULL);
-    vmb_repair_stats st;
+    vmb_repair_stats st = {0};
     memset(&st, 0, sizeof st);
     REQUIRE_OK(vmb_vault_repair(g_vault, false, &st));
     CHECK(st.packs > 0 && st.rebuilt > 0 && st.dropped > 0);
@@ -805,7 +805,7 @@ static void repair_and_allow_damaged_restore(void) {
     const char *disks[] = {"mem", "file"};
     for (int i = 0; i < 2; i++) {
         uint64_t damaged = 0;
-        vmb_restore_stats rs;
+        vmb_restore_stats rs = {0};
         memset(&rs, 0, sizeof rs);
         REQUIRE_OK(vmb_vault_restore_disk_to_file_allow_damaged(g_vault, p, disks[i], out, NULL, &rs, &damaged));
         CHECK(damaged < rs.size && access(out, F_OK) == 0);
@@ -915,7 +915,7 @@ static void mixed_named_disks_in_one_list(void) {
     data[host_len / 2] ^= 0xff;
     REQUIRE(write_file(ph, data, host_len) == 0);
     REQUIRE_OK(vmb_vault_backup_disks(g_vault, "mixedvm", disks, NULL, &second));
-    vmb_backup_stats st;
+    vmb_backup_stats st = {0};
     REQUIRE_OK(vmb_point_stats(second, &st));
     CHECK(st.bytes_new == 64 * 1024);
     vmb_point_list *list = NULL;

@@ -104,7 +104,7 @@ extern "C" int vm_snapshot(void *ud, const char *, vmb_consistency wanted, vmb_c
         auto *f = new Frozen;
         f->data = bytes;
         f->delay = vm->read_delay;
-        vmb_disk_ops ops{f, frozen_size, frozen_read, nullptr, nullptr, frozen_destroy};
+        vmb_disk_ops ops{0, f, frozen_size, frozen_read, nullptr, nullptr, frozen_destroy};
         if (vmb_snapshot_add_disk(snap, name.c_str(), &ops, nullptr) != VMB_OK) return EINVAL;
     }
     *achieved = wanted;
@@ -118,7 +118,7 @@ extern "C" int vm_release(void *ud, const char *) {
 }
 
 vmb_provider provider_for(HostVm &vm) {
-    return vmb_provider{&vm, "cpp-host 1", nullptr, vm_snapshot, vm_release};
+    return vmb_provider{0, &vm, "cpp-host 1", nullptr, vm_snapshot, vm_release};
 }
 
 const char *const CPP_DISKS[] = {"data", "sys"};
@@ -138,7 +138,7 @@ extern "C" int sink_write(void *ud, uint64_t offset, const uint8_t *data, size_t
 bool restores_to(const vmb_point *p, const char *disk, const std::vector<uint8_t> &want) {
     Sink s;
     s.bytes.assign(want.size(), 0xEE);  // no write_zeros: zeros come through write_at
-    vmb_write_target t{&s, sink_write, nullptr, nullptr};
+    vmb_write_target t{0, &s, sink_write, nullptr, nullptr};
     vmb_restore_stats st{};
     if (vmb_vault_restore_disk(g_vault.get(), p, disk, &t, nullptr, &st) != VMB_OK) {
         fprintf(stderr, "restore of %s: %s\n", disk, vmb_last_error());

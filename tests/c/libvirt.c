@@ -73,7 +73,7 @@ static void a_shut_off_domain_is_read_in_place_with_its_xml(void) {
     CHECK(n == 1);
     REQUIRE_OK(vmb_point_disk_name(first, 0, &s));
     CHECK(strcmp(s, "vda") == 0);
-    vmb_backup_stats st;
+    vmb_backup_stats st = {0};
     REQUIRE_OK(vmb_point_stats(first, &st));
     CHECK(st.bytes_scanned == 32u * 1024 * 1024);
     CHECK(st.bytes_read >= 4u * 1024 * 1024);

@@ -89,7 +89,7 @@ static void a_kept_snapshot_is_a_tier_restored_from_and_released(void) {
     /* The VM writes on; the snapshot tier still holds the point. */
     REQUIRE(write_file(disk, second, size) == 0);
     bool restored = false;
-    vmb_restore_stats st;
+    vmb_restore_stats st = {0};
     const char *name = NULL;
     REQUIRE_OK(vmb_point_disk_name(pt, 0, &name));
     REQUIRE_OK(vmb_vault_restore_disk_from_snapshot(v, pt, name, from_snapshot, NULL, &st, &restored));
