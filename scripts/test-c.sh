@@ -193,8 +193,8 @@ if [ -z "${VMB_SKIP_VALGRIND:-}" ]; then
         vg=(timeout 300 valgrind -q --leak-check=full --error-exitcode=1
             --suppressions="$prefix/share/vmbackup/vmbackup.supp")
         case "$p" in
-        errors-c-static | readme-example-static) continue ;;
-        readme-example) readme_run "valgrind memcheck clean: $p" \
+        errors-c-static) continue ;; # the shared build of the same test runs
+        readme-example*) readme_run "valgrind memcheck clean: $p" \
             "${vg[@]}" "$bin/$p" "$work/readme-vault" "$work/readme-boot.img" ;;
         *)
             if run "valgrind $p" "${vg[@]}" "$bin/$p"; then
