@@ -436,7 +436,7 @@ static void host_vm_twice(void) {
     CHECK(parent != NULL && strcmp(parent, id1) == 0);
     CHECK(first_parent == NULL);
 
-    vmb_backup_stats mem_stats, total;
+    vmb_backup_stats mem_stats = {0}, total = {0};
     REQUIRE_OK(vmb_point_disk_stats(p2, 0, &mem_stats));
     REQUIRE_OK(vmb_point_stats(p2, &total));
     /* Change tracking: only the changed grain (and a small audit sample)
