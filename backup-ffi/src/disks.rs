@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use backup_core::{ConsistentProvider, MixedProvider, OsType, Vm, VmDisk, validate_name};
 
-use crate::host::{HostDisk, checked_opt_str, checked_str, vmb_disk_ops};
+use crate::host::{HostDisk, checked_opt_str, vmb_disk_ops};
 use crate::job::vmb_job;
 use crate::point::vmb_point;
 use crate::status::{Failure, FfiResult, arg_out, arg_ref, arg_str, ffi, ffi_free, vmb_status, write_out};
@@ -138,19 +138,7 @@ pub unsafe extern "C" fn vmb_disks_add_host(
 ) -> vmb_status {
     ffi! {
         let ops = crate::extensible::arg_in!(ops, "ops");
-        // From here on every failure destroys the userdata: HostDisk owns
-        // it, and dropping it calls `destroy`.
-        let (name, device) = match checked_str(name, "disk name") {
-            Ok(n) => {
-                let device = HostDisk::new(ops, &n)?;
-                (n, device)
-            }
-            Err(e) => {
-                drop(HostDisk::new(ops, "?"));
-                return Err(e);
-            }
-        };
-        let token = checked_opt_str(change_token, "change token")?;
+        let (name, device, token) = HostDisk::adopt(ops, name, change_token)?;
         let list = list_mut(disks)?;
         list.check_new_name(&name)?;
         list.provider.add_device(&name, Arc::new(device), token, "host");

@@ -232,6 +232,27 @@ impl HostDisk {
         Ok(disk)
     }
 
+    /// What both ways of adding a host disk start with: takes ownership
+    /// of `ops`'s userdata, then reads the disk's name and change token.
+    /// Every failure destroys the userdata (dropping a `HostDisk` calls
+    /// `destroy`), so the caller's "owned whatever the result" holds.
+    pub(crate) fn adopt(
+        ops: vmb_disk_ops,
+        name: *const c_char,
+        change_token: *const c_char,
+    ) -> Result<(String, HostDisk, Option<String>), Failure> {
+        let name = match checked_str(name, "disk name") {
+            Ok(n) => n,
+            Err(e) => {
+                drop(HostDisk::new(ops, "?"));
+                return Err(e);
+            }
+        };
+        let device = HostDisk::new(ops, &name)?;
+        let token = checked_opt_str(change_token, "change token")?;
+        Ok((name, device, token))
+    }
+
     fn map(
         &self,
         window: Range<u64>,
@@ -335,17 +356,7 @@ pub unsafe extern "C" fn vmb_snapshot_add_disk(
 ) -> vmb_status {
     ffi! {
         let ops = crate::extensible::arg_in!(ops, "ops");
-        // From here on every failure path destroys the userdata: HostDisk
-        // takes it first.
-        let disk_name = match checked_str(name, "disk name") {
-            Ok(n) => n,
-            Err(e) => {
-                drop(HostDisk::new(ops, "?"));
-                return Err(e);
-            }
-        };
-        let device = HostDisk::new(ops, &disk_name)?;
-        let token = checked_opt_str(change_token, "change token")?;
+        let (disk_name, device, token) = HostDisk::adopt(ops, name, change_token)?;
         if snapshot.is_null() {
             return Err(Failure::null("snapshot"));
         }
