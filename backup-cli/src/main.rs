@@ -4,6 +4,7 @@
 //! 2 bad usage.
 
 mod demo;
+mod disk;
 mod globals;
 mod jobs;
 mod keys;
@@ -207,6 +208,29 @@ enum Command {
         /// authentication and no encryption.
         #[arg(long)]
         allow_remote: bool,
+    },
+    /// Write a disk of a point (or a byte range of it) on stdout, read
+    /// from the vault without restoring it; every block is checked as it is
+    /// read. The vault's shared lock is held meanwhile.
+    Cat {
+        /// The vault.
+        #[arg(long)]
+        vault: PathBuf,
+        /// The VM.
+        #[arg(long)]
+        vm: String,
+        /// The point: an id, a unique prefix of one, or `latest`.
+        #[arg(long, default_value = "latest")]
+        point: String,
+        /// The disk, by name or index.
+        #[arg(long)]
+        disk: String,
+        /// Where to start, in bytes (512, 64K, 1M, 2G).
+        #[arg(long, default_value = "0", value_parser = parse_size_u64)]
+        offset: u64,
+        /// How many bytes (default: to the end of the disk).
+        #[arg(long, value_parser = parse_size_u64)]
+        length: Option<u64>,
     },
     /// List recovery points.
     List {
@@ -453,15 +477,23 @@ enum PolicyAction {
 
 /// Parses sizes like 65536, 64K, 64KiB, 1M.
 fn parse_size(s: &str) -> Result<u32, String> {
+    u32::try_from(parse_size_u64(s)?).map_err(|_| format!("{s:?} is too large"))
+}
+
+/// A byte count: a number, or one with a K, M, G or T suffix (powers of
+/// 1024; `KiB` and `KB` mean the same).
+fn parse_size_u64(s: &str) -> Result<u64, String> {
     let t = s.trim().to_ascii_uppercase();
     let t = t.strip_suffix("IB").or_else(|| t.strip_suffix('B')).unwrap_or(&t);
-    let (num, mult) = match t.chars().last() {
-        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('M') => (&t[..t.len() - 1], 1u64 << 20),
-        _ => (t, 1),
+    let (num, shift) = match t.chars().last() {
+        Some('K') => (&t[..t.len() - 1], 10),
+        Some('M') => (&t[..t.len() - 1], 20),
+        Some('G') => (&t[..t.len() - 1], 30),
+        Some('T') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
     };
     let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size like 65536, 64K or 1M"))?;
-    u32::try_from(n * mult).map_err(|_| format!("{s:?} is too large"))
+    n.checked_mul(1u64 << shift).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn main() -> ExitCode {
@@ -845,6 +877,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
+        Command::Cat { vault, vm, point, disk, offset, length } => {
+            return disk::cat(g, disk::CatArgs { vault, vm, point, disk, offset, length });
+        }
         Command::Export { vault, vm, point, disk, socket, listen, allow_remote } => {
             return nbd::export(g, nbd::ExportArgs { vault, vm, point, disk, socket, listen, allow_remote });
         }
@@ -1125,6 +1160,10 @@ mod tests {
         assert_eq!(parse_size("64KiB"), Ok(65536));
         assert_eq!(parse_size("1m"), Ok(1 << 20));
         assert!(parse_size("lots").is_err());
+        assert!(parse_size("4G").is_err(), "a block size must fit 32 bits");
+        assert_eq!(parse_size_u64("2G"), Ok(2 << 30));
+        assert_eq!(parse_size_u64("3t"), Ok(3 << 40));
+        assert!(parse_size_u64("99999999T").is_err());
     }
 
     #[test]

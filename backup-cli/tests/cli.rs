@@ -244,3 +244,61 @@ fn a_reader_that_went_away_ends_the_output_quietly_instead_of_a_panic() {
     assert!(out.status.success(), "status {}: {stderr}", out.status);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `vmbackup cat` gives a point's disk, whole or a range, as it was backed
+/// up; damage is an error naming the disk's bytes, never returned as data.
+#[test]
+fn cat_reads_a_point_whole_or_a_range_and_refuses_damage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let vault = d.join("vault");
+    let img = d.join("root.img");
+    let first_data = [Rng(3).bytes(1 << 20), vec![0; 1 << 20], b"text ".repeat(50_000)].concat();
+    fs::write(&img, &first_data).expect("img");
+    ok(&["init", s(&vault)]);
+    let first = json(&["backup", "--vault", s(&vault), "--vm", "v", "--disk", s(&img), "--json"]);
+    let f = OpenOptions::new().write(true).open(&img).expect("open");
+    f.write_all_at(&Rng(4).bytes(100_000), 1_500_000).expect("change");
+    ok(&["backup", "--vault", s(&vault), "--vm", "v", "--disk", s(&img)]);
+
+    let cat = |args: &[&str]| {
+        let out = run(&[&["cat", "--vault", s(&vault), "--vm", "v", "--disk", "root.img"], args].concat());
+        assert!(out.status.success(), "cat {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    assert!(cat(&[]) == fs::read(&img).expect("img"), "the latest point is the image as it is now");
+    let id = first["point"].as_str().expect("id");
+    assert!(cat(&["--point", id]) == first_data, "the first point is the image as it was");
+    assert_eq!(cat(&["--point", id, "--offset", "1M", "--length", "64K"]), vec![0; 64 << 10]);
+    let range = cat(&["--offset", "1499990", "--length", "100020"]);
+    assert!(range == fs::read(&img).expect("img")[1_499_990..1_600_010], "a range across blocks");
+    assert!(cat(&["--offset", &first_data.len().to_string()]).is_empty(), "at the end: nothing");
+
+    let past = run(&["cat", "--vault", s(&vault), "--vm", "v", "--disk", "0", "--offset", "1G"]);
+    assert!(!past.status.success());
+    assert!(String::from_utf8_lossy(&past.stderr).contains("past the end of disk root.img"), "{past:?}");
+    let none = run(&["cat", "--vault", s(&vault), "--vm", "v", "--disk", "swap"]);
+    assert!(String::from_utf8_lossy(&none.stderr).contains("not found"), "{none:?}");
+
+    // Damage every pack in its middle (the first point names every chunk of
+    // the first pack): the read fails and says where.
+    for pack in walk(&vault.join("packs")) {
+        let f = OpenOptions::new().read(true).write(true).open(&pack).expect("pack");
+        let len = f.metadata().expect("len").len();
+        f.write_all_at(b"XXXXXXXXXXXXXXXX", len / 2).expect("damage");
+    }
+    let bad = run(&["cat", "--vault", s(&vault), "--vm", "v", "--point", id, "--disk", "root.img"]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success(), "damaged data must fail the read");
+    assert!(err.contains("disk root.img of point") && err.contains("bytes "), "{err}");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).expect("read_dir") {
+        let p = e.expect("entry").path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
+    out
+}

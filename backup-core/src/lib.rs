@@ -39,6 +39,7 @@
 //! ```
 
 mod device;
+mod disk_reader;
 mod engine;
 mod error;
 #[doc(hidden)]
@@ -66,6 +67,7 @@ mod vault;
 mod verify;
 
 pub use device::{BlockDevice, RawImage};
+pub use disk_reader::DiskReader;
 pub use error::{Error, ErrorKind, Result};
 pub use gc::{GcOptions, GcReport, gc};
 pub use job::log::{JobEvent, JobRecord, JobResult, Phase, PhaseRecord, job_history, read_job};

@@ -13,19 +13,18 @@
 //! does): damaged data is an `EIO` error naming the byte range, never
 //! returned as data.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::proto::*;
 use crate::error::{Error, Result};
-use crate::model::{CancelToken, ContentId};
-use crate::vault::{DiskRecord, Entries, LockMode, PointManifest, Vault, VaultLock, VaultSource};
+use crate::disk_reader::DiskReader;
+use crate::model::CancelToken;
+use crate::vault::{DiskRecord, LockMode, PointManifest, Vault, VaultLock};
 
 /// Where the export listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,16 +109,10 @@ impl<'v> NbdServer<'v> {
         at: &ExportAddress,
         options: ExportOptions,
     ) -> Result<NbdServer<'v>> {
-        let record = point.disk(disk)?.clone();
         let lock = vault.lock(LockMode::Shared)?;
-        vault.refresh_index()?;
-        let expected = record.blocks().div_ceil(u64::from(record.entries_per_segment));
-        if record.segments.len() as u64 != expected {
-            return Err(Error::corrupt(
-                format!("point {} of vm {}", point.id, point.vm),
-                format!("disk {} lists {} index segments, {expected} expected", record.name, record.segments.len()),
-            ));
-        }
+        // Opened once here so that a bad disk or index fails the bind.
+        let record = DiskReader::unlocked(vault, point, disk)?;
+        let record = point.disk(record.name())?.clone();
         let listener = match at {
             ExportAddress::Tcp(a) => {
                 if !a.ip().is_loopback() && !options.allow_remote {
@@ -172,6 +165,12 @@ impl<'v> NbdServer<'v> {
         self.clients.load(Ordering::SeqCst)
     }
 
+    fn record_error(&self, msg: String) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(msg);
+        }
+    }
+
     /// The last read that failed (damaged or missing data), naming the
     /// disk's byte range: what a client saw as `EIO`.
     pub fn last_error(&self) -> Option<String> {
@@ -212,11 +211,19 @@ impl<'v> NbdServer<'v> {
                         active.fetch_add(1, Ordering::SeqCst);
                         let active = &active;
                         scope.spawn(move || {
-                            let mut s = Session::new(self, Wire::new(stream, self.options.timeout));
                             // A client's failure (a hostile or broken peer)
                             // ends that client only.
-                            let _ = s.run(cancel);
-                            s.wire.stream().shutdown();
+                            match DiskReader::unlocked(self.vault, &self.point, &self.disk.name) {
+                                Ok(reader) => {
+                                    let mut s = Session::new(self, Wire::new(stream, self.options.timeout), reader);
+                                    let _ = s.run(cancel);
+                                    s.wire.stream().shutdown();
+                                }
+                                Err(e) => {
+                                    self.record_error(format!("cannot open {e}"));
+                                    stream.shutdown();
+                                }
+                            }
                             active.fetch_sub(1, Ordering::SeqCst);
                         });
                     }
@@ -240,28 +247,24 @@ impl Drop for NbdServer<'_> {
     }
 }
 
-/// Part of a read reply: offset, length, and the bytes (None for zeros).
-type Piece = (u64, u64, Option<Vec<u8>>);
-
 const ALLOCATION_CTX_ID: u32 = 1;
 const ALLOCATION: &str = "base:allocation";
 /// Options a client may send before it must choose an export.
 const MAX_OPTIONS: usize = 64;
-/// Index segments a client keeps decoded.
-const SEGMENT_CACHE: usize = 4;
 
 struct Session<'a, 'v> {
     server: &'a NbdServer<'v>,
     wire: Wire,
     structured: bool,
     allocation: bool,
-    segments: HashMap<usize, Arc<Entries>>,
-    last_chunk: Option<(ContentId, Vec<u8>)>,
+    reader: DiskReader<&'v Vault>,
 }
 
 impl<'a, 'v> Session<'a, 'v> {
-    fn new(server: &'a NbdServer<'v>, wire: Wire) -> Self {
-        Session { server, wire, structured: false, allocation: false, segments: HashMap::new(), last_chunk: None }
+    /// A session reading through `reader` (opened without a lock: the
+    /// server holds the vault's shared lock for every session).
+    fn new(server: &'a NbdServer<'v>, wire: Wire, reader: DiskReader<&'v Vault>) -> Self {
+        Session { server, wire, structured: false, allocation: false, reader }
     }
 
     fn tflags(&self) -> u16 {
@@ -472,90 +475,9 @@ impl<'a, 'v> Session<'a, 'v> {
         }
     }
 
-    /// The entry of block `i`: None for a zero block.
-    fn entry(&mut self, i: u64) -> Result<Option<ContentId>> {
-        let d = &self.server.disk;
-        let eps = u64::from(d.entries_per_segment);
-        let s = (i / eps) as usize;
-        let entries = match self.segments.get(&s) {
-            Some(e) => e.clone(),
-            None => {
-                let id = d.segments.get(s).ok_or_else(|| Error::corrupt("point", "block beyond the index"))?;
-                let e = Arc::new(self.server.vault.segment(id)?);
-                let window = d.segment_range(s);
-                let count = (window.end - window.start).div_ceil(u64::from(d.block_size));
-                if e.len() as u64 != count {
-                    return Err(Error::corrupt(format!("index segment {id}"), "wrong number of blocks"));
-                }
-                if self.segments.len() >= SEGMENT_CACHE {
-                    self.segments.clear();
-                }
-                self.segments.insert(s, e.clone());
-                e
-            }
-        };
-        entries.get((i % eps) as usize).copied().ok_or_else(|| Error::corrupt("index segment", "short"))
-    }
-
-    fn chunk(&mut self, id: &ContentId) -> Result<&[u8]> {
-        if self.last_chunk.as_ref().is_none_or(|(c, _)| c != id) {
-            let data = self.server.vault.chunk(id)?;
-            self.last_chunk = Some((*id, data));
-        }
-        Ok(self.last_chunk.as_ref().map(|(_, d)| d.as_slice()).unwrap_or_default())
-    }
-
-    /// The bytes of `offset..offset+len` as pieces: (offset, Some(data)) or
-    /// (offset, None) for a run of `len` zeros, neighbours merged.
-    fn pieces(&mut self, offset: u64, len: u64) -> Result<Vec<Piece>> {
-        let bs = u64::from(self.server.disk.block_size);
-        let size = self.server.disk.size;
-        let mut out: Vec<Piece> = Vec::new();
-        let end = offset + len;
-        let mut at = offset;
-        while at < end {
-            let i = at / bs;
-            let block_start = i * bs;
-            let block_len = bs.min(size - block_start);
-            let n = (block_start + block_len).min(end) - at;
-            let from = (at - block_start) as usize;
-            match self.entry(i)? {
-                None => match out.last_mut() {
-                    Some((_, l, None)) => *l += n,
-                    _ => out.push((at, n, None)),
-                },
-                Some(id) => {
-                    let data = self.chunk(&id)?;
-                    if data.len() as u64 != block_len {
-                        return Err(Error::corrupt(format!("chunk {id}"), "wrong length for its block"));
-                    }
-                    let bytes = &data[from..from + n as usize];
-                    let bytes = bytes.to_vec();
-                    match out.last_mut() {
-                        Some((_, l, Some(v))) => {
-                            v.extend_from_slice(&bytes);
-                            *l += n;
-                        }
-                        _ => out.push((at, n, Some(bytes))),
-                    }
-                }
-            }
-            at += n;
-        }
-        Ok(out)
-    }
-
-    fn damaged(&self, offset: u64, len: u32, e: &Error) -> String {
-        let msg = format!(
-            "disk {} of point {}: bytes {}..{} cannot be read: {e}",
-            self.server.disk.name,
-            self.server.point.id,
-            offset,
-            offset + u64::from(len)
-        );
-        if let Ok(mut last) = self.server.last_error.lock() {
-            *last = Some(msg.clone());
-        }
+    fn damaged(&self, e: &Error) -> String {
+        let msg = format!("cannot read {e}");
+        self.server.record_error(msg.clone());
         msg
     }
 
@@ -563,10 +485,10 @@ impl<'a, 'v> Session<'a, 'v> {
         if let Some(why) = self.check_range(r) {
             return self.error(r, EINVAL, why);
         }
-        let pieces = match self.pieces(r.offset, u64::from(r.len)) {
+        let pieces = match self.reader.pieces(r.offset, u64::from(r.len)) {
             Ok(p) => p,
             Err(e) => {
-                let msg = self.damaged(r.offset, r.len, &e);
+                let msg = self.damaged(&e);
                 return self.error(r, EIO, &msg);
             }
         };
@@ -617,11 +539,11 @@ impl<'a, 'v> Session<'a, 'v> {
         while at < end {
             let i = at / bs;
             let n = ((i + 1) * bs).min(end) - at;
-            let flags = match self.entry(i) {
-                Ok(None) => STATE_HOLE | STATE_ZERO,
-                Ok(Some(_)) => 0,
+            let flags = match self.reader.is_zero_block(i) {
+                Ok(true) => STATE_HOLE | STATE_ZERO,
+                Ok(false) => 0,
                 Err(e) => {
-                    let msg = self.damaged(r.offset, r.len, &e);
+                    let msg = self.damaged(&e);
                     return self.error(r, EIO, &msg);
                 }
             };
