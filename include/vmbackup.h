@@ -254,6 +254,14 @@ typedef enum vmb_slot_kind {
 typedef struct vmb_boot_verdict vmb_boot_verdict;
 
 /**
+ * A read-only view of one disk of a point. It holds the vault's shared
+ * lock (prune and gc wait) and keeps the vault open until it is closed,
+ * even if the vault handle is freed first. Thread-safe: reads from several
+ * threads are served one at a time.
+ */
+typedef struct vmb_disk_reader vmb_disk_reader;
+
+/**
  * The disks of one VM, in order. Made by `vmb_disks_new`, filled by
  * `vmb_disks_add_image` and `vmb_disks_add_host`, freed by
  * `vmb_disks_free`. A list may be backed up any number of times, also by
@@ -857,6 +865,69 @@ const char *vmb_status_str(int code);
  * `printf("%s: %s", vmb_status_str(st), vmb_last_error())` is safe.
  */
 const char *vmb_last_error(void);
+
+/**
+ * Opens the disk named `disk` (a name only: `vmb_point_disk_name` gives
+ * the name of disk N) of `point` for reading; `*out` is the reader, closed
+ * with `vmb_disk_reader_close`.
+ *
+ * ```c
+ * struct vmb_disk_reader *r = NULL;
+ * if (vmb_disk_reader_open(vault, point, "root.img", &r) == VMB_OK) {
+ *     char sector[512];
+ *     size_t got = 0;
+ *     if (vmb_disk_reader_pread(r, sector, sizeof sector, 0, &got) == VMB_OK && got == sizeof sector)
+ *         printf("MBR signature %02x%02x\n", (unsigned char)sector[510], (unsigned char)sector[511]);
+ *     vmb_disk_reader_close(r);
+ * }
+ * ```
+ *
+ * # Errors
+ * `VMB_ERR_NOT_FOUND` for an unknown disk; `VMB_ERR_LOCKED` when an
+ * exclusive lock (gc) holds the vault past its lock timeout;
+ * `VMB_ERR_CORRUPT` for a point whose index does not fit its disk.
+ *
+ * # Safety
+ * Pointers are NULL or live/NUL-terminated/writable as their types say.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_disk_reader_open(const struct vmb_vault *vault,
+                                     const struct vmb_point *point,
+                                     const char *disk,
+                                     struct vmb_disk_reader **out);
+
+/**
+ * The disk's size in bytes; 0 for a NULL reader.
+ *
+ * # Safety
+ * `reader` is NULL or a live reader.
+ */
+uint64_t vmb_disk_reader_size(const struct vmb_disk_reader *reader);
+
+/**
+ * Reads up to `len` bytes at byte `offset` of the disk into `buf`, as
+ * `pread(2)` does: `*got` is `len` except at the end of the disk (0 at or
+ * past it). Every block is checked as it is read: damaged data is
+ * `VMB_ERR_CORRUPT` naming the disk's byte range, never returned as data.
+ *
+ * # Safety
+ * Pointers are NULL or live/writable as their types say; `buf` is
+ * writable for `len` bytes (it may be NULL when `len` is 0).
+ */
+VMB_MUST_USE
+enum vmb_status vmb_disk_reader_pread(const struct vmb_disk_reader *reader,
+                                      uint8_t *buf,
+                                      size_t len,
+                                      uint64_t offset,
+                                      size_t *got);
+
+/**
+ * Closes a reader (releasing its hold on the vault). NULL is ignored.
+ *
+ * # Safety
+ * `reader` is NULL or a reader from `vmb_disk_reader_open` not yet closed.
+ */
+void vmb_disk_reader_close(struct vmb_disk_reader *reader);
 
 /**
  * Makes an empty disk list. Free it with `vmb_disks_free`.

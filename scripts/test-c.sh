@@ -114,6 +114,8 @@ build libvirt-c cc -std=c11 -Wall -Wextra -Werror -g tests/c/libvirt.c $cflags $
 # shellcheck disable=SC2086
 build tiers-c cc -std=c11 -Wall -Wextra -Werror -g tests/c/tiers.c $cflags $libs
 # shellcheck disable=SC2086
+build reader-c cc -std=c11 -Wall -Wextra -Werror -g tests/c/reader.c $cflags $libs
+# shellcheck disable=SC2086
 build host-cpp c++ -std=c++17 -Wall -Wextra -Werror -g tests/c/host.cpp $cflags $libs -pthread
 # The static library, with the system libraries pkg-config lists for it.
 static_libs="$(pkg-config --static --libs-only-l vmbackup | sed 's/-lvmbackup//')"

@@ -16,6 +16,7 @@
 // The C names are the API: `vmb_vault`, `vmb_status`, `VMB_OK`.
 #![allow(non_camel_case_types)]
 
+pub mod disk_reader;
 pub mod disks;
 mod extensible;
 pub mod host;

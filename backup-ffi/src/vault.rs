@@ -18,7 +18,9 @@ use crate::status::{Failure, FfiResult, arg_out, arg_ref, arg_str, ffi, ffi_free
 /// once (backups of different VMs, restores, listings); the vault's own
 /// locks order what must be ordered, also between processes.
 pub struct vmb_vault {
-    pub(crate) vault: Vault,
+    /// Shared with the disk readers opened on it, which may outlive the
+    /// handle.
+    pub(crate) vault: std::sync::Arc<Vault>,
 }
 
 /// What a restore of one disk did.
@@ -292,7 +294,7 @@ fn make_vault(
     let out = arg_out!(out, "out");
     let (options, remote) = options_of(options)?;
     let vault = make(path, options, &remote)?;
-    write_out!(out, Box::into_raw(Box::new(vmb_vault { vault })));
+    write_out!(out, Box::into_raw(Box::new(vmb_vault { vault: std::sync::Arc::new(vault) })));
     Ok(())
 }
 
