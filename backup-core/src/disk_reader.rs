@@ -275,7 +275,9 @@ impl<V: Deref<Target = Vault>> DiskReader<V> {
         match e {
             Error::Io { source, path, .. } => Error::io("read", format!("{what} ({})", path.display()), source),
             Error::Corrupt { object, detail } => Error::corrupt(what, format!("{object}: {detail}")),
-            Error::Tampered { object, detail } => Error::Tampered { object: what, detail: format!("{object}: {detail}") },
+            Error::Tampered { object, detail } => {
+                Error::Tampered { object: what, detail: format!("{object}: {detail}") }
+            }
             other => other,
         }
     }
@@ -296,7 +298,8 @@ impl<V: Deref<Target = Vault>> io::Seek for DiskReader<V> {
             io::SeekFrom::End(d) => self.disk.size.checked_add_signed(d),
             io::SeekFrom::Current(d) => self.position.checked_add_signed(d),
         };
-        let at = base.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start of the disk"))?;
+        let at =
+            base.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start of the disk"))?;
         self.position = at;
         Ok(at)
     }

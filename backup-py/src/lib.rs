@@ -17,6 +17,7 @@
 
 use pyo3::prelude::*;
 
+mod disk;
 mod errors;
 mod job;
 #[cfg(feature = "libvirt")]
@@ -36,6 +37,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<vault::Vault>()?;
     m.add_class::<types::RecoveryPoint>()?;
+    m.add_class::<disk::DiskReader>()?;
     m.add_class::<types::DiskInfo>()?;
     m.add_class::<types::BackupStats>()?;
     m.add_class::<types::RestoreStats>()?;

@@ -505,6 +505,32 @@ impl Vault {
         .map(RestoreStats::from)
     }
 
+    /// One disk of a point as a read-only binary file object
+    /// (`io.RawIOBase`: `read`, `readinto`, `seek`, `tell`), read from the
+    /// vault on demand without restoring the disk, so that any library
+    /// that reads disk images reads the point. `disk` is an index in
+    /// `point.disks` (negative from the end) or a name. The vault's shared
+    /// lock is held until the file is closed; use it in a `with` block.
+    fn open_disk<'py>(
+        &self,
+        py: Python<'py>,
+        point: PyRef<'_, RecoveryPoint>,
+        disk: &Bound<'_, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let vault = self.get()?;
+        let name = disk_name(&point, disk)?;
+        let (vm, id) = (point.manifest.vm.clone(), point.manifest.id.clone());
+        let reader = py
+            .detach(move || {
+                // Read the point again: it must be this vault's.
+                let m = vault.read_point(&vm, &id)?;
+                backup_core::DiskReader::open(vault, &m, &name)
+            })
+            .map_err(|e| to_py(py, e))?;
+        let native = Bound::new(py, crate::disk::DiskReader::new(reader))?;
+        py.import("vmbackup._disk")?.getattr("DiskFile")?.call1((native,))
+    }
+
     /// Restores every disk of a point into the folder `to_dir` (created if
     /// needed), each as a file named after the disk, in parallel.
     #[pyo3(signature = (point, to_dir, *, progress = None))]

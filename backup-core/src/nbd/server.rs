@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::proto::*;
-use crate::error::{Error, Result};
 use crate::disk_reader::DiskReader;
+use crate::error::{Error, Result};
 use crate::model::CancelToken;
 use crate::vault::{DiskRecord, LockMode, PointManifest, Vault, VaultLock};
 

@@ -18,6 +18,7 @@ raise :class:`ValueError` or :class:`TypeError`.
 """
 
 from ._device import BlockDevice
+from ._disk import DiskFile
 from ._errors import (
     AlreadyExistsError,
     CancelledError,
@@ -70,6 +71,7 @@ __all__ = [
     "KeptSnapshot",
     "ReleaseReport",
     "BlockDevice",
+    "DiskFile",
     "VmBackupError",
     "CorruptionError",
     "VaultLockedError",

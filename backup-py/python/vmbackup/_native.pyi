@@ -6,11 +6,13 @@ import pathlib
 from typing import Callable, List, Literal, Mapping, Optional, Sequence, Tuple, TypeVar, Union, final, overload
 
 from ._device import BlockDevice
+from ._disk import DiskFile
 
 __all__ = [
     "__version__",
     "Vault",
     "RecoveryPoint",
+    "DiskReader",
     "DiskInfo",
     "BackupStats",
     "RestoreStats",
@@ -231,6 +233,14 @@ class Vault:
         A snapshot that cannot be released is listed in the report's
         `problems` and tried again next time.
         """
+    def open_disk(self, point: "RecoveryPoint", disk: Union[int, str]) -> DiskFile:
+        """One disk of a point as a read-only binary file object
+        (`io.RawIOBase`: `read`, `readinto`, `seek`, `tell`), read from the
+        vault on demand without restoring the disk, so that any library
+        that reads disk images reads the point. `disk` is an index in
+        `point.disks` (negative from the end) or a name. The vault's shared
+        lock is held until the file is closed; use it in a `with` block.
+        """
     def restore_vm(
         self,
         point: "RecoveryPoint",
@@ -389,6 +399,34 @@ class LibvirtProvider:
     def disks(self) -> Tuple[List[str], List[Tuple[str, str]]]:
         """The disks the next backup takes (target names), and the ones it
         skips as `(target, why)`: asks libvirt now.
+        """
+
+@final
+class DiskReader:
+    """Reads one disk of a point at any offset; every block is checked as it
+    is read. Holds the vault's shared lock until closed. Made by
+    `Vault.open_disk`, which wraps it in a standard binary file object.
+    """
+    @property
+    def size(self) -> int:
+        """The disk's size in bytes."""
+    @property
+    def name(self) -> str:
+        """The disk's name in its point."""
+    @property
+    def point(self) -> str:
+        """The id of the point it reads."""
+    @property
+    def closed(self) -> bool:
+        """Whether `close()` was called."""
+    def read_at(self, offset: int, size: int) -> bytes:
+        """Up to `size` bytes at `offset`: fewer only at the end of the disk
+        (none at or past it). Damaged data raises `CorruptionError` naming
+        the disk's byte range.
+        """
+    def close(self) -> None:
+        """Releases the reader and its hold on the vault; later reads raise
+        `ValueError`. Closing twice does nothing.
         """
 
 @final
