@@ -475,8 +475,16 @@ impl<'a, 'v> Session<'a, 'v> {
         }
     }
 
+    /// What a client is told (and `last_error` keeps) of a failed read:
+    /// the disk's byte range, then why.
     fn damaged(&self, e: &Error) -> String {
-        let msg = format!("cannot read {e}");
+        let msg = match e {
+            Error::Corrupt { object, detail } | Error::Tampered { object, detail } => {
+                format!("{object} cannot be read: {detail}")
+            }
+            Error::Io { path, source, .. } => format!("{} cannot be read: {source}", path.display()),
+            other => format!("{other} (the read cannot be served)"),
+        };
         self.server.record_error(msg.clone());
         msg
     }
