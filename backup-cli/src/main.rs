@@ -9,6 +9,7 @@ mod globals;
 mod jobs;
 mod keys;
 mod maintenance;
+mod mount;
 mod nbd;
 mod output;
 mod progress;
@@ -181,6 +182,23 @@ enum Command {
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
+    },
+    /// Mount the vault's points read-only (FUSE) as `VM/POINT/DISK.img`
+    /// until Ctrl-C or SIGTERM. Reads come from the vault as they are
+    /// made, checked; root can loop-mount an image (`mount -o ro,loop`).
+    /// The vault's shared lock is held meanwhile.
+    Mount {
+        /// The vault.
+        #[arg(long)]
+        vault: PathBuf,
+        /// An empty folder to mount on.
+        mountpoint: PathBuf,
+        /// Only this VM's points.
+        #[arg(long)]
+        vm: Option<String>,
+        /// Only this point of the VM: an id, a unique prefix of one, or `latest`.
+        #[arg(long, requires = "vm")]
+        point: Option<String>,
     },
     /// Serve a disk of a point read-only over NBD (qemu-img, qemu-nbd,
     /// nbd-client read it; mount it to copy files out) until Ctrl-C. Prints
@@ -879,6 +897,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Cat { vault, vm, point, disk, offset, length } => {
             return disk::cat(g, disk::CatArgs { vault, vm, point, disk, offset, length });
+        }
+        Command::Mount { vault, mountpoint, vm, point } => {
+            return mount::mount(g, mount::MountArgs { vault, mountpoint, vm, point });
         }
         Command::Export { vault, vm, point, disk, socket, listen, allow_remote } => {
             return nbd::export(g, nbd::ExportArgs { vault, vm, point, disk, socket, listen, allow_remote });

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use testkit::{Rng, s};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_vmbackup");
 
 /// The emulator's endpoint, or None (with the reason printed).
@@ -168,6 +170,38 @@ fn round_trip(ep: &str, url: &str) {
     let out = d.join("final.img");
     ok(&ep, &host, &["restore", "--vault", &url, "--vm", "web", "--disk", "root.img", "--to", s(&out)]);
     assert!(fs::read(&out).expect("restored") == third, "the kept point restored differently after gc");
+}
+
+#[test]
+fn a_remote_vault_mounts_and_reads_back_from_another_host() {
+    let Some(ep) = azurite("remote mount") else { return };
+    if !std::path::Path::new("/dev/fuse").exists() || !testkit::have("fusermount3") {
+        testkit::skip("remote mount", "no /dev/fuse or no fusermount3 (Debian package fuse3)");
+        return;
+    }
+    let url = vault_url("mount");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let img = d.join("root.img");
+    let data = Rng(7).bytes(5 << 20);
+    fs::write(&img, &data).expect("image");
+    ok(&ep, &d.join("cache"), &["init", &url]);
+    ok(
+        &ep,
+        &d.join("cache"),
+        &["backup", "--vault", &url, "--vm", "web", "--disk", s(&img), "--pack-target-size", "1M"],
+    );
+    // Another host, with an empty cache: every read comes from the store.
+    let at = d.join("mnt");
+    let mount = common::Mount::start(
+        cmd(&ep, &d.join("other"), &["mount", "--vault", &url, "--vm", "web", s(&at)]),
+        &at,
+        "web",
+    );
+    let point = fs::read_dir(at.join("web")).expect("vm").next().expect("a point").expect("entry").path();
+    assert!(fs::read(point.join("root.img")).expect("read the mounted disk") == data, "the mounted disk differs");
+    let (status, err) = mount.stop();
+    assert!(status.success(), "{err}");
 }
 
 #[test]

@@ -50,6 +50,7 @@ mod job;
 mod libvirt;
 mod lz4;
 mod model;
+pub mod mount;
 mod nbd;
 mod no_follow;
 mod policy;
@@ -84,6 +85,7 @@ pub use libvirt::{
 pub use model::{
     CancelToken, Consistency, ContentId, NoProgress, OsType, Progress, Vm, VmConfiguration, VmDisk, validate_name,
 };
+pub use mount::{Extent, MountSelection, MountedVault, image_file_name};
 pub use nbd::{
     ExportAddress, ExportOptions, NBD_DEFAULT_PORT, NbdAddress, NbdDevice, NbdOptions, NbdProvider, NbdServer,
     QemuProvider, bitmap_token,
