@@ -5,6 +5,7 @@
 
 mod demo;
 mod disk;
+mod files;
 mod globals;
 mod jobs;
 mod keys;
@@ -199,6 +200,14 @@ enum Command {
         /// Only this point of the VM: an id, a unique prefix of one, or `latest`.
         #[arg(long, requires = "vm")]
         point: Option<String>,
+    },
+    /// Guest files inside a point, read-only, without restoring a disk:
+    /// list volumes and folders, print a file, extract files with their
+    /// modes, times and owners, and find which points hold a file. ext4
+    /// and XFS need root (the kernel reads them, read-only); FAT does not.
+    Files {
+        #[command(subcommand)]
+        action: files::FilesAction,
     },
     /// Serve a disk of a point read-only over NBD (qemu-img, qemu-nbd,
     /// nbd-client read it; mount it to copy files out) until Ctrl-C. Prints
@@ -898,6 +907,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Cat { vault, vm, point, disk, offset, length } => {
             return disk::cat(g, disk::CatArgs { vault, vm, point, disk, offset, length });
         }
+        Command::Files { action } => return files::run(g, action),
         Command::Mount { vault, mountpoint, vm, point } => {
             return mount::mount(g, mount::MountArgs { vault, mountpoint, vm, point });
         }

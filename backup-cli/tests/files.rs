@@ -4,6 +4,7 @@
 use std::fs;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 
 use testkit::{Rng, s};
 
@@ -146,4 +147,170 @@ fn common_walk(dir: &Path) -> Vec<std::path::PathBuf> {
         if p.is_dir() { files.extend(common_walk(&p)) } else { files.push(p) }
     }
     files
+}
+
+/// Compares each entry of `expected` with the same name in `actual` (the
+/// folders themselves are not compared: `actual` is a target folder).
+fn same_contents(expected: &Path, actual: &Path, folder_times: bool) -> usize {
+    let names = |p: &Path| {
+        let mut n: Vec<_> = fs::read_dir(p).expect("read_dir").map(|e| e.expect("entry").file_name()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(actual), names(expected), "{} holds other names than {}", actual.display(), expected.display());
+    names(expected)
+        .iter()
+        .map(|n| testkit::same_tree(&expected.join(n), &actual.join(n), folder_times).unwrap_or_else(|e| panic!("{e}")))
+        .sum()
+}
+
+/// No guest file system, loop device or private FUSE mount is left.
+fn nothing_left() {
+    let mounts = fs::read_to_string("/proc/self/mounts").expect("mounts");
+    assert!(!mounts.contains("vmbackup-files-"), "a guest file system is still mounted:\n{mounts}");
+    let loops = testkit::output("losetup", &["-a"]);
+    assert!(!testkit::text(&loops).contains("vmbackup-files-"), "{}", testkit::text(&loops));
+    let tmp: Vec<_> = fs::read_dir(std::env::temp_dir())
+        .expect("tmp")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+        .filter(|n| n.starts_with("vmbackup-files-"))
+        .collect();
+    assert!(tmp.is_empty(), "private folders left: {tmp:?}");
+}
+
+#[test]
+fn guest_files_of_two_points_extract_exactly_find_a_deleted_file_and_open_side_by_side() {
+    if let Some(why) = testkit::guest_disk_missing() {
+        testkit::skip("guest files", &why);
+        return;
+    }
+    if !fuse("guest files") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    testkit::guest_disk("create", d).unwrap_or_else(|e| panic!("{e}"));
+    let vault = d.join("vault");
+    ok(&["init", s(&vault)]);
+    let disk = d.join("disk.img");
+    let backup = || {
+        let out = common::json(&["backup", "--vault", s(&vault), "--vm", "g", "--disk", s(&disk), "--json"]);
+        out["point"].as_str().expect("point id").to_string()
+    };
+    let first = backup();
+    testkit::guest_disk("change", d).unwrap_or_else(|e| panic!("{e}"));
+    let second = backup();
+
+    // The volumes: partitions, the PV and its logical volumes, with types and labels.
+    let ls = common::json(&["files", "ls", "--vault", s(&vault), "--vm", "g", "--point", &first, "--json"]);
+    let volumes: Vec<_> = ls["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .map(|v| {
+            format!(
+                "{} {} {}",
+                v["name"].as_str().unwrap_or("?"),
+                v["type"].as_str().unwrap_or("?"),
+                v["label"].as_str().unwrap_or("-")
+            )
+        })
+        .collect();
+    assert_eq!(
+        volumes,
+        [
+            "p1 vfat EFI",
+            "p2 ext4 root",
+            "p3 xfs data",
+            "p4 LVM2_member -",
+            "vgdata/home unknown -",
+            "vgdata/root ext4 lvroot"
+        ],
+        "{ls}"
+    );
+
+    // Every file system of both points, extracted whole, equals what the
+    // guest held then: contents, links, modes (set-uid, sticky), owners, times.
+    for (n, point) in [(1, &first), (2, &second)] {
+        for (volume, name, folder_times) in
+            [("p1", "p1", false), ("p2", "p2", true), ("p3", "p3", true), ("vgdata/root", "vgdata_root", true)]
+        {
+            let out = d.join(format!("out-{n}-{name}"));
+            let spec = format!("{volume}:/");
+            ok(&["files", "extract", "--vault", s(&vault), "--vm", "g", "--point", point, &spec, "--to", s(&out)]);
+            let expected = d.join(format!("expect-{n}")).join(name);
+            let count = same_contents(&expected, &out, folder_times);
+            assert!(count >= 3, "point {n} volume {volume}: only {count} entries compared");
+        }
+    }
+    // One file, by itself, and its content on stdout.
+    let one = d.join("one");
+    let spec = "p2:/etc/fstab";
+    ok(&["files", "extract", "--vault", s(&vault), "--vm", "g", "--point", &first, spec, "--to", s(&one)]);
+    testkit::same_tree(&d.join("expect-1/p2/etc/fstab"), &one.join("fstab"), true).unwrap_or_else(|e| panic!("{e}"));
+    let cat = ok(&["files", "cat", "--vault", s(&vault), "--vm", "g", "--point", &second, spec]);
+    assert_eq!(cat, fs::read_to_string(d.join("expect-2/p2/etc/fstab")).expect("fstab"));
+    // A second extraction overwrites nothing.
+    fs::write(one.join("fstab"), "mine").expect("write");
+    let again =
+        common::run(&["files", "extract", "--vault", s(&vault), "--vm", "g", "--point", &first, spec, "--to", s(&one)]);
+    assert!(!again.status.success(), "extract overwrote a file");
+    assert_eq!(fs::read_to_string(one.join("fstab")).expect("read"), "mine");
+    // A link planted in the target folder is not written through.
+    let (trap, elsewhere) = (d.join("trap"), d.join("elsewhere"));
+    fs::create_dir_all(&trap).expect("trap");
+    fs::create_dir_all(&elsewhere).expect("elsewhere");
+    std::os::unix::fs::symlink(&elsewhere, trap.join("etc")).expect("link");
+    let trapped = common::run(&["files", "extract", "--vault", s(&vault), "--vm", "g", "p2:/etc", "--to", s(&trap)]);
+    assert!(!trapped.status.success(), "extract followed a link out of --to");
+    assert_eq!(fs::read_dir(&elsewhere).expect("elsewhere").count(), 0, "a file landed outside --to");
+    // A guest's absolute link resolves inside the guest, never on the host.
+    let link = ok(&["files", "cat", "--vault", s(&vault), "--vm", "g", "p2:/etc/fstab.link"]);
+    assert_eq!(link, cat);
+
+    // find: the file deleted between the points is in the first only; a
+    // file added, in the second only.
+    let found = |pattern: &str| -> Vec<String> {
+        let out = common::json(&["files", "find", "--vault", s(&vault), "--vm", "g", pattern, "--json"]);
+        out["found"]
+            .as_array()
+            .expect("found")
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} {}:{} {}",
+                    f["point"].as_str().unwrap_or("?"),
+                    f["volume"].as_str().unwrap_or("?"),
+                    f["entry"]["path"].as_str().unwrap_or("?"),
+                    f["entry"]["size"]
+                )
+            })
+            .collect()
+    };
+    let old_log_size = fs::metadata(d.join("expect-1/p3/logs/old.log")).expect("old.log").len();
+    assert_eq!(found("old.log"), [format!("{first} p3:/logs/old.log {old_log_size}")]);
+    assert_eq!(found("/etc/*.conf"), [format!("{second} p2:/etc/new.conf 4")]);
+    assert_eq!(found("version").len(), 2, "{:?}", found("version"));
+
+    // The two points' volume groups (and XFS file systems) carry the same
+    // UUIDs; they open side by side.
+    let v = Arc::new(backup_core::Vault::open(&vault).expect("vault"));
+    let (a, b) = (v.find_point("g", &first).expect("first"), v.find_point("g", &second).expect("second"));
+    let da = backup_core::GuestDisk::open(v.clone(), &a, "disk.img").expect("disk of the first point");
+    let db = backup_core::GuestDisk::open(v.clone(), &b, "disk.img").expect("disk of the second point");
+    assert_eq!(da.volume("vgdata/root").expect("lv").uuid, db.volume("vgdata/root").expect("lv").uuid);
+    let read = |fs: &backup_core::GuestFs, p: &str| {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut fs.open(Path::new(p)).expect("open"), &mut s).expect("read");
+        s
+    };
+    let (la, lb) =
+        (da.open_fs("vgdata/root").expect("lv of the first"), db.open_fs("vgdata/root").expect("lv of the second"));
+    let (xa, xb) = (da.open_fs("p3").expect("xfs of the first"), db.open_fs("p3").expect("xfs of the second"));
+    assert_eq!((read(&la, "/var/version"), read(&lb, "/var/version")), ("lv one\n".into(), "lv two\n".into()));
+    assert_eq!(read(&xa, "/logs/2026/app.log"), "a\n");
+    assert_eq!(read(&xb, "/logs/2026/app.log"), "a\na\nb\n");
+    assert!(xb.stat(Path::new("/logs/old.log")).is_err() && xa.stat(Path::new("/logs/old.log")).is_ok());
+    drop((la, lb, xa, xb, da, db));
+    nothing_left();
 }

@@ -253,6 +253,15 @@ pub enum Error {
         /// `InvalidData` for a protocol violation).
         source: std::io::Error,
     },
+    /// A guest's partition table, volume group or file system inside a
+    /// point cannot be read as asked (the vault itself may be sound).
+    #[error("{place}: {why}")]
+    Guest {
+        /// Where: the volume, disk, point and vm.
+        place: String,
+        /// What is wrong.
+        why: String,
+    },
     /// The caller cancelled the job; nothing was committed.
     #[error("{what} cancelled; nothing was committed")]
     Cancelled {

@@ -45,6 +45,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod gc;
+pub mod guest;
 mod job;
 #[cfg(feature = "libvirt")]
 mod libvirt;
@@ -71,6 +72,10 @@ pub use device::{BlockDevice, RawImage};
 pub use disk_reader::DiskReader;
 pub use error::{Error, ErrorKind, Result};
 pub use gc::{GcOptions, GcReport, gc};
+pub use guest::{
+    ExtractReport, FileEntry, FileKind, FoundFile, FsType, GuestDisk, GuestFs, TableKind, Volume, VolumeKind,
+    find_files, glob_match,
+};
 pub use job::log::{JobEvent, JobRecord, JobResult, Phase, PhaseRecord, job_history, read_job};
 pub use job::tiers::{
     KeptFile, KeptSnapshot, ReleaseReport, Tier, kept_snapshot, kept_snapshots, point_tiers, release_expired,

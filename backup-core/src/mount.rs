@@ -433,3 +433,40 @@ fn spawn(fs: VaultFs, mountpoint: &Path, name: &str) -> Result<fuser::Background
         vec![MountOption::RO, MountOption::FSName(name.to_string()), MountOption::Subtype("vmbackup".into())];
     fuser::spawn_mount(fs, mountpoint, &config).map_err(|e| Error::io("mount a FUSE file system at", mountpoint, e))
 }
+/// One file, `volume`, in a private read-only mount: what the guest-file
+/// reader hands to the kernel's loop device.
+pub(crate) struct MountedVolume {
+    session: Option<fuser::BackgroundSession>,
+    file: PathBuf,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl MountedVolume {
+    /// Mounts `volume` as `mountpoint/volume`; the caller holds the lock.
+    pub(crate) fn mount(vault: Arc<Vault>, volume: VolumeFile, mountpoint: &Path) -> Result<MountedVolume> {
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let mut fs = VaultFs::new(vault, errors.clone());
+        let time = point_time(&volume.point);
+        fs.add(1, "volume".into(), Node::File(volume), time);
+        let session = spawn(fs, mountpoint, "vmbackup-volume")?;
+        Ok(MountedVolume { session: Some(session), file: mountpoint.join("volume"), errors })
+    }
+
+    /// The file that holds the volume.
+    pub(crate) fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// The first read that failed, if any.
+    pub(crate) fn first_error(&self) -> Option<String> {
+        self.errors.lock().ok().and_then(|e| e.first().cloned())
+    }
+}
+
+impl Drop for MountedVolume {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            let _ = s.umount_and_join();
+        }
+    }
+}

@@ -231,3 +231,83 @@ pub fn write_within(dir: &Path, name: &str, limit: Duration) -> Result<Duration,
         Err(_) => Err(format!("the write hung for more than {limit:?}")),
     }
 }
+
+/// Runs `testkit/guest-disk.sh STAGE DIR` (`create` or `change`): a guest
+/// disk with GPT, FAT, ext4, XFS and LVM at `DIR/disk.img`, and the trees
+/// it holds at `DIR/expect-N/VOLUME` (see the script). Needs root.
+pub fn guest_disk(stage: &str, dir: &Path) -> Result<(), String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-disk.sh");
+    sh(s(&script), &[stage, s(dir)]).map(drop)
+}
+
+/// What is missing here for [`guest_disk`], if anything.
+pub fn guest_disk_missing() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { geteuid() } != 0 {
+        return Some("not running as root (loop mounts need it)".into());
+    }
+    let missing: Vec<_> = ["sfdisk", "mkfs.ext4", "mkfs.xfs", "mkfs.vfat", "mcopy", "pvcreate", "losetup"]
+        .into_iter()
+        .filter(|t| !have(t))
+        .collect();
+    (!missing.is_empty()).then(|| format!("missing {} (scripts/setup.sh installs them)", missing.join(", ")))
+}
+
+/// Compares two trees as `vmbackup files extract` must copy them: the same
+/// names, kinds, contents, link targets, modes, owners and modification
+/// times (of folders too, when `folder_times`). Returns the first
+/// difference.
+pub fn same_tree(expected: &Path, actual: &Path, folder_times: bool) -> Result<usize, String> {
+    use std::os::unix::fs::MetadataExt;
+    let (e, a) = (
+        std::fs::symlink_metadata(expected).map_err(|x| format!("{}: {x}", expected.display()))?,
+        std::fs::symlink_metadata(actual).map_err(|x| format!("{}: {x}", actual.display()))?,
+    );
+    let what = |field: &str, x: String, y: String| format!("{}: {field} {x}, expected {y}", actual.display());
+    if e.file_type() != a.file_type() {
+        return Err(what("type", format!("{:?}", a.file_type()), format!("{:?}", e.file_type())));
+    }
+    if !e.file_type().is_symlink() && (e.mode() & 0o7777) != (a.mode() & 0o7777) {
+        return Err(what("mode", format!("{:o}", a.mode() & 0o7777), format!("{:o}", e.mode() & 0o7777)));
+    }
+    if (e.uid(), e.gid()) != (a.uid(), a.gid()) {
+        return Err(what("owner", format!("{}:{}", a.uid(), a.gid()), format!("{}:{}", e.uid(), e.gid())));
+    }
+    if (!e.is_dir() || folder_times) && (e.mtime(), e.mtime_nsec()) != (a.mtime(), a.mtime_nsec()) {
+        return Err(what(
+            "mtime",
+            format!("{}.{:09}", a.mtime(), a.mtime_nsec()),
+            format!("{}.{:09}", e.mtime(), e.mtime_nsec()),
+        ));
+    }
+    if e.file_type().is_symlink() {
+        let (x, y) = (std::fs::read_link(expected), std::fs::read_link(actual));
+        if x.as_ref().ok() != y.as_ref().ok() {
+            return Err(what("target", format!("{y:?}"), format!("{x:?}")));
+        }
+        return Ok(1);
+    }
+    if e.is_file() {
+        if std::fs::read(expected).ok() != std::fs::read(actual).ok() {
+            return Err(format!("{}: content differs from {}", actual.display(), expected.display()));
+        }
+        return Ok(1);
+    }
+    let names = |p: &Path| -> Result<Vec<std::ffi::OsString>, String> {
+        let mut n: Vec<_> = std::fs::read_dir(p)
+            .map_err(|x| format!("{}: {x}", p.display()))?
+            .map(|d| d.map(|d| d.file_name()).map_err(|x| x.to_string()))
+            .collect::<Result<_, _>>()?;
+        n.sort();
+        Ok(n)
+    };
+    let (en, an) = (names(expected)?, names(actual)?);
+    if en != an {
+        return Err(what("entries", format!("{an:?}"), format!("{en:?}")));
+    }
+    let mut count = 1;
+    for n in en {
+        count += same_tree(&expected.join(&n), &actual.join(&n), folder_times)?;
+    }
+    Ok(count)
+}

@@ -1,0 +1,239 @@
+//! ext2/3/4 and XFS, read by the host's kernel: the volume is one file of
+//! a private read-only FUSE mount, loop-mounted read-only without replaying
+//! the guest's journal. Needs root. Everything is undone on drop: the file
+//! system, its loop device (auto-cleared), the FUSE mount, the folders.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use super::probe::FsType;
+use super::{Backend, FileEntry, FileKind};
+use crate::mount::{MountedVolume, VolumeFile};
+use crate::vault::Vault;
+
+/// A guest file system mounted read-only by the kernel.
+pub(super) struct KernelFs {
+    /// The mounted file system's root, opened once: every path is resolved
+    /// beneath it.
+    root: OwnedFd,
+    /// Where the file system is mounted.
+    dir: PathBuf,
+    /// The private folder holding `fs` and `fuse`.
+    work: PathBuf,
+    volume: Option<MountedVolume>,
+}
+
+/// A folder of our own under the temporary folder (mode 0700).
+fn work_dir() -> io::Result<PathBuf> {
+    let mut r = [0u8; 8];
+    getrandom::fill(&mut r).map_err(|e| io::Error::other(e.to_string()))?;
+    let name: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = std::env::temp_dir().join(format!("vmbackup-files-{name}"));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+impl KernelFs {
+    /// Mounts `volume` (of type `fs`) read-only. The caller holds the
+    /// vault's lock.
+    pub(super) fn mount(vault: Arc<Vault>, volume: VolumeFile, fs: FsType) -> Result<KernelFs, String> {
+        // SAFETY: geteuid has no preconditions and touches no memory.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(format!(
+                "reading {fs} needs root: the kernel mounts it read-only through a loop device (FAT volumes need no privileges)"
+            ));
+        }
+        let work = work_dir()
+            .map_err(|e| format!("cannot make a private folder under {}: {e}", std::env::temp_dir().display()))?;
+        let fuse = work.join("fuse");
+        let dir = work.join("fs");
+        let mut this =
+            KernelFs { root: OwnedFd::from(File::open("/").map_err(|e| e.to_string())?), dir, work, volume: None };
+        for d in [&fuse, &this.dir] {
+            std::fs::create_dir(d).map_err(|e| format!("cannot make {}: {e}", d.display()))?;
+        }
+        let mounted = MountedVolume::mount(vault, volume, &fuse).map_err(|e| e.to_string())?;
+        let options = match fs {
+            FsType::Xfs => "ro,norecovery,nouuid,loop",
+            _ => "ro,noload,loop",
+        };
+        let kind = if fs == FsType::Xfs { "xfs" } else { "ext4" };
+        let out = Command::new("mount")
+            .args(["-t", kind, "-o", options])
+            .arg(mounted.file())
+            .arg(&this.dir)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        let vault_error = mounted.first_error();
+        this.volume = Some(mounted);
+        if !out.status.success() {
+            let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            return Err(match vault_error {
+                Some(v) => format!("the kernel cannot mount it: {why} (the vault: {v})"),
+                None => format!("the kernel cannot mount it: {why}"),
+            });
+        }
+        let root = File::open(&this.dir).map_err(|e| format!("cannot open {}: {e}", this.dir.display()))?;
+        this.root = OwnedFd::from(root);
+        Ok(this)
+    }
+
+    /// Opens `path` beneath the root (`..` and absolute links stay inside).
+    fn resolve(&self, path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
+        let rel = path.strip_prefix("/").unwrap_or(path);
+        let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+        let c = CString::new(rel.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: open_how is three integers (and maybe padding): all
+        // zeros is a valid value of it.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = (flags | libc::O_CLOEXEC) as u64;
+        how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_XDEV;
+        // SAFETY: `c` is a valid C string and `how` a valid open_how of the
+        // size passed; the kernel reads both and returns a new fd or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                self.root.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this fd to us; no one else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+    }
+
+    /// `/proc/self/fd/N`: a name for an open folder that std can use.
+    fn fd_path(fd: &OwnedFd) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+    }
+}
+
+fn timestamp(secs: i64, nanos: i64) -> jiff::Timestamp {
+    jiff::Timestamp::new(secs, nanos as i32).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
+/// The entry for `meta`, found at guest path `path` (and `host`, for a
+/// link's target).
+fn entry(path: PathBuf, meta: &std::fs::Metadata, host: &Path) -> FileEntry {
+    let ft = meta.file_type();
+    let kind = if ft.is_dir() {
+        FileKind::Dir
+    } else if ft.is_file() {
+        FileKind::File
+    } else if ft.is_symlink() {
+        FileKind::Symlink
+    } else {
+        let _ = ft.is_block_device();
+        FileKind::Other
+    };
+    FileEntry {
+        path,
+        kind,
+        size: meta.size(),
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mtime: timestamp(meta.mtime(), meta.mtime_nsec()),
+        atime: timestamp(meta.atime(), meta.atime_nsec()),
+        target: if kind == FileKind::Symlink { std::fs::read_link(host).ok() } else { None },
+    }
+}
+
+impl Backend for KernelFs {
+    fn stat(&self, path: &Path) -> io::Result<FileEntry> {
+        match (path.parent(), path.file_name()) {
+            (Some(parent), Some(name)) => {
+                let dir = self.resolve(parent, libc::O_PATH | libc::O_DIRECTORY)?;
+                let host = Self::fd_path(&dir).join(name);
+                let meta = std::fs::symlink_metadata(&host)?;
+                Ok(entry(path.to_path_buf(), &meta, &host))
+            }
+            _ => {
+                let root = self.resolve(Path::new("/"), libc::O_PATH | libc::O_DIRECTORY)?;
+                let host = Self::fd_path(&root);
+                Ok(entry(PathBuf::from("/"), &std::fs::metadata(&host)?, &host))
+            }
+        }
+    }
+
+    fn list(&self, path: &Path) -> io::Result<Vec<FileEntry>> {
+        let dir = self.resolve(path, libc::O_PATH | libc::O_DIRECTORY)?;
+        let host = Self::fd_path(&dir);
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&host)? {
+            let e = e?;
+            let child = host.join(e.file_name());
+            let meta = std::fs::symlink_metadata(&child)?;
+            out.push(entry(path.join(e.file_name()), &meta, &child));
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn Read + '_>> {
+        let file = File::from(self.resolve(path, libc::O_RDONLY | libc::O_NONBLOCK)?);
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+        }
+        Ok(Box::new(file))
+    }
+
+    fn vault_error(&self) -> Option<String> {
+        self.volume.as_ref().and_then(MountedVolume::first_error)
+    }
+}
+
+/// Whether a loop device still reads from `file`.
+fn loop_holds(file: &Path) -> bool {
+    let Ok(devices) = std::fs::read_dir("/sys/block") else { return false };
+    devices.flatten().any(|d| {
+        std::fs::read_to_string(d.path().join("loop/backing_file")).is_ok_and(|b| Path::new(b.trim_end()) == file)
+    })
+}
+
+impl Drop for KernelFs {
+    fn drop(&mut self) {
+        // Close the root first: an open fd keeps the mount busy.
+        self.root = match File::open("/") {
+            Ok(f) => OwnedFd::from(f),
+            Err(_) => return,
+        };
+        if self.volume.is_some() {
+            let c = CString::new(self.dir.as_os_str().as_bytes()).unwrap_or_default();
+            // SAFETY: `c` is a valid C string; umount2 only reads it.
+            let r = unsafe { libc::umount2(c.as_ptr(), 0) };
+            if r != 0 {
+                // Still busy (a reader elsewhere): detach it now, the
+                // kernel finishes when the last file closes.
+                // SAFETY: as above.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+        // The loop device lets go of the volume's file a little after the
+        // unmount (its auto-clear is deferred): only then can the FUSE
+        // mount go.
+        if let Some(v) = &self.volume {
+            let start = std::time::Instant::now();
+            while loop_holds(v.file()) && start.elapsed() < std::time::Duration::from_secs(10) {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        self.volume = None;
+        let _ = std::fs::remove_dir(self.work.join("fs"));
+        let _ = std::fs::remove_dir(self.work.join("fuse"));
+        let _ = std::fs::remove_dir(&self.work);
+    }
+}
