@@ -164,17 +164,33 @@ fn same_contents(expected: &Path, actual: &Path, folder_times: bool) -> usize {
         .sum()
 }
 
-/// No guest file system, loop device or private FUSE mount is left.
-fn nothing_left() {
-    let mounts = fs::read_to_string("/proc/self/mounts").expect("mounts");
-    assert!(!mounts.contains("vmbackup-files-"), "a guest file system is still mounted:\n{mounts}");
-    let loops = testkit::output("losetup", &["-a"]);
-    assert!(!testkit::text(&loops).contains("vmbackup-files-"), "{}", testkit::text(&loops));
-    let tmp: Vec<_> = fs::read_dir(std::env::temp_dir())
+/// The loop devices that have a file (`loop3`).
+fn attached_loops() -> std::collections::BTreeSet<String> {
+    fs::read_dir("/sys/block")
+        .expect("/sys/block")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+        .filter(|n| n.starts_with("loop"))
+        .filter(|n| fs::read_to_string(format!("/sys/block/{n}/size")).is_ok_and(|s| s.trim() != "0"))
+        .collect()
+}
+
+/// The guest-file reader's private folders under the temporary folder.
+fn private_folders() -> std::collections::BTreeSet<String> {
+    fs::read_dir(std::env::temp_dir())
         .expect("tmp")
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
         .filter(|n| n.starts_with("vmbackup-files-"))
-        .collect();
+        .collect()
+}
+
+/// No guest file system, loop device (beyond those attached `before`) or
+/// private folder (beyond those there `before`) is left.
+fn nothing_left(before: &(std::collections::BTreeSet<String>, std::collections::BTreeSet<String>)) {
+    let mounts = fs::read_to_string("/proc/self/mounts").expect("mounts");
+    assert!(!mounts.contains("vmbackup-files-"), "a guest file system is still mounted:\n{mounts}");
+    let left: Vec<_> = attached_loops().difference(&before.0).cloned().collect();
+    assert!(left.is_empty(), "loop devices left attached: {left:?}");
+    let tmp: Vec<_> = private_folders().difference(&before.1).cloned().collect();
     assert!(tmp.is_empty(), "private folders left: {tmp:?}");
 }
 
@@ -190,6 +206,7 @@ fn guest_files_of_two_points_extract_exactly_find_a_deleted_file_and_open_side_b
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     testkit::guest_disk("create", d).unwrap_or_else(|e| panic!("{e}"));
+    let before = (attached_loops(), private_folders());
     let vault = d.join("vault");
     ok(&["init", s(&vault)]);
     let disk = d.join("disk.img");
@@ -312,5 +329,5 @@ fn guest_files_of_two_points_extract_exactly_find_a_deleted_file_and_open_side_b
     assert_eq!(read(&xb, "/logs/2026/app.log"), "a\na\nb\n");
     assert!(xb.stat(Path::new("/logs/old.log")).is_err() && xa.stat(Path::new("/logs/old.log")).is_ok());
     drop((la, lb, xa, xb, da, db));
-    nothing_left();
+    nothing_left(&before);
 }

@@ -6,7 +6,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -27,6 +27,8 @@ pub(super) struct KernelFs {
     dir: PathBuf,
     /// The private folder holding `fs` and `fuse`.
     work: PathBuf,
+    /// The loop device the kernel mounted (`loop3`), once mounted.
+    loop_device: Option<String>,
     volume: Option<MountedVolume>,
 }
 
@@ -56,8 +58,13 @@ impl KernelFs {
             .map_err(|e| format!("cannot make a private folder under {}: {e}", std::env::temp_dir().display()))?;
         let fuse = work.join("fuse");
         let dir = work.join("fs");
-        let mut this =
-            KernelFs { root: OwnedFd::from(File::open("/").map_err(|e| e.to_string())?), dir, work, volume: None };
+        let mut this = KernelFs {
+            root: OwnedFd::from(File::open("/").map_err(|e| e.to_string())?),
+            dir,
+            work,
+            loop_device: None,
+            volume: None,
+        };
         for d in [&fuse, &this.dir] {
             std::fs::create_dir(d).map_err(|e| format!("cannot make {}: {e}", d.display()))?;
         }
@@ -82,6 +89,7 @@ impl KernelFs {
                 None => format!("the kernel cannot mount it: {why}"),
             });
         }
+        this.loop_device = loop_of(&this.dir);
         let root = File::open(&this.dir).map_err(|e| format!("cannot open {}: {e}", this.dir.display()))?;
         this.root = OwnedFd::from(root);
         Ok(this)
@@ -89,30 +97,7 @@ impl KernelFs {
 
     /// Opens `path` beneath the root (`..` and absolute links stay inside).
     fn resolve(&self, path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
-        let rel = path.strip_prefix("/").unwrap_or(path);
-        let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
-        let c = CString::new(rel.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: open_how is three integers (and maybe padding): all
-        // zeros is a valid value of it.
-        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-        how.flags = (flags | libc::O_CLOEXEC) as u64;
-        how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_XDEV;
-        // SAFETY: `c` is a valid C string and `how` a valid open_how of the
-        // size passed; the kernel reads both and returns a new fd or -1.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                self.root.as_raw_fd(),
-                c.as_ptr(),
-                &how as *const libc::open_how,
-                std::mem::size_of::<libc::open_how>(),
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the kernel just returned this fd to us; no one else owns it.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+        super::beneath::open_beneath(&self.root, path, flags)
     }
 
     /// `/proc/self/fd/N`: a name for an open folder that std can use.
@@ -196,12 +181,36 @@ impl Backend for KernelFs {
     }
 }
 
-/// Whether a loop device still reads from `file`.
-fn loop_holds(file: &Path) -> bool {
-    let Ok(devices) = std::fs::read_dir("/sys/block") else { return false };
-    devices.flatten().any(|d| {
-        std::fs::read_to_string(d.path().join("loop/backing_file")).is_ok_and(|b| Path::new(b.trim_end()) == file)
+/// The loop device (`loop3`) mounted at `dir`, from the mount table.
+fn loop_of(dir: &Path) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    table.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let at = left.split(' ').nth(4)?;
+        let source = right.split(' ').nth(1)?;
+        (Path::new(at) == dir).then(|| source.strip_prefix("/dev/").unwrap_or(source).to_string())
     })
+}
+
+/// Whether loop device `device` (`loop3`) still has a file.
+fn loop_attached(device: &str) -> bool {
+    std::fs::read_to_string(format!("/sys/block/{device}/size")).is_ok_and(|s| s.trim() != "0")
+}
+
+/// Waits until `device` lets go of its file: its auto-clear after the
+/// unmount, or else a detach asked for here.
+fn release_loop(device: &str) {
+    let wait = |limit: std::time::Duration| {
+        let start = std::time::Instant::now();
+        while loop_attached(device) && start.elapsed() < limit {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        !loop_attached(device)
+    };
+    if !wait(std::time::Duration::from_secs(2)) {
+        let _ = Command::new("losetup").arg("-d").arg(format!("/dev/{device}")).output();
+        wait(std::time::Duration::from_secs(10));
+    }
 }
 
 impl Drop for KernelFs {
@@ -223,13 +232,10 @@ impl Drop for KernelFs {
             }
         }
         // The loop device lets go of the volume's file a little after the
-        // unmount (its auto-clear is deferred): only then can the FUSE
-        // mount go.
-        if let Some(v) = &self.volume {
-            let start = std::time::Instant::now();
-            while loop_holds(v.file()) && start.elapsed() < std::time::Duration::from_secs(10) {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
+        // unmount (its auto-clear is deferred), and its release still reads
+        // through the FUSE mount: only once it is free can that mount go.
+        if let Some(device) = &self.loop_device {
+            release_loop(device);
         }
         self.volume = None;
         let _ = std::fs::remove_dir(self.work.join("fs"));
