@@ -217,7 +217,35 @@ typedef enum vmb_status {
    * The passphrase or key file opens none of the vault's key slots.
    */
   VMB_ERR_WRONG_KEY = 20,
+  /**
+   * A guest's partition table, volume group or file system inside a
+   * point cannot be read as asked (ext4 and XFS need root; the vault
+   * itself may be sound).
+   */
+  VMB_ERR_GUEST = 21,
 } vmb_status;
+
+/**
+ * What a directory entry is.
+ */
+typedef enum vmb_file_kind {
+  /**
+   * A regular file.
+   */
+  VMB_FILE_REGULAR = 0,
+  /**
+   * A folder.
+   */
+  VMB_FILE_DIR = 1,
+  /**
+   * A symbolic link.
+   */
+  VMB_FILE_SYMLINK = 2,
+  /**
+   * A device, FIFO or socket.
+   */
+  VMB_FILE_OTHER = 3,
+} vmb_file_kind;
 
 /**
  * The format of restored disks.
@@ -277,6 +305,17 @@ typedef struct vmb_disks vmb_disks;
 typedef struct vmb_domain_target vmb_domain_target;
 
 /**
+ * One disk of a point, its partitions and LVM volumes found.
+ */
+typedef struct vmb_guest_disk vmb_guest_disk;
+
+/**
+ * A guest file system opened read-only. Thread-safe: calls are served one
+ * at a time.
+ */
+typedef struct vmb_guest_fs vmb_guest_fs;
+
+/**
  * A job: how a backup, restore or verify runs, and a switch to cancel it.
  *
  * One job may be passed to several calls one after another; a job that was
@@ -285,6 +324,12 @@ typedef struct vmb_domain_target vmb_domain_target;
  * job.
  */
 typedef struct vmb_job vmb_job;
+
+/**
+ * A vault mounted read-only as `VM/POINT/DISK.img` (FUSE), until
+ * `vmb_mount_unmount`.
+ */
+typedef struct vmb_mount vmb_mount;
 
 /**
  * A recovery point (a copy of its manifest). Immutable: every accessor is
@@ -413,6 +458,142 @@ typedef struct vmb_disk_ops {
    */
   void (*destroy)(void *userdata);
 } vmb_disk_ops;
+
+/**
+ * A volume of a guest disk. Its strings live as long as the disk handle.
+ */
+typedef struct vmb_volume {
+  /**
+   * How paths name it: "p1", "vg/lv", or "disk".
+   */
+  const char *name;
+  /**
+   * What it holds: "ext4", "xfs", "vfat", "LVM2_member", "swap",
+   * "unknown".
+   */
+  const char *fs_type;
+  /**
+   * Its size in bytes.
+   */
+  uint64_t size;
+  /**
+   * Its label (or GPT partition name); NULL when it has none.
+   */
+  const char *label;
+  /**
+   * Whether its files can be read (`vmb_guest_fs_open`).
+   */
+  bool has_files;
+} vmb_volume;
+
+/**
+ * A file, folder or link in a guest file system. Its strings live only
+ * during the callback that receives it.
+ */
+typedef struct vmb_file_entry {
+  /**
+   * Its absolute path in the guest ("/etc/fstab").
+   */
+  const char *path;
+  /**
+   * What it is.
+   */
+  enum vmb_file_kind kind;
+  /**
+   * Its size in bytes.
+   */
+  uint64_t size;
+  /**
+   * Its permission bits, with set-uid, set-gid and sticky (07777).
+   */
+  uint32_t mode;
+  /**
+   * Its owner.
+   */
+  uint32_t uid;
+  /**
+   * Its group.
+   */
+  uint32_t gid;
+  /**
+   * Its modification time: seconds since 1970 (UTC)...
+   */
+  int64_t mtime_sec;
+  /**
+   * ...and nanoseconds.
+   */
+  uint32_t mtime_nsec;
+  /**
+   * Where a link points; NULL for anything else.
+   */
+  const char *target;
+} vmb_file_entry;
+
+/**
+ * Called for each entry; return 0 to go on, anything else to stop (the
+ * call then returns `VMB_ERR_CANCELLED`).
+ */
+typedef int (*vmb_entry_fn)(const struct vmb_file_entry *entry, void *ctx);
+
+/**
+ * Called with each piece of a file's content, in order; return 0 to go
+ * on, anything else to stop (the call then returns `VMB_ERR_CANCELLED`).
+ */
+typedef int (*vmb_data_fn)(const uint8_t *data, size_t len, void *ctx);
+
+/**
+ * What `vmb_guest_fs_extract` copied.
+ */
+typedef struct vmb_extract_report {
+  /**
+   * Regular files written.
+   */
+  uint64_t files;
+  /**
+   * Folders made.
+   */
+  uint64_t dirs;
+  /**
+   * Links made.
+   */
+  uint64_t links;
+  /**
+   * Devices, FIFOs and sockets left out.
+   */
+  uint64_t skipped;
+  /**
+   * Bytes of content written.
+   */
+  uint64_t bytes;
+} vmb_extract_report;
+
+/**
+ * Where `vmb_vault_find_files` found a file; strings live only during the
+ * callback.
+ */
+typedef struct vmb_found_file {
+  /**
+   * The point's id.
+   */
+  const char *point;
+  /**
+   * The disk's name.
+   */
+  const char *disk;
+  /**
+   * The volume ("p1", "vg/lv", "disk").
+   */
+  const char *volume;
+  /**
+   * The file.
+   */
+  struct vmb_file_entry entry;
+} vmb_found_file;
+
+/**
+ * Called for each file found; return 0 to go on, anything else to stop.
+ */
+typedef int (*vmb_found_fn)(const struct vmb_found_file *found, void *ctx);
 
 /**
  * A consistency level: one of the `VMB_CONSISTENCY_*` values.
@@ -1019,6 +1200,214 @@ enum vmb_status vmb_vault_backup_disks(const struct vmb_vault *vault,
                                        const struct vmb_disks *disks,
                                        const struct vmb_job *job,
                                        struct vmb_point **out);
+
+/**
+ * Mounts the points of `vault` at `mountpoint` (an empty folder): all of
+ * them (`vm` NULL), a VM's (`point` NULL), or one point (an id, a prefix,
+ * or "latest"). Reads are served by a thread of this process, checked as
+ * they are made; a damaged range fails that read with `EIO`. The mount
+ * holds the vault's shared lock. Needs `/dev/fuse` (and `fusermount3`).
+ *
+ * # Errors
+ * `VMB_ERR_NOT_FOUND` for an unknown VM or point; `VMB_ERR_IO` when the
+ * kernel refuses the mount; `VMB_ERR_INVALID_ARGUMENT` for a point
+ * without a VM.
+ *
+ * # Safety
+ * Pointers are NULL (where allowed) or live/NUL-terminated/writable as
+ * their types say.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_vault_mount(const struct vmb_vault *vault,
+                                const char *mountpoint,
+                                const char *vm,
+                                const char *point,
+                                struct vmb_mount **out);
+
+/**
+ * Whether the mount is still in place (false once someone else unmounted
+ * it); false for NULL.
+ *
+ * # Safety
+ * `mount` is NULL or a live mount.
+ */
+bool vmb_mount_is_mounted(const struct vmb_mount *mount);
+
+/**
+ * Unmounts and frees the mount, releasing the vault's lock. NULL is
+ * VMB_OK. When the kernel refuses (a file in it is open: `VMB_ERR_IO`),
+ * the handle is freed all the same and the mount goes when its last file
+ * closes.
+ *
+ * # Safety
+ * `mount` is NULL or a mount from `vmb_vault_mount`, not used again.
+ */
+VMB_MUST_USE enum vmb_status vmb_mount_unmount(struct vmb_mount *mount);
+
+/**
+ * Opens disk `disk` (its name) of `point` and finds its volumes: GPT or
+ * MBR partitions, LVM logical volumes (read by vmbackup, never by the
+ * host's LVM), or the whole disk. Holds the vault's shared lock until
+ * closed.
+ *
+ * ```c
+ * struct vmb_guest_disk *gd = NULL;
+ * if (vmb_guest_disk_open(vault, point, "vda", &gd) == VMB_OK) {
+ *     size_t n = vmb_guest_disk_volume_count(gd);
+ *     for (size_t i = 0; i < n; i++) {
+ *         struct vmb_volume v;
+ *         if (vmb_guest_disk_volume(gd, i, &v) == VMB_OK)
+ *             printf("%s %s %llu %s\n", v.name, v.fs_type, (unsigned long long)v.size, v.label ? v.label : "");
+ *     }
+ *     vmb_guest_disk_close(gd);
+ * }
+ * ```
+ *
+ * # Errors
+ * `VMB_ERR_NOT_FOUND` for an unknown disk; `VMB_ERR_GUEST` for a
+ * partition table or LVM metadata that cannot be read.
+ *
+ * # Safety
+ * Pointers are NULL or live/NUL-terminated/writable as their types say.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_guest_disk_open(const struct vmb_vault *vault,
+                                    const struct vmb_point *point,
+                                    const char *disk,
+                                    struct vmb_guest_disk **out);
+
+/**
+ * How many volumes the disk has; 0 for NULL.
+ *
+ * # Safety
+ * `disk` is NULL or a live guest disk.
+ */
+size_t vmb_guest_disk_volume_count(const struct vmb_guest_disk *disk);
+
+/**
+ * Fills `*out` with volume `index` (from 0).
+ *
+ * # Errors
+ * `VMB_ERR_INVALID_ARGUMENT` for an index past the last volume.
+ *
+ * # Safety
+ * Pointers are NULL or live/writable as their types say.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_guest_disk_volume(const struct vmb_guest_disk *disk,
+                                      size_t index,
+                                      struct vmb_volume *out);
+
+/**
+ * Closes a guest disk. NULL is ignored. File systems opened from it stay
+ * usable until closed.
+ *
+ * # Safety
+ * `disk` is NULL or a disk from `vmb_guest_disk_open`, not used again.
+ */
+void vmb_guest_disk_close(struct vmb_guest_disk *disk);
+
+/**
+ * Opens the file system of volume `volume` ("p1", "vg/lv", "disk") of a
+ * guest disk, read-only. FAT needs no privileges; ext2/3/4 and XFS are
+ * mounted by the kernel (read-only, journal not replayed) and need root.
+ *
+ * # Errors
+ * `VMB_ERR_NOT_FOUND` for an unknown volume; `VMB_ERR_GUEST` for a volume
+ * without a file system read here, or ext4/XFS without root.
+ *
+ * # Safety
+ * Pointers are NULL or live/NUL-terminated/writable as their types say.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_guest_fs_open(const struct vmb_guest_disk *disk,
+                                  const char *volume,
+                                  struct vmb_guest_fs **out);
+
+/**
+ * Calls `each` for every entry of folder `path` (sorted by name; a path
+ * that is not a folder: for it alone), or, with `recursive`, for `path`
+ * and everything under it, parents first. Links are never followed.
+ *
+ * # Errors
+ * `VMB_ERR_NOT_FOUND` for a missing path; `VMB_ERR_CANCELLED` when the
+ * callback stopped it.
+ *
+ * # Safety
+ * Pointers are NULL or live/NUL-terminated as their types say; `each` is
+ * a valid function; `ctx` is passed to it as is.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_guest_fs_list(const struct vmb_guest_fs *fs,
+                                  const char *path,
+                                  bool recursive,
+                                  vmb_entry_fn each,
+                                  void *ctx);
+
+/**
+ * Reads file `path` (links followed inside the guest only), handing its
+ * content to `each` in pieces of at most 1 MiB.
+ *
+ * # Errors
+ * `VMB_ERR_NOT_FOUND`; `VMB_ERR_GUEST` for a read that failed (naming the
+ * vault's damaged bytes when that is why); `VMB_ERR_CANCELLED`.
+ *
+ * # Safety
+ * As `vmb_guest_fs_list`.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_guest_fs_read(const struct vmb_guest_fs *fs,
+                                  const char *path,
+                                  vmb_data_fn each,
+                                  void *ctx);
+
+/**
+ * Copies `path` (a file, link, or folder with all under it; "/" for the
+ * whole file system) into folder `to` (made if missing), keeping modes,
+ * times and, as root, owners. Nothing is overwritten and no name lands
+ * outside `to`. `report` may be NULL.
+ *
+ * # Errors
+ * `VMB_ERR_IO` for the host's side (a file already there among them);
+ * `VMB_ERR_GUEST` for a name that would leave `to`; `VMB_ERR_NOT_FOUND`.
+ *
+ * # Safety
+ * Pointers are NULL (where allowed) or live/NUL-terminated/writable as
+ * their types say.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_guest_fs_extract(const struct vmb_guest_fs *fs,
+                                     const char *path,
+                                     const char *to,
+                                     struct vmb_extract_report *report);
+
+/**
+ * Closes a guest file system (unmounting what was mounted for it). NULL
+ * is ignored.
+ *
+ * # Safety
+ * `fs` is NULL or a file system from `vmb_guest_fs_open`, not used again.
+ */
+void vmb_guest_fs_close(struct vmb_guest_fs *fs);
+
+/**
+ * Calls `each` for every file, folder or link in every point of `vm`
+ * (oldest first) whose path matches `pattern`: `*` and `?` wildcards,
+ * against the whole path when the pattern has a `/`, else the name.
+ *
+ * # Errors
+ * As `vmb_guest_disk_open` and `vmb_guest_fs_open` (ext4 and XFS need
+ * root); `VMB_ERR_CANCELLED` when the callback stopped it.
+ *
+ * # Safety
+ * As `vmb_guest_fs_list`.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_vault_find_files(const struct vmb_vault *vault,
+                                     const char *vm,
+                                     const char *pattern,
+                                     vmb_found_fn each,
+                                     void *ctx);
 
 /**
  * Adds `[offset, offset + length)` to the ranges of a map callback. They

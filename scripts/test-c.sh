@@ -49,6 +49,8 @@ if ! scripts/install-c.sh "--$profile" "$prefix"; then
 fi
 export PKG_CONFIG_PATH="$prefix/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
 export LD_LIBRARY_PATH="$prefix/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# files.c makes its guest disk with the script the Rust tests use.
+export VMB_GUEST_DISK_SCRIPT="$PWD/testkit/guest-disk.sh"
 
 if [ -z "${VMB_SKIP_CARGO_TEST:-}" ]; then
     if cargo test -q -p backup-ffi >"$work/cargo-test.log" 2>&1; then
@@ -115,6 +117,8 @@ build libvirt-c cc -std=c11 -Wall -Wextra -Werror -g tests/c/libvirt.c $cflags $
 build tiers-c cc -std=c11 -Wall -Wextra -Werror -g tests/c/tiers.c $cflags $libs
 # shellcheck disable=SC2086
 build reader-c cc -std=c11 -Wall -Wextra -Werror -g tests/c/reader.c $cflags $libs
+# shellcheck disable=SC2086
+build files-c cc -std=c11 -Wall -Wextra -Werror -g tests/c/files.c $cflags $libs
 # shellcheck disable=SC2086
 build host-cpp c++ -std=c++17 -Wall -Wextra -Werror -g tests/c/host.cpp $cflags $libs -pthread
 # The static library, with the system libraries pkg-config lists for it.
@@ -192,7 +196,8 @@ if [ -z "${VMB_SKIP_VALGRIND:-}" ]; then
         # memcheck's default leak kinds (definite and possible) with the
         # installed suppressions for the library's worker threads, as the
         # README tells a host to run it.
-        vg=(timeout 300 valgrind -q --leak-check=full --error-exitcode=1
+        # fuse-compatible: files-c serves FUSE mounts from its own threads.
+        vg=(timeout 300 valgrind -q --leak-check=full --error-exitcode=1 --sim-hints=fuse-compatible
             --suppressions="$prefix/share/vmbackup/vmbackup.supp")
         case "$p" in
         errors-c-static) continue ;; # the shared build of the same test runs

@@ -19,6 +19,7 @@
 pub mod disk_reader;
 pub mod disks;
 mod extensible;
+pub mod files;
 pub mod host;
 pub mod job;
 #[cfg(feature = "libvirt")]

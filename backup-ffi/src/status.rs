@@ -60,6 +60,10 @@ pub enum vmb_status {
     VMB_ERR_KEY_REQUIRED = 19,
     /// The passphrase or key file opens none of the vault's key slots.
     VMB_ERR_WRONG_KEY = 20,
+    /// A guest's partition table, volume group or file system inside a
+    /// point cannot be read as asked (ext4 and XFS need root; the vault
+    /// itself may be sound).
+    VMB_ERR_GUEST = 21,
 }
 
 use vmb_status::*;
@@ -89,12 +93,13 @@ impl vmb_status {
             VMB_ERR_TAMPERED => c"stored data was tampered with (it fails authentication)",
             VMB_ERR_KEY_REQUIRED => c"the vault is encrypted: a passphrase or key file is needed",
             VMB_ERR_WRONG_KEY => c"wrong passphrase or key file for the vault",
+            VMB_ERR_GUEST => c"a guest's volumes or files cannot be read as asked",
         }
     }
 
     /// The status for a code, if it names one.
     pub(crate) fn from_code(code: c_int) -> Option<vmb_status> {
-        const ALL: [vmb_status; 21] = [
+        const ALL: [vmb_status; 22] = [
             VMB_OK,
             VMB_ERR_NULL_ARGUMENT,
             VMB_ERR_INVALID_ARGUMENT,
@@ -116,6 +121,7 @@ impl vmb_status {
             VMB_ERR_TAMPERED,
             VMB_ERR_KEY_REQUIRED,
             VMB_ERR_WRONG_KEY,
+            VMB_ERR_GUEST,
         ];
         ALL.into_iter().find(|s| *s as c_int == code)
     }
@@ -165,6 +171,7 @@ impl From<Error> for Failure {
             Error::Tampered { .. } => VMB_ERR_TAMPERED,
             Error::KeyRequired { .. } => VMB_ERR_KEY_REQUIRED,
             Error::WrongKey { .. } => VMB_ERR_WRONG_KEY,
+            Error::Guest { .. } => VMB_ERR_GUEST,
             _ => VMB_ERR_OTHER,
         };
         // The whole chain, so that a host's own message reaches the C side.
