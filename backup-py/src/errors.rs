@@ -77,6 +77,7 @@ pub(crate) fn to_py(py: Python<'_>, e: Error) -> PyErr {
         Error::WrongKey { path, .. } => {
             new_error(py, "WrongKeyError", (msg,), &[("path", obj(&path.display().to_string()))])
         }
+        Error::Guest { place, .. } => new_error(py, "GuestError", (msg,), &[("place", obj(place))]),
         _ => new_error(py, "VmBackupError", (msg,), &[]),
     };
     if retryable {

@@ -19,6 +19,7 @@ use pyo3::prelude::*;
 
 mod disk;
 mod errors;
+mod files;
 mod job;
 #[cfg(feature = "libvirt")]
 mod libvirt;
@@ -38,6 +39,12 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<vault::Vault>()?;
     m.add_class::<types::RecoveryPoint>()?;
     m.add_class::<disk::DiskReader>()?;
+    m.add_class::<files::Mount>()?;
+    m.add_class::<files::GuestDisk>()?;
+    m.add_class::<files::GuestFs>()?;
+    m.add_class::<files::Volume>()?;
+    m.add_class::<files::FileEntry>()?;
+    m.add_class::<files::FoundFile>()?;
     m.add_class::<types::DiskInfo>()?;
     m.add_class::<types::BackupStats>()?;
     m.add_class::<types::RestoreStats>()?;

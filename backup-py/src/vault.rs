@@ -531,6 +531,57 @@ impl Vault {
         py.import("vmbackup._disk")?.getattr("DiskFile")?.call1((native,))
     }
 
+    /// Mounts the vault's points read-only (FUSE) at `mountpoint` as
+    /// `VM/POINT/DISK.img`: all of them, a VM's (`vm`), or one point
+    /// (`vm` and `point`: an id, a prefix or "latest"). Reads come from the
+    /// vault as they are made, checked. Returns a `Mount`; use it in a
+    /// `with` block. Needs `/dev/fuse` and `fusermount3`.
+    #[pyo3(signature = (mountpoint, vm = None, point = None))]
+    fn mount(
+        &self,
+        py: Python<'_>,
+        mountpoint: std::path::PathBuf,
+        vm: Option<String>,
+        point: Option<String>,
+    ) -> PyResult<crate::files::Mount> {
+        let vault = self.get()?;
+        let selection = backup_core::MountSelection { vm, point };
+        let mounted = py
+            .detach(move || backup_core::MountedVault::mount(vault, &mountpoint, &selection))
+            .map_err(|e| to_py(py, e))?;
+        Ok(crate::files::Mount::new(mounted))
+    }
+
+    /// Opens disk `disk` (an index in `point.disks` or a name) of `point`
+    /// for its guest files: a `GuestDisk` with its volumes (partitions,
+    /// LVM volumes, or the whole disk), whose `open_fs` reads a volume's
+    /// files. Holds the vault's shared lock until closed.
+    fn guest_disk(
+        &self,
+        py: Python<'_>,
+        point: PyRef<'_, RecoveryPoint>,
+        disk: &Bound<'_, PyAny>,
+    ) -> PyResult<crate::files::GuestDisk> {
+        let vault = self.get()?;
+        let name = disk_name(&point, disk)?;
+        let (vm, id) = (point.manifest.vm.clone(), point.manifest.id.clone());
+        let gd = py
+            .detach(move || {
+                let m = vault.read_point(&vm, &id)?;
+                backup_core::GuestDisk::open(vault, &m, &name)
+            })
+            .map_err(|e| to_py(py, e))?;
+        Ok(crate::files::GuestDisk::new(gd))
+    }
+
+    /// Every file, folder or link in every point of `vm` (oldest first)
+    /// whose path matches `pattern` (`*` and `?`; a pattern with a `/`
+    /// matches whole paths, one without names): a list of `FoundFile`.
+    /// ext4 and XFS need root.
+    fn find_files(&self, py: Python<'_>, vm: &str, pattern: &str) -> PyResult<Vec<crate::files::FoundFile>> {
+        crate::files::find(py, self.get()?, vm, pattern)
+    }
+
     /// Restores every disk of a point into the folder `to_dir` (created if
     /// needed), each as a file named after the disk, in parallel.
     #[pyo3(signature = (point, to_dir, *, progress = None))]

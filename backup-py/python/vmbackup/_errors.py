@@ -21,6 +21,7 @@ __all__ = [
     "VaultKeyError",
     "KeyRequiredError",
     "WrongKeyError",
+    "GuestError",
 ]
 
 
@@ -121,3 +122,10 @@ class KeyRequiredError(VaultKeyError):
 
 class WrongKeyError(VaultKeyError):
     """The passphrase or key file opens none of the vault's key slots."""
+
+
+class GuestError(VmBackupError):
+    """A guest's partition table, volume group or file system inside a
+    point cannot be read as asked: an unknown or unsupported layout, a
+    volume without files, or ext4/XFS without root (the kernel mounts
+    them). The vault itself may be sound."""

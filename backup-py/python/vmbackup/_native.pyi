@@ -3,7 +3,7 @@
 import datetime
 import os
 import pathlib
-from typing import Callable, List, Literal, Mapping, Optional, Sequence, Tuple, TypeVar, Union, final, overload
+from typing import Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, TypeVar, Union, final, overload
 
 from ._device import BlockDevice
 from ._disk import DiskFile
@@ -13,6 +13,12 @@ __all__ = [
     "Vault",
     "RecoveryPoint",
     "DiskReader",
+    "Mount",
+    "GuestDisk",
+    "GuestFs",
+    "Volume",
+    "FileEntry",
+    "FoundFile",
     "DiskInfo",
     "BackupStats",
     "RestoreStats",
@@ -241,6 +247,27 @@ class Vault:
         `point.disks` (negative from the end) or a name. The vault's shared
         lock is held until the file is closed; use it in a `with` block.
         """
+    def mount(
+        self, mountpoint: Union[str, "os.PathLike[str]"], vm: Optional[str] = None, point: Optional[str] = None
+    ) -> "Mount":
+        """Mounts the vault's points read-only (FUSE) at `mountpoint` as
+        `VM/POINT/DISK.img`: all of them, a VM's (`vm`), or one point
+        (`vm` and `point`: an id, a prefix or "latest"). Reads come from the
+        vault as they are made, checked. Returns a `Mount`; use it in a
+        `with` block. Needs `/dev/fuse` and `fusermount3`.
+        """
+    def guest_disk(self, point: "RecoveryPoint", disk: Union[int, str]) -> "GuestDisk":
+        """Opens disk `disk` (an index in `point.disks` or a name) of `point`
+        for its guest files: a `GuestDisk` with its volumes (partitions,
+        LVM volumes, or the whole disk), whose `open_fs` reads a volume's
+        files. Holds the vault's shared lock until closed.
+        """
+    def find_files(self, vm: str, pattern: str) -> List["FoundFile"]:
+        """Every file, folder or link in every point of `vm` (oldest first)
+        whose path matches `pattern` (`*` and `?`; a pattern with a `/`
+        matches whole paths, one without names): a list of `FoundFile`.
+        ext4 and XFS need root.
+        """
     def restore_vm(
         self,
         point: "RecoveryPoint",
@@ -400,6 +427,170 @@ class LibvirtProvider:
         """The disks the next backup takes (target names), and the ones it
         skips as `(target, why)`: asks libvirt now.
         """
+
+@final
+class Mount:
+    """A vault mounted read-only (FUSE) as `VM/POINT/DISK.img`, made by
+    `Vault.mount`. Unmounted by `unmount()`, at the end of a `with` block,
+    or when garbage-collected.
+    """
+    @property
+    def mountpoint(self) -> str:
+        """Where it is mounted."""
+    @property
+    def mounted(self) -> bool:
+        """Whether it is still mounted (False after `unmount()`, or once
+        someone else unmounted it).
+        """
+    def errors(self) -> List[str]:
+        """The reads that failed since the last call (damaged or unreachable
+        data), each naming the disk and bytes; they failed with `EIO`.
+        """
+    def unmount(self) -> None:
+        """Unmounts it and releases the vault's lock; again is a no-op. Raises
+        `VmBackupIOError` when a file in it is still open (it then goes when
+        the object is garbage-collected).
+        """
+    def __enter__(self) -> "Mount": ...
+    def __exit__(self, *args: object) -> bool: ...
+
+@final
+class Volume:
+    """A volume of a guest disk: a partition, an LVM logical volume, or the
+    whole disk.
+    """
+    @property
+    def name(self) -> str:
+        """How paths name it: "p1", "vg/lv", or "disk"."""
+    @property
+    def type(self) -> str:
+        """What it holds: "ext4", "xfs", "vfat", "LVM2_member", "swap",
+        "unknown".
+        """
+    @property
+    def kind(self) -> str:
+        """"partition", "logicalvolume" or "disk"."""
+    @property
+    def size(self) -> int:
+        """Its size in bytes."""
+    @property
+    def label(self) -> Optional[str]:
+        """Its label (or GPT partition name), or None."""
+    @property
+    def uuid(self) -> Optional[str]:
+        """Its file system's UUID, or None."""
+    @property
+    def has_files(self) -> bool:
+        """Whether its files can be read (`GuestDisk.open_fs`)."""
+
+@final
+class FileEntry:
+    """A file, folder or link in a guest's file system, as `lstat` sees it."""
+    @property
+    def path(self) -> str:
+        """Its absolute path in the guest ("/etc/fstab")."""
+    @property
+    def kind(self) -> str:
+        """"file", "dir", "symlink" or "other"."""
+    @property
+    def size(self) -> int:
+        """Its size in bytes."""
+    @property
+    def mode(self) -> int:
+        """Its permission bits, with set-uid, set-gid and sticky (0o7777)."""
+    @property
+    def uid(self) -> int:
+        """Its owner."""
+    @property
+    def gid(self) -> int:
+        """Its group."""
+    @property
+    def mtime_ns(self) -> int:
+        """Its modification time in nanoseconds since 1970 (UTC), exact."""
+    @property
+    def mtime(self) -> datetime.datetime:
+        """Its modification time, as a time-zone aware `datetime` in UTC
+        (microseconds: `mtime_ns` is exact).
+        """
+    @property
+    def target(self) -> Optional[str]:
+        """Where a link points, or None."""
+
+@final
+class GuestDisk:
+    """One disk of a point, its volumes found (partitions and LVM volumes are
+    read by vmbackup, never by the host's LVM). Made by `Vault.guest_disk`;
+    holds the vault's shared lock until closed.
+    """
+    @property
+    def volumes(self) -> List[Volume]:
+        """The volumes: partitions in table order, each volume group's logical
+        volumes after its PV; or the whole disk.
+        """
+    @property
+    def table(self) -> Optional[str]:
+        """"gpt", "mbr", or None for a disk without a partition table."""
+    def open_fs(self, volume: str) -> "GuestFs":
+        """Opens the file system of volume `volume` ("p1", "vg/lv", "disk"),
+        read-only. FAT needs no privileges; ext4 and XFS are mounted by the
+        kernel (read-only, journal not replayed) and need root.
+        """
+    def close(self) -> None:
+        """Releases the disk and its hold on the vault (file systems opened
+        from it stay usable until closed).
+        """
+    def __enter__(self) -> "GuestDisk": ...
+    def __exit__(self, *args: object) -> bool: ...
+
+@final
+class GuestFs:
+    """A guest file system opened read-only (`GuestDisk.open_fs`). Paths are
+    absolute guest paths; links are followed inside the guest only. Close
+    it (or use `with`) to unmount what was mounted for it.
+    """
+    @property
+    def place(self) -> str:
+        """Where it is: volume, type, disk, point and VM."""
+    def stat(self, path: str) -> FileEntry:
+        """The entry at `path`, not following a link at its end. Raises
+        `NotFoundError` when there is none.
+        """
+    def list(self, path: str) -> List[FileEntry]:
+        """The entries of folder `path` sorted by name (or the entry of `path`
+        alone when it is not a folder).
+        """
+    def walk(self, path: str = "/") -> List[FileEntry]:
+        """`path` and everything under it, parents first, never following a
+        link.
+        """
+    def read(self, path: str) -> bytes:
+        """The whole content of file `path`."""
+    def extract(self, path: str, to: Union[str, "os.PathLike[str]"]) -> Dict[str, int]:
+        """Copies `path` (a file, a link, or a folder and all under it; "/" the
+        whole file system) into folder `to`, keeping modes, times and (as
+        root) owners. Nothing is overwritten and no name lands outside
+        `to`. Returns counts: files, dirs, links, skipped, bytes.
+        """
+    def close(self) -> None:
+        """Unmounts what was mounted for it; later calls raise `ValueError`."""
+    def __enter__(self) -> "GuestFs": ...
+    def __exit__(self, *args: object) -> bool: ...
+
+@final
+class FoundFile:
+    """A file `Vault.find_files` found, and where."""
+    @property
+    def point(self) -> str:
+        """The point's id."""
+    @property
+    def disk(self) -> str:
+        """The disk."""
+    @property
+    def volume(self) -> str:
+        """The volume ("p1", "vg/lv", "disk")."""
+    @property
+    def entry(self) -> FileEntry:
+        """The file."""
 
 @final
 class DiskReader:
