@@ -196,11 +196,22 @@ if [ -z "${VMB_SKIP_VALGRIND:-}" ]; then
         # memcheck's default leak kinds (definite and possible) with the
         # installed suppressions for the library's worker threads, as the
         # README tells a host to run it.
-        # fuse-compatible: files-c serves FUSE mounts from its own threads.
-        vg=(timeout 300 valgrind -q --leak-check=full --error-exitcode=1 --sim-hints=fuse-compatible
+        vg=(timeout 300 valgrind -q --leak-check=full --error-exitcode=1
             --suppressions="$prefix/share/vmbackup/vmbackup.supp")
         case "$p" in
         errors-c-static) continue ;; # the shared build of the same test runs
+        # A process that serves its own FUSE mount (the vault mount, the
+        # kernel's ext4/XFS over a FUSE file) cannot run under valgrind
+        # 3.19: its stat waits on a thread valgrind will not schedule, and
+        # --sim-hints=fuse-compatible asserts inside valgrind on readlink.
+        # The FUSE-free cases (volumes, FAT, errors) run under memcheck.
+        files-c)
+            if run "valgrind $p --no-fuse" "${vg[@]}" "$bin/$p" --no-fuse; then
+                pass "valgrind memcheck clean: $p --no-fuse"
+            else
+                fail "valgrind memcheck clean: $p --no-fuse"
+            fi
+            ;;
         readme-example*) readme_run "valgrind memcheck clean: $p" \
             "${vg[@]}" "$bin/$p" "$work/readme-vault" "$work/readme-boot.img" ;;
         *)
