@@ -13,6 +13,14 @@ use super::{Backend, FileEntry, FileKind, VolumeReader};
 
 type Fs = fatfs::FileSystem<VolumeReader>;
 
+/// Runs `f`, turning a panic inside the FAT reader (on a guest's damaged
+/// or hostile file system) into an I/O error; the file system is then
+/// unusable (its lock is poisoned), never the process.
+fn guarded<T>(f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(io::Error::other("the FAT reader failed on damaged file-system data")))
+}
+
 /// A FAT file system.
 pub(super) struct FatFs {
     fs: Mutex<Fs>,
@@ -20,7 +28,7 @@ pub(super) struct FatFs {
 
 impl FatFs {
     pub(super) fn open(volume: VolumeReader) -> io::Result<FatFs> {
-        let fs = fatfs::FileSystem::new(volume, fatfs::FsOptions::new())?;
+        let fs = guarded(|| fatfs::FileSystem::new(volume, fatfs::FsOptions::new()))?;
         Ok(FatFs { fs: Mutex::new(fs) })
     }
 
@@ -96,6 +104,20 @@ fn root_entry() -> FileEntry {
 
 impl Backend for FatFs {
     fn stat(&self, path: &Path) -> io::Result<FileEntry> {
+        guarded(|| self.stat_unguarded(path))
+    }
+
+    fn list(&self, path: &Path) -> io::Result<Vec<FileEntry>> {
+        guarded(|| self.list_unguarded(path))
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn Read + '_>> {
+        guarded(|| self.open_unguarded(path))
+    }
+}
+
+impl FatFs {
+    fn stat_unguarded(&self, path: &Path) -> io::Result<FileEntry> {
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { return Ok(root_entry()) };
         let fs = self.fs()?;
         let root = fs.root_dir();
@@ -110,7 +132,7 @@ impl Backend for FatFs {
         Err(io::Error::from(io::ErrorKind::NotFound))
     }
 
-    fn list(&self, path: &Path) -> io::Result<Vec<FileEntry>> {
+    fn list_unguarded(&self, path: &Path) -> io::Result<Vec<FileEntry>> {
         let fs = self.fs()?;
         let root = fs.root_dir();
         let dir = if rel(path).is_empty() { root } else { root.open_dir(&rel(path))? };
@@ -126,7 +148,7 @@ impl Backend for FatFs {
         Ok(out)
     }
 
-    fn open(&self, path: &Path) -> io::Result<Box<dyn Read + '_>> {
+    fn open_unguarded(&self, path: &Path) -> io::Result<Box<dyn Read + '_>> {
         // fatfs files borrow the file system: read it whole here (EFI
         // partitions hold small files).
         let fs = self.fs()?;

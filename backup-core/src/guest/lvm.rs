@@ -114,14 +114,19 @@ impl Value {
 /// Parses LVM's metadata text format (`key = value`, `name { ... }`,
 /// `[a, b]`, `# comments`).
 fn parse(text: &str) -> Result<Value, String> {
-    let mut p = Parser { s: text.as_bytes(), at: 0 };
+    let mut p = Parser { s: text.as_bytes(), at: 0, depth: 0 };
     let v = p.section(false)?;
     Ok(v)
 }
 
+/// How deep sections and lists may nest: LVM writes 4 levels; a guest's
+/// metadata nested deeper is refused, never allowed to exhaust the stack.
+const MAX_DEPTH: usize = 32;
+
 struct Parser<'a> {
     s: &'a [u8],
     at: usize,
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -152,6 +157,10 @@ impl Parser<'_> {
         }
         Ok(String::from_utf8_lossy(&self.s[start..self.at]).to_string())
     }
+    fn enter(&mut self) -> Result<(), String> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH { Err(self.err("nested too deeply")) } else { Ok(()) }
+    }
     fn section(&mut self, nested: bool) -> Result<Value, String> {
         let mut map = BTreeMap::new();
         loop {
@@ -168,7 +177,9 @@ impl Parser<'_> {
             match self.s.get(self.at) {
                 Some(b'{') => {
                     self.at += 1;
+                    self.enter()?;
                     map.insert(key, self.section(true)?);
+                    self.depth -= 1;
                 }
                 Some(b'=') => {
                     self.at += 1;
@@ -210,7 +221,11 @@ impl Parser<'_> {
                             return Ok(Value::List(items));
                         }
                         Some(b',') => self.at += 1,
-                        Some(_) => items.push(self.value()?),
+                        Some(_) => {
+                            self.enter()?;
+                            items.push(self.value()?);
+                            self.depth -= 1;
+                        }
                         None => return Err(self.err("']' expected")),
                     }
                 }
@@ -240,8 +255,10 @@ pub(crate) fn logical_volumes(read_at: &mut ReadAt<'_>, pv: Extent) -> Result<Ve
     let root = parse(&metadata_text(read_at, pv, mda)?)?;
     let mut out = Vec::new();
     for (vg_name, vg) in root.sections() {
-        let extent_size =
-            vg.number("extent_size").filter(|&n| n > 0).ok_or("LVM metadata: no extent_size")? as u64 * SECTOR;
+        let too_big = |what: &str| format!("LVM volume group {vg_name}: {what} is out of range");
+        let extent_size = (vg.number("extent_size").filter(|&n| n > 0).ok_or("LVM metadata: no extent_size")? as u64)
+            .checked_mul(SECTOR)
+            .ok_or_else(|| too_big("extent_size"))?;
         // Which of the VG's PVs is this one.
         let Some((pv_key, this)) = vg
             .get("physical_volumes")
@@ -251,7 +268,9 @@ pub(crate) fn logical_volumes(read_at: &mut ReadAt<'_>, pv: Extent) -> Result<Ve
         else {
             return Err(format!("LVM volume group {vg_name}: PV {uuid} is not among its physical volumes"));
         };
-        let pe_start = this.number("pe_start").unwrap_or(0).max(0) as u64 * SECTOR;
+        let pe_start = (this.number("pe_start").unwrap_or(0).max(0) as u64)
+            .checked_mul(SECTOR)
+            .ok_or_else(|| too_big("pe_start"))?;
         for (lv_name, lv) in vg.get("logical_volumes").into_iter().flat_map(Value::sections) {
             let visible =
                 matches!(lv.get("status"), Some(Value::List(s)) if s.contains(&Value::Text("VISIBLE".into())));
@@ -277,9 +296,14 @@ pub(crate) fn logical_volumes(read_at: &mut ReadAt<'_>, pv: Extent) -> Result<Ve
                     ));
                 }
                 let count = seg.number("extent_count").filter(|&n| n > 0).ok_or(format!("{place}: no extent_count"))?;
-                let offset = pv.offset + pe_start + (*first_pe).max(0) as u64 * extent_size;
-                let length = count as u64 * extent_size;
-                if offset + length > pv.offset + pv.length {
+                let offset = ((*first_pe).max(0) as u64)
+                    .checked_mul(extent_size)
+                    .and_then(|o| o.checked_add(pv.offset + pe_start))
+                    .ok_or_else(|| too_big(&format!("{lv_name} {seg_name}'s start")))?;
+                let length = (count as u64)
+                    .checked_mul(extent_size)
+                    .ok_or_else(|| too_big(&format!("{lv_name} {seg_name}'s length")))?;
+                if offset.checked_add(length).is_none_or(|end| end > pv.offset + pv.length) {
                     return Err(format!("{place}: ends past its PV"));
                 }
                 segments.push((seg.number("start_extent").unwrap_or(0), Extent { offset, length }));
@@ -337,6 +361,10 @@ contents = "Text Format Volume Group"
         assert_eq!(seg.get("stripes"), Some(&Value::List(vec![Value::Text("pv0".into()), Value::Number(5)])));
         assert_eq!(v.sections().count(), 1);
         assert!(parse("vg {").is_err());
+        // A guest's hostile metadata: nesting past any real depth, huge numbers.
+        assert!(parse(&"a { ".repeat(100_000)).is_err());
+        assert!(parse(&format!("a = {}", "[".repeat(100_000))).is_err());
+        assert!(parse("x = 99999999999999999999999").is_ok());
         assert!(parse("a = ").is_err());
     }
 }

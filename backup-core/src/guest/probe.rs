@@ -85,6 +85,7 @@ pub(crate) fn probe(read_at: &mut ReadAt<'_>, offset: u64, length: u64) -> Resul
         return Ok(Probe { fs: FsType::Unknown, label: None, uuid: None });
     }
     let b = read_at(offset, n)?;
+    let n = b.len().min(n);
     let none = |fs| Ok(Probe { fs, label: None, uuid: None });
     if n >= 2048 && b[1080] == 0x53 && b[1081] == 0xef {
         let sb = &b[1024..];
@@ -103,7 +104,7 @@ pub(crate) fn probe(read_at: &mut ReadAt<'_>, offset: u64, length: u64) -> Resul
     if &b[..4] == b"XFSB" {
         return Ok(Probe { fs: FsType::Xfs, label: text(&b[108..120]), uuid: Some(uuid(&b[32..48])) });
     }
-    for s in b[..2048].chunks_exact(512) {
+    for s in b[..n.min(2048)].chunks_exact(512) {
         if &s[..8] == b"LABELONE" && &s[24..32] == b"LVM2 001" {
             return none(FsType::LvmPv);
         }
@@ -133,4 +134,22 @@ pub(crate) fn probe(read_at: &mut ReadAt<'_>, offset: u64, length: u64) -> Resul
         }
     }
     none(FsType::Unknown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes_of_any_size_probe_without_panicking() {
+        for len in [0usize, 511, 1024, 1500, 2047, 2048, 4095, 4096, 9000] {
+            let disk = vec![0xffu8; len];
+            let mut read = |at: u64, n: usize| -> Result<Vec<u8>, String> {
+                let mut b = disk.get(at as usize..).unwrap_or_default().to_vec();
+                b.resize(n, 0);
+                Ok(b)
+            };
+            assert_eq!(probe(&mut read, 0, len as u64).expect("probe").fs, FsType::Unknown, "{len} bytes");
+        }
+    }
 }
