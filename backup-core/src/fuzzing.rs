@@ -264,3 +264,11 @@ pub fn domain_rewrite(data: &[u8]) -> bool {
     let Ok(text) = std::str::from_utf8(data) else { return false };
     crate::recovery::fuzz_rewrite(text)
 }
+
+/// `data` as a guest's disk: its partition table, what each partition
+/// (or the whole disk) holds, and the logical volumes of any LVM PV on it
+/// (all bytes a guest controls). True when a table or a PV was read.
+pub fn guest_disk(data: &[u8]) -> bool {
+    use crate::guest::fuzz_volumes;
+    fuzz_volumes(data)
+}

@@ -249,6 +249,45 @@ fn every_parser_of_outside_bytes_survives_random_and_mutated_input() {
     eprintln!("fuzz smoke: {total} inputs over {n} targets, no panic");
 }
 
+/// Guest disks made by hand: an MBR with a logical partition, and an LVM2
+/// PV (label, metadata area, text) holding one linear logical volume.
+fn guest_disk_corpus() -> Vec<Vec<u8>> {
+    let put = |d: &mut Vec<u8>, at: usize, bytes: &[u8]| d[at..at + bytes.len()].copy_from_slice(bytes);
+    let mut mbr = vec![0u8; 64 << 10];
+    for (i, (kind, start, len)) in [(0x83u8, 2u32, 10u32), (0x05, 20, 40)].into_iter().enumerate() {
+        mbr[446 + 16 * i + 4] = kind;
+        put(&mut mbr, 446 + 16 * i + 8, &start.to_le_bytes());
+        put(&mut mbr, 446 + 16 * i + 12, &len.to_le_bytes());
+    }
+    put(&mut mbr, 510, &[0x55, 0xaa]);
+    mbr[20 * 512 + 446 + 4] = 0x83;
+    put(&mut mbr, 20 * 512 + 446 + 8, &1u32.to_le_bytes());
+    put(&mut mbr, 20 * 512 + 446 + 12, &5u32.to_le_bytes());
+    put(&mut mbr, 21 * 512 - 2, &[0x55, 0xaa]);
+
+    let mut pv = vec![0u8; 256 << 10];
+    let uuid = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ012345";
+    put(&mut pv, 512, b"LABELONE");
+    put(&mut pv, 512 + 20, &32u32.to_le_bytes());
+    put(&mut pv, 512 + 24, b"LVM2 001");
+    put(&mut pv, 512 + 32, uuid);
+    // Data areas (one), then metadata areas (one at 4096), each list ended by zeros.
+    put(&mut pv, 512 + 72, &(64u64 << 10).to_le_bytes());
+    put(&mut pv, 512 + 104, &4096u64.to_le_bytes());
+    put(&mut pv, 512 + 112, &(60u64 << 10).to_le_bytes());
+    let text = format!(
+        "vg {{\nid = \"x\"\nextent_size = 8\nphysical_volumes {{\npv0 {{\nid = \"{}\"\npe_start = 128\n}}\n}}\nlogical_volumes {{\nlv {{\nstatus = [\"READ\", \"VISIBLE\"]\nsegment1 {{\nstart_extent = 0\nextent_count = 4\ntype = \"striped\"\nstripe_count = 1\nstripes = [\"pv0\", 0]\n}}\n}}\n}}\n}}\n",
+        String::from_utf8_lossy(uuid)
+    );
+    put(&mut pv, 4096 + 4, b" LVM2 x[5A%r0N*>");
+    put(&mut pv, 4096 + 24, &4096u64.to_le_bytes());
+    put(&mut pv, 4096 + 32, &(60u64 << 10).to_le_bytes());
+    put(&mut pv, 4096 + 40, &512u64.to_le_bytes());
+    put(&mut pv, 4096 + 48, &(text.len() as u64).to_le_bytes());
+    put(&mut pv, 4096 + 512, text.as_bytes());
+    vec![mbr, pv]
+}
+
 /// The targets added for the reliability issue, each with its corpus: the
 /// kept seed corpus (`fuzz/corpus/TARGET`, what parses of it) and the
 /// objects made here.
@@ -258,6 +297,7 @@ fn more_targets() -> Vec<Target> {
         ("vault_config", fuzzing::vault_config, configs),
         ("sealed", fuzzing::sealed, sealed),
         ("nbd_client", fuzzing::nbd_client, nbd_client_corpus()),
+        ("guest_disk", fuzzing::guest_disk, guest_disk_corpus()),
     ];
     #[cfg(feature = "object-store")]
     targets.push(("gc_mark", fuzzing::gc_mark, gc_mark_corpus()));

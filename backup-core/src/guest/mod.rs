@@ -388,6 +388,33 @@ impl GuestDisk {
     }
 }
 
+/// The parsers of `GuestDisk::open` over a disk held in memory: the
+/// partition table, each volume's probe, and the LVM metadata of any PV
+/// (for `fuzzing::guest_disk`). True when a table or a PV was read.
+pub(crate) fn fuzz_volumes(disk: &[u8]) -> bool {
+    let mut read = |at: u64, len: usize| -> std::result::Result<Vec<u8>, String> {
+        let start = (at as usize).min(disk.len());
+        let mut b = disk[start..(start + len).min(disk.len())].to_vec();
+        b.resize(len, 0);
+        Ok(b)
+    };
+    let size = disk.len() as u64;
+    let table = partitions::read(&mut read, size);
+    let places: Vec<Extent> = match &table {
+        Ok(Some((_, parts))) => parts.iter().map(|p| p.extent).collect(),
+        _ => vec![Extent { offset: 0, length: size }],
+    };
+    let mut found = matches!(table, Ok(Some(_)));
+    for extent in places {
+        if let Ok(p) = probe::probe(&mut read, extent.offset, extent.length) {
+            if p.fs == FsType::LvmPv {
+                found |= lvm::logical_volumes(&mut read, extent).is_ok();
+            }
+        }
+    }
+    found
+}
+
 /// Splits `p1:/etc` into `(Some("p1"), "/etc")` and `/etc` into
 /// `(None, "/etc")`; the path is made absolute and `.` removed.
 ///
