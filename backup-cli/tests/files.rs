@@ -186,9 +186,21 @@ fn private_folders() -> std::collections::BTreeSet<String> {
 /// No guest file system, loop device (beyond those attached `before`) or
 /// private folder (beyond those there `before`) is left.
 fn nothing_left(before: &(std::collections::BTreeSet<String>, std::collections::BTreeSet<String>)) {
-    let mounts = fs::read_to_string("/proc/self/mounts").expect("mounts");
-    assert!(!mounts.contains("vmbackup-files-"), "a guest file system is still mounted:\n{mounts}");
-    let left: Vec<_> = attached_loops().difference(&before.0).cloned().collect();
+    let mounts: Vec<_> = fs::read_to_string("/proc/self/mounts")
+        .expect("mounts")
+        .lines()
+        .filter(|l| l.contains("vmbackup-files-"))
+        .filter(|l| !before.1.iter().any(|old| l.contains(old.as_str())))
+        .map(String::from)
+        .collect();
+    assert!(mounts.is_empty(), "guest file systems still mounted: {mounts:?}");
+    // A loop device auto-clears a moment after its file system goes.
+    let start = std::time::Instant::now();
+    let mut left: Vec<_> = attached_loops().difference(&before.0).cloned().collect();
+    while !left.is_empty() && start.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        left = attached_loops().difference(&before.0).cloned().collect();
+    }
     assert!(left.is_empty(), "loop devices left attached: {left:?}");
     let tmp: Vec<_> = private_folders().difference(&before.1).cloned().collect();
     assert!(tmp.is_empty(), "private folders left: {tmp:?}");
@@ -329,5 +341,126 @@ fn guest_files_of_two_points_extract_exactly_find_a_deleted_file_and_open_side_b
     assert_eq!(read(&xb, "/logs/2026/app.log"), "a\na\nb\n");
     assert!(xb.stat(Path::new("/logs/old.log")).is_err() && xa.stat(Path::new("/logs/old.log")).is_ok());
     drop((la, lb, xa, xb, da, db));
+
+    // A run killed while it has a guest file system mounted leaves it, its
+    // loop device and a dead FUSE mount; the next run clears them.
+    let mut killed = Command::new(BIN)
+        .args(["files", "cat", "--vault", s(&vault), "--vm", "g", "--point", &first, "vgdata/root:/var/lib/db/table"])
+        .stdout(std::process::Stdio::piped()) // never read: it blocks with the file system mounted
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start files cat");
+    let mine = format!("vmbackup-files-{}-", killed.id());
+    let mounted =
+        || fs::read_to_string("/proc/self/mounts").expect("mounts").lines().filter(|l| l.contains(&mine)).count();
+    let start = std::time::Instant::now();
+    while mounted() < 2 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "files cat never mounted the volume");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    killed.kill().expect("SIGKILL");
+    killed.wait().expect("wait");
+    assert_eq!(mounted(), 2, "the killed run's file system and FUSE mount are left");
+    ok(&["files", "ls", "--vault", s(&vault), "--vm", "g", "p2:/etc"]);
     nothing_left(&before);
+}
+
+/// Runs a shell script (as root), failing the test with its output.
+fn shell(script: &str) {
+    let out = Command::new("bash").args(["-euc", script]).output().expect("bash");
+    assert!(out.status.success(), "{script}\n{}", testkit::text(&out));
+}
+
+#[test]
+fn mbr_logical_partitions_and_a_disk_without_a_table_are_read() {
+    if let Some(why) = testkit::guest_disk_missing() {
+        testkit::skip("mbr", &why);
+        return;
+    }
+    if !fuse("mbr") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (mbr, bare) = (d.join("mbr.img"), d.join("bare.img"));
+    // An MBR disk: a primary ext4 and, in an extended partition, a logical
+    // one (p5); and a disk that is one ext4 file system, no table.
+    shell(&format!(
+        r#"
+        truncate -s 64M {mbr}
+        printf 'label: dos\nstart=2048, size=20MiB, type=83\nstart=43008, size=40MiB, type=5\nstart=45056, size=16MiB, type=83\n' | sfdisk -q {mbr}
+        for spec in "1 2048 40960 first" "5 45056 32768 logical"; do
+          set -- $spec
+          dev=$(losetup -f --show --offset $(($2 * 512)) --sizelimit $(($3 * 512)) {mbr})
+          mkfs.ext4 -q -L $4 $dev
+          m=$(mktemp -d); mount $dev $m; echo "partition $1" > $m/which; umount $m; rmdir $m
+          losetup -d $dev
+        done
+        truncate -s 32M {bare}
+        mkfs.ext4 -q -L bare {bare}
+        m=$(mktemp -d); mount -o loop {bare} $m; mkdir $m/etc; echo bare > $m/etc/fstab; umount $m; rmdir $m
+        "#,
+        mbr = s(&mbr),
+        bare = s(&bare)
+    ));
+    let vault = d.join("vault");
+    ok(&["init", s(&vault)]);
+    ok(&["backup", "--vault", s(&vault), "--vm", "m", "--disk", s(&mbr), "--disk", s(&bare)]);
+    let of = |disk: &str| {
+        ["--vault".to_string(), s(&vault).to_string(), "--vm".into(), "m".into(), "--disk".into(), disk.into()]
+    };
+    let files = |disk: &str, rest: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = vec!["files".into(), rest[0].into()];
+        a.extend(of(disk));
+        a.extend(rest[1..].iter().map(|r| r.to_string()));
+        a
+    };
+    let run = |args: Vec<String>| common::run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let ls = run(files("mbr.img", &["ls", "--json"]));
+    assert!(ls.status.success(), "{}", testkit::text(&ls));
+    let v: serde_json::Value = serde_json::from_slice(&ls.stdout).expect("json");
+    let got: Vec<_> = v["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .map(|x| {
+            format!(
+                "{} {} {} {}",
+                x["name"].as_str().unwrap_or("?"),
+                x["type"].as_str().unwrap_or("?"),
+                x["size"],
+                x["label"].as_str().unwrap_or("-")
+            )
+        })
+        .collect();
+    assert_eq!(got, [format!("p1 ext4 {} first", 20 << 20), format!("p5 ext4 {} logical", 16 << 20)]);
+    let cat = run(files("mbr.img", &["cat", "p5:/which"]));
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "partition 5\n", "{}", testkit::text(&cat));
+    // A path without a volume names a file on a disk without a table...
+    let bare_cat = run(files("bare.img", &["cat", "/etc/fstab"]));
+    assert_eq!(String::from_utf8_lossy(&bare_cat.stdout), "bare\n", "{}", testkit::text(&bare_cat));
+    let bare_ls = run(files("bare.img", &["ls"]));
+    assert!(
+        testkit::text(&bare_ls).contains("disk") && testkit::text(&bare_ls).contains("bare"),
+        "{}",
+        testkit::text(&bare_ls)
+    );
+    // ...and is refused, with the volumes named, on a disk with one.
+    let refused = run(files("mbr.img", &["cat", "/which"]));
+    assert!(!refused.status.success());
+    assert!(
+        testkit::text(&refused).contains("p1:/which") && testkit::text(&refused).contains("p5"),
+        "{}",
+        testkit::text(&refused)
+    );
+    // Two disks: --disk is needed, and the error names them.
+    let which = common::run(&["files", "ls", "--vault", s(&vault), "--vm", "m"]);
+    assert!(!which.status.success() && testkit::text(&which).contains("bare.img"), "{}", testkit::text(&which));
+    // A missing file and a volume without files are clear errors.
+    let missing = run(files("mbr.img", &["cat", "p1:/nope"]));
+    assert!(
+        testkit::text(&missing).contains("/nope") && testkit::text(&missing).contains("volume p1"),
+        "{}",
+        testkit::text(&missing)
+    );
 }

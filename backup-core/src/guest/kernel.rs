@@ -32,14 +32,48 @@ pub(super) struct KernelFs {
     volume: Option<MountedVolume>,
 }
 
-/// A folder of our own under the temporary folder (mode 0700).
+/// The prefix of the private folders, followed by the owner's pid.
+const WORK_PREFIX: &str = "vmbackup-files-";
+
+/// A folder of our own under the temporary folder (mode 0700), named
+/// `vmbackup-files-PID-RANDOM`, after clearing what killed runs left.
 fn work_dir() -> io::Result<PathBuf> {
+    sweep_stale();
     let mut r = [0u8; 8];
     getrandom::fill(&mut r).map_err(|e| io::Error::other(e.to_string()))?;
     let name: String = r.iter().map(|b| format!("{b:02x}")).collect();
-    let dir = std::env::temp_dir().join(format!("vmbackup-files-{name}"));
+    let dir = std::env::temp_dir().join(format!("{WORK_PREFIX}{}-{name}", std::process::id()));
     std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     Ok(dir)
+}
+
+/// Unmounts and removes the private folders of processes that are gone (a
+/// SIGKILL leaves its file system, loop device and dead FUSE mount): the
+/// file system lazily, its loop device then auto-clears, the FUSE mount
+/// (its server dead) detaches at once.
+fn sweep_stale() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(pid) =
+            name.strip_prefix(WORK_PREFIX).and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let dir = e.path();
+        for sub in ["fs", "fuse"] {
+            let at = dir.join(sub);
+            if let Ok(c) = CString::new(at.as_os_str().as_bytes()) {
+                // SAFETY: `c` is a valid C string; umount2 only reads it.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+            let _ = std::fs::remove_dir(&at);
+        }
+        let _ = std::fs::remove_dir(&dir);
+    }
 }
 
 use std::os::unix::fs::DirBuilderExt;
