@@ -406,10 +406,10 @@ pub(crate) fn fuzz_volumes(disk: &[u8]) -> bool {
     };
     let mut found = matches!(table, Ok(Some(_)));
     for extent in places {
-        if let Ok(p) = probe::probe(&mut read, extent.offset, extent.length) {
-            if p.fs == FsType::LvmPv {
-                found |= lvm::logical_volumes(&mut read, extent).is_ok();
-            }
+        if let Ok(p) = probe::probe(&mut read, extent.offset, extent.length)
+            && p.fs == FsType::LvmPv
+        {
+            found |= lvm::logical_volumes(&mut read, extent).is_ok();
         }
     }
     found
