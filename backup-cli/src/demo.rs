@@ -355,7 +355,7 @@ pub fn live(dir: &Path, guest: &Path, uri: &str, first_step: u32) -> Result<()> 
     let name = format!("vmbackup-demo-{}", std::process::id());
     let g = path_str(guest)?;
     let xml = format!(
-        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
+        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>512</memory><vcpu>1</vcpu>\
          <features><acpi/></features><os><type arch='x86_64' machine='pc'>hvm</type><kernel>{g}/vmlinuz</kernel>\
          <initrd>{g}/initrd.img</initrd><cmdline>root=/dev/vda rw init=/sbin/init console=ttyS0 quiet</cmdline></os>\
          <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\

@@ -121,7 +121,7 @@ pub fn boot_with(test: &str, size_mib: u32, data: &[&Path]) -> Option<(Guest, te
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let name = format!("vmb-test-{}-{n}", std::process::id());
     let xml = format!(
-        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
+        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>512</memory><vcpu>1</vcpu>\
          <features><acpi/></features><os><type arch='x86_64' machine='pc'>hvm</type><kernel>{d}/vmlinuz</kernel><initrd>{d}/initrd.img</initrd>\
          <cmdline>root=/dev/vda rw init=/sbin/init console=ttyS0 quiet</cmdline></os>\
          <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
