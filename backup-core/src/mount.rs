@@ -160,17 +160,32 @@ impl VaultFs {
         };
         let end = offset.saturating_add(u64::from(size)).min(file.size());
         let mut out = vec![0u8; end.saturating_sub(offset) as usize];
-        let mut start = 0u64; // where the current extent starts in the file
-        for e in &file.extents {
-            let (lo, hi) = (offset.max(start), end.min(start + e.length));
-            if lo < hi {
-                let at = (lo - offset) as usize;
-                reader.read_exact_at(e.offset + (lo - start), &mut out[at..at + (hi - lo) as usize])?;
-            }
-            start += e.length;
-        }
+        read_extents(reader, &file.extents, offset, &mut out)?;
         Ok(out)
     }
+}
+
+/// Reads `buf.len()` bytes at `offset` of the file made of `extents` (ranges
+/// of the disk `reader` reads, end to end), cut at the file's end; returns
+/// how many bytes that is.
+pub(crate) fn read_extents<V: std::ops::Deref<Target = Vault>>(
+    reader: &mut DiskReader<V>,
+    extents: &[Extent],
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<usize> {
+    let size: u64 = extents.iter().map(|e| e.length).sum();
+    let end = offset.saturating_add(buf.len() as u64).min(size);
+    let mut start = 0u64; // where the current extent starts in the file
+    for e in extents {
+        let (lo, hi) = (offset.max(start), end.min(start + e.length));
+        if lo < hi {
+            let at = (lo - offset) as usize;
+            reader.read_exact_at(e.offset + (lo - start), &mut buf[at..at + (hi - lo) as usize])?;
+        }
+        start += e.length;
+    }
+    Ok(end.saturating_sub(offset) as usize)
 }
 
 impl Filesystem for VaultFs {

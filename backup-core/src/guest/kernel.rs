@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -155,7 +155,6 @@ fn entry(path: PathBuf, meta: &std::fs::Metadata, host: &Path) -> FileEntry {
     } else if ft.is_symlink() {
         FileKind::Symlink
     } else {
-        let _ = ft.is_block_device();
         FileKind::Other
     };
     FileEntry {

@@ -53,6 +53,7 @@ use crate::disk_reader::DiskReader;
 use crate::error::{Error, Result};
 use crate::mount::{Extent, VolumeFile};
 use crate::vault::{LockMode, PointManifest, Vault, VaultLock};
+use partitions::ReadAt;
 
 pub use extract::ExtractReport;
 pub use find::{FoundFile, find_files, glob_match};
@@ -156,17 +157,7 @@ impl VolumeReader {
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let end = offset.saturating_add(buf.len() as u64).min(self.size);
-        let mut start = 0u64;
-        for e in &self.extents {
-            let (lo, hi) = (offset.max(start), end.min(start + e.length));
-            if lo < hi {
-                let at = (lo - offset) as usize;
-                self.disk.read_exact_at(e.offset + (lo - start), &mut buf[at..at + (hi - lo) as usize])?;
-            }
-            start += e.length;
-        }
-        Ok(end.saturating_sub(offset) as usize)
+        crate::mount::read_extents(&mut self.disk, &self.extents, offset, buf)
     }
 }
 
@@ -245,51 +236,8 @@ impl GuestDisk {
             b.resize(len, 0);
             Ok(b)
         };
-        let table = partitions::read(&mut read, size).map_err(guest)?;
-        let mut volumes = Vec::new();
-        let places: Vec<(String, VolumeKind, Extent, Option<String>)> = match &table {
-            Some((_, parts)) => parts
-                .iter()
-                .map(|p| (format!("p{}", p.number), VolumeKind::Partition, p.extent, p.name.clone()))
-                .collect(),
-            None => vec![("disk".into(), VolumeKind::Disk, Extent { offset: 0, length: size }, None)],
-        };
-        for (vname, kind, extent, part_name) in places {
-            let found = probe::probe(&mut read, extent.offset, extent.length).map_err(guest)?;
-            volumes.push(Volume {
-                name: vname.clone(),
-                kind,
-                fs: found.fs,
-                size: extent.length,
-                label: found.label.or(part_name),
-                uuid: found.uuid,
-                extents: vec![extent],
-            });
-            if found.fs == FsType::LvmPv {
-                let lvs = lvm::logical_volumes(&mut read, extent).map_err(|why| guest(format!("{vname}: {why}")))?;
-                for lv in lvs {
-                    let first = lv.extents.first().copied().unwrap_or(Extent { offset: 0, length: 0 });
-                    let size = lv.extents.iter().map(|e| e.length).sum();
-                    // Probe through the volume's own mapping (its first
-                    // extent holds the superblock of anything we know).
-                    let found = if first.length >= 8192 {
-                        probe::probe(&mut read, first.offset, first.length).map_err(guest)?
-                    } else {
-                        probe::Probe { fs: FsType::Unknown, label: None, uuid: None }
-                    };
-                    volumes.push(Volume {
-                        name: format!("{}/{}", lv.vg, lv.lv),
-                        kind: VolumeKind::LogicalVolume,
-                        fs: found.fs,
-                        size,
-                        label: found.label,
-                        uuid: found.uuid,
-                        extents: lv.extents,
-                    });
-                }
-            }
-        }
-        Ok(GuestDisk { vault, point: Arc::new(point.clone()), disk: name, table: table.map(|t| t.0), volumes, lock })
+        let (table, volumes) = find_volumes(&mut read, size).map_err(guest)?;
+        Ok(GuestDisk { vault, point: Arc::new(point.clone()), disk: name, table, volumes, lock })
     }
 
     /// The volumes: partitions in table order, each volume group's logical
@@ -388,9 +336,59 @@ impl GuestDisk {
     }
 }
 
-/// The parsers of `GuestDisk::open` over a disk held in memory: the
-/// partition table, each volume's probe, and the LVM metadata of any PV
-/// (for `fuzzing::guest_disk`). True when a table or a PV was read.
+/// The volumes of a disk of `size` bytes read through `read`: its
+/// partitions (or the whole disk), each probed, and the logical volumes of
+/// any LVM PV among them; and which partition table it has.
+fn find_volumes(read: &mut ReadAt<'_>, size: u64) -> std::result::Result<(Option<TableKind>, Vec<Volume>), String> {
+    let table = partitions::read(read, size)?;
+    let mut volumes = Vec::new();
+    let places: Vec<(String, VolumeKind, Extent, Option<String>)> = match &table {
+        Some((_, parts)) => {
+            parts.iter().map(|p| (format!("p{}", p.number), VolumeKind::Partition, p.extent, p.name.clone())).collect()
+        }
+        None => vec![("disk".into(), VolumeKind::Disk, Extent { offset: 0, length: size }, None)],
+    };
+    for (vname, kind, extent, part_name) in places {
+        let found = probe::probe(read, extent.offset, extent.length)?;
+        volumes.push(Volume {
+            name: vname.clone(),
+            kind,
+            fs: found.fs,
+            size: extent.length,
+            label: found.label.or(part_name),
+            uuid: found.uuid,
+            extents: vec![extent],
+        });
+        if found.fs == FsType::LvmPv {
+            let lvs = lvm::logical_volumes(read, extent).map_err(|why| format!("{vname}: {why}"))?;
+            for lv in lvs {
+                let first = lv.extents.first().copied().unwrap_or(Extent { offset: 0, length: 0 });
+                let size = lv.extents.iter().map(|e| e.length).sum();
+                // Probe through the volume's own mapping (its first
+                // extent holds the superblock of anything we know).
+                let found = if first.length >= 8192 {
+                    probe::probe(read, first.offset, first.length)?
+                } else {
+                    probe::Probe { fs: FsType::Unknown, label: None, uuid: None }
+                };
+                volumes.push(Volume {
+                    name: format!("{}/{}", lv.vg, lv.lv),
+                    kind: VolumeKind::LogicalVolume,
+                    fs: found.fs,
+                    size,
+                    label: found.label,
+                    uuid: found.uuid,
+                    extents: lv.extents,
+                });
+            }
+        }
+    }
+    Ok((table.map(|t| t.0), volumes))
+}
+
+/// `find_volumes`, as `GuestDisk::open` runs it, over a disk held in memory
+/// (for `fuzzing::guest_disk`). True when a table or a logical volume was
+/// found.
 pub(crate) fn fuzz_volumes(disk: &[u8]) -> bool {
     let mut read = |at: u64, len: usize| -> std::result::Result<Vec<u8>, String> {
         let start = (at as usize).min(disk.len());
@@ -398,21 +396,8 @@ pub(crate) fn fuzz_volumes(disk: &[u8]) -> bool {
         b.resize(len, 0);
         Ok(b)
     };
-    let size = disk.len() as u64;
-    let table = partitions::read(&mut read, size);
-    let places: Vec<Extent> = match &table {
-        Ok(Some((_, parts))) => parts.iter().map(|p| p.extent).collect(),
-        _ => vec![Extent { offset: 0, length: size }],
-    };
-    let mut found = matches!(table, Ok(Some(_)));
-    for extent in places {
-        if let Ok(p) = probe::probe(&mut read, extent.offset, extent.length)
-            && p.fs == FsType::LvmPv
-        {
-            found |= lvm::logical_volumes(&mut read, extent).is_ok();
-        }
-    }
-    found
+    find_volumes(&mut read, disk.len() as u64)
+        .is_ok_and(|(table, volumes)| table.is_some() || volumes.iter().any(|v| v.kind == VolumeKind::LogicalVolume))
 }
 
 /// Splits `p1:/etc` into `(Some("p1"), "/etc")` and `/etc` into
