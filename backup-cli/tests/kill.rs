@@ -1,5 +1,10 @@
-//! `vmbackup backup` killed with SIGKILL at random moments. After every
-//! kill: verify passes, every earlier point restores bit for bit (verify
+//! `vmbackup backup` killed with SIGKILL at random moments, nearly all of
+//! them inside the transfer: the harness watches the backup's job log for
+//! the start of its transfer and kills it at a random moment of the
+//! transfer's measured length (one trial in twenty at a random moment of
+//! the whole run instead, startup included). It counts the kills that
+//! landed in the transfer, by the job log's last phase, and requires at
+//! least 80% of them to. After every kill: verify passes, every earlier point restores bit for bit (verify
 //! re-hashes every chunk each time; the newest point and a random earlier
 //! one are restored each trial, every point at the end), and the next
 //! backup succeeds.
@@ -7,10 +12,10 @@
 //! The short form runs 50 trials; the long form (ignored; `KILL_TRIALS`,
 //! default 500) is run by `benches/reliability/kill.sh`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,7 +23,7 @@ use backup_core::{RestoreOptions, Vault, VerifyOptions, restore_disk_to_path, ve
 use testkit::Rng;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmbackup");
-const SIZE: usize = 4 << 20;
+const SIZE: usize = 32 << 20;
 const BLOCK: usize = 64 << 10;
 
 fn backup_cmd(vault: &Path, image: &Path) -> Command {
@@ -81,6 +86,45 @@ fn finished_staged_packs(vault: &Path) -> Vec<String> {
     out
 }
 
+/// The job logs of the backups of vm `kv` in the vault.
+fn job_logs(vault: &Path) -> BTreeSet<PathBuf> {
+    fs::read_dir(vault.join("jobs").join("kv")).into_iter().flatten().flatten().map(|e| e.path()).collect()
+}
+
+/// What a job log says of its job: the phase it started last, whether the
+/// job ended, and how long each finished phase took.
+#[derive(Default)]
+struct JobState {
+    last_started: Option<String>,
+    ended: bool,
+    seconds: BTreeMap<String, f64>,
+}
+
+fn job_state(log: &Path) -> JobState {
+    let mut state = JobState::default();
+    let text = fs::read_to_string(log).unwrap_or_default();
+    // A line being written may be cut: only whole lines count.
+    for line in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+        let phase = line["phase"].as_str().map(str::to_string);
+        match line["event"].as_str() {
+            Some("phase_start") => state.last_started = phase,
+            Some("phase_end") => {
+                if let (Some(p), Some(s)) = (phase, line["seconds"].as_f64()) {
+                    state.seconds.insert(p, s);
+                }
+            }
+            Some("end") => state.ended = true,
+            _ => {}
+        }
+    }
+    state
+}
+
+/// The job log that a backup started after `before` was listed writes.
+fn new_job_log(vault: &Path, before: &BTreeSet<PathBuf>) -> Option<PathBuf> {
+    job_logs(vault).into_iter().find(|p| !before.contains(p))
+}
+
 fn trials(n: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let vault_path = dir.path().join("vault");
@@ -97,16 +141,48 @@ fn trials(n: u64) {
     let vault = Vault::open(&vault_path).expect("open");
     let mut expected: BTreeMap<String, Vec<u8>> =
         vault.point_ids("kv").expect("ids").into_iter().map(|id| (id, data.clone())).collect();
-    let (mut killed, mut finished) = (0u64, 0u64);
+    // Learn how long an incremental's transfer takes, the phase the kills
+    // aim at.
+    churn(&image, &mut data, &mut rng);
+    let before = job_logs(&vault_path);
+    assert!(backup_cmd(&vault_path, &image).status().expect("run").success());
+    for id in vault.point_ids("kv").expect("ids") {
+        expected.entry(id).or_insert_with(|| data.clone());
+    }
+    let log = new_job_log(&vault_path, &before).expect("the backup's job log");
+    let transfer = job_state(&log).seconds.get("transfer").copied().expect("the transfer's length");
+    let transfer = Duration::from_secs_f64(transfer);
+    let (mut killed, mut finished, mut in_transfer) = (0u64, 0u64, 0u64);
     // Packs that killed backups had finished: the next backup adopts them.
     let mut staged = std::collections::BTreeSet::new();
     for trial in 0..n {
         churn(&image, &mut data, &mut rng);
+        let before = job_logs(&vault_path);
         let mut child = backup_cmd(&vault_path, &image).spawn().expect("spawn");
-        let delay = full.mul_f64(rng.below(900) as f64 / 1000.0);
-        std::thread::sleep(delay);
+        let spawned = Instant::now();
+        if rng.below(20) == 0 {
+            std::thread::sleep(full.mul_f64(rng.below(1000) as f64 / 1000.0));
+        } else {
+            // Wait for the transfer to start (or the backup to end), then
+            // kill within the first 60% of its usual length.
+            while !new_job_log(&vault_path, &before)
+                .is_some_and(|l| job_state(&l).last_started.is_some_and(|p| p == "transfer"))
+                && child.try_wait().expect("wait").is_none()
+                && spawned.elapsed() < Duration::from_secs(60)
+            {
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            std::thread::sleep(transfer.mul_f64(rng.below(600) as f64 / 1000.0));
+        }
+        let delay = spawned.elapsed();
         let _ = child.kill(); // SIGKILL
         let status = child.wait().expect("wait");
+        if let Some(log) = new_job_log(&vault_path, &before) {
+            let state = job_state(&log);
+            if state.last_started.as_deref() == Some("transfer") && !state.ended {
+                in_transfer += 1;
+            }
+        }
         let ids = vault.point_ids("kv").expect("ids");
         let new: Vec<&String> = ids.iter().filter(|id| !expected.contains_key(*id)).collect();
         assert!(new.len() <= 1, "trial {trial}: {} new points", new.len());
@@ -162,9 +238,14 @@ fn trials(n: u64) {
         restore_equals(&vault, id, want, &out);
     }
     eprintln!(
-        "kill: {n} trials, {killed} backups killed mid-flight, {finished} finished before the kill, {} points \
-         restored bit for bit, {adopted} finished packs of killed backups adopted by the next backup, data lost: 0",
+        "kill: {n} trials, {killed} backups killed mid-flight ({in_transfer} in their transfer), {finished} finished \
+         before the kill, {} points restored bit for bit, {adopted} finished packs of killed backups adopted by the \
+         next backup, data lost: 0",
         expected.len()
+    );
+    assert!(
+        in_transfer * 10 >= n * 8,
+        "only {in_transfer} of {n} kills landed in the transfer: the harness no longer aims where the data moves"
     );
 }
 
