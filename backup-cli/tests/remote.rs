@@ -314,14 +314,27 @@ fn a_backup_survives_the_store_going_away_and_coming_back() {
     let host = d.join("cache");
     ok(&ep, &host, &["init", &url]);
     let img = d.join("root.img");
-    let data = Rng(11).bytes(24 << 20);
+    let data = Rng(11).bytes(48 << 20);
     fs::write(&img, &data).expect("image");
     let args = ["backup", "--vault", &url, "--vm", "web", "--disk", s(&img), "--pack-target-size", "1M"];
     let mut child = cmd(&ep, &host, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-    // Stop the store once the job commits (when its packs are uploaded),
-    // start it again on the same port and data folder a moment later.
-    wait_for_phase(&host.join("jobs").join("web"), "commit", &mut child);
+    // Stop the store in the middle of the uploads: once the backup has put
+    // two packs there (packs are uploaded as they close, during the
+    // transfer), then start it again on the same port and data folder a
+    // moment later.
+    let watcher =
+        backup_core::Vault::open_url(&url, backup_core::VaultOptions::default(), &remote_host(&ep, &d.join("watcher")))
+            .expect("open the vault to watch its packs");
+    let uploaded = loop {
+        let packs = watcher.pack_ids().expect("list packs").len();
+        if packs >= 2 {
+            break packs;
+        }
+        assert!(child.try_wait().expect("wait").is_none(), "the backup ended before it uploaded two packs");
+        std::thread::sleep(Duration::from_millis(5));
+    };
     store.stop();
+    let stopped = jiff::Timestamp::now();
     std::thread::sleep(Duration::from_secs(2));
     store = OwnAzurite::start(Path::new(&script), Some(&store.port.clone()), &store.location.clone());
     let out = child.wait_with_output().expect("wait");
@@ -332,32 +345,45 @@ fn a_backup_survives_the_store_going_away_and_coming_back() {
         assert!(err.contains("127.0.0.1") || err.contains(&url), "the error names no object: {err}");
         check(cmd(&ep, &host, &args).output().expect("rerun"), &args);
     }
+    // The fault hit the upload: the job had not begun its commit when the
+    // store was gone, and the store holds more packs now than then.
+    let commit = first_phase_start(&host.join("jobs").join("web"), "commit");
+    assert!(
+        commit.is_none_or(|t| t > stopped),
+        "the store went away at {stopped}, after the commit began at {commit:?}: the test no longer hits the upload"
+    );
     let list = json(&ep, &host, &["list", "--vault", &url, "--vm", "web", "--json"]);
     assert_eq!(list["points"].as_array().map(Vec::len), Some(1), "{list}");
+    let packs = watcher.pack_ids().expect("list packs").len();
+    assert!(packs > uploaded, "{uploaded} packs were uploaded before the fault and {packs} in all");
+    eprintln!("store stopped after {uploaded} of {packs} packs were uploaded, before the commit");
     let out = d.join("restored.img");
     ok(&ep, &d.join("reader"), &["restore", "--vault", &url, "--vm", "web", "--disk", "root.img", "--to", s(&out)]);
     assert!(fs::read(&out).expect("restored") == data, "restored differently after the fault");
     drop(store);
 }
 
-/// Waits until a job log in `dir` records the start of `phase`, or the
-/// job's process ends.
-fn wait_for_phase(dir: &Path, phase: &str, child: &mut Child) {
-    let needle = format!("\"phase\":\"{phase}\"");
-    loop {
-        let found = fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
-            fs::File::open(e.path())
-                .map(|f| {
-                    std::io::BufReader::new(f)
-                        .lines()
-                        .map_while(Result::ok)
-                        .any(|l| l.contains("\"phase_start\"") && l.contains(&needle))
-                })
-                .unwrap_or(false)
-        });
-        if found || child.try_wait().ok().flatten().is_some() {
-            return;
+/// When the first job log in `dir` to reach `phase` started it, by the
+/// log's own clock.
+fn first_phase_start(dir: &Path, phase: &str) -> Option<jiff::Timestamp> {
+    let mut first: Option<jiff::Timestamp> = None;
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(f) = fs::File::open(entry.path()) else { continue };
+        for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+            if event["event"] == "phase_start" && event["phase"] == phase {
+                let t: jiff::Timestamp = event["time"].as_str().and_then(|t| t.parse().ok()).expect("a time");
+                first = Some(first.map_or(t, |f| f.min(t)));
+            }
         }
-        std::thread::sleep(Duration::from_millis(10));
     }
+    first
+}
+
+/// One simulated host's remote options: the emulator, its cache folder.
+fn remote_host(endpoint: &str, cache: &Path) -> backup_core::RemoteOptions {
+    let mut o = backup_core::RemoteOptions::default();
+    o.cache = Some(cache.to_path_buf());
+    o.endpoint = Some(endpoint.to_string());
+    o
 }
