@@ -2,7 +2,7 @@
 //! `--allow-damaged`, `repair`, names that could escape the vault, and
 //! several processes on one vault at once (backups of different VMs, a
 //! backup beside verify, prune and gc; "vault is locked" after
-//! `--lock-timeout`).
+//! `--lock-timeout`), and a backup killed as it fills the vault's disk.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -254,4 +254,77 @@ impl OutputOf for std::process::Child {
         }
         out
     }
+}
+
+/// A backup killed while it fills the vault's file system leaves its
+/// staging behind, real packs and all: `gc` reclaims exactly that, the
+/// space comes back, and the vault is as before.
+#[test]
+fn a_backup_killed_as_it_fills_the_vault_disk_leaves_only_what_gc_reclaims() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        testkit::skip("the killed-on-a-full-disk test", "a loop-mounted file system needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let fs_img = d.join("fs.img");
+    fs::File::create(&fs_img).and_then(|f| f.set_len(24 << 20)).expect("fs image");
+    testkit::run("mkfs.ext4", &["-q", "-F", "-m", "0", s(&fs_img)]);
+    let mount = testkit::LoopMount::new(&fs_img, &d.join("mnt")).expect("loop mount");
+    let vault = mount.0.join("vault");
+    ok(&["init", s(&vault)]);
+    let small = d.join("small.img");
+    let small_data = Rng(21).bytes(4 << 20);
+    fs::write(&small, &small_data).expect("image");
+    ok(&["backup", "--vault", s(&vault), "--vm", "small", "--disk", s(&small)]);
+    let free_before = testkit::free_bytes(&mount.0);
+
+    // Incompressible and larger than the space left: kill it once less
+    // than 2 MiB is free, before it fails by itself.
+    let big = d.join("big.img");
+    fs::write(&big, Rng(22).bytes(40 << 20)).expect("image");
+    let mut child = Command::new(BIN)
+        .args(["backup", "--vault", s(&vault), "--vm", "big", "--disk", s(&big), "--pack-target-size", "1M"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let started = Instant::now();
+    while testkit::free_bytes(&mount.0) >= 2 << 20 {
+        if let Some(status) = child.try_wait().expect("wait") {
+            panic!("the backup ended ({status}) before the disk was nearly full: {}", child.wait_with_output_ref());
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "the disk never filled");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+
+    // What it really left: a staging folder holding packs.
+    let staged: u64 = walk_sizes(&vault.join("tmp"));
+    assert!(staged >= 8 << 20, "the killed backup left only {staged} B in tmp/");
+    let points = Vault::open(&vault).and_then(|v| v.point_ids("big")).expect("point ids");
+    assert!(points.is_empty(), "a point of the killed backup: {points:?}");
+    ok(&["gc", "--vault", s(&vault), "--grace", "0"]);
+    assert_eq!(walk_sizes(&vault.join("tmp")), 0, "gc left files in tmp/");
+    let free_after = testkit::free_bytes(&mount.0);
+    assert!(free_after + (64 << 10) >= free_before, "free {free_before} B before the backup, {free_after} B after gc");
+    ok(&["verify", "--vault", s(&vault)]);
+    let out = d.join("restored.img");
+    ok(&["restore", "--vault", s(&vault), "--vm", "small", "--disk", "small.img", "--to", s(&out)]);
+    assert!(fs::read(&out).expect("restored") == small_data, "the earlier point differs");
+    ok(&["backup", "--vault", s(&vault), "--vm", "small", "--disk", s(&small)]);
+}
+
+/// The bytes of every file beneath `dir` (0 when it does not exist).
+fn walk_sizes(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => walk_sizes(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
 }

@@ -152,6 +152,14 @@ pub fn skip(test: &str, why: &str) {
     }
 }
 
+/// Bytes free (to root) on the file system holding `path`, as `stat -f`
+/// counts them.
+pub fn free_bytes(path: &Path) -> u64 {
+    let out = run("stat", &["-f", "-c", "%f %S", s(path)]);
+    let n: Vec<u64> = out.split_whitespace().map(|w| w.parse().expect("a number from stat -f")).collect();
+    n[0] * n[1]
+}
+
 /// A loop mount of a file-system image, thawed (in case a test failed while
 /// it was frozen) and unmounted on drop.
 #[derive(Debug)]
