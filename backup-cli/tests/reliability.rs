@@ -155,66 +155,82 @@ fn a_held_lock_gives_vault_is_locked_after_the_lock_timeout() {
     assert_ne!(bad.status.code(), Some(0), "{}", text(&bad));
 }
 
+/// 25 rounds, each of separate processes at once: backups of two VMs, gc
+/// (grace 0), a restore of each VM's point of the round before, and every
+/// fifth round a verify and a prune (keep the last 10). Every point is
+/// restored bit for bit at least once (beside the next round's backups and
+/// gc), and every point left at the end again.
 #[test]
-fn backups_of_two_vms_beside_verify_prune_and_gc_in_separate_processes_corrupt_nothing() {
+fn backups_of_two_vms_beside_gc_restore_verify_and_prune_in_separate_processes_lose_nothing() {
+    const ROUNDS: u64 = 25;
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let vault = d.join("vault");
-    ok(&["init", s(&vault)]);
+    let v = s(&vault).to_string();
+    ok(&["init", &v]);
     let policy = d.join("policy.toml");
     fs::write(
         &policy,
-        "timezone = \"UTC\"\n[schedule]\nfrequency = \"daily\"\ntimes = [\"02:00\"]\n\n[retention]\nkeep_last = 2\n",
+        "timezone = \"UTC\"\n[schedule]\nfrequency = \"daily\"\ntimes = [\"02:00\"]\n\n[retention]\nkeep_last = 10\n",
     )
     .expect("policy");
     let check = run(&["policy", "check", s(&policy)]);
     assert!(check.status.success(), "policy: {}", text(&check));
-    let imgs: Vec<PathBuf> = ["one", "two"].iter().map(|n| d.join(format!("{n}.img"))).collect();
-    let mut latest: Vec<Vec<u8>> = Vec::new();
-    for (i, p) in imgs.iter().enumerate() {
-        let data = Rng(10 + i as u64).bytes(3 << 20);
-        fs::write(p, &data).expect("image");
-        latest.push(data);
-    }
-    for round in 0..4u64 {
-        for (i, p) in imgs.iter().enumerate() {
-            let data = Rng(100 * round + i as u64).bytes(3 << 20);
-            fs::write(p, &data).expect("image");
-            latest[i] = data;
+    let vms = ["one", "two"];
+    let imgs: Vec<PathBuf> = vms.iter().map(|n| d.join(format!("{n}.img"))).collect();
+    // Each point's id, with the image it must restore to, per VM.
+    let mut points: Vec<std::collections::BTreeMap<String, Vec<u8>>> = vec![Default::default(); 2];
+    let mut restored = 0u64;
+    let mut previous: Vec<Option<(String, Vec<u8>)>> = vec![None, None];
+    let mut rng = Rng(77);
+    for round in 0..ROUNDS {
+        let mut data = Vec::new();
+        for p in &imgs {
+            // The first round writes whole images; later ones change a few
+            // blocks, as an incremental sees them.
+            let mut image = if round == 0 { rng.bytes(2 << 20) } else { fs::read(p).expect("image") };
+            for _ in 0..1 + rng.below(8) {
+                let at = rng.index(32) * (64 << 10);
+                image[at..at + (64 << 10)].copy_from_slice(&rng.bytes(64 << 10));
+            }
+            fs::write(p, &image).expect("image");
+            data.push(image);
         }
         let spawn = |args: Vec<String>| {
             Command::new(BIN).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn")
         };
-        let v = s(&vault).to_string();
-        let mut children = vec![
-            (
-                "backup one",
-                spawn(vec![
-                    "backup".into(),
-                    "--vault".into(),
-                    v.clone(),
-                    "--vm".into(),
-                    "one".into(),
-                    "--disk".into(),
-                    s(&imgs[0]).into(),
-                ]),
-            ),
-            (
-                "backup two",
-                spawn(vec![
-                    "backup".into(),
-                    "--vault".into(),
-                    v.clone(),
-                    "--vm".into(),
-                    "two".into(),
-                    "--disk".into(),
-                    s(&imgs[1]).into(),
-                ]),
-            ),
-            ("verify", spawn(vec!["verify".into(), "--vault".into(), v.clone()])),
-            ("prune", spawn(vec!["prune".into(), "--vault".into(), v.clone(), "--policy".into(), s(&policy).into()])),
-            ("gc", spawn(vec!["gc".into(), "--vault".into(), v.clone(), "--grace".into(), "0".into()])),
-        ];
+        let strs = |a: &[&str]| a.iter().map(|x| x.to_string()).collect::<Vec<String>>();
+        let mut children = Vec::new();
+        for (i, vm) in vms.iter().enumerate() {
+            children.push((
+                format!("backup {vm}"),
+                spawn(strs(&["backup", "--vault", &v, "--vm", vm, "--disk", s(&imgs[i])])),
+            ));
+        }
+        children.push(("gc".into(), spawn(strs(&["gc", "--vault", &v, "--grace", "0"]))));
+        let outs: Vec<PathBuf> = vms.iter().map(|vm| d.join(format!("r-{round}-{vm}.img"))).collect();
+        for (i, vm) in vms.iter().enumerate() {
+            if let Some((id, _)) = &previous[i] {
+                let args = [
+                    "restore",
+                    "--vault",
+                    &v,
+                    "--vm",
+                    vm,
+                    "--point",
+                    id,
+                    "--disk",
+                    &format!("{vm}.img"),
+                    "--to",
+                    s(&outs[i]),
+                ];
+                children.push((format!("restore {vm} {id}"), spawn(strs(&args))));
+            }
+        }
+        if round % 5 == 4 {
+            children.push(("verify".into(), spawn(strs(&["verify", "--vault", &v]))));
+            children.push(("prune".into(), spawn(strs(&["prune", "--vault", &v, "--policy", s(&policy)]))));
+        }
         let deadline = Instant::now() + Duration::from_secs(120);
         for (name, child) in &mut children {
             loop {
@@ -227,14 +243,44 @@ fn backups_of_two_vms_beside_verify_prune_and_gc_in_separate_processes_corrupt_n
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        for (i, vm) in vms.iter().enumerate() {
+            if let Some((id, want)) = previous[i].take() {
+                assert!(fs::read(&outs[i]).expect("restored") == want, "round {round}: vm {vm}'s point {id} differs");
+                fs::remove_file(&outs[i]).expect("clean");
+                restored += 1;
+            }
+            let ids = Vault::open(&vault).and_then(|x| x.point_ids(vm)).expect("point ids");
+            let new: Vec<&String> = ids.iter().filter(|id| !points[i].contains_key(*id)).collect();
+            assert_eq!(new.len(), 1, "round {round}: vm {vm} has {} new points", new.len());
+            points[i].insert(new[0].clone(), data[i].clone());
+            previous[i] = Some((new[0].clone(), data[i].clone()));
+        }
     }
-    ok(&["verify", "--vault", s(&vault)]);
-    for (i, vm) in ["one", "two"].iter().enumerate() {
-        let out = d.join(format!("r-{vm}"));
-        ok(&["restore", "--vault", s(&vault), "--vm", vm, "--to", s(&out)]);
-        let name = format!("{vm}.img");
-        assert!(fs::read(out.join(&name)).expect("read") == latest[i], "vm {vm}'s latest point differs");
+    ok(&["verify", "--vault", &v]);
+    for (i, vm) in vms.iter().enumerate() {
+        let ids = Vault::open(&vault).and_then(|x| x.point_ids(vm)).expect("point ids");
+        assert!(ids.len() >= 10, "vm {vm} kept {} points", ids.len());
+        for id in ids {
+            let out = d.join("last.img");
+            ok(&[
+                "restore",
+                "--vault",
+                &v,
+                "--vm",
+                vm,
+                "--point",
+                &id,
+                "--disk",
+                &format!("{vm}.img"),
+                "--to",
+                s(&out),
+            ]);
+            assert!(fs::read(&out).expect("restored") == points[i][&id], "vm {vm}'s point {id} differs at the end");
+            fs::remove_file(&out).expect("clean");
+            restored += 1;
+        }
     }
+    eprintln!("{ROUNDS} rounds: {} points made, {restored} restores bit for bit", points[0].len() + points[1].len());
 }
 
 /// Reads what a finished child wrote.
