@@ -165,8 +165,8 @@ fn trials(n: u64) {
         } else {
             // Wait for the transfer to start (or the backup to end), then
             // kill within the first 60% of its usual length.
-            while !new_job_log(&vault_path, &before)
-                .is_some_and(|l| job_state(&l).last_started.is_some_and(|p| p == "transfer"))
+            let transferring = |l: PathBuf| job_state(&l).last_started.is_some_and(|p| p == "transfer");
+            while !new_job_log(&vault_path, &before).is_some_and(transferring)
                 && child.try_wait().expect("wait").is_none()
                 && spawned.elapsed() < Duration::from_secs(60)
             {
