@@ -8,7 +8,7 @@
 
 use std::ffi::CString;
 use std::fs::{self, File, FileTimes};
-use std::io;
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -39,6 +39,32 @@ fn system_time(t: jiff::Timestamp) -> SystemTime {
 
 fn timespec(t: jiff::Timestamp) -> libc::timespec {
     libc::timespec { tv_sec: t.as_second() as libc::time_t, tv_nsec: libc::c_long::from(t.subsec_nanosecond()) }
+}
+
+/// Which side of a copy failed.
+enum Failed {
+    /// Reading the guest's file (its file system, or the vault beneath).
+    Read(io::Error),
+    /// Writing the copy on this host.
+    Write(io::Error),
+}
+
+/// Copies `input` to `out` to the end, saying which side failed: a guest
+/// file that cannot be read is the point's fault, a write that fails the
+/// host's.
+fn copy_out(input: &mut impl Read, out: &mut impl Write) -> std::result::Result<u64, Failed> {
+    let mut buf = vec![0u8; 256 << 10];
+    let mut total = 0u64;
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Failed::Read(e)),
+        };
+        out.write_all(&buf[..n]).map_err(Failed::Write)?;
+        total += n as u64;
+    }
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
@@ -108,12 +134,15 @@ pub(super) fn extract(fs: &GuestFs, path: &Path, to: &Path) -> Result<ExtractRep
                     .open(&dest)
                     .map_err(io_err("create", &dest))?;
                 let mut input = fs.open(&e.path)?;
-                let n = io::copy(&mut input, &mut out).map_err(|err| match fs.backend.vault_error() {
-                    Some(cause) => Error::Guest {
-                        place: fs.place.clone(),
-                        why: format!("{}: {err} (the vault: {cause})", e.path.display()),
-                    },
-                    None => Error::io("write", &dest, err),
+                let n = copy_out(&mut input, &mut out).map_err(|failed| match failed {
+                    Failed::Read(err) => {
+                        let cause = fs.backend.vault_error().map(|c| format!(" (the vault: {c})")).unwrap_or_default();
+                        Error::Guest {
+                            place: fs.place.clone(),
+                            why: format!("reading {}: {err}{cause}", e.path.display()),
+                        }
+                    }
+                    Failed::Write(err) => Error::io("write", &dest, err),
                 })?;
                 if root {
                     std::os::unix::fs::fchown(&out, Some(e.uid), Some(e.gid))
@@ -160,5 +189,37 @@ fn escape(fs: &GuestFs, path: &Path) -> Error {
     Error::Guest {
         place: fs.place.clone(),
         why: format!("refusing to extract {}: its name would land outside the target folder", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Broken;
+    impl Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::from_raw_os_error(libc::EIO))
+        }
+    }
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_copy_says_whether_the_guest_file_or_the_host_copy_failed() {
+        let mut out = Vec::new();
+        assert!(matches!(copy_out(&mut Broken, &mut out), Err(Failed::Read(e)) if e.raw_os_error() == Some(libc::EIO)));
+        let data = vec![7u8; 300 << 10];
+        assert!(
+            matches!(copy_out(&mut &data[..], &mut Broken), Err(Failed::Write(e)) if e.raw_os_error() == Some(libc::ENOSPC))
+        );
+        assert!(matches!(copy_out(&mut &data[..], &mut out), Ok(n) if n == data.len() as u64));
+        assert!(out == data);
     }
 }
