@@ -194,8 +194,10 @@ class Soak:
         return same
 
     def restore_once(self):
+        # A point that exists now (prune may still remove it meanwhile).
+        now = self.points()
         with self.lock:
-            known = list(self.expected)
+            known = [p for p in now if p in self.expected]
         if known:
             vm, point = known[int(self.rand() * len(known))]
             self.restore_check(vm, point, os.path.join(self.work, "restore-loop.img"))
