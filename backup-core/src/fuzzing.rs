@@ -158,16 +158,23 @@ pub fn agent_replies(data: &[u8]) -> bool {
 /// makes an encrypted vault with them.
 pub const FUZZ_KEY_FILE: [u8; 32] = [9; 32];
 
-/// [`FUZZ_KEY_FILE`] written once to a temporary file; None when it cannot
-/// be.
+/// [`FUZZ_KEY_FILE`] written once to a temporary file that is unlinked at
+/// once and read through `/proc/self/fd` while this process holds it open,
+/// so that no fuzzing process leaves a file behind; None when it cannot be.
 fn fuzz_key() -> Option<&'static crate::KeySource> {
-    static KEY: std::sync::OnceLock<Option<crate::KeySource>> = std::sync::OnceLock::new();
+    use std::os::fd::AsRawFd;
+    static KEY: std::sync::OnceLock<Option<(std::fs::File, crate::KeySource)>> = std::sync::OnceLock::new();
     KEY.get_or_init(|| {
         let path = std::env::temp_dir().join(format!("vmbackup-fuzz-key-{}", std::process::id()));
         std::fs::write(&path, FUZZ_KEY_FILE).ok()?;
-        Some(crate::KeySource::key_file(path))
+        let held = std::fs::File::open(&path);
+        let _ = std::fs::remove_file(&path);
+        let held = held.ok()?;
+        let key = crate::KeySource::key_file(format!("/proc/self/fd/{}", held.as_raw_fd()));
+        Some((held, key))
     })
     .as_ref()
+    .map(|(_, key)| key)
 }
 
 /// A vault's config file: its JSON and format version, its chunk key or
@@ -271,4 +278,17 @@ pub fn domain_rewrite(data: &[u8]) -> bool {
 pub fn guest_disk(data: &[u8]) -> bool {
     use crate::guest::fuzz_volumes;
     fuzz_volumes(data)
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn the_fuzz_key_reads_back_and_leaves_no_file() {
+        let Some(crate::KeySource::KeyFile(path)) = fuzz_key() else { panic!("no fuzz key") };
+        assert_eq!(std::fs::read(path).expect("read through /proc/self/fd"), FUZZ_KEY_FILE);
+        let left = std::env::temp_dir().join(format!("vmbackup-fuzz-key-{}", std::process::id()));
+        assert!(!left.exists(), "{} left behind", left.display());
+    }
 }
