@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use backup_core::{RestoreOptions, Vault, VerifyOptions, restore_disk_to_path, verify};
+use backup_core::{Phase, RestoreOptions, Vault, VerifyOptions, read_job, restore_disk_to_path, verify};
 use testkit::Rng;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmbackup");
@@ -91,33 +91,10 @@ fn job_logs(vault: &Path) -> BTreeSet<PathBuf> {
     fs::read_dir(vault.join("jobs").join("kv")).into_iter().flatten().flatten().map(|e| e.path()).collect()
 }
 
-/// What a job log says of its job: the phase it started last, whether the
-/// job ended, and how long each finished phase took.
-#[derive(Default)]
-struct JobState {
-    last_started: Option<String>,
-    ended: bool,
-    seconds: BTreeMap<String, f64>,
-}
-
-fn job_state(log: &Path) -> JobState {
-    let mut state = JobState::default();
-    let text = fs::read_to_string(log).unwrap_or_default();
-    // A line being written may be cut: only whole lines count.
-    for line in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
-        let phase = line["phase"].as_str().map(str::to_string);
-        match line["event"].as_str() {
-            Some("phase_start") => state.last_started = phase,
-            Some("phase_end") => {
-                if let (Some(p), Some(s)) = (phase, line["seconds"].as_f64()) {
-                    state.seconds.insert(p, s);
-                }
-            }
-            Some("end") => state.ended = true,
-            _ => {}
-        }
-    }
-    state
+/// Whether a job log says its job is inside its transfer: the transfer
+/// is the last phase it started, and the job has not ended.
+fn in_transfer(log: &Path) -> bool {
+    read_job(log).is_ok_and(|j| j.ended.is_none() && j.phases.last().is_some_and(|p| p.phase == Phase::Transfer))
 }
 
 /// The job log that a backup started after `before` was listed writes.
@@ -150,9 +127,11 @@ fn trials(n: u64) {
         expected.entry(id).or_insert_with(|| data.clone());
     }
     let log = new_job_log(&vault_path, &before).expect("the backup's job log");
-    let transfer = job_state(&log).seconds.get("transfer").copied().expect("the transfer's length");
+    let job = read_job(&log).expect("the backup's job log");
+    let transfer = job.phases.iter().find(|p| p.phase == Phase::Transfer).and_then(|p| p.seconds);
+    let transfer = transfer.expect("the transfer's length");
     let transfer = Duration::from_secs_f64(transfer);
-    let (mut killed, mut finished, mut in_transfer) = (0u64, 0u64, 0u64);
+    let (mut killed, mut finished, mut kills_in_transfer) = (0u64, 0u64, 0u64);
     // Packs that killed backups had finished: the next backup adopts them.
     let mut staged = std::collections::BTreeSet::new();
     for trial in 0..n {
@@ -165,8 +144,7 @@ fn trials(n: u64) {
         } else {
             // Wait for the transfer to start (or the backup to end), then
             // kill within the first 60% of its usual length.
-            let transferring = |l: PathBuf| job_state(&l).last_started.is_some_and(|p| p == "transfer");
-            while !new_job_log(&vault_path, &before).is_some_and(transferring)
+            while !new_job_log(&vault_path, &before).is_some_and(|l| in_transfer(&l))
                 && child.try_wait().expect("wait").is_none()
                 && spawned.elapsed() < Duration::from_secs(60)
             {
@@ -177,11 +155,8 @@ fn trials(n: u64) {
         let delay = spawned.elapsed();
         let _ = child.kill(); // SIGKILL
         let status = child.wait().expect("wait");
-        if let Some(log) = new_job_log(&vault_path, &before) {
-            let state = job_state(&log);
-            if state.last_started.as_deref() == Some("transfer") && !state.ended {
-                in_transfer += 1;
-            }
+        if new_job_log(&vault_path, &before).is_some_and(|l| in_transfer(&l)) {
+            kills_in_transfer += 1;
         }
         let ids = vault.point_ids("kv").expect("ids");
         let new: Vec<&String> = ids.iter().filter(|id| !expected.contains_key(*id)).collect();
@@ -238,14 +213,14 @@ fn trials(n: u64) {
         restore_equals(&vault, id, want, &out);
     }
     eprintln!(
-        "kill: {n} trials, {killed} backups killed mid-flight ({in_transfer} in their transfer), {finished} finished \
+        "kill: {n} trials, {killed} backups killed mid-flight ({kills_in_transfer} in their transfer), {finished} finished \
          before the kill, {} points restored bit for bit, {adopted} finished packs of killed backups adopted by the \
          next backup, data lost: 0",
         expected.len()
     );
     assert!(
-        in_transfer * 10 >= n * 8,
-        "only {in_transfer} of {n} kills landed in the transfer: the harness no longer aims where the data moves"
+        kills_in_transfer * 10 >= n * 8,
+        "only {kills_in_transfer} of {n} kills landed in the transfer: the harness no longer aims where the data moves"
     );
 }
 

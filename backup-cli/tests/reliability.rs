@@ -181,7 +181,8 @@ fn backups_of_two_vms_beside_gc_restore_verify_and_prune_in_separate_processes_l
     // Each point's id, with the image it must restore to, per VM.
     let mut points: Vec<std::collections::BTreeMap<String, Vec<u8>>> = vec![Default::default(); 2];
     let mut restored = 0u64;
-    let mut previous: Vec<Option<(String, Vec<u8>)>> = vec![None, None];
+    // Each VM's point of the round before, restored beside this round.
+    let mut previous: Vec<Option<String>> = vec![None, None];
     let mut rng = Rng(77);
     for round in 0..ROUNDS {
         let mut data = Vec::new();
@@ -210,21 +211,8 @@ fn backups_of_two_vms_beside_gc_restore_verify_and_prune_in_separate_processes_l
         children.push(("gc".into(), spawn(strs(&["gc", "--vault", &v, "--grace", "0"]))));
         let outs: Vec<PathBuf> = vms.iter().map(|vm| d.join(format!("r-{round}-{vm}.img"))).collect();
         for (i, vm) in vms.iter().enumerate() {
-            if let Some((id, _)) = &previous[i] {
-                let args = [
-                    "restore",
-                    "--vault",
-                    &v,
-                    "--vm",
-                    vm,
-                    "--point",
-                    id,
-                    "--disk",
-                    &format!("{vm}.img"),
-                    "--to",
-                    s(&outs[i]),
-                ];
-                children.push((format!("restore {vm} {id}"), spawn(strs(&args))));
+            if let Some(id) = &previous[i] {
+                children.push((format!("restore {vm} {id}"), spawn(restore_args(&v, vm, id, &outs[i]))));
             }
         }
         if round % 5 == 4 {
@@ -244,8 +232,11 @@ fn backups_of_two_vms_beside_gc_restore_verify_and_prune_in_separate_processes_l
             }
         }
         for (i, vm) in vms.iter().enumerate() {
-            if let Some((id, want)) = previous[i].take() {
-                assert!(fs::read(&outs[i]).expect("restored") == want, "round {round}: vm {vm}'s point {id} differs");
+            if let Some(id) = previous[i].take() {
+                assert!(
+                    fs::read(&outs[i]).expect("restored") == points[i][&id],
+                    "round {round}: vm {vm}'s point {id} differs"
+                );
                 fs::remove_file(&outs[i]).expect("clean");
                 restored += 1;
             }
@@ -253,7 +244,7 @@ fn backups_of_two_vms_beside_gc_restore_verify_and_prune_in_separate_processes_l
             let new: Vec<&String> = ids.iter().filter(|id| !points[i].contains_key(*id)).collect();
             assert_eq!(new.len(), 1, "round {round}: vm {vm} has {} new points", new.len());
             points[i].insert(new[0].clone(), data[i].clone());
-            previous[i] = Some((new[0].clone(), data[i].clone()));
+            previous[i] = Some(new[0].clone());
         }
     }
     ok(&["verify", "--vault", &v]);
@@ -262,25 +253,22 @@ fn backups_of_two_vms_beside_gc_restore_verify_and_prune_in_separate_processes_l
         assert!(ids.len() >= 10, "vm {vm} kept {} points", ids.len());
         for id in ids {
             let out = d.join("last.img");
-            ok(&[
-                "restore",
-                "--vault",
-                &v,
-                "--vm",
-                vm,
-                "--point",
-                &id,
-                "--disk",
-                &format!("{vm}.img"),
-                "--to",
-                s(&out),
-            ]);
+            let args = restore_args(&v, vm, &id, &out);
+            ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
             assert!(fs::read(&out).expect("restored") == points[i][&id], "vm {vm}'s point {id} differs at the end");
             fs::remove_file(&out).expect("clean");
             restored += 1;
         }
     }
     eprintln!("{ROUNDS} rounds: {} points made, {restored} restores bit for bit", points[0].len() + points[1].len());
+}
+
+/// `vmbackup restore` of VM `vm`'s disk `VM.img` at `point` into `out`.
+fn restore_args(vault: &str, vm: &str, point: &str, out: &Path) -> Vec<String> {
+    let disk = format!("{vm}.img");
+    ["restore", "--vault", vault, "--vm", vm, "--point", point, "--disk", &disk, "--to", s(out)]
+        .map(String::from)
+        .to_vec()
 }
 
 /// Reads what a finished child wrote.

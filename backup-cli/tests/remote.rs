@@ -5,7 +5,6 @@
 //! `vmbackup`, and its own cache folders (one per simulated host).
 
 use std::fs;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -347,7 +346,7 @@ fn a_backup_survives_the_store_going_away_and_coming_back() {
     }
     // The fault hit the upload: the job had not begun its commit when the
     // store was gone, and the store holds more packs now than then.
-    let commit = first_phase_start(&host.join("jobs").join("web"), "commit");
+    let commit = first_phase_start(&host.join("jobs").join("web"), backup_core::Phase::Commit);
     assert!(
         commit.is_none_or(|t| t > stopped),
         "the store went away at {stopped}, after the commit began at {commit:?}: the test no longer hits the upload"
@@ -365,19 +364,10 @@ fn a_backup_survives_the_store_going_away_and_coming_back() {
 
 /// When the first job log in `dir` to reach `phase` started it, by the
 /// log's own clock.
-fn first_phase_start(dir: &Path, phase: &str) -> Option<jiff::Timestamp> {
-    let mut first: Option<jiff::Timestamp> = None;
-    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let Ok(f) = fs::File::open(entry.path()) else { continue };
-        for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-            if event["event"] == "phase_start" && event["phase"] == phase {
-                let t: jiff::Timestamp = event["time"].as_str().and_then(|t| t.parse().ok()).expect("a time");
-                first = Some(first.map_or(t, |f| f.min(t)));
-            }
-        }
-    }
-    first
+fn first_phase_start(dir: &Path, phase: backup_core::Phase) -> Option<jiff::Timestamp> {
+    let logs = fs::read_dir(dir).into_iter().flatten().flatten();
+    let jobs = logs.filter_map(|e| backup_core::read_job(&e.path()).ok());
+    jobs.flat_map(|j| j.phases).filter(|p| p.phase == phase).map(|p| p.started).min()
 }
 
 /// One simulated host's remote options: the emulator, its cache folder.
