@@ -1,18 +1,17 @@
 //! Writing a new pack file: appended bytes gather in 1 MiB buffers, each
 //! written at its offset when full.
 //!
-//! By default the writes go through the page cache, from the worker that
-//! fills the buffer. With [`VaultOptions::direct_io`](super::VaultOptions)
-//! they go around it with `O_DIRECT`, from aligned buffers, by a thread of
-//! the pack's own, while the workers go on compressing. Why one may want
-//! that: a backup writes gigabytes that nobody reads soon; copying them
-//! into fresh page-cache pages was the largest system cost of a full
-//! backup when measured (12% of its CPU time, more than copying twice as
-//! many bytes out of the image, and far more when the host had to hand
-//! the guest's memory back first); it also evicts what the host keeps
-//! cached, and leaves dirty pages for the pack's fsync to wait on. The
-//! cost: a restore then reads the packs from the disk, even right after
-//! the backup.
+//! By default the writes go around the page cache with `O_DIRECT`, from
+//! aligned buffers, by a thread of the pack's own, while the workers go on
+//! compressing. Why: a backup writes gigabytes that nobody reads soon;
+//! copying them into fresh page-cache pages was the largest system cost
+//! of a full backup when measured (12% of its CPU time, more than copying
+//! twice as many bytes out of the image, and far more when the host had to
+//! hand the guest's memory back first); it also evicts what the host keeps
+//! cached, and leaves dirty pages for the pack's fsync to wait on. With
+//! [`VaultOptions::buffered_io`](super::VaultOptions::buffered_io) they go
+//! through the page cache, from the worker that fills the buffer, and a
+//! restore right after the backup then reads from memory.
 //!
 //! Where `O_DIRECT` is refused (tmpfs before Linux 6.6, some FUSE file
 //! systems), at open or at the first write, the same code writes through
@@ -102,24 +101,48 @@ struct Chunk {
     buf: AlignedBuf,
 }
 
+/// The error a pack's writing thread stopped on, kept for the workers
+/// whose buffers it no longer takes.
+type Stopped = Arc<Mutex<Option<io::Error>>>;
+
+/// A copy of an I/O error that keeps its errno (`io::Error` is not
+/// `Clone`).
+fn copy_of(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(n) => io::Error::from_raw_os_error(n),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+/// Where a [`Handoff`] sends: the pack's writing thread, its path and
+/// what the thread stopped on.
+struct Destination {
+    tx: SyncSender<Chunk>,
+    path: PathBuf,
+    stopped: Stopped,
+}
+
 /// Full buffers of a pack on their way to its writing thread. The pack
 /// cannot finish before they are sent: its thread runs until every sender,
 /// this one's included, is gone.
 #[derive(Default)]
 pub(super) struct Handoff {
     chunks: Vec<Chunk>,
-    to: Option<(SyncSender<Chunk>, PathBuf)>,
+    to: Option<Destination>,
 }
 
 impl Handoff {
     /// Sends the buffers, waiting while the thread's queue is full.
     pub(super) fn send(self) -> Result<()> {
-        let Some((tx, path)) = self.to else { return Ok(()) };
+        let Some(to) = self.to else { return Ok(()) };
         for c in self.chunks {
-            // A send fails only when the thread stopped on a write error,
-            // which `finish` reports with its cause.
-            if tx.send(c).is_err() {
-                return Err(Error::io("write", &path, io::Error::other("the pack's writing thread stopped")));
+            // A send fails only when the thread stopped on a write error
+            // (a full disk), which it kept before it stopped.
+            if to.tx.send(c).is_err() {
+                let stopped = to.stopped.lock().unwrap_or_else(|p| p.into_inner());
+                let cause =
+                    stopped.as_ref().map_or_else(|| io::Error::other("the pack's writing thread stopped"), copy_of);
+                return Err(Error::io("write", &to.path, cause));
             }
         }
         Ok(())
@@ -135,6 +158,8 @@ pub(super) struct PackWriter {
     offset: u64,
     tx: Option<SyncSender<Chunk>>,
     thread: Option<JoinHandle<io::Result<()>>>,
+    /// What the writing thread stopped on, if it did.
+    stopped: Stopped,
     pool: Arc<BufferPool>,
     /// Without `O_DIRECT`: full buffers are written by the caller, at once.
     inline: bool,
@@ -181,15 +206,20 @@ impl PackWriter {
             // Through the page cache a write is a copy that does not wait
             // for the disk: the worker makes it, no thread needed.
             let path = path.to_path_buf();
-            return Ok(PackWriter { path, file, buf, offset: 0, tx: None, thread: None, pool, inline: true });
+            let stopped = Stopped::default();
+            return Ok(PackWriter { path, file, buf, offset: 0, tx: None, thread: None, stopped, pool, inline: true });
         }
         let (tx, rx) = sync_channel::<Chunk>(QUEUED);
-        let (f, p) = (file.clone(), pool.clone());
+        let stopped = Stopped::default();
+        let (f, p, s) = (file.clone(), pool.clone(), stopped.clone());
         let thread = std::thread::Builder::new()
             .name("vmbackup-pack-write".into())
             .spawn(move || {
                 for c in rx {
-                    write_at(&f, c.buf.bytes(), c.offset)?;
+                    if let Err(e) = write_at(&f, c.buf.bytes(), c.offset) {
+                        *s.lock().unwrap_or_else(|p| p.into_inner()) = Some(copy_of(&e));
+                        return Err(e);
+                    }
                     p.give(c.buf);
                 }
                 Ok(())
@@ -202,6 +232,7 @@ impl PackWriter {
             offset: 0,
             tx: Some(tx),
             thread: Some(thread),
+            stopped,
             pool,
             inline: false,
         })
@@ -224,7 +255,11 @@ impl PackWriter {
                 };
                 let full = std::mem::replace(&mut self.buf, self.pool.take());
                 handoff.chunks.push(Chunk { offset: self.offset, buf: full });
-                handoff.to.get_or_insert_with(|| (tx.clone(), self.path.clone()));
+                handoff.to.get_or_insert_with(|| Destination {
+                    tx: tx.clone(),
+                    path: self.path.clone(),
+                    stopped: self.stopped.clone(),
+                });
                 self.offset += BUFFER_BYTES as u64;
             }
         }
