@@ -905,11 +905,17 @@ typedef struct vmb_vault_options {
    */
   double lock_timeout_seconds;
   /**
-   * Write packs, and read them for restores, around the page cache
-   * (`O_DIRECT`): a backup neither evicts what the host keeps cached nor
-   * pays to fill it; a restore reads every pack from the disk.
+   * Read packs for restores around the page cache (`O_DIRECT`), as
+   * backups write them by default; false: through the cache.
    */
   bool direct_io;
+  /**
+   * Write packs through the page cache; false (the default): around it
+   * (`O_DIRECT`), so that a backup neither evicts what the host keeps
+   * cached nor pays to fill it with data nobody reads soon. Added after
+   * 0.1: callers built against 0.1 get the default.
+   */
+  bool buffered_io;
 } vmb_vault_options;
 
 /**

@@ -9,7 +9,7 @@ have_cmd() { command -v "$1" >/dev/null 2>&1; }
 # command the project needs -> Debian package that brings it
 for pair in mke2fs:e2fsprogs debugfs:e2fsprogs e2fsck:e2fsprogs mkfs.ext4:e2fsprogs \
             pkg-config:pkg-config valgrind:valgrind cc:gcc c++:g++ qemu-img:qemu-utils mkfs.xfs:xfsprogs \
-            fusermount3:fuse3 mkfs.vfat:dosfstools mcopy:mtools pvcreate:lvm2 sfdisk:fdisk \
+            fusermount3:fuse3 fincore:util-linux-extra mkfs.vfat:dosfstools mcopy:mtools pvcreate:lvm2 sfdisk:fdisk \
             node:nodejs npm:npm; do
   have_cmd "${pair%%:*}" || need+=("${pair#*:}")
 done

@@ -13,7 +13,7 @@ use crate::keys::KeyArgs;
 /// How this run of the command opens vaults.
 #[derive(Debug, Clone, Default)]
 pub struct Globals {
-    /// The lock timeout, pack size and direct I/O asked for.
+    /// The lock timeout, pack size and page-cache use asked for.
     pub options: VaultOptions,
     /// How a vault given as a URL is cached and reached.
     pub remote: RemoteOptions,
@@ -23,17 +23,19 @@ pub struct Globals {
 
 impl Globals {
     /// Checks and gathers the global options: `--lock-timeout` in
-    /// seconds, the hidden `--pack-target-size`, `--direct-io`, `--cache`,
-    /// `--endpoint` and the key options.
+    /// seconds, the hidden `--pack-target-size`, `--buffered-io`,
+    /// `--direct-io`, `--cache`, `--endpoint` and the key options.
     pub fn new(
         lock_timeout: Option<f64>,
         pack_target_size: Option<u32>,
+        buffered_io: bool,
         direct_io: bool,
         cache: Option<PathBuf>,
         endpoint: Option<String>,
         key: KeyArgs,
     ) -> Result<Self> {
         let mut options = VaultOptions::default();
+        options.buffered_io = buffered_io;
         options.direct_io = direct_io;
         if let Some(s) = lock_timeout {
             if !(s.is_finite() && (0.0..=86_400.0).contains(&s)) {

@@ -55,10 +55,14 @@ struct Cli {
     /// environment's).
     #[arg(long, global = true, value_name = "URL")]
     endpoint: Option<String>,
-    /// Write packs, and read them back, around the page cache (O_DIRECT):
-    /// a backup neither evicts what the host keeps cached nor pays to fill
-    /// it; a restore reads every pack from the disk.
+    /// Write packs through the page cache. By default a backup writes them
+    /// around it (O_DIRECT): it neither evicts what the host keeps cached
+    /// nor pays to fill it with data nobody reads soon.
     #[arg(long, global = true)]
+    buffered_io: bool,
+    /// Read packs for a restore around the page cache (O_DIRECT) too, as
+    /// a backup writes them (by default a restore reads through the cache).
+    #[arg(long, global = true, conflicts_with = "buffered_io")]
     direct_io: bool,
     #[command(flatten)]
     key: keys::KeyArgs,
@@ -561,7 +565,15 @@ fn error_text(e: &anyhow::Error) -> String {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let g = Globals::new(cli.lock_timeout, cli.pack_target_size, cli.direct_io, cli.cache, cli.endpoint, cli.key)?;
+    let g = Globals::new(
+        cli.lock_timeout,
+        cli.pack_target_size,
+        cli.buffered_io,
+        cli.direct_io,
+        cli.cache,
+        cli.endpoint,
+        cli.key,
+    )?;
     let g = &g;
     match cli.command {
         Command::Init { vault, encrypt } => {

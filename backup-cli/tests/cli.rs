@@ -11,29 +11,59 @@ use testkit::{Rng, s};
 mod common;
 use common::{BIN, json, ok, run};
 
-/// `--direct-io` (packs written and read around the page cache) gives the
-/// same points as without, and either way reads the other's vault.
+/// Bytes of these files that are in the page cache (`fincore`).
+fn cached_bytes(files: &[std::path::PathBuf]) -> u64 {
+    let mut args = vec!["--bytes", "--noheadings", "--raw", "--output", "RES"];
+    args.extend(files.iter().map(|f| s(f)));
+    testkit::run("fincore", &args).lines().map(|l| l.trim().parse::<u64>().expect("fincore RES")).sum()
+}
+
+/// The vault's pack files.
+fn packs(vault: &std::path::Path) -> Vec<std::path::PathBuf> {
+    walk(&vault.join("packs")).into_iter().filter(|p| p.extension().is_some_and(|e| e == "pack")).collect()
+}
+
+/// A backup writes packs around the page cache unless `--buffered-io`; a
+/// restore reads them through it unless `--direct-io`. Every way gives
+/// the same bytes and reads the others' packs.
 #[test]
-fn direct_io_backs_up_and_restores_the_same_bytes() {
+fn packs_use_the_page_cache_only_as_asked_and_every_way_gives_the_same_bytes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let vault = d.join("vault");
     let img = d.join("root.img");
     fs::write(&img, [Rng(7).bytes(2 << 20), b"some text ".repeat(100_000), vec![0; 1 << 20]].concat()).expect("img");
     ok(&["init", s(&vault)]);
-    let first = json(&["--direct-io", "backup", "--vault", s(&vault), "--vm", "v", "--disk", s(&img), "--json"]);
-    let f = OpenOptions::new().write(true).open(&img).expect("open");
-    f.write_all_at(&Rng(8).bytes(70_000), 1 << 20).expect("change");
-    ok(&["backup", "--vault", s(&vault), "--vm", "v", "--disk", s(&img)]);
-    let (latest, p1) = (d.join("latest.img"), d.join("p1.img"));
+    let first = json(&["backup", "--vault", s(&vault), "--vm", "v", "--disk", s(&img), "--json"]);
+    let full = packs(&vault);
+    let written: u64 = full.iter().map(|p| fs::metadata(p).expect("pack").len()).sum();
+    assert!(written > 2 << 20, "the full backup wrote {written} bytes of packs");
+    assert_eq!(cached_bytes(&full), 0, "a backup writes its packs around the page cache");
+
+    let latest = d.join("latest.img");
     ok(&["restore", "--direct-io", "--vault", s(&vault), "--vm", "v", "--disk", "root.img", "--to", s(&latest)]);
     assert!(fs::read(&latest).expect("latest") == fs::read(&img).expect("img"));
+    assert_eq!(cached_bytes(&full), 0, "a --direct-io restore reads packs around the page cache");
+
+    let f = OpenOptions::new().write(true).open(&img).expect("open");
+    f.write_all_at(&Rng(8).bytes(70_000), 1 << 20).expect("change");
+    ok(&["--buffered-io", "backup", "--vault", s(&vault), "--vm", "v", "--disk", s(&img)]);
+    let added: Vec<_> = packs(&vault).into_iter().filter(|p| !full.contains(p)).collect();
+    assert!(!added.is_empty() && cached_bytes(&added) > 0, "--buffered-io writes packs through the page cache");
+
+    let p1 = d.join("p1.img");
     let id = first["point"].as_str().expect("id");
     ok(&["restore", "--vault", s(&vault), "--vm", "v", "--point", id, "--disk", "root.img", "--to", s(&p1)]);
+    assert!(cached_bytes(&full) > 0, "a restore reads packs through the page cache");
     let mut want = fs::read(&img).expect("img");
     want[1 << 20..(1 << 20) + 70_000].copy_from_slice(&Rng(7).bytes(2 << 20)[1 << 20..(1 << 20) + 70_000]);
     assert!(fs::read(&p1).expect("p1") == want, "the first point restores as it was");
+    ok(&["--direct-io", "restore", "--vault", s(&vault), "--vm", "v", "--disk", "root.img", "--to", s(&latest)]);
+    assert!(fs::read(&latest).expect("latest") == fs::read(&img).expect("img"));
     assert!(ok(&["--direct-io", "verify", "--vault", s(&vault)]).starts_with("ok"));
+
+    let both = run(&["--buffered-io", "--direct-io", "list", "--vault", s(&vault)]);
+    assert_eq!(both.status.code(), Some(2), "--buffered-io and --direct-io ask opposite things");
 }
 
 #[test]

@@ -549,15 +549,24 @@ fn the_latest_point_is_the_newest_readable_one_even_within_one_second() {
     assert_eq!(vault.find_point("late", "latest").expect("latest"), all[2]);
 }
 
-/// With `direct_io`, packs are written and read around the page cache:
-/// the same bytes come back, a pack's tail that is not a whole number of
-/// blocks is cut to its length, and a truncated pack is still named.
+/// Packs written around the page cache (the default) or through it
+/// (`buffered_io`), and read through it (the default) or around it
+/// (`direct_io`): the same bytes come back, a pack's tail that is not a
+/// whole number of blocks is cut to its length, and a truncated pack is
+/// still named.
 #[test]
-fn direct_io_round_trips_and_still_finds_a_truncated_pack() {
+fn every_page_cache_choice_round_trips_and_still_finds_a_truncated_pack() {
+    for (buffered_io, direct_io) in [(false, false), (true, false), (false, true)] {
+        let mut options = VaultOptions::default();
+        options.buffered_io = buffered_io;
+        options.direct_io = direct_io;
+        round_trips_and_finds_a_truncated_pack(options);
+    }
+}
+
+fn round_trips_and_finds_a_truncated_pack(mut options: VaultOptions) {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let mut options = VaultOptions::default();
-    options.direct_io = true;
     options.pack_target_size = 1 << 20;
     let vault = Vault::init_with(d.join("vault"), options.clone()).expect("init");
     let img = d.join("d.img");

@@ -170,6 +170,7 @@ impl Default for vmb_vault_options {
             endpoint: std::ptr::null(),
             lock_timeout_seconds: 0.0,
             direct_io: false,
+            buffered_io: false,
         }
     }
 }
@@ -256,10 +257,14 @@ pub struct vmb_vault_options {
     /// Seconds an operation waits for a lock another process holds before
     /// `VMB_ERR_LOCKED`; 0 for the default, 60.
     pub lock_timeout_seconds: f64,
-    /// Write packs, and read them for restores, around the page cache
-    /// (`O_DIRECT`): a backup neither evicts what the host keeps cached nor
-    /// pays to fill it; a restore reads every pack from the disk.
+    /// Read packs for restores around the page cache (`O_DIRECT`), as
+    /// backups write them by default; false: through the cache.
     pub direct_io: bool,
+    /// Write packs through the page cache; false (the default): around it
+    /// (`O_DIRECT`), so that a backup neither evicts what the host keeps
+    /// cached nor pays to fill it with data nobody reads soon. Added after
+    /// 0.1: callers built against 0.1 get the default.
+    pub buffered_io: bool,
 }
 
 /// The vault and remote options a `vmb_vault_options` asks for.
@@ -277,6 +282,7 @@ fn options_of(o: &vmb_vault_options) -> FfiResult<(VaultOptions, RemoteOptions)>
         options.lock_timeout = std::time::Duration::from_secs_f64(t);
     }
     options.direct_io = o.direct_io;
+    options.buffered_io = o.buffered_io;
     Ok((options, remote_options(o.cache, o.endpoint)?))
 }
 

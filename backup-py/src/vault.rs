@@ -32,12 +32,19 @@ pub(crate) struct Vault {
     path: PathBuf,
 }
 
+/// How a vault uses the page cache: the `buffered_io` and `direct_io`
+/// arguments.
+struct PageCache {
+    buffered_io: bool,
+    direct_io: bool,
+}
+
 /// Vault options from the Python arguments.
 fn vault_options(
     lock_timeout: f64,
     passphrase: Option<String>,
     key_file: Option<PathBuf>,
-    direct_io: bool,
+    io: PageCache,
 ) -> PyResult<VaultOptions> {
     if !(0.0..=1e9).contains(&lock_timeout) {
         return Err(PyValueError::new_err(format!(
@@ -46,7 +53,8 @@ fn vault_options(
     }
     let mut o = VaultOptions::default();
     o.lock_timeout = Duration::from_secs_f64(lock_timeout);
-    o.direct_io = direct_io;
+    o.buffered_io = io.buffered_io;
+    o.direct_io = io.direct_io;
     o.key = key_source(passphrase, key_file)?;
     Ok(o)
 }
@@ -233,10 +241,10 @@ impl Vault {
     /// held by another process before it raises `VaultLockedError`. With
     /// `passphrase` or `key_file` the vault is encrypted: every chunk,
     /// index segment and manifest is sealed before it is written.
-    /// `direct_io` writes packs, and reads them for restores, around the
-    /// page cache (`O_DIRECT`).
+    /// Packs are written around the page cache (`O_DIRECT`) unless
+    /// `buffered_io`; restores read them through it unless `direct_io`.
     #[staticmethod]
-    #[pyo3(signature = (path, *, lock_timeout = 60.0, passphrase = None, key_file = None, cache = None, endpoint = None, direct_io = false))]
+    #[pyo3(signature = (path, *, lock_timeout = 60.0, passphrase = None, key_file = None, cache = None, endpoint = None, buffered_io = false, direct_io = false))]
     // Each argument is one of Python's keyword arguments.
     #[allow(clippy::too_many_arguments)]
     fn init(
@@ -247,9 +255,10 @@ impl Vault {
         key_file: Option<PathBuf>,
         cache: Option<PathBuf>,
         endpoint: Option<String>,
+        buffered_io: bool,
         direct_io: bool,
     ) -> PyResult<Vault> {
-        let options = vault_options(lock_timeout, passphrase, key_file, direct_io)?;
+        let options = vault_options(lock_timeout, passphrase, key_file, PageCache { buffered_io, direct_io })?;
         make_vault(py, &path, options, &remote_options(cache, endpoint), |p, o, r| {
             backup_core::Vault::init_location(p, o, r)
         })
@@ -258,9 +267,10 @@ impl Vault {
     /// Opens an existing vault (a folder or a URL, as `init` takes);
     /// `NotFoundError` when `path` holds none. An encrypted vault needs its
     /// `passphrase` or `key_file` (`KeyRequiredError` without,
-    /// `WrongKeyError` with a wrong one). `direct_io` as `init` takes it.
+    /// `WrongKeyError` with a wrong one). `buffered_io` and `direct_io` as
+    /// `init` takes them.
     #[staticmethod]
-    #[pyo3(signature = (path, *, lock_timeout = 60.0, passphrase = None, key_file = None, cache = None, endpoint = None, direct_io = false))]
+    #[pyo3(signature = (path, *, lock_timeout = 60.0, passphrase = None, key_file = None, cache = None, endpoint = None, buffered_io = false, direct_io = false))]
     // Each argument is one of Python's keyword arguments.
     #[allow(clippy::too_many_arguments)]
     fn open(
@@ -271,9 +281,10 @@ impl Vault {
         key_file: Option<PathBuf>,
         cache: Option<PathBuf>,
         endpoint: Option<String>,
+        buffered_io: bool,
         direct_io: bool,
     ) -> PyResult<Vault> {
-        let options = vault_options(lock_timeout, passphrase, key_file, direct_io)?;
+        let options = vault_options(lock_timeout, passphrase, key_file, PageCache { buffered_io, direct_io })?;
         make_vault(py, &path, options, &remote_options(cache, endpoint), |p, o, r| {
             backup_core::Vault::open_location(p, o, r)
         })

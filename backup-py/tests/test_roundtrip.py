@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -147,18 +148,38 @@ def test_vault_open_and_context_manager(tmp_path: Path, make_image: MakeImage) -
     reopened.close()
 
 
-def test_direct_io_round_trip(tmp_path: Path, make_image: MakeImage) -> None:
-    """Packs written and read around the page cache restore the same bytes,
-    and a vault written so opens without it too."""
+def cached_pack_bytes(vault: Path) -> int:
+    """Bytes of the vault's packs in the page cache (`fincore`)."""
+    packs = [str(p) for p in (vault / "packs").rglob("*.pack")]
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--raw", "--output", "RES", *packs],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return sum(int(line) for line in out.split())
+
+
+def test_page_cache_use_is_as_asked(tmp_path: Path, make_image: MakeImage) -> None:
+    """Packs are written around the page cache unless `buffered_io`, and
+    read around it for restores with `direct_io`; every way restores the
+    same bytes from the others' packs."""
     image = make_image("root.img", 5 * MiB + 4096, seed=3)
-    with vmbackup.Vault.init(tmp_path / "v", direct_io=True) as v:
-        point = v.backup("web", [image])
-        v.restore(point, disk="root.img", to=tmp_path / "out.img")
-    assert (tmp_path / "out.img").read_bytes() == image.read_bytes()
-    with vmbackup.Vault.open(tmp_path / "v") as v:
-        v.restore(point, disk=0, to=tmp_path / "again.img")
-        assert v.verify(point).ok
-    assert (tmp_path / "again.img").read_bytes() == image.read_bytes()
+    want_first = image.read_bytes()
+    with vmbackup.Vault.init(tmp_path / "v") as v:
+        first = v.backup("web", [image])
+    assert cached_pack_bytes(tmp_path / "v") == 0
+    with vmbackup.Vault.open(tmp_path / "v", direct_io=True) as v:
+        v.restore(first, disk="root.img", to=tmp_path / "out.img")
+    assert cached_pack_bytes(tmp_path / "v") == 0
+    assert (tmp_path / "out.img").read_bytes() == want_first
+    changed = make_image("root.img", 5 * MiB + 4096, seed=4)
+    with vmbackup.Vault.open(tmp_path / "v", buffered_io=True) as v:
+        second = v.backup("web", [changed])
+        assert cached_pack_bytes(tmp_path / "v") > 0
+        v.restore(first, disk=0, to=tmp_path / "first.img")
+        v.restore(second, disk=0, to=tmp_path / "second.img")
+        assert v.verify().ok
+    assert (tmp_path / "first.img").read_bytes() == want_first
+    assert (tmp_path / "second.img").read_bytes() == changed.read_bytes()
 
 
 def test_point_of_another_vault_is_not_found(

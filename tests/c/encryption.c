@@ -3,12 +3,14 @@
  * VMB_ERR_WRONG_KEY with another), a round trip restored bit for bit, and
  * tampering (a changed manifest; a changed chunk with its crc32 forged)
  * reported as VMB_ERR_TAMPERED and by verify; vmb_vault_options and key
- * slots added and removed.
+ * slots added and removed; packs in the page cache only with buffered_io.
  *
  * Built with: cc -std=c11 -Wall -Wextra -Werror encryption.c $(pkg-config --cflags --libs vmbackup) */
 #define _XOPEN_SOURCE 700
+#define _DEFAULT_SOURCE /* mincore */
 
 #include <dirent.h>
+#include <sys/mman.h>
 
 #include "check.h"
 #include "util.h"
@@ -204,8 +206,41 @@ static void key_file_vault(void) {
     free(path);
 }
 
-/* vmb_vault_options (key, lock timeout, direct I/O) and key slots managed
- * through the ABI: a key file added opens the vault, the passphrase's slot
+/* Pages of the .pack files under a folder that are in the page cache
+ * (mincore), summed by pack_cached_entry over one nftw walk. */
+static size_t g_cached_pages;
+
+static int pack_cached_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)ftw;
+    size_t n = strlen(path);
+    if (flag != FTW_F || n < 5 || strcmp(path + n - 5, ".pack") != 0 || sb->st_size == 0) return 0;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return -1;
+    void *map = mmap(NULL, (size_t)sb->st_size, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) return -1;
+    long page = sysconf(_SC_PAGESIZE);
+    size_t pages = ((size_t)sb->st_size + (size_t)page - 1) / (size_t)page;
+    unsigned char *in = calloc(pages, 1);
+    int rc = in != NULL && mincore(map, (size_t)sb->st_size, in) == 0 ? 0 : -1;
+    for (size_t i = 0; rc == 0 && i < pages; i++) g_cached_pages += in[i] & 1u;
+    free(in);
+    munmap(map, (size_t)sb->st_size);
+    return rc;
+}
+
+/* Pages of a vault's packs in the page cache, or (size_t)-1 on error. */
+static size_t cached_pack_pages(const char *vault) {
+    char *packs = join(vault, "packs");
+    g_cached_pages = 0;
+    int rc = packs == NULL ? -1 : nftw(packs, pack_cached_entry, 16, FTW_PHYS);
+    free(packs);
+    return rc == 0 ? g_cached_pages : (size_t)-1;
+}
+
+/* vmb_vault_options (key, lock timeout, page-cache use) and key slots
+ * managed through the ABI: packs are written around the page cache unless
+ * buffered_io; a key file added opens the vault, the passphrase's slot
  * removed no longer does, the last slot stays. */
 static void options_and_key_slots(void) {
     char *path = join(g_dir, "vault-opts");
@@ -221,6 +256,7 @@ static void options_and_key_slots(void) {
     const char *images[] = {g_image};
     REQUIRE_OK(vmb_vault_init_with_options(path, &o, &v));
     REQUIRE_OK(vmb_vault_backup_images(v, "web", images, 1, NULL, NULL));
+    CHECK(cached_pack_pages(path) == 0);
 
     size_t n = 0;
     REQUIRE_OK(vmb_vault_key_slot_count(v, &n));
@@ -239,10 +275,20 @@ static void options_and_key_slots(void) {
     CHECK(vmb_vault_remove_key(v, "00000000") == VMB_ERR_NOT_FOUND);
     vmb_vault_free(v);
 
-    /* The key file opens it; the passphrase's slot goes; the last stays. */
+    /* The key file opens it; the passphrase's slot goes; the last stays.
+     * This handle writes its packs through the page cache (a field
+     * appended after 0.1, so the size is given). */
+    o.struct_size = sizeof o;
     o.key = &by_file;
+    o.direct_io = false;
+    o.buffered_io = true;
     v = NULL;
     REQUIRE_OK(vmb_vault_open_with_options(path, &o, &v));
+    fill_pattern(g_data, IMG_SIZE, 99);
+    REQUIRE(write_file(g_image, g_data, IMG_SIZE) == 0);
+    REQUIRE_OK(vmb_vault_backup_images(v, "web", images, 1, NULL, NULL));
+    size_t cached = cached_pack_pages(path);
+    CHECK(cached > 0 && cached != (size_t)-1);
     vmb_point *p = NULL;
     REQUIRE_OK(vmb_vault_find_point(v, "web", "latest", &p));
     restores_the_image(v, p, "opts-restored.img");

@@ -232,12 +232,18 @@ pub struct VaultOptions {
     /// The Argon2id cost of passphrase slots made by init and
     /// [`Vault::add_key`].
     pub kdf: KdfParams,
-    /// Write packs, and read them for restores, with `O_DIRECT`: around
-    /// the host's page cache (default false). A backup then neither
-    /// evicts what the host keeps cached nor pays for filling the cache
-    /// with data nobody reads soon (on the machine of BENCHMARKS.md a
-    /// full backup took 0.84 of the time); a restore then reads every
-    /// pack from the disk, even one just written. Where the file system
+    /// Write new packs through the host's page cache (default false: with
+    /// `O_DIRECT`, around it). A backup writes gigabytes that nobody reads
+    /// soon: around the cache it neither evicts what the host keeps cached
+    /// (on a hypervisor, memory that belongs to the VMs) nor pays the
+    /// kernel to copy every byte into fresh pages (on the machine of
+    /// BENCHMARKS.md, a third of a full backup's time). Through the cache,
+    /// a restore right after the backup reads from memory. Where the file
+    /// system refuses `O_DIRECT` the page cache is used either way; the
+    /// flushes that make a pack durable are the same.
+    pub buffered_io: bool,
+    /// Read packs for restores with `O_DIRECT` (default false: through
+    /// the page cache, which also reads ahead). Where the file system
     /// refuses `O_DIRECT`, the page cache is used.
     pub direct_io: bool,
 }
@@ -249,6 +255,7 @@ impl Default for VaultOptions {
             pack_target_size: 32 << 20,
             key: None,
             kdf: KdfParams::default(),
+            buffered_io: false,
             direct_io: false,
         }
     }

@@ -9,10 +9,8 @@
 //!
 //! With [`VaultOptions::direct_io`](super::VaultOptions::direct_io) a local
 //! span is read with `O_DIRECT`, straight from the disk into the worker's
-//! buffer: packs are then written that way too (see `pack_writer`), so
-//! they are rarely in the page cache, and filling it with pages read once
-//! costs more than the read. Without it, or where `O_DIRECT` is refused,
-//! the page cache serves. Every chunk is still checked on its own (crc32, then its keyed
+//! buffer. Without it, or where `O_DIRECT` is refused, the page cache
+//! serves. Every chunk is still checked on its own (crc32, then its keyed
 //! BLAKE3 against its id) and every error names its chunk, pack and byte.
 
 use std::fs::File;

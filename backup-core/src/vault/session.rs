@@ -232,7 +232,7 @@ impl<'v> BackupSession<'v> {
             PackBody::Memory { parts: vec![Bytes::copy_from_slice(&header)], headers: BytesMut::new() }
         } else {
             let path = self.dir.join(layout::pack(&id));
-            let direct = self.vault.options().direct_io;
+            let direct = !self.vault.options().buffered_io;
             let mut out = PackWriter::create(self.vault.dir(), &path, self.buffers.clone(), direct)?;
             out.write_all(&header)?;
             PackBody::File(out)

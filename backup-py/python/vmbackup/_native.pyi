@@ -68,6 +68,7 @@ class Vault:
         key_file: Optional[_StrPath] = None,
         cache: Optional[_StrPath] = None,
         endpoint: Optional[str] = None,
+        buffered_io: bool = False,
         direct_io: bool = False,
     ) -> "Vault":
         """Creates a new vault in a folder that does not exist or is empty, or
@@ -79,8 +80,8 @@ class Vault:
         held by another process before it raises `VaultLockedError`. With
         `passphrase` or `key_file` the vault is encrypted: every chunk,
         index segment and manifest is sealed before it is written.
-        `direct_io` writes packs, and reads them for restores, around the
-        page cache (`O_DIRECT`).
+        Packs are written around the page cache (`O_DIRECT`) unless
+        `buffered_io`; restores read them through it unless `direct_io`.
         """
     @staticmethod
     def open(
@@ -91,12 +92,14 @@ class Vault:
         key_file: Optional[_StrPath] = None,
         cache: Optional[_StrPath] = None,
         endpoint: Optional[str] = None,
+        buffered_io: bool = False,
         direct_io: bool = False,
     ) -> "Vault":
         """Opens an existing vault (a folder or a URL, as `init` takes);
         `NotFoundError` when `path` holds none. An encrypted vault needs its
         `passphrase` or `key_file` (`KeyRequiredError` without,
-        `WrongKeyError` with a wrong one). `direct_io` as `init` takes it.
+        `WrongKeyError` with a wrong one). `buffered_io` and `direct_io` as
+        `init` takes them.
         """
     @property
     def location(self) -> str:
