@@ -19,13 +19,19 @@
 #      path: the image is swapped by a hard link, as a disk changes in
 #      place), a restore of the latest point to a file; each timed with
 #      /usr/bin/time (wall seconds, peak RSS), and `du -sb` of the
-#      repository after each backup;
+#      repository after each backup; for vmbackup also the restore's first
+#      floor, reading its vault's packs alone with `cat`;
 #   5. prints a Markdown table of medians, and the ratios vmbackup/borg.
 #
-# Page cache: warm. It is never dropped; the images are read once before
-# the first measurement. All three tools fsync their repositories when they
-# back up; vmbackup also fsyncs a restored file, so every restore (and the
-# `cat` copy) is timed with a `sync FILE` of its output: every tool pays for
+# Page cache: the images are read into it before every backup (warm: the
+# backups measure the tools, not the disk). Before every restore, and
+# before reading the packs alone, the page cache is dropped (`sync` and
+# `drop_caches`): a real restore comes days after its backup. RESTORE_CACHE
+# =warm keeps it instead. The `cat` line's floors: reading the image, and
+# for restore writing the image alone (`cp --sparse=always` of the warm
+# image). All three tools fsync their repositories when they back up;
+# vmbackup also fsyncs a restored file, so every restore (and the floor's
+# copy) is timed with a `sync FILE` of its output: every tool pays for
 # getting the restored disk onto the disk. (Not a global `sync`: that would
 # also wait for whatever else the machine is writing.)
 #
@@ -34,7 +40,8 @@
 # WORKDIR; a tmpfs such as /dev/shm/x takes the disk's write speed out),
 # VMBACKUP (a vmbackup binary to use instead of building one), VMBACKUP2
 # and VMBACKUP2_NAME (a second binary measured beside it, e.g. a patch),
-# KEEP_IMAGES=1 (reuse the images of an earlier run in the same WORKDIR).
+# KEEP_IMAGES=1 (reuse the images of an earlier run in the same WORKDIR),
+# RESTORE_CACHE (cold, the default, or warm), RESTIC=0 (leave restic out).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -46,6 +53,7 @@ LOG_MIB="${LOG_MIB:-320}"
 RANDOM_MIB="${RANDOM_MIB:-256}"
 CHURN_PERCENT="${CHURN_PERCENT:-3}"
 REPS="${REPS:-3}"
+RESTORE_CACHE="${RESTORE_CACHE:-cold}"
 
 say() { printf '== %s\n' "$*" >&2; }
 die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
@@ -172,6 +180,15 @@ measure() {
 }
 
 use_image() { ln -f "$IMG/$1.img" "$LIVE/disk.img"; }
+# The images in the page cache, as before every backup.
+warm_images() { cat "$IMG/v1.img" "$IMG/v2.img" >/dev/null; }
+# Nothing in the page cache (unless RESTORE_CACHE=warm), as before a restore.
+cold_cache() {
+    if [[ "$RESTORE_CACHE" == cold ]]; then
+        sync
+        echo 3 >/proc/sys/vm/drop_caches
+    fi
+}
 fresh_out() { rm -rf "$OUT"; mkdir -p "$OUT"; }
 
 # run_vmbackup NAME BINARY: full, incremental and restore with one binary.
@@ -180,32 +197,35 @@ run_vmbackup() {
     V="$STORE/repo-$name"
     rm -rf "$V"
     "$bin" init "$V" >/dev/null
+    warm_images
     use_image v1
     measure "$name" full "$rep" "$V" - "$bin" backup --vault "$V" --vm bench --disk "$LIVE/disk.img" --json
     use_image v2
     measure "$name" incremental "$rep" "$V" - "$bin" backup --vault "$V" --vm bench --disk "$LIVE/disk.img" --json
     fresh_out
+    cold_cache
     measure "$name" restore "$rep" - "$OUT/disk.img" \
         "$bin" restore --vault "$V" --vm bench --point latest --disk disk.img --to "$OUT/disk.img"
     if [[ $rep == 1 ]]; then
         cmp "$OUT/disk.img" "$IMG/v2.img" || die "$name restored a different image"
     fi
+    cold_cache
+    measure "$name" read-packs "$rep" - - sh -c "find '$V/packs' -name '*.pack' -print0 | xargs -0 cat >/dev/null"
     if [[ "$STORE" != "$W" ]]; then rm -rf "$V"; fi
 }
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-say "warming the page cache"
-cat "$IMG/v1.img" "$IMG/v2.img" >/dev/null
 
 for rep in $(seq 1 "$REPS"); do
     say "repetition $rep of $REPS"
-    # floor: reading the image, and copying it
+    # floors: reading the image, and writing it alone
+    warm_images
     use_image v1
     measure cat full "$rep" - - sh -c "cat '$LIVE/disk.img' >/dev/null"
     use_image v2
     measure cat incremental "$rep" - - sh -c "cat '$LIVE/disk.img' >/dev/null"
     fresh_out
-    measure cat restore "$rep" - "$OUT/disk.img" sh -c "cat '$LIVE/disk.img' >'$OUT/disk.img'"
+    measure cat restore "$rep" - "$OUT/disk.img" cp --sparse=always "$LIVE/disk.img" "$OUT/disk.img"
 
     run_vmbackup vmbackup "$VMBACKUP"
     if [[ -n "${VMBACKUP2:-}" ]]; then run_vmbackup "${VMBACKUP2_NAME:-vmbackup2}" "$VMBACKUP2"; fi
@@ -218,12 +238,14 @@ for rep in $(seq 1 "$REPS"); do
     rm -rf "$B" "$BORG_BASE_DIR"
     borg init --encryption none "$B" >/dev/null 2>&1
     cd "$W"
+    warm_images
     use_image v1
     measure borg full "$rep" "$B" - borg create --chunker-params fixed,65536 --compression lz4 "$B::full" live/disk.img
     use_image v2
     measure borg incremental "$rep" "$B" - borg create --chunker-params fixed,65536 --compression lz4 "$B::incremental" live/disk.img
     fresh_out
     cd "$OUT"
+    cold_cache
     measure borg restore "$rep" - "$OUT/live/disk.img" borg extract --sparse "$B::incremental"
     cd "$W"
     if [[ $rep == 1 ]]; then
@@ -231,14 +253,17 @@ for rep in $(seq 1 "$REPS"); do
     fi
 
     # restic: content-defined chunks, always encrypted, zstd (repo v2).
+    if [[ "${RESTIC:-1}" == 0 ]]; then continue; fi
     R="$STORE/repo-restic"
     rm -rf "$R" "$RESTIC_CACHE_DIR"
     restic init --repo "$R" >/dev/null 2>&1
+    warm_images
     use_image v1
     measure restic full "$rep" "$R" - restic --repo "$R" backup "$LIVE/disk.img"
     use_image v2
     measure restic incremental "$rep" "$R" - restic --repo "$R" backup "$LIVE/disk.img"
     fresh_out
+    cold_cache
     measure restic restore "$rep" - "$OUT$LIVE/disk.img" restic --repo "$R" restore latest --target "$OUT"
     if [[ $rep == 1 ]]; then
         cmp "$OUT$LIVE/disk.img" "$IMG/v2.img" || die "restic restored a different image"
@@ -256,6 +281,7 @@ done
     echo "changed_blocks=$CHANGED_BLOCKS"
     echo "churn=$(cat "$IMG/churn.txt")"
     echo "reps=$REPS"
+    echo "restore_cache=$RESTORE_CACHE"
     echo "store=$STORE ($(df --output=fstype "$STORE" | tail -1))"
     echo "load=$LOAD_START -> $(cut -d' ' -f1-3 /proc/loadavg)"
     # VMBACKUP_REV names what a given VMBACKUP binary was built from.
