@@ -1,0 +1,142 @@
+//! The CPU floor of a full backup: the work every block of an image needs
+//! when nothing waits for a disk, on one core.
+//!
+//! For each 64 KiB block of the image's data (its holes skipped, as the
+//! engine skips them): the zero check, the keyed BLAKE3 of its id, and for
+//! a block not seen before in this image, LZ4 compression (lz4_flex with a
+//! reused table, as the engine) and the crc32 of the frame. The blocks are
+//! read into memory 256 MiB at a time before each timed pass, so no I/O
+//! is timed. Prints the median of `VMB_RUNS` (default 3) passes, and that
+//! floor divided by the cores this machine offers: the wall time a full
+//! backup would take if it did nothing but this work on every core.
+//! BENCHMARKS.md states the full backup's wall time as a ratio to it.
+//!
+//! ```sh
+//! cargo run --release -p benches --example cpu_floor -- /var/tmp/e2e/images/v1.img
+//! ```
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+const BLOCK: usize = 64 << 10;
+/// Bytes read into memory before each timed stretch.
+const BATCH: usize = 256 << 20;
+
+/// The data extents of a file (SEEK_DATA / SEEK_HOLE), as the engine's
+/// allocation map of an image file.
+fn data_extents(f: &File) -> Vec<(u64, u64)> {
+    let len = f.metadata().expect("image metadata").len() as i64;
+    let fd = f.as_raw_fd();
+    let mut out = Vec::new();
+    let mut at = 0i64;
+    while at < len {
+        // SAFETY: lseek on a descriptor `f` owns and keeps open; it takes
+        // and returns plain integers.
+        let start = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
+        if start < 0 {
+            break; // ENXIO: no data after `at`
+        }
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+        let end = if end < 0 { len } else { end };
+        out.push((start as u64, end as u64));
+        at = end;
+    }
+    out
+}
+
+/// The block-aligned offsets of every block that overlaps a data extent.
+fn data_blocks(extents: &[(u64, u64)], size: u64) -> Vec<u64> {
+    let bs = BLOCK as u64;
+    let mut blocks: Vec<u64> = Vec::new();
+    for &(s, e) in extents {
+        let mut b = s / bs * bs;
+        while b < e.min(size) {
+            if blocks.last() != Some(&b) {
+                blocks.push(b);
+            }
+            b += bs;
+        }
+    }
+    blocks
+}
+
+/// What one pass did.
+#[derive(Default)]
+struct Pass {
+    cpu: Duration,
+    blocks: u64,
+    zero: u64,
+    compressed: u64,
+    stored: u64,
+}
+
+/// One pass over the image's data blocks: reads a batch (not timed), then
+/// does the engine's work on it (timed).
+fn pass(f: &File, blocks: &[u64], size: u64, key: &[u8; 32]) -> Pass {
+    let mut p = Pass::default();
+    let mut seen: HashSet<[u8; 32]> = HashSet::new();
+    let mut table = lz4_flex::block::CompressTable::default();
+    let mut out = vec![0u8; lz4_flex::block::get_maximum_output_size(BLOCK)];
+    let mut batch = vec![0u8; BATCH];
+    for group in blocks.chunks(BATCH / BLOCK) {
+        let mut lens = Vec::with_capacity(group.len());
+        for (i, &b) in group.iter().enumerate() {
+            let len = (BLOCK as u64).min(size - b) as usize;
+            f.read_exact_at(&mut batch[i * BLOCK..i * BLOCK + len], b).expect("read the image");
+            lens.push(len);
+        }
+        let t = Instant::now();
+        for (i, &len) in lens.iter().enumerate() {
+            let data = &batch[i * BLOCK..i * BLOCK + len];
+            p.blocks += 1;
+            if data.iter().all(|&x| x == 0) {
+                p.zero += 1;
+                continue;
+            }
+            let id = *blake3::keyed_hash(key, data).as_bytes();
+            if !seen.insert(id) {
+                continue;
+            }
+            let n = lz4_flex::block::compress_into_with_table(data, &mut out, &mut table).expect("lz4 room");
+            let frame = if n > 0 && n < len { &out[..n] } else { data };
+            p.compressed += 1;
+            p.stored += frame.len() as u64;
+            std::hint::black_box(crc32fast::hash(frame));
+        }
+        p.cpu += t.elapsed();
+    }
+    p
+}
+
+fn main() {
+    let path = std::env::args().nth(1).expect("usage: cpu_floor IMAGE");
+    let runs: usize = std::env::var("VMB_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let f = File::open(&path).expect("open the image");
+    let size = f.metadata().expect("image metadata").len();
+    let blocks = data_blocks(&data_extents(&f), size);
+    let key = *blake3::hash(b"cpu floor key").as_bytes();
+    let mut passes: Vec<Pass> = (0..runs).map(|_| pass(&f, &blocks, size, &key)).collect();
+    passes.sort_by_key(|p| p.cpu);
+    let m = &passes[passes.len() / 2];
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let secs = m.cpu.as_secs_f64();
+    println!(
+        "image {path}: {:.2} GiB, {} data blocks of 64 KiB ({} zero, {} compressed once, {:.1} MB stored)",
+        size as f64 / f64::from(1 << 30),
+        m.blocks,
+        m.zero,
+        m.compressed,
+        m.stored as f64 / 1e6
+    );
+    let all: Vec<String> = passes.iter().map(|p| format!("{:.3}", p.cpu.as_secs_f64())).collect();
+    println!(
+        "CPU floor on one core: {secs:.3} s (median of {runs}: {}), {:.0} MB/s of image",
+        all.join(", "),
+        size as f64 / secs / 1e6
+    );
+    println!("floor / {cores} cores: {:.3} s", secs / cores as f64);
+}
