@@ -115,17 +115,17 @@ def main(results, meta_path):
         for name, r, want, ok in checks(v):
             print("| %s | %.3f | %s | %s |" % (name, r, want, "yes" if ok(r) else "**no**"))
         print()
-    floors = [t for t in tools if (t, "read-packs") in rows]
-    if floors and ("cat", "restore") in rows:
+    floors = [t for t in tools if (t, "read-and-write") in rows]
+    if floors:
         print("Restore (%s cache) against its floors: reading the vault's packs alone (`cat`, cold), "
-              "and writing the image alone (`cp --sparse=always` of the warm image, then `sync`)." % cache)
+              "writing as many bytes as the restore wrote alone (`dd`, O_DIRECT, then fsync), "
+              "and both at once." % cache)
         print()
-        print("| tool | restore s | read packs s | write image s | restore / read packs | restore / write image |")
+        print("| tool | restore s | read packs s | write s | both at once s | restore / both at once |")
         print("|---|---:|---:|---:|---:|---:|")
-        w = med_secs("cat", "restore")
         for t in floors:
-            r, p = med_secs(t, "restore"), med_secs(t, "read-packs")
-            print("| %s | %.2f | %.2f | %.2f | %.2f | %.2f |" % (t, r, p, w, r / p, r / w))
+            r, p, w, b = (med_secs(t, op) for op in ("restore", "read-packs", "write-image", "read-and-write"))
+            print("| %s | %.2f | %.2f | %.2f | %.2f | %.2f |" % (t, r, p, w, b, r / b))
         print()
     print("Versions: vmbackup %s; %s; %s. Repositories and restored images in %s. "
           "Load average (1, 5, 15 min) at start and end: %s." % (

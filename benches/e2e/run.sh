@@ -19,19 +19,21 @@
 #      path: the image is swapped by a hard link, as a disk changes in
 #      place), a restore of the latest point to a file; each timed with
 #      /usr/bin/time (wall seconds, peak RSS), and `du -sb` of the
-#      repository after each backup; for vmbackup also the restore's first
-#      floor, reading its vault's packs alone with `cat`;
+#      repository after each backup; for vmbackup also the restore's
+#      floors: reading its vault's packs alone (`cat`, cold), writing as
+#      many bytes as the restore wrote alone (`dd`, O_DIRECT, 4 MiB
+#      writes, then fsync), and both at once;
 #   5. prints a Markdown table of medians, and the ratios vmbackup/borg.
 #
 # Page cache: the images are read into it before every backup (warm: the
 # backups measure the tools, not the disk). Before every restore, and
 # before reading the packs alone, the page cache is dropped (`sync` and
 # `drop_caches`): a real restore comes days after its backup. RESTORE_CACHE
-# =warm keeps it instead. The `cat` line's floors: reading the image, and
-# for restore writing the image alone (`cp --sparse=always` of the warm
-# image). All three tools fsync their repositories when they back up;
-# vmbackup also fsyncs a restored file, so every restore (and the floor's
-# copy) is timed with a `sync FILE` of its output: every tool pays for
+# =warm keeps it instead. The `cat` line: reading the image for the
+# backups, and a sparse copy of the warm image (`cp --sparse=always`) for
+# restore. All three tools fsync their repositories when they back up;
+# vmbackup also fsyncs a restored file, so every restore (and the copy) is
+# timed with a `sync FILE` of its output: every tool pays for
 # getting the restored disk onto the disk. (Not a global `sync`: that would
 # also wait for whatever else the machine is writing.)
 #
@@ -209,8 +211,18 @@ run_vmbackup() {
     if [[ $rep == 1 ]]; then
         cmp "$OUT/disk.img" "$IMG/v2.img" || die "$name restored a different image"
     fi
+    # The restore's floors: reading the packs alone, writing as many bytes
+    # as it wrote alone (large O_DIRECT writes, as fast as the disk takes
+    # them), and both at once (the disk may share its bandwidth).
+    local blocks read_packs write_image
+    blocks=$(($(du -B1 "$OUT/disk.img" | cut -f1) / 4194304))
+    read_packs="find '$V/packs' -name '*.pack' -print0 | xargs -0 cat >/dev/null"
+    write_image="dd if=/dev/zero of='$OUT/floor.img' bs=4M count=$blocks oflag=direct conv=fsync status=none"
     cold_cache
-    measure "$name" read-packs "$rep" - - sh -c "find '$V/packs' -name '*.pack' -print0 | xargs -0 cat >/dev/null"
+    measure "$name" read-packs "$rep" - - sh -c "$read_packs"
+    measure "$name" write-image "$rep" - - sh -c "$write_image; rm -f '$OUT/floor.img'"
+    cold_cache
+    measure "$name" read-and-write "$rep" - - sh -c "($read_packs) & $write_image; wait; rm -f '$OUT/floor.img'"
     if [[ "$STORE" != "$W" ]]; then rm -rf "$V"; fi
 }
 
