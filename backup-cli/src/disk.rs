@@ -6,16 +6,40 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use backup_core::DiskReader;
+use backup_core::{DiskReader, PointManifest, Vault};
+use clap::Args;
 
 use crate::globals::Globals;
 
+/// A disk of a point, as `cat` and `export` name it on the command line.
+#[derive(Args, Debug)]
+pub struct DiskOfPoint {
+    /// The vault.
+    #[arg(long)]
+    pub vault: PathBuf,
+    /// The VM.
+    #[arg(long)]
+    pub vm: String,
+    /// The point: an id, a unique prefix of one, or `latest`.
+    #[arg(long, default_value = "latest")]
+    pub point: String,
+    /// The disk, by name or index.
+    #[arg(long)]
+    pub disk: String,
+}
+
+impl DiskOfPoint {
+    /// Opens the vault and finds the point.
+    pub fn open(&self, g: &Globals) -> Result<(Vault, PointManifest)> {
+        let vault = g.open(&self.vault)?;
+        let point = vault.find_point(&self.vm, &self.point)?;
+        Ok((vault, point))
+    }
+}
+
 /// What `vmbackup cat` was asked.
 pub struct CatArgs {
-    pub vault: PathBuf,
-    pub vm: String,
-    pub point: String,
-    pub disk: String,
+    pub of: DiskOfPoint,
     pub offset: u64,
     pub length: Option<u64>,
 }
@@ -26,9 +50,8 @@ const BUFFER: usize = 1 << 20;
 /// Writes `length` bytes of the disk from `offset` (to its end by default)
 /// on stdout.
 pub fn cat(g: &Globals, a: CatArgs) -> Result<ExitCode> {
-    let vault = g.open(&a.vault)?;
-    let point = vault.find_point(&a.vm, &a.point)?;
-    let mut disk = DiskReader::open(&vault, &point, &a.disk)?;
+    let (vault, point) = a.of.open(g)?;
+    let mut disk = DiskReader::open(&vault, &point, &a.of.disk)?;
     if a.offset > disk.size() {
         bail!("--offset {} is past the end of disk {} ({} bytes)", a.offset, disk.name(), disk.size());
     }

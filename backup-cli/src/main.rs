@@ -217,18 +217,8 @@ enum Command {
     /// nbd-client read it; mount it to copy files out) until Ctrl-C. Prints
     /// the NBD URI on stdout. The vault's shared lock is held meanwhile.
     Export {
-        /// The vault.
-        #[arg(long)]
-        vault: PathBuf,
-        /// The VM.
-        #[arg(long)]
-        vm: String,
-        /// The point: an id, a unique prefix of one, or `latest`.
-        #[arg(long, default_value = "latest")]
-        point: String,
-        /// The disk, by name or index.
-        #[arg(long)]
-        disk: String,
+        #[command(flatten)]
+        of: disk::DiskOfPoint,
         /// Listen on this unix socket (created; it must not exist).
         #[arg(long, value_name = "PATH", conflicts_with = "listen", required_unless_present = "listen")]
         socket: Option<PathBuf>,
@@ -244,18 +234,8 @@ enum Command {
     /// from the vault without restoring it; every block is checked as it is
     /// read. The vault's shared lock is held meanwhile.
     Cat {
-        /// The vault.
-        #[arg(long)]
-        vault: PathBuf,
-        /// The VM.
-        #[arg(long)]
-        vm: String,
-        /// The point: an id, a unique prefix of one, or `latest`.
-        #[arg(long, default_value = "latest")]
-        point: String,
-        /// The disk, by name or index.
-        #[arg(long)]
-        disk: String,
+        #[command(flatten)]
+        of: disk::DiskOfPoint,
         /// Where to start, in bytes (512, 64K, 1M, 2G).
         #[arg(long, default_value = "0", value_parser = parse_size_u64)]
         offset: u64,
@@ -916,15 +896,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Cat { vault, vm, point, disk, offset, length } => {
-            return disk::cat(g, disk::CatArgs { vault, vm, point, disk, offset, length });
+        Command::Cat { of, offset, length } => {
+            return disk::cat(g, disk::CatArgs { of, offset, length });
         }
         Command::Files { action } => return files::run(g, action),
         Command::Mount { vault, mountpoint, vm, point } => {
             return mount::mount(g, mount::MountArgs { vault, mountpoint, vm, point });
         }
-        Command::Export { vault, vm, point, disk, socket, listen, allow_remote } => {
-            return nbd::export(g, nbd::ExportArgs { vault, vm, point, disk, socket, listen, allow_remote });
+        Command::Export { of, socket, listen, allow_remote } => {
+            return nbd::export(g, nbd::ExportArgs { of, socket, listen, allow_remote });
         }
         Command::Demo { dir, live_guest, connect } => demo::run(dir, live_guest.map(|g| (g, connect)))?,
         Command::Prune { vault, policy, vm, dry_run, json } => {

@@ -73,10 +73,7 @@ pub fn qemu_provider(
 
 /// What `vmbackup export` was asked.
 pub struct ExportArgs {
-    pub vault: PathBuf,
-    pub vm: String,
-    pub point: String,
-    pub disk: String,
+    pub of: crate::disk::DiskOfPoint,
     pub socket: Option<PathBuf>,
     pub listen: Option<String>,
     pub allow_remote: bool,
@@ -84,8 +81,7 @@ pub struct ExportArgs {
 
 /// Serves a point's disk read-only over NBD until SIGINT or SIGTERM.
 pub fn export(g: &Globals, a: ExportArgs) -> Result<ExitCode> {
-    let vault = g.open(&a.vault)?;
-    let point = vault.find_point(&a.vm, &a.point)?;
+    let (vault, point) = a.of.open(g)?;
     let at = match (&a.socket, &a.listen) {
         (Some(s), None) => ExportAddress::Unix(s.clone()),
         (None, Some(l)) => {
@@ -100,11 +96,11 @@ pub fn export(g: &Globals, a: ExportArgs) -> Result<ExitCode> {
     };
     let mut options = ExportOptions::default();
     options.allow_remote = a.allow_remote;
-    let server = NbdServer::bind(&vault, &point, &a.disk, &at, options)?;
+    let server = NbdServer::bind(&vault, &point, &a.of.disk, &at, options)?;
     let cancel = crate::signals::cancel_on_signals();
     eprintln!(
         "exporting disk {} of point {} of vm {} ({} bytes), read-only; stop with Ctrl-C",
-        a.disk,
+        a.of.disk,
         point.id,
         point.vm,
         server.size()
