@@ -69,7 +69,9 @@ impl SpanBuffer {
     /// Room for `len` bytes at an aligned address; returns it.
     fn room(&mut self, len: usize) -> &mut [u8] {
         if self.raw.len() < len + ALIGN as usize {
-            self.raw = vec![0u8; len + ALIGN as usize];
+            // Whole powers of two, so that a restore's growing spans take
+            // a few allocations rather than one per larger span.
+            self.raw = vec![0u8; len.next_power_of_two() + ALIGN as usize];
         }
         self.at = self.raw.as_ptr().align_offset(ALIGN as usize).min(ALIGN as usize);
         self.len = 0;
