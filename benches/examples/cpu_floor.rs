@@ -21,42 +21,20 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+
+use backup_core::{BlockDevice, RawImage};
 use std::time::{Duration, Instant};
 
 const BLOCK: usize = 64 << 10;
 /// Bytes read into memory before each timed stretch.
 const BATCH: usize = 256 << 20;
 
-/// The data extents of a file (SEEK_DATA / SEEK_HOLE), as the engine's
-/// allocation map of an image file.
-fn data_extents(f: &File) -> Vec<(u64, u64)> {
-    let len = f.metadata().expect("image metadata").len() as i64;
-    let fd = f.as_raw_fd();
-    let mut out = Vec::new();
-    let mut at = 0i64;
-    while at < len {
-        // SAFETY: lseek on a descriptor `f` owns and keeps open; it takes
-        // and returns plain integers.
-        let start = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
-        if start < 0 {
-            break; // ENXIO: no data after `at`
-        }
-        // SAFETY: as above.
-        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
-        let end = if end < 0 { len } else { end };
-        out.push((start as u64, end as u64));
-        at = end;
-    }
-    out
-}
-
 /// The block-aligned offsets of every block that overlaps a data extent.
-fn data_blocks(extents: &[(u64, u64)], size: u64) -> Vec<u64> {
+fn data_blocks(extents: &[std::ops::Range<u64>], size: u64) -> Vec<u64> {
     let bs = BLOCK as u64;
     let mut blocks: Vec<u64> = Vec::new();
-    for &(s, e) in extents {
+    for &std::ops::Range { start: s, end: e } in extents {
         let mut b = s / bs * bs;
         while b < e.min(size) {
             if blocks.last() != Some(&b) {
@@ -134,7 +112,12 @@ fn main() {
     let runs: usize = std::env::var("VMB_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let f = File::open(&path).expect("open the image");
     let size = f.metadata().expect("image metadata").len();
-    let blocks = data_blocks(&data_extents(&f), size);
+    // The engine's own allocation map of an image file (SEEK_DATA/SEEK_HOLE).
+    let image = RawImage::open(&path).expect("open the image");
+    // None: the file system keeps no map, and every block is data.
+    let whole = std::ops::Range { start: 0, end: size };
+    let extents = image.allocated(whole.clone()).expect("allocation map").unwrap_or_else(|| vec![whole]);
+    let blocks = data_blocks(&extents, size);
     let key = *blake3::hash(b"cpu floor key").as_bytes();
     let mut passes: Vec<Pass> = (0..runs).map(|_| pass(&f, &blocks, size, &key)).collect();
     passes.sort_by_key(|p| p.cpu);
