@@ -14,6 +14,7 @@ mod mount;
 mod nbd;
 mod output;
 mod progress;
+mod protection;
 mod recovery;
 mod repair;
 mod schedule;
@@ -251,6 +252,10 @@ enum Command {
         /// Only this VM's points.
         #[arg(long)]
         vm: Option<String>,
+        /// List the soft-deleted points instead, and until when each can
+        /// be undeleted.
+        #[arg(long)]
+        deleted: bool,
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -386,8 +391,59 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Delete a point. While the vault's soft delete is on (14 days unless
+    /// `vmbackup config` says otherwise) it stays recoverable by `vmbackup
+    /// undelete` and gc keeps its data until its days are over.
+    Delete {
+        /// The vault.
+        #[arg(long)]
+        vault: PathBuf,
+        /// The VM.
+        #[arg(long)]
+        vm: String,
+        /// The point: an id, a unique prefix of one, or `latest`.
+        #[arg(long)]
+        point: String,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring back a soft-deleted point (`list --deleted` shows them).
+    Undelete {
+        /// The vault.
+        #[arg(long)]
+        vault: PathBuf,
+        /// The VM.
+        #[arg(long)]
+        vm: String,
+        /// The point: an id or a unique prefix of one.
+        #[arg(long)]
+        point: String,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the vault's settings, or change them: they live in the vault
+    /// and apply to every host and caller.
+    Config {
+        /// The vault.
+        #[arg(long)]
+        vault: PathBuf,
+        /// Keep points removed by prune or delete recoverable for this many
+        /// days (0 removes them at once).
+        #[arg(long, value_name = "DAYS")]
+        soft_delete_days: Option<u32>,
+        /// Make soft delete always on: it can then never be turned off, its
+        /// days never shortened, and this never undone.
+        #[arg(long)]
+        soft_delete_always_on: bool,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove what no point references: segments, dead packs, and the dead
-    /// part of mostly-dead packs (repacked).
+    /// part of mostly-dead packs (repacked). Soft-deleted points whose days
+    /// are over go for good first.
     Gc {
         /// The vault.
         #[arg(long)]
@@ -403,6 +459,10 @@ enum Command {
         /// Show what would be removed; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Pretend that now is this instant (RFC 3339) when judging whether
+        /// soft-deleted points' days are over.
+        #[arg(long, hide = true)]
+        now: Option<jiff::Timestamp>,
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -669,7 +729,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::List { vault, vm, json } => {
+        Command::List { vault, vm, deleted: true, json } => {
+            return protection::list_deleted(g, &vault, vm.as_deref(), json);
+        }
+        Command::List { vault, vm, deleted: false, json } => {
             let vault = g.open(&vault)?;
             let (points, bad) = vault.scan_points(vm.as_deref())?;
             for e in &bad {
@@ -910,8 +973,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Prune { vault, policy, vm, dry_run, json } => {
             return maintenance::prune(g, &vault, &policy, vm, dry_run, json);
         }
-        Command::Gc { vault, grace, repack_threshold, dry_run, json } => {
-            return maintenance::gc(g, &vault, grace, repack_threshold, dry_run, json);
+        Command::Gc { vault, grace, repack_threshold, dry_run, now, json } => {
+            return maintenance::gc(g, &vault, maintenance::GcArgs { grace, repack_threshold, dry_run, now }, json);
+        }
+        Command::Delete { vault, vm, point, json } => return protection::delete(g, &vault, &vm, &point, json),
+        Command::Undelete { vault, vm, point, json } => return protection::undelete(g, &vault, &vm, &point, json),
+        Command::Config { vault, soft_delete_days, soft_delete_always_on, json } => {
+            let mut change = backup_core::SettingsChange::default();
+            change.soft_delete_days = soft_delete_days;
+            change.soft_delete_always_on = soft_delete_always_on;
+            return protection::config(g, &vault, &change, json);
         }
         Command::Policy { action: PolicyAction::Check { file, runs, json } } => {
             return maintenance::policy_check(&file, runs, json);
@@ -1086,7 +1157,7 @@ fn vm_from_args(name: &str, disks: &[String]) -> Result<Vm> {
 /// The JSON of a point as the CLI prints it. The statistics carry the
 /// names and meanings of `backup_core::DiskStats` (a point's are its
 /// disks' totals, plus `bytes_added`).
-fn point_json(p: &PointManifest) -> serde_json::Value {
+pub(crate) fn point_json(p: &PointManifest) -> serde_json::Value {
     let mut out = json!({
         "point": p.id,
         "vm": p.vm,

@@ -81,26 +81,41 @@ pub fn prune(
     Ok(ExitCode::SUCCESS)
 }
 
+/// What `vmbackup gc` was asked.
+pub struct GcArgs {
+    /// Minutes of the grace period.
+    pub grace: u64,
+    /// The dead share that gets a pack rewritten.
+    pub repack_threshold: f64,
+    /// Change nothing.
+    pub dry_run: bool,
+    /// The fake "now" of soft-deleted points' days.
+    pub now: Option<jiff::Timestamp>,
+}
+
 /// `vmbackup gc`: removes what no point references.
-pub fn gc(
-    g: &Globals,
-    vault: &Path,
-    grace_minutes: u64,
-    repack_threshold: f64,
-    dry_run: bool,
-    as_json: bool,
-) -> Result<ExitCode> {
+pub fn gc(g: &Globals, vault: &Path, args: GcArgs, as_json: bool) -> Result<ExitCode> {
+    let GcArgs { grace: grace_minutes, repack_threshold, dry_run, now } = args;
     let vault = g.open(vault)?;
     let mut options = GcOptions::default();
     options.grace = Duration::from_secs(grace_minutes.saturating_mul(60));
     options.repack_threshold = repack_threshold;
     options.dry_run = dry_run;
+    options.now = now.map(std::time::SystemTime::from);
     let r = backup_core::gc(&vault, &options)?;
     if as_json {
         outln!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         let would = if dry_run { "would remove" } else { "removed" };
         outln!("{} points keep {} chunks and {} segments", r.points, r.live_chunks, r.live_segments);
+        if r.deleted_points_kept + r.deleted_points_purged > 0 {
+            outln!(
+                "{} soft-deleted points kept (their days are not over); {} {} for good",
+                r.deleted_points_kept,
+                if dry_run { "would remove" } else { "removed" },
+                r.deleted_points_purged
+            );
+        }
         outln!(
             "{would} {} chunks ({}), {} segments ({}), {} whole packs; {} packs repacked into {}",
             r.chunks_removed,

@@ -68,7 +68,12 @@ fn prune_then_gc_keep_a_vault_that_verifies() {
     assert_eq!(done["removed"].as_array().map(Vec::len), Some(2));
     let kept_by_grace = json(&["gc", "--vault", s(&vault), "--json"]);
     assert_eq!(kept_by_grace["segments_removed"], 0, "the default grace period spares fresh objects");
-    let gc = json(&["gc", "--vault", s(&vault), "--grace", "0", "--json"]);
+    let held = json(&["gc", "--vault", s(&vault), "--grace", "0", "--json"]);
+    assert_eq!(held["deleted_points_kept"], 2, "pruned points are soft-deleted for 14 days: {held}");
+    assert_eq!(held["segments_removed"], 0, "{held}");
+    let later = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(15 * 24)).to_string();
+    let gc = json(&["gc", "--vault", s(&vault), "--grace", "0", "--now", &later, "--json"]);
+    assert_eq!(gc["deleted_points_purged"], 2, "{gc}");
     assert!(gc["segments_removed"].as_u64().unwrap_or(0) > 0, "{gc}");
     assert!(gc["chunks_removed"].as_u64().unwrap_or(0) > 0, "{gc}");
     let verify = json(&["verify", "--vault", s(&vault), "--json"]);

@@ -262,6 +262,16 @@ pub enum Error {
         /// What is wrong.
         why: String,
     },
+    /// The vault's protection settings refuse the change: a setting that
+    /// may not be weakened, or (later) a point younger than its immutable
+    /// days. Nothing was changed.
+    #[error("refused to {action}: {why}")]
+    Protected {
+        /// What was refused, and where ("turn soft delete off in vault /v").
+        action: String,
+        /// Which setting refuses it.
+        why: String,
+    },
     /// The caller cancelled the job; nothing was committed.
     #[error("{what} cancelled; nothing was committed")]
     Cancelled {

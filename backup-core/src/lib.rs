@@ -62,6 +62,7 @@ mod repair;
 mod restore;
 mod restore_output;
 mod snapshot;
+mod soft_delete;
 #[doc(hidden)]
 pub mod testing;
 mod throttle;
@@ -115,6 +116,7 @@ pub use snapshot::{
     MAX_SCRIPT_RETRIES, MAX_SCRIPT_TIMEOUT_SECS, MixedProvider, OUTPUT_LIMIT, PrepareReport, ScriptsConfig, Snapshot,
     SnapshotDisk, SnapshotProvider, ThawReport,
 };
+pub use soft_delete::{DeletedPoint, Deletion, delete_point, deleted_points, undelete_point};
 pub use throttle::{Throttle, ThrottledDevice, ThrottledProvider};
 pub use vault::{
     BackupSession, BootVerdict, Codec, DiskRecord, DiskStats, FORMAT_VERSION, KdfParams, KeySlotInfo, KeySource,
@@ -122,4 +124,5 @@ pub use vault::{
     VaultSink, VaultSource, VmRecord, generate_key_file, is_vault_url,
 };
 pub use vault::{DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, check_block_size};
+pub use vault::{DEFAULT_SOFT_DELETE_DAYS, MAX_SOFT_DELETE_DAYS, SettingsChange, VaultSettings};
 pub use verify::{Problem, VerifyOptions, VerifyReport, verify};

@@ -190,8 +190,9 @@ fn expired_job_logs(
     Ok(out)
 }
 
-/// Carries out a plan: removes the manifests of the points it condemns,
-/// under the exclusive lock. A point that is by now its VM's newest, or
+/// Carries out a plan: removes the points it condemns, under the exclusive
+/// lock (soft-deleted while the vault's soft delete is on: see
+/// [`delete_point`](crate::delete_point)). A point that is by now its VM's newest, or
 /// that is already gone, is spared and reported.
 ///
 /// Prune: remove recovery points by retention rules, in two steps:
@@ -245,10 +246,10 @@ pub fn prune(vault: &Vault, plan: &PrunePlan) -> Result<PruneReport> {
         by_vm.entry(p.vm.as_str()).or_default().push(p.id.as_str());
     }
     for (vm, ids) in by_vm {
-        record_pruned(vault, vm, &ids)?;
+        record_removed(vault, vm, &ids)?;
     }
     let points: Vec<(&str, &str)> = doomed.iter().map(|p| (p.vm.as_str(), p.id.as_str())).collect();
-    vault.remove_points(&points)?;
+    crate::soft_delete::remove_points(vault, &points)?;
     remove_job_logs(vault, &plan.job_logs)?;
     Ok(report)
 }
@@ -265,20 +266,26 @@ fn remove_job_logs(vault: &Vault, logs: &[PlannedJobLog]) -> Result<()> {
         let ids: Vec<&str> = jobs.iter().map(|j| j.job.as_str()).collect();
         vault.remove_job_logs(vm, &ids)?;
         let gone: std::collections::HashSet<&str> = jobs.iter().filter_map(|j| j.point.as_deref()).collect();
-        vault.forget_pruned(vm, &gone.iter().copied().collect::<Vec<_>>())?;
-        let bytes = vault.read_pruned_log(vm)?;
-        let keep: Vec<&[u8]> = bytes
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .filter(|l| serde_json::from_slice::<PrunedLine>(l).map_or(true, |p| !gone.contains(p.point.as_str())))
-            .collect();
-        if keep.len() < bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count() {
-            let mut out = keep.join(&b'\n');
-            if !out.is_empty() {
-                out.push(b'\n');
-            }
-            vault.rewrite_pruned_log(vm, &out)?;
+        forget_removed(vault, vm, &gone.into_iter().collect::<Vec<_>>())?;
+    }
+    Ok(())
+}
+
+/// Drops the records that these points of a VM were removed (in the store
+/// and in `pruned.log`): their job logs are gone, or they were undeleted.
+pub(crate) fn forget_removed(vault: &Vault, vm: &str, ids: &[&str]) -> Result<()> {
+    vault.forget_pruned(vm, ids)?;
+    let bytes = vault.read_pruned_log(vm)?;
+    let lines = || bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+    let keep: Vec<&[u8]> = lines()
+        .filter(|l| serde_json::from_slice::<PrunedLine>(l).map_or(true, |p| !ids.contains(&p.point.as_str())))
+        .collect();
+    if keep.len() < lines().count() {
+        let mut out = keep.join(&b'\n');
+        if !out.is_empty() {
+            out.push(b'\n');
         }
+        vault.rewrite_pruned_log(vm, &out)?;
     }
     Ok(())
 }
@@ -295,7 +302,9 @@ struct PrunedLine {
     point: String,
 }
 
-fn record_pruned(vault: &Vault, vm: &str, ids: &[&str]) -> Result<()> {
+/// Records that these points of a VM are removed (by prune or delete),
+/// before they go.
+pub(crate) fn record_removed(vault: &Vault, vm: &str, ids: &[&str]) -> Result<()> {
     let time = Timestamp::now();
     let mut bytes = Vec::new();
     for id in ids {

@@ -64,6 +64,9 @@ pub enum vmb_status {
     /// point cannot be read as asked (ext4 and XFS need root; the vault
     /// itself may be sound).
     VMB_ERR_GUEST = 21,
+    /// The vault's protection settings refuse the change (soft delete
+    /// always on); nothing was changed.
+    VMB_ERR_PROTECTED = 22,
 }
 
 use vmb_status::*;
@@ -94,12 +97,13 @@ impl vmb_status {
             VMB_ERR_KEY_REQUIRED => c"the vault is encrypted: a passphrase or key file is needed",
             VMB_ERR_WRONG_KEY => c"wrong passphrase or key file for the vault",
             VMB_ERR_GUEST => c"a guest's volumes or files cannot be read as asked",
+            VMB_ERR_PROTECTED => c"the vault's protection settings refuse it",
         }
     }
 
     /// The status for a code, if it names one.
     pub(crate) fn from_code(code: c_int) -> Option<vmb_status> {
-        const ALL: [vmb_status; 22] = [
+        const ALL: [vmb_status; 23] = [
             VMB_OK,
             VMB_ERR_NULL_ARGUMENT,
             VMB_ERR_INVALID_ARGUMENT,
@@ -122,6 +126,7 @@ impl vmb_status {
             VMB_ERR_KEY_REQUIRED,
             VMB_ERR_WRONG_KEY,
             VMB_ERR_GUEST,
+            VMB_ERR_PROTECTED,
         ];
         ALL.into_iter().find(|s| *s as c_int == code)
     }
@@ -172,6 +177,7 @@ impl From<Error> for Failure {
             Error::KeyRequired { .. } => VMB_ERR_KEY_REQUIRED,
             Error::WrongKey { .. } => VMB_ERR_WRONG_KEY,
             Error::Guest { .. } => VMB_ERR_GUEST,
+            Error::Protected { .. } => VMB_ERR_PROTECTED,
             _ => VMB_ERR_OTHER,
         };
         // The whole chain, so that a host's own message reaches the C side.

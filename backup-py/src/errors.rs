@@ -78,6 +78,7 @@ pub(crate) fn to_py(py: Python<'_>, e: Error) -> PyErr {
             new_error(py, "WrongKeyError", (msg,), &[("path", obj(&path.display().to_string()))])
         }
         Error::Guest { place, .. } => new_error(py, "GuestError", (msg,), &[("place", obj(place))]),
+        Error::Protected { .. } => new_error(py, "ProtectedError", (msg,), &[]),
         _ => new_error(py, "VmBackupError", (msg,), &[]),
     };
     if retryable {

@@ -17,12 +17,13 @@ pub(super) struct LiveSet {
     pub chunks: HashSet<ContentId>,
 }
 
-/// Reads every manifest and every segment it names (each hash-checked).
+/// Reads every manifest and every segment it names (each hash-checked);
+/// `held` are the soft-deleted points whose data must stay too.
 ///
 /// # Errors
 /// A manifest or a live segment that cannot be read: gc refuses to run,
 /// since it could not know what that point still needs.
-pub(super) fn live_set(vault: &Vault) -> Result<LiveSet> {
+pub(super) fn live_set(vault: &Vault, held: &[crate::PointManifest]) -> Result<LiveSet> {
     let refuse = |why: String| Error::corrupt(format!("vault {}", vault.location()), why);
     let (points, bad) = vault.scan_points(None)?;
     if let Some(first) = bad.first() {
@@ -33,7 +34,7 @@ pub(super) fn live_set(vault: &Vault) -> Result<LiveSet> {
         )));
     }
     let segments: HashSet<ContentId> =
-        points.iter().flat_map(|p| &p.disks).flat_map(|d| d.segments.iter().copied()).collect();
+        points.iter().chain(held).flat_map(|p| &p.disks).flat_map(|d| d.segments.iter().copied()).collect();
     let mut chunks = HashSet::new();
     for s in &segments {
         let entries = vault
@@ -41,5 +42,5 @@ pub(super) fn live_set(vault: &Vault) -> Result<LiveSet> {
             .map_err(|e| refuse(format!("gc refuses to run: a live index segment cannot be read: {e}")))?;
         chunks.extend(entries.into_iter().flatten());
     }
-    Ok(LiveSet { points: points.len(), segments, chunks })
+    Ok(LiveSet { points: points.len() + held.len(), segments, chunks })
 }

@@ -32,11 +32,14 @@ pub struct GcOptions {
     pub repack_threshold: f64,
     /// Report what would be done, change nothing.
     pub dry_run: bool,
+    /// The time at which soft-deleted points' days are judged over (None:
+    /// the clock). A later time rehearses what gc will do then.
+    pub now: Option<SystemTime>,
 }
 
 impl Default for GcOptions {
     fn default() -> Self {
-        GcOptions { grace: Duration::from_secs(60 * 60), repack_threshold: 0.5, dry_run: false }
+        GcOptions { grace: Duration::from_secs(60 * 60), repack_threshold: 0.5, dry_run: false, now: None }
     }
 }
 
@@ -46,8 +49,12 @@ impl Default for GcOptions {
 pub struct GcReport {
     /// Whether it was a dry run.
     pub dry_run: bool,
-    /// Points whose objects were kept.
+    /// Points whose objects were kept (soft-deleted ones included).
     pub points: u64,
+    /// Soft-deleted points whose days are not over: their data was kept.
+    pub deleted_points_kept: u64,
+    /// Soft-deleted points whose days were over, removed for good.
+    pub deleted_points_purged: u64,
     /// Distinct chunks those points reference.
     pub live_chunks: u64,
     /// Distinct segments those points reference.
@@ -89,6 +96,8 @@ pub struct GcReport {
 /// Garbage collection: removes what no point references, under the
 /// vault's exclusive lock.
 ///
+/// 0. Soft-deleted points whose days are over (by [`GcOptions::now`]) are
+///    removed for good; the others count as points below.
 /// 1. Every manifest is read and every index segment it names is read and
 ///    hash-checked: together they give the live segments and live chunks.
 ///    gc refuses to run while a manifest or a live segment is unreadable,
@@ -146,9 +155,12 @@ pub fn gc(vault: &Vault, options: &GcOptions) -> Result<GcReport> {
     let _lock = vault.lock(LockMode::Exclusive)?;
     let cutoff = SystemTime::now().checked_sub(options.grace).unwrap_or(SystemTime::UNIX_EPOCH);
     let mut report = GcReport { dry_run: options.dry_run, ..GcReport::default() };
+    let swept = crate::soft_delete::sweep(vault, options.now.unwrap_or_else(SystemTime::now), options.dry_run)?;
+    report.deleted_points_kept = swept.held.len() as u64;
+    report.deleted_points_purged = swept.purged;
     match vault.remote() {
-        Some(remote) => shared::collect(vault, remote, options, cutoff, &mut report)?,
-        None => collect(vault, options, cutoff, &mut report)?,
+        Some(remote) => shared::collect(vault, remote, options, cutoff, &swept.held, &mut report)?,
+        None => collect(vault, options, cutoff, &swept.held, &mut report)?,
     }
     remove_staging(vault, None, cutoff, options.dry_run, &mut report)?;
     if !options.dry_run {
@@ -161,9 +173,15 @@ pub fn gc(vault: &Vault, options: &GcOptions) -> Result<GcReport> {
 
 /// gc of a vault this process alone may change (under the exclusive lock):
 /// removes and rewrites at once.
-fn collect(vault: &Vault, options: &GcOptions, cutoff: SystemTime, report: &mut GcReport) -> Result<()> {
+fn collect(
+    vault: &Vault,
+    options: &GcOptions,
+    cutoff: SystemTime,
+    held: &[crate::PointManifest],
+    report: &mut GcReport,
+) -> Result<()> {
     // 1. What is live.
-    let live = live::live_set(vault)?;
+    let live = live::live_set(vault, held)?;
     report.points = live.points as u64;
     report.live_segments = live.segments.len() as u64;
     report.live_chunks = live.chunks.len() as u64;

@@ -20,11 +20,12 @@ pub(super) fn collect(
     remote: &Remote,
     options: &GcOptions,
     cutoff: SystemTime,
+    held: &[crate::PointManifest],
     report: &mut GcReport,
 ) -> Result<()> {
     let marks = remote.marks(vault)?;
     let ripe: Vec<&(String, Mark)> = marks.iter().filter(|(_, m)| SystemTime::from(m.created) <= cutoff).collect();
-    let live = live::live_set(vault)?;
+    let live = live::live_set(vault, held)?;
     report.points = live.points as u64;
     report.live_segments = live.segments.len() as u64;
     report.live_chunks = live.chunks.len() as u64;

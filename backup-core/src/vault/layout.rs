@@ -24,6 +24,9 @@ pub(crate) const INDEX: &str = "index/";
 pub(crate) const SEGMENTS: &str = "segments/";
 /// Point manifests, by VM.
 pub(crate) const POINTS: &str = "points/";
+/// Manifests of soft-deleted points, by VM: kept, restorable by undelete,
+/// until the vault's soft-delete days since their removal are over.
+pub(crate) const DELETED: &str = "deleted/";
 /// VM records.
 pub(crate) const VMS: &str = "vms/";
 /// Job logs, by VM (local folders and caches only).
@@ -68,6 +71,23 @@ pub(crate) fn points_of(vm: &str) -> String {
 /// A point's manifest.
 pub(crate) fn manifest(vm: &str, point: &str) -> String {
     format!("{POINTS}{vm}/{point}")
+}
+
+/// The folder of a VM's soft-deleted points, with its trailing `/`.
+pub(crate) fn deleted_of(vm: &str) -> String {
+    format!("{DELETED}{vm}/")
+}
+
+/// The manifest of a soft-deleted point (the same bytes as it had under
+/// `points/`; the object's time is when it was deleted).
+pub(crate) fn deleted(vm: &str, point: &str) -> String {
+    format!("{DELETED}{vm}/{point}")
+}
+
+/// The VM and point id of a soft-deleted point's key, if it is one.
+pub(crate) fn deleted_of_key(key: &str) -> Option<(&str, &str)> {
+    let (vm, id) = key.strip_prefix(DELETED)?.split_once('/')?;
+    (validate_name("vm name", vm).is_ok() && validate_name("point id", id).is_ok()).then_some((vm, id))
 }
 
 /// A VM's record.
@@ -188,6 +208,8 @@ mod tests {
         assert_eq!(lease_of(&lease("host-1-ab")), Some("host-1-ab"));
         assert_eq!(lease_of("leases/../x.json"), None);
         assert_eq!(manifest_of(&manifest("web", "20261203T000000Z-1")), Some(("web", "20261203T000000Z-1")));
+        assert_eq!(deleted_of_key(&deleted("web", "20261203T000000Z-1")), Some(("web", "20261203T000000Z-1")));
+        assert_eq!(deleted_of_key("deleted/web/../x"), None);
         assert_eq!(pack_of("packs/../config.pack"), None);
         assert_eq!(pack_of("packs/a/b.pack"), None);
         assert_eq!(manifest_of("points/web/a/b"), None);

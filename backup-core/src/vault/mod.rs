@@ -14,6 +14,7 @@
 //!   snapshots/<vm>/<point>.json snapshots kept for instant restore (see `job::tiers`); made on first use
 //!   verdicts/<vm>/<point>       boot verdicts (see `verdict`)
 //!   pruned/<vm>/<point>         points prune removed, for verify on every host
+//!   deleted/<vm>/<point>        manifests of soft-deleted points (see `trash`)
 //!   tmp/                        staging of backups in flight; never read as vault data
 //! ```
 //!
@@ -72,7 +73,9 @@ mod objects;
 pub(crate) use objects::Stored;
 pub(crate) mod segment;
 mod session;
+mod settings;
 pub(crate) mod store;
+mod trash;
 mod verdict;
 
 use std::collections::HashMap;
@@ -98,6 +101,7 @@ pub use remote::{RemoteOptions, UPLOAD_BUDGET, is_vault_url};
 pub(crate) use segment::encode as encode_segment;
 pub use segment::{ENTRIES_PER_SEGMENT, Entries};
 pub use session::BackupSession;
+pub use settings::{DEFAULT_SOFT_DELETE_DAYS, MAX_SOFT_DELETE_DAYS, SettingsChange, VaultSettings};
 pub use verdict::BootVerdict;
 
 /// A vault's config file and the keys it gives with `key`: its JSON, its
@@ -300,6 +304,10 @@ pub(crate) struct Config {
     /// The key slots of an encrypted vault (format version 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     encryption: Option<crypto::Encryption>,
+    /// How the vault protects its points (absent in vaults made before
+    /// settings existed: they read as the defaults).
+    #[serde(default)]
+    settings: VaultSettings,
 }
 
 impl Config {
@@ -463,6 +471,7 @@ impl Vault {
                     chunk_key: Some(hex(key.as_ref())),
                     key_check: None,
                     encryption: None,
+                    settings: VaultSettings::default(),
                 };
                 Config { key_check: Some(config.check_value()), ..config }
             }
@@ -476,6 +485,7 @@ impl Vault {
                     chunk_key: None,
                     key_check: None,
                     encryption: Some(encryption),
+                    settings: VaultSettings::default(),
                 }
             }
         };
@@ -983,7 +993,13 @@ impl Vault {
         let Some(bytes) = self.store.get(&key, manifest::MAX_MANIFEST_LEN)? else {
             return Err(Error::NotFound { what: format!("point {id} of vm {vm}") });
         };
-        let object = format!("manifest {}", self.describe(&key));
+        self.decode_manifest(&key, vm, id, bytes)
+    }
+
+    /// Opens (in an encrypted vault) and checks the bytes of point `id` of
+    /// `vm`, read from `key` (its place under `points/`, or `deleted/`).
+    pub(crate) fn decode_manifest(&self, key: &str, vm: &str, id: &str, bytes: Vec<u8>) -> Result<PointManifest> {
+        let object = format!("manifest {}", self.describe(key));
         let bytes = match &self.keys.sealer {
             None => bytes,
             Some(s) => crypto::open_file(s, &self.manifest_aad(vm, id), &bytes, &object)?,

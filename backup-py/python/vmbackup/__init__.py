@@ -24,6 +24,7 @@ from ._errors import (
     CancelledError,
     CorruptionError,
     GuestError,
+    ProtectedError,
     KeyRequiredError,
     NotFoundError,
     TamperedError,
@@ -97,4 +98,5 @@ __all__ = [
     "KeyRequiredError",
     "WrongKeyError",
     "GuestError",
+    "ProtectedError",
 ]

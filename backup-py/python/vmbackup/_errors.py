@@ -22,6 +22,7 @@ __all__ = [
     "KeyRequiredError",
     "WrongKeyError",
     "GuestError",
+    "ProtectedError",
 ]
 
 
@@ -129,3 +130,9 @@ class GuestError(VmBackupError):
     point cannot be read as asked: an unknown or unsupported layout, a
     volume without files, or ext4/XFS without root (the kernel mounts
     them). The vault itself may be sound."""
+
+
+class ProtectedError(VmBackupError, PermissionError):
+    """The vault's protection settings refuse the change (turning off soft
+    delete that is always on, shortening its days); nothing was changed.
+    Also a :class:`PermissionError`."""

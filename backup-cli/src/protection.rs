@@ -1,0 +1,109 @@
+//! `vmbackup delete`, `undelete`, `list --deleted` and `config`: points
+//! removed by mistake stay recoverable for the vault's soft-delete days.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use backup_core::{SettingsChange, VaultSettings};
+use serde_json::json;
+
+use crate::globals::Globals;
+use crate::output::outln;
+
+/// `vmbackup delete`: removes a point (soft-deleted unless the vault's
+/// soft delete is off).
+pub fn delete(g: &Globals, vault: &Path, vm: &str, point: &str, as_json: bool) -> Result<ExitCode> {
+    let vault = g.open(vault)?;
+    let d = backup_core::delete_point(&vault, vm, point)?;
+    if as_json {
+        outln!("{}", serde_json::to_string_pretty(&d)?);
+    } else {
+        match d.recoverable_until {
+            Some(until) => outln!(
+                "deleted point {} of vm {}; `vmbackup undelete` brings it back until {}",
+                d.id,
+                d.vm,
+                until.strftime("%Y-%m-%d %H:%M:%S UTC")
+            ),
+            None => outln!(
+                "deleted point {} of vm {} for good (soft delete is off); run `vmbackup gc` to reclaim its space",
+                d.id,
+                d.vm
+            ),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vmbackup undelete`: brings a soft-deleted point back.
+pub fn undelete(g: &Globals, vault: &Path, vm: &str, point: &str, as_json: bool) -> Result<ExitCode> {
+    let vault = g.open(vault)?;
+    let p = backup_core::undelete_point(&vault, vm, point)?;
+    if as_json {
+        outln!("{}", serde_json::to_string_pretty(&crate::point_json(&p))?);
+    } else {
+        outln!("undeleted point {} of vm {} ({})", p.id, p.vm, p.time.strftime("%Y-%m-%d %H:%M:%S UTC"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vmbackup list --deleted`: the soft-deleted points and when each goes
+/// for good.
+pub fn list_deleted(g: &Globals, vault: &Path, vm: Option<&str>, as_json: bool) -> Result<ExitCode> {
+    let vault = g.open(vault)?;
+    let deleted = backup_core::deleted_points(&vault, vm)?;
+    if as_json {
+        let records: Vec<_> = deleted
+            .iter()
+            .map(|d| {
+                let mut o = crate::point_json(&d.point);
+                o["deleted"] = json!(d.deleted.to_string());
+                o["purge_after"] = json!(d.purge_after.to_string());
+                o
+            })
+            .collect();
+        outln!("{}", serde_json::to_string_pretty(&json!({ "deleted": records }))?);
+    } else {
+        outln!("{:<24} {:<16} {:<25} {:<25} {:<25}", "POINT", "VM", "TIME", "DELETED", "RECOVERABLE UNTIL");
+        let when = |t: jiff::Timestamp| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string();
+        for d in &deleted {
+            outln!(
+                "{:<24} {:<16} {:<25} {:<25} {:<25}",
+                d.point.id,
+                d.point.vm,
+                when(d.point.time),
+                when(d.deleted),
+                when(d.purge_after)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vmbackup config`: changes the vault's settings when asked, then shows
+/// them.
+pub fn config(g: &Globals, vault: &Path, change: &SettingsChange, as_json: bool) -> Result<ExitCode> {
+    let vault = g.open(vault)?;
+    let settings =
+        if *change == SettingsChange::default() { vault.settings()? } else { vault.change_settings(change)? };
+    if as_json {
+        outln!("{}", serde_json::to_string_pretty(&settings)?);
+    } else {
+        print_settings(&vault.location(), &settings);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_settings(vault: &str, s: &VaultSettings) {
+    outln!("vault {vault}");
+    let soft = match s.soft_delete_days {
+        0 => "off: prune and delete remove points at once".to_string(),
+        n => format!("{n} days: removed points can be undeleted until then"),
+    };
+    outln!("  soft delete:            {soft}");
+    outln!(
+        "  soft delete always on:  {}",
+        if s.soft_delete_always_on { "yes (it cannot be turned off, its days only grow)" } else { "no" }
+    );
+}
