@@ -223,6 +223,11 @@ typedef enum vmb_status {
    * itself may be sound).
    */
   VMB_ERR_GUEST = 21,
+  /**
+   * The vault's protection settings refuse the change (soft delete
+   * always on); nothing was changed.
+   */
+  VMB_ERR_PROTECTED = 22,
 } vmb_status;
 
 /**
@@ -280,6 +285,12 @@ typedef enum vmb_slot_kind {
  * live as long as it.
  */
 typedef struct vmb_boot_verdict vmb_boot_verdict;
+
+/**
+ * The soft-deleted points of a vault. Immutable: accessors are
+ * thread-safe.
+ */
+typedef struct vmb_deleted_list vmb_deleted_list;
 
 /**
  * A read-only view of one disk of a point. It holds the vault's shared
@@ -654,6 +665,15 @@ typedef struct vmb_gc_stats {
    * Objects spared because they are newer than the grace period.
    */
   uint64_t protected_;
+  /**
+   * Soft-deleted points whose days are not over: their data was kept
+   * (appended after 0.1).
+   */
+  uint64_t deleted_points_kept;
+  /**
+   * Soft-deleted points whose days were over, removed for good.
+   */
+  uint64_t deleted_points_purged;
 } vmb_gc_stats;
 
 /**
@@ -811,6 +831,27 @@ typedef struct vmb_verify_problem {
    */
   bool tampered;
 } vmb_verify_problem;
+
+/**
+ * A vault's settings, as `vmbackup config` shows them.
+ */
+typedef struct vmb_vault_settings {
+  /**
+   * Set by the caller before the call: `sizeof(struct vmb_vault_settings)`,
+   * or 0 for the first layout; the library fills that much and sets it
+   * to the bytes it wrote. See "Extensible structs" in the header's rules.
+   */
+  uint32_t struct_size;
+  /**
+   * Days a point removed by prune or delete stays recoverable; 0: soft
+   * delete is off and removed points are gone at once.
+   */
+  uint32_t soft_delete_days;
+  /**
+   * Soft delete can never be turned off, nor its days shortened.
+   */
+  bool soft_delete_always_on;
+} vmb_vault_settings;
 
 /**
  * What a restore of one disk did.
@@ -1820,6 +1861,23 @@ enum vmb_status vmb_vault_gc_repack(const struct vmb_vault *vault,
                                     struct vmb_gc_stats *out);
 
 /**
+ * As `vmb_vault_gc_repack`, judging whether soft-deleted points' days are
+ * over as if it were `now` (Unix seconds): a rehearsal of what gc will do
+ * then, or a fake clock for tests. Packs' grace period still counts from
+ * the real clock.
+ *
+ * # Safety
+ * `vault` is NULL or live; `out` is NULL or writable.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_vault_gc_at(const struct vmb_vault *vault,
+                                uint64_t grace_seconds,
+                                double repack_threshold,
+                                bool dry_run,
+                                int64_t now,
+                                struct vmb_gc_stats *out);
+
+/**
  * Rebuilds the chunk index files from the packs (leaving damaged chunks
  * out, so that backups store them again), then verifies the vault and
  * counts what is lost: `vmb_vault_verify` names the ranges. Damage is
@@ -2106,6 +2164,110 @@ enum vmb_status vmb_verify_report_problem_detail(const struct vmb_verify_report 
  * `report` is NULL or a report from this library not yet freed.
  */
 void vmb_verify_report_free(struct vmb_verify_report *report);
+
+/**
+ * The vault's settings as its store holds them now.
+ *
+ * # Safety
+ * `vault` is NULL or live; `out` is NULL or an initialized struct.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_vault_get_settings(const struct vmb_vault *vault,
+                                       struct vmb_vault_settings *out);
+
+/**
+ * Sets the vault's soft delete: `days` (0 turns it off), and, with
+ * `always_on`, makes it always on for good. A vault whose soft delete is
+ * always on refuses 0 days and fewer days than it has, with
+ * `VMB_ERR_PROTECTED` (nothing changed). `out` (may be NULL) receives the
+ * settings as they now are.
+ *
+ * # Safety
+ * `vault` is NULL or live; `out` is NULL or an initialized struct.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_vault_set_soft_delete(const struct vmb_vault *vault,
+                                          uint32_t days,
+                                          bool always_on,
+                                          struct vmb_vault_settings *out);
+
+/**
+ * Deletes a point of a VM (by id, a unique prefix of one, or "latest").
+ * While soft delete is on the point stays recoverable by
+ * `vmb_vault_undelete_point` until `*recoverable_until` (Unix seconds);
+ * with it off the point is gone at once and `*recoverable_until` is 0.
+ * `point` (may be NULL) receives the deleted point, freed with
+ * `vmb_point_free`; `recoverable_until` may be NULL.
+ *
+ * # Safety
+ * `vault` is NULL or live; `vm` and `id` are NULL or NUL-terminated;
+ * `point` and `recoverable_until` are NULL or writable.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_vault_delete_point(const struct vmb_vault *vault,
+                                       const char *vm,
+                                       const char *id,
+                                       struct vmb_point **point,
+                                       int64_t *recoverable_until);
+
+/**
+ * Brings back a soft-deleted point of a VM (by id or a unique prefix of
+ * one); `VMB_ERR_NOT_FOUND` when no deleted point matches. `point` (may be
+ * NULL) receives it, freed with `vmb_point_free`.
+ *
+ * # Safety
+ * As `vmb_vault_delete_point`.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_vault_undelete_point(const struct vmb_vault *vault,
+                                         const char *vm,
+                                         const char *id,
+                                         struct vmb_point **point);
+
+/**
+ * Lists the soft-deleted points of `vm` (of every VM when NULL), by VM
+ * then id. Free the list with `vmb_deleted_list_free`.
+ *
+ * # Safety
+ * `vault` is NULL or live; `vm` is NULL or NUL-terminated; `out` is NULL
+ * or writable.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_vault_list_deleted(const struct vmb_vault *vault,
+                                       const char *vm,
+                                       struct vmb_deleted_list **out);
+
+/**
+ * The number of deleted points in the list.
+ *
+ * # Safety
+ * `list` is NULL or a live list; `out` is NULL or writable.
+ */
+VMB_MUST_USE enum vmb_status vmb_deleted_list_len(const struct vmb_deleted_list *list, size_t *out);
+
+/**
+ * Entry `index` of the list: a new handle of the point as it was (freed
+ * with `vmb_point_free`, independently of the list), when it was deleted
+ * and when gc may remove it for good (Unix seconds). `deleted` and
+ * `purge_after` may be NULL.
+ *
+ * # Safety
+ * `list` is NULL or a live list; the out pointers are NULL or writable.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_deleted_list_get(const struct vmb_deleted_list *list,
+                                     size_t index,
+                                     struct vmb_point **point,
+                                     int64_t *deleted,
+                                     int64_t *purge_after);
+
+/**
+ * Frees a list. NULL is ignored. Points taken from it stay valid.
+ *
+ * # Safety
+ * `list` is NULL or a list from `vmb_vault_list_deleted` not yet freed.
+ */
+void vmb_deleted_list_free(struct vmb_deleted_list *list);
 
 /**
  * A new target: the domain `name` on connection `uri` (NULL:

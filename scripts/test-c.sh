@@ -120,6 +120,8 @@ build reader-c cc -std=c11 -Wall -Wextra -Werror -g tests/c/reader.c $cflags $li
 # shellcheck disable=SC2086
 build files-c cc -std=c11 -Wall -Wextra -Werror -g tests/c/files.c $cflags $libs
 # shellcheck disable=SC2086
+build protection-c cc -std=c11 -Wall -Wextra -Werror -g tests/c/protection.c $cflags $libs
+# shellcheck disable=SC2086
 build host-cpp c++ -std=c++17 -Wall -Wextra -Werror -g tests/c/host.cpp $cflags $libs -pthread
 # The static library, with the system libraries pkg-config lists for it.
 static_libs="$(pkg-config --static --libs-only-l vmbackup | sed 's/-lvmbackup//')"

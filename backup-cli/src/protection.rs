@@ -16,20 +16,18 @@ use crate::output::outln;
 pub fn delete(g: &Globals, vault: &Path, vm: &str, point: &str, as_json: bool) -> Result<ExitCode> {
     let vault = g.open(vault)?;
     let d = backup_core::delete_point(&vault, vm, point)?;
+    let (id, vm) = (&d.point.id, &d.point.vm);
     if as_json {
-        outln!("{}", serde_json::to_string_pretty(&d)?);
+        let until = d.recoverable_until.map(|t| t.to_string());
+        outln!("{}", serde_json::to_string_pretty(&json!({ "vm": vm, "point": id, "recoverable_until": until }))?);
     } else {
         match d.recoverable_until {
             Some(until) => outln!(
-                "deleted point {} of vm {}; `vmbackup undelete` brings it back until {}",
-                d.id,
-                d.vm,
+                "deleted point {id} of vm {vm}; `vmbackup undelete` brings it back until {}",
                 until.strftime("%Y-%m-%d %H:%M:%S UTC")
             ),
             None => outln!(
-                "deleted point {} of vm {} for good (soft delete is off); run `vmbackup gc` to reclaim its space",
-                d.id,
-                d.vm
+                "deleted point {id} of vm {vm} for good (soft delete is off); run `vmbackup gc` to reclaim its space"
             ),
         }
     }

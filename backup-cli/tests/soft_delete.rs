@@ -40,7 +40,7 @@ fn deleted_points_are_listed_undeleted_restored_bit_for_bit_and_purged_only_afte
 
     // The middle point by hand, the oldest by prune: both soft-deleted.
     let gone = json(&["delete", "--vault", s(&vault), "--vm", "web", "--point", &rounds[1].0, "--json"]);
-    assert_eq!(gone["id"], rounds[1].0.as_str());
+    assert_eq!(gone["point"], rounds[1].0.as_str());
     assert!(gone["recoverable_until"].is_string(), "{gone}");
     let retention = d.join("retention.toml");
     fs::write(&retention, "timezone = \"UTC\"\n[retention]\nkeep_last = 1\n").expect("write");

@@ -23,13 +23,11 @@ use crate::error::{Error, Result};
 use crate::vault::{LockMode, PointManifest, Vault};
 
 /// What [`delete_point`] did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Deletion {
-    /// The VM.
-    pub vm: String,
-    /// The point's id.
-    pub id: String,
+    /// The point deleted, as it was.
+    pub point: PointManifest,
     /// Until when [`undelete_point`] can bring it back; None when the
     /// vault's soft delete is off and the point is gone for good.
     pub recoverable_until: Option<Timestamp>,
@@ -84,7 +82,7 @@ pub fn delete_point(vault: &Vault, vm: &str, point: &str) -> Result<Deletion> {
     crate::prune::record_removed(vault, vm, &[found.id.as_str()])?;
     let days = remove_points(vault, &[(vm, found.id.as_str())])?;
     let recoverable_until = (days > 0).then(|| crate::model::now() + days_span(days));
-    Ok(Deletion { vm: vm.to_string(), id: found.id, recoverable_until })
+    Ok(Deletion { point: found, recoverable_until })
 }
 
 /// The soft-deleted points of one VM, or of every VM, by VM then id.

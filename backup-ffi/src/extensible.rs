@@ -169,6 +169,7 @@ mod tests {
     use crate::host::{vmb_disk_ops, vmb_provider, vmb_write_target};
     use crate::maintenance::{vmb_gc_stats, vmb_repair_stats};
     use crate::point::{vmb_backup_stats, vmb_verify_problem};
+    use crate::protection::vmb_vault_settings;
     use crate::vault::{vmb_key, vmb_restore_stats, vmb_vault_options};
 
     /// The first layouts as released in 0.1 (x86-64 and aarch64 Linux):
@@ -186,6 +187,7 @@ mod tests {
         assert_eq!(vmb_gc_stats::FIRST_SIZE, 72);
         assert_eq!(vmb_repair_stats::FIRST_SIZE, 64);
         assert_eq!(vmb_verify_problem::FIRST_SIZE, 72);
+        assert_eq!(vmb_vault_settings::FIRST_SIZE, 12);
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! restore targets as function-pointer tables), [`disks`] (a VM's disk
 //! list: image files and host disks, each named once), [`point`] (points, lists,
 //! verify reports), [`vault`] (the vault and its operations), [`maintenance`]
-//! (prune and gc), [`tiers`] (instant-restore tiers and kept snapshots).
+//! (prune and gc), [`protection`] (soft delete: settings, delete, undelete),
+//! [`tiers`] (instant-restore tiers and kept snapshots).
 
 // The C names are the API: `vmb_vault`, `vmb_status`, `VMB_OK`.
 #![allow(non_camel_case_types)]
@@ -26,6 +27,7 @@ pub mod job;
 pub mod libvirt;
 pub mod maintenance;
 pub mod point;
+pub mod protection;
 #[cfg(feature = "libvirt")]
 pub mod recovery;
 pub mod status;

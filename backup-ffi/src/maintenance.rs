@@ -266,6 +266,11 @@ pub struct vmb_gc_stats {
     pub bytes_copied: u64,
     /// Objects spared because they are newer than the grace period.
     pub protected: u64,
+    /// Soft-deleted points whose days are not over: their data was kept
+    /// (appended after 0.1).
+    pub deleted_points_kept: u64,
+    /// Soft-deleted points whose days were over, removed for good.
+    pub deleted_points_purged: u64,
 }
 
 impl From<&GcReport> for vmb_gc_stats {
@@ -280,6 +285,8 @@ impl From<&GcReport> for vmb_gc_stats {
             bytes_removed: r.chunk_bytes_removed + r.segment_bytes_removed,
             bytes_copied: r.chunk_bytes_copied,
             protected: r.protected,
+            deleted_points_kept: r.deleted_points_kept,
+            deleted_points_purged: r.deleted_points_purged,
         }
     }
 }
@@ -321,6 +328,43 @@ pub unsafe extern "C" fn vmb_vault_gc_repack(
     dry_run: bool,
     out: *mut vmb_gc_stats,
 ) -> vmb_status {
+    // SAFETY: the same contract, passed on.
+    unsafe { gc_with(vault, grace_seconds, repack_threshold, dry_run, None, out) }
+}
+
+/// As `vmb_vault_gc_repack`, judging whether soft-deleted points' days are
+/// over as if it were `now` (Unix seconds): a rehearsal of what gc will do
+/// then, or a fake clock for tests. Packs' grace period still counts from
+/// the real clock.
+///
+/// # Safety
+/// `vault` is NULL or live; `out` is NULL or writable.
+#[must_use]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_gc_at(
+    vault: *const vmb_vault,
+    grace_seconds: u64,
+    repack_threshold: f64,
+    dry_run: bool,
+    now: i64,
+    out: *mut vmb_gc_stats,
+) -> vmb_status {
+    // SAFETY: the same contract, passed on.
+    unsafe { gc_with(vault, grace_seconds, repack_threshold, dry_run, Some(now), out) }
+}
+
+/// The gc entry points' one body.
+///
+/// # Safety
+/// As `vmb_vault_gc_repack`.
+unsafe fn gc_with(
+    vault: *const vmb_vault,
+    grace_seconds: u64,
+    repack_threshold: f64,
+    dry_run: bool,
+    now: Option<i64>,
+    out: *mut vmb_gc_stats,
+) -> vmb_status {
     ffi! {
         let v = arg_ref!(vault, "vault");
         crate::extensible::check_out!(out, "out");
@@ -328,6 +372,12 @@ pub unsafe extern "C" fn vmb_vault_gc_repack(
         options.grace = Duration::from_secs(grace_seconds);
         options.repack_threshold = repack_threshold;
         options.dry_run = dry_run;
+        options.now = match now {
+            None => None,
+            Some(t) => Some(std::time::SystemTime::from(jiff::Timestamp::from_second(t).map_err(|e| {
+                crate::status::Failure::invalid(format!("now {t}: {e}"))
+            })?)),
+        };
         let report = backup_core::gc(&v.vault, &options)?;
         crate::extensible::fill_out!(out, vmb_gc_stats::from(&report));
         Ok(())

@@ -756,14 +756,19 @@ static void prune_and_gc(void) {
     CHECK(n == 1);
     vmb_point_list_free(list);
 
-    /* gc with no grace reclaims the two removed points' data; a dry run
-       with a repack threshold of 1 rewrites nothing. */
-    vmb_gc_stats gc = {0};
+    /* Pruned points are soft-deleted for 14 days: gc with no grace keeps
+       their data. Fifteen days on (a rehearsal), a dry run with a repack
+       threshold of 1 rewrites nothing, and gc reclaims the two removed
+       points' data. The first layout (struct_size 0) still works. */
+    vmb_gc_stats gc = {.struct_size = sizeof gc};
+    REQUIRE_OK(vmb_vault_gc(v, 0, false, &gc));
+    CHECK(gc.struct_size == sizeof gc && gc.deleted_points_kept == 2 && gc.points == 3 && gc.packs_removed == 0);
+    int64_t later = (int64_t)time(NULL) + 15 * 86400;
     memset(&gc, 0, sizeof gc);
-    REQUIRE_OK(vmb_vault_gc_repack(v, 0, 1.0, true, &gc));
+    REQUIRE_OK(vmb_vault_gc_at(v, 0, 1.0, true, later, &gc));
     CHECK(gc.packs_repacked == 0 && gc.packs_removed > 0);
     memset(&gc, 0, sizeof gc);
-    REQUIRE_OK(vmb_vault_gc(v, 0, false, &gc));
+    REQUIRE_OK(vmb_vault_gc_at(v, 0, 0.5, false, later, &gc));
     CHECK(gc.points == 1);
     CHECK(gc.bytes_removed > len); /* two points' worth of blocks, hardly compressible */
     vmb_verify_report *vr = NULL;

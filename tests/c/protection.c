@@ -1,0 +1,141 @@
+/* Soft delete from C: a deleted point is listed as deleted, its data
+ * survives gc, it is undeleted and restores bit for bit; a gc rehearsed
+ * fifteen days later removes it for good. A vault whose soft delete is
+ * always on refuses to turn it off.
+ *
+ * Built with: cc -std=c11 -Wall -Wextra -Werror protection.c $(pkg-config --cflags --libs vmbackup) */
+#define _XOPEN_SOURCE 700
+
+#include <time.h>
+
+#include "check.h"
+#include "util.h"
+
+#define MiB (1024u * 1024u)
+
+static char *g_dir;
+
+/* Backs up `image` (holding `data`) as VM "web": the new point. */
+static vmb_point *back_up(vmb_vault *v, const char *image, const uint8_t *data, size_t size) {
+    vmb_point *pt = NULL;
+    if (write_file(image, data, size) != 0) return NULL;
+    const char *images[] = {image};
+    if (vmb_vault_backup_images(v, "web", images, 1, NULL, &pt) != VMB_OK) return NULL;
+    return pt;
+}
+
+static int restores_to(vmb_vault *v, vmb_point *pt, const char *path, const uint8_t *want, size_t size) {
+    if (vmb_vault_restore_disk_to_file(v, pt, "root.img", path, NULL, NULL) != VMB_OK) return 0;
+    size_t got_len = 0;
+    uint8_t *got = read_file(path, &got_len);
+    int same = got != NULL && got_len == size && memcmp(got, want, size) == 0;
+    free(got);
+    return same;
+}
+
+static void a_deleted_point_is_kept_undeleted_and_purged_after_its_days(void) {
+    const size_t size = 2 * MiB;
+    uint8_t *first = malloc(size), *second = malloc(size);
+    REQUIRE(first != NULL && second != NULL);
+    fill_pattern(first, size, 1);
+    memcpy(second, first, size);
+    fill_pattern(second + MiB, 256 * 1024, 2);
+    char *image = join(g_dir, "root.img");
+    char *vault_path = join(g_dir, "vault");
+    char *out = join(g_dir, "restored.img");
+
+    vmb_vault *v = NULL;
+    REQUIRE_OK(vmb_vault_init(vault_path, &v));
+    struct vmb_vault_settings settings = {.struct_size = sizeof settings};
+    REQUIRE_OK(vmb_vault_get_settings(v, &settings));
+    CHECK(settings.soft_delete_days == 14 && !settings.soft_delete_always_on);
+
+    vmb_point *p1 = back_up(v, image, first, size);
+    REQUIRE(p1 != NULL);
+    vmb_point *p2 = back_up(v, image, second, size);
+    REQUIRE(p2 != NULL);
+    const char *id1 = NULL;
+    REQUIRE_OK(vmb_point_id(p1, &id1));
+
+    vmb_point *gone = NULL;
+    int64_t until = 0;
+    REQUIRE_OK(vmb_vault_delete_point(v, "web", id1, &gone, &until));
+    const char *gone_id = NULL;
+    REQUIRE_OK(vmb_point_id(gone, &gone_id));
+    CHECK(strcmp(gone_id, id1) == 0);
+    int64_t days = (until - (int64_t)time(NULL)) / 86400;
+    CHECK(days == 13 || days == 14);
+    vmb_point_free(gone);
+
+    vmb_deleted_list *list = NULL;
+    size_t n = 0;
+    REQUIRE_OK(vmb_vault_list_deleted(v, NULL, &list));
+    REQUIRE_OK(vmb_deleted_list_len(list, &n));
+    CHECK(n == 1);
+    vmb_point *listed = NULL;
+    int64_t deleted_at = 0, purge_after = 0;
+    REQUIRE_OK(vmb_deleted_list_get(list, 0, &listed, &deleted_at, &purge_after));
+    const char *listed_id = NULL;
+    REQUIRE_OK(vmb_point_id(listed, &listed_id));
+    CHECK(strcmp(listed_id, id1) == 0);
+    CHECK(purge_after - deleted_at == 14 * 86400);
+    CHECK(vmb_deleted_list_get(list, 1, &listed, NULL, NULL) == VMB_ERR_INVALID_ARGUMENT);
+    vmb_point_free(listed);
+    vmb_deleted_list_free(list);
+
+    /* gc keeps the deleted point's data while its days last. */
+    struct vmb_gc_stats gc = {.struct_size = sizeof gc};
+    REQUIRE_OK(vmb_vault_gc_repack(v, 0, 0.0, false, &gc));
+    CHECK(gc.deleted_points_kept == 1 && gc.deleted_points_purged == 0);
+    CHECK(gc.chunks_removed == 0 && gc.segments_removed == 0);
+
+    vmb_point *back = NULL;
+    REQUIRE_OK(vmb_vault_undelete_point(v, "web", id1, &back));
+    CHECK(restores_to(v, back, out, first, size));
+    vmb_point_free(back);
+    CHECK(vmb_vault_undelete_point(v, "web", id1, NULL) == VMB_ERR_NOT_FOUND);
+
+    /* Deleted again; fifteen days on, gc removes it and what only it held. */
+    REQUIRE_OK(vmb_vault_delete_point(v, "web", id1, NULL, NULL));
+    int64_t later = (int64_t)time(NULL) + 15 * 86400;
+    struct vmb_gc_stats purged = {.struct_size = sizeof purged};
+    REQUIRE_OK(vmb_vault_gc_at(v, 0, 0.0, false, later, &purged));
+    CHECK(purged.deleted_points_purged == 1 && purged.chunks_removed > 0);
+    REQUIRE_OK(vmb_vault_list_deleted(v, "web", &list));
+    REQUIRE_OK(vmb_deleted_list_len(list, &n));
+    CHECK(n == 0);
+    vmb_deleted_list_free(list);
+    CHECK(vmb_vault_undelete_point(v, "web", id1, NULL) == VMB_ERR_NOT_FOUND);
+    CHECK(restores_to(v, p2, out, second, size));
+
+    /* Always on: it cannot be turned off, nor its days shortened. */
+    REQUIRE_OK(vmb_vault_set_soft_delete(v, 7, true, &settings));
+    CHECK(settings.soft_delete_days == 7 && settings.soft_delete_always_on);
+    CHECK(vmb_vault_set_soft_delete(v, 0, false, NULL) == VMB_ERR_PROTECTED);
+    CHECK(LAST_ERROR_HAS("always on"));
+    CHECK(vmb_vault_set_soft_delete(v, 3, false, NULL) == VMB_ERR_PROTECTED);
+    REQUIRE_OK(vmb_vault_get_settings(v, &settings));
+    CHECK(settings.soft_delete_days == 7 && settings.soft_delete_always_on);
+    CHECK(vmb_vault_get_settings(v, NULL) == VMB_ERR_NULL_ARGUMENT);
+
+    vmb_point_free(p1);
+    vmb_point_free(p2);
+    vmb_vault_free(v);
+    free(first);
+    free(second);
+    free(image);
+    free(vault_path);
+    free(out);
+}
+
+int main(void) {
+    g_dir = make_temp_dir("protection-c");
+    if (g_dir == NULL) {
+        perror("mkdtemp");
+        return 2;
+    }
+    RUN(a_deleted_point_is_kept_undeleted_and_purged_after_its_days);
+    remove_tree(g_dir);
+    free(g_dir);
+    return SUMMARY("protection.c");
+}
