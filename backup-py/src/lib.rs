@@ -24,6 +24,7 @@ mod job;
 #[cfg(feature = "libvirt")]
 mod libvirt;
 mod maintenance;
+mod protection;
 mod provider;
 #[cfg(feature = "libvirt")]
 mod recovery;
@@ -55,6 +56,9 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<maintenance::GcReport>()?;
     m.add_class::<maintenance::RepairReport>()?;
     m.add_class::<maintenance::Policy>()?;
+    m.add_class::<protection::VaultSettings>()?;
+    m.add_class::<protection::Deletion>()?;
+    m.add_class::<protection::DeletedPoint>()?;
     m.add_class::<tiers::KeptSnapshot>()?;
     m.add_class::<tiers::ReleaseReport>()?;
     #[cfg(feature = "libvirt")]

@@ -115,6 +115,10 @@ pub(crate) struct GcReport {
     bytes_copied: u64,
     /// Objects spared because they are newer than the grace period.
     protected: u64,
+    /// Soft-deleted points whose days are not over: their data was kept.
+    deleted_points_kept: u64,
+    /// Soft-deleted points whose days were over, removed for good.
+    deleted_points_purged: u64,
 }
 
 impl From<backup_core::GcReport> for GcReport {
@@ -131,6 +135,8 @@ impl From<backup_core::GcReport> for GcReport {
             bytes_removed: r.chunk_bytes_removed + r.segment_bytes_removed,
             bytes_copied: r.chunk_bytes_copied,
             protected: r.protected,
+            deleted_points_kept: r.deleted_points_kept,
+            deleted_points_purged: r.deleted_points_purged,
         }
     }
 }

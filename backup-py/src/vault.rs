@@ -15,6 +15,7 @@ use pyo3::types::{PyBytes, PyMapping, PyString};
 use crate::errors::{callable_arg, int_arg, new_error, to_py, type_name};
 use crate::job;
 use crate::maintenance::{GcReport, PruneReport};
+use crate::protection::{DeletedPoint, Deletion, VaultSettings};
 use crate::provider::PyDevice;
 use crate::tiers::{KeptSnapshot, ReleaseReport};
 use crate::types::{KeySlot, RecoveryPoint, RestoreStats, VerifyReport};
@@ -863,8 +864,19 @@ impl Vault {
     /// Objects younger than `grace` seconds are spared: a backup in flight
     /// may be about to name them. On object storage a run marks, and a
     /// later run removes (see the README).
-    #[pyo3(signature = (*, grace = 3600.0, repack_threshold = 0.5, dry_run = false))]
-    fn gc(&self, py: Python<'_>, grace: f64, repack_threshold: f64, dry_run: bool) -> PyResult<GcReport> {
+    ///
+    /// Soft-deleted points whose days are not over keep their data; those
+    /// whose days are over at `now` (a time-zone aware `datetime`; default
+    /// the current time, a later one rehearses) are removed for good first.
+    #[pyo3(signature = (*, grace = 3600.0, repack_threshold = 0.5, dry_run = false, now = None))]
+    fn gc(
+        &self,
+        py: Python<'_>,
+        grace: f64,
+        repack_threshold: f64,
+        dry_run: bool,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<GcReport> {
         let vault = self.get()?;
         if !(0.0..=1e9).contains(&grace) {
             return Err(PyValueError::new_err(format!("grace must be a number of seconds from 0 to 1e9, not {grace}")));
@@ -873,7 +885,71 @@ impl Vault {
         o.grace = Duration::from_secs_f64(grace);
         o.repack_threshold = repack_threshold;
         o.dry_run = dry_run;
+        if let Some(n) = now.filter(|n| !n.is_none()) {
+            o.now = Some(std::time::SystemTime::from(timestamp_arg(n, "now")?));
+        }
         job::run(py, None, move |_, _| backup_core::gc(&vault, &o)).map(GcReport::from)
+    }
+
+    /// The vault's settings as its store holds them now.
+    fn settings(&self, py: Python<'_>) -> PyResult<VaultSettings> {
+        let vault = self.get()?;
+        job::run(py, None, move |_, _| vault.settings()).map(VaultSettings::from)
+    }
+
+    /// Changes the vault's settings and returns them as they now are:
+    /// `soft_delete_days` (0 turns soft delete off) and, with
+    /// `soft_delete_always_on=True`, soft delete always on for good. A
+    /// vault whose soft delete is always on raises `ProtectedError` for 0
+    /// days or fewer days than it has (nothing changed).
+    #[pyo3(signature = (*, soft_delete_days = None, soft_delete_always_on = false))]
+    fn configure(
+        &self,
+        py: Python<'_>,
+        soft_delete_days: Option<&Bound<'_, PyAny>>,
+        soft_delete_always_on: bool,
+    ) -> PyResult<VaultSettings> {
+        let vault = self.get()?;
+        let mut change = backup_core::SettingsChange::default();
+        if let Some(d) = soft_delete_days.filter(|d| !d.is_none()) {
+            let days = int_arg(d, "soft_delete_days")?;
+            change.soft_delete_days = Some(u32::try_from(days).map_err(|_| {
+                PyValueError::new_err(format!(
+                    "soft_delete_days must be from 0 to {}, not {days}",
+                    backup_core::MAX_SOFT_DELETE_DAYS
+                ))
+            })?);
+        }
+        change.soft_delete_always_on = soft_delete_always_on;
+        job::run(py, None, move |_, _| vault.change_settings(&change)).map(VaultSettings::from)
+    }
+
+    /// Deletes point `id` of `vm` (an id, a unique prefix of one, or
+    /// "latest"). While the vault's soft delete is on (14 days unless
+    /// `configure()` says otherwise) it stays recoverable by `undelete()`
+    /// and gc keeps its data; the `Deletion` says until when.
+    fn delete(&self, py: Python<'_>, vm: &Bound<'_, PyAny>, id: &Bound<'_, PyAny>) -> PyResult<Deletion> {
+        let vault = self.get()?;
+        let (vm, id) = (str_arg(vm, "vm")?, str_arg(id, "id")?);
+        job::run(py, None, move |_, _| backup_core::delete_point(&vault, &vm, &id)).map(Deletion::new)
+    }
+
+    /// The soft-deleted points of one VM (or of all VMs), by VM then id.
+    #[pyo3(signature = (vm = None))]
+    fn deleted_points(&self, py: Python<'_>, vm: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<DeletedPoint>> {
+        let vault = self.get()?;
+        let vm = vm.filter(|v| !v.is_none()).map(|v| str_arg(v, "vm")).transpose()?;
+        let list = job::run(py, None, move |_, _| backup_core::deleted_points(&vault, vm.as_deref()))?;
+        Ok(list.into_iter().map(DeletedPoint::new).collect())
+    }
+
+    /// Brings back soft-deleted point `id` of `vm` (an id or a unique
+    /// prefix of one): the same point, restorable bit for bit.
+    /// `NotFoundError` when no deleted point matches.
+    fn undelete(&self, py: Python<'_>, vm: &Bound<'_, PyAny>, id: &Bound<'_, PyAny>) -> PyResult<RecoveryPoint> {
+        let vault = self.get()?;
+        let (vm, id) = (str_arg(vm, "vm")?, str_arg(id, "id")?);
+        job::run(py, None, move |_, _| backup_core::undelete_point(&vault, &vm, &id)).map(RecoveryPoint::new)
     }
 
     /// Rebuilds the chunk index files from the packs (leaving damaged

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,13 @@ def test_prune_then_gc_keeps_what_the_rules_keep(
     assert report.job_logs_removed == []  # they outlive their points by 90 days
     assert [p.id for p in vault.points("web")] == [p.id for p in points[2:]]
 
-    gc = vault.gc(grace=0)
+    # Pruned points are soft-deleted for 14 days: gc keeps their data
+    # until then, and reclaims it after (a rehearsal, fifteen days on).
+    held = vault.gc(grace=0)
+    assert (held.deleted_points_kept, held.bytes_removed) == (2, 0)
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=15)
+    gc = vault.gc(grace=0, now=later)
+    assert gc.deleted_points_purged == 2
     assert gc.points == 2
     assert gc.bytes_removed >= 2 * MiB  # two points of 1 MiB of random data each
     assert "GcReport(" in repr(gc)
@@ -97,9 +104,11 @@ def test_gc_rewrites_packs_past_the_repack_threshold(
     first.write_bytes(bytes(data))
     vault.backup("web", [first])
     vault.prune(POLICY.replace("keep_last = 2", "keep_last = 1"))
-    none = vault.gc(grace=0, repack_threshold=1.0, dry_run=True)
+    # The pruned point's days as soft-deleted, over (a rehearsal).
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=15)
+    none = vault.gc(grace=0, repack_threshold=1.0, dry_run=True, now=later)
     assert none.packs_repacked == 0 and none.packs_marked == 0
-    report = vault.gc(grace=0, repack_threshold=0.2)
+    report = vault.gc(grace=0, repack_threshold=0.2, now=later)
     assert report.packs_repacked > 0 and report.bytes_copied > 0
     assert vault.verify().ok
 

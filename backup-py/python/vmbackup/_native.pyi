@@ -33,6 +33,9 @@ __all__ = [
     "RepairReport",
     "KeptSnapshot",
     "ReleaseReport",
+    "VaultSettings",
+    "Deletion",
+    "DeletedPoint",
 ]
 
 __version__: str
@@ -363,7 +366,12 @@ class Vault:
         space. A bad policy raises `ValueError` naming the field.
         """
     def gc(
-        self, *, grace: float = 3600.0, repack_threshold: float = 0.5, dry_run: bool = False
+        self,
+        *,
+        grace: float = 3600.0,
+        repack_threshold: float = 0.5,
+        dry_run: bool = False,
+        now: Optional[datetime.datetime] = None,
     ) -> "GcReport":
         """Removes what no point references (dead packs, or packs whose dead
         share of bytes reaches `repack_threshold` rewritten without their
@@ -371,6 +379,34 @@ class Vault:
         Objects younger than `grace` seconds are spared: a backup in flight
         may be about to name them. On object storage a run marks, and a
         later run removes (see the README).
+
+        Soft-deleted points whose days are not over keep their data; those
+        whose days are over at `now` (a time-zone aware `datetime`; default
+        the current time, a later one rehearses) are removed for good first.
+        """
+    def settings(self) -> "VaultSettings":
+        """The vault's settings as its store holds them now."""
+    def configure(
+        self, *, soft_delete_days: Optional[int] = None, soft_delete_always_on: bool = False
+    ) -> "VaultSettings":
+        """Changes the vault's settings and returns them as they now are:
+        `soft_delete_days` (0 turns soft delete off) and, with
+        `soft_delete_always_on=True`, soft delete always on for good. A
+        vault whose soft delete is always on raises `ProtectedError` for 0
+        days or fewer days than it has (nothing changed).
+        """
+    def delete(self, vm: str, id: str) -> "Deletion":
+        """Deletes point `id` of `vm` (an id, a unique prefix of one, or
+        "latest"). While the vault's soft delete is on (14 days unless
+        `configure()` says otherwise) it stays recoverable by `undelete()`
+        and gc keeps its data; the `Deletion` says until when.
+        """
+    def deleted_points(self, vm: Optional[str] = None) -> List["DeletedPoint"]:
+        """The soft-deleted points of one VM (or of all VMs), by VM then id."""
+    def undelete(self, vm: str, id: str) -> "RecoveryPoint":
+        """Brings back soft-deleted point `id` of `vm` (an id or a unique
+        prefix of one): the same point, restorable bit for bit.
+        `NotFoundError` when no deleted point matches.
         """
     def repair(self, *, dry_run: bool = False) -> "RepairReport":
         """Rebuilds the chunk index files from the packs (leaving damaged
@@ -903,6 +939,12 @@ class GcReport:
     @property
     def segments_marked(self) -> int:
         """On a vault on object storage: segments this run marked."""
+    @property
+    def deleted_points_kept(self) -> int:
+        """Soft-deleted points whose days are not over: their data was kept."""
+    @property
+    def deleted_points_purged(self) -> int:
+        """Soft-deleted points whose days were over, removed for good."""
 
 @final
 class Policy:
@@ -1046,3 +1088,46 @@ class BootVerdict:
     def notes(self) -> List[str]:
         """What was done to judge it beyond the boot."""
     def __bool__(self) -> bool: ...
+
+@final
+class VaultSettings:
+    """A vault's settings, as `vmbackup config` shows them."""
+
+    @property
+    def soft_delete_days(self) -> int:
+        """Days a point removed by prune or delete stays recoverable (0: soft
+        delete is off, removed points are gone at once).
+        """
+    @property
+    def soft_delete_always_on(self) -> bool:
+        """Soft delete can never be turned off, nor its days shortened."""
+
+@final
+class Deletion:
+    """What `Vault.delete` did: the point as it was, and until when
+    `Vault.undelete` can bring it back (None: soft delete is off, and the
+    point is gone for good).
+    """
+
+    @property
+    def point(self) -> RecoveryPoint:
+        """The point deleted."""
+    @property
+    def recoverable_until(self) -> Optional[datetime.datetime]:
+        """Until when it can be undeleted (a UTC `datetime`), or None."""
+
+@final
+class DeletedPoint:
+    """A soft-deleted point: the point as it was, when it was deleted, and
+    when gc may remove it for good.
+    """
+
+    @property
+    def point(self) -> RecoveryPoint:
+        """The point as it was (its `id` is what `Vault.undelete` takes)."""
+    @property
+    def deleted(self) -> datetime.datetime:
+        """When it was deleted (a UTC `datetime`, by the store's clock)."""
+    @property
+    def purge_after(self) -> datetime.datetime:
+        """When gc may remove it for good (a UTC `datetime`)."""
