@@ -158,7 +158,26 @@ fn round_trip(ep: &str, url: &str) {
     let policy = d.join("policy.toml");
     fs::write(&policy, KEEP_LAST_1).expect("policy");
     ok(&ep, &host, &["prune", "--vault", &url, "--policy", s(&policy)]);
-    let mark = json(&ep, &host, &["gc", "--vault", &url, "--grace", "0", "--json"]);
+    // The pruned points are soft-deleted: another host lists them, gc keeps
+    // their data, and one comes back whole on the other host.
+    let deleted = json(&ep, &other, &["list", "--vault", &url, "--deleted", "--json"]);
+    assert_eq!(deleted["deleted"].as_array().map(Vec::len), Some(2), "{deleted}");
+    let held = json(&ep, &host, &["gc", "--vault", &url, "--grace", "0", "--json"]);
+    assert_eq!((held["deleted_points_kept"].as_u64(), held["packs_marked"].as_u64()), (Some(2), Some(0)), "{held}");
+    let first_id = points[0]["point"].as_str().expect("point id");
+    ok(&ep, &other, &["undelete", "--vault", &url, "--vm", "web", "--point", first_id]);
+    let out = d.join("undeleted.img");
+    ok(
+        &ep,
+        &host,
+        &["restore", "--vault", &url, "--vm", "web", "--point", first_id, "--disk", "root.img", "--to", s(&out)],
+    );
+    assert!(fs::read(&out).expect("restored") == first, "the undeleted point restored differently");
+    ok(&ep, &host, &["delete", "--vault", &url, "--vm", "web", "--point", first_id]);
+    // Fifteen days on (a rehearsal), their days are over.
+    let later = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(15 * 24)).to_string();
+    let mark = json(&ep, &host, &["gc", "--vault", &url, "--grace", "0", "--now", &later, "--json"]);
+    assert_eq!(mark["deleted_points_purged"], 2, "{mark}");
     assert!(mark["packs_marked"].as_u64().expect("packs_marked") >= 6, "{mark}");
     assert_eq!(mark["packs_removed"], 0, "the first phase only marks: {mark}");
     let sweep = json(&ep, &other, &["gc", "--vault", &url, "--grace", "0", "--json"]);
