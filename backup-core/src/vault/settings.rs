@@ -139,11 +139,11 @@ mod tests {
     #[test]
     fn always_on_can_only_grow() {
         let on = VaultSettings { soft_delete_days: 14, soft_delete_always_on: true };
-        assert_eq!(on.changed(&change(Some(30), false), "v").unwrap().soft_delete_days, 30);
+        assert_eq!(on.changed(&change(Some(30), false), "v").expect("30 days").soft_delete_days, 30);
         assert!(matches!(on.changed(&change(Some(0), false), "v"), Err(Error::Protected { .. })));
         assert!(matches!(on.changed(&change(Some(13), false), "v"), Err(Error::Protected { .. })));
         let off = VaultSettings { soft_delete_days: 14, soft_delete_always_on: false };
-        assert_eq!(off.changed(&change(Some(0), false), "v").unwrap().soft_delete_days, 0);
+        assert_eq!(off.changed(&change(Some(0), false), "v").expect("off").soft_delete_days, 0);
         assert!(matches!(off.changed(&change(Some(0), true), "v"), Err(Error::Protected { .. })));
         assert!(matches!(
             off.changed(&change(Some(MAX_SOFT_DELETE_DAYS + 1), false), "v"),
@@ -153,7 +153,7 @@ mod tests {
 
     #[test]
     fn a_config_without_settings_reads_as_the_defaults() {
-        let s: VaultSettings = serde_json::from_str("{}").unwrap();
+        let s: VaultSettings = serde_json::from_str("{}").expect("an empty object");
         assert_eq!(s, VaultSettings::default());
     }
 }
