@@ -38,6 +38,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod copy;
 mod device;
 mod disk_reader;
 mod engine;
@@ -69,6 +70,7 @@ mod throttle;
 mod vault;
 mod verify;
 
+pub use copy::{CopiedPoint, CopyOptions, CopyReport, PointSelection, copy};
 pub use device::{BlockDevice, RawImage};
 pub use disk_reader::DiskReader;
 pub use error::{Error, ErrorKind, Result};

@@ -54,11 +54,30 @@ enum PassEnd {
     Distrusted(String),
 }
 
+/// What the engine reads one disk from: a snapshot's disk, or (a copy) a
+/// point's disk in another vault.
+pub(crate) struct DiskSource<'a> {
+    /// The disk's name.
+    pub name: &'a str,
+    /// A read-only view of the disk.
+    pub device: &'a dyn BlockDevice,
+    /// The token the next run passes to `changed_since`.
+    pub change_token: Option<&'a str>,
+    /// How the view was made ("reflink", "in-place", "copy", ...).
+    pub method: &'a str,
+}
+
+impl<'a> From<&'a SnapshotDisk> for DiskSource<'a> {
+    fn from(d: &'a SnapshotDisk) -> Self {
+        DiskSource { name: &d.name, device: &*d.device, change_token: d.change_token.as_deref(), method: &d.method }
+    }
+}
+
 /// Backs up one disk of a snapshot against its previous point (if any).
 pub(crate) fn backup_disk(
     sink: &dyn VaultSink,
     source: &dyn VaultSource,
-    disk: &SnapshotDisk,
+    disk: &DiskSource<'_>,
     prev: Option<&DiskRecord>,
     p: &EngineParams<'_>,
 ) -> Result<DiskRecord> {
@@ -100,12 +119,12 @@ pub(crate) fn backup_disk(
 fn run_pass(
     sink: &dyn VaultSink,
     source: &dyn VaultSource,
-    disk: &SnapshotDisk,
+    disk: &DiskSource<'_>,
     prev: Option<&DiskRecord>,
     token: Option<&str>,
     p: &EngineParams<'_>,
 ) -> Result<PassEnd> {
-    let device: &dyn BlockDevice = &*disk.device;
+    let device: &dyn BlockDevice = disk.device;
     let size = device.size();
     let bs = u64::from(p.block_size);
     let seg_bytes = bs * u64::from(ENTRIES_PER_SEGMENT);
@@ -126,7 +145,7 @@ fn run_pass(
     let mut prev_cache: Option<(ContentId, Arc<Entries>)> = None;
     let read_err = |offset: u64, source: std::io::Error| Error::DeviceRead {
         vm: p.vm.to_string(),
-        disk: disk.name.clone(),
+        disk: disk.name.to_string(),
         offset,
         attempts: 1,
         source,
@@ -161,7 +180,7 @@ fn run_pass(
         let job = BlockJob {
             sink,
             device,
-            disk: &disk.name,
+            disk: disk.name,
             vm: p.vm,
             block_size: p.block_size,
             size,
@@ -208,14 +227,14 @@ fn run_pass(
         segment_ids.push(id);
     }
     Ok(PassEnd::Done(Box::new(DiskRecord {
-        name: disk.name.clone(),
+        name: disk.name.to_string(),
         size,
         block_size: p.block_size,
         entries_per_segment: ENTRIES_PER_SEGMENT,
         root: disk_root(size, p.block_size, &segment_ids),
         segments: segment_ids,
-        change_token: disk.change_token.clone(),
-        snapshot_method: disk.method.clone(),
+        change_token: disk.change_token.map(str::to_string),
+        snapshot_method: disk.method.to_string(),
         stats,
     })))
 }

@@ -575,7 +575,7 @@ fn transfer_and_commit(
                 // A disk keeps its chain's block size.
                 let bs = prev.map_or(options.block_size, |p| p.block_size);
                 let params = EngineParams { block_size: bs, ..params };
-                engine::backup_disk(session, vault, d, prev, &params)
+                engine::backup_disk(session, vault, &engine::DiskSource::from(d), prev, &params)
             })
             .collect::<Result<Vec<_>>>();
         job.finish();
