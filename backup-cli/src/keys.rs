@@ -114,7 +114,29 @@ impl KeyArgs {
 /// Opens a vault: with the key given, or, when the vault is encrypted and
 /// none was given, with a passphrase asked on the terminal.
 pub fn open(path: &Path, g: &Globals) -> Result<Vault> {
-    let given = g.key.given()?;
+    open_keyed(path, g, g.key.given()?)
+}
+
+/// The environment variable that holds the passphrase of `copy --from`.
+pub const FROM_PASSPHRASE_ENV: &str = "VMBACKUP_FROM_PASSPHRASE";
+
+/// Opens the source vault of `copy`: with --from-key-file or
+/// --from-passphrase-file, else $VMBACKUP_FROM_PASSPHRASE, else a prompt.
+pub fn open_source(path: &Path, g: &Globals, key_file: Option<&Path>, passphrase_file: Option<&Path>) -> Result<Vault> {
+    let given = match (key_file, passphrase_file) {
+        (Some(f), _) => Some(KeySource::key_file(f)),
+        (None, Some(f)) => Some(KeySource::passphrase(read_passphrase_file(f)?)),
+        (None, None) => match std::env::var(FROM_PASSPHRASE_ENV) {
+            Ok(p) if !p.is_empty() => Some(KeySource::passphrase(p)),
+            _ => None,
+        },
+    };
+    open_keyed(path, g, given)
+}
+
+/// Opens a vault with `given`, or, when it is encrypted and nothing was
+/// given, with a passphrase asked on the terminal.
+fn open_keyed(path: &Path, g: &Globals, given: Option<KeySource>) -> Result<Vault> {
     let prompted = given.is_none();
     let mut options = g.options.clone();
     options.key = given;

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the operation failed (or verify found damage),
 //! 2 bad usage.
 
+mod copy;
 mod demo;
 mod disk;
 mod files;
@@ -387,6 +388,42 @@ enum Command {
         /// Show what would be removed; remove nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy points into another vault (a second site): only the chunks it
+    /// lacks move, resealed with its key; a point it already holds is
+    /// skipped, so a rerun finishes a copy that was stopped. The global key
+    /// and store options (--key-file, --passphrase-file, $VMBACKUP_PASSPHRASE,
+    /// --endpoint, --cache) are --to's; --from has its own.
+    Copy {
+        /// The vault copied from (a folder or a URL).
+        #[arg(long)]
+        from: PathBuf,
+        /// The vault copied into (a folder or a URL).
+        #[arg(long)]
+        to: PathBuf,
+        /// Only this VM's points; repeat for more (default: every VM).
+        #[arg(long = "vm", value_name = "NAME")]
+        vms: Vec<String>,
+        /// Which points of each VM: latest, all, or since=TIME (RFC 3339).
+        #[arg(long, default_value = "latest")]
+        points: String,
+        /// Unlock --from with this key file.
+        #[arg(long, value_name = "FILE", conflicts_with = "from_passphrase_file")]
+        from_key_file: Option<PathBuf>,
+        /// Unlock --from with the passphrase in this file (its first line);
+        /// else $VMBACKUP_FROM_PASSPHRASE, else a prompt.
+        #[arg(long, value_name = "FILE")]
+        from_passphrase_file: Option<PathBuf>,
+        /// The endpoint of --from's object store.
+        #[arg(long, value_name = "URL")]
+        from_endpoint: Option<String>,
+        /// The cache folder of --from on object storage (default: one
+        /// under the user's cache folder, named by its URL).
+        #[arg(long, value_name = "DIR")]
+        from_cache: Option<PathBuf>,
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -975,6 +1012,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Gc { vault, grace, repack_threshold, dry_run, now, json } => {
             return maintenance::gc(g, &vault, maintenance::GcArgs { grace, repack_threshold, dry_run, now }, json);
+        }
+        Command::Copy {
+            from,
+            to,
+            vms,
+            points,
+            from_key_file,
+            from_passphrase_file,
+            from_endpoint,
+            from_cache,
+            json,
+        } => {
+            let args = copy::Args {
+                from: &from,
+                to: &to,
+                vms,
+                points: &points,
+                from_key_file,
+                from_passphrase_file,
+                from_endpoint,
+                from_cache,
+            };
+            return copy::run(g, args, json);
         }
         Command::Delete { vault, vm, point, json } => return protection::delete(g, &vault, &vm, &point, json),
         Command::Undelete { vault, vm, point, json } => return protection::undelete(g, &vault, &vm, &point, json),
