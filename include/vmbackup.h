@@ -410,6 +410,44 @@ typedef struct vmb_verify_report vmb_verify_report;
 typedef struct vmb_vm_list vmb_vm_list;
 
 /**
+ * Which points of each VM `vmb_vault_copy` takes: one of the
+ * `VMB_POINTS_*` values.
+ */
+typedef uint32_t vmb_points;
+
+/**
+ * What a copy did.
+ */
+typedef struct vmb_copy_stats {
+  /**
+   * Set by the caller before the call: `sizeof(struct vmb_copy_stats)`,
+   * or 0 for the first layout; the library fills that much and sets it
+   * to the bytes it wrote. See "Extensible structs" in the header's rules.
+   */
+  uint32_t struct_size;
+  /**
+   * Points copied.
+   */
+  uint64_t points_copied;
+  /**
+   * Points the target already held (skipped).
+   */
+  uint64_t points_already_there;
+  /**
+   * Bytes of the source's disks read.
+   */
+  uint64_t bytes_read;
+  /**
+   * Bytes of blocks the target lacked, before compression.
+   */
+  uint64_t bytes_lacked;
+  /**
+   * Bytes written to the target: what moved, and the manifests.
+   */
+  uint64_t bytes_added;
+} vmb_copy_stats;
+
+/**
  * A host's disk (or a snapshot of one), read by position.
  *
  * Every callback gets `userdata` first and returns 0 on success; a
@@ -1052,6 +1090,21 @@ typedef struct vmb_write_target {
 } vmb_write_target;
 
 /**
+ * The newest point of each VM.
+ */
+#define VMB_POINTS_LATEST 0
+
+/**
+ * Every point.
+ */
+#define VMB_POINTS_ALL 1
+
+/**
+ * The points taken at or after `since` (Unix seconds).
+ */
+#define VMB_POINTS_SINCE 2
+
+/**
  * The disks as they were at one instant, as after a power cut.
  */
 #define VMB_CONSISTENCY_CRASH 0
@@ -1093,6 +1146,27 @@ const char *vmb_status_str(int code);
  * `printf("%s: %s", vmb_status_str(st), vmb_last_error())` is safe.
  */
 const char *vmb_last_error(void);
+
+/**
+ * Copies points of `from` into `to` (a second site): of `vm` (every VM
+ * when NULL), the points `which` selects (`since`: Unix seconds, for
+ * `VMB_POINTS_SINCE`), oldest first. Only the chunks `to` lacks move,
+ * sealed with `to`'s key; a point `to` already holds is skipped, so a
+ * rerun finishes a copy that was stopped. Runs beside backups into `to`.
+ * `job` (may be NULL) gives progress and cancel; `out` may be NULL.
+ *
+ * # Safety
+ * `from` and `to` are NULL or live; `vm` is NULL or NUL-terminated; `job`
+ * is NULL or live; `out` is NULL or an initialized struct.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_vault_copy(const struct vmb_vault *from,
+                               const struct vmb_vault *to,
+                               const char *vm,
+                               vmb_points which,
+                               int64_t since,
+                               const struct vmb_job *job,
+                               struct vmb_copy_stats *out);
 
 /**
  * Opens the disk named `disk` (a name only: `vmb_point_disk_name` gives

@@ -81,7 +81,8 @@ pub struct CopyOptions {
     /// Stops the copy: the point being copied is not committed; those
     /// before it stay.
     pub cancel: CancelToken,
-    /// Told of the bytes read, and of warnings.
+    /// Told of each point's bytes as they are read (`start` once per
+    /// point), and of warnings.
     pub progress: Option<Arc<dyn Progress>>,
 }
 
@@ -186,6 +187,7 @@ fn copy_point(from: &Vault, to: &Vault, point: &PointManifest, options: &CopyOpt
     let progress: Arc<dyn Progress> = options.progress.clone().unwrap_or_else(|| Arc::new(NoProgress));
     let devices: Vec<PointDisk<'_>> = point.disks.iter().map(|d| PointDisk::new(from, point, d)).collect();
     let tokens: Vec<String> = point.disks.iter().map(|d| change_token(from, point, &d.name)).collect();
+    progress.start(point.disks.iter().map(|d| d.size).sum());
     let disks = point
         .disks
         .par_iter()
@@ -204,7 +206,9 @@ fn copy_point(from: &Vault, to: &Vault, point: &PointManifest, options: &CopyOpt
             let source = DiskSource { name: &d.name, device, change_token: Some(token), method: "copy" };
             engine::backup_disk(&session, to, &source, prev, &params)
         })
-        .collect::<Result<Vec<DiskRecord>>>()?;
+        .collect::<Result<Vec<DiskRecord>>>();
+    progress.finish();
+    let disks = disks?;
     let bytes_read = disks.iter().map(|d| d.stats.bytes_read).sum();
     let bytes_lacked = disks.iter().map(|d| d.stats.bytes_new.saturating_sub(d.stats.bytes_deduplicated)).sum();
     let totals = PointStats::totals_of(&disks);

@@ -166,6 +166,7 @@ pub(crate) unsafe fn write<T: Extensible>(p: *mut T, value: T) -> FfiResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::copy::vmb_copy_stats;
     use crate::host::{vmb_disk_ops, vmb_provider, vmb_write_target};
     use crate::maintenance::{vmb_gc_stats, vmb_repair_stats};
     use crate::point::{vmb_backup_stats, vmb_verify_problem};
@@ -188,6 +189,7 @@ mod tests {
         assert_eq!(vmb_repair_stats::FIRST_SIZE, 64);
         assert_eq!(vmb_verify_problem::FIRST_SIZE, 72);
         assert_eq!(vmb_vault_settings::FIRST_SIZE, 12);
+        assert_eq!(vmb_copy_stats::FIRST_SIZE, 48);
     }
 
     #[test]

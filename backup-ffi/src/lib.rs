@@ -11,12 +11,13 @@
 //! restore targets as function-pointer tables), [`disks`] (a VM's disk
 //! list: image files and host disks, each named once), [`point`] (points, lists,
 //! verify reports), [`vault`] (the vault and its operations), [`maintenance`]
-//! (prune and gc), [`protection`] (soft delete: settings, delete, undelete),
+//! (prune and gc), [`copy`] (points into a second vault), [`protection`] (soft delete: settings, delete, undelete),
 //! [`tiers`] (instant-restore tiers and kept snapshots).
 
 // The C names are the API: `vmb_vault`, `vmb_status`, `VMB_OK`.
 #![allow(non_camel_case_types)]
 
+pub mod copy;
 pub mod disk_reader;
 pub mod disks;
 mod extensible;

@@ -1,7 +1,8 @@
-/* Soft delete from C: a deleted point is listed as deleted, its data
- * survives gc, it is undeleted and restores bit for bit; a gc rehearsed
- * fifteen days later removes it for good. A vault whose soft delete is
- * always on refuses to turn it off.
+/* Soft delete and copy from C: a deleted point is listed as deleted, its
+ * data survives gc, it is undeleted and restores bit for bit; a gc
+ * rehearsed fifteen days later removes it for good. A vault whose soft
+ * delete is always on refuses to turn it off. Points copy into an
+ * encrypted vault (a second site), moving only what it lacks.
  *
  * Built with: cc -std=c11 -Wall -Wextra -Werror protection.c $(pkg-config --cflags --libs vmbackup) */
 #define _XOPEN_SOURCE 700
@@ -24,8 +25,11 @@ static vmb_point *back_up(vmb_vault *v, const char *image, const uint8_t *data, 
     return pt;
 }
 
+/* Whether disk 0 of `pt` restores to `want`. */
 static int restores_to(vmb_vault *v, vmb_point *pt, const char *path, const uint8_t *want, size_t size) {
-    if (vmb_vault_restore_disk_to_file(v, pt, "root.img", path, NULL, NULL) != VMB_OK) return 0;
+    const char *disk = NULL;
+    if (vmb_point_disk_name(pt, 0, &disk) != VMB_OK) return 0;
+    if (vmb_vault_restore_disk_to_file(v, pt, disk, path, NULL, NULL) != VMB_OK) return 0;
     size_t got_len = 0;
     uint8_t *got = read_file(path, &got_len);
     int same = got != NULL && got_len == size && memcmp(got, want, size) == 0;
@@ -128,6 +132,66 @@ static void a_deleted_point_is_kept_undeleted_and_purged_after_its_days(void) {
     free(out);
 }
 
+static void points_copy_into_an_encrypted_vault_moving_only_what_it_lacks(void) {
+    const size_t size = 2 * MiB;
+    uint8_t *first = malloc(size), *second = malloc(size);
+    REQUIRE(first != NULL && second != NULL);
+    fill_pattern(first, size, 3);
+    memcpy(second, first, size);
+    fill_pattern(second, 64 * 1024, 4);
+    char *image = join(g_dir, "copy.img");
+    char *here_path = join(g_dir, "here");
+    char *there_path = join(g_dir, "there");
+    char *out = join(g_dir, "copied.img");
+
+    vmb_vault *here = NULL, *there = NULL;
+    REQUIRE_OK(vmb_vault_init(here_path, &here));
+    struct vmb_key key = {.struct_size = sizeof key, .passphrase = "second site", .kdf_memory_kib = 64,
+                          .kdf_iterations = 1};
+    REQUIRE_OK(vmb_vault_init_with_key(there_path, &key, &there));
+    vmb_point *p1 = back_up(here, image, first, size);
+    REQUIRE(p1 != NULL);
+    vmb_point *p2 = back_up(here, image, second, size);
+    REQUIRE(p2 != NULL);
+
+    struct vmb_copy_stats st = {.struct_size = sizeof st};
+    REQUIRE_OK(vmb_vault_copy(here, there, "web", VMB_POINTS_LATEST, 0, NULL, &st));
+    CHECK(st.points_copied == 1 && st.points_already_there == 0);
+    CHECK(st.bytes_lacked == size && st.bytes_added > 0);
+    /* The older point differs in one block: only that one moves. */
+    memset(&st, 0, sizeof st);
+    st.struct_size = sizeof st;
+    REQUIRE_OK(vmb_vault_copy(here, there, NULL, VMB_POINTS_ALL, 0, NULL, &st));
+    CHECK(st.points_copied == 1 && st.points_already_there == 1);
+    CHECK(st.bytes_lacked == 64 * 1024);
+    REQUIRE_OK(vmb_vault_copy(here, there, NULL, VMB_POINTS_SINCE, 0, NULL, &st));
+    CHECK(st.points_copied == 0 && st.points_already_there == 2 && st.bytes_added == 0);
+
+    const char *id1 = NULL;
+    REQUIRE_OK(vmb_point_id(p1, &id1));
+    vmb_point *copied = NULL;
+    REQUIRE_OK(vmb_vault_find_point(there, "web", id1, &copied));
+    CHECK(restores_to(there, copied, out, first, size));
+    vmb_point_free(copied);
+
+    CHECK(vmb_vault_copy(here, here, NULL, VMB_POINTS_ALL, 0, NULL, NULL) == VMB_ERR_INVALID_ARGUMENT);
+    CHECK(LAST_ERROR_HAS("same vault"));
+    CHECK(vmb_vault_copy(here, there, NULL, 7, 0, NULL, NULL) == VMB_ERR_INVALID_ARGUMENT);
+    CHECK(vmb_vault_copy(here, there, "nope", VMB_POINTS_ALL, 0, NULL, NULL) == VMB_ERR_NOT_FOUND);
+    CHECK(vmb_vault_copy(NULL, there, NULL, VMB_POINTS_ALL, 0, NULL, NULL) == VMB_ERR_NULL_ARGUMENT);
+
+    vmb_point_free(p1);
+    vmb_point_free(p2);
+    vmb_vault_free(here);
+    vmb_vault_free(there);
+    free(first);
+    free(second);
+    free(image);
+    free(here_path);
+    free(there_path);
+    free(out);
+}
+
 int main(void) {
     g_dir = make_temp_dir("protection-c");
     if (g_dir == NULL) {
@@ -135,6 +199,7 @@ int main(void) {
         return 2;
     }
     RUN(a_deleted_point_is_kept_undeleted_and_purged_after_its_days);
+    RUN(points_copy_into_an_encrypted_vault_moving_only_what_it_lacks);
     remove_tree(g_dir);
     free(g_dir);
     return SUMMARY("protection.c");
