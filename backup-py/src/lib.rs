@@ -59,6 +59,8 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<protection::VaultSettings>()?;
     m.add_class::<protection::Deletion>()?;
     m.add_class::<protection::DeletedPoint>()?;
+    m.add_class::<protection::CopiedPoint>()?;
+    m.add_class::<protection::CopyReport>()?;
     m.add_class::<tiers::KeptSnapshot>()?;
     m.add_class::<tiers::ReleaseReport>()?;
     #[cfg(feature = "libvirt")]

@@ -109,3 +109,81 @@ impl DeletedPoint {
         format!("DeletedPoint(vm={:?}, point={:?}, purge_after={})", p.vm, p.id, self.deleted.purge_after)
     }
 }
+
+/// One point a copy committed: its VM and id (the same in both vaults),
+/// the bytes of the source's disks read, the bytes of blocks the target
+/// lacked (before compression), and the bytes written to the target.
+#[pyclass(module = "vmbackup", frozen, get_all)]
+pub(crate) struct CopiedPoint {
+    /// The VM.
+    vm: String,
+    /// The point's id.
+    id: String,
+    /// Bytes of the source's disks read.
+    bytes_read: u64,
+    /// Bytes of blocks the target lacked, before compression.
+    bytes_lacked: u64,
+    /// Bytes written to the target: what moved, and the manifest.
+    bytes_added: u64,
+}
+
+#[pymethods]
+impl CopiedPoint {
+    fn __repr__(&self) -> String {
+        format!("CopiedPoint(vm={:?}, id={:?}, bytes_added={})", self.vm, self.id, self.bytes_added)
+    }
+}
+
+/// What `Vault.copy_to` did.
+#[pyclass(module = "vmbackup", frozen, get_all)]
+pub(crate) struct CopyReport {
+    /// The points copied, oldest first within each VM.
+    copied: Vec<Py<CopiedPoint>>,
+    /// The points the target already held, as `(vm, id)`.
+    already_there: Vec<(String, String)>,
+    /// Bytes written to the target in all.
+    bytes_added: u64,
+}
+
+impl CopyReport {
+    pub(crate) fn new(py: Python<'_>, r: backup_core::CopyReport) -> PyResult<CopyReport> {
+        let bytes_added = r.bytes_added();
+        let copied = r
+            .copied
+            .into_iter()
+            .map(|c| {
+                Py::new(
+                    py,
+                    CopiedPoint {
+                        vm: c.vm,
+                        id: c.id,
+                        bytes_read: c.bytes_read,
+                        bytes_lacked: c.bytes_lacked,
+                        bytes_added: c.bytes_added,
+                    },
+                )
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let already_there = r
+            .already_there
+            .into_iter()
+            .map(|s| match s.split_once('/') {
+                Some((vm, id)) => (vm.to_string(), id.to_string()),
+                None => (String::new(), s),
+            })
+            .collect();
+        Ok(CopyReport { copied, already_there, bytes_added })
+    }
+}
+
+#[pymethods]
+impl CopyReport {
+    fn __repr__(&self) -> String {
+        format!(
+            "CopyReport(copied={}, already_there={}, bytes_added={})",
+            self.copied.len(),
+            self.already_there.len(),
+            self.bytes_added
+        )
+    }
+}

@@ -15,7 +15,7 @@ use pyo3::types::{PyBytes, PyMapping, PyString};
 use crate::errors::{callable_arg, int_arg, new_error, to_py, type_name};
 use crate::job;
 use crate::maintenance::{GcReport, PruneReport};
-use crate::protection::{DeletedPoint, Deletion, VaultSettings};
+use crate::protection::{CopyReport, DeletedPoint, Deletion, VaultSettings};
 use crate::provider::PyDevice;
 use crate::tiers::{KeptSnapshot, ReleaseReport};
 use crate::types::{KeySlot, RecoveryPoint, RestoreStats, VerifyReport};
@@ -889,6 +889,49 @@ impl Vault {
             o.now = Some(std::time::SystemTime::from(timestamp_arg(n, "now")?));
         }
         job::run(py, None, move |_, _| backup_core::gc(&vault, &o)).map(GcReport::from)
+    }
+
+    /// Copies points of this vault into `target` (another open `Vault`: a
+    /// second site, local or on object storage, encrypted or not): of the
+    /// VMs in `vms` (every VM when None), the points `points` selects
+    /// ("latest", "all", or a time-zone aware `datetime`: the points taken
+    /// since), oldest first. Only the chunks `target` lacks move, sealed
+    /// with its key; a point it already holds is skipped, so a rerun
+    /// finishes a copy that was stopped. `progress` works as for
+    /// `backup()`, once per point.
+    #[pyo3(signature = (target, *, vms = None, points = None, progress = None))]
+    fn copy_to(
+        &self,
+        py: Python<'_>,
+        target: &Bound<'_, Vault>,
+        vms: Option<Vec<String>>,
+        points: Option<&Bound<'_, PyAny>>,
+        progress: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<CopyReport> {
+        let from = self.get()?;
+        let to = target.get().get()?;
+        let mut o = backup_core::CopyOptions::default();
+        o.vms = vms.unwrap_or_default();
+        o.points = match points.filter(|p| !p.is_none()) {
+            None => backup_core::PointSelection::Latest,
+            Some(p) if p.is_instance_of::<PyString>() => match str_arg(p, "points")?.as_str() {
+                "latest" => backup_core::PointSelection::Latest,
+                "all" => backup_core::PointSelection::All,
+                other => {
+                    return Err(PyValueError::new_err(format!(
+                        "points must be \"latest\", \"all\" or a datetime, not {other:?}"
+                    )));
+                }
+            },
+            Some(p) => backup_core::PointSelection::Since(timestamp_arg(p, "points")?),
+        };
+        let progress = callable_arg(progress, "progress")?;
+        let report = job::run(py, progress, move |p, cancel| {
+            o.progress = Some(p);
+            o.cancel = cancel;
+            backup_core::copy(&from, &to, &o)
+        })?;
+        CopyReport::new(py, report)
     }
 
     /// The vault's settings as its store holds them now.

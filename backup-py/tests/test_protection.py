@@ -5,6 +5,7 @@ delete is always on refuses to turn it off."""
 from __future__ import annotations
 
 import datetime
+import random
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,40 @@ def test_soft_delete_off_and_always_on(vault: vmbackup.Vault, make_image: MakeIm
     with pytest.raises(TypeError):
         vault.configure(soft_delete_days="7")  # type: ignore[arg-type]
     assert "VaultSettings(soft_delete_days=30, soft_delete_always_on=True)" == repr(vault.settings())
+
+
+def test_points_copy_to_an_encrypted_second_site_moving_only_what_it_lacks(
+    vault: vmbackup.Vault, tmp_path: Path
+) -> None:
+    first = tmp_path / "root.img"
+    first_bytes = random.Random(5).randbytes(2 * MiB)  # no block twice
+    first.write_bytes(first_bytes)
+    p1 = vault.backup("web", [first])
+    data = bytearray(first_bytes)
+    data[:65536] = bytes(65536)  # one block changes (to zeros: stored as none)
+    first.write_bytes(bytes(data))
+    p2 = vault.backup("web", [first])
+    with vmbackup.Vault.init(tmp_path / "there", passphrase="second site") as there:
+        seen: list[tuple[int, int]] = []
+        latest = vault.copy_to(there, progress=lambda done, total: seen.append((done, total)))
+        assert [c.id for c in latest.copied] == [p2.id]
+        assert latest.copied[0].bytes_lacked == 2 * MiB - 65536
+        assert latest.bytes_added == latest.copied[0].bytes_added > 0
+        assert seen and seen[-1] == (2 * MiB, 2 * MiB)
+        rest = vault.copy_to(there, vms=["web"], points="all")
+        assert [c.id for c in rest.copied] == [p1.id]
+        assert rest.copied[0].bytes_lacked == 65536  # the one block p2 changed
+        assert rest.already_there == [("web", p2.id)]
+        since = vault.copy_to(there, points=datetime.datetime(2000, 1, 1, tzinfo=UTC))
+        assert (since.copied, since.bytes_added) == ([], 0)
+        assert "CopyReport(" in repr(since)
+        out = tmp_path / "copied.img"
+        there.restore(there.point("web", p1.id), disk="root.img", to=out)
+        assert out.read_bytes() == first_bytes
+        assert there.verify().ok
+        with pytest.raises(ValueError, match="points"):
+            vault.copy_to(there, points="yesterday")  # type: ignore[arg-type]
+        with pytest.raises(vmbackup.NotFoundError):
+            vault.copy_to(there, vms=["nope"])
+        with pytest.raises(TypeError):
+            vault.copy_to("there")  # type: ignore[arg-type]

@@ -37,6 +37,8 @@ from ._errors import (
 from ._native import (
     BackupStats,
     BootVerdict,
+    CopiedPoint,
+    CopyReport,
     DeletedPoint,
     Deletion,
     DiskInfo,
@@ -84,6 +86,8 @@ __all__ = [
     "VaultSettings",
     "Deletion",
     "DeletedPoint",
+    "CopiedPoint",
+    "CopyReport",
     "BlockDevice",
     "DiskFile",
     "Mount",

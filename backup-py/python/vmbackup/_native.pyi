@@ -36,6 +36,8 @@ __all__ = [
     "VaultSettings",
     "Deletion",
     "DeletedPoint",
+    "CopiedPoint",
+    "CopyReport",
 ]
 
 __version__: str
@@ -383,6 +385,23 @@ class Vault:
         Soft-deleted points whose days are not over keep their data; those
         whose days are over at `now` (a time-zone aware `datetime`; default
         the current time, a later one rehearses) are removed for good first.
+        """
+    def copy_to(
+        self,
+        target: "Vault",
+        *,
+        vms: Optional[List[str]] = None,
+        points: Union[Literal["latest", "all"], datetime.datetime, None] = None,
+        progress: Optional[_Progress] = None,
+    ) -> "CopyReport":
+        """Copies points of this vault into `target` (another open `Vault`: a
+        second site, local or on object storage, encrypted or not): of the
+        VMs in `vms` (every VM when None), the points `points` selects
+        ("latest", "all", or a time-zone aware `datetime`: the points taken
+        since), oldest first. Only the chunks `target` lacks move, sealed
+        with its key; a point it already holds is skipped, so a rerun
+        finishes a copy that was stopped. `progress` works as for
+        `backup()`, once per point.
         """
     def settings(self) -> "VaultSettings":
         """The vault's settings as its store holds them now."""
@@ -1131,3 +1150,40 @@ class DeletedPoint:
     @property
     def purge_after(self) -> datetime.datetime:
         """When gc may remove it for good (a UTC `datetime`)."""
+
+@final
+class CopiedPoint:
+    """One point a copy committed: its VM and id (the same in both vaults),
+    the bytes of the source's disks read, the bytes of blocks the target
+    lacked (before compression), and the bytes written to the target.
+    """
+
+    @property
+    def vm(self) -> str:
+        """The VM."""
+    @property
+    def id(self) -> str:
+        """The point's id."""
+    @property
+    def bytes_read(self) -> int:
+        """Bytes of the source's disks read."""
+    @property
+    def bytes_lacked(self) -> int:
+        """Bytes of blocks the target lacked, before compression."""
+    @property
+    def bytes_added(self) -> int:
+        """Bytes written to the target: what moved, and the manifest."""
+
+@final
+class CopyReport:
+    """What `Vault.copy_to` did."""
+
+    @property
+    def copied(self) -> List[CopiedPoint]:
+        """The points copied, oldest first within each VM."""
+    @property
+    def already_there(self) -> List[Tuple[str, str]]:
+        """The points the target already held, as `(vm, id)`."""
+    @property
+    def bytes_added(self) -> int:
+        """Bytes written to the target in all."""
