@@ -123,15 +123,31 @@ pub const FROM_PASSPHRASE_ENV: &str = "VMBACKUP_FROM_PASSPHRASE";
 /// Opens the source vault of `copy`: with --from-key-file or
 /// --from-passphrase-file, else $VMBACKUP_FROM_PASSPHRASE, else a prompt.
 pub fn open_source(path: &Path, g: &Globals, key_file: Option<&Path>, passphrase_file: Option<&Path>) -> Result<Vault> {
-    let given = match (key_file, passphrase_file) {
+    open_keyed(path, g, key_from(key_file, passphrase_file, Some(FROM_PASSPHRASE_ENV))?)
+}
+
+/// Opens the second site of a policy's `[copy]`: with its key file or
+/// passphrase file, else unencrypted (or a prompt on a terminal).
+pub fn open_copy_target(
+    path: &Path,
+    g: &Globals,
+    key_file: Option<&Path>,
+    passphrase_file: Option<&Path>,
+) -> Result<Vault> {
+    open_keyed(path, g, key_from(key_file, passphrase_file, None)?)
+}
+
+/// The key a key file or passphrase file gives, else the passphrase in
+/// the environment variable `env`.
+fn key_from(key_file: Option<&Path>, passphrase_file: Option<&Path>, env: Option<&str>) -> Result<Option<KeySource>> {
+    Ok(match (key_file, passphrase_file) {
         (Some(f), _) => Some(KeySource::key_file(f)),
         (None, Some(f)) => Some(KeySource::passphrase(read_passphrase_file(f)?)),
-        (None, None) => match std::env::var(FROM_PASSPHRASE_ENV) {
-            Ok(p) if !p.is_empty() => Some(KeySource::passphrase(p)),
+        (None, None) => match env.map(std::env::var) {
+            Some(Ok(p)) if !p.is_empty() => Some(KeySource::passphrase(p)),
             _ => None,
         },
-    };
-    open_keyed(path, g, given)
+    })
 }
 
 /// Opens a vault with `given`, or, when it is encrypted and nothing was

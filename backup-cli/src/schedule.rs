@@ -172,6 +172,24 @@ pub fn run(g: &Globals, args: Args<'_>) -> Result<ExitCode> {
         anyhow::bail!("--concurrency must be at least 1");
     }
     let vault = g.open(args.vault)?;
+    // The second site, opened once: a policy whose target cannot be opened
+    // does not start.
+    let second_site = match &policy.copy {
+        None => None,
+        Some(rule) => {
+            let mut target = g.clone();
+            target.remote = backup_core::RemoteOptions::default();
+            target.remote.endpoint = rule.endpoint.clone();
+            let opened = crate::keys::open_copy_target(
+                Path::new(&rule.to),
+                &target,
+                rule.key_file.as_deref(),
+                rule.passphrase_file.as_deref(),
+            )
+            .with_context(|| format!("the policy's copy target {}", rule.to))?;
+            Some(opened)
+        }
+    };
     let throttle: Option<Arc<Throttle>> = match (args.limit, args.max_reads) {
         (None, None) => None,
         (rate, reads) => {
@@ -233,7 +251,7 @@ pub fn run(g: &Globals, args: Args<'_>) -> Result<ExitCode> {
                 running.insert(name.clone(), cancel.clone());
                 let rule = format!("schedule: {}; run {}", policy.schedule.describe(), due.timestamp());
                 log(format!("{name}: backup started for the run of {due}"));
-                let (tx, vault, throttle) = (tx.clone(), &vault, throttle.clone());
+                let (tx, vault, throttle, second_site) = (tx.clone(), &vault, throttle.clone(), second_site.as_ref());
                 let consistency = *consistency;
                 let days = policy.instant_restore_days;
                 let (boot_rule, uri) = (policy.boot_verify.clone(), source.libvirt_uri());
@@ -271,6 +289,10 @@ pub fn run(g: &Globals, args: Args<'_>) -> Result<ExitCode> {
                                         boot_verify_if_due(vault, &r.point, rule, uri, &options.cancel, clock())
                                     }
                                     _ => Ok(None),
+                                };
+                                let committed = match second_site {
+                                    Some(to) => format!("{committed}; {}", copy_point(vault, to, vm, &options.cancel)),
+                                    None => committed,
                                 };
                                 break match verified {
                                     Ok(None) => Ok(committed),
@@ -340,6 +362,19 @@ pub fn run(g: &Globals, args: Args<'_>) -> Result<ExitCode> {
     })?;
     log("schedule stopped");
     Ok(if args.once && failures > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// Copies a VM's newest point to the policy's second site; what happened,
+/// in words (a failed copy does not fail the backup: the next one copies
+/// its own point, and `vmbackup copy --points all` catches up).
+fn copy_point(vault: &Vault, to: &Vault, vm: &backup_core::Vm, cancel: &CancelToken) -> String {
+    let mut options = backup_core::CopyOptions::default();
+    options.vms = vec![vm.name.clone()];
+    options.cancel = cancel.clone();
+    match backup_core::copy(vault, to, &options) {
+        Ok(r) => format!("copied to {} ({} written)", to.location(), crate::human(r.bytes_added())),
+        Err(e) => format!("copy to {} failed: {e}", to.location()),
+    }
 }
 
 fn prune_vm(vault: &Vault, policy: &Policy, vm: &str, now: Timestamp) {

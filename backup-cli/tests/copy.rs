@@ -171,3 +171,46 @@ fn a_copy_killed_midway_is_finished_by_a_rerun() {
     assert_eq!(gc["problems"], serde_json::json!([]), "{gc}");
     assert!(stored(&there) < (3 * 48 * MIB + 3 * MIB) as u64, "the target holds more than three disks' worth");
 }
+
+/// A policy's `[copy]`: the scheduler copies each new point to the second
+/// site (encrypted, unlocked by a passphrase file) after its backup, and a
+/// policy whose target cannot be opened does not start.
+#[test]
+fn a_policy_copies_each_new_point_to_its_second_site() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (vault, site, image) = (d.join("vault"), d.join("site"), d.join("web.img"));
+    let (policy, vms, key) = (d.join("policy.toml"), d.join("vms.json"), d.join("site.pass"));
+    fs::write(&image, Rng(4).bytes(MIB)).expect("image");
+    fs::write(&key, "second site\n").expect("key");
+    let rules =
+        "timezone = \"UTC\"\n[schedule]\nfrequency = \"daily\"\ntimes = [\"02:00\"]\n[retention]\nkeep_last = 2\n";
+    fs::write(&policy, format!("{rules}[copy]\nto = {:?}\npassphrase_file = {:?}\n", s(&site), s(&key)))
+        .expect("policy");
+    let vms_json = serde_json::json!({"vms": [{"name": "web", "disks": [format!("root={}", s(&image))]}]});
+    fs::write(&vms, vms_json.to_string()).expect("vms");
+    assert!(run(&["init", s(&vault)]).status.success());
+    json(&["backup", "--vault", s(&vault), "--vm", "web", "--disk", s(&image), "--json"]);
+    let check = run(&["policy", "check", s(&policy)]);
+    assert!(String::from_utf8_lossy(&check.stdout).contains("copy: each new point to"), "{check:?}");
+
+    let later = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_hours(72)).expect("time").to_string();
+    let args = ["schedule", "--vault", s(&vault), "--policy", s(&policy), "--vms", s(&vms), "--once", "--now", &later];
+    let refused = run(&args);
+    assert_eq!(refused.status.code(), Some(1), "a missing second site must stop the scheduler");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("copy target"), "{refused:?}");
+
+    assert!(keyed(&["init", "--encrypt", s(&site)]).status.success());
+    let out = run(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("copied to"), "{}", String::from_utf8_lossy(&out.stdout));
+    let made = ids(&json(&["list", "--vault", s(&vault), "--json"]));
+    let copied = ids(&keyed_json(&["list", "--vault", s(&site), "--json"]));
+    // The scheduled run's point; the one made by hand before is not copied.
+    assert_eq!((made.len(), copied.len()), (2, 1));
+    assert_eq!(copied[0], made[1]);
+    let restored = d.join("restored.img");
+    let r = keyed(&["restore", "--vault", s(&site), "--vm", "web", "--disk", "0", "--to", s(&restored)]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(fs::read(&restored).expect("restored") == fs::read(&image).expect("image"));
+}

@@ -99,8 +99,8 @@ pub use nbd::{
     QemuProvider, bitmap_token,
 };
 pub use policy::{
-    BootVerifyRule, DEFAULT_JOB_LOG_DAYS, DayOfMonth, DaySelector, KeepReason, MonthlyRule, PointRef, Policy, Retained,
-    Retention, Schedule, WeekOfMonth, WeeklyRule, YearlyRule,
+    BootVerifyRule, CopyRule, DEFAULT_JOB_LOG_DAYS, DayOfMonth, DaySelector, KeepReason, MonthlyRule, PointRef, Policy,
+    Retained, Retention, Schedule, WeekOfMonth, WeeklyRule, YearlyRule,
 };
 pub use prune::{PlannedJobLog, PlannedPoint, PruneOptions, PrunePlan, PruneReport, prune, prune_plan};
 #[cfg(feature = "libvirt")]

@@ -73,6 +73,11 @@ pub const EVERY_HOURS: [u8; 4] = [4, 6, 8, 12];
 /// every_days = 7                     # 1..=366: boot the newest point when no point was verified for this long
 /// timeout_secs = 300                 # 10..=3600, default 300: for the guest agent, then for the script
 /// # script = "/etc/vmbackup/boot-test.sh"  # an in-guest test run through the agent; exit 0 passes
+///
+/// # [copy]                           # optional (`schedule`): a second site
+/// # to = "s3://offsite/vault"        # a folder or a URL: each new point is copied there after its backup
+/// # endpoint = "https://..."         # the object store's endpoint, when not the cloud's own
+/// # key_file = "/etc/vmbackup/offsite.key"          # or passphrase_file = "...": unlocks an encrypted target
 /// ```
 ///
 /// Monthly and yearly points are picked either by `days_of_month` (1 to 28,
@@ -124,6 +129,23 @@ pub struct Policy {
     pub retention: Retention,
     /// When `schedule` boots a VM's newest point to verify it.
     pub boot_verify: Option<BootVerifyRule>,
+    /// Where `schedule` copies each new point after its backup.
+    pub copy: Option<CopyRule>,
+}
+
+/// A second site: where `schedule` copies each new point after its backup
+/// (see [`copy`](crate::copy)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CopyRule {
+    /// The target vault: a folder or a URL (`az://...`, `s3://...`).
+    pub to: String,
+    /// The target's object-store endpoint, when not the cloud's own.
+    pub endpoint: Option<String>,
+    /// A key file that unlocks an encrypted target.
+    pub key_file: Option<std::path::PathBuf>,
+    /// A file whose first line is the passphrase of an encrypted target.
+    pub passphrase_file: Option<std::path::PathBuf>,
 }
 
 /// When `schedule` boot-verifies a libvirt VM's newest point, and how.
@@ -148,6 +170,16 @@ struct RawPolicy {
     schedule: Option<RawSchedule>,
     retention: RawRetention,
     boot_verify: Option<RawBootVerify>,
+    copy: Option<RawCopy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCopy {
+    to: String,
+    endpoint: Option<String>,
+    key_file: Option<String>,
+    passphrase_file: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -463,6 +495,30 @@ impl Policy {
                 },
             }),
         };
+        let copy = match raw.copy {
+            None => None,
+            Some(c) => {
+                if c.to.trim().is_empty() {
+                    return Err(bad("copy.to", "it is empty"));
+                }
+                if c.key_file.is_some() && c.passphrase_file.is_some() {
+                    return Err(bad("copy.key_file", "give key_file or passphrase_file, not both"));
+                }
+                for (field, p) in [("copy.key_file", &c.key_file), ("copy.passphrase_file", &c.passphrase_file)] {
+                    if let Some(p) = p
+                        && !Path::new(p).is_absolute()
+                    {
+                        return Err(bad(field, format!("{p:?} is not an absolute path")));
+                    }
+                }
+                Some(CopyRule {
+                    to: c.to.trim().to_string(),
+                    endpoint: c.endpoint,
+                    key_file: c.key_file.map(Into::into),
+                    passphrase_file: c.passphrase_file.map(Into::into),
+                })
+            }
+        };
         Ok(Policy {
             time_zone_name: raw.timezone.trim().to_string(),
             time_zone,
@@ -470,6 +526,7 @@ impl Policy {
             instant_restore_days,
             retention,
             boot_verify,
+            copy,
         })
     }
 
@@ -502,6 +559,9 @@ impl Policy {
                  ({} s for the guest agent{script})",
                 b.every_days, b.timeout_secs
             ));
+        }
+        if let Some(c) = &self.copy {
+            out.push(format!("copy: each new point to {} after its backup", c.to));
         }
         out
     }
