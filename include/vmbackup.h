@@ -1806,6 +1806,17 @@ VMB_MUST_USE enum vmb_status vmb_policy_parse(const char *toml, struct vmb_polic
 VMB_MUST_USE enum vmb_status vmb_policy_load(const char *path, struct vmb_policy **out);
 
 /**
+ * The second site the policy's `[copy]` section names (a folder or a
+ * URL), where a host copies each new point after its backup with
+ * `vmb_vault_copy`; NULL when the policy has none. The string lives as
+ * long as the policy.
+ *
+ * # Safety
+ * `policy` is NULL or live; `out` is NULL or writable.
+ */
+VMB_MUST_USE enum vmb_status vmb_policy_copy_to(const struct vmb_policy *policy, const char **out);
+
+/**
  * Frees a policy; NULL is ignored.
  *
  * # Safety

@@ -64,7 +64,7 @@ fn copy_into_an_encrypted_vault_and_back_moves_only_what_each_lacks() {
     assert_eq!(copied.len(), 3, "{all}");
     assert_eq!(all["bytes_added"].as_u64(), Some(stored(&there) - before), "what moved is what the target grew by");
     assert_eq!(copied[0]["bytes_lacked"], 8 * MIB, "{all}");
-    assert!(copied[1]["bytes_lacked"].as_u64().expect("lacked") <= 2 * 64 << 10, "{all}");
+    assert!(copied[1]["bytes_lacked"].as_u64().expect("lacked") <= 2 * (64 << 10), "{all}");
     let again = keyed_json(&["copy", "--from", s(&here), "--to", s(&there), "--points", "all", "--json"]);
     assert_eq!((again["copied"].as_array().map(Vec::len), again["bytes_added"].as_u64()), (Some(0), Some(0)));
     assert_eq!(again["already_there"].as_array().map(Vec::len), Some(3));

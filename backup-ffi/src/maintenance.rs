@@ -24,6 +24,15 @@ pub struct vmb_prune_report {
 /// freed with `vmb_policy_free`. Immutable: usable from any thread.
 pub struct vmb_policy {
     policy: Policy,
+    /// The `[copy]` section's target, for `vmb_policy_copy_to`.
+    copy_to: Option<CString>,
+}
+
+impl vmb_policy {
+    fn new(policy: Policy) -> Result<vmb_policy, Failure> {
+        let copy_to = policy.copy.as_ref().map(|c| c_string(&c.to, "copy target")).transpose()?;
+        Ok(vmb_policy { policy, copy_to })
+    }
 }
 
 /// Parses a policy from TOML text (the format of `vmbackup policy check`).
@@ -39,7 +48,7 @@ pub unsafe extern "C" fn vmb_policy_parse(toml: *const c_char, out: *mut *mut vm
         let text = arg_str!(toml, "policy");
         let out = arg_out!(out, "out");
         let policy = Policy::from_toml_str(text)?;
-        write_out!(out, Box::into_raw(Box::new(vmb_policy { policy })));
+        write_out!(out, Box::into_raw(Box::new(vmb_policy::new(policy)?)));
         Ok(())
     }
 }
@@ -55,7 +64,25 @@ pub unsafe extern "C" fn vmb_policy_load(path: *const c_char, out: *mut *mut vmb
         let path = arg_str!(path, "path");
         let out = arg_out!(out, "out");
         let policy = Policy::from_file(path)?;
-        write_out!(out, Box::into_raw(Box::new(vmb_policy { policy })));
+        write_out!(out, Box::into_raw(Box::new(vmb_policy::new(policy)?)));
+        Ok(())
+    }
+}
+
+/// The second site the policy's `[copy]` section names (a folder or a
+/// URL), where a host copies each new point after its backup with
+/// `vmb_vault_copy`; NULL when the policy has none. The string lives as
+/// long as the policy.
+///
+/// # Safety
+/// `policy` is NULL or live; `out` is NULL or writable.
+#[must_use]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_policy_copy_to(policy: *const vmb_policy, out: *mut *const c_char) -> vmb_status {
+    ffi! {
+        let p = arg_ref!(policy, "policy");
+        let out = arg_out!(out, "out");
+        write_out!(out, p.copy_to.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()));
         Ok(())
     }
 }

@@ -38,6 +38,14 @@ impl Policy {
         }
     }
 
+    /// The second site the policy's `[copy]` section names (a folder or a
+    /// URL), where each new point is copied after its backup
+    /// (`Vault.copy_to`); None when it has none.
+    #[getter]
+    fn copy_to(&self) -> Option<String> {
+        self.policy.copy.as_ref().map(|c| c.to.clone())
+    }
+
     /// The policy in a few lines of English, as `vmbackup policy check`
     /// says it.
     fn summary(&self) -> Vec<String> {

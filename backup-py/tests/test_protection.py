@@ -122,3 +122,13 @@ def test_points_copy_to_an_encrypted_second_site_moving_only_what_it_lacks(
             vault.copy_to(there, vms=["nope"])
         with pytest.raises(TypeError):
             vault.copy_to("there")  # type: ignore[arg-type]
+
+
+def test_a_policy_names_its_second_site() -> None:
+    rules = 'timezone = "UTC"\n[schedule]\nfrequency = "daily"\ntimes = ["02:00"]\n[retention]\nkeep_last = 2\n'
+    assert vmbackup.Policy.from_toml(rules).copy_to is None
+    policy = vmbackup.Policy.from_toml(rules + '[copy]\nto = "s3://offsite/vault"\n')
+    assert policy.copy_to == "s3://offsite/vault"
+    assert any("copy: each new point to s3://offsite/vault" in line for line in policy.summary())
+    with pytest.raises(ValueError, match="copy.key_file"):
+        vmbackup.Policy.from_toml(rules + '[copy]\nto = "/x"\nkey_file = "relative.key"\n')

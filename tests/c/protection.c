@@ -174,6 +174,22 @@ static void points_copy_into_an_encrypted_vault_moving_only_what_it_lacks(void) 
     CHECK(restores_to(there, copied, out, first, size));
     vmb_point_free(copied);
 
+    /* A policy names the second site a host copies to after each backup. */
+    vmb_policy *policy = NULL;
+    const char *site = NULL;
+#define RULES "timezone = \"UTC\"\n[schedule]\nfrequency = \"daily\"\ntimes = [\"02:00\"]\n[retention]\nkeep_last = 2\n"
+    REQUIRE_OK(vmb_policy_parse(RULES "[copy]\nto = \"s3://offsite/vault\"\n",
+                                &policy));
+    REQUIRE_OK(vmb_policy_copy_to(policy, &site));
+    CHECK(site != NULL && strcmp(site, "s3://offsite/vault") == 0);
+    vmb_policy_free(policy);
+    REQUIRE_OK(vmb_policy_parse(RULES, &policy));
+    REQUIRE_OK(vmb_policy_copy_to(policy, &site));
+    CHECK(site == NULL);
+    vmb_policy_free(policy);
+    CHECK(vmb_policy_parse(RULES "[copy]\nto = \"\"\n", &policy) == VMB_ERR_INVALID_ARGUMENT);
+    CHECK(LAST_ERROR_HAS("copy.to"));
+
     CHECK(vmb_vault_copy(here, here, NULL, VMB_POINTS_ALL, 0, NULL, NULL) == VMB_ERR_INVALID_ARGUMENT);
     CHECK(LAST_ERROR_HAS("same vault"));
     CHECK(vmb_vault_copy(here, there, NULL, 7, 0, NULL, NULL) == VMB_ERR_INVALID_ARGUMENT);

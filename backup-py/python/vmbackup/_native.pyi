@@ -982,6 +982,12 @@ class Policy:
         """Reads and parses a policy file (`OSError` when it cannot be read,
         `ValueError` naming the file and field when it is not a policy).
         """
+    @property
+    def copy_to(self) -> Optional[str]:
+        """The second site the policy's `[copy]` section names (a folder or a
+        URL), where each new point is copied after its backup
+        (`Vault.copy_to`); None when it has none.
+        """
     def summary(self) -> List[str]:
         """The policy in a few lines of English, as `vmbackup policy check`
         says it.
