@@ -379,6 +379,11 @@ fn check_packs(
                 Ok(idx) if idx == entries || idx == good => {}
                 Ok(_) => problems
                     .push(format!("chunk index file of pack {pack} differs from the pack (repair rebuilds it)").into()),
+                // A backup in flight publishes a pack's index file right
+                // after the pack: not yet there is not missing.
+                Err(Error::Io { ref source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound
+                        && crate::vault::adopt::backup_in_flight(vault) => {}
                 Err(e) => problems.push(Finding { what: format!("{e} (repair rebuilds it)"), ..Finding::from(&e) }),
             }
             for (e, r) in entries.iter().zip(read) {

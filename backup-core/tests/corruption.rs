@@ -439,3 +439,25 @@ fn every_byte_flip_truncation_and_deletion_of_a_small_vaults_packs_and_segments_
     }
     eprintln!("{cases} damaged copies of {} objects, each reported", objects.len());
 }
+
+/// A pack whose chunk index file is missing is damage (repair rebuilds
+/// the file), unless a backup of this host is in flight: it publishes a
+/// pack's index file right after the pack, and a verify beside it must not
+/// call that gap damage.
+#[test]
+fn a_missing_chunk_index_file_is_reported_unless_a_backup_is_publishing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = dir.path().join("root.img");
+    fs::write(&image, Rng(8).bytes(1 << 20)).expect("image");
+    let vault = Vault::init(dir.path().join("vault")).expect("init");
+    let vm = Vm::from_images("web", &[&image]).expect("vm");
+    backup(&vault, &ImageFileProvider::new(), &vm, &BackupOptions::default()).expect("backup");
+    let idx = fs::read_dir(vault.path().join("index")).expect("index").next().expect("a file").expect("entry").path();
+    fs::remove_file(&idx).expect("remove");
+    let session = vault.begin_backup().expect("a backup in flight");
+    assert!(verify(&vault, &VerifyOptions::default()).expect("verify").ok(), "a backup's publishing gap reported");
+    drop(session);
+    let report = verify(&vault, &VerifyOptions::default()).expect("verify");
+    assert!(!report.ok(), "a missing chunk index file went unreported");
+    assert!(report.problems.iter().any(|p| p.to_string().contains("repair rebuilds it")), "{:?}", report.problems);
+}

@@ -64,6 +64,19 @@ pub(super) fn lock_session(vault: &Vault, dir: &Path) -> Result<File> {
     Ok(f)
 }
 
+/// Whether a backup session of this host is alive in the vault's staging
+/// folder (its lock is held): it may be between publishing a pack and
+/// publishing that pack's chunk index file.
+pub(crate) fn backup_in_flight(vault: &Vault) -> bool {
+    let tmp = vault.path().join(layout::TMP);
+    let Ok(names) = vault.dir().list(&tmp) else { return false };
+    names.into_iter().filter(|n| n.starts_with("backup-")).any(|name| {
+        let Ok(lock) = vault.dir().open(&tmp.join(&name).join(SESSION_LOCK)) else { return false };
+        // Taken: the session is dead; dropping `lock` lets it go at once.
+        matches!(try_flock(&lock), Ok(false))
+    })
+}
+
 /// Publishes the finished packs of every dead session's staging folder and
 /// removes the folder. Best effort: a folder that cannot be handled is left
 /// for gc, and never fails the backup that found it.

@@ -53,7 +53,7 @@
 //! | a backup's staging folder    | its own   | an exclusive `flock` on `tmp/backup-*/lock` while the backup lives; a free one is a dead backup's, whose finished packs the next backup adopts (see `adopt`) |
 //! | release of kept snapshots    | none      | removes only `snapshots/` records and their clones      |
 
-mod adopt;
+pub(crate) mod adopt;
 mod beneath;
 mod block_size;
 pub use block_size::{DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, check_block_size};
