@@ -474,6 +474,11 @@ enum Command {
         /// days never shortened, and this never undone.
         #[arg(long)]
         soft_delete_always_on: bool,
+        /// Make points younger than this many days immutable: delete
+        /// refuses them, prune spares them, gc neither removes nor rewrites
+        /// what was written in that time. The days can only grow.
+        #[arg(long, value_name = "DAYS")]
+        immutable_days: Option<u32>,
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -1038,10 +1043,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Delete { vault, vm, point, json } => return protection::delete(g, &vault, &vm, &point, json),
         Command::Undelete { vault, vm, point, json } => return protection::undelete(g, &vault, &vm, &point, json),
-        Command::Config { vault, soft_delete_days, soft_delete_always_on, json } => {
+        Command::Config { vault, soft_delete_days, soft_delete_always_on, immutable_days, json } => {
             let mut change = backup_core::SettingsChange::default();
             change.soft_delete_days = soft_delete_days;
             change.soft_delete_always_on = soft_delete_always_on;
+            change.immutable_days = immutable_days;
             return protection::config(g, &vault, &change, json);
         }
         Command::Policy { action: PolicyAction::Check { file, runs, json } } => {

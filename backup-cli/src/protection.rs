@@ -104,4 +104,9 @@ fn print_settings(vault: &str, s: &VaultSettings) {
         "  soft delete always on:  {}",
         if s.soft_delete_always_on { "yes (it cannot be turned off, its days only grow)" } else { "no" }
     );
+    let immutable = match s.immutable_days {
+        0 => "off".to_string(),
+        n => format!("{n} days: younger points cannot be deleted, nor their data removed or rewritten"),
+    };
+    outln!("  immutable:              {immutable}");
 }

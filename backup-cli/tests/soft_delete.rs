@@ -148,3 +148,56 @@ fn soft_delete_off_removes_at_once_and_always_on_cannot_be_undone() {
     assert!(soft["recoverable_until"].is_string(), "{soft}");
     assert!(json(&["list", "--vault", s(&vault), "--json"])["points"].as_array().is_some_and(Vec::is_empty));
 }
+
+#[test]
+fn an_immutable_vault_refuses_to_delete_young_points_or_their_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (vault, image) = (d.join("vault"), d.join("root.img"));
+    assert!(run(&["init", s(&vault)]).status.success());
+    let mut points = Vec::new();
+    for round in 0..4u8 {
+        round_image(&image, round);
+        let made = json(&["backup", "--vault", s(&vault), "--vm", "web", "--disk", s(&image), "--json"]);
+        points.push(made["point"].as_str().expect("id").to_string());
+    }
+    // Before the vault is immutable: one point soft-deleted, one deleted
+    // for good (the blocks only it held are dead), then the vault becomes
+    // immutable.
+    json(&["delete", "--vault", s(&vault), "--vm", "web", "--point", &points[0], "--json"]);
+    json(&["config", "--vault", s(&vault), "--soft-delete-days", "0", "--json"]);
+    json(&["delete", "--vault", s(&vault), "--vm", "web", "--point", &points[1], "--json"]);
+    json(&["config", "--vault", s(&vault), "--soft-delete-days", "14", "--json"]);
+    let locked = json(&["config", "--vault", s(&vault), "--immutable-days", "30", "--json"]);
+    assert_eq!(locked["immutable_days"], 30, "{locked}");
+    let shown = String::from_utf8_lossy(&run(&["config", "--vault", s(&vault)]).stdout).to_string();
+    assert!(shown.contains("immutable:") && shown.contains("30 days"), "{shown}");
+
+    // delete is refused; prune spares; the setting cannot be weakened.
+    let refused = run(&["delete", "--vault", s(&vault), "--vm", "web", "--point", &points[2]]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("refused to delete point") && err.contains("immutable for 30 days"), "{err}");
+    let retention = d.join("retention.toml");
+    fs::write(&retention, "timezone = \"UTC\"\n[retention]\nkeep_last = 1\n").expect("write");
+    let pruned = json(&["prune", "--vault", s(&vault), "--policy", s(&retention), "--json"]);
+    assert_eq!(pruned["removed"], serde_json::json!([]), "{pruned}");
+    assert!(pruned["spared"][0].as_str().is_some_and(|m| m.contains("immutable")), "{pruned}");
+    for days in ["29", "0"] {
+        let weaker = run(&["config", "--vault", s(&vault), "--immutable-days", days]);
+        assert_eq!(weaker.status.code(), Some(1), "--immutable-days {days} was not refused");
+        assert!(String::from_utf8_lossy(&weaker.stderr).contains("can only grow"));
+    }
+
+    // gc, even fifteen days on by the soft-delete clock and with no grace,
+    // neither purges the young deleted point nor removes the dead blocks
+    // of the one deleted for good: they were written less than 30 days ago.
+    let later = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(15 * 24)).to_string();
+    let gc = json(&["gc", "--vault", s(&vault), "--grace", "0", "--repack-threshold", "0", "--now", &later, "--json"]);
+    assert_eq!((gc["deleted_points_purged"].as_u64(), gc["deleted_points_kept"].as_u64()), (Some(0), Some(1)), "{gc}");
+    assert_eq!((gc["chunks_removed"].as_u64(), gc["segments_removed"].as_u64()), (Some(0), Some(0)), "{gc}");
+    assert!(gc["protected"].as_u64().unwrap_or(0) > 0, "{gc}");
+    assert_eq!(json(&["list", "--vault", s(&vault), "--json"])["points"].as_array().map(Vec::len), Some(2));
+    let verify = json(&["verify", "--vault", s(&vault), "--json"]);
+    assert_eq!(verify["ok"], true, "{verify}");
+}

@@ -218,7 +218,16 @@ pub fn prune(vault: &Vault, plan: &PrunePlan) -> Result<PruneReport> {
     let mut report = PruneReport { dry_run: plan.dry_run, ..PruneReport::default() };
     let mut newest: std::collections::HashMap<&str, Option<String>> = std::collections::HashMap::new();
     let mut doomed: Vec<&PlannedPoint> = Vec::new();
+    let settings = vault.settings()?;
+    let now = crate::model::now();
     for p in plan.to_remove() {
+        if let Some(until) = settings.immutable_until(p.time, now) {
+            report.spared.push(format!(
+                "point {} of vm {}: refused: the vault keeps points immutable for {} days, this one until {until}",
+                p.id, p.vm, settings.immutable_days
+            ));
+            continue;
+        }
         if !newest.contains_key(p.vm.as_str()) {
             // Read again now: a backup may have committed since the plan.
             newest.insert(&p.vm, vault.latest_point(&p.vm)?.map(|n| n.id));

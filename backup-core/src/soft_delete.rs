@@ -79,6 +79,16 @@ pub struct DeletedPoint {
 pub fn delete_point(vault: &Vault, vm: &str, point: &str) -> Result<Deletion> {
     let _lock = vault.lock(LockMode::Exclusive)?;
     let found = vault.find_point(vm, point)?;
+    let settings = vault.settings()?;
+    if let Some(until) = settings.immutable_until(found.time, crate::model::now()) {
+        return Err(Error::Protected {
+            action: format!("delete point {} of vm {vm} in vault {}", found.id, vault.location()),
+            why: format!(
+                "the vault keeps points immutable for {} days: this one until {until}",
+                settings.immutable_days
+            ),
+        });
+    }
     crate::prune::record_removed(vault, vm, &[found.id.as_str()])?;
     let days = remove_points(vault, &[(vm, found.id.as_str())])?;
     let recoverable_until = (days > 0).then(|| crate::model::now() + days_span(days));
@@ -165,7 +175,9 @@ pub(crate) struct Swept {
 /// A held point's manifest that cannot be read: gc could not know what it
 /// needs; I/O errors.
 pub(crate) fn sweep(vault: &Vault, now: SystemTime, dry_run: bool) -> Result<Swept> {
-    let days = vault.settings()?.soft_delete_days;
+    let settings = vault.settings()?;
+    let days = settings.soft_delete_days;
+    let now_ts = Timestamp::try_from(now).map_err(|e| Error::invalid("gc time", e.to_string()))?;
     let span = Duration::from_secs(u64::from(days) * 86_400);
     let mut held = Vec::new();
     let mut expired = Vec::new();
@@ -173,15 +185,21 @@ pub(crate) fn sweep(vault: &Vault, now: SystemTime, dry_run: bool) -> Result<Swe
     for t in vault.trashed_points(None)? {
         if t.also_live {
             stale.push(t);
-        } else if t.deleted.checked_add(span).is_none_or(|end| end <= now) {
+            continue;
+        }
+        let point = vault.read_trashed_point(&t.vm, &t.id).map_err(|e| {
+            Error::corrupt(
+                format!("vault {}", vault.location()),
+                format!("gc refuses to run: deleted point {} of vm {} cannot be read: {e}", t.id, t.vm),
+            )
+        })?;
+        // A point deleted before the vault became immutable stays until
+        // it is old enough, whatever its soft-delete days say.
+        let over = t.deleted.checked_add(span).is_none_or(|end| end <= now);
+        if over && settings.immutable_until(point.time, now_ts).is_none() {
             expired.push(t);
         } else {
-            held.push(vault.read_trashed_point(&t.vm, &t.id).map_err(|e| {
-                Error::corrupt(
-                    format!("vault {}", vault.location()),
-                    format!("gc refuses to run: deleted point {} of vm {} cannot be read: {e}", t.id, t.vm),
-                )
-            })?);
+            held.push(point);
         }
     }
     let purged = expired.len() as u64;

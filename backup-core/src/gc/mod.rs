@@ -120,6 +120,10 @@ pub struct GcReport {
 /// now, rewriting partly dead packs as above before their old copies are
 /// marked); the module doc of `vault::remote` is that protocol.
 ///
+/// Immutability: in a vault with [`immutable_days`](crate::VaultSettings::immutable_days),
+/// no pack, index file or segment younger than those days is removed or
+/// rewritten, and no soft-deleted point younger than them is purged.
+///
 /// Grace period: nothing whose modification time is within
 /// [`GcOptions::grace`] of now is removed or rewritten (for a staging folder,
 /// its newest file counts). The lock already keeps backups out while gc
@@ -153,7 +157,10 @@ pub fn gc(vault: &Vault, options: &GcOptions) -> Result<GcReport> {
     // On a shared vault the lock only guards this host's cache; other
     // hosts are kept safe by the marks.
     let _lock = vault.lock(LockMode::Exclusive)?;
-    let cutoff = SystemTime::now().checked_sub(options.grace).unwrap_or(SystemTime::UNIX_EPOCH);
+    // An immutable vault's objects are neither removed nor rewritten
+    // while younger than its days: a longer grace period.
+    let grace = options.grace.max(vault.settings()?.immutable_span());
+    let cutoff = SystemTime::now().checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
     let mut report = GcReport { dry_run: options.dry_run, ..GcReport::default() };
     let swept = crate::soft_delete::sweep(vault, options.now.unwrap_or_else(SystemTime::now), options.dry_run)?;
     report.deleted_points_kept = swept.held.len() as u64;
@@ -162,7 +169,9 @@ pub fn gc(vault: &Vault, options: &GcOptions) -> Result<GcReport> {
         Some(remote) => shared::collect(vault, remote, options, cutoff, &swept.held, &mut report)?,
         None => collect(vault, options, cutoff, &swept.held, &mut report)?,
     }
-    remove_staging(vault, None, cutoff, options.dry_run, &mut report)?;
+    // Staging is no vault data: only the grace period protects it.
+    let staging_cutoff = SystemTime::now().checked_sub(options.grace).unwrap_or(SystemTime::UNIX_EPOCH);
+    remove_staging(vault, None, staging_cutoff, options.dry_run, &mut report)?;
     if !options.dry_run {
         // Drops what this handle knew of removed packs.
         vault.forget_index();

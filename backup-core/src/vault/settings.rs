@@ -45,11 +45,16 @@ pub struct VaultSettings {
     /// Soft delete can never be turned off again, and its days never
     /// shortened; this setting itself cannot be unset.
     pub soft_delete_always_on: bool,
+    /// Points younger than this many days, and every object written in
+    /// that time, are immutable: delete refuses them, prune spares them,
+    /// gc neither removes nor rewrites them; the days can only grow. 0:
+    /// off.
+    pub immutable_days: u32,
 }
 
 impl Default for VaultSettings {
     fn default() -> Self {
-        VaultSettings { soft_delete_days: DEFAULT_SOFT_DELETE_DAYS, soft_delete_always_on: false }
+        VaultSettings { soft_delete_days: DEFAULT_SOFT_DELETE_DAYS, soft_delete_always_on: false, immutable_days: 0 }
     }
 }
 
@@ -62,9 +67,23 @@ pub struct SettingsChange {
     pub soft_delete_days: Option<u32>,
     /// Make soft delete always on (it cannot be made optional again).
     pub soft_delete_always_on: bool,
+    /// New immutable days (they can only grow).
+    pub immutable_days: Option<u32>,
 }
 
 impl VaultSettings {
+    /// Until when a point taken at `time` is immutable, if it still is at
+    /// `now`.
+    pub fn immutable_until(&self, time: jiff::Timestamp, now: jiff::Timestamp) -> Option<jiff::Timestamp> {
+        let until = time.checked_add(jiff::SignedDuration::from_hours(24 * i64::from(self.immutable_days))).ok()?;
+        (self.immutable_days > 0 && until > now).then_some(until)
+    }
+
+    /// How long objects stay untouched after they are written.
+    pub(crate) fn immutable_span(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.immutable_days) * 86_400)
+    }
+
     /// The settings after `change`, or why they may not change so.
     fn changed(self, change: &SettingsChange, vault: &str) -> Result<VaultSettings> {
         let mut next = self;
@@ -78,6 +97,24 @@ impl VaultSettings {
             next.soft_delete_days = days;
         }
         next.soft_delete_always_on |= change.soft_delete_always_on;
+        if let Some(days) = change.immutable_days {
+            if days > MAX_SOFT_DELETE_DAYS {
+                return Err(Error::invalid(
+                    "immutable days",
+                    format!("{days} is more than {MAX_SOFT_DELETE_DAYS} (ten years)"),
+                ));
+            }
+            if days < self.immutable_days {
+                return Err(Error::Protected {
+                    action: format!(
+                        "shorten immutability from {} to {days} days in vault {vault}",
+                        self.immutable_days
+                    ),
+                    why: "the vault is immutable, so its days can only grow".to_string(),
+                });
+            }
+            next.immutable_days = days;
+        }
         if next.soft_delete_always_on && next.soft_delete_days == 0 {
             let action = format!("turn soft delete off in vault {vault}");
             let why = if self.soft_delete_always_on {
@@ -133,7 +170,17 @@ mod tests {
     use super::*;
 
     fn change(days: Option<u32>, always_on: bool) -> SettingsChange {
-        SettingsChange { soft_delete_days: days, soft_delete_always_on: always_on }
+        SettingsChange { soft_delete_days: days, soft_delete_always_on: always_on, immutable_days: None }
+    }
+
+    #[test]
+    fn immutable_days_only_grow() {
+        let locked = VaultSettings { immutable_days: 7, ..VaultSettings::default() };
+        let to = |d| SettingsChange { immutable_days: Some(d), ..SettingsChange::default() };
+        assert_eq!(locked.changed(&to(30), "v").expect("longer").immutable_days, 30);
+        assert!(matches!(locked.changed(&to(6), "v"), Err(Error::Protected { .. })));
+        assert!(matches!(locked.changed(&to(0), "v"), Err(Error::Protected { .. })));
+        assert_eq!(VaultSettings::default().changed(&to(3), "v").expect("on").immutable_days, 3);
     }
 
     #[test]
