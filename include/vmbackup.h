@@ -889,6 +889,12 @@ typedef struct vmb_vault_settings {
    * Soft delete can never be turned off, nor its days shortened.
    */
   bool soft_delete_always_on;
+  /**
+   * Points younger than this many days are immutable (delete refuses
+   * them, prune spares them, gc leaves what was written in that time);
+   * 0: off. Appended after the first layout.
+   */
+  uint32_t immutable_days;
 } vmb_vault_settings;
 
 /**
@@ -2275,6 +2281,21 @@ enum vmb_status vmb_vault_set_soft_delete(const struct vmb_vault *vault,
                                           uint32_t days,
                                           bool always_on,
                                           struct vmb_vault_settings *out);
+
+/**
+ * Makes points younger than `days` days immutable: delete refuses them
+ * with `VMB_ERR_PROTECTED`, prune spares them, gc neither removes nor
+ * rewrites what was written in that time. The days can only grow: fewer
+ * than the vault has is `VMB_ERR_PROTECTED` (nothing changed). `out` (may
+ * be NULL) receives the settings as they now are.
+ *
+ * # Safety
+ * `vault` is NULL or live; `out` is NULL or an initialized struct.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_vault_set_immutable_days(const struct vmb_vault *vault,
+                                             uint32_t days,
+                                             struct vmb_vault_settings *out);
 
 /**
  * Deletes a point of a VM (by id, a unique prefix of one, or "latest").

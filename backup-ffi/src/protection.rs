@@ -22,6 +22,10 @@ pub struct vmb_vault_settings {
     pub soft_delete_days: u32,
     /// Soft delete can never be turned off, nor its days shortened.
     pub soft_delete_always_on: bool,
+    /// Points younger than this many days are immutable (delete refuses
+    /// them, prune spares them, gc leaves what was written in that time);
+    /// 0: off. Appended after the first layout.
+    pub immutable_days: u32,
 }
 
 crate::extensible::extensible!(vmb_vault_settings, soft_delete_always_on: bool);
@@ -32,6 +36,7 @@ impl From<VaultSettings> for vmb_vault_settings {
             struct_size: 0,
             soft_delete_days: s.soft_delete_days,
             soft_delete_always_on: s.soft_delete_always_on,
+            immutable_days: s.immutable_days,
         }
     }
 }
@@ -76,6 +81,32 @@ pub unsafe extern "C" fn vmb_vault_set_soft_delete(
         let mut change = SettingsChange::default();
         change.soft_delete_days = Some(days);
         change.soft_delete_always_on = always_on;
+        let now = v.vault.change_settings(&change)?;
+        crate::extensible::fill_out!(out, vmb_vault_settings::from(now));
+        Ok(())
+    }
+}
+
+/// Makes points younger than `days` days immutable: delete refuses them
+/// with `VMB_ERR_PROTECTED`, prune spares them, gc neither removes nor
+/// rewrites what was written in that time. The days can only grow: fewer
+/// than the vault has is `VMB_ERR_PROTECTED` (nothing changed). `out` (may
+/// be NULL) receives the settings as they now are.
+///
+/// # Safety
+/// `vault` is NULL or live; `out` is NULL or an initialized struct.
+#[must_use]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_set_immutable_days(
+    vault: *const vmb_vault,
+    days: u32,
+    out: *mut vmb_vault_settings,
+) -> vmb_status {
+    ffi! {
+        let v = arg_ref!(vault, "vault");
+        crate::extensible::check_out!(out, "out");
+        let mut change = SettingsChange::default();
+        change.immutable_days = Some(days);
         let now = v.vault.change_settings(&change)?;
         crate::extensible::fill_out!(out, vmb_vault_settings::from(now));
         Ok(())

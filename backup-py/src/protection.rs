@@ -15,11 +15,17 @@ pub(crate) struct VaultSettings {
     soft_delete_days: u32,
     /// Soft delete can never be turned off, nor its days shortened.
     soft_delete_always_on: bool,
+    /// Points younger than this many days are immutable (0: off).
+    immutable_days: u32,
 }
 
 impl From<backup_core::VaultSettings> for VaultSettings {
     fn from(s: backup_core::VaultSettings) -> Self {
-        VaultSettings { soft_delete_days: s.soft_delete_days, soft_delete_always_on: s.soft_delete_always_on }
+        VaultSettings {
+            soft_delete_days: s.soft_delete_days,
+            soft_delete_always_on: s.soft_delete_always_on,
+            immutable_days: s.immutable_days,
+        }
     }
 }
 
@@ -27,9 +33,10 @@ impl From<backup_core::VaultSettings> for VaultSettings {
 impl VaultSettings {
     fn __repr__(&self) -> String {
         format!(
-            "VaultSettings(soft_delete_days={}, soft_delete_always_on={})",
+            "VaultSettings(soft_delete_days={}, soft_delete_always_on={}, immutable_days={})",
             self.soft_delete_days,
-            if self.soft_delete_always_on { "True" } else { "False" }
+            if self.soft_delete_always_on { "True" } else { "False" },
+            self.immutable_days
         )
     }
 }

@@ -945,12 +945,18 @@ impl Vault {
     /// `soft_delete_always_on=True`, soft delete always on for good. A
     /// vault whose soft delete is always on raises `ProtectedError` for 0
     /// days or fewer days than it has (nothing changed).
-    #[pyo3(signature = (*, soft_delete_days = None, soft_delete_always_on = false))]
+    ///
+    /// `immutable_days=N` makes points younger than N days immutable:
+    /// `delete()` raises `ProtectedError` for them, prune spares them, gc
+    /// neither removes nor rewrites what was written in that time. The
+    /// days can only grow.
+    #[pyo3(signature = (*, soft_delete_days = None, soft_delete_always_on = false, immutable_days = None))]
     fn configure(
         &self,
         py: Python<'_>,
         soft_delete_days: Option<&Bound<'_, PyAny>>,
         soft_delete_always_on: bool,
+        immutable_days: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<VaultSettings> {
         let vault = self.get()?;
         let mut change = backup_core::SettingsChange::default();
@@ -964,6 +970,15 @@ impl Vault {
             })?);
         }
         change.soft_delete_always_on = soft_delete_always_on;
+        if let Some(d) = immutable_days.filter(|d| !d.is_none()) {
+            let days = int_arg(d, "immutable_days")?;
+            change.immutable_days = Some(u32::try_from(days).map_err(|_| {
+                PyValueError::new_err(format!(
+                    "immutable_days must be from 0 to {}, not {days}",
+                    backup_core::MAX_SOFT_DELETE_DAYS
+                ))
+            })?);
+        }
         job::run(py, None, move |_, _| vault.change_settings(&change)).map(VaultSettings::from)
     }
 

@@ -84,7 +84,16 @@ def test_soft_delete_off_and_always_on(vault: vmbackup.Vault, make_image: MakeIm
         vault.configure(soft_delete_days=-1)
     with pytest.raises(TypeError):
         vault.configure(soft_delete_days="7")  # type: ignore[arg-type]
-    assert "VaultSettings(soft_delete_days=30, soft_delete_always_on=True)" == repr(vault.settings())
+    assert "VaultSettings(soft_delete_days=30, soft_delete_always_on=True, immutable_days=0)" == repr(
+        vault.settings()
+    )
+    vault.backup("web", [image])
+    assert vault.configure(immutable_days=7).immutable_days == 7
+    with pytest.raises(vmbackup.ProtectedError, match="immutable for 7 days"):
+        vault.delete("web", "latest")
+    with pytest.raises(vmbackup.ProtectedError, match="can only grow"):
+        vault.configure(immutable_days=6)
+    assert len(vault.points("web")) == 1
 
 
 def test_points_copy_to_an_encrypted_second_site_moving_only_what_it_lacks(

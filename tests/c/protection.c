@@ -122,6 +122,17 @@ static void a_deleted_point_is_kept_undeleted_and_purged_after_its_days(void) {
     CHECK(settings.soft_delete_days == 7 && settings.soft_delete_always_on);
     CHECK(vmb_vault_get_settings(v, NULL) == VMB_ERR_NULL_ARGUMENT);
 
+    /* Immutable: the newest point cannot be deleted; the days only grow. */
+    REQUIRE_OK(vmb_vault_set_immutable_days(v, 30, &settings));
+    CHECK(settings.immutable_days == 30);
+    CHECK(vmb_vault_delete_point(v, "web", "latest", NULL, NULL) == VMB_ERR_PROTECTED);
+    CHECK(LAST_ERROR_HAS("immutable for 30 days"));
+    CHECK(vmb_vault_set_immutable_days(v, 29, NULL) == VMB_ERR_PROTECTED);
+    /* A caller built against the first layout gets only what it knows. */
+    struct vmb_vault_settings first_layout = {0};
+    REQUIRE_OK(vmb_vault_get_settings(v, &first_layout));
+    CHECK(first_layout.struct_size == 12 && first_layout.immutable_days == 0);
+
     vmb_point_free(p1);
     vmb_point_free(p2);
     vmb_vault_free(v);

@@ -185,11 +185,11 @@ mod tests {
 
     #[test]
     fn always_on_can_only_grow() {
-        let on = VaultSettings { soft_delete_days: 14, soft_delete_always_on: true };
+        let on = VaultSettings { soft_delete_days: 14, soft_delete_always_on: true, immutable_days: 0 };
         assert_eq!(on.changed(&change(Some(30), false), "v").expect("30 days").soft_delete_days, 30);
         assert!(matches!(on.changed(&change(Some(0), false), "v"), Err(Error::Protected { .. })));
         assert!(matches!(on.changed(&change(Some(13), false), "v"), Err(Error::Protected { .. })));
-        let off = VaultSettings { soft_delete_days: 14, soft_delete_always_on: false };
+        let off = VaultSettings { soft_delete_days: 14, soft_delete_always_on: false, immutable_days: 0 };
         assert_eq!(off.changed(&change(Some(0), false), "v").expect("off").soft_delete_days, 0);
         assert!(matches!(off.changed(&change(Some(0), true), "v"), Err(Error::Protected { .. })));
         assert!(matches!(

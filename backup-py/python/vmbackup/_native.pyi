@@ -406,13 +406,22 @@ class Vault:
     def settings(self) -> "VaultSettings":
         """The vault's settings as its store holds them now."""
     def configure(
-        self, *, soft_delete_days: Optional[int] = None, soft_delete_always_on: bool = False
+        self,
+        *,
+        soft_delete_days: Optional[int] = None,
+        soft_delete_always_on: bool = False,
+        immutable_days: Optional[int] = None,
     ) -> "VaultSettings":
         """Changes the vault's settings and returns them as they now are:
         `soft_delete_days` (0 turns soft delete off) and, with
         `soft_delete_always_on=True`, soft delete always on for good. A
         vault whose soft delete is always on raises `ProtectedError` for 0
         days or fewer days than it has (nothing changed).
+
+        `immutable_days=N` makes points younger than N days immutable:
+        `delete()` raises `ProtectedError` for them, prune spares them, gc
+        neither removes nor rewrites what was written in that time. The
+        days can only grow.
         """
     def delete(self, vm: str, id: str) -> "Deletion":
         """Deletes point `id` of `vm` (an id, a unique prefix of one, or
@@ -1126,6 +1135,9 @@ class VaultSettings:
     @property
     def soft_delete_always_on(self) -> bool:
         """Soft delete can never be turned off, nor its days shortened."""
+    @property
+    def immutable_days(self) -> int:
+        """Points younger than this many days are immutable (0: off)."""
 
 @final
 class Deletion:
