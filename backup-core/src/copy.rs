@@ -179,9 +179,13 @@ fn copy_point(from: &Vault, to: &Vault, point: &PointManifest, options: &CopyOpt
     // The copy of its parent, if the target has it (then only changed
     // blocks are read); else the target's newest point of the VM (every
     // block is read, and only what the target lacks is stored).
-    let base = match &point.parent {
-        Some(parent) if to.has_point(vm, parent)? => Some(to.read_point(vm, parent)?),
-        _ => to.latest_point(vm)?,
+    let parent = match &point.parent {
+        Some(p) if to.has_point(vm, p)? => Some(p.clone()),
+        _ => None,
+    };
+    let base = match &parent {
+        Some(p) => Some(to.read_point(vm, p)?),
+        None => to.latest_point(vm)?,
     };
     let session = to.begin_backup()?;
     let progress: Arc<dyn Progress> = options.progress.clone().unwrap_or_else(|| Arc::new(NoProgress));
@@ -212,10 +216,6 @@ fn copy_point(from: &Vault, to: &Vault, point: &PointManifest, options: &CopyOpt
     let bytes_read = disks.iter().map(|d| d.stats.bytes_read).sum();
     let bytes_lacked = disks.iter().map(|d| d.stats.bytes_new.saturating_sub(d.stats.bytes_deduplicated)).sum();
     let totals = PointStats::totals_of(&disks);
-    let parent = match &point.parent {
-        Some(p) if to.has_point(vm, p)? => Some(p.clone()),
-        _ => None,
-    };
     let manifest = PointManifest {
         format: MANIFEST_FORMAT,
         id: point.id.clone(),

@@ -128,17 +128,7 @@ pub fn undelete_point(vault: &Vault, vm: &str, point: &str) -> Result<PointManif
     crate::model::validate_name("vm name", vm)?;
     let _lock = vault.lock(LockMode::Exclusive)?;
     let ids: Vec<String> = vault.trashed_points(Some(vm))?.into_iter().filter(|t| !t.also_live).map(|t| t.id).collect();
-    let matches: Vec<&String> = ids.iter().filter(|id| id.starts_with(point)).collect();
-    let id = match matches.as_slice() {
-        [one] => (*one).clone(),
-        _ if ids.iter().any(|id| id == point) => point.to_string(),
-        [] => return Err(Error::NotFound { what: format!("deleted point {point} of vm {vm}") }),
-        many => {
-            return Err(Error::NotFound {
-                what: format!("a single deleted point {point} of vm {vm} ({} start so)", many.len()),
-            });
-        }
-    };
+    let id = crate::vault::pick_point_id(&ids, point, &format!("deleted point {point} of vm {vm}"))?;
     vault.untrash_point(vm, &id)?;
     crate::prune::forget_removed(vault, vm, &[id.as_str()])?;
     vault.read_point(vm, &id)
@@ -174,8 +164,7 @@ pub(crate) struct Swept {
 /// # Errors
 /// A held point's manifest that cannot be read: gc could not know what it
 /// needs; I/O errors.
-pub(crate) fn sweep(vault: &Vault, now: SystemTime, dry_run: bool) -> Result<Swept> {
-    let settings = vault.settings()?;
+pub(crate) fn sweep(vault: &Vault, settings: &crate::VaultSettings, now: SystemTime, dry_run: bool) -> Result<Swept> {
     let days = settings.soft_delete_days;
     let now_ts = Timestamp::try_from(now).map_err(|e| Error::invalid("gc time", e.to_string()))?;
     let span = Duration::from_secs(u64::from(days) * 86_400);

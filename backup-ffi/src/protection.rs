@@ -75,16 +75,11 @@ pub unsafe extern "C" fn vmb_vault_set_soft_delete(
     always_on: bool,
     out: *mut vmb_vault_settings,
 ) -> vmb_status {
-    ffi! {
-        let v = arg_ref!(vault, "vault");
-        crate::extensible::check_out!(out, "out");
-        let mut change = SettingsChange::default();
-        change.soft_delete_days = Some(days);
-        change.soft_delete_always_on = always_on;
-        let now = v.vault.change_settings(&change)?;
-        crate::extensible::fill_out!(out, vmb_vault_settings::from(now));
-        Ok(())
-    }
+    let mut change = SettingsChange::default();
+    change.soft_delete_days = Some(days);
+    change.soft_delete_always_on = always_on;
+    // SAFETY: the same contract, passed on.
+    unsafe { change_settings(vault, &change, out) }
 }
 
 /// Makes points younger than `days` days immutable: delete refuses them
@@ -102,12 +97,25 @@ pub unsafe extern "C" fn vmb_vault_set_immutable_days(
     days: u32,
     out: *mut vmb_vault_settings,
 ) -> vmb_status {
+    let mut change = SettingsChange::default();
+    change.immutable_days = Some(days);
+    // SAFETY: the same contract, passed on.
+    unsafe { change_settings(vault, &change, out) }
+}
+
+/// The setters' one body: applies `change`, hands out the settings.
+///
+/// # Safety
+/// As `vmb_vault_set_soft_delete`.
+unsafe fn change_settings(
+    vault: *const vmb_vault,
+    change: &SettingsChange,
+    out: *mut vmb_vault_settings,
+) -> vmb_status {
     ffi! {
         let v = arg_ref!(vault, "vault");
         crate::extensible::check_out!(out, "out");
-        let mut change = SettingsChange::default();
-        change.immutable_days = Some(days);
-        let now = v.vault.change_settings(&change)?;
+        let now = v.vault.change_settings(change)?;
         crate::extensible::fill_out!(out, vmb_vault_settings::from(now));
         Ok(())
     }

@@ -960,25 +960,9 @@ impl Vault {
     ) -> PyResult<VaultSettings> {
         let vault = self.get()?;
         let mut change = backup_core::SettingsChange::default();
-        if let Some(d) = soft_delete_days.filter(|d| !d.is_none()) {
-            let days = int_arg(d, "soft_delete_days")?;
-            change.soft_delete_days = Some(u32::try_from(days).map_err(|_| {
-                PyValueError::new_err(format!(
-                    "soft_delete_days must be from 0 to {}, not {days}",
-                    backup_core::MAX_SOFT_DELETE_DAYS
-                ))
-            })?);
-        }
+        change.soft_delete_days = days_arg(soft_delete_days, "soft_delete_days")?;
         change.soft_delete_always_on = soft_delete_always_on;
-        if let Some(d) = immutable_days.filter(|d| !d.is_none()) {
-            let days = int_arg(d, "immutable_days")?;
-            change.immutable_days = Some(u32::try_from(days).map_err(|_| {
-                PyValueError::new_err(format!(
-                    "immutable_days must be from 0 to {}, not {days}",
-                    backup_core::MAX_SOFT_DELETE_DAYS
-                ))
-            })?);
-        }
+        change.immutable_days = days_arg(immutable_days, "immutable_days")?;
         job::run(py, None, move |_, _| vault.change_settings(&change)).map(VaultSettings::from)
     }
 
@@ -1078,6 +1062,16 @@ fn str_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
         .map_err(|_| PyTypeError::new_err(format!("{what} must be a str, not {}", type_name(obj))))?
         .to_cow()
         .map(|s| s.into_owned())
+}
+
+/// A number of days for a vault setting (None when not given):
+/// `TypeError` for a non-int, `ValueError` below 0 or past `u32`.
+fn days_arg(obj: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<u32>> {
+    let Some(d) = obj.filter(|d| !d.is_none()) else { return Ok(None) };
+    let days = int_arg(d, what)?;
+    u32::try_from(days).map(Some).map_err(|_| {
+        PyValueError::new_err(format!("{what} must be from 0 to {}, not {days}", backup_core::MAX_SOFT_DELETE_DAYS))
+    })
 }
 
 /// A time-zone aware `datetime` argument as a timestamp: `TypeError` for

@@ -159,10 +159,12 @@ pub fn gc(vault: &Vault, options: &GcOptions) -> Result<GcReport> {
     let _lock = vault.lock(LockMode::Exclusive)?;
     // An immutable vault's objects are neither removed nor rewritten
     // while younger than its days: a longer grace period.
-    let grace = options.grace.max(vault.settings()?.immutable_span());
+    let settings = vault.settings()?;
+    let grace = options.grace.max(settings.immutable_span());
     let cutoff = SystemTime::now().checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
     let mut report = GcReport { dry_run: options.dry_run, ..GcReport::default() };
-    let swept = crate::soft_delete::sweep(vault, options.now.unwrap_or_else(SystemTime::now), options.dry_run)?;
+    let swept =
+        crate::soft_delete::sweep(vault, &settings, options.now.unwrap_or_else(SystemTime::now), options.dry_run)?;
     report.deleted_points_kept = swept.held.len() as u64;
     report.deleted_points_purged = swept.purged;
     match vault.remote() {

@@ -1141,15 +1141,7 @@ impl Vault {
             return Err(Error::NotFound { what: format!("points of vm {vm}") });
         }
         let ids = self.point_ids(vm)?;
-        let matches: Vec<&String> = ids.iter().filter(|p| p.starts_with(id)).collect();
-        match matches.as_slice() {
-            [one] => self.read_point(vm, one),
-            [] => Err(Error::NotFound { what: format!("point {id} of vm {vm}") }),
-            _ if ids.iter().any(|p| p == id) => self.read_point(vm, id),
-            many => Err(Error::NotFound {
-                what: format!("a single point {id} of vm {vm} ({} points start so)", many.len()),
-            }),
-        }
+        self.read_point(vm, &pick_point_id(&ids, id, &format!("point {id} of vm {vm}"))?)
     }
 
     /// What the vault records about a VM, if it was ever prepared here.
@@ -1460,6 +1452,18 @@ impl Vault {
     fn write_config(&self, config: &Config) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(config).map_err(|e| Error::invalid("config", e.to_string()))?;
         self.store.put(layout::CONFIG, bytes.into())
+    }
+}
+
+/// The one id among `ids` that `wanted` names: itself, or the only id it
+/// is a prefix of. [`Error::NotFound`] naming `what` otherwise.
+pub(crate) fn pick_point_id(ids: &[String], wanted: &str, what: &str) -> Result<String> {
+    let matches: Vec<&String> = ids.iter().filter(|p| p.starts_with(wanted)).collect();
+    match matches.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(Error::NotFound { what: what.to_string() }),
+        _ if ids.iter().any(|p| p == wanted) => Ok(wanted.to_string()),
+        many => Err(Error::NotFound { what: format!("a single {what} ({} points start so)", many.len()) }),
     }
 }
 
