@@ -7,9 +7,11 @@
 #
 # start installs moto into a virtual environment in $VMB_MOTO_HOME (default
 # /var/tmp/vmbackup-moto, outside the clone; reused when present), starts
-# moto_server on a free loopback port, creates the bucket `vmbackup`, and
-# prints VMB_S3=http://127.0.0.1:PORT, VMB_S3_PID and test credentials
-# (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION; moto accepts any).
+# moto_server on a free loopback port, creates the buckets `vmbackup` and
+# `vmbackup-locked` (the latter with S3 Object Lock, for immutable vaults),
+# and prints VMB_S3=http://127.0.0.1:PORT, VMB_S3_PID, test credentials
+# (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION; moto accepts any)
+# and VMB_S3_PYTHON, a Python with boto3 (the tests' independent S3 client).
 set -euo pipefail
 home="${VMB_MOTO_HOME:-/var/tmp/vmbackup-moto}"
 
@@ -32,8 +34,12 @@ case "${1:-}" in
       sleep 0.1
     done
     [ "$code" = 200 ] || { echo "s3server: no answer on port $port" >&2; kill "$pid"; exit 1; }
+    code="$(curl -s -o /dev/null -w '%{http_code}' -X PUT -H 'x-amz-bucket-object-lock-enabled: true' \
+      "http://127.0.0.1:$port/vmbackup-locked")"
+    [ "$code" = 200 ] || { echo "s3server: cannot create the Object Lock bucket ($code)" >&2; kill "$pid"; exit 1; }
     echo "export VMB_S3=http://127.0.0.1:$port VMB_S3_PID=$pid VMB_S3_LOG=$log"
     echo "export AWS_ACCESS_KEY_ID=vmbackup-test AWS_SECRET_ACCESS_KEY=vmbackup-test AWS_REGION=us-east-1"
+    echo "export VMB_S3_PYTHON=$home/bin/python"
     ;;
   stop)
     pid="${2:?usage: s3server.sh stop PID}"

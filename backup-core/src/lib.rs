@@ -126,5 +126,5 @@ pub use vault::{
     VaultSink, VaultSource, VmRecord, generate_key_file, is_vault_url,
 };
 pub use vault::{DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, check_block_size};
-pub use vault::{DEFAULT_SOFT_DELETE_DAYS, MAX_SOFT_DELETE_DAYS, SettingsChange, VaultSettings};
+pub use vault::{DEFAULT_SOFT_DELETE_DAYS, MAX_SOFT_DELETE_DAYS, SettingsChange, StoreLock, VaultSettings};
 pub use verify::{Problem, VerifyOptions, VerifyReport, verify};

@@ -101,7 +101,7 @@ pub use remote::{RemoteOptions, UPLOAD_BUDGET, is_vault_url};
 pub(crate) use segment::encode as encode_segment;
 pub use segment::{ENTRIES_PER_SEGMENT, Entries};
 pub use session::BackupSession;
-pub use settings::{DEFAULT_SOFT_DELETE_DAYS, MAX_SOFT_DELETE_DAYS, SettingsChange, VaultSettings};
+pub use settings::{DEFAULT_SOFT_DELETE_DAYS, MAX_SOFT_DELETE_DAYS, SettingsChange, StoreLock, VaultSettings};
 pub use verdict::BootVerdict;
 
 /// A vault's config file and the keys it gives with `key`: its JSON, its
@@ -1442,7 +1442,10 @@ impl Vault {
             .store
             .get(layout::CONFIG, MAX_CONFIG_LEN)?
             .ok_or_else(|| Error::NotAVault { path: PathBuf::from(self.location()) })?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(object, e.to_string()))
+        let config: Config = serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(object, e.to_string()))?;
+        // Every read of the settings keeps the store's locks in step.
+        self.store.lock_writes(config.settings.immutable_days);
+        Ok(config)
     }
 
     /// Replaces the config (a key slot added or removed): the one object

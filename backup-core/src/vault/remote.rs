@@ -252,6 +252,11 @@ impl Vault {
         let local = LocalStore::new(beneath::VaultDir::open_root(&cache)?);
         vault.store = Arc::new(CachedStore::new(store, local));
         vault.remote = Some(Arc::new(Remote { url: url.to_string(), condemned: Default::default() }));
+        // An immutable vault on S3 locks what it writes (store::s3_lock).
+        let settings = serde_json::from_slice::<super::Config>(&config)
+            .map_err(|e| Error::corrupt(format!("vault config {url}/{}", layout::CONFIG), e.to_string()))?
+            .settings;
+        vault.store.lock_writes(settings.immutable_days);
         Ok(vault)
     }
 
@@ -600,5 +605,45 @@ mod tests {
             .expect("backup b");
         assert_eq!(b.point.stats.totals.bytes_deduplicated, 0, "deduplicated against a marked pack");
         assert!(b.point.stats.totals.bytes_new > 0);
+    }
+
+    /// The store's lock, asked of the S3 server (`VMB_S3`, set by
+    /// scripts/test): a bucket without Object Lock refuses immutable days
+    /// (nothing changed); on one with it (`vmbackup-locked`) the vault
+    /// becomes immutable, and a backup, each object of which is then
+    /// locked, commits; reopened, the vault locks with the days it reads.
+    #[test]
+    fn immutable_days_need_and_use_the_buckets_object_lock() {
+        let Ok(endpoint) = std::env::var("VMB_S3") else {
+            testkit::skip("s3 object lock", "VMB_S3 is not set (scripts/test starts an S3 server and sets it)");
+            return;
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let suffix = random_hex(6, "a test").expect("random");
+        let remote = |cache: &str| RemoteOptions { cache: Some(d.join(cache)), endpoint: Some(endpoint.clone()) };
+        let days = |n| crate::SettingsChange { immutable_days: Some(n), ..Default::default() };
+
+        let plain = format!("s3://vmbackup/lock-refused-{suffix}");
+        let vault = Vault::init_url(&plain, VaultOptions::default(), &remote("plain")).expect("init");
+        assert_eq!(vault.store_lock().expect("store lock"), crate::StoreLock::Disabled);
+        let e = vault.change_settings(&days(2)).expect_err("no Object Lock");
+        assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains(&plain), "{e}");
+        assert_eq!(vault.settings().expect("settings").immutable_days, 0);
+
+        let url = format!("s3://vmbackup-locked/lock-{suffix}");
+        let vault = Vault::init_url(&url, VaultOptions::default(), &remote("locked")).expect("init");
+        assert_eq!(vault.store_lock().expect("store lock"), crate::StoreLock::Enabled);
+        assert_eq!(vault.change_settings(&days(2)).expect("immutable").immutable_days, 2);
+        let img = d.join("root.img");
+        let data: Vec<u8> = (0..1u32 << 18).flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()).collect();
+        std::fs::write(&img, &data).expect("image");
+        let vm = Vm::from_images("web", &[&img]).expect("vm");
+        let provider = ImageFileProvider::new();
+        backup(&vault, &provider, &vm, &BackupOptions::default()).expect("a backup whose objects are locked");
+        drop(vault);
+        let again = Vault::open_url(&url, VaultOptions::default(), &remote("other")).expect("open");
+        backup(&again, &provider, &vm, &BackupOptions::default()).expect("a second host's backup");
+        assert_eq!(again.point_ids("web").expect("ids").len(), 2);
     }
 }

@@ -58,6 +58,43 @@ impl Default for VaultSettings {
     }
 }
 
+/// Whether the store beneath a vault can itself keep the vault's objects
+/// from being deleted, even by someone holding the vault's credentials.
+///
+/// ```
+/// use backup_core::*;
+/// let dir = tempfile::tempdir()?;
+/// let vault = Vault::init(dir.path().join("vault"))?;
+/// // A folder's protection is the host's permissions, not the store's.
+/// assert_eq!(vault.store_lock()?, StoreLock::Unavailable);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreLock {
+    /// The store cannot: a folder (protect it with the host's permissions),
+    /// or Azure Blob (a container's immutability policy is its owner's to
+    /// set; this build sets none).
+    Unavailable,
+    /// An S3 bucket without Object Lock: the vault cannot be made immutable
+    /// there.
+    Disabled,
+    /// An S3 bucket with Object Lock: while the vault is immutable, each
+    /// object it writes is locked (compliance mode) for its immutable days.
+    Enabled,
+}
+
+impl StoreLock {
+    /// The state in a word, as `vmbackup config` and the bindings say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreLock::Unavailable => "unavailable",
+            StoreLock::Disabled => "disabled",
+            StoreLock::Enabled => "enabled",
+        }
+    }
+}
+
 /// A change to a vault's settings: each field left at its default leaves
 /// the setting as it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -146,6 +183,15 @@ impl Vault {
         Ok(self.read_config()?.settings)
     }
 
+    /// Whether the vault's store can lock the objects it writes (asked of
+    /// the store: for S3, its bucket's Object Lock configuration).
+    ///
+    /// # Errors
+    /// Errors reaching the store.
+    pub fn store_lock(&self) -> Result<StoreLock> {
+        self.store.store_lock()
+    }
+
     /// Changes the vault's settings, under the exclusive lock, and returns
     /// them as they now are. A change that weakens a protection the vault
     /// forbids weakening is refused whole.
@@ -157,6 +203,15 @@ impl Vault {
         let _lock = self.lock(super::LockMode::Exclusive)?;
         let mut config = self.read_config()?;
         let next = config.settings.changed(change, &self.location())?;
+        if next.immutable_days > config.settings.immutable_days && self.store.store_lock()? == StoreLock::Disabled {
+            return Err(Error::invalid(
+                format!("immutable days of vault {}", self.location()),
+                "its S3 bucket has no Object Lock, so the vault's own credentials could still delete its objects; \
+                 enable Object Lock on the bucket (or create one with it), then run this again",
+            ));
+        }
+        // Lock what is written from now on, this config first.
+        self.store.lock_writes(next.immutable_days);
         if next != config.settings {
             config.settings = next;
             self.write_config(&config)?;

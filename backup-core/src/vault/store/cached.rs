@@ -24,6 +24,7 @@ use super::local::LocalStore;
 use super::{ObjectInfo, Store};
 use crate::error::Result;
 use crate::vault::layout;
+use crate::vault::settings::StoreLock;
 
 /// A remote store and its local cache.
 pub(crate) struct CachedStore {
@@ -162,5 +163,13 @@ impl Store for CachedStore {
 
     fn uncache(&self, keys: &[String]) -> Result<()> {
         self.cache.remove_cached(keys)
+    }
+
+    fn lock_writes(&self, days: u32) {
+        self.remote.lock_writes(days);
+    }
+
+    fn store_lock(&self) -> Result<StoreLock> {
+        self.remote.store_lock()
     }
 }

@@ -22,6 +22,8 @@ pub(crate) mod cached;
 pub(crate) mod local;
 #[cfg(feature = "object-store")]
 pub(crate) mod object;
+#[cfg(feature = "object-store")]
+pub(crate) mod s3_lock;
 
 use std::fs::File;
 use std::ops::Range;
@@ -31,6 +33,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use crate::error::Result;
+use crate::vault::settings::StoreLock;
 
 /// One stored object, as a listing or a `head` gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +94,14 @@ pub(crate) trait Store: Send + Sync {
     /// without a cache has nothing to drop.
     fn uncache(&self, _keys: &[String]) -> Result<()> {
         Ok(())
+    }
+    /// Locks every object written from now on for `days` days (0: none),
+    /// where the store can lock objects (S3 with Object Lock); a store that
+    /// cannot ignores it.
+    fn lock_writes(&self, _days: u32) {}
+    /// Whether the store can lock the objects the vault writes.
+    fn store_lock(&self) -> Result<StoreLock> {
+        Ok(StoreLock::Unavailable)
     }
 }
 

@@ -15,6 +15,7 @@ use std::future::Future;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
@@ -23,8 +24,10 @@ use object_store::{BackoffConfig, ObjectStore, PutMode, PutOptions, PutPayload, 
 
 use bytes::Bytes;
 
+use super::s3_lock::S3Lock;
 use super::{ObjectInfo, Store};
 use crate::error::{Error, Result};
+use crate::vault::settings::StoreLock;
 
 /// How long `object_store` keeps retrying one request.
 pub(crate) const REQUEST_RETRY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -69,6 +72,11 @@ pub(crate) struct ObjectBackend {
     store: Arc<dyn ObjectStore>,
     target: Target,
     url: String,
+    /// S3's Object Lock calls (None on Azure Blob).
+    s3_lock: Option<S3Lock>,
+    /// Days each object written is locked for (0: none), as the vault's
+    /// settings last read say.
+    lock_days: AtomicU32,
 }
 
 impl ObjectBackend {
@@ -89,6 +97,7 @@ impl ObjectBackend {
             retry_timeout: REQUEST_RETRY_TIMEOUT,
         };
         let fail = |e: object_store::Error| Error::invalid(format!("vault url {url}"), e.to_string());
+        let mut s3_lock = None;
         let store: Arc<dyn ObjectStore> = match target.scheme.as_str() {
             "az" => {
                 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
@@ -121,12 +130,17 @@ impl ObjectBackend {
             _ => {
                 use object_store::aws::AmazonS3Builder;
                 let mut b = AmazonS3Builder::from_env().with_bucket_name(&target.bucket).with_retry(retry);
+                let mut allow_http = false;
                 if let Some(ep) = endpoint {
-                    b = b.with_endpoint(ep).with_allow_http(ep.starts_with("http://"));
+                    allow_http = ep.starts_with("http://");
+                    b = b.with_endpoint(ep).with_allow_http(allow_http);
                 } else if let Ok(ep) = std::env::var("AWS_ENDPOINT_URL") {
-                    b = b.with_allow_http(ep.starts_with("http://"));
+                    allow_http = ep.starts_with("http://");
+                    b = b.with_allow_http(allow_http);
                 }
-                Arc::new(b.build().map_err(fail)?)
+                let s3 = Arc::new(b.clone().build().map_err(fail)?);
+                s3_lock = Some(S3Lock::new(&b, Arc::clone(&s3), &target.bucket, allow_http).map_err(fail)?);
+                s3
             }
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -136,7 +150,14 @@ impl ObjectBackend {
             .build()
             .map_err(|e| Error::io("start the object store runtime for", url, e))?;
         let url = format!("{}://{}/{}", target.scheme, target.bucket, target.prefix);
-        Ok(ObjectBackend { rt, store, target, url: url.trim_end_matches('/').to_string() })
+        Ok(ObjectBackend {
+            rt,
+            store,
+            target,
+            url: url.trim_end_matches('/').to_string(),
+            s3_lock,
+            lock_days: AtomicU32::new(0),
+        })
     }
 
     fn path(&self, key: &str) -> ObjectPath {
@@ -170,6 +191,19 @@ impl ObjectBackend {
         } else {
             self.rt.block_on(f)
         }
+    }
+
+    /// Locks an object just written until the vault's immutable days have
+    /// passed, when the vault is immutable and the store is S3.
+    async fn lock_written(&self, path: &ObjectPath) -> std::result::Result<(), object_store::Error> {
+        let days = self.lock_days.load(Ordering::Relaxed);
+        let Some(lock) = self.s3_lock.as_ref().filter(|_| days > 0) else { return Ok(()) };
+        let span = jiff::SignedDuration::from_hours(24 * i64::from(days));
+        let until = jiff::Timestamp::now().checked_add(span).map_err(|e| object_store::Error::Generic {
+            store: "S3",
+            source: format!("{days} days from now: {e}").into(),
+        })?;
+        with_retries(|| lock.retain(path, until)).await
     }
 
     fn err(&self, action: &'static str, key: &str, e: object_store::Error) -> Error {
@@ -309,7 +343,8 @@ impl Store for ObjectBackend {
         let payload = PutPayload::from(bytes);
         let store = &self.store;
         let r = self.run(with_retries(|| async { store.put(&path, payload.clone()).await.map(|_| ()) }));
-        r.map_err(|e| self.err("upload", key, e))
+        r.map_err(|e| self.err("upload", key, e))?;
+        self.run(self.lock_written(&path)).map_err(|e| self.err("lock (the vault is immutable)", key, e))
     }
 
     fn put_parts(&self, key: &str, parts: Vec<Bytes>) -> Result<()> {
@@ -318,7 +353,8 @@ impl Store for ObjectBackend {
         let payload = PutPayload::from_iter(parts);
         let store = &self.store;
         let r = self.run(with_retries(|| async { store.put(&path, payload.clone()).await.map(|_| ()) }));
-        r.map_err(|e| self.err("upload", key, e))
+        r.map_err(|e| self.err("upload", key, e))?;
+        self.run(self.lock_written(&path)).map_err(|e| self.err("lock (the vault is immutable)", key, e))
     }
 
     fn put_new(&self, key: &str, bytes: Bytes) -> Result<bool> {
@@ -349,6 +385,9 @@ impl Store for ObjectBackend {
                 }
             }
         }));
+        if r.as_ref().is_ok_and(|created| *created) {
+            self.run(self.lock_written(&path)).map_err(|e| self.err("lock (the vault is immutable)", key, e))?;
+        }
         r.map_err(|e| self.err("create", key, e))
     }
 
@@ -361,7 +400,8 @@ impl Store for ObjectBackend {
                 let payload = PutPayload::from(bytes);
                 with_retries(|| async { store.put(&path, payload.clone()).await.map(|_| ()) })
                     .await
-                    .map_err(|e| self.err("upload", key, e))
+                    .map_err(|e| self.err("upload", key, e))?;
+                self.lock_written(&path).await.map_err(|e| self.err("lock (the vault is immutable)", key, e))
             }
         });
         self.run(futures::stream::iter(futs).buffer_unordered(concurrency.max(1)).try_collect::<Vec<()>>())?;
@@ -430,6 +470,19 @@ impl Store for ObjectBackend {
 
     fn open_file(&self, _key: &str, _flags: libc::c_int) -> Option<Result<std::fs::File>> {
         None
+    }
+
+    fn lock_writes(&self, days: u32) {
+        self.lock_days.store(days, Ordering::Relaxed);
+    }
+
+    fn store_lock(&self) -> Result<StoreLock> {
+        let Some(lock) = &self.s3_lock else { return Ok(StoreLock::Unavailable) };
+        let enabled = self.run(with_retries(|| lock.enabled()));
+        match enabled.map_err(|e| self.err("read the Object Lock configuration of", "", e))? {
+            true => Ok(StoreLock::Enabled),
+            false => Ok(StoreLock::Disabled),
+        }
     }
 }
 
