@@ -476,7 +476,9 @@ enum Command {
         soft_delete_always_on: bool,
         /// Make points younger than this many days immutable: delete
         /// refuses them, prune spares them, gc neither removes nor rewrites
-        /// what was written in that time. The days can only grow.
+        /// what was written in that time. The days can only grow. On S3
+        /// each object written is also locked for that long (Object Lock,
+        /// compliance mode), so the bucket must have Object Lock.
         #[arg(long, value_name = "DAYS")]
         immutable_days: Option<u32>,
         /// Print one JSON object on stdout.

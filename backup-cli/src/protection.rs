@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use backup_core::{SettingsChange, VaultSettings};
+use backup_core::{SettingsChange, StoreLock, VaultSettings};
 use serde_json::json;
 
 use crate::globals::Globals;
@@ -85,15 +85,18 @@ pub fn config(g: &Globals, vault: &Path, change: &SettingsChange, as_json: bool)
     let vault = g.open(vault)?;
     let settings =
         if *change == SettingsChange::default() { vault.settings()? } else { vault.change_settings(change)? };
+    let lock = vault.store_lock()?;
     if as_json {
-        outln!("{}", serde_json::to_string_pretty(&settings)?);
+        let mut json = serde_json::to_value(settings)?;
+        json["store_lock"] = lock.as_str().into();
+        outln!("{}", serde_json::to_string_pretty(&json)?);
     } else {
-        print_settings(&vault.location(), &settings);
+        print_settings(&vault.location(), &settings, lock);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_settings(vault: &str, s: &VaultSettings) {
+fn print_settings(vault: &str, s: &VaultSettings, lock: StoreLock) {
     outln!("vault {vault}");
     let soft = match s.soft_delete_days {
         0 => "off: prune and delete remove points at once".to_string(),
@@ -109,4 +112,18 @@ fn print_settings(vault: &str, s: &VaultSettings) {
         n => format!("{n} days: younger points cannot be deleted, nor their data removed or rewritten"),
     };
     outln!("  immutable:              {immutable}");
+    let lock = match (lock, s.immutable_days) {
+        (StoreLock::Unavailable, _) => {
+            "unavailable: the store cannot lock objects (a folder; Azure Blob: set an immutability policy \
+             on the container)"
+                .to_string()
+        }
+        (StoreLock::Disabled, _) => "disabled: the S3 bucket has no Object Lock".to_string(),
+        (StoreLock::Enabled, 0) => "enabled on the S3 bucket; unused while the vault is not immutable".to_string(),
+        (StoreLock::Enabled, n) => {
+            format!("enabled: each object written is locked for {n} days (S3 Object Lock, compliance mode)")
+        }
+        (other, _) => other.as_str().to_string(),
+    };
+    outln!("  store lock:             {lock}");
 }
