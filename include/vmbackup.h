@@ -898,6 +898,13 @@ typedef struct vmb_vault_settings {
 } vmb_vault_settings;
 
 /**
+ * Whether the store beneath a vault can lock the objects the vault writes
+ * (so that not even the vault's own credentials can delete them): one of
+ * the `VMB_STORE_LOCK_*` values.
+ */
+typedef uint32_t vmb_store_lock;
+
+/**
  * What a restore of one disk did.
  */
 typedef struct vmb_restore_stats {
@@ -1125,6 +1132,25 @@ typedef struct vmb_write_target {
  * were frozen.
  */
 #define VMB_CONSISTENCY_APPLICATION 2
+
+/**
+ * The store cannot lock objects: a folder (protect it with the host's
+ * permissions), or Azure Blob (set an immutability policy on the
+ * container; this build sets none).
+ */
+#define VMB_STORE_LOCK_UNAVAILABLE 0
+
+/**
+ * An S3 bucket without Object Lock: `vmb_vault_set_immutable_days` refuses
+ * to make the vault immutable there.
+ */
+#define VMB_STORE_LOCK_DISABLED 1
+
+/**
+ * An S3 bucket with Object Lock: while the vault is immutable, each object
+ * it writes is locked (compliance mode) for its immutable days.
+ */
+#define VMB_STORE_LOCK_ENABLED 2
 
 #ifdef __cplusplus
 extern "C" {
@@ -2267,6 +2293,18 @@ enum vmb_status vmb_vault_get_settings(const struct vmb_vault *vault,
                                        struct vmb_vault_settings *out);
 
 /**
+ * Asks the vault's store whether it can lock the objects the vault writes
+ * (for S3, the bucket's Object Lock configuration) and writes the answer,
+ * a `VMB_STORE_LOCK_*` value, to `out`.
+ *
+ * # Safety
+ * `vault` is NULL or live; `out` is NULL or writable.
+ */
+VMB_MUST_USE
+enum vmb_status vmb_vault_store_lock(const struct vmb_vault *vault,
+                                     vmb_store_lock *out);
+
+/**
  * Sets the vault's soft delete: `days` (0 turns it off), and, with
  * `always_on`, makes it always on for good. A vault whose soft delete is
  * always on refuses 0 days and fewer days than it has, with
@@ -2286,7 +2324,9 @@ enum vmb_status vmb_vault_set_soft_delete(const struct vmb_vault *vault,
  * Makes points younger than `days` days immutable: delete refuses them
  * with `VMB_ERR_PROTECTED`, prune spares them, gc neither removes nor
  * rewrites what was written in that time. The days can only grow: fewer
- * than the vault has is `VMB_ERR_PROTECTED` (nothing changed). `out` (may
+ * than the vault has is `VMB_ERR_PROTECTED` (nothing changed). On S3 each
+ * object written from then on is also locked for that long (Object Lock);
+ * a bucket without it is `VMB_ERR_INVALID_ARGUMENT` (nothing changed). `out` (may
  * be NULL) receives the settings as they now are.
  *
  * # Safety

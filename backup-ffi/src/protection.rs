@@ -3,7 +3,7 @@
 
 use std::ffi::c_char;
 
-use backup_core::{DeletedPoint, SettingsChange, VaultSettings};
+use backup_core::{DeletedPoint, SettingsChange, StoreLock, VaultSettings};
 
 use crate::point::vmb_point;
 use crate::status::{arg_out, arg_ref, arg_str, ffi, ffi_free, nth, vmb_status, write_out};
@@ -59,6 +59,43 @@ pub unsafe extern "C" fn vmb_vault_get_settings(vault: *const vmb_vault, out: *m
     }
 }
 
+/// Whether the store beneath a vault can lock the objects the vault writes
+/// (so that not even the vault's own credentials can delete them): one of
+/// the `VMB_STORE_LOCK_*` values.
+pub type vmb_store_lock = u32;
+/// The store cannot lock objects: a folder (protect it with the host's
+/// permissions), or Azure Blob (set an immutability policy on the
+/// container; this build sets none).
+pub const VMB_STORE_LOCK_UNAVAILABLE: vmb_store_lock = 0;
+/// An S3 bucket without Object Lock: `vmb_vault_set_immutable_days` refuses
+/// to make the vault immutable there.
+pub const VMB_STORE_LOCK_DISABLED: vmb_store_lock = 1;
+/// An S3 bucket with Object Lock: while the vault is immutable, each object
+/// it writes is locked (compliance mode) for its immutable days.
+pub const VMB_STORE_LOCK_ENABLED: vmb_store_lock = 2;
+
+/// Asks the vault's store whether it can lock the objects the vault writes
+/// (for S3, the bucket's Object Lock configuration) and writes the answer,
+/// a `VMB_STORE_LOCK_*` value, to `out`.
+///
+/// # Safety
+/// `vault` is NULL or live; `out` is NULL or writable.
+#[must_use]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmb_vault_store_lock(vault: *const vmb_vault, out: *mut vmb_store_lock) -> vmb_status {
+    ffi! {
+        let v = arg_ref!(vault, "vault");
+        let out = arg_out!(out, "out");
+        let lock = match v.vault.store_lock()? {
+            StoreLock::Disabled => VMB_STORE_LOCK_DISABLED,
+            StoreLock::Enabled => VMB_STORE_LOCK_ENABLED,
+            _ => VMB_STORE_LOCK_UNAVAILABLE,
+        };
+        write_out!(out, lock);
+        Ok(())
+    }
+}
+
 /// Sets the vault's soft delete: `days` (0 turns it off), and, with
 /// `always_on`, makes it always on for good. A vault whose soft delete is
 /// always on refuses 0 days and fewer days than it has, with
@@ -85,7 +122,9 @@ pub unsafe extern "C" fn vmb_vault_set_soft_delete(
 /// Makes points younger than `days` days immutable: delete refuses them
 /// with `VMB_ERR_PROTECTED`, prune spares them, gc neither removes nor
 /// rewrites what was written in that time. The days can only grow: fewer
-/// than the vault has is `VMB_ERR_PROTECTED` (nothing changed). `out` (may
+/// than the vault has is `VMB_ERR_PROTECTED` (nothing changed). On S3 each
+/// object written from then on is also locked for that long (Object Lock);
+/// a bucket without it is `VMB_ERR_INVALID_ARGUMENT` (nothing changed). `out` (may
 /// be NULL) receives the settings as they now are.
 ///
 /// # Safety

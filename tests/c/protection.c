@@ -2,12 +2,16 @@
  * data survives gc, it is undeleted and restores bit for bit; a gc
  * rehearsed fifteen days later removes it for good. A vault whose soft
  * delete is always on refuses to turn it off. Points copy into an
- * encrypted vault (a second site), moving only what it lacks.
+ * encrypted vault (a second site), moving only what it lacks. On S3 (the
+ * server scripts/test starts, named in VMB_S3) an immutable vault locks
+ * what it writes: a delete of a locked version fails.
  *
  * Built with: cc -std=c11 -Wall -Wextra -Werror protection.c $(pkg-config --cflags --libs vmbackup) */
 #define _XOPEN_SOURCE 700
 
 #include <time.h>
+#include <strings.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "util.h"
@@ -53,6 +57,9 @@ static void a_deleted_point_is_kept_undeleted_and_purged_after_its_days(void) {
     struct vmb_vault_settings settings = {.struct_size = sizeof settings};
     REQUIRE_OK(vmb_vault_get_settings(v, &settings));
     CHECK(settings.soft_delete_days == 14 && !settings.soft_delete_always_on);
+    vmb_store_lock lock = 99;
+    REQUIRE_OK(vmb_vault_store_lock(v, &lock));
+    CHECK(lock == VMB_STORE_LOCK_UNAVAILABLE); /* a folder: the host's permissions protect it */
 
     vmb_point *p1 = back_up(v, image, first, size);
     REQUIRE(p1 != NULL);
@@ -219,6 +226,92 @@ static void points_copy_into_an_encrypted_vault_moving_only_what_it_lacks(void) 
     free(out);
 }
 
+/* Runs `command` and returns the first line of its output that starts
+ * with `prefix` (after it, without the line end), or an empty string. */
+static void first_line(const char *command, const char *prefix, char *out, size_t size) {
+    out[0] = 0;
+    FILE *f = popen(command, "r");
+    if (f == NULL) return;
+    char line[512];
+    while (fgets(line, sizeof line, f) != NULL) {
+        if (strncasecmp(line, prefix, strlen(prefix)) == 0 && out[0] == 0) {
+            snprintf(out, size, "%s", line + strlen(prefix));
+            out[strcspn(out, "\r\n")] = 0;
+        }
+    }
+    pclose(f);
+}
+
+static void an_immutable_vault_on_s3_locks_what_it_writes(void) {
+    const char *endpoint = getenv("VMB_S3");
+    if (endpoint == NULL || endpoint[0] == 0) {
+        /* In CI (VMB_REQUIRE_ALL set) a missing server fails instead of skipping. */
+        const char *require_all = getenv("VMB_REQUIRE_ALL");
+        REQUIRE(require_all == NULL || require_all[0] == 0);
+        printf("skipping an_immutable_vault_on_s3_locks_what_it_writes: VMB_S3 is not set\n");
+        return;
+    }
+    char plain[128], locked[128];
+    snprintf(plain, sizeof plain, "s3://vmbackup/c-nolock-%ld-%ld", (long)getpid(), (long)time(NULL));
+    snprintf(locked, sizeof locked, "s3://vmbackup-locked/c-%ld-%ld", (long)getpid(), (long)time(NULL));
+    char *cache = join(g_dir, "s3-plain-cache");
+    vmb_vault *v = NULL;
+    vmb_store_lock lock = 99;
+    /* A bucket without Object Lock cannot hold an immutable vault. */
+    REQUIRE_OK(vmb_vault_init_url(plain, cache, endpoint, &v));
+    REQUIRE_OK(vmb_vault_store_lock(v, &lock));
+    CHECK(lock == VMB_STORE_LOCK_DISABLED);
+    CHECK(vmb_vault_set_immutable_days(v, 3, NULL) == VMB_ERR_INVALID_ARGUMENT);
+    CHECK(LAST_ERROR_HAS("no Object Lock"));
+    struct vmb_vault_settings settings = {.struct_size = sizeof settings};
+    REQUIRE_OK(vmb_vault_get_settings(v, &settings));
+    CHECK(settings.immutable_days == 0);
+    vmb_vault_free(v);
+    free(cache);
+
+    /* The bucket vmbackup-locked has Object Lock (scripts/s3server.sh). */
+    cache = join(g_dir, "s3-locked-cache");
+    REQUIRE_OK(vmb_vault_init_url(locked, cache, endpoint, &v));
+    REQUIRE_OK(vmb_vault_store_lock(v, &lock));
+    CHECK(lock == VMB_STORE_LOCK_ENABLED);
+    REQUIRE_OK(vmb_vault_set_immutable_days(v, 3, &settings));
+    CHECK(settings.immutable_days == 3);
+    const size_t size = MiB;
+    uint8_t *data = malloc(size);
+    REQUIRE(data != NULL);
+    fill_pattern(data, size, 5);
+    char *image = join(g_dir, "s3.img");
+    vmb_point *pt = back_up(v, image, data, size);
+    REQUIRE(pt != NULL);
+    const char *id = NULL;
+    REQUIRE_OK(vmb_point_id(pt, &id));
+    /* The point's manifest, as S3 itself describes it to curl signing
+     * with the vault's own credentials: locked, in compliance mode; a
+     * delete of that version fails. */
+    char object[512], command[1024], mode[64], version[128], status[64];
+    snprintf(object, sizeof object, "%s/vmbackup-locked/%s/points/web/%s", endpoint,
+             locked + strlen("s3://vmbackup-locked/"), id);
+#define SIGNED "curl -s --aws-sigv4 \"aws:amz:${AWS_REGION:-us-east-1}:s3\" " \
+               "--user \"$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY\" "
+    snprintf(command, sizeof command, SIGNED "-fI '%s'", object);
+    first_line(command, "x-amz-object-lock-mode: ", mode, sizeof mode);
+    CHECK(strcmp(mode, "COMPLIANCE") == 0);
+    first_line(command, "x-amz-version-id: ", version, sizeof version);
+    CHECK(version[0] != 0);
+    snprintf(command, sizeof command, SIGNED "-o /dev/null -w 'status %%{http_code}\\n' -X DELETE '%s?versionId=%s'",
+             object, version);
+    first_line(command, "status ", status, sizeof status);
+    CHECK(strcmp(status, "403") == 0);
+    char *out = join(g_dir, "s3.out");
+    CHECK(restores_to(v, pt, out, data, size));
+    vmb_point_free(pt);
+    vmb_vault_free(v);
+    free(out);
+    free(image);
+    free(data);
+    free(cache);
+}
+
 int main(void) {
     g_dir = make_temp_dir("protection-c");
     if (g_dir == NULL) {
@@ -227,6 +320,7 @@ int main(void) {
     }
     RUN(a_deleted_point_is_kept_undeleted_and_purged_after_its_days);
     RUN(points_copy_into_an_encrypted_vault_moving_only_what_it_lacks);
+    RUN(an_immutable_vault_on_s3_locks_what_it_writes);
     remove_tree(g_dir);
     free(g_dir);
     return SUMMARY("protection.c");
