@@ -940,6 +940,17 @@ impl Vault {
         job::run(py, None, move |_, _| vault.settings()).map(VaultSettings::from)
     }
 
+    /// Whether the vault's store can lock the objects the vault writes, so
+    /// that not even the vault's own credentials can delete them:
+    /// "unavailable" (a folder; Azure Blob, whose container immutability
+    /// policy is its owner's to set), "disabled" (an S3 bucket without
+    /// Object Lock) or "enabled" (an S3 bucket with it: while the vault is
+    /// immutable, each object written is locked for its immutable days).
+    fn store_lock(&self, py: Python<'_>) -> PyResult<&'static str> {
+        let vault = self.get()?;
+        job::run(py, None, move |_, _| vault.store_lock()).map(backup_core::StoreLock::as_str)
+    }
+
     /// Changes the vault's settings and returns them as they now are:
     /// `soft_delete_days` (0 turns soft delete off) and, with
     /// `soft_delete_always_on=True`, soft delete always on for good. A
@@ -949,7 +960,9 @@ impl Vault {
     /// `immutable_days=N` makes points younger than N days immutable:
     /// `delete()` raises `ProtectedError` for them, prune spares them, gc
     /// neither removes nor rewrites what was written in that time. The
-    /// days can only grow.
+    /// days can only grow. On S3 each object written from then on is also
+    /// locked for that long (Object Lock, compliance mode); a bucket
+    /// without Object Lock raises `ValueError` (nothing changed).
     #[pyo3(signature = (*, soft_delete_days = None, soft_delete_always_on = false, immutable_days = None))]
     fn configure(
         &self,

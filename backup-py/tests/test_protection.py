@@ -1,11 +1,15 @@
 """Soft delete: deleted points are listed, undeleted and restored bit for
 bit; gc keeps their data until their days are over; a vault whose soft
-delete is always on refuses to turn it off."""
+delete is always on refuses to turn it off. An immutable vault on S3 (the
+server scripts/test starts, named in VMB_S3) locks what it writes."""
 
 from __future__ import annotations
 
 import datetime
+import os
 import random
+import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -26,6 +30,7 @@ def test_a_deleted_point_comes_back_whole_and_goes_for_good_after_its_days(
     p2 = vault.backup("web", [second])
     settings = vault.settings()
     assert (settings.soft_delete_days, settings.soft_delete_always_on) == (14, False)
+    assert vault.store_lock() == "unavailable"  # a folder: the host's permissions protect it
 
     gone = vault.delete("web", p1.id)
     assert gone.point.id == p1.id
@@ -141,3 +146,62 @@ def test_a_policy_names_its_second_site() -> None:
     assert any("copy: each new point to s3://offsite/vault" in line for line in policy.summary())
     with pytest.raises(ValueError, match="copy.key_file"):
         vmbackup.Policy.from_toml(rules + '[copy]\nto = "/x"\nkey_file = "relative.key"\n')
+
+
+S3 = os.environ.get("VMB_S3", "")
+# In CI (VMB_REQUIRE_ALL set) a missing server fails the test instead of skipping it.
+REQUIRE_ALL = bool(os.environ.get("VMB_REQUIRE_ALL"))
+
+# Run by boto3 (an S3 client of its own, with the vault's own credentials
+# from the environment): tries to delete every version under the prefix
+# for good, and prints each one's key, lock mode and what S3 answered.
+ATTACK = """
+import sys, boto3, botocore.exceptions
+endpoint, bucket, prefix = sys.argv[1:4]
+s3 = boto3.client("s3", endpoint_url=endpoint)
+for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix + "/"):
+    for v in page.get("Versions", []):
+        head = s3.head_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])
+        try:
+            s3.delete_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])
+            answer = "deleted"
+        except botocore.exceptions.ClientError as e:
+            answer = e.response["Error"]["Code"]
+        print(v["Key"][len(prefix) + 1:], head.get("ObjectLockMode"), answer)
+"""
+
+
+@pytest.mark.skipif(not S3 and not REQUIRE_ALL, reason="VMB_S3 is not set (scripts/test starts an S3 server)")
+def test_an_immutable_vault_on_s3_locks_what_it_writes(make_image: MakeImage, tmp_path: Path) -> None:
+    suffix = uuid.uuid4().hex[:12]
+    with vmbackup.Vault.init(f"s3://vmbackup/py-nolock-{suffix}", cache=tmp_path / "a", endpoint=S3) as v:
+        assert v.store_lock() == "disabled"
+        with pytest.raises(ValueError, match="no Object Lock"):
+            v.configure(immutable_days=3)
+        assert v.settings().immutable_days == 0
+
+    # The bucket vmbackup-locked has Object Lock (scripts/s3server.sh).
+    prefix = f"py-{suffix}"
+    url = f"s3://vmbackup-locked/{prefix}"
+    root = make_image("root.img", 2 * MiB, seed=7)
+    with vmbackup.Vault.init(url, cache=tmp_path / "b", endpoint=S3) as v:
+        assert v.store_lock() == "enabled"
+        assert v.configure(immutable_days=3).immutable_days == 3
+        point = v.backup("web", [root])
+
+    python = os.environ["VMB_S3_PYTHON"]
+    answer = subprocess.run(
+        [python, "-c", ATTACK, S3, "vmbackup-locked", prefix], capture_output=True, text=True, check=True
+    ).stdout
+    rows = [line.split() for line in answer.splitlines()]
+    locked = [r for r in rows if r[1] == "COMPLIANCE"]
+    assert {r[0].split("/")[0] for r in locked} >= {"config", "packs", "index", "points"}
+    assert all(r[2] == "AccessDenied" for r in locked), rows
+    # Only what was written before the vault became immutable was not locked.
+    assert {r[0] for r in rows if r[1] == "None"} <= {"config"}, rows
+
+    with vmbackup.Vault.open(url, cache=tmp_path / "c", endpoint=S3) as v:
+        out = tmp_path / "restored.img"
+        v.restore(v.points("web")[0], disk=0, to=out)
+        assert out.read_bytes() == root.read_bytes()
+        assert v.points("web")[0].id == point.id

@@ -405,6 +405,14 @@ class Vault:
         """
     def settings(self) -> "VaultSettings":
         """The vault's settings as its store holds them now."""
+    def store_lock(self) -> Literal["unavailable", "disabled", "enabled"]:
+        """Whether the vault's store can lock the objects the vault writes, so
+        that not even the vault's own credentials can delete them:
+        "unavailable" (a folder; Azure Blob, whose container immutability
+        policy is its owner's to set), "disabled" (an S3 bucket without
+        Object Lock) or "enabled" (an S3 bucket with it: while the vault is
+        immutable, each object written is locked for its immutable days).
+        """
     def configure(
         self,
         *,
@@ -421,7 +429,9 @@ class Vault:
         `immutable_days=N` makes points younger than N days immutable:
         `delete()` raises `ProtectedError` for them, prune spares them, gc
         neither removes nor rewrites what was written in that time. The
-        days can only grow.
+        days can only grow. On S3 each object written from then on is also
+        locked for that long (Object Lock, compliance mode); a bucket
+        without Object Lock raises `ValueError` (nothing changed).
         """
     def delete(self, vm: str, id: str) -> "Deletion":
         """Deletes point `id` of `vm` (an id, a unique prefix of one, or
