@@ -21,6 +21,11 @@
 //! midway leaves staged packs that the next session adopts. A point the
 //! target already holds (same VM and id) is skipped, so a rerun finishes
 //! what a killed copy began.
+//!
+//! What the source knows about a VM beside its points comes along, resealed
+//! with the target's key: the VM's record (what preparing it found and
+//! changed) and the boot verdicts of the points taken, each where the
+//! target's is missing or older.
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -112,6 +117,12 @@ pub struct CopyReport {
     pub copied: Vec<CopiedPoint>,
     /// Points the target already held, as `vm/id`.
     pub already_there: Vec<String>,
+    /// Boot verdicts of the points taken that the target lacked (or held
+    /// older ones of), as `vm/id`.
+    pub verdicts_copied: Vec<String>,
+    /// VMs whose record (what preparing the VM found and changed) the
+    /// target lacked or held an older one of.
+    pub vm_records_copied: Vec<String>,
 }
 
 impl CopyReport {
@@ -161,16 +172,44 @@ pub fn copy(from: &Vault, to: &Vault, options: &CopyOptions) -> Result<CopyRepor
             PointSelection::All => points.iter().collect(),
             PointSelection::Since(t) => points.iter().filter(|p| p.time >= t).collect(),
         };
-        for point in chosen {
+        for point in &chosen {
             options.cancel.check(&format!("copy of vm {vm}"))?;
             if to.has_point(&vm, &point.id)? {
                 report.already_there.push(format!("{vm}/{}", point.id));
-                continue;
+            } else {
+                report.copied.push(copy_point(from, to, point, options)?);
             }
-            report.copied.push(copy_point(from, to, point, options)?);
+            if copy_verdict(from, to, &vm, &point.id)? {
+                report.verdicts_copied.push(format!("{vm}/{}", point.id));
+            }
+        }
+        if !chosen.is_empty() && copy_vm_record(from, to, &vm)? {
+            report.vm_records_copied.push(vm);
         }
     }
     Ok(report)
+}
+
+/// Copies a point's boot verdict when the target has none or an older
+/// one; whether it did.
+fn copy_verdict(from: &Vault, to: &Vault, vm: &str, id: &str) -> Result<bool> {
+    let Some(verdict) = from.boot_verdict(vm, id)? else { return Ok(false) };
+    if to.boot_verdict(vm, id)?.is_some_and(|there| there.checked_at >= verdict.checked_at) {
+        return Ok(false);
+    }
+    to.write_boot_verdict(&verdict)?;
+    Ok(true)
+}
+
+/// Copies a VM's record when the target has none or an older one; whether
+/// it did.
+fn copy_vm_record(from: &Vault, to: &Vault, vm: &str) -> Result<bool> {
+    let Some(record) = from.vm_record(vm)? else { return Ok(false) };
+    if to.vm_record(vm)?.is_some_and(|there| there.prepared_at >= record.prepared_at) {
+        return Ok(false);
+    }
+    to.write_vm_record(&record)?;
+    Ok(true)
 }
 
 /// Copies one point: one backup session of the target.

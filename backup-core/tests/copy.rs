@@ -61,10 +61,24 @@ fn points_copy_plain_to_encrypted_and_back_moving_only_what_the_target_lacks() {
     let points = three_points(&here, d);
     let there = encrypted(&d.join("there"));
 
+    // The newest point booted once, the oldest twice (the later verdict
+    // counts).
+    testing::record_boot_verdict(&here, "web", &points[2].0, true, 1_000).expect("verdict");
+    testing::record_boot_verdict(&here, "web", &points[0].0, false, 1_000).expect("verdict");
+
     // The newest point alone first: every block with data is read.
     let before = stored(&there);
     let first = copy(&here, &there, &CopyOptions::default()).expect("copy latest");
     assert_eq!(first.copied.len(), 1);
+    // Its verdict and the VM's record come along, resealed with the
+    // target's key.
+    assert_eq!(first.verdicts_copied, [format!("web/{}", points[2].0)]);
+    assert_eq!(first.vm_records_copied, ["web"]);
+    assert_eq!(
+        there.boot_verdict("web", &points[2].0).expect("read"),
+        here.boot_verdict("web", &points[2].0).expect("read")
+    );
+    assert_eq!(there.vm_record("web").expect("read"), here.vm_record("web").expect("read"));
     assert_eq!(first.copied[0].id, points[2].0);
     assert_eq!(first.copied[0].bytes_read, (64 * BLOCK) as u64);
     assert_eq!(first.copied[0].bytes_lacked, (64 * BLOCK) as u64);
@@ -75,7 +89,11 @@ fn points_copy_plain_to_encrypted_and_back_moving_only_what_the_target_lacks() {
     let mut all = CopyOptions::default();
     all.points = PointSelection::All;
     let before = stored(&there);
+    testing::record_boot_verdict(&here, "web", &points[0].0, true, 2_000).expect("verdict");
     let rest = copy(&here, &there, &all).expect("copy all");
+    assert_eq!(rest.verdicts_copied, [format!("web/{}", points[0].0)], "only the verdict the target lacked");
+    assert!(rest.vm_records_copied.is_empty(), "the target's record is as new");
+    assert!(there.boot_verdict("web", &points[0].0).expect("read").is_some_and(|v| v.passed && v.checked_at == 2_000));
     let ids: Vec<&str> = rest.copied.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(ids, [points[0].0.as_str(), points[1].0.as_str()]);
     assert_eq!(rest.already_there, [format!("web/{}", points[2].0)]);
@@ -99,6 +117,7 @@ fn points_copy_plain_to_encrypted_and_back_moving_only_what_the_target_lacks() {
     // Nothing more to move; and back into a new plain vault, whole.
     let again = copy(&here, &there, &all).expect("copy again");
     assert!(again.copied.is_empty() && again.already_there.len() == 3);
+    assert!(again.verdicts_copied.is_empty() && again.vm_records_copied.is_empty());
     let back = Vault::init(d.join("back")).expect("init");
     let report = copy(&there, &back, &all).expect("copy back");
     assert_eq!(report.copied.len(), 3);

@@ -78,7 +78,6 @@ impl Vault {
     ///
     /// # Errors
     /// Invalid names; errors writing to the store.
-    #[cfg_attr(not(feature = "libvirt"), allow(dead_code))]
     pub(crate) fn write_boot_verdict(&self, verdict: &BootVerdict) -> Result<()> {
         validate_name("vm name", &verdict.vm)?;
         validate_name("point id", &verdict.point)?;
