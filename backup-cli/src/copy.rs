@@ -56,6 +56,8 @@ pub fn run(g: &Globals, args: Args<'_>, as_json: bool) -> Result<ExitCode> {
             serde_json::to_string_pretty(&serde_json::json!({
                 "copied": report.copied,
                 "already_there": report.already_there,
+                "verdicts_copied": report.verdicts_copied,
+                "vm_records_copied": report.vm_records_copied,
                 "bytes_added": report.bytes_added(),
             }))?
         );
@@ -72,6 +74,13 @@ pub fn run(g: &Globals, args: Args<'_>, as_json: bool) -> Result<ExitCode> {
         }
         if !report.already_there.is_empty() {
             outln!("{} points were already there", report.already_there.len());
+        }
+        if !report.verdicts_copied.is_empty() || !report.vm_records_copied.is_empty() {
+            outln!(
+                "brought along {} boot verdicts and {} VM records",
+                report.verdicts_copied.len(),
+                report.vm_records_copied.len()
+            );
         }
         outln!("copied {} points, wrote {}", report.copied.len(), crate::human(report.bytes_added()));
     }

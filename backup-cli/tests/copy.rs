@@ -68,6 +68,9 @@ fn copy_into_an_encrypted_vault_and_back_moves_only_what_each_lacks() {
     let again = keyed_json(&["copy", "--from", s(&here), "--to", s(&there), "--points", "all", "--json"]);
     assert_eq!((again["copied"].as_array().map(Vec::len), again["bytes_added"].as_u64()), (Some(0), Some(0)));
     assert_eq!(again["already_there"].as_array().map(Vec::len), Some(3));
+    // The VM's record came along the first time, and only then.
+    assert_eq!(all["vm_records_copied"], serde_json::json!(["web"]), "{all}");
+    assert_eq!(again["vm_records_copied"], serde_json::json!([]), "{again}");
     let verify = keyed_json(&["verify", "--vault", s(&there), "--json"]);
     assert_eq!(verify["ok"], true, "{verify}");
 
