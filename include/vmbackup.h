@@ -445,6 +445,16 @@ typedef struct vmb_copy_stats {
    * Bytes written to the target: what moved, and the manifests.
    */
   uint64_t bytes_added;
+  /**
+   * Boot verdicts of the points taken that the target lacked (or held
+   * older ones of), brought along. Appended after the first layout.
+   */
+  uint64_t verdicts_copied;
+  /**
+   * VM records (what preparing each VM found and changed) the target
+   * lacked or held older ones of, brought along.
+   */
+  uint64_t vm_records_copied;
 } vmb_copy_stats;
 
 /**

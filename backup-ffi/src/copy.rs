@@ -36,6 +36,12 @@ pub struct vmb_copy_stats {
     pub bytes_lacked: u64,
     /// Bytes written to the target: what moved, and the manifests.
     pub bytes_added: u64,
+    /// Boot verdicts of the points taken that the target lacked (or held
+    /// older ones of), brought along. Appended after the first layout.
+    pub verdicts_copied: u64,
+    /// VM records (what preparing each VM found and changed) the target
+    /// lacked or held older ones of, brought along.
+    pub vm_records_copied: u64,
 }
 
 crate::extensible::extensible!(vmb_copy_stats, bytes_added: u64);
@@ -49,6 +55,8 @@ impl From<&CopyReport> for vmb_copy_stats {
             bytes_read: r.copied.iter().map(|c| c.bytes_read).sum(),
             bytes_lacked: r.copied.iter().map(|c| c.bytes_lacked).sum(),
             bytes_added: r.bytes_added(),
+            verdicts_copied: r.verdicts_copied.len() as u64,
+            vm_records_copied: r.vm_records_copied.len() as u64,
         }
     }
 }

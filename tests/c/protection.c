@@ -176,12 +176,15 @@ static void points_copy_into_an_encrypted_vault_moving_only_what_it_lacks(void) 
     REQUIRE_OK(vmb_vault_copy(here, there, "web", VMB_POINTS_LATEST, 0, NULL, &st));
     CHECK(st.points_copied == 1 && st.points_already_there == 0);
     CHECK(st.bytes_lacked == size && st.bytes_added > 0);
+    /* The VM's record (what preparing it found) comes along; no point booted. */
+    CHECK(st.vm_records_copied == 1 && st.verdicts_copied == 0);
     /* The older point differs in one block: only that one moves. */
     memset(&st, 0, sizeof st);
     st.struct_size = sizeof st;
     REQUIRE_OK(vmb_vault_copy(here, there, NULL, VMB_POINTS_ALL, 0, NULL, &st));
     CHECK(st.points_copied == 1 && st.points_already_there == 1);
     CHECK(st.bytes_lacked == 64 * 1024);
+    CHECK(st.vm_records_copied == 0); /* the target's is as new */
     REQUIRE_OK(vmb_vault_copy(here, there, NULL, VMB_POINTS_SINCE, 0, NULL, &st));
     CHECK(st.points_copied == 0 && st.points_already_there == 2 && st.bytes_added == 0);
 
