@@ -148,6 +148,12 @@ pub(crate) struct CopyReport {
     copied: Vec<Py<CopiedPoint>>,
     /// The points the target already held, as `(vm, id)`.
     already_there: Vec<(String, String)>,
+    /// The boot verdicts brought along (the target lacked them or held
+    /// older ones), as `(vm, id)`.
+    verdicts_copied: Vec<(String, String)>,
+    /// The VMs whose record (what preparing the VM found and changed) was
+    /// brought along.
+    vm_records_copied: Vec<String>,
     /// Bytes written to the target in all.
     bytes_added: u64,
 }
@@ -171,15 +177,13 @@ impl CopyReport {
                 )
             })
             .collect::<PyResult<Vec<_>>>()?;
-        let already_there = r
-            .already_there
-            .into_iter()
-            .map(|s| match s.split_once('/') {
-                Some((vm, id)) => (vm.to_string(), id.to_string()),
-                None => (String::new(), s),
-            })
-            .collect();
-        Ok(CopyReport { copied, already_there, bytes_added })
+        let vm_and_id = |s: String| match s.split_once('/') {
+            Some((vm, id)) => (vm.to_string(), id.to_string()),
+            None => (String::new(), s),
+        };
+        let already_there = r.already_there.into_iter().map(vm_and_id).collect();
+        let verdicts_copied = r.verdicts_copied.into_iter().map(vm_and_id).collect();
+        Ok(CopyReport { copied, already_there, verdicts_copied, vm_records_copied: r.vm_records_copied, bytes_added })
     }
 }
 

@@ -119,7 +119,10 @@ def test_points_copy_to_an_encrypted_second_site_moving_only_what_it_lacks(
         assert latest.copied[0].bytes_lacked == 2 * MiB - 65536
         assert latest.bytes_added == latest.copied[0].bytes_added > 0
         assert seen and seen[-1] == (2 * MiB, 2 * MiB)
+        # The VM's record (what preparing it found) comes along; no point booted.
+        assert (latest.vm_records_copied, latest.verdicts_copied) == (["web"], [])
         rest = vault.copy_to(there, vms=["web"], points="all")
+        assert rest.vm_records_copied == []  # the target's is as new
         assert [c.id for c in rest.copied] == [p1.id]
         assert rest.copied[0].bytes_lacked == 65536  # the one block p2 changed
         assert rest.already_there == [("web", p2.id)]

@@ -1213,5 +1213,13 @@ class CopyReport:
     def already_there(self) -> List[Tuple[str, str]]:
         """The points the target already held, as `(vm, id)`."""
     @property
+    def verdicts_copied(self) -> List[Tuple[str, str]]:
+        """The boot verdicts brought along (the target lacked them or held
+        older ones), as `(vm, id)`."""
+    @property
+    def vm_records_copied(self) -> List[str]:
+        """The VMs whose record (what preparing the VM found and changed) was
+        brought along."""
+    @property
     def bytes_added(self) -> int:
         """Bytes written to the target in all."""
