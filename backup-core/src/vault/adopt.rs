@@ -64,16 +64,21 @@ pub(super) fn lock_session(vault: &Vault, dir: &Path) -> Result<File> {
     Ok(f)
 }
 
-/// Whether a backup session of this host is alive in the vault's staging
-/// folder (its lock is held): it may be between publishing a pack and
-/// publishing that pack's chunk index file.
+/// Whether a backup may be between publishing a pack and publishing that
+/// pack's chunk index file: a session of this host is alive in the vault's
+/// staging folder (its lock is held), or, on a shared store, some host's
+/// lease was rewritten lately. A lease that cannot be listed says no.
 pub(crate) fn backup_in_flight(vault: &Vault) -> bool {
     let tmp = vault.path().join(layout::TMP);
-    let Ok(names) = vault.dir().list(&tmp) else { return false };
-    names.into_iter().filter(|n| n.starts_with("backup-")).any(|name| {
+    let names = vault.dir().list(&tmp).unwrap_or_default();
+    let here = names.into_iter().filter(|n| n.starts_with("backup-")).any(|name| {
         let Ok(lock) = vault.dir().open(&tmp.join(&name).join(SESSION_LOCK)) else { return false };
         // Taken: the session is dead; dropping `lock` lets it go at once.
         matches!(try_flock(&lock), Ok(false))
+    });
+    here || (vault.is_remote() && {
+        let cutoff = std::time::SystemTime::now().checked_sub(super::lease::IN_FLIGHT_WINDOW);
+        cutoff.is_some_and(|c| super::lease::any_live(vault.store(), c).unwrap_or(false))
     })
 }
 
