@@ -508,39 +508,15 @@ fn copies_between_every_kind_of_store_plain_and_encrypted() {
     assert_eq!(verify["ok"], true, "{verify}");
 }
 
-/// Lists every version of every object under a vault's prefix with its S3
-/// retention, through boto3 (an S3 client of its own, with the vault's own
-/// credentials from the environment); with `delete`, also tries to delete
-/// each locked version for good, as someone holding those credentials could.
-const S3_VERSIONS: &str = r#"
-import json, sys
-import boto3, botocore.exceptions
-endpoint, bucket, prefix, action = sys.argv[1:5]
-s3 = boto3.client("s3", endpoint_url=endpoint)
-out = []
-for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix + "/"):
-    for v in page.get("Versions", []):
-        row = {"key": v["Key"][len(prefix) + 1:], "latest": v["IsLatest"], "mode": None, "until": None}
-        # HEAD answers with the version's lock (moto has no GetObjectRetention).
-        head = s3.head_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])
-        row["mode"] = head.get("ObjectLockMode")
-        until = head.get("ObjectLockRetainUntilDate")
-        row["until"] = until.timestamp() if until else None
-        if action == "delete" and row["mode"]:
-            try:
-                s3.delete_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])
-                row["deleted"] = "yes"
-            except botocore.exceptions.ClientError as e:
-                row["deleted"] = e.response["Error"]["Code"]
-        out.append(row)
-print(json.dumps(out))
-"#;
-
-/// The versions under `prefix` of the bucket, as [`S3_VERSIONS`] gives them.
-fn s3_versions(endpoint: &str, bucket: &str, prefix: &str, action: &str) -> Vec<serde_json::Value> {
+/// The versions under `prefix` of the bucket with their locks, as
+/// `scripts/s3-versions.py` (boto3, with the vault's own credentials) gives
+/// them; with `delete`, after it tried to delete each locked one for good.
+fn s3_versions(endpoint: &str, bucket: &str, prefix: &str, delete: bool) -> Vec<serde_json::Value> {
     let python = std::env::var("VMB_S3_PYTHON").expect("VMB_S3_PYTHON (scripts/s3server.sh sets it)");
-    let out =
-        Command::new(python).args(["-c", S3_VERSIONS, endpoint, bucket, prefix, action]).output().expect("run boto3");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/s3-versions.py");
+    let mut run = Command::new(python);
+    run.arg(script).args([endpoint, bucket, prefix]).args(delete.then_some("--delete"));
+    let out = run.output().expect("run boto3");
     assert!(out.status.success(), "boto3: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("a JSON list")
 }
@@ -576,7 +552,7 @@ fn an_immutable_vault_on_s3_locks_every_object_it_writes() {
     let url = format!("s3://vmbackup-locked/{prefix}");
     let cache = d.join("cache-locked");
     ok(&ep, &cache, &["init", &url]);
-    let before = s3_versions(&ep, "vmbackup-locked", &prefix, "list");
+    let before = s3_versions(&ep, "vmbackup-locked", &prefix, false);
     assert!(before.iter().all(|v| v["mode"].is_null()), "nothing is locked before: {before:?}");
     let shown = json(&ep, &cache, &["config", "--vault", &url, "--immutable-days", "3", "--json"]);
     assert_eq!((shown["immutable_days"].as_u64(), shown["store_lock"].as_str()), (Some(3), Some("enabled")));
@@ -591,7 +567,7 @@ fn an_immutable_vault_on_s3_locks_every_object_it_writes() {
     let id = point["point"].as_str().expect("point id").to_string();
 
     let now = jiff::Timestamp::now().as_second() as f64;
-    let versions = s3_versions(&ep, "vmbackup-locked", &prefix, "delete");
+    let versions = s3_versions(&ep, "vmbackup-locked", &prefix, true);
     let written_before =
         |v: &serde_json::Value| before.iter().any(|b| b["key"] == v["key"]) && !v["latest"].as_bool().unwrap_or(false);
     let locked: Vec<&serde_json::Value> = versions.iter().filter(|v| !v["mode"].is_null()).collect();

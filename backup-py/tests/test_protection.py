@@ -6,6 +6,7 @@ server scripts/test starts, named in VMB_S3) locks what it writes."""
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import random
 import subprocess
@@ -155,23 +156,8 @@ S3 = os.environ.get("VMB_S3", "")
 # In CI (VMB_REQUIRE_ALL set) a missing server fails the test instead of skipping it.
 REQUIRE_ALL = bool(os.environ.get("VMB_REQUIRE_ALL"))
 
-# Run by boto3 (an S3 client of its own, with the vault's own credentials
-# from the environment): tries to delete every version under the prefix
-# for good, and prints each one's key, lock mode and what S3 answered.
-ATTACK = """
-import sys, boto3, botocore.exceptions
-endpoint, bucket, prefix = sys.argv[1:4]
-s3 = boto3.client("s3", endpoint_url=endpoint)
-for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix + "/"):
-    for v in page.get("Versions", []):
-        head = s3.head_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])
-        try:
-            s3.delete_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])
-            answer = "deleted"
-        except botocore.exceptions.ClientError as e:
-            answer = e.response["Error"]["Code"]
-        print(v["Key"][len(prefix) + 1:], head.get("ObjectLockMode"), answer)
-"""
+# The tests' independent S3 client (boto3, with the vault's own credentials).
+S3_VERSIONS = Path(__file__).resolve().parents[2] / "scripts" / "s3-versions.py"
 
 
 @pytest.mark.skipif(not S3 and not REQUIRE_ALL, reason="VMB_S3 is not set (scripts/test starts an S3 server)")
@@ -193,15 +179,19 @@ def test_an_immutable_vault_on_s3_locks_what_it_writes(make_image: MakeImage, tm
         point = v.backup("web", [root])
 
     python = os.environ["VMB_S3_PYTHON"]
+    # Try to delete every locked version for good.
     answer = subprocess.run(
-        [python, "-c", ATTACK, S3, "vmbackup-locked", prefix], capture_output=True, text=True, check=True
+        [python, str(S3_VERSIONS), S3, "vmbackup-locked", prefix, "--delete"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
-    rows = [line.split() for line in answer.splitlines()]
-    locked = [r for r in rows if r[1] == "COMPLIANCE"]
-    assert {r[0].split("/")[0] for r in locked} >= {"config", "packs", "index", "points"}
-    assert all(r[2] == "AccessDenied" for r in locked), rows
+    rows = json.loads(answer)
+    locked = [r for r in rows if r["mode"] == "COMPLIANCE"]
+    assert {r["key"].split("/")[0] for r in locked} >= {"config", "packs", "index", "points"}
+    assert all(r["deleted"] == "AccessDenied" for r in locked), rows
     # Only what was written before the vault became immutable was not locked.
-    assert {r[0] for r in rows if r[1] == "None"} <= {"config"}, rows
+    assert {r["key"] for r in rows if r["mode"] is None} <= {"config"}, rows
 
     with vmbackup.Vault.open(url, cache=tmp_path / "c", endpoint=S3) as v:
         out = tmp_path / "restored.img"

@@ -5,6 +5,7 @@
 #define VMB_TEST_CHECK_H
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <vmbackup.h>
@@ -44,6 +45,21 @@ static const char *g_case = "";
             fprintf(stderr, "%s:%d: [%s] requirement failed: %s\n", __FILE__,    \
                     __LINE__, g_case, #cond);                                    \
             g_case_failed = 1;                                                   \
+            return;                                                              \
+        }                                                                        \
+    } while (0)
+
+/* Declares `var` as the value of the environment variable `env`, which
+ * names a service scripts/test starts (VMB_AZURITE, VMB_S3). Without it
+ * the case is skipped, or, in CI (VMB_REQUIRE_ALL set), fails. */
+#define SERVICE_OR_SKIP(var, env)                                                \
+    const char *var = getenv(env);                                               \
+    do {                                                                         \
+        if ((var) == NULL || (var)[0] == 0) {                                    \
+            const char *require_all_ = getenv("VMB_REQUIRE_ALL");                \
+            REQUIRE(require_all_ == NULL || require_all_[0] == 0);               \
+            printf("skipping %s: %s is not set (scripts/test starts it)\n",      \
+                   g_case, (env));                                               \
             return;                                                              \
         }                                                                        \
     } while (0)

@@ -149,8 +149,32 @@ fn host_name() -> String {
 #[cfg(all(test, feature = "object-store"))]
 mod tests {
     use super::*;
-    use crate::vault::{Codec, RemoteOptions, Vault, VaultOptions, VaultSink};
+    use crate::vault::remote::test_store;
+    use crate::vault::{Codec, Vault, VaultOptions, VaultSink};
     use crate::{GcOptions, gc};
+
+    /// A new vault in Azurite (`VMB_AZURITE`, set by scripts/test) at
+    /// `BASE-RANDOM` whose packs close at 64 KiB, with the folder of its
+    /// cache; None (skipped) without Azurite.
+    fn vault_of_small_packs(test: &str, base: &str) -> Option<(tempfile::TempDir, Vault)> {
+        let endpoint = test_store::endpoint("VMB_AZURITE", test)?;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let remote = test_store::host(&endpoint, &dir.path().join("cache"));
+        let options = VaultOptions { pack_target_size: 64 << 10, ..VaultOptions::default() };
+        let vault = Vault::init_url(&test_store::url(base), options, &remote).expect("init");
+        Some((dir, vault))
+    }
+
+    /// Stores `n` chunks of 100 kB (a pack each) in a backup that then
+    /// fails: the packs are uploaded, and no point names them.
+    fn upload_unnamed_packs(vault: &Vault, n: u32) {
+        let session = vault.begin_backup().expect("session");
+        for i in 0..n {
+            let data: Vec<u8> = (0..100_000u32).map(|j| (j.wrapping_mul(2_654_435_761) ^ i) as u8).collect();
+            let id = session.chunk_id(&data);
+            session.put_chunk(&id, Codec::Raw, data.len() as u32, data.into()).expect("put chunk");
+        }
+    }
 
     /// A backup that uploaded packs and then failed leaves them, named by
     /// no point. While another backup's lease is live, gc spares them
@@ -161,26 +185,11 @@ mod tests {
     /// made gc take the live lease for a lapsed one.
     #[test]
     fn a_live_lease_spares_packs_uploaded_before_a_manifest_and_a_lapsed_one_is_removed() {
-        let Ok(endpoint) = std::env::var("VMB_AZURITE") else {
-            testkit::skip("leases", "VMB_AZURITE is not set (scripts/test starts Azurite and sets it)");
-            return;
-        };
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("az://vmbackup/lease-{}", random_hex(6, "a test").expect("random"));
-        let remote = RemoteOptions { cache: Some(dir.path().join("cache")), endpoint: Some(endpoint) };
-        let options = VaultOptions { pack_target_size: 64 << 10, ..VaultOptions::default() };
-        let vault = Vault::init_url(&url, options, &remote).expect("init");
+        let Some((_dir, vault)) = vault_of_small_packs("leases", "az://vmbackup/lease") else { return };
         let store = vault.store_handle();
         let packs = || store.list(layout::PACKS).expect("list packs").len() as u64;
         let in_flight = HeldLease::take_renewing(store.clone(), Duration::from_millis(200)).expect("lease");
-        {
-            let session = vault.begin_backup().expect("session");
-            for i in 0..8u32 {
-                let data: Vec<u8> = (0..100_000u32).map(|j| (j.wrapping_mul(2_654_435_761) ^ i) as u8).collect();
-                let id = session.chunk_id(&data);
-                session.put_chunk(&id, Codec::Raw, data.len() as u32, data.into()).expect("put chunk");
-            }
-        }
+        upload_unnamed_packs(&vault, 8);
         let uploaded = packs();
         assert!(uploaded >= 4, "only {uploaded} packs uploaded before the manifest");
         std::thread::sleep(Duration::from_millis(3500));
@@ -205,23 +214,10 @@ mod tests {
     /// alive, as another host's would look). Against Azurite.
     #[test]
     fn verify_spares_a_missing_index_file_while_a_lease_is_live() {
-        let Ok(endpoint) = std::env::var("VMB_AZURITE") else {
-            testkit::skip("leases and verify", "VMB_AZURITE is not set (scripts/test starts Azurite and sets it)");
+        let Some((_dir, vault)) = vault_of_small_packs("leases and verify", "az://vmbackup/lease-verify") else {
             return;
         };
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("az://vmbackup/lease-verify-{}", random_hex(6, "a test").expect("random"));
-        let remote = RemoteOptions { cache: Some(dir.path().join("cache")), endpoint: Some(endpoint) };
-        let options = VaultOptions { pack_target_size: 64 << 10, ..VaultOptions::default() };
-        let vault = Vault::init_url(&url, options, &remote).expect("init");
-        {
-            let session = vault.begin_backup().expect("session");
-            for i in 0..4u32 {
-                let data: Vec<u8> = (0..100_000u32).map(|j| (j.wrapping_mul(2_654_435_761) ^ i) as u8).collect();
-                let id = session.chunk_id(&data);
-                session.put_chunk(&id, Codec::Raw, data.len() as u32, data.into()).expect("put chunk");
-            }
-        }
+        upload_unnamed_packs(&vault, 4);
         // Verify loads the packs into the vault's index (a pack it has not
         // seen has its index file rebuilt from its trailer on loading).
         assert!(crate::verify(&vault, &crate::VerifyOptions::default()).expect("verify").ok());

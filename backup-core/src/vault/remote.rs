@@ -518,6 +518,39 @@ impl Remote {
     }
 }
 
+/// What the tests of remote vaults share: the emulators `scripts/test`
+/// starts, and URLs and hosts of a test's own.
+#[cfg(all(test, feature = "object-store"))]
+pub(crate) mod test_store {
+    use std::path::Path;
+
+    use super::RemoteOptions;
+    use crate::model::random_hex;
+
+    /// The endpoint an environment variable names (`VMB_AZURITE`,
+    /// `VMB_S3`), or None with `test` reported as skipped (which fails it
+    /// in CI).
+    pub(crate) fn endpoint(env: &str, test: &str) -> Option<String> {
+        match std::env::var(env) {
+            Ok(endpoint) if !endpoint.is_empty() => Some(endpoint),
+            _ => {
+                testkit::skip(test, &format!("{env} is not set (scripts/test starts the emulator and sets it)"));
+                None
+            }
+        }
+    }
+
+    /// `BASE-RANDOM`: a vault URL of a test's own.
+    pub(crate) fn url(base: &str) -> String {
+        format!("{base}-{}", random_hex(6, "a test").expect("random"))
+    }
+
+    /// One simulated host: the endpoint, and a cache folder of its own.
+    pub(crate) fn host(endpoint: &str, cache: &Path) -> RemoteOptions {
+        RemoteOptions { cache: Some(cache.to_path_buf()), endpoint: Some(endpoint.to_string()) }
+    }
+}
+
 #[cfg(all(test, feature = "object-store"))]
 mod tests {
     use super::*;
@@ -528,14 +561,11 @@ mod tests {
     /// (`VMB_AZURITE`, set by scripts/test).
     #[test]
     fn a_young_mark_on_a_segment_lets_the_point_commit_a_ripe_one_does_not() {
-        let Ok(endpoint) = std::env::var("VMB_AZURITE") else {
-            testkit::skip("remote gc marks", "VMB_AZURITE is not set (scripts/test starts Azurite and sets it)");
-            return;
-        };
+        let Some(endpoint) = test_store::endpoint("VMB_AZURITE", "remote gc marks") else { return };
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
-        let url = format!("az://vmbackup/young-mark-{}", random_hex(6, "a test").expect("random"));
-        let remote = RemoteOptions { cache: Some(d.join("cache")), endpoint: Some(endpoint.clone()) };
+        let url = test_store::url("az://vmbackup/young-mark");
+        let remote = test_store::host(&endpoint, &d.join("cache"));
         let vault = Vault::init_url(&url, VaultOptions::default(), &remote).expect("init");
         let data: Vec<u8> = (0..1u32 << 18).flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()).collect();
         let provider = ImageFileProvider::new();
@@ -566,14 +596,11 @@ mod tests {
     /// against.
     #[test]
     fn a_marked_pack_is_read_but_not_deduplicated_against() {
-        let Ok(endpoint) = std::env::var("VMB_AZURITE") else {
-            testkit::skip("remote gc marks", "VMB_AZURITE is not set (scripts/test starts Azurite and sets it)");
-            return;
-        };
+        let Some(endpoint) = test_store::endpoint("VMB_AZURITE", "remote gc marks") else { return };
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
-        let url = format!("az://vmbackup/marked-pack-{}", random_hex(6, "a test").expect("random"));
-        let remote = RemoteOptions { cache: Some(d.join("cache")), endpoint: Some(endpoint.clone()) };
+        let url = test_store::url("az://vmbackup/marked-pack");
+        let remote = test_store::host(&endpoint, &d.join("cache"));
         let vault = Vault::init_url(&url, VaultOptions::default(), &remote).expect("init");
         let data: Vec<u8> = (0..1u32 << 18).flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()).collect();
         let img = d.join("a.img");
@@ -614,24 +641,20 @@ mod tests {
     /// locked, commits; reopened, the vault locks with the days it reads.
     #[test]
     fn immutable_days_need_and_use_the_buckets_object_lock() {
-        let Ok(endpoint) = std::env::var("VMB_S3") else {
-            testkit::skip("s3 object lock", "VMB_S3 is not set (scripts/test starts an S3 server and sets it)");
-            return;
-        };
+        let Some(endpoint) = test_store::endpoint("VMB_S3", "s3 object lock") else { return };
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
-        let suffix = random_hex(6, "a test").expect("random");
-        let remote = |cache: &str| RemoteOptions { cache: Some(d.join(cache)), endpoint: Some(endpoint.clone()) };
+        let remote = |cache: &str| test_store::host(&endpoint, &d.join(cache));
         let days = |n| crate::SettingsChange { immutable_days: Some(n), ..Default::default() };
 
-        let plain = format!("s3://vmbackup/lock-refused-{suffix}");
+        let plain = test_store::url("s3://vmbackup/lock-refused");
         let vault = Vault::init_url(&plain, VaultOptions::default(), &remote("plain")).expect("init");
         assert_eq!(vault.store_lock().expect("store lock"), crate::StoreLock::Disabled);
         let e = vault.change_settings(&days(2)).expect_err("no Object Lock");
         assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains(&plain), "{e}");
         assert_eq!(vault.settings().expect("settings").immutable_days, 0);
 
-        let url = format!("s3://vmbackup-locked/lock-{suffix}");
+        let url = test_store::url("s3://vmbackup-locked/lock");
         let vault = Vault::init_url(&url, VaultOptions::default(), &remote("locked")).expect("init");
         assert_eq!(vault.store_lock().expect("store lock"), crate::StoreLock::Enabled);
         assert_eq!(vault.change_settings(&days(2)).expect("immutable").immutable_days, 2);

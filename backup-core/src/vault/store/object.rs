@@ -193,17 +193,17 @@ impl ObjectBackend {
         }
     }
 
-    /// Locks an object just written until the vault's immutable days have
-    /// passed, when the vault is immutable and the store is S3.
-    async fn lock_written(&self, path: &ObjectPath) -> std::result::Result<(), object_store::Error> {
+    /// Locks the object just written under `key` until the vault's
+    /// immutable days have passed, when the vault is immutable and the
+    /// store is S3.
+    async fn lock_written(&self, key: &str, path: &ObjectPath) -> Result<()> {
         let days = self.lock_days.load(Ordering::Relaxed);
         let Some(lock) = self.s3_lock.as_ref().filter(|_| days > 0) else { return Ok(()) };
         let span = jiff::SignedDuration::from_hours(24 * i64::from(days));
-        let until = jiff::Timestamp::now().checked_add(span).map_err(|e| object_store::Error::Generic {
-            store: "S3",
-            source: format!("{days} days from now: {e}").into(),
+        let until = jiff::Timestamp::now().checked_add(span).map_err(|e| {
+            Error::invalid(format!("lock of {}", self.describe(key)), format!("{days} days from now: {e}"))
         })?;
-        with_retries(|| lock.retain(path, until)).await
+        with_retries(|| lock.retain(path, until)).await.map_err(|e| self.err("lock (the vault is immutable)", key, e))
     }
 
     fn err(&self, action: &'static str, key: &str, e: object_store::Error) -> Error {
@@ -344,7 +344,7 @@ impl Store for ObjectBackend {
         let store = &self.store;
         let r = self.run(with_retries(|| async { store.put(&path, payload.clone()).await.map(|_| ()) }));
         r.map_err(|e| self.err("upload", key, e))?;
-        self.run(self.lock_written(&path)).map_err(|e| self.err("lock (the vault is immutable)", key, e))
+        self.run(self.lock_written(key, &path))
     }
 
     fn put_parts(&self, key: &str, parts: Vec<Bytes>) -> Result<()> {
@@ -354,7 +354,7 @@ impl Store for ObjectBackend {
         let store = &self.store;
         let r = self.run(with_retries(|| async { store.put(&path, payload.clone()).await.map(|_| ()) }));
         r.map_err(|e| self.err("upload", key, e))?;
-        self.run(self.lock_written(&path)).map_err(|e| self.err("lock (the vault is immutable)", key, e))
+        self.run(self.lock_written(key, &path))
     }
 
     fn put_new(&self, key: &str, bytes: Bytes) -> Result<bool> {
@@ -386,7 +386,7 @@ impl Store for ObjectBackend {
             }
         }));
         if r.as_ref().is_ok_and(|created| *created) {
-            self.run(self.lock_written(&path)).map_err(|e| self.err("lock (the vault is immutable)", key, e))?;
+            self.run(self.lock_written(key, &path))?;
         }
         r.map_err(|e| self.err("create", key, e))
     }
@@ -401,7 +401,7 @@ impl Store for ObjectBackend {
                 with_retries(|| async { store.put(&path, payload.clone()).await.map(|_| ()) })
                     .await
                     .map_err(|e| self.err("upload", key, e))?;
-                self.lock_written(&path).await.map_err(|e| self.err("lock (the vault is immutable)", key, e))
+                self.lock_written(key, &path).await
             }
         });
         self.run(futures::stream::iter(futs).buffer_unordered(concurrency.max(1)).try_collect::<Vec<()>>())?;
