@@ -26,7 +26,7 @@ fi
 # machine's qemu-utils 10 (from bookworm-backports), so QEMU and libvirt come
 # from bookworm-backports too (QEMU 10.0, libvirt 11.3).
 libvirt_missing=
-for f in /usr/sbin/libvirtd /usr/bin/virsh /usr/bin/qemu-system-x86_64 /usr/include/libvirt/libvirt.h; do
+for f in /usr/sbin/libvirtd /usr/bin/virsh /usr/bin/qemu-system-x86_64; do
   [ -e "$f" ] || libvirt_missing=1
 done
 guest=()
@@ -44,7 +44,7 @@ if [ -n "$libvirt_missing" ] || [ ${#guest[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   if [ -n "$libvirt_missing" ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports \
-      qemu-system-x86 libvirt-daemon-system libvirt-clients libvirt-dev >/dev/null
+      qemu-system-x86 libvirt-daemon-system libvirt-clients >/dev/null
   fi
   if [ ${#guest[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${guest[@]}" >/dev/null

@@ -1,7 +1,7 @@
 //! libvirt domains from C: a provider handle that names a domain (and how
 //! to reach and quiesce it), and a backup of that domain. Built with the
-//! `libvirt` feature (on by default; it links libvirt through the LGPL-2.1
-//! `virt` crate).
+//! `libvirt` feature (on by default; libvirt itself is loaded when a domain
+//! is first asked for).
 
 use std::ffi::c_char;
 use std::sync::Mutex;

@@ -1,6 +1,6 @@
 //! `vmbackup.LibvirtProvider`: a libvirt domain as the source of a backup
 //! (`Vault.backup(vm, provider)`), built with the `libvirt` feature (on by
-//! default; it links libvirt through the LGPL-2.1 `virt` crate).
+//! default; libvirt itself is loaded when a domain is first asked for).
 
 use std::path::PathBuf;
 

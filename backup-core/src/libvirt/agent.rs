@@ -115,7 +115,7 @@ pub(crate) fn is_windows_id(id: &str) -> bool {
 
 /// The guest agent of one domain.
 pub(crate) struct Agent<'a> {
-    pub dom: &'a virt::domain::Domain,
+    pub dom: &'a super::handle::Domain,
     /// Whether the guest is Windows (how a timed-out program is killed).
     pub windows: bool,
 }
@@ -127,7 +127,7 @@ impl Agent<'_> {
             Some(a) => json!({ "execute": execute, "arguments": a }),
             None => json!({ "execute": execute }),
         };
-        let reply = self.dom.qemu_agent_command(&cmd.to_string(), timeout_secs, 0).map_err(|e| e.to_string())?;
+        let reply = self.dom.qemu_agent_command(&cmd.to_string(), timeout_secs)?;
         let v: Value =
             serde_json::from_str(&reply).map_err(|e| format!("the agent's reply to {execute} is not JSON: {e}"))?;
         Ok(v.get("return").cloned().unwrap_or(Value::Null))
@@ -316,16 +316,12 @@ impl Agent<'_> {
 
     /// Freezes every file system of the guest; how many.
     pub fn freeze(&self) -> Result<u32, String> {
-        // SAFETY: a live domain; no mount point list (null, 0) means all.
-        let n = unsafe { virt_sys::virDomainFSFreeze(self.dom.as_ptr(), std::ptr::null_mut(), 0, 0) };
-        if n < 0 { Err(super::last_error()) } else { Ok(n as u32) }
+        self.dom.fs_freeze()
     }
 
     /// Thaws every file system of the guest; how many.
     pub fn thaw(&self) -> Result<u32, String> {
-        // SAFETY: as in `freeze`.
-        let n = unsafe { virt_sys::virDomainFSThaw(self.dom.as_ptr(), std::ptr::null_mut(), 0, 0) };
-        if n < 0 { Err(super::last_error()) } else { Ok(n as u32) }
+        self.dom.fs_thaw()
     }
 }
 

@@ -1,6 +1,7 @@
 //! The libvirt provider: point-in-time snapshots of a running libvirt
 //! domain's disks, read over NBD, with libvirt checkpoints as change
-//! tracking (feature `libvirt`; the `virt` crate is LGPL-2.1).
+//! tracking (feature `libvirt`: libvirt itself is loaded at run time,
+//! when a domain is first asked for, by `sys`).
 //!
 //! A domain's disks come from its XML (`domain_xml`): file-backed and block
 //! disks; CD-ROMs, shareable and read-only disks are skipped with the
@@ -39,10 +40,11 @@ pub(crate) mod agent;
 mod domain_xml;
 pub(crate) mod domains;
 mod guest_scripts;
+pub(crate) mod handle;
 mod offline;
 pub(crate) mod quiesce;
+mod sys;
 
-use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,14 +53,12 @@ pub use agent::GuestAgentInfo;
 pub use domain_xml::{DomainDisk, SkippedDisks, parse_disks};
 pub use quiesce::{GUEST_CONFIG, GUEST_POST_SCRIPT, GUEST_PRE_SCRIPT};
 
+use handle::{Connect, Domain};
+
 use crate::error::{Error, Result};
 use crate::model::{CancelToken, Consistency, Vm, VmConfiguration, VmDisk};
 use crate::nbd::{NbdAddress, NbdDevice, NbdOptions};
 use crate::snapshot::{PrepareReport, Snapshot, SnapshotDisk, SnapshotProvider};
-
-/// `VIR_DOMAIN_XML_INACTIVE`: the persistent definition, what re-creates
-/// the domain.
-const XML_INACTIVE: u32 = 2;
 
 /// The prefix of vmbackup's checkpoints on a domain.
 const CHECKPOINT_PREFIX: &str = "vmbackup.";
@@ -124,13 +124,8 @@ impl LibvirtProvider {
         }
     }
 
-    fn domain(&self, step: &'static str) -> Result<virt::domain::Domain> {
-        let conn = virt::connect::Connect::open(Some(&self.uri)).map_err(|e| self.err(step, e))?;
-        // SAFETY: a live connection; the handler ignores its arguments.
-        // Errors on this connection then reach only our error values,
-        // not libvirt's default printer on stderr (a probe that expects
-        // "no such job" is not a user-visible error).
-        unsafe { virt_sys::virConnSetErrorFunc(conn.as_ptr(), std::ptr::null_mut(), Some(silent)) };
+    fn domain(&self, step: &'static str) -> Result<Domain> {
+        let conn = Connect::open(&self.uri).map_err(|e| self.err(step, e))?;
         conn.lookup_domain_by_name(&self.domain).map_err(|e| self.err(step, e))
     }
 
@@ -144,8 +139,8 @@ impl LibvirtProvider {
     }
 
     /// As [`disks`](Self::disks), over a domain already looked up.
-    fn disks_of(&self, dom: &virt::domain::Domain) -> Result<(Vec<DomainDisk>, SkippedDisks)> {
-        let xml = dom.xml_desc(0).map_err(|e| self.err("check", e))?;
+    fn disks_of(&self, dom: &Domain) -> Result<(Vec<DomainDisk>, SkippedDisks)> {
+        let xml = dom.xml_desc(false).map_err(|e| self.err("check", e))?;
         let (mut disks, mut skipped) = parse_disks(&xml).map_err(|e| self.err("check", e))?;
         for name in &self.include {
             if !disks.iter().any(|d| &d.target == name) {
@@ -183,74 +178,28 @@ impl LibvirtProvider {
     }
 
     /// vmbackup's checkpoints on the domain, oldest first.
-    fn checkpoints(&self, dom: &virt::domain::Domain) -> Result<Vec<String>> {
-        let mut list: *mut virt_sys::virDomainCheckpointPtr = std::ptr::null_mut();
-        // SAFETY: the domain pointer is live for the call; libvirt fills
-        // `list` with `n` references that we free below.
-        let n = unsafe { virt_sys::virDomainListAllCheckpoints(dom.as_ptr(), &mut list, 0) };
-        if n < 0 {
-            return Err(self.err("snapshot", last_error()));
-        }
-        let mut names = Vec::new();
-        for i in 0..n as usize {
-            // SAFETY: `list` holds `n` live checkpoint pointers.
-            let cp = unsafe { *list.add(i) };
-            // SAFETY: a live checkpoint; the name lives as long as it.
-            let name = unsafe { virt_sys::virDomainCheckpointGetName(cp) };
-            if !name.is_null() {
-                // SAFETY: libvirt returns a NUL-terminated string.
-                let name = unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy().into_owned();
-                if name.starts_with(CHECKPOINT_PREFIX) {
-                    names.push(name);
-                }
-            }
-            // SAFETY: each reference is freed once.
-            unsafe { virt_sys::virDomainCheckpointFree(cp) };
-        }
-        if !list.is_null() {
-            // SAFETY: the array libvirt allocated, freed once.
-            unsafe { libc::free(list.cast()) };
-        }
+    fn checkpoints(&self, dom: &Domain) -> Result<Vec<String>> {
+        let mut names = dom.checkpoint_names().map_err(|e| self.err("snapshot", e))?;
+        names.retain(|n| n.starts_with(CHECKPOINT_PREFIX));
         // Names carry a zero-padded time: they sort by age.
         names.sort();
         Ok(names)
     }
 
-    fn delete_checkpoint(&self, dom: &virt::domain::Domain, name: &str) -> Result<()> {
-        let c = CString::new(name).map_err(|_| self.err("release", "NUL in a checkpoint name"))?;
-        // SAFETY: a live domain and a NUL-terminated name.
-        let cp = unsafe { virt_sys::virDomainCheckpointLookupByName(dom.as_ptr(), c.as_ptr(), 0) };
-        if cp.is_null() {
-            return Err(self.err("release", last_error()));
-        }
-        // SAFETY: a live checkpoint, deleted then freed once.
-        let r = unsafe { virt_sys::virDomainCheckpointDelete(cp, 0) };
-        // SAFETY: as above.
-        unsafe { virt_sys::virDomainCheckpointFree(cp) };
-        if r < 0 { Err(self.err("release", last_error())) } else { Ok(()) }
+    fn delete_checkpoint(&self, dom: &Domain, name: &str) -> Result<()> {
+        dom.delete_checkpoint(name).map_err(|e| self.err("release", e))
     }
 
     /// Ends a backup job of ours that a killed run left, and removes work
     /// folders (`<domain>-<pid>`) whose process is gone.
-    fn clean_leftovers(&self, dom: &virt::domain::Domain) -> Vec<String> {
+    fn clean_leftovers(&self, dom: &Domain) -> Vec<String> {
         let mut notes = Vec::new();
-        // SAFETY: a live domain; the returned string is ours to free.
-        let xml = unsafe { virt_sys::virDomainBackupGetXMLDesc(dom.as_ptr(), 0) };
-        if !xml.is_null() {
-            // SAFETY: a NUL-terminated string from libvirt.
-            let text = unsafe { std::ffi::CStr::from_ptr(xml) }.to_string_lossy().into_owned();
-            // SAFETY: freed once.
-            unsafe { libc::free(xml.cast()) };
-            if let Some(pid) = job_pid(&text, &self.work_dir, &self.domain)
-                && !alive(pid)
-            {
-                // SAFETY: a live domain.
-                unsafe { virt_sys::virDomainAbortJob(dom.as_ptr()) };
-                notes.push(format!(
-                    "ended a backup job of domain {} left by a killed vmbackup (pid {pid})",
-                    self.domain
-                ));
-            }
+        if let Some(text) = dom.backup_xml()
+            && let Some(pid) = job_pid(&text, &self.work_dir, &self.domain)
+            && !alive(pid)
+        {
+            let _ = dom.abort_job();
+            notes.push(format!("ended a backup job of domain {} left by a killed vmbackup (pid {pid})", self.domain));
         }
         if let Ok(entries) = std::fs::read_dir(&self.work_dir) {
             for e in entries.flatten() {
@@ -283,13 +232,6 @@ fn job_pid(xml: &str, work_dir: &Path, domain: &str) -> Option<i32> {
 pub(crate) fn alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     pid > 0 && unsafe { libc::kill(pid, 0) == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) }
-}
-
-/// A libvirt error handler that does nothing (the error stays retrievable).
-pub(crate) unsafe extern "C" fn silent(_: *mut std::ffi::c_void, _: virt_sys::virErrorPtr) {}
-
-pub(crate) fn last_error() -> String {
-    virt::error::Error::last_error().to_string()
 }
 
 /// What release needs, and the domain's XML for the point.
@@ -404,7 +346,7 @@ impl SnapshotProvider for LibvirtProvider {
         if disks.len() != vm.disks.len() {
             return Err(self.err("snapshot", "the domain's disks changed since the VM was described"));
         }
-        let xml = dom.xml_desc(XML_INACTIVE).ok();
+        let xml = dom.xml_desc(true).ok();
         // Each disk's previous checkpoint, if the domain still has it.
         let have = self.checkpoints(&dom)?;
         let since: Vec<(DomainDisk, Option<String>)> = disks
@@ -442,10 +384,6 @@ impl SnapshotProvider for LibvirtProvider {
         let only: Vec<DomainDisk> = since.iter().map(|(d, _)| d.clone()).collect();
         let checkpoint_xml = domain_xml::checkpoint_xml(&next, &only);
         let backup_xml = domain_xml::backup_xml(&sock, &dir, &since);
-        let (b, c) = (
-            CString::new(backup_xml).map_err(|_| self.err("snapshot", "NUL in the backup XML"))?,
-            CString::new(checkpoint_xml).map_err(|_| self.err("snapshot", "NUL in the checkpoint XML"))?,
-        );
 
         // The agent, when a consistency above crash is asked for.
         let info = if wanted > Consistency::Crash {
@@ -463,11 +401,8 @@ impl SnapshotProvider for LibvirtProvider {
             thaw_command: quiesce::thaw_command(&self.uri, &self.domain),
         };
         let q = plan.run(|| {
-            // SAFETY: a live domain and two NUL-terminated documents.
-            if unsafe { virt_sys::virDomainBackupBegin(dom.as_ptr(), b.as_ptr(), c.as_ptr(), 0) } < 0 {
-                return Err(self.err("snapshot", format!("cannot start the backup job: {}", last_error())));
-            }
-            Ok(())
+            dom.backup_begin(&backup_xml, &checkpoint_xml)
+                .map_err(|e| self.err("snapshot", format!("cannot start the backup job: {e}")))
         });
         let q = match q {
             Ok(q) => q,
@@ -583,11 +518,11 @@ impl LibvirtProvider {
         }
     }
 
-    fn end_job(&self, dom: &virt::domain::Domain, mut job: Job) {
+    fn end_job(&self, dom: &Domain, mut job: Job) {
         drop(job.served.take());
         if job.running {
-            // SAFETY: a live domain; an error (no job) is fine.
-            unsafe { virt_sys::virDomainAbortJob(dom.as_ptr()) };
+            // An error (no job) is fine.
+            let _ = dom.abort_job();
         }
         let _ = std::fs::remove_dir_all(&job.dir);
     }

@@ -24,6 +24,7 @@ use super::{dead_pid, fail, qemu_owner, saved_xml, work_folder};
 use crate::error::{Error, Result};
 use crate::libvirt::agent::Agent;
 use crate::libvirt::domains::{self, Libvirt};
+use crate::libvirt::handle::Domain;
 use crate::libvirt::quiesce::virsh_command;
 use crate::model::{CancelToken, NoProgress, Progress};
 use crate::snapshot::guardian::{Guardian, ThawAction};
@@ -162,7 +163,7 @@ fn boot(
 type Judged = (bool, Option<String>, Option<f64>, Option<(i64, String)>, Vec<String>);
 
 fn judge(
-    dom: &virt::domain::Domain,
+    dom: &Domain,
     point: &PointManifest,
     console: &Path,
     started: Instant,
@@ -179,7 +180,7 @@ fn judge(
             let before = if i > 0 { format!(" (after: {})", lines[i - 1].trim()) } else { String::new() };
             return failed(format!("the guest kernel panicked: {}{before}", lines[i].trim()));
         }
-        let (state, reason) = domains::state(dom).unwrap_or((0, 0));
+        let (state, reason) = dom.state().unwrap_or((0, 0));
         if state == domains::SHUTOFF || state == domains::CRASHED {
             return failed(format!("the guest stopped before its agent answered; console: {}", last_line(&text)));
         }

@@ -30,6 +30,7 @@ use super::{DomainTarget, ImageFormat, check_target, fail, qemu_owner, saved_xml
 use crate::error::{Error, Result};
 use crate::libvirt::alive;
 use crate::libvirt::domains::{self, Libvirt};
+use crate::libvirt::handle::Domain;
 use crate::libvirt::quiesce::virsh_command;
 use crate::model::{CancelToken, NoProgress, Progress};
 use crate::snapshot::guardian::{Guardian, ThawAction};
@@ -120,7 +121,7 @@ pub fn instant_restore(
         (Some(s), _) if alive(s.pid) && s.pid != std::process::id() as i32 => {
             return Err(err(format!("vmbackup (pid {}) is recovering it now", s.pid)));
         }
-        (Some(s), Some(dom)) if domains::description(dom).starts_with(MARK) => {
+        (Some(s), Some(dom)) if dom.description().starts_with(MARK) => {
             if s.vm != point.vm || s.point != point.id {
                 return Err(err(format!(
                     "an interrupted recovery of it from vm {} point {} waits to be resumed: give that point, or remove the domain",
@@ -195,7 +196,7 @@ pub fn instant_restore(
             vault.location(),
             std::process::id()
         );
-        domains::set_description(&dom, &description);
+        let _ = dom.set_description(&description);
         let ran = std::cell::Cell::new(false);
         let r = Move { dom: &dom, exports: &exports, point, paths: &paths, options, err: &err }.run(resumed, &ran);
         // A domain that never ran holds no writes of its guest: an error
@@ -205,12 +206,12 @@ pub fn instant_restore(
             Ok(_) => {
                 guardian.stand_down();
                 finish_definition(&lv, &dom, &paths).map_err(&err)?;
-                domains::set_description(&dom, "");
+                let _ = dom.set_description("");
             }
             Err(e) if discard(e) => {
                 guardian.stand_down();
                 for (d, _) in &paths {
-                    domains::abort_block_job(&dom, d);
+                    let _ = dom.abort_block_job(d);
                 }
                 let _ = domains::remove(&dom);
                 for (_, p) in &paths {
@@ -255,7 +256,7 @@ pub fn instant_restore(
 
 /// The move of a recovery's data into its overlays.
 struct Move<'a> {
-    dom: &'a virt::domain::Domain,
+    dom: &'a Domain,
     exports: &'a Exports<'a>,
     point: &'a PointManifest,
     paths: &'a [(String, PathBuf)],
@@ -270,7 +271,7 @@ impl Move<'_> {
     fn run(&self, resumed: bool, ran: &std::cell::Cell<bool>) -> Result<f64> {
         let (dom, err, options) = (self.dom, self.err, self.options);
         let t0 = Instant::now();
-        let (state, _) = domains::state(dom).map_err(err)?;
+        let (state, _) = dom.state().map_err(err)?;
         if state == domains::SHUTOFF || state == domains::CRASHED {
             dom.create().map_err(|e| err(format!("cannot start the domain: {e}")))?;
         } else if resumed && state == domains::PAUSED {
@@ -309,7 +310,7 @@ impl Move<'_> {
         }
         loop {
             options.cancel.check(&format!("instant recovery of vm {}", self.point.vm))?;
-            let (state, reason) = domains::state(dom).map_err(err)?;
+            let (state, reason) = dom.state().map_err(err)?;
             if state == domains::PAUSED && reason == domains::PAUSED_IOERROR {
                 let why = exports.last_error().unwrap_or_else(|| "a read of the point failed".into());
                 return Err(err(format!(
@@ -319,7 +320,7 @@ impl Move<'_> {
             if state == domains::SHUTOFF || state == domains::CRASHED {
                 return Err(err("the domain stopped during the move; run again to start it and finish".into()));
             }
-            let live = dom.xml_desc(0).map_err(|e| err(e.to_string()))?;
+            let live = dom.xml_desc(false).map_err(|e| err(e.to_string()))?;
             for (i, (disk, _)) in self.paths.iter().enumerate() {
                 if done[i] {
                     continue;
@@ -367,8 +368,8 @@ fn has_network_backing(xml: &str, target: &str) -> bool {
 
 /// Drops the network backing stores and the stop-on-error policies from
 /// the persistent definition: the domain stands on its own files now.
-fn finish_definition(lv: &Libvirt, dom: &virt::domain::Domain, paths: &[(String, PathBuf)]) -> Result<(), String> {
-    let xml = dom.xml_desc(virt_sys::VIR_DOMAIN_XML_INACTIVE).map_err(|e| e.to_string())?;
+fn finish_definition(lv: &Libvirt, dom: &Domain, paths: &[(String, PathBuf)]) -> Result<(), String> {
+    let xml = dom.xml_desc(true).map_err(|e| e.to_string())?;
     let mut def = Element::parse(&xml)?;
     if let Some(devices) = def.child_mut("devices") {
         for disk in devices.elements_mut().filter(|e| e.name == "disk") {

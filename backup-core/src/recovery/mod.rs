@@ -31,6 +31,7 @@ pub use to_domain::{DomainRestore, restore_to_domain};
 use crate::error::{Error, Result};
 use crate::libvirt::alive;
 use crate::libvirt::domains::Libvirt;
+use crate::libvirt::handle::Domain;
 use crate::model::validate_name;
 use crate::vault::PointManifest;
 
@@ -151,7 +152,7 @@ pub(crate) fn check_target(
     target: &DomainTarget,
     xml: &str,
     step: &'static str,
-) -> Result<Option<virt::domain::Domain>> {
+) -> Result<Option<Domain>> {
     validate_name("domain name", &target.name)?;
     let Some(existing) = lv.lookup(&target.name) else { return Ok(None) };
     let original =
