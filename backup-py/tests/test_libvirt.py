@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -86,6 +87,25 @@ def test_a_shut_off_domain_is_backed_up_in_place_with_its_xml(
 
     again = vault.backup("web", provider)
     assert again.parent == point.id
+
+
+def test_libvirt_is_loaded_only_when_a_domain_is_asked_for(domain: str, tmp_path: Path) -> None:
+    """In a fresh interpreter: importing vmbackup and backing up an image
+    file map no libvirt; backing up a domain does."""
+    script = f"""
+import sys, vmbackup
+def mapped():
+    return "/libvirt.so" in open("/proc/self/maps").read()
+image = {str(tmp_path / "disk.img")!r}
+open(image, "wb").write(b"x" * (1 << 20))
+vault = vmbackup.Vault.init({str(tmp_path / "vault")!r})
+vault.backup("plain", {{"disk": image}})
+print(mapped())
+vault.backup("web", vmbackup.LibvirtProvider({domain!r}, uri={URI!r}, work_dir={str(tmp_path / "work")!r}))
+print(mapped())
+"""
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
+    assert out.split() == ["False", "True"]
 
 
 def test_errors_name_the_domain_and_the_setting(vault: vmbackup.Vault, domain: str) -> None:

@@ -26,6 +26,28 @@ static int sh(const char *fmt, const char *a, const char *b) {
     return system(g_cmd);
 }
 
+/* Whether libvirt.so is mapped into this process. */
+static int libvirt_mapped(void) {
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (f == NULL) return -1;
+    char line[4096];
+    int found = 0;
+    while (!found && fgets(line, sizeof line, f) != NULL) found = strstr(line, "/libvirt.so") != NULL;
+    fclose(f);
+    return found;
+}
+
+/* The library does not link libvirt: nothing maps it until a domain is
+ * asked for (the first backup below). */
+static void libvirt_is_not_loaded_before_a_domain_is_asked_for(void) {
+    char *path = join(g_dir, "plain");
+    vmb_vault *v = NULL;
+    REQUIRE_OK(vmb_vault_init(path, &v));
+    CHECK(libvirt_mapped() == 0);
+    vmb_vault_free(v);
+    free(path);
+}
+
 static void setup(void) {
     g_uri = getenv("VMB_LIBVIRT_URI");
     if (g_uri == NULL) fprintf(stderr, "VMB_LIBVIRT_URI is not set (scripts/test starts libvirtd and sets it)\n");
@@ -61,6 +83,7 @@ static void a_shut_off_domain_is_read_in_place_with_its_xml(void) {
     REQUIRE_OK(vmb_job_new(&job));
     REQUIRE_OK(vmb_job_set_consistency(job, VMB_CONSISTENCY_APPLICATION));
     REQUIRE_OK(vmb_vault_backup_libvirt(v, p, "c-vm", job, &first));
+    CHECK(libvirt_mapped() == 1);
 
     const char *s = NULL;
     REQUIRE_OK(vmb_point_vm(first, &s));
@@ -239,6 +262,7 @@ int main(void) {
     }
     /* QEMU runs as another user: it must reach the restored disks. */
     chmod(g_dir, 0755);
+    RUN(libvirt_is_not_loaded_before_a_domain_is_asked_for);
     RUN(setup);
     RUN(a_shut_off_domain_is_read_in_place_with_its_xml);
     RUN(errors_name_the_domain_and_the_setting);
