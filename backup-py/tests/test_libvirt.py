@@ -108,6 +108,34 @@ print(mapped())
     assert out.split() == ["False", "True"]
 
 
+def test_a_host_that_had_no_libvirt_at_its_start_finds_it_once_installed(domain: str, tmp_path: Path) -> None:
+    """A long-running host: libvirt cannot be loaded at first (a
+    libvirt.so.0 that is not a library comes first on its library path),
+    the backup says so; once the real library is there, the next backup in
+    the same process loads it."""
+    cache = subprocess.run(["ldconfig", "-p"], check=True, capture_output=True, text=True).stdout
+    real = next(line.split(" => ")[1] for line in cache.splitlines() if line.strip().startswith("libvirt.so.0 "))
+    libs = tmp_path / "lib"
+    libs.mkdir()
+    (libs / "libvirt.so.0").write_text("not a library")
+    script = f"""
+import os, vmbackup
+vault = vmbackup.Vault.init({str(tmp_path / "vault")!r})
+provider = vmbackup.LibvirtProvider({domain!r}, uri={URI!r}, work_dir={str(tmp_path / "work")!r})
+try:
+    vault.backup("web", provider)
+    print("loaded")
+except vmbackup.VmBackupError as e:
+    print("cannot load libvirt" in str(e) and {domain!r} in str(e))
+os.unlink({str(libs / "libvirt.so.0")!r})
+os.symlink({real!r}, {str(libs / "libvirt.so.0")!r})
+print(vault.backup("web", provider).disks[0].name)
+"""
+    env = {**os.environ, "LD_LIBRARY_PATH": str(libs)}
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, env=env).stdout
+    assert out.split() == ["True", "vda"]
+
+
 def test_errors_name_the_domain_and_the_setting(vault: vmbackup.Vault, domain: str) -> None:
     with pytest.raises(vmbackup.VmBackupError, match="vmb-no-such-domain"):
         vault.backup("x", vmbackup.LibvirtProvider("vmb-no-such-domain", uri=URI))

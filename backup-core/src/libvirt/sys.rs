@@ -116,11 +116,19 @@ api! {
     }
 }
 
-/// libvirt's functions, loaded on the first call (and kept for the life of
-/// the process); the error says which library or function is missing.
+/// libvirt's functions, loaded by the first call that finds them (and kept
+/// for the life of the process); the error says which library or function
+/// is missing. A failure is not kept: a long-running host (an agent that
+/// embeds the library) that had no libvirt at its start finds it once it
+/// is installed. Two threads that load at once both succeed; one table is
+/// kept (`dlopen` counts the second opening, and nothing is closed).
 pub(super) fn api() -> Result<&'static Api, String> {
-    static API: OnceLock<Result<Api, String>> = OnceLock::new();
-    API.get_or_init(Api::load).as_ref().map_err(Clone::clone)
+    static API: OnceLock<Api> = OnceLock::new();
+    if let Some(api) = API.get() {
+        return Ok(api);
+    }
+    let api = Api::load()?;
+    Ok(API.get_or_init(|| api))
 }
 
 /// Opens a library (never closed: its functions stay in [`Api`]).
