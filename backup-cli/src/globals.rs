@@ -10,6 +10,36 @@ use backup_core::{RemoteOptions, Vault, VaultOptions};
 
 use crate::keys::KeyArgs;
 
+/// The global options on how vaults are opened, as given.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct VaultArgs {
+    /// Seconds to wait for the vault's lock when another process holds it,
+    /// before failing with "vault is locked" (default 60).
+    #[arg(long, global = true, value_name = "SECONDS")]
+    pub lock_timeout: Option<f64>,
+    /// The size at which a backup closes a pack (tests use small packs).
+    #[arg(long, global = true, hide = true, value_parser = crate::parse_size)]
+    pub pack_target_size: Option<u32>,
+    /// For a vault given as a URL (az://CONTAINER/PREFIX, s3://BUCKET/PREFIX):
+    /// the local cache folder (default under ~/.cache/vmbackup).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// For a vault given as a URL: the object store's endpoint, e.g. an
+    /// emulator's http://127.0.0.1:10000 (default: the cloud's, or the
+    /// environment's).
+    #[arg(long, global = true, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// Write packs through the page cache. By default a backup writes them
+    /// around it (O_DIRECT): it neither evicts what the host keeps cached
+    /// nor pays to fill it with data nobody reads soon.
+    #[arg(long, global = true)]
+    pub buffered_io: bool,
+    /// Read packs for a restore around the page cache (O_DIRECT) too, as
+    /// a backup writes them (by default a restore reads through the cache).
+    #[arg(long, global = true, conflicts_with = "buffered_io")]
+    pub direct_io: bool,
+}
+
 /// How this run of the command opens vaults.
 #[derive(Debug, Clone, Default)]
 pub struct Globals {
@@ -24,16 +54,9 @@ pub struct Globals {
 impl Globals {
     /// Checks and gathers the global options: `--lock-timeout` in
     /// seconds, the hidden `--pack-target-size`, `--buffered-io`,
-    /// `--direct-io`, `--cache`, `--endpoint` and the key options.
-    pub fn new(
-        lock_timeout: Option<f64>,
-        pack_target_size: Option<u32>,
-        buffered_io: bool,
-        direct_io: bool,
-        cache: Option<PathBuf>,
-        endpoint: Option<String>,
-        key: KeyArgs,
-    ) -> Result<Self> {
+    /// `--direct-io`, `--cache`, `--endpoint`, and the key options.
+    pub fn new(args: VaultArgs, key: KeyArgs) -> Result<Self> {
+        let VaultArgs { lock_timeout, pack_target_size, cache, endpoint, buffered_io, direct_io } = args;
         let mut options = VaultOptions::default();
         options.buffered_io = buffered_io;
         options.direct_io = direct_io;

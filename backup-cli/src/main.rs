@@ -41,31 +41,8 @@ use crate::output::outln;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Seconds to wait for the vault's lock when another process holds it,
-    /// before failing with "vault is locked" (default 60).
-    #[arg(long, global = true, value_name = "SECONDS")]
-    lock_timeout: Option<f64>,
-    /// The size at which a backup closes a pack (tests use small packs).
-    #[arg(long, global = true, hide = true, value_parser = parse_size)]
-    pack_target_size: Option<u32>,
-    /// For a vault given as a URL (az://CONTAINER/PREFIX, s3://BUCKET/PREFIX):
-    /// the local cache folder (default under ~/.cache/vmbackup).
-    #[arg(long, global = true, value_name = "DIR")]
-    cache: Option<PathBuf>,
-    /// For a vault given as a URL: the object store's endpoint, e.g. an
-    /// emulator's http://127.0.0.1:10000 (default: the cloud's, or the
-    /// environment's).
-    #[arg(long, global = true, value_name = "URL")]
-    endpoint: Option<String>,
-    /// Write packs through the page cache. By default a backup writes them
-    /// around it (O_DIRECT): it neither evicts what the host keeps cached
-    /// nor pays to fill it with data nobody reads soon.
-    #[arg(long, global = true)]
-    buffered_io: bool,
-    /// Read packs for a restore around the page cache (O_DIRECT) too, as
-    /// a backup writes them (by default a restore reads through the cache).
-    #[arg(long, global = true, conflicts_with = "buffered_io")]
-    direct_io: bool,
+    #[command(flatten)]
+    vault_options: globals::VaultArgs,
     #[command(flatten)]
     key: keys::KeyArgs,
 }
@@ -649,15 +626,7 @@ fn error_text(e: &anyhow::Error) -> String {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let g = Globals::new(
-        cli.lock_timeout,
-        cli.pack_target_size,
-        cli.buffered_io,
-        cli.direct_io,
-        cli.cache,
-        cli.endpoint,
-        cli.key,
-    )?;
+    let g = Globals::new(cli.vault_options, cli.key)?;
     let g = &g;
     match cli.command {
         Command::Init { vault, encrypt } => {
