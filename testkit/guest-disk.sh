@@ -24,13 +24,28 @@ mib=$((1 << 20))
 p1=1 p2=41 p3=105 p4=415
 lv_start=$((p4 + 1)) extent=4 # LVM's first extent is 1 MiB into its PV; extents of 4 MiB
 
+# Every mount point of this run is made inside $mounts. On any exit, also
+# half way (a full disk in CI once stopped mkfs and left a loop device
+# attached), what this run mounted is unmounted and what it attached is
+# detached.
+mounts=$(mktemp -d)
+cleanup() {
+  local m dev
+  for m in $(findmnt -rn -o TARGET | grep "^$mounts/" | sort -r); do umount "$m" || umount -l "$m" || true; done
+  for dev in $(losetup -n -O NAME -j "$disk" 2>/dev/null; losetup -n -O NAME -j "$dir/lv.img" 2>/dev/null); do
+    losetup -d "$dev" || true
+  done
+  rm -rf --one-file-system "$mounts"
+}
+trap cleanup EXIT
+
 attach() { losetup -f --show --offset $(($1 * mib)) --sizelimit $(($2 * mib)) "$disk"; }
 with_fs() { # with_fs OFFSET_MIB SIZE_MIB FUNCTION: runs FUNCTION MOUNTPOINT on the mounted fs
   local dev m
   dev=$(attach "$1" "$2")
-  m=$(mktemp -d)
+  m=$(mktemp -d -p "$mounts")
   mount "$dev" "$m"
-  "$3" "$m" || { umount "$m"; losetup -d "$dev"; return 1; }
+  "$3" "$m"
   umount "$m"
   losetup -d "$dev"
   rmdir "$m"
@@ -48,7 +63,7 @@ snapshot() { # snapshot N: DIR/expect-N/VOLUME copies of every tree
   done
   vol=vgdata_root
   mkdir "$dir/expect-$n/$vol"
-  m=$(mktemp -d)
+  m=$(mktemp -d -p "$mounts")
   mount -o loop,ro "$dir/lv.img" "$m"
   copy "$m"
   umount "$m"
@@ -137,7 +152,7 @@ create)
   fi
   truncate -s 40M "$dir/lv.img"
   mkfs.ext4 -q -L lvroot "$dir/lv.img"
-  m=$(mktemp -d); mount -o loop "$dir/lv.img" "$m"; lv_1 "$m"; umount "$m"; rmdir "$m"
+  m=$(mktemp -d -p "$mounts"); mount -o loop "$dir/lv.img" "$m"; lv_1 "$m"; umount "$m"; rmdir "$m"
   lv_copy_in
   rm -rf "$dir/efi"
   mkdir -p "$dir/efi/EFI/BOOT" "$dir/efi/EFI/debian"
@@ -150,7 +165,7 @@ create)
 change)
   with_fs $p2 64 root_2
   with_fs $p3 310 data_2
-  m=$(mktemp -d); mount -o loop "$dir/lv.img" "$m"; lv_2 "$m"; umount "$m"; rmdir "$m"
+  m=$(mktemp -d -p "$mounts"); mount -o loop "$dir/lv.img" "$m"; lv_2 "$m"; umount "$m"; rmdir "$m"
   lv_copy_in
   printf 'search --fs-uuid 2\n' > "$dir/efi/EFI/debian/grub.cfg"
   touch -d '2024-04-04 04:04:04' "$dir/efi/EFI/debian/grub.cfg"

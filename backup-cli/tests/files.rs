@@ -174,6 +174,17 @@ fn attached_loops() -> std::collections::BTreeSet<String> {
         .collect()
 }
 
+/// The loop devices whose file lies under `dir` (`loop3`).
+fn loops_backed_by(dir: &Path) -> Vec<String> {
+    attached_loops()
+        .into_iter()
+        .filter(|n| {
+            fs::read_to_string(format!("/sys/block/{n}/loop/backing_file"))
+                .is_ok_and(|f| Path::new(f.trim()).starts_with(dir))
+        })
+        .collect()
+}
+
 /// The guest-file reader's private folders under the temporary folder.
 fn private_folders() -> std::collections::BTreeSet<String> {
     fs::read_dir(std::env::temp_dir())
@@ -204,6 +215,34 @@ fn nothing_left(before: &(std::collections::BTreeSet<String>, std::collections::
     assert!(left.is_empty(), "loop devices left attached: {left:?}");
     let tmp: Vec<_> = private_folders().difference(&before.1).cloned().collect();
     assert!(tmp.is_empty(), "private folders left: {tmp:?}");
+}
+
+/// The guest disk's script, failing half way (its folder on a 3 MiB
+/// tmpfs fills up while it makes the file systems), leaves no loop device
+/// attached, and so nothing mounted (every mount it makes is of a loop
+/// device over a file in its folder): a full disk in CI once left one.
+#[test]
+fn a_guest_disk_that_fails_half_way_leaves_no_loop_device() {
+    if let Some(why) = testkit::guest_disk_missing() {
+        testkit::skip("guest disk clean-up", &why);
+        return;
+    }
+    /// A tmpfs, unmounted on drop.
+    struct Tmpfs<'a>(&'a Path);
+    impl Drop for Tmpfs<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let small = dir.path().join("small");
+    fs::create_dir(&small).expect("mountpoint");
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=3m", "tmpfs", s(&small)]).status();
+    assert!(mounted.is_ok_and(|st| st.success()), "cannot mount a tmpfs at {}", small.display());
+    let _tmpfs = Tmpfs(&small);
+    let made = testkit::guest_disk("create", &small);
+    assert!(made.is_err(), "the guest disk fit in 3 MiB");
+    assert_eq!(loops_backed_by(&small), Vec::<String>::new(), "loop devices left after: {made:?}");
 }
 
 #[test]
