@@ -1,7 +1,7 @@
-//! The libvirt calls that bring a VM back: define or create a domain,
-//! start, pause, resume and remove it, pull its disks' backing data in
-//! (block pull) and watch that job, take a screenshot. Errors are strings
-//! with libvirt's own message; the callers name the domain and step.
+//! A connection for bringing a VM back (define or create a domain, list
+//! and remove domains, take a screenshot) and libvirt's state numbers;
+//! the calls on one domain are `handle::Domain`'s. Errors are strings with
+//! libvirt's own message; the callers name the domain and step.
 
 use super::handle::{Connect, Domain};
 
@@ -73,23 +73,4 @@ pub(crate) fn remove(dom: &Domain) -> Result<(), String> {
         dom.undefine().map_err(|e| format!("cannot undefine the domain: {e}"))?;
     }
     Ok(())
-}
-
-/// Starts pulling a disk's backing data into its top image, at most
-/// `bandwidth` bytes per second (0: as fast as it goes).
-pub(crate) fn block_pull(dom: &Domain, disk: &str, bandwidth: u64) -> Result<(), String> {
-    dom.block_pull(disk, bandwidth).map_err(|e| format!("cannot start the block pull of {disk}: {e}"))
-}
-
-/// The disk's block job: (bytes done, bytes in all), or None when it has
-/// none.
-pub(crate) fn block_job(dom: &Domain, disk: &str) -> Result<Option<(u64, u64)>, String> {
-    dom.block_job(disk).map_err(|e| format!("cannot read the block job of {disk}: {e}"))
-}
-
-/// Sets the speed of a disk's block job, if any (bytes per second, 0:
-/// unlimited): a resumed recovery's pull goes on at the rerun's speed.
-pub(crate) fn set_block_job_speed(dom: &Domain, disk: &str, bandwidth: u64) -> Result<(), String> {
-    dom.set_block_job_speed(disk, bandwidth)
-        .map_err(|e| format!("cannot set the speed of the block job of {disk}: {e}"))
 }

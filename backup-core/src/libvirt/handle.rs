@@ -17,6 +17,11 @@ const METADATA_DESCRIPTION: c_int = 0;
 const BLOCK_PULL_BANDWIDTH_BYTES: u32 = 1 << 6;
 /// `VIR_DOMAIN_BLOCK_JOB_SPEED_BANDWIDTH_BYTES`.
 const BLOCK_JOB_SPEED_BANDWIDTH_BYTES: u32 = 1;
+/// `VIR_DOMAIN_XML_INACTIVE`.
+const XML_INACTIVE: u32 = 2;
+/// `VIR_DOMAIN_UNDEFINE_MANAGED_SAVE`, `_SNAPSHOTS_METADATA`,
+/// `_CHECKPOINTS_METADATA`.
+const UNDEFINE_ALL_METADATA: u32 = 1 | 2 | 16;
 
 /// libvirt's last error on this thread, as "message (libvirt error N)".
 fn api_error(api: &Api) -> String {
@@ -204,11 +209,17 @@ impl Domain {
         Ok(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
     }
 
-    /// The domain's XML; `inactive`: its persistent definition (what
-    /// re-creates it) instead of the live one.
-    pub fn xml_desc(&self, inactive: bool) -> Result<String, String> {
-        // VIR_DOMAIN_XML_INACTIVE
-        let flags = if inactive { 2 } else { 0 };
+    /// The domain's live XML.
+    pub fn xml_desc(&self) -> Result<String, String> {
+        self.xml_with(0)
+    }
+
+    /// The domain's persistent definition (what re-creates it).
+    pub fn inactive_xml_desc(&self) -> Result<String, String> {
+        self.xml_with(XML_INACTIVE)
+    }
+
+    fn xml_with(&self, flags: u32) -> Result<String, String> {
         // SAFETY: a live domain; the string is ours to free.
         unsafe { take_string((self.api.virDomainGetXMLDesc)(self.ptr, flags)) }.ok_or_else(|| api_error(self.api))
     }
@@ -260,11 +271,8 @@ impl Domain {
     /// Undefines it with its managed save and its snapshots' and
     /// checkpoints' metadata.
     pub fn undefine(&self) -> Result<(), String> {
-        // VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | _SNAPSHOTS_METADATA |
-        // _CHECKPOINTS_METADATA
-        let flags = 1 | 2 | 16;
         // SAFETY: a live domain.
-        self.check(unsafe { (self.api.virDomainUndefineFlags)(self.ptr, flags) }).map(drop)
+        self.check(unsafe { (self.api.virDomainUndefineFlags)(self.ptr, UNDEFINE_ALL_METADATA) }).map(drop)
     }
 
     /// Sets its description (what `virsh desc` shows; empty removes it),
@@ -296,12 +304,14 @@ impl Domain {
     }
 
     /// Starts pulling a disk's backing data into its top image, at most
-    /// `bandwidth` bytes per second (0: as fast as it goes).
+    /// `bandwidth` bytes per second (0: as fast as it goes). Errors name
+    /// the disk, as do the other block job calls'.
     pub fn block_pull(&self, disk: &str, bandwidth: u64) -> Result<(), String> {
         let d = c_string(disk, "disk name")?;
         let flags = BLOCK_PULL_BANDWIDTH_BYTES;
         // SAFETY: a live domain and a NUL-terminated disk name.
-        self.check(unsafe { (self.api.virDomainBlockPull)(self.ptr, d.as_ptr(), bandwidth as _, flags) }).map(drop)
+        let r = unsafe { (self.api.virDomainBlockPull)(self.ptr, d.as_ptr(), bandwidth as _, flags) };
+        self.check(r).map(drop).map_err(|e| format!("cannot start the block pull of {disk}: {e}"))
     }
 
     /// The disk's block job: (bytes done, bytes in all), or None.
@@ -309,18 +319,19 @@ impl Domain {
         let d = c_string(disk, "disk name")?;
         let mut info = BlockJobInfo::default();
         // SAFETY: a live domain, a NUL-terminated name, a struct to fill.
-        let r = self.check(unsafe { (self.api.virDomainGetBlockJobInfo)(self.ptr, d.as_ptr(), &mut info, 0) })?;
+        let r = unsafe { (self.api.virDomainGetBlockJobInfo)(self.ptr, d.as_ptr(), &mut info, 0) };
+        let r = self.check(r).map_err(|e| format!("cannot read the block job of {disk}: {e}"))?;
         Ok((r > 0).then_some((info.cur, info.end)))
     }
 
     /// Sets the speed of a disk's block job (bytes per second, 0:
-    /// unlimited).
+    /// unlimited): a resumed recovery's pull goes on at the rerun's speed.
     pub fn set_block_job_speed(&self, disk: &str, bandwidth: u64) -> Result<(), String> {
         let d = c_string(disk, "disk name")?;
         let flags = BLOCK_JOB_SPEED_BANDWIDTH_BYTES;
         // SAFETY: a live domain and a NUL-terminated name.
         let r = unsafe { (self.api.virDomainBlockJobSetSpeed)(self.ptr, d.as_ptr(), bandwidth as _, flags) };
-        self.check(r).map(drop)
+        self.check(r).map(drop).map_err(|e| format!("cannot set the speed of the block job of {disk}: {e}"))
     }
 
     /// Ends a disk's block job.

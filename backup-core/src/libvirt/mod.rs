@@ -140,7 +140,7 @@ impl LibvirtProvider {
 
     /// As [`disks`](Self::disks), over a domain already looked up.
     fn disks_of(&self, dom: &Domain) -> Result<(Vec<DomainDisk>, SkippedDisks)> {
-        let xml = dom.xml_desc(false).map_err(|e| self.err("check", e))?;
+        let xml = dom.xml_desc().map_err(|e| self.err("check", e))?;
         let (mut disks, mut skipped) = parse_disks(&xml).map_err(|e| self.err("check", e))?;
         for name in &self.include {
             if !disks.iter().any(|d| &d.target == name) {
@@ -346,7 +346,7 @@ impl SnapshotProvider for LibvirtProvider {
         if disks.len() != vm.disks.len() {
             return Err(self.err("snapshot", "the domain's disks changed since the VM was described"));
         }
-        let xml = dom.xml_desc(true).ok();
+        let xml = dom.inactive_xml_desc().ok();
         // Each disk's previous checkpoint, if the domain still has it.
         let have = self.checkpoints(&dom)?;
         let since: Vec<(DomainDisk, Option<String>)> = disks

@@ -302,8 +302,8 @@ impl Move<'_> {
         let mut starts = vec![0u32; self.paths.len()];
         for (disk, _) in self.paths {
             // A pull that a killed run started may still be under way.
-            if domains::block_job(dom, disk).is_ok_and(|j| j.is_some())
-                && let Err(e) = domains::set_block_job_speed(dom, disk, options.bandwidth)
+            if dom.block_job(disk).is_ok_and(|j| j.is_some())
+                && let Err(e) = dom.set_block_job_speed(disk, options.bandwidth)
             {
                 options.progress.warn(&e);
             }
@@ -320,12 +320,12 @@ impl Move<'_> {
             if state == domains::SHUTOFF || state == domains::CRASHED {
                 return Err(err("the domain stopped during the move; run again to start it and finish".into()));
             }
-            let live = dom.xml_desc(false).map_err(|e| err(e.to_string()))?;
+            let live = dom.xml_desc().map_err(|e| err(e.to_string()))?;
             for (i, (disk, _)) in self.paths.iter().enumerate() {
                 if done[i] {
                     continue;
                 }
-                match domains::block_job(dom, disk).map_err(err)? {
+                match dom.block_job(disk).map_err(err)? {
                     Some((cur, end)) => {
                         let moved = if end == 0 { 0 } else { (cur as u128 * sizes[i] as u128 / end as u128) as u64 };
                         if moved > reported[i] {
@@ -340,7 +340,7 @@ impl Move<'_> {
                     }
                     None if starts[i] < 3 => {
                         starts[i] += 1;
-                        domains::block_pull(dom, disk, options.bandwidth).map_err(err)?;
+                        dom.block_pull(disk, options.bandwidth).map_err(err)?;
                     }
                     None => {
                         let why = exports.last_error().unwrap_or_else(|| "no reason given by libvirt".into());
@@ -369,7 +369,7 @@ fn has_network_backing(xml: &str, target: &str) -> bool {
 /// Drops the network backing stores and the stop-on-error policies from
 /// the persistent definition: the domain stands on its own files now.
 fn finish_definition(lv: &Libvirt, dom: &Domain, paths: &[(String, PathBuf)]) -> Result<(), String> {
-    let xml = dom.xml_desc(true).map_err(|e| e.to_string())?;
+    let xml = dom.inactive_xml_desc().map_err(|e| e.to_string())?;
     let mut def = Element::parse(&xml)?;
     if let Some(devices) = def.child_mut("devices") {
         for disk in devices.elements_mut().filter(|e| e.name == "disk") {
